@@ -1,0 +1,325 @@
+//! The operator's inventory: sites, the WAN links between them, the VMs
+//! they host, VM groups, and (read-only) the executors at each site.
+//!
+//! Each resource has a `*Spec` (what a client sends to create or replace
+//! it) and a response type that adds the server's fields (`id`,
+//! timestamps). References between resources use names, since those are
+//! what operators know; ids appear in paths.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Whether a site takes work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SiteState {
+    /// Hosts VMs and accepts new ones.
+    #[default]
+    Active,
+    /// Keeps what it hosts until moved away; accepts nothing new.
+    Draining,
+    /// Out of service: everything should leave.
+    Down,
+}
+
+/// Resources a site offers to VMs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Capacity {
+    #[schema(minimum = 0, maximum = 100000000)]
+    pub vcpus: u32,
+    #[schema(minimum = 0, maximum = 1.0e9)]
+    pub memory_gib: f64,
+    #[schema(minimum = 0, maximum = 1.0e12)]
+    pub disk_gib: f64,
+}
+
+/// Linear power model of the servers at a site (before PUE).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PowerModel {
+    /// Watts drawn per allocated vCPU.
+    #[schema(minimum = 0, maximum = 1000)]
+    pub watts_per_vcpu: f64,
+    /// Watts drawn per allocated GiB of memory.
+    #[schema(minimum = 0, maximum = 100)]
+    pub watts_per_gib: f64,
+}
+
+/// What a client sends to create or replace a site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SiteSpec {
+    /// Unique name, 1-64 of `A-Za-z0-9._-`, starting with a letter or digit.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    pub name: String,
+    /// Grid region label (e.g. an Electricity Maps zone such as `DE-LU`).
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    pub region: String,
+    #[schema(minimum = -90, maximum = 90)]
+    pub latitude: f64,
+    #[schema(minimum = -180, maximum = 180)]
+    pub longitude: f64,
+    /// IANA time zone, e.g. `Europe/Berlin`.
+    #[schema(min_length = 1, max_length = 64, example = "Europe/Berlin")]
+    pub timezone: String,
+    pub capacity: Capacity,
+    /// Power usage effectiveness: facility power / IT power, at least 1.0.
+    #[schema(minimum = 1.0, maximum = 5.0)]
+    pub pue: f64,
+    pub power_model: PowerModel,
+    #[serde(default)]
+    pub state: SiteState,
+}
+
+/// A site as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Site {
+    pub id: i64,
+    #[serde(flatten)]
+    pub spec: SiteSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What a client sends to create or replace a directed WAN link.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LinkSpec {
+    /// Name of the sending site.
+    #[schema(min_length = 1, max_length = 64)]
+    pub from_site: String,
+    /// Name of the receiving site.
+    #[schema(min_length = 1, max_length = 64)]
+    pub to_site: String,
+    /// Capacity of the link in megabits per second.
+    #[schema(exclusive_minimum = 0, maximum = 10000000)]
+    pub bandwidth_mbps: f64,
+    /// Round-trip time in milliseconds.
+    #[schema(minimum = 0, maximum = 10000)]
+    pub rtt_ms: f64,
+    /// Share of the bandwidth kept for other traffic, 0 to 95 percent.
+    #[schema(minimum = 0, maximum = 95)]
+    pub background_reserve_pct: f64,
+    /// On create only: also create the reverse link with the same figures.
+    #[serde(default, skip_serializing)]
+    pub symmetric: bool,
+}
+
+/// A directed link as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Link {
+    pub id: i64,
+    #[serde(flatten)]
+    pub spec: LinkSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Answer to `POST /v1/links`: one link, or two when `symmetric` was set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CreatedLinks {
+    pub links: Vec<Link>,
+}
+
+/// The hypervisor driver that runs a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Driver {
+    /// A synthetic VM (memory and disk image files and a page-dirtying task):
+    /// real bytes, simulated guest. Labelled as simulated wherever it shows.
+    Sim,
+    /// A real QEMU driven over QMP.
+    Qemu,
+}
+
+/// What a client sends to create or replace a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmSpec {
+    /// Unique name, 1-64 of `A-Za-z0-9._-`, starting with a letter or digit.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    pub name: String,
+    #[schema(minimum = 1, maximum = 1024)]
+    pub vcpus: u32,
+    #[schema(exclusive_minimum = 0, maximum = 65536)]
+    pub memory_gib: f64,
+    #[schema(minimum = 0, maximum = 1000000)]
+    pub disk_gib: f64,
+    /// Rate at which the guest dirties memory, measured or estimated.
+    #[schema(minimum = 0, maximum = 1000000)]
+    pub dirty_rate_mbps: f64,
+    /// Name of the site the VM runs at now.
+    #[schema(min_length = 1, max_length = 64)]
+    pub site: String,
+    /// Sites the VM may run at (by name). Give this or `allowed_regions`, not both;
+    /// neither means anywhere.
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub allowed_sites: Option<Vec<String>>,
+    /// Region labels the VM may run in.
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub allowed_regions: Option<Vec<String>>,
+    /// A pinned VM never moves.
+    #[serde(default)]
+    pub pinned: bool,
+    /// Name of the VM group the VM belongs to.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
+    pub group: Option<String>,
+    /// 0 (lowest) to 100; higher goes first in evacuations.
+    #[serde(default = "default_priority")]
+    #[schema(minimum = 0, maximum = 100)]
+    pub priority: u8,
+    /// Longest pause the VM tolerates at cutover.
+    #[serde(default = "default_max_downtime_ms")]
+    #[schema(minimum = 1, maximum = 3600000)]
+    pub max_downtime_ms: u32,
+    pub driver: Driver,
+    /// Driver-specific settings (a JSON object), checked by the driver when it runs the VM.
+    #[serde(default = "empty_object")]
+    #[schema(value_type = Object)]
+    pub driver_spec: serde_json::Value,
+}
+
+fn default_priority() -> u8 {
+    50
+}
+
+fn default_max_downtime_ms() -> u32 {
+    300
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// A VM as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Vm {
+    pub id: i64,
+    #[serde(flatten)]
+    pub spec: VmSpec,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// How the members of a multi-site virtual cluster must be placed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum GroupPolicy {
+    /// Members span at least `min_sites` sites with at most `max_per_site` at each.
+    Spread {
+        #[schema(minimum = 1, maximum = 1000)]
+        min_sites: u32,
+        #[schema(minimum = 1, maximum = 100000)]
+        max_per_site: u32,
+    },
+    /// All members run at sites within `max_rtt_ms` of each other.
+    Colocate {
+        #[schema(minimum = 0, maximum = 10000)]
+        max_rtt_ms: f64,
+    },
+}
+
+/// The kind of a [`GroupPolicy`], for filtering.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupPolicyKind {
+    Spread,
+    Colocate,
+}
+
+/// What a client sends to create or replace a VM group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct GroupSpec {
+    /// Unique name, 1-64 of `A-Za-z0-9._-`, starting with a letter or digit.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    pub name: String,
+    pub policy: GroupPolicy,
+}
+
+/// A VM group as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Group {
+    pub id: i64,
+    #[serde(flatten)]
+    pub spec: GroupSpec,
+    /// How many VMs belong to the group.
+    pub members: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Whether an executor is heard from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorState {
+    Online,
+    Offline,
+    Draining,
+}
+
+/// A registered executor (registration arrives with dispatch).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Executor {
+    pub id: i64,
+    /// Name of the site it serves.
+    pub site: String,
+    /// Address its peers reach it at for transfers.
+    pub address: String,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    pub state: ExecutorState,
+}
+
+/// Filters of `GET /v1/sites`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SiteFilter {
+    /// Only sites with this region label.
+    #[param(max_length = 64)]
+    pub region: Option<String>,
+    /// Only sites in this state.
+    pub state: Option<SiteState>,
+}
+
+/// Filters of `GET /v1/links`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LinkFilter {
+    /// Only links leaving this site (by name).
+    #[param(max_length = 64)]
+    pub from_site: Option<String>,
+    /// Only links arriving at this site (by name).
+    #[param(max_length = 64)]
+    pub to_site: Option<String>,
+}
+
+/// Filters of `GET /v1/vms`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct VmFilter {
+    /// Only VMs at this site (by name).
+    #[param(max_length = 64)]
+    pub site: Option<String>,
+    /// Only members of this group (by name).
+    #[param(max_length = 64)]
+    pub group: Option<String>,
+    pub driver: Option<Driver>,
+    pub pinned: Option<bool>,
+}
+
+/// Filters of `GET /v1/groups`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct GroupFilter {
+    /// Only groups with this kind of policy.
+    pub policy: Option<GroupPolicyKind>,
+}
+
+/// Filters of `GET /v1/executors`.
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExecutorFilter {
+    /// Only executors at this site (by name).
+    #[param(max_length = 64)]
+    pub site: Option<String>,
+    pub state: Option<ExecutorState>,
+}

@@ -1,0 +1,23 @@
+//! Wire types of the Heliotrope REST API, shared by the scheduler (which
+//! serves them) and the executors (which call it).
+//!
+//! This crate is the only place that decides what the JSON looks like. It
+//! holds no logic: validation of what a client sends lives in the
+//! scheduler's `domain` module, persistence in its `db` module. Every type
+//! derives `utoipa::ToSchema`, and the OpenAPI document generated from them
+//! (plus the scheduler's routes) is committed beside this file as
+//! `openapi.json`; a test fails when that file is stale.
+//!
+//! Layout: [`inventory`] (sites, links, VMs, groups, executors),
+//! [`auth`] (roles and tokens), [`error`] (the one error shape), and
+//! [`page`] (cursor pagination).
+
+pub mod auth;
+pub mod error;
+pub mod inventory;
+pub mod page;
+
+pub use auth::*;
+pub use error::*;
+pub use inventory::*;
+pub use page::*;

@@ -1,0 +1,211 @@
+//! VMs, with their allowed sites (rows of `vm_allowed_site`, so that a
+//! site named there cannot vanish under them).
+
+use chrono::{DateTime, Utc};
+use heliotrope_api_spec::{Vm, VmFilter, VmSpec};
+use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
+
+use super::{enum_from_text, enum_to_text, on_constraint, site_id_by_name, Result, StoreError};
+use crate::domain::page::{Page, PageRequest};
+use crate::domain::Valid;
+
+#[derive(sqlx::FromRow)]
+struct VmRow {
+    vm_id: i64,
+    name: String,
+    vcpus: i32,
+    memory_gib: f64,
+    disk_gib: f64,
+    dirty_rate_mbps: f64,
+    site: String,
+    allowed_sites: Option<Vec<String>>,
+    allowed_regions: Option<Vec<String>>,
+    pinned: bool,
+    group_name: Option<String>,
+    priority: i16,
+    max_downtime_ms: i32,
+    driver: String,
+    driver_spec: serde_json::Value,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<VmRow> for Vm {
+    type Error = sqlx::Error;
+    fn try_from(r: VmRow) -> std::result::Result<Vm, sqlx::Error> {
+        let decode = |e: std::num::TryFromIntError| sqlx::Error::Decode(Box::new(e));
+        Ok(Vm {
+            id: r.vm_id,
+            spec: VmSpec {
+                name: r.name,
+                vcpus: r.vcpus.try_into().map_err(decode)?,
+                memory_gib: r.memory_gib,
+                disk_gib: r.disk_gib,
+                dirty_rate_mbps: r.dirty_rate_mbps,
+                site: r.site,
+                allowed_sites: r.allowed_sites,
+                allowed_regions: r.allowed_regions,
+                pinned: r.pinned,
+                group: r.group_name,
+                priority: r.priority.try_into().map_err(decode)?,
+                max_downtime_ms: r.max_downtime_ms.try_into().map_err(decode)?,
+                driver: enum_from_text(r.driver)?,
+                driver_spec: r.driver_spec,
+            },
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+const SELECT: &str = "select v.vm_id, v.name, v.vcpus, v.memory_gib, v.disk_gib, v.dirty_rate_mbps, \
+    s.name as site, \
+    nullif(array(select a_s.name from vm_allowed_site a join site a_s on a_s.site_id = a.site_id \
+                 where a.vm_id = v.vm_id order by a.position), '{}'::text[]) as allowed_sites, \
+    v.allowed_regions, v.pinned, g.name as group_name, v.priority, v.max_downtime_ms, v.driver, v.driver_spec, \
+    v.created_at, v.updated_at \
+    from vm v join site s on s.site_id = v.site_id left join vm_group g on g.group_id = v.group_id";
+
+fn name_taken(spec: &VmSpec) -> impl Fn(&str) -> Option<String> + '_ {
+    move |constraint| (constraint == "vm_name_key").then(|| format!("a VM named '{}' already exists", spec.name))
+}
+
+/// The ids a VM's references resolve to.
+struct Refs {
+    site: i64,
+    group: Option<i64>,
+    allowed_sites: Vec<i64>,
+}
+
+async fn resolve(tx: &mut Transaction<'_, Postgres>, spec: &VmSpec) -> Result<Refs> {
+    let site = site_id_by_name(tx, "site", &spec.site).await?;
+    let group = match &spec.group {
+        None => None,
+        Some(name) => Some(
+            sqlx::query_scalar("select group_id from vm_group where name = $1")
+                .bind(name)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| StoreError::UnknownReference {
+                    field: "group".into(),
+                    kind: "group",
+                    name: name.clone(),
+                })?,
+        ),
+    };
+    let mut allowed_sites = Vec::new();
+    for (i, name) in spec.allowed_sites.iter().flatten().enumerate() {
+        allowed_sites.push(site_id_by_name(tx, &format!("allowed_sites[{i}]"), name).await?);
+    }
+    Ok(Refs { site, group, allowed_sites })
+}
+
+async fn store_allowed_sites(tx: &mut Transaction<'_, Postgres>, vm_id: i64, sites: &[i64]) -> Result<()> {
+    sqlx::query("delete from vm_allowed_site where vm_id = $1").bind(vm_id).execute(&mut **tx).await?;
+    sqlx::query(
+        "insert into vm_allowed_site (vm_id, site_id, position) \
+         select $1, site_id, (ord - 1)::smallint from unnest($2::bigint[]) with ordinality as t(site_id, ord)",
+    )
+    .bind(vm_id)
+    .bind(sites)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub async fn insert(pool: &PgPool, spec: &Valid<VmSpec>) -> Result<Vm> {
+    let mut tx = pool.begin().await?;
+    let refs = resolve(&mut tx, spec).await?;
+    let vm_id: i64 = sqlx::query_scalar(
+        "insert into vm (name, vcpus, memory_gib, disk_gib, dirty_rate_mbps, site_id, allowed_regions, pinned, \
+         group_id, priority, max_downtime_ms, driver, driver_spec) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning vm_id",
+    )
+    .bind(&spec.name)
+    .bind(spec.vcpus as i32)
+    .bind(spec.memory_gib)
+    .bind(spec.disk_gib)
+    .bind(spec.dirty_rate_mbps)
+    .bind(refs.site)
+    .bind(&spec.allowed_regions)
+    .bind(spec.pinned)
+    .bind(refs.group)
+    .bind(i16::from(spec.priority))
+    .bind(spec.max_downtime_ms as i32)
+    .bind(enum_to_text(&spec.driver))
+    .bind(&spec.driver_spec)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|e| on_constraint(e, name_taken(spec)))?;
+    store_allowed_sites(&mut tx, vm_id, &refs.allowed_sites).await?;
+    let vm = get(&mut *tx, vm_id).await?;
+    tx.commit().await?;
+    Ok(vm)
+}
+
+pub async fn update(pool: &PgPool, id: i64, spec: &Valid<VmSpec>) -> Result<Vm> {
+    let mut tx = pool.begin().await?;
+    let refs = resolve(&mut tx, spec).await?;
+    let updated = sqlx::query(
+        "update vm set name = $1, vcpus = $2, memory_gib = $3, disk_gib = $4, dirty_rate_mbps = $5, site_id = $6, \
+         allowed_regions = $7, pinned = $8, group_id = $9, priority = $10, max_downtime_ms = $11, driver = $12, \
+         driver_spec = $13 where vm_id = $14",
+    )
+    .bind(&spec.name)
+    .bind(spec.vcpus as i32)
+    .bind(spec.memory_gib)
+    .bind(spec.disk_gib)
+    .bind(spec.dirty_rate_mbps)
+    .bind(refs.site)
+    .bind(&spec.allowed_regions)
+    .bind(spec.pinned)
+    .bind(refs.group)
+    .bind(i16::from(spec.priority))
+    .bind(spec.max_downtime_ms as i32)
+    .bind(enum_to_text(&spec.driver))
+    .bind(&spec.driver_spec)
+    .bind(id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|e| on_constraint(e, name_taken(spec)))?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("VM {id}")));
+    }
+    store_allowed_sites(&mut tx, id, &refs.allowed_sites).await?;
+    let vm = get(&mut *tx, id).await?;
+    tx.commit().await?;
+    Ok(vm)
+}
+
+pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Vm> {
+    let sql = format!("{SELECT} where v.vm_id = $1");
+    let row: Option<VmRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
+    row.ok_or_else(|| StoreError::NotFound(format!("VM {id}")))?.try_into().map_err(Into::into)
+}
+
+pub async fn list(pool: &PgPool, page: PageRequest, filter: &VmFilter) -> Result<Page<Vm>> {
+    let sql = format!(
+        "{SELECT} where v.vm_id > $1 and ($3::text is null or s.name = $3) and ($4::text is null or g.name = $4) \
+         and ($5::text is null or v.driver = $5) and ($6::boolean is null or v.pinned = $6) \
+         order by v.vm_id limit $2"
+    );
+    let rows: Vec<VmRow> = sqlx::query_as(&sql)
+        .bind(page.after_id)
+        .bind(page.fetch_limit())
+        .bind(&filter.site)
+        .bind(&filter.group)
+        .bind(filter.driver.as_ref().map(enum_to_text))
+        .bind(filter.pinned)
+        .fetch_all(pool)
+        .await?;
+    let vms = rows.into_iter().map(Vm::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
+    Ok(page.page(vms, |v| v.id))
+}
+
+pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
+    let done = sqlx::query("delete from vm where vm_id = $1").bind(id).execute(pool).await?;
+    if done.rows_affected() == 0 {
+        return Err(StoreError::NotFound(format!("VM {id}")));
+    }
+    Ok(())
+}

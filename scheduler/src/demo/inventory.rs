@@ -1,0 +1,162 @@
+//! A believable fleet to start from: the 16 real regions as sites, WAN
+//! links between every pair, and a seeded mix of VM shapes. Used by
+//! `heliotrope demo` and the benchmarks. Pure: it only builds wire values.
+
+use heliotrope_api_spec::{
+    Capacity, Driver, GroupPolicy, GroupSpec, LinkSpec, PowerModel, SiteSpec, SiteState, VmSpec,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::regions::{distance_km, Region, REGIONS};
+
+/// What the demo stores.
+pub struct Fleet {
+    pub sites: Vec<SiteSpec>,
+    pub links: Vec<LinkSpec>,
+    pub groups: Vec<GroupSpec>,
+    pub vms: Vec<VmSpec>,
+}
+
+/// VM shapes (vcpus, memory GiB) and how common each is, after the general
+/// purpose / memory-optimised mix typical of cloud fleets.
+const SHAPES: [(u32, f64, u32); 6] = [(1, 2.0, 10), (2, 4.0, 25), (2, 8.0, 20), (4, 16.0, 20), (8, 32.0, 15), (16, 64.0, 10)];
+
+fn continent(r: &Region) -> &'static str {
+    match r.zone.split('-').next().unwrap_or_default() {
+        "US" | "CA" => "north-america",
+        "BR" | "CL" => "south-america",
+        "GB" | "DE" => "europe",
+        "ZA" => "africa",
+        _ => "asia-pacific",
+    }
+}
+
+/// Sites, links and `vm_count` VMs, the same for the same `seed`.
+pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let sites: Vec<SiteSpec> = REGIONS
+        .iter()
+        .map(|r| SiteSpec {
+            name: r.zone.to_owned(),
+            region: r.zone.to_owned(),
+            latitude: r.latitude,
+            longitude: r.longitude,
+            timezone: r.timezone.to_owned(),
+            // Room for the fleet at about 60-85% utilisation once spread out.
+            capacity: Capacity {
+                vcpus: (vm_count as u32 * 6 / 16).max(64) * rng.random_range(10..14) / 10,
+                memory_gib: ((vm_count * 24 / 16).max(256) as f64 * rng.random_range(1.0..1.4)).round(),
+                disk_gib: ((vm_count * 200 / 16).max(4096) as f64 * rng.random_range(1.0..1.4)).round(),
+            },
+            pue: (rng.random_range(1.1..1.5_f64) * 100.0).round() / 100.0,
+            power_model: PowerModel {
+                watts_per_vcpu: (rng.random_range(8.0..12.0_f64) * 10.0).round() / 10.0,
+                watts_per_gib: (rng.random_range(0.3..0.4_f64) * 100.0).round() / 100.0,
+            },
+            state: SiteState::Active,
+        })
+        .collect();
+
+    let mut links = Vec::new();
+    for a in &REGIONS {
+        for b in &REGIONS {
+            if a.zone == b.zone {
+                continue;
+            }
+            let same_continent = continent(a) == continent(b);
+            links.push(LinkSpec {
+                from_site: a.zone.to_owned(),
+                to_site: b.zone.to_owned(),
+                bandwidth_mbps: if same_continent { 10_000.0 } else { 2_500.0 },
+                // Light in fibre covers about 100 km per ms of round trip; routes are
+                // longer than great circles, hence the stretch and a fixed overhead.
+                rtt_ms: (distance_km(a, b) / 100.0 * 1.3 + 2.0).round(),
+                background_reserve_pct: 30.0,
+                symmetric: false,
+            });
+        }
+    }
+
+    let groups = vec![
+        GroupSpec { name: "db-cluster".into(), policy: GroupPolicy::Spread { min_sites: 3, max_per_site: 1 } },
+        GroupSpec { name: "analytics".into(), policy: GroupPolicy::Colocate { max_rtt_ms: 40.0 } },
+    ];
+
+    let total_weight: u32 = SHAPES.iter().map(|s| s.2).sum();
+    let vms = (0..vm_count)
+        .map(|i| {
+            let mut pick = rng.random_range(0..total_weight);
+            let &(vcpus, memory_gib, _) = SHAPES
+                .iter()
+                .find(|s| {
+                    if pick < s.2 {
+                        true
+                    } else {
+                        pick -= s.2;
+                        false
+                    }
+                })
+                .unwrap_or(&SHAPES[0]);
+            let home = &REGIONS[i % REGIONS.len()];
+            let (group, pinned, allowed_regions) = match i {
+                0..=2 => (Some("db-cluster".to_owned()), false, None),
+                3..=6 => (Some("analytics".to_owned()), false, None),
+                _ if i % 23 == 0 => (None, true, None),
+                // Data-residency: some European VMs must stay in Europe.
+                _ if i % 17 == 0 && continent(home) == "europe" => {
+                    (None, false, Some(vec!["GB".to_owned(), "DE-LU".to_owned()]))
+                }
+                _ => (None, false, None),
+            };
+            VmSpec {
+                name: format!("vm-{i:05}"),
+                vcpus,
+                memory_gib,
+                disk_gib: [20.0, 40.0, 80.0, 160.0, 500.0][rng.random_range(0..5)],
+                dirty_rate_mbps: (rng.random_range(5.0..400.0_f64)).round(),
+                site: home.zone.to_owned(),
+                allowed_sites: None,
+                allowed_regions,
+                pinned,
+                group,
+                priority: rng.random_range(0..=100),
+                max_downtime_ms: [100, 300, 1000][rng.random_range(0..3)],
+                driver: Driver::Sim,
+                driver_spec: serde_json::json!({}),
+            }
+        })
+        .collect();
+    Fleet { sites, links, groups, vms }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::inventory::{parse_group, parse_link, parse_site, parse_vm};
+
+    #[test]
+    fn the_demo_fleet_passes_every_rule() {
+        let fleet = fleet(300, 7);
+        assert_eq!(fleet.sites.len(), 16);
+        assert_eq!(fleet.links.len(), 16 * 15);
+        for s in fleet.sites {
+            parse_site(s).unwrap();
+        }
+        for l in fleet.links {
+            parse_link(l).unwrap();
+        }
+        for g in fleet.groups {
+            parse_group(g).unwrap();
+        }
+        for v in fleet.vms {
+            parse_vm(v).unwrap();
+        }
+    }
+
+    #[test]
+    fn same_seed_same_fleet() {
+        assert_eq!(fleet(50, 1).vms, fleet(50, 1).vms);
+        assert_ne!(fleet(50, 1).vms, fleet(50, 2).vms);
+    }
+}

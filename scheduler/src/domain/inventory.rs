@@ -1,0 +1,228 @@
+//! Checks on the operator's inventory: what makes a site, link, VM, group
+//! or token acceptable. Rules that need the database (does the named site
+//! exist? is the name taken?) are enforced by constraints and reported by
+//! the persistence layer.
+
+use chrono_tz::Tz;
+use heliotrope_api_spec::{GroupPolicy, GroupSpec, LinkSpec, NewToken, SiteSpec, VmSpec};
+
+use super::{Valid, ValidationError};
+
+/// Longest name, region label or reference accepted.
+pub const MAX_NAME_LEN: usize = 64;
+/// Most entries in a VM's allowed sites or regions.
+pub const MAX_ALLOWED: usize = 256;
+
+type Result<T> = std::result::Result<T, ValidationError>;
+
+/// A name: 1-64 of `A-Za-z0-9._-`, starting with a letter or digit, so that
+/// it is safe in URLs, logs, CSV and Prometheus labels.
+pub fn check_name(field: &str, name: &str) -> Result<()> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err(ValidationError::new(field, format!("must be 1 to {MAX_NAME_LEN} characters")));
+    }
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) || !name.chars().all(ok_char) {
+        return Err(ValidationError::new(
+            field,
+            "may hold only letters, digits, '.', '_' and '-', and must start with a letter or digit",
+        ));
+    }
+    Ok(())
+}
+
+fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result<()> {
+    if !(min..=max).contains(&value) {
+        return Err(ValidationError::new(field, format!("must be between {min} and {max}, got {value}")));
+    }
+    Ok(())
+}
+
+fn check_positive(field: &str, value: f64, max: f64) -> Result<()> {
+    if !(value > 0.0 && value <= max) {
+        return Err(ValidationError::new(field, format!("must be above 0 and at most {max}, got {value}")));
+    }
+    Ok(())
+}
+
+pub fn parse_site(spec: SiteSpec) -> Result<Valid<SiteSpec>> {
+    check_name("name", &spec.name)?;
+    check_name("region", &spec.region)?;
+    check_range("latitude", spec.latitude, -90.0, 90.0)?;
+    check_range("longitude", spec.longitude, -180.0, 180.0)?;
+    if spec.timezone.parse::<Tz>().is_err() {
+        return Err(ValidationError::new(
+            "timezone",
+            format!("'{}' is not an IANA time zone (e.g. Europe/Berlin)", spec.timezone.escape_debug()),
+        ));
+    }
+    check_range("capacity.vcpus", f64::from(spec.capacity.vcpus), 0.0, 1.0e8)?;
+    check_range("capacity.memory_gib", spec.capacity.memory_gib, 0.0, 1.0e9)?;
+    check_range("capacity.disk_gib", spec.capacity.disk_gib, 0.0, 1.0e12)?;
+    check_range("pue", spec.pue, 1.0, 5.0)?;
+    check_range("power_model.watts_per_vcpu", spec.power_model.watts_per_vcpu, 0.0, 1000.0)?;
+    check_range("power_model.watts_per_gib", spec.power_model.watts_per_gib, 0.0, 100.0)?;
+    Ok(Valid(spec))
+}
+
+pub fn parse_link(spec: LinkSpec) -> Result<Valid<LinkSpec>> {
+    check_name("from_site", &spec.from_site)?;
+    check_name("to_site", &spec.to_site)?;
+    if spec.from_site == spec.to_site {
+        return Err(ValidationError::new("to_site", "must differ from from_site"));
+    }
+    check_positive("bandwidth_mbps", spec.bandwidth_mbps, 1.0e7)?;
+    check_range("rtt_ms", spec.rtt_ms, 0.0, 10_000.0)?;
+    check_range("background_reserve_pct", spec.background_reserve_pct, 0.0, 95.0)?;
+    Ok(Valid(spec))
+}
+
+pub fn parse_vm(spec: VmSpec) -> Result<Valid<VmSpec>> {
+    check_name("name", &spec.name)?;
+    check_range("vcpus", f64::from(spec.vcpus), 1.0, 1024.0)?;
+    check_positive("memory_gib", spec.memory_gib, 65_536.0)?;
+    check_range("disk_gib", spec.disk_gib, 0.0, 1.0e6)?;
+    check_range("dirty_rate_mbps", spec.dirty_rate_mbps, 0.0, 1.0e6)?;
+    check_name("site", &spec.site)?;
+    if spec.allowed_sites.is_some() && spec.allowed_regions.is_some() {
+        return Err(ValidationError::new("allowed_regions", "give allowed_sites or allowed_regions, not both"));
+    }
+    for (field, list) in [("allowed_sites", &spec.allowed_sites), ("allowed_regions", &spec.allowed_regions)] {
+        let Some(list) = list else { continue };
+        if list.len() > MAX_ALLOWED {
+            return Err(ValidationError::new(field, format!("may name at most {MAX_ALLOWED} entries")));
+        }
+        if list.is_empty() {
+            return Err(ValidationError::new(field, "must not be empty (omit it to allow anywhere)"));
+        }
+        for (i, name) in list.iter().enumerate() {
+            check_name(&format!("{field}[{i}]"), name)?;
+            if list[..i].contains(name) {
+                return Err(ValidationError::new(format!("{field}[{i}]"), format!("'{name}' is listed twice")));
+            }
+        }
+    }
+    if let Some(allowed) = &spec.allowed_sites {
+        if spec.pinned && !allowed.contains(&spec.site) {
+            return Err(ValidationError::new("allowed_sites", "a pinned VM's own site must be allowed"));
+        }
+    }
+    if let Some(group) = &spec.group {
+        check_name("group", group)?;
+    }
+    check_range("priority", f64::from(spec.priority), 0.0, 100.0)?;
+    check_range("max_downtime_ms", f64::from(spec.max_downtime_ms), 1.0, 3_600_000.0)?;
+    if !spec.driver_spec.is_object() {
+        return Err(ValidationError::new("driver_spec", "must be a JSON object"));
+    }
+    Ok(Valid(spec))
+}
+
+pub fn parse_group(spec: GroupSpec) -> Result<Valid<GroupSpec>> {
+    check_name("name", &spec.name)?;
+    match spec.policy {
+        GroupPolicy::Spread { min_sites, max_per_site } => {
+            check_range("policy.min_sites", f64::from(min_sites), 1.0, 1000.0)?;
+            check_range("policy.max_per_site", f64::from(max_per_site), 1.0, 100_000.0)?;
+        }
+        GroupPolicy::Colocate { max_rtt_ms } => check_range("policy.max_rtt_ms", max_rtt_ms, 0.0, 10_000.0)?,
+    }
+    Ok(Valid(spec))
+}
+
+pub fn parse_token(spec: NewToken) -> Result<Valid<NewToken>> {
+    check_name("name", &spec.name)?;
+    Ok(Valid(spec))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heliotrope_api_spec::{Capacity, Driver, PowerModel, SiteState};
+
+    pub(crate) fn site() -> SiteSpec {
+        SiteSpec {
+            name: "DE-LU".into(),
+            region: "DE-LU".into(),
+            latitude: 50.1,
+            longitude: 8.7,
+            timezone: "Europe/Berlin".into(),
+            capacity: Capacity { vcpus: 100, memory_gib: 400.0, disk_gib: 10_000.0 },
+            pue: 1.2,
+            power_model: PowerModel { watts_per_vcpu: 10.0, watts_per_gib: 0.4 },
+            state: SiteState::Active,
+        }
+    }
+
+    fn vm() -> VmSpec {
+        serde_json::from_value(serde_json::json!({
+            "name": "web-1", "vcpus": 2, "memory_gib": 4.0, "disk_gib": 40.0,
+            "dirty_rate_mbps": 50.0, "site": "DE-LU", "driver": "sim"
+        }))
+        .unwrap()
+    }
+
+    fn field_of<T: std::fmt::Debug>(r: Result<T>) -> String {
+        r.unwrap_err().field
+    }
+
+    #[test]
+    fn names_follow_the_charset() {
+        assert!(check_name("name", "US-CAL-CISO").is_ok());
+        assert!(check_name("name", "a.b_c-9").is_ok());
+        for bad in ["", "-lead", "sp ace", "ünï", &"x".repeat(65), "a/b"] {
+            assert!(check_name("name", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn site_rules_name_the_field() {
+        assert!(parse_site(site()).is_ok());
+        assert_eq!(field_of(parse_site(SiteSpec { pue: 0.9, ..site() })), "pue");
+        assert_eq!(field_of(parse_site(SiteSpec { latitude: 91.0, ..site() })), "latitude");
+        assert_eq!(field_of(parse_site(SiteSpec { timezone: "Mars/Olympus".into(), ..site() })), "timezone");
+        let mut s = site();
+        s.capacity.memory_gib = -1.0;
+        assert_eq!(field_of(parse_site(s)), "capacity.memory_gib");
+    }
+
+    #[test]
+    fn link_ends_must_differ() {
+        let link = LinkSpec {
+            from_site: "A".into(),
+            to_site: "A".into(),
+            bandwidth_mbps: 1000.0,
+            rtt_ms: 10.0,
+            background_reserve_pct: 20.0,
+            symmetric: false,
+        };
+        assert_eq!(field_of(parse_link(link.clone())), "to_site");
+        let link = LinkSpec { to_site: "B".into(), bandwidth_mbps: 0.0, ..link };
+        assert_eq!(field_of(parse_link(link)), "bandwidth_mbps");
+    }
+
+    #[test]
+    fn vm_rules() {
+        let ok = parse_vm(vm()).unwrap();
+        assert_eq!(ok.priority, 50);
+        assert_eq!(ok.max_downtime_ms, 300);
+        assert_eq!(ok.driver, Driver::Sim);
+        let both = VmSpec { allowed_sites: Some(vec!["A".into()]), allowed_regions: Some(vec!["R".into()]), ..vm() };
+        assert_eq!(field_of(parse_vm(both)), "allowed_regions");
+        let dup = VmSpec { allowed_sites: Some(vec!["DE-LU".into(), "DE-LU".into()]), ..vm() };
+        assert_eq!(field_of(parse_vm(dup)), "allowed_sites[1]");
+        let pinned_away = VmSpec { pinned: true, allowed_sites: Some(vec!["GB".into()]), ..vm() };
+        assert_eq!(field_of(parse_vm(pinned_away)), "allowed_sites");
+        assert_eq!(field_of(parse_vm(VmSpec { priority: 101, ..vm() })), "priority");
+        assert_eq!(field_of(parse_vm(VmSpec { driver_spec: serde_json::json!([1]), ..vm() })), "driver_spec");
+        assert_eq!(field_of(parse_vm(VmSpec { memory_gib: 0.0, ..vm() })), "memory_gib");
+    }
+
+    #[test]
+    fn group_policies() {
+        let spread = GroupSpec { name: "db".into(), policy: GroupPolicy::Spread { min_sites: 0, max_per_site: 1 } };
+        assert_eq!(field_of(parse_group(spread)), "policy.min_sites");
+        let colo = GroupSpec { name: "db".into(), policy: GroupPolicy::Colocate { max_rtt_ms: 5.0 } };
+        assert!(parse_group(colo).is_ok());
+    }
+}

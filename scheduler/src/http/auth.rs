@@ -1,0 +1,116 @@
+//! Bearer-token authentication and role checks.
+//!
+//! Every router is wrapped in [`require`] with the [`Access`] it needs, so
+//! no route can be added without a role check. Verified tokens are cached
+//! for a few seconds: authentication is then free for busy clients, and a
+//! revocation made here takes effect at once (the entry is evicted), one
+//! made on another replica within [`CACHE_TTL`].
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header::AUTHORIZATION, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+use heliotrope_api_spec::Role;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::db;
+use crate::domain::token::secret_digest;
+
+/// How long a verified token is trusted without asking the database again.
+pub const CACHE_TTL: Duration = Duration::from_secs(10);
+
+/// The roles a group of routes needs: one to read (GET, HEAD), one for the rest.
+#[derive(Debug, Clone, Copy)]
+pub struct Access {
+    pub read: Role,
+    pub write: Role,
+}
+
+impl Access {
+    /// Viewers read; admins change (the inventory).
+    pub const INVENTORY: Access = Access { read: Role::Viewer, write: Role::Admin };
+    /// Admins only (tokens).
+    pub const ADMIN: Access = Access { read: Role::Admin, write: Role::Admin };
+
+    fn needs(&self, method: &Method) -> Role {
+        if method == Method::GET || method == Method::HEAD {
+            self.read
+        } else {
+            self.write
+        }
+    }
+}
+
+/// Who made a request: put into the request's extensions for handlers and logs.
+#[derive(Debug, Clone, Copy)]
+pub struct Principal {
+    pub token_id: i64,
+    pub role: Role,
+}
+
+/// Verified tokens by secret digest.
+#[derive(Default)]
+pub struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+}
+
+impl TokenCache {
+    fn get(&self, digest: &[u8; 32]) -> Option<Principal> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.get(digest).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(p, _)| *p)
+    }
+
+    fn put(&self, digest: [u8; 32], principal: Principal) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        // Only valid tokens get here, so the map stays as small as the token table;
+        // still, drop expired entries now and then.
+        if entries.len() > 1024 {
+            entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
+        }
+        entries.insert(digest, (principal, Instant::now()));
+    }
+
+    /// Forgets a revoked token at once.
+    pub fn evict(&self, token_id: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, (p, _)| p.token_id != token_id);
+    }
+}
+
+/// Middleware: 401 without a known token, 403 when its role falls short.
+pub async fn require(
+    State((state, access)): State<(AppState, Access)>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let secret = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= 256)
+        .ok_or(ApiError::Unauthorized)?;
+    let digest = secret_digest(secret);
+    let principal = match state.tokens.get(&digest) {
+        Some(p) => p,
+        None => {
+            let (token_id, role) = db::tokens::authenticate(&state.pool, &digest).await?.ok_or(ApiError::Unauthorized)?;
+            let p = Principal { token_id, role };
+            state.tokens.put(digest, p);
+            p
+        }
+    };
+    let need = access.needs(request.method());
+    if !principal.role.grants(need) {
+        return Err(ApiError::Forbidden { have: principal.role.as_str(), need: need.as_str() });
+    }
+    tracing::Span::current().record("token_id", principal.token_id);
+    request.extensions_mut().insert(principal);
+    Ok(next.run(request).await)
+}

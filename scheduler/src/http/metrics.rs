@@ -1,0 +1,75 @@
+//! Request metrics in the Prometheus text format: counts and latencies by
+//! method, route (the matched pattern, never the raw path, so that ids do
+//! not explode the label set) and status.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use super::AppState;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone)]
+struct LatencyBuckets;
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        // 0.5 ms to about 16 s.
+        Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    }
+}
+
+/// The registry and the metrics the HTTP layer records.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<RequestLabels, Histogram, LatencyBuckets>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("heliotrope");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::new_with_constructor(LatencyBuckets);
+        registry.register("http_requests", "HTTP requests answered", requests.clone());
+        registry.register("http_request_duration_seconds", "Time to answer HTTP requests", latency.clone());
+        Metrics { registry, requests, latency }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Middleware: times every request and counts it under its route and status.
+pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    let labels = RequestLabels { method, route, status: response.status().as_u16() };
+    state.metrics.requests.get_or_create(&labels).inc();
+    state.metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    response
+}

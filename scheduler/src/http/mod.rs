@@ -1,0 +1,89 @@
+//! The HTTP edge: routing, authentication, metrics and the error mapping.
+//!
+//! Handlers are thin: extract, call `domain` to check, call `db` to store,
+//! answer. Each resource module exposes `router()`; [`app`] merges them
+//! and wraps each group of routes in the role check it needs.
+
+pub mod auth;
+pub mod error;
+pub mod executors;
+pub mod extract;
+pub mod groups;
+pub mod links;
+pub mod metrics;
+pub mod openapi;
+pub mod ops;
+pub mod sites;
+pub mod tokens;
+pub mod vms;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{from_fn_with_state, map_response};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::trace::TraceLayer;
+
+use self::auth::{Access, TokenCache};
+use self::error::ApiError;
+use self::metrics::Metrics;
+
+/// Largest request body accepted (bulk inventory writes stay well below).
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub tokens: Arc<TokenCache>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    pub fn new(pool: PgPool) -> Self {
+        AppState { pool, tokens: Arc::default(), metrics: Arc::default() }
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let guarded = |router: Router<AppState>, access: Access| {
+        router.route_layer(from_fn_with_state((state.clone(), access), auth::require))
+    };
+    Router::new()
+        .merge(guarded(sites::router(), Access::INVENTORY))
+        .merge(guarded(links::router(), Access::INVENTORY))
+        .merge(guarded(vms::router(), Access::INVENTORY))
+        .merge(guarded(groups::router(), Access::INVENTORY))
+        .merge(guarded(executors::router(), Access::INVENTORY))
+        .merge(guarded(tokens::router(), Access::ADMIN))
+        .merge(ops::router())
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(map_response(json_method_not_allowed))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
+            tracing::info_span!("request", method = %request.method(), route, path = %request.uri().path(),
+                token_id = tracing::field::Empty)
+        }))
+        .with_state(state)
+}
+
+/// axum answers a known path with an unsupported method by an empty 405;
+/// give it the JSON error body like every other failure.
+async fn json_method_not_allowed(response: Response) -> Response {
+    if response.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED
+        && response.headers().get(axum::http::header::CONTENT_TYPE).is_none()
+    {
+        let allow = response.headers().get(axum::http::header::ALLOW).cloned();
+        let mut json = ApiError::MethodNotAllowed("this route does not take that method".into()).into_response();
+        if let Some(allow) = allow {
+            json.headers_mut().insert(axum::http::header::ALLOW, allow);
+        }
+        return json;
+    }
+    response
+}

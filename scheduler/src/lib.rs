@@ -1,0 +1,19 @@
+//! Heliotrope's scheduler: the inventory of sites, links and VMs, and (as
+//! they arrive) signals, plans, migration schedules and dispatch, behind a
+//! REST API.
+//!
+//! Layout:
+//! - [`domain`]: the rules, free of HTTP and SQL (validation, pagination, tokens).
+//! - [`db`]: all SQL, one module per aggregate, and the embedded migrations.
+//! - [`http`]: axum routes, authentication, metrics, the error mapping, OpenAPI.
+//! - [`startup`]: building and running the server; [`config`] and [`telemetry`].
+//! - [`demo`]: the one-command demo (fleet, private Postgres); [`bench`]: benchmarks.
+
+pub mod bench;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod domain;
+pub mod http;
+pub mod startup;
+pub mod telemetry;

@@ -1,0 +1,109 @@
+//! `heliotrope`: the scheduler binary. Loads configuration, sets up
+//! logging and hands over to the library.
+
+use anyhow::Context;
+use clap::Parser;
+use heliotrope::config::{BenchCommand, Cli, Command, Config, DemoArgs};
+use heliotrope::demo::local_pg::{localhost_answers, LocalPostgres};
+use heliotrope::startup::{shutdown_on_signal, Application};
+use heliotrope::{bench, db, demo, http, telemetry};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.config.log_format);
+    match cli.command {
+        Command::Serve => serve(&cli.config).await,
+        Command::Migrate => {
+            let pool = connect(&cli.config, &required_url(&cli.config)?).await?;
+            tracing::info!("migrations applied");
+            pool.close().await;
+            Ok(())
+        }
+        Command::Demo(args) => run_demo(&cli.config, &args).await,
+        Command::Openapi => {
+            print!("{}", http::openapi::document());
+            Ok(())
+        }
+        Command::Bench(BenchCommand::Api(args)) => bench::api(&cli.config, &args).await,
+    }
+}
+
+fn required_url(config: &Config) -> anyhow::Result<String> {
+    config.database_url().context("no database configured: set HELIOTROPE_DATABASE_URL (or DATABASE_URL)")
+}
+
+/// Connects and applies pending migrations.
+async fn connect(config: &Config, url: &str) -> anyhow::Result<sqlx::PgPool> {
+    let pool = db::connect(url, config.db_max_connections).await.context("connecting to the database")?;
+    db::migrate(&pool).await.context("applying migrations")?;
+    Ok(pool)
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let pool = connect(config, &required_url(config)?).await?;
+    if let Some(secret) = db::tokens::ensure_admin(&pool, config.admin_token.as_deref()).await? {
+        eprintln!("No admin token existed; made one. It is shown this once:\n\n    {secret}\n");
+    }
+    let app = Application::build(pool, config.listen).await?;
+    tracing::info!(addr = %app.local_addr(), "serving");
+    app.run_until_stopped(shutdown_on_signal()).await.context("serving")
+}
+
+const DEMO_DATABASE: &str = "heliotrope_demo";
+
+async fn run_demo(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
+    let mut private = None;
+    let url = match config.database_url() {
+        Some(url) if !args.private_postgres => url,
+        _ if localhost_answers() && !args.private_postgres => {
+            let server = "postgres://postgres@127.0.0.1:5432/postgres";
+            db::create_database_if_missing(server, DEMO_DATABASE)
+                .await
+                .context("creating the demo database on localhost:5432 (set HELIOTROPE_DATABASE_URL to use another)")?;
+            db::with_database(server, DEMO_DATABASE)
+        }
+        _ => {
+            let pg = LocalPostgres::start().context("starting a private PostgreSQL cluster")?;
+            let url = pg.url(DEMO_DATABASE);
+            private = Some(pg);
+            db::create_database_if_missing(&db::with_database(&url, "postgres"), DEMO_DATABASE).await?;
+            url
+        }
+    };
+    let outcome = demo_with_database(config, args, &url).await;
+    if let Some(pg) = private {
+        pg.stop().context("stopping the private PostgreSQL cluster")?;
+        tracing::info!("private PostgreSQL cluster stopped");
+    }
+    outcome
+}
+
+async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyhow::Result<()> {
+    let pool = connect(config, url).await?;
+    if demo::is_empty(&pool).await? {
+        tracing::info!(vms = args.vms, "seeding the demo fleet");
+        demo::store_fleet(&pool, demo::inventory::fleet(args.vms, 2026)).await?;
+    }
+    let secret = match &config.admin_token {
+        Some(secret) => {
+            db::tokens::ensure_admin(&pool, Some(secret)).await?;
+            secret.clone()
+        }
+        None => {
+            let secret = heliotrope::domain::token::generate_secret();
+            let digest = heliotrope::domain::token::secret_digest(&secret);
+            db::tokens::insert(&pool, "demo-admin", heliotrope_api_spec::Role::Admin, &digest).await?;
+            secret
+        }
+    };
+    let app = Application::build(pool, config.listen).await?;
+    let addr = app.local_addr();
+    println!("Heliotrope demo: 16 real grid regions as sites, links between them, a seeded fleet of sim VMs.");
+    println!("  API          http://{addr}/v1/sites");
+    println!("  admin token  {secret}");
+    println!("  try          curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/vms?limit=5'");
+    println!("  OpenAPI      api-spec/openapi.json; metrics at http://{addr}/metrics");
+    println!("Ctrl-C stops the demo.");
+    app.run_until_stopped(shutdown_on_signal()).await.context("serving")
+}

@@ -1,0 +1,67 @@
+//! Building and running the scheduler's server: bind (port 0 picks a free
+//! port, which tests use), serve, and stop gracefully when told.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::http::{app, AppState};
+
+/// A bound, ready-to-run server.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds `listen`; the database must already be migrated.
+    pub async fn build(pool: PgPool, listen: SocketAddr) -> anyhow::Result<Application> {
+        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
+        Ok(Application { listener, state: AppState::new(pool) })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        // A bound TCP listener always has a local address.
+        self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
+    pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        axum::serve(self.listener, app(self.state))
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await
+    }
+}
+
+/// A token cancelled on SIGTERM or Ctrl-C.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for SIGTERM");
+                    std::future::pending::<()>().await
+                }
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => tracing::info!("interrupted; shutting down"),
+            _ = term => tracing::info!("SIGTERM; shutting down"),
+        }
+        trigger.cancel();
+    });
+    token
+}
