@@ -1,1 +1,168 @@
+//! Helpers for end-to-end tests: a real scheduler, bound to a free port on
+//! loopback, over a fresh migrated Postgres database per test (made by
+//! `#[sqlx::test]`), driven through real HTTP.
 
+use std::net::SocketAddr;
+
+use heliotrope::db;
+use heliotrope::domain::token::{generate_secret, secret_digest};
+use heliotrope::startup::Application;
+use heliotrope_api_spec::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+/// The secret of the admin token every test app starts with.
+pub const ADMIN: &str = "htp_test-admin-secret";
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub pool: PgPool,
+    client: reqwest::Client,
+}
+
+/// Starts the scheduler on `pool` (already migrated by `#[sqlx::test]`).
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    db::tokens::ensure_admin(&pool, Some(ADMIN)).await.expect("bootstrap admin token");
+    let app = Application::build(pool.clone(), "127.0.0.1:0".parse().unwrap()).await.expect("bind");
+    let addr = app.local_addr();
+    // Nobody cancels this token: the server lives as long as the test's runtime.
+    tokio::spawn(app.run_until_stopped(CancellationToken::new()));
+    TestApp { addr, pool, client: reqwest::Client::new() }
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Value,
+}
+
+impl Answer {
+    /// The error code of an error answer (panics with the body otherwise).
+    pub fn code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {}", self.body))
+    }
+
+    /// The error message of an error answer.
+    pub fn message(&self) -> &str {
+        self.body["error"]["message"].as_str().unwrap_or_else(|| panic!("not an error body: {}", self.body))
+    }
+
+    /// Asserts an error status and that the message mentions `needle` (e.g. a field name).
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, needle: &str) {
+        assert_eq!(self.status.as_u16(), status, "{}", self.body);
+        assert!(self.message().contains(needle), "message {:?} should mention {needle:?}", self.message());
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends a request with an optional bearer token and JSON body.
+    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
+        let mut request = self.client.request(method, self.url(path));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.expect("request reaches the server");
+        answer(response).await
+    }
+
+    /// Sends raw bytes with a given content type, as admin.
+    pub async fn send_raw(&self, method: Method, path: &str, content_type: &str, body: Vec<u8>) -> Answer {
+        let response = self
+            .client
+            .request(method, self.url(path))
+            .bearer_auth(ADMIN)
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+            .await
+            .expect("request reaches the server");
+        answer(response).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(Method::GET, path, Some(ADMIN), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Answer {
+        self.send(Method::POST, path, Some(ADMIN), Some(&body)).await
+    }
+
+    pub async fn put(&self, path: &str, body: Value) -> Answer {
+        self.send(Method::PUT, path, Some(ADMIN), Some(&body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Answer {
+        self.send(Method::DELETE, path, Some(ADMIN), None).await
+    }
+
+    /// Creates, as admin, and returns the new resource; panics unless 201.
+    pub async fn create(&self, path: &str, body: Value) -> Value {
+        let answer = self.post(path, body).await;
+        assert_eq!(answer.status, StatusCode::CREATED, "POST {path}: {}", answer.body);
+        answer.body
+    }
+
+    /// A fresh token's secret for `role`, stored directly.
+    pub async fn token(&self, role: Role) -> String {
+        let secret = generate_secret();
+        db::tokens::insert(&self.pool, role.as_str(), role, &secret_digest(&secret)).await.unwrap();
+        secret
+    }
+
+    /// Counts rows of `table`, to check that a refused request stored nothing.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&self.pool).await.unwrap()
+    }
+}
+
+async fn answer(response: reqwest::Response) -> Answer {
+    let status = response.status();
+    let bytes = response.bytes().await.expect("body");
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+    Answer { status, body }
+}
+
+/// A valid site body.
+pub fn site(name: &str) -> Value {
+    json!({
+        "name": name, "region": name, "latitude": 50.1, "longitude": 8.7, "timezone": "Europe/Berlin",
+        "capacity": {"vcpus": 256, "memory_gib": 1024.0, "disk_gib": 20000.0},
+        "pue": 1.2, "power_model": {"watts_per_vcpu": 10.0, "watts_per_gib": 0.4}
+    })
+}
+
+/// A valid link body.
+pub fn link(from: &str, to: &str) -> Value {
+    json!({"from_site": from, "to_site": to, "bandwidth_mbps": 1000.0, "rtt_ms": 12.0, "background_reserve_pct": 20.0})
+}
+
+/// A valid VM body.
+pub fn vm(name: &str, site: &str) -> Value {
+    json!({"name": name, "vcpus": 2, "memory_gib": 4.0, "disk_gib": 40.0, "dirty_rate_mbps": 50.0, "site": site, "driver": "sim"})
+}
+
+/// `base` with the value at `pointer` (a JSON pointer such as `/capacity/vcpus`) set to `value`,
+/// adding the last key when it is absent.
+pub fn with(mut base: Value, pointer: &str, value: Value) -> Value {
+    let (parent, key) = pointer.rsplit_once('/').expect("a JSON pointer starts with /");
+    let parent = base.pointer_mut(parent).and_then(Value::as_object_mut);
+    parent.unwrap_or_else(|| panic!("{pointer}: no such object in the body")).insert(key.to_owned(), value);
+    base
+}
+
+/// `base` without the top-level `field`.
+pub fn without(mut base: Value, field: &str) -> Value {
+    base.as_object_mut().unwrap().remove(field);
+    base
+}

@@ -1,1 +1,13 @@
+//! End-to-end tests of the REST API: a real server over real HTTP, a fresh
+//! Postgres database per test. `DATABASE_URL` names the server on which
+//! `#[sqlx::test]` makes those databases.
 
+mod auth;
+mod executors;
+mod groups;
+mod links;
+mod ops;
+mod pagination;
+mod sites;
+mod tokens;
+mod vms;

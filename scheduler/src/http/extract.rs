@@ -122,7 +122,8 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_400() {
-        for body in [&b"{"[..], b"{} x", b"nope", b""] {
+        let trailing = br#"{"name":"a","vcpus":2,"memory_gib":1,"disk_gib":1,"dirty_rate_mbps":1,"site":"s","driver":"sim"} x"#;
+        for body in [&b"{"[..], trailing, b"nope", b""] {
             let (kind, _) = message(parse_json::<VmSpec>(body).unwrap_err());
             assert_eq!(kind, "400", "{}", String::from_utf8_lossy(body));
         }
