@@ -17,7 +17,7 @@ pub struct PageParams {
     #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page; absent for the first page.
-    #[param(max_length = 64)]
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_-]+$")]
     pub cursor: Option<String>,
 }
 

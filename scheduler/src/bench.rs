@@ -55,8 +55,15 @@ impl LoadResult {
 }
 
 /// Sends GETs to `url` from `concurrency` keep-alive connections for `duration`.
-async fn load(url: &str, token: &str, concurrency: usize, duration: Duration) -> anyhow::Result<LoadResult> {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+async fn load(
+    url: &str,
+    token: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<LoadResult> {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = tokio::task::JoinSet::new();
@@ -67,7 +74,9 @@ async fn load(url: &str, token: &str, concurrency: usize, duration: Duration) ->
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 let ok = match client.get(&url).header("authorization", &auth).send().await {
-                    Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
+                    Ok(response) => {
+                        response.status().is_success() && response.bytes().await.is_ok()
+                    }
                     Err(_) => false,
                 };
                 latencies.push(sent.elapsed().as_micros() as u64);
@@ -76,7 +85,12 @@ async fn load(url: &str, token: &str, concurrency: usize, duration: Duration) ->
             (latencies, errors)
         });
     }
-    let mut result = LoadResult { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
+    let mut result = LoadResult {
+        requests: 0,
+        errors: 0,
+        elapsed: Duration::ZERO,
+        latencies_us: Vec::new(),
+    };
     while let Some(done) = workers.join_next().await {
         let (latencies, errors) = done.context("a load worker panicked")?;
         result.requests += latencies.len();
@@ -92,11 +106,17 @@ async fn load(url: &str, token: &str, concurrency: usize, duration: Duration) ->
 /// auth) as the baseline: the ratio says what the database round trips,
 /// authentication and JSON cost over the bare HTTP stack.
 pub async fn api(config: &Config, args: &ApiBenchArgs) -> anyhow::Result<()> {
-    let server = config.database_url().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let server = config
+        .database_url()
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let database = format!("heliotrope_bench_{}", std::process::id());
-    db::create_database_if_missing(&server, &database).await.context("creating the benchmark database")?;
+    db::create_database_if_missing(&server, &database)
+        .await
+        .context("creating the benchmark database")?;
     let outcome = api_on(&db::with_database(&server, &database), config, args).await;
-    db::drop_database(&server, &database).await.context("dropping the benchmark database")?;
+    db::drop_database(&server, &database)
+        .await
+        .context("dropping the benchmark database")?;
     outcome
 }
 
@@ -106,7 +126,11 @@ async fn api_on(url: &str, config: &Config, args: &ApiBenchArgs) -> anyhow::Resu
     let seeding = Instant::now();
     demo::store_fleet(&pool, demo::inventory::fleet(args.vms, 42)).await?;
     sqlx::query("analyze").execute(&pool).await?;
-    eprintln!("seeded {} VMs in {:.1} s", args.vms, seeding.elapsed().as_secs_f64());
+    eprintln!(
+        "seeded {} VMs in {:.1} s",
+        args.vms,
+        seeding.elapsed().as_secs_f64()
+    );
     let secret = generate_secret();
     db::tokens::insert(&pool, "bench", Role::Viewer, &secret_digest(&secret)).await?;
 
@@ -116,16 +140,32 @@ async fn api_on(url: &str, config: &Config, args: &ApiBenchArgs) -> anyhow::Resu
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));
 
     let duration = Duration::from_secs(args.duration_s);
-    let vms_url = format!("{base}/v1/vms{}", if args.query.is_empty() { String::new() } else { format!("?{}", args.query) });
+    let vms_url = format!(
+        "{base}/v1/vms{}",
+        if args.query.is_empty() {
+            String::new()
+        } else {
+            format!("?{}", args.query)
+        }
+    );
     // Warm up connections, caches and the database's buffers.
     load(&vms_url, &secret, args.concurrency, Duration::from_secs(1)).await?;
-    let baseline = load(&format!("{base}/healthz"), &secret, args.concurrency, duration).await?;
+    let baseline = load(
+        &format!("{base}/healthz"),
+        &secret,
+        args.concurrency,
+        duration,
+    )
+    .await?;
     let measured = load(&vms_url, &secret, args.concurrency, duration).await?;
     stop.cancel();
     server.await.context("the server task panicked")??;
     pool.close().await;
 
-    for (name, r) in [("GET /healthz (baseline)", &baseline), ("GET /v1/vms", &measured)] {
+    for (name, r) in [
+        ("GET /healthz (baseline)", &baseline),
+        ("GET /v1/vms", &measured),
+    ] {
         eprintln!(
             "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors in {} requests",
             r.req_per_s(),

@@ -19,14 +19,21 @@ pub struct Application {
 impl Application {
     /// Binds `listen`; the database must already be migrated.
     pub async fn build(pool: PgPool, listen: SocketAddr) -> anyhow::Result<Application> {
-        let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        Ok(Application { listener, state: AppState::new(pool) })
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("binding {listen}"))?;
+        Ok(Application {
+            listener,
+            state: AppState::new(pool),
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound TCP listener always has a local address.
-        self.listener.local_addr().expect("bound listener has an address")
+        self.listener
+            .local_addr()
+            .expect("bound listener has an address")
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.

@@ -32,7 +32,11 @@ pub enum StoreError {
     Conflict(String),
     /// A name in the request refers to nothing.
     #[error("{field}: no {kind} named '{name}'")]
-    UnknownReference { field: String, kind: &'static str, name: String },
+    UnknownReference {
+        field: String,
+        kind: &'static str,
+        name: String,
+    },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -65,13 +69,19 @@ pub(crate) fn enum_to_text<T: Serialize>(value: &T) -> String {
 
 /// Reads back what [`enum_to_text`] stored. A value the code does not know
 /// means the schema and the code disagree, which is a decode error.
-pub(crate) fn enum_from_text<T: DeserializeOwned>(text: String) -> std::result::Result<T, sqlx::Error> {
-    serde_json::from_value(serde_json::Value::String(text)).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+pub(crate) fn enum_from_text<T: DeserializeOwned>(
+    text: String,
+) -> std::result::Result<T, sqlx::Error> {
+    serde_json::from_value(serde_json::Value::String(text))
+        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// Maps a unique-key violation to a 409 that says which name is taken and
 /// a restrict foreign key to a 409 that says what still uses the row.
-pub(crate) fn on_constraint(err: sqlx::Error, describe: impl Fn(&str) -> Option<String>) -> StoreError {
+pub(crate) fn on_constraint(
+    err: sqlx::Error,
+    describe: impl Fn(&str) -> Option<String>,
+) -> StoreError {
     if let sqlx::Error::Database(db) = &err {
         if let Some(message) = db.constraint().and_then(&describe) {
             if db.is_unique_violation() || db.is_foreign_key_violation() {
@@ -83,24 +93,38 @@ pub(crate) fn on_constraint(err: sqlx::Error, describe: impl Fn(&str) -> Option<
 }
 
 /// The id of the site named `name`, or an error that names `field`.
-pub(crate) async fn site_id_by_name(tx: &mut Transaction<'_, Postgres>, field: &str, name: &str) -> Result<i64> {
+pub(crate) async fn site_id_by_name(
+    tx: &mut Transaction<'_, Postgres>,
+    field: &str,
+    name: &str,
+) -> Result<i64> {
     sqlx::query_scalar("select site_id from site where name = $1")
         .bind(name)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| StoreError::UnknownReference { field: field.to_owned(), kind: "site", name: name.to_owned() })
+        .ok_or_else(|| StoreError::UnknownReference {
+            field: field.to_owned(),
+            kind: "site",
+            name: name.to_owned(),
+        })
 }
 
 /// Creates database `name` on the server at `server_url` unless it exists.
-pub async fn create_database_if_missing(server_url: &str, name: &str) -> std::result::Result<(), sqlx::Error> {
+pub async fn create_database_if_missing(
+    server_url: &str,
+    name: &str,
+) -> std::result::Result<(), sqlx::Error> {
     let pool = connect(server_url, 1).await?;
-    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-        .bind(name)
-        .fetch_one(&pool)
-        .await?;
+    let exists: bool =
+        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+            .bind(name)
+            .fetch_one(&pool)
+            .await?;
     if !exists {
         // Identifiers cannot be bound; callers pass names of their own making.
-        sqlx::query(&format!("create database \"{}\"", name.replace('"', ""))).execute(&pool).await?;
+        sqlx::query(&format!("create database \"{}\"", name.replace('"', "")))
+            .execute(&pool)
+            .await?;
     }
     pool.close().await;
     Ok(())
@@ -109,14 +133,21 @@ pub async fn create_database_if_missing(server_url: &str, name: &str) -> std::re
 /// Drops database `name` on the server at `server_url`, ending its sessions.
 pub async fn drop_database(server_url: &str, name: &str) -> std::result::Result<(), sqlx::Error> {
     let pool = connect(server_url, 1).await?;
-    sqlx::query(&format!("drop database if exists \"{}\" with (force)", name.replace('"', ""))).execute(&pool).await?;
+    sqlx::query(&format!(
+        "drop database if exists \"{}\" with (force)",
+        name.replace('"', "")
+    ))
+    .execute(&pool)
+    .await?;
     pool.close().await;
     Ok(())
 }
 
 /// `url` with its database name replaced by `database` (query parameters kept).
 pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let root = match base[scheme_end..].find('/') {
         Some(i) => &base[..scheme_end + i],
@@ -134,8 +165,14 @@ mod tests {
 
     #[test]
     fn swaps_the_database_name() {
-        assert_eq!(with_database("postgres://u@h:5432/a", "b"), "postgres://u@h:5432/b");
+        assert_eq!(
+            with_database("postgres://u@h:5432/a", "b"),
+            "postgres://u@h:5432/b"
+        );
         assert_eq!(with_database("postgres://u@h", "b"), "postgres://u@h/b");
-        assert_eq!(with_database("postgres://u@localhost/a?host=/tmp/s", "b"), "postgres://u@localhost/b?host=/tmp/s");
+        assert_eq!(
+            with_database("postgres://u@localhost/a?host=/tmp/s", "b"),
+            "postgres://u@localhost/b?host=/tmp/s"
+        );
     }
 }

@@ -67,7 +67,9 @@ const SELECT: &str = "select v.vm_id, v.name, v.vcpus, v.memory_gib, v.disk_gib,
     from vm v join site s on s.site_id = v.site_id left join vm_group g on g.group_id = v.group_id";
 
 fn name_taken(spec: &VmSpec) -> impl Fn(&str) -> Option<String> + '_ {
-    move |constraint| (constraint == "vm_name_key").then(|| format!("a VM named '{}' already exists", spec.name))
+    move |constraint| {
+        (constraint == "vm_name_key").then(|| format!("a VM named '{}' already exists", spec.name))
+    }
 }
 
 /// The ids a VM's references resolve to.
@@ -97,11 +99,22 @@ async fn resolve(tx: &mut Transaction<'_, Postgres>, spec: &VmSpec) -> Result<Re
     for (i, name) in spec.allowed_sites.iter().flatten().enumerate() {
         allowed_sites.push(site_id_by_name(tx, &format!("allowed_sites[{i}]"), name).await?);
     }
-    Ok(Refs { site, group, allowed_sites })
+    Ok(Refs {
+        site,
+        group,
+        allowed_sites,
+    })
 }
 
-async fn store_allowed_sites(tx: &mut Transaction<'_, Postgres>, vm_id: i64, sites: &[i64]) -> Result<()> {
-    sqlx::query("delete from vm_allowed_site where vm_id = $1").bind(vm_id).execute(&mut **tx).await?;
+async fn store_allowed_sites(
+    tx: &mut Transaction<'_, Postgres>,
+    vm_id: i64,
+    sites: &[i64],
+) -> Result<()> {
+    sqlx::query("delete from vm_allowed_site where vm_id = $1")
+        .bind(vm_id)
+        .execute(&mut **tx)
+        .await?;
     sqlx::query(
         "insert into vm_allowed_site (vm_id, site_id, position) \
          select $1, site_id, (ord - 1)::smallint from unnest($2::bigint[]) with ordinality as t(site_id, ord)",
@@ -180,7 +193,9 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<VmSpec>) -> Result<Vm> 
 pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Vm> {
     let sql = format!("{SELECT} where v.vm_id = $1");
     let row: Option<VmRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
-    row.ok_or_else(|| StoreError::NotFound(format!("VM {id}")))?.try_into().map_err(Into::into)
+    row.ok_or_else(|| StoreError::NotFound(format!("VM {id}")))?
+        .try_into()
+        .map_err(Into::into)
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &VmFilter) -> Result<Page<Vm>> {
@@ -198,12 +213,18 @@ pub async fn list(pool: &PgPool, page: PageRequest, filter: &VmFilter) -> Result
         .bind(filter.pinned)
         .fetch_all(pool)
         .await?;
-    let vms = rows.into_iter().map(Vm::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
+    let vms = rows
+        .into_iter()
+        .map(Vm::try_from)
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(page.page(vms, |v| v.id))
 }
 
 pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
-    let done = sqlx::query("delete from vm where vm_id = $1").bind(id).execute(pool).await?;
+    let done = sqlx::query("delete from vm where vm_id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("VM {id}")));
     }

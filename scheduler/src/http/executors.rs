@@ -9,10 +9,13 @@ use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
+use crate::domain::inventory::check_filter_names;
 use crate::domain::page::PageRequest;
 
 pub fn router() -> Router<AppState> {
-    Router::new().route("/v1/executors", get(list_executors)).route("/v1/executors/{id}", get(get_executor))
+    Router::new()
+        .route("/v1/executors", get(list_executors))
+        .route("/v1/executors/{id}", get(get_executor))
 }
 
 /// List executors.
@@ -23,8 +26,12 @@ pub async fn list_executors(
     ApiQuery(page): ApiQuery<PageParams>,
     ApiQuery(filter): ApiQuery<ExecutorFilter>,
 ) -> Result<Json<ExecutorPage>, ApiError> {
+    check_filter_names(&[("site", filter.site.as_deref())])?;
     let page = db::executors::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
-    Ok(Json(ExecutorPage { items: page.items, next_cursor: page.next_cursor }))
+    Ok(Json(ExecutorPage {
+        items: page.items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Get one executor.

@@ -43,7 +43,11 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(pool: PgPool) -> Self {
-        AppState { pool, tokens: Arc::default(), metrics: Arc::default() }
+        AppState {
+            pool,
+            tokens: Arc::default(),
+            metrics: Arc::default(),
+        }
     }
 }
 
@@ -76,10 +80,14 @@ pub fn app(state: AppState) -> Router {
 /// give it the JSON error body like every other failure.
 async fn json_method_not_allowed(response: Response) -> Response {
     if response.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED
-        && response.headers().get(axum::http::header::CONTENT_TYPE).is_none()
+        && response
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_none()
     {
         let allow = response.headers().get(axum::http::header::ALLOW).cloned();
-        let mut json = ApiError::MethodNotAllowed("this route does not take that method".into()).into_response();
+        let mut json = ApiError::MethodNotAllowed("this route does not take that method".into())
+            .into_response();
         if let Some(allow) = allow {
             json.headers_mut().insert(axum::http::header::ALLOW, allow);
         }

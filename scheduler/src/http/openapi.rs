@@ -21,6 +21,7 @@ use super::{executors, groups, links, ops, sites, tokens, vms};
         tokens::list_tokens, tokens::create_token, tokens::get_token, tokens::revoke_token,
         ops::healthz, ops::readyz, ops::metrics,
     ),
+    components(schemas(heliotrope_api_spec::GroupPolicyKind)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
 )]
@@ -31,13 +32,76 @@ struct BearerAuth;
 impl Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme("bearer", SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()));
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
     }
 }
 
+/// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
+const CLOSED_SCHEMAS: [&str; 7] = [
+    "SiteSpec",
+    "Capacity",
+    "PowerModel",
+    "LinkSpec",
+    "VmSpec",
+    "GroupSpec",
+    "NewToken",
+];
+
 /// The document as committed: pretty JSON with a trailing newline.
 pub fn document() -> String {
-    let mut json = ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises");
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document serialises");
+    close_request_schemas(&mut doc);
+    let mut json = serde_json::to_string_pretty(&doc).expect("a JSON value serialises");
     json.push('\n');
     json
+}
+
+/// Says in the document what the server enforces: request bodies take no
+/// unknown fields (`additionalProperties: false`). The response types that
+/// flatten a request type (`Site` = `SiteSpec` + id and timestamps) are
+/// inlined first, since a closed schema inside `allOf` would forbid their
+/// extra fields.
+fn close_request_schemas(doc: &mut serde_json::Value) {
+    let Some(schemas) = doc
+        .pointer_mut("/components/schemas")
+        .and_then(|s| s.as_object_mut())
+    else {
+        return;
+    };
+    let originals = schemas.clone();
+    for schema in schemas.values_mut() {
+        let Some(parts) = schema.get("allOf").and_then(|a| a.as_array()).cloned() else {
+            continue;
+        };
+        let mut merged = serde_json::json!({"type": "object", "properties": {}, "required": []});
+        for part in &parts {
+            let part = match part.get("$ref").and_then(|r| r.as_str()) {
+                Some(reference) => {
+                    &originals[reference.trim_start_matches("#/components/schemas/")]
+                }
+                None => part,
+            };
+            for (name, property) in part["properties"].as_object().into_iter().flatten() {
+                merged["properties"][name] = property.clone();
+            }
+            for name in part["required"].as_array().into_iter().flatten() {
+                merged["required"]
+                    .as_array_mut()
+                    .expect("made above")
+                    .push(name.clone());
+            }
+        }
+        if let Some(description) = schema.get("description").cloned() {
+            merged["description"] = description;
+        }
+        *schema = merged;
+    }
+    for name in CLOSED_SCHEMAS {
+        if let Some(schema) = schemas.get_mut(name) {
+            schema["additionalProperties"] = serde_json::Value::Bool(false);
+        }
+    }
 }

@@ -9,13 +9,17 @@ use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
+use crate::domain::inventory::check_filter_names;
 use crate::domain::inventory::parse_vm;
 use crate::domain::page::PageRequest;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/vms", get(list_vms).post(create_vm))
-        .route("/v1/vms/{id}", get(get_vm).put(replace_vm).delete(delete_vm))
+        .route(
+            "/v1/vms/{id}",
+            get(get_vm).put(replace_vm).delete(delete_vm),
+        )
 }
 
 /// List VMs.
@@ -26,8 +30,15 @@ pub async fn list_vms(
     ApiQuery(page): ApiQuery<PageParams>,
     ApiQuery(filter): ApiQuery<VmFilter>,
 ) -> Result<Json<VmPage>, ApiError> {
+    check_filter_names(&[
+        ("site", filter.site.as_deref()),
+        ("group", filter.group.as_deref()),
+    ])?;
     let page = db::vms::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
-    Ok(Json(VmPage { items: page.items, next_cursor: page.next_cursor }))
+    Ok(Json(VmPage {
+        items: page.items,
+        next_cursor: page.next_cursor,
+    }))
 }
 
 /// Create a VM.
@@ -44,7 +55,10 @@ pub async fn create_vm(
 /// Get one VM.
 #[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms", params(("id" = i64, Path)),
     responses((status = 200, body = Vm), ErrorResponses))]
-pub async fn get_vm(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Vm>, ApiError> {
+pub async fn get_vm(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<Vm>, ApiError> {
     Ok(Json(db::vms::get(&state.pool, id).await?))
 }
 
@@ -56,13 +70,18 @@ pub async fn replace_vm(
     ApiPath(id): ApiPath<i64>,
     ApiJson(spec): ApiJson<VmSpec>,
 ) -> Result<Json<Vm>, ApiError> {
-    Ok(Json(db::vms::update(&state.pool, id, &parse_vm(spec)?).await?))
+    Ok(Json(
+        db::vms::update(&state.pool, id, &parse_vm(spec)?).await?,
+    ))
 }
 
 /// Delete a VM's record.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", params(("id" = i64, Path)),
     responses((status = 204), ErrorResponses))]
-pub async fn delete_vm(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
+pub async fn delete_vm(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
     db::vms::delete(&state.pool, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
