@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Executor, ExecutorFilter};
 use sqlx::PgPool;
 
-use super::{enum_from_text, enum_to_text, Result, StoreError};
+use super::{enum_from_text, enum_to_text, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 
 #[derive(sqlx::FromRow)]
@@ -45,16 +45,10 @@ pub async fn list(
     page: PageRequest,
     filter: &ExecutorFilter,
 ) -> Result<Page<Executor>> {
-    let sql = format!(
-        "{SELECT} where e.executor_id > $1 and ($3::text is null or s.name = $3) \
-         and ($4::text is null or e.state = $4) order by e.executor_id limit $2"
-    );
-    let rows: Vec<ExecutorRow> = sqlx::query_as(&sql)
-        .bind(page.after_id)
-        .bind(page.fetch_limit())
-        .bind(&filter.site)
-        .bind(filter.state.as_ref().map(enum_to_text))
-        .fetch_all(pool)
+    let rows: Vec<ExecutorRow> = ListQuery::new(SELECT, "e.executor_id", page)
+        .filter("s.name", filter.site.as_deref())
+        .filter("e.state", filter.state.as_ref().map(enum_to_text))
+        .fetch(pool)
         .await?;
     let executors = rows
         .into_iter()

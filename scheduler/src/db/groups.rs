@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Group, GroupFilter, GroupPolicy, GroupSpec};
 use sqlx::{PgExecutor, PgPool};
 
-use super::{enum_to_text, on_constraint, Result, StoreError};
+use super::{enum_to_text, on_constraint, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 use crate::domain::Valid;
 
@@ -122,14 +122,9 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Group> {
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &GroupFilter) -> Result<Page<Group>> {
-    let sql = format!(
-        "{SELECT} where g.group_id > $1 and ($3::text is null or g.policy = $3) order by g.group_id limit $2"
-    );
-    let rows: Vec<GroupRow> = sqlx::query_as(&sql)
-        .bind(page.after_id)
-        .bind(page.fetch_limit())
-        .bind(filter.policy.as_ref().map(enum_to_text))
-        .fetch_all(pool)
+    let rows: Vec<GroupRow> = ListQuery::new(SELECT, "g.group_id", page)
+        .filter("g.policy", filter.policy.as_ref().map(enum_to_text))
+        .fetch(pool)
         .await?;
     let groups = rows
         .into_iter()

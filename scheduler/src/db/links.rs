@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Link, LinkFilter, LinkSpec};
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
-use super::{on_constraint, site_id_by_name, Result, StoreError};
+use super::{on_constraint, site_id_by_name, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 use crate::domain::Valid;
 
@@ -124,16 +124,10 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Link> {
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &LinkFilter) -> Result<Page<Link>> {
-    let sql = format!(
-        "{SELECT} where l.link_id > $1 and ($3::text is null or f.name = $3) and ($4::text is null or t.name = $4) \
-         order by l.link_id limit $2"
-    );
-    let rows: Vec<LinkRow> = sqlx::query_as(&sql)
-        .bind(page.after_id)
-        .bind(page.fetch_limit())
-        .bind(&filter.from_site)
-        .bind(&filter.to_site)
-        .fetch_all(pool)
+    let rows: Vec<LinkRow> = ListQuery::new(SELECT, "l.link_id", page)
+        .filter("f.name", filter.from_site.as_deref())
+        .filter("t.name", filter.to_site.as_deref())
+        .fetch(pool)
         .await?;
     Ok(page.page(rows.into_iter().map(Link::from).collect(), |l| l.id))
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 
 use serde::{de::DeserializeOwned, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::{PgPool, Postgres, Transaction};
+use sqlx::{PgPool, Postgres, QueryBuilder, Transaction};
+
+use crate::domain::page::PageRequest;
 
 /// The schema, embedded in the binary and applied at start-up (and by `heliotrope migrate`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -90,6 +92,59 @@ pub(crate) fn on_constraint(
         }
     }
     StoreError::Database(err)
+}
+
+/// A list query: `select_from` restricted to one keyset page of `id_column`,
+/// with an `and <column> = <value>` for each filter that is present.
+///
+/// Only the filters given become SQL, so each combination is its own
+/// prepared statement with a plan Postgres can cache; `($1 is null or ...)`
+/// would make it plan every execution afresh.
+pub(crate) struct ListQuery<'a> {
+    builder: QueryBuilder<'a, Postgres>,
+    id_column: &'static str,
+    page: PageRequest,
+}
+
+impl<'a> ListQuery<'a> {
+    pub(crate) fn new(select_from: &str, id_column: &'static str, page: PageRequest) -> Self {
+        let mut builder = QueryBuilder::new(select_from);
+        builder
+            .push(format_args!(" where {id_column} > "))
+            .push_bind(page.after_id);
+        ListQuery {
+            builder,
+            id_column,
+            page,
+        }
+    }
+
+    /// Adds `and <column> = <value>` when the filter is present.
+    pub(crate) fn filter<T>(mut self, column: &str, value: Option<T>) -> Self
+    where
+        T: 'a + sqlx::Encode<'a, Postgres> + sqlx::Type<Postgres> + Send,
+    {
+        if let Some(value) = value {
+            self.builder
+                .push(format_args!(" and {column} = "))
+                .push_bind(value);
+        }
+        self
+    }
+
+    /// Fetches the page (one row more than asked, to learn whether another follows).
+    pub(crate) async fn fetch<R>(
+        mut self,
+        db: impl sqlx::PgExecutor<'_>,
+    ) -> std::result::Result<Vec<R>, sqlx::Error>
+    where
+        R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        self.builder
+            .push(format_args!(" order by {} limit ", self.id_column))
+            .push_bind(self.page.fetch_limit());
+        self.builder.build_query_as::<R>().fetch_all(db).await
+    }
 }
 
 /// The id of the site named `name`, or an error that names `field`.

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Capacity, PowerModel, Site, SiteFilter, SiteSpec};
 use sqlx::PgPool;
 
-use super::{enum_from_text, enum_to_text, on_constraint, Result, StoreError};
+use super::{enum_from_text, enum_to_text, on_constraint, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 use crate::domain::Valid;
 
@@ -125,17 +125,12 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Site> {
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &SiteFilter) -> Result<Page<Site>> {
-    let sql = format!(
-        "select {COLUMNS} from site where site_id > $1 and ($3::text is null or region = $3) \
-         and ($4::text is null or state = $4) order by site_id limit $2"
-    );
-    let rows: Vec<SiteRow> = sqlx::query_as(&sql)
-        .bind(page.after_id)
-        .bind(page.fetch_limit())
-        .bind(&filter.region)
-        .bind(filter.state.as_ref().map(enum_to_text))
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<SiteRow> =
+        ListQuery::new(&format!("select {COLUMNS} from site"), "site_id", page)
+            .filter("region", filter.region.as_deref())
+            .filter("state", filter.state.as_ref().map(enum_to_text))
+            .fetch(pool)
+            .await?;
     let sites = rows
         .into_iter()
         .map(Site::try_from)

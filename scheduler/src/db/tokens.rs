@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Role, Token, TokenFilter};
 use sqlx::PgPool;
 
-use super::{enum_from_text, enum_to_text, Result, StoreError};
+use super::{enum_from_text, enum_to_text, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 use crate::domain::token::{generate_secret, secret_digest};
 
@@ -55,16 +55,14 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Token> {
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &TokenFilter) -> Result<Page<Token>> {
-    let sql = format!(
-        "select {COLUMNS} from api_token where token_id > $1 and ($3::text is null or role = $3) \
-         order by token_id limit $2"
-    );
-    let rows: Vec<TokenRow> = sqlx::query_as(&sql)
-        .bind(page.after_id)
-        .bind(page.fetch_limit())
-        .bind(filter.role.as_ref().map(enum_to_text))
-        .fetch_all(pool)
-        .await?;
+    let rows: Vec<TokenRow> = ListQuery::new(
+        &format!("select {COLUMNS} from api_token"),
+        "token_id",
+        page,
+    )
+    .filter("role", filter.role.as_ref().map(enum_to_text))
+    .fetch(pool)
+    .await?;
     let tokens = rows
         .into_iter()
         .map(Token::try_from)

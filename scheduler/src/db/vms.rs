@@ -5,7 +5,9 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Vm, VmFilter, VmSpec};
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
-use super::{enum_from_text, enum_to_text, on_constraint, site_id_by_name, Result, StoreError};
+use super::{
+    enum_from_text, enum_to_text, on_constraint, site_id_by_name, ListQuery, Result, StoreError,
+};
 use crate::domain::page::{Page, PageRequest};
 use crate::domain::Valid;
 
@@ -60,8 +62,8 @@ impl TryFrom<VmRow> for Vm {
 
 const SELECT: &str = "select v.vm_id, v.name, v.vcpus, v.memory_gib, v.disk_gib, v.dirty_rate_mbps, \
     s.name as site, \
-    nullif(array(select a_s.name from vm_allowed_site a join site a_s on a_s.site_id = a.site_id \
-                 where a.vm_id = v.vm_id order by a.position), '{}'::text[]) as allowed_sites, \
+    (select array_agg(x.name order by a.position) from vm_allowed_site a join site x on x.site_id = a.site_id \
+     where a.vm_id = v.vm_id) as allowed_sites, \
     v.allowed_regions, v.pinned, g.name as group_name, v.priority, v.max_downtime_ms, v.driver, v.driver_spec, \
     v.created_at, v.updated_at \
     from vm v join site s on s.site_id = v.site_id left join vm_group g on g.group_id = v.group_id";
@@ -199,19 +201,12 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Vm> {
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &VmFilter) -> Result<Page<Vm>> {
-    let sql = format!(
-        "{SELECT} where v.vm_id > $1 and ($3::text is null or s.name = $3) and ($4::text is null or g.name = $4) \
-         and ($5::text is null or v.driver = $5) and ($6::boolean is null or v.pinned = $6) \
-         order by v.vm_id limit $2"
-    );
-    let rows: Vec<VmRow> = sqlx::query_as(&sql)
-        .bind(page.after_id)
-        .bind(page.fetch_limit())
-        .bind(&filter.site)
-        .bind(&filter.group)
-        .bind(filter.driver.as_ref().map(enum_to_text))
-        .bind(filter.pinned)
-        .fetch_all(pool)
+    let rows: Vec<VmRow> = ListQuery::new(SELECT, "v.vm_id", page)
+        .filter("s.name", filter.site.as_deref())
+        .filter("g.name", filter.group.as_deref())
+        .filter("v.driver", filter.driver.as_ref().map(enum_to_text))
+        .filter("v.pinned", filter.pinned)
+        .fetch(pool)
         .await?;
     let vms = rows
         .into_iter()
