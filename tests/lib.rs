@@ -22,22 +22,20 @@ pub struct TestApp {
     client: reqwest::Client,
 }
 
-/// Starts the scheduler on `pool` (already migrated by `#[sqlx::test]`).
+/// Starts the scheduler on `pool` (already migrated by `#[sqlx::test]`), as
+/// `heliotrope serve` runs it (read cache on).
 pub async fn spawn_app(pool: PgPool) -> TestApp {
-    db::tokens::ensure_admin(&pool, Some(ADMIN))
-        .await
-        .expect("bootstrap admin token");
-    let app = Application::build(pool.clone(), "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("bind");
+    spawn_replica(pool, true).await
+}
+
+/// Starts one scheduler replica on `pool`; several may share one database.
+pub async fn spawn_replica(pool: PgPool, read_cache: bool) -> TestApp {
+    db::tokens::ensure_admin(&pool, Some(ADMIN)).await.expect("bootstrap admin token");
+    let app = Application::build(pool.clone(), "127.0.0.1:0".parse().unwrap(), read_cache).await.expect("bind");
     let addr = app.local_addr();
     // Nobody cancels this token: the server lives as long as the test's runtime.
     tokio::spawn(app.run_until_stopped(CancellationToken::new()));
-    TestApp {
-        addr,
-        pool,
-        client: reqwest::Client::new(),
-    }
+    TestApp { addr, pool, client: reqwest::Client::new() }
 }
 
 /// A response as the tests look at it.
@@ -50,27 +48,19 @@ pub struct Answer {
 impl Answer {
     /// The error code of an error answer (panics with the body otherwise).
     pub fn code(&self) -> &str {
-        self.body["error"]["code"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error body: {}", self.body))
+        self.body["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error body: {}", self.body))
     }
 
     /// The error message of an error answer.
     pub fn message(&self) -> &str {
-        self.body["error"]["message"]
-            .as_str()
-            .unwrap_or_else(|| panic!("not an error body: {}", self.body))
+        self.body["error"]["message"].as_str().unwrap_or_else(|| panic!("not an error body: {}", self.body))
     }
 
     /// Asserts an error status and that the message mentions `needle` (e.g. a field name).
     #[track_caller]
     pub fn assert_error(&self, status: u16, needle: &str) {
         assert_eq!(self.status.as_u16(), status, "{}", self.body);
-        assert!(
-            self.message().contains(needle),
-            "message {:?} should mention {needle:?}",
-            self.message()
-        );
+        assert!(self.message().contains(needle), "message {:?} should mention {needle:?}", self.message());
     }
 }
 
@@ -80,13 +70,7 @@ impl TestApp {
     }
 
     /// Sends a request with an optional bearer token and JSON body.
-    pub async fn send(
-        &self,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Answer {
+    pub async fn send(&self, method: Method, path: &str, token: Option<&str>, body: Option<&Value>) -> Answer {
         let mut request = self.client.request(method, self.url(path));
         if let Some(token) = token {
             request = request.bearer_auth(token);
@@ -99,13 +83,7 @@ impl TestApp {
     }
 
     /// Sends raw bytes with a given content type, as admin.
-    pub async fn send_raw(
-        &self,
-        method: Method,
-        path: &str,
-        content_type: &str,
-        body: Vec<u8>,
-    ) -> Answer {
+    pub async fn send_raw(&self, method: Method, path: &str, content_type: &str, body: Vec<u8>) -> Answer {
         let response = self
             .client
             .request(method, self.url(path))
@@ -123,8 +101,7 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: Value) -> Answer {
-        self.send(Method::POST, path, Some(ADMIN), Some(&body))
-            .await
+        self.send(Method::POST, path, Some(ADMIN), Some(&body)).await
     }
 
     pub async fn put(&self, path: &str, body: Value) -> Answer {
@@ -138,41 +115,27 @@ impl TestApp {
     /// Creates, as admin, and returns the new resource; panics unless 201.
     pub async fn create(&self, path: &str, body: Value) -> Value {
         let answer = self.post(path, body).await;
-        assert_eq!(
-            answer.status,
-            StatusCode::CREATED,
-            "POST {path}: {}",
-            answer.body
-        );
+        assert_eq!(answer.status, StatusCode::CREATED, "POST {path}: {}", answer.body);
         answer.body
     }
 
     /// A fresh token's secret for `role`, stored directly.
     pub async fn token(&self, role: Role) -> String {
         let secret = generate_secret();
-        db::tokens::insert(&self.pool, role.as_str(), role, &secret_digest(&secret))
-            .await
-            .unwrap();
+        db::tokens::insert(&self.pool, role.as_str(), role, &secret_digest(&secret)).await.unwrap();
         secret
     }
 
     /// Counts rows of `table`, to check that a refused request stored nothing.
     pub async fn count(&self, table: &str) -> i64 {
-        sqlx::query_scalar(&format!("select count(*) from {table}"))
-            .fetch_one(&self.pool)
-            .await
-            .unwrap()
+        sqlx::query_scalar(&format!("select count(*) from {table}")).fetch_one(&self.pool).await.unwrap()
     }
 }
 
 async fn answer(response: reqwest::Response) -> Answer {
     let status = response.status();
     let bytes = response.bytes().await.expect("body");
-    let body = if bytes.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::Null)
-    };
+    let body = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
     Answer { status, body }
 }
 
@@ -198,13 +161,9 @@ pub fn vm(name: &str, site: &str) -> Value {
 /// `base` with the value at `pointer` (a JSON pointer such as `/capacity/vcpus`) set to `value`,
 /// adding the last key when it is absent.
 pub fn with(mut base: Value, pointer: &str, value: Value) -> Value {
-    let (parent, key) = pointer
-        .rsplit_once('/')
-        .expect("a JSON pointer starts with /");
+    let (parent, key) = pointer.rsplit_once('/').expect("a JSON pointer starts with /");
     let parent = base.pointer_mut(parent).and_then(Value::as_object_mut);
-    parent
-        .unwrap_or_else(|| panic!("{pointer}: no such object in the body"))
-        .insert(key.to_owned(), value);
+    parent.unwrap_or_else(|| panic!("{pointer}: no such object in the body")).insert(key.to_owned(), value);
     base
 }
 

@@ -49,18 +49,10 @@ pub struct PowerModel {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SiteSpec {
     /// Unique name, 1-64 of `A-Za-z0-9._-`, starting with a letter or digit.
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub name: String,
     /// Grid region label (e.g. an Electricity Maps zone such as `DE-LU`).
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub region: String,
     #[schema(minimum = -90, maximum = 90)]
     pub latitude: f64,
@@ -142,11 +134,7 @@ pub enum Driver {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VmSpec {
     /// Unique name, 1-64 of `A-Za-z0-9._-`, starting with a letter or digit.
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub name: String,
     #[schema(minimum = 1, maximum = 1024)]
     pub vcpus: u32,
@@ -243,11 +231,7 @@ pub enum GroupPolicyKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GroupSpec {
     /// Unique name, 1-64 of `A-Za-z0-9._-`, starting with a letter or digit.
-    #[schema(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub name: String,
     pub policy: GroupPolicy,
 }
@@ -290,11 +274,7 @@ pub struct Executor {
 #[into_params(parameter_in = Query)]
 pub struct SiteFilter {
     /// Only sites with this region label.
-    #[param(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub region: Option<String>,
     /// Only sites in this state.
     pub state: Option<SiteState>,
@@ -305,18 +285,10 @@ pub struct SiteFilter {
 #[into_params(parameter_in = Query)]
 pub struct LinkFilter {
     /// Only links leaving this site (by name).
-    #[param(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub from_site: Option<String>,
     /// Only links arriving at this site (by name).
-    #[param(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub to_site: Option<String>,
 }
 
@@ -325,18 +297,10 @@ pub struct LinkFilter {
 #[into_params(parameter_in = Query)]
 pub struct VmFilter {
     /// Only VMs at this site (by name).
-    #[param(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub site: Option<String>,
     /// Only members of this group (by name).
-    #[param(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub group: Option<String>,
     pub driver: Option<Driver>,
     pub pinned: Option<bool>,
@@ -355,11 +319,7 @@ pub struct GroupFilter {
 #[into_params(parameter_in = Query)]
 pub struct ExecutorFilter {
     /// Only executors at this site (by name).
-    #[param(
-        min_length = 1,
-        max_length = 64,
-        pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$"
-    )]
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub site: Option<String>,
     pub state: Option<ExecutorState>,
 }

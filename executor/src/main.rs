@@ -21,9 +21,6 @@ struct Cli {}
 
 fn main() {
     Cli::parse();
-    eprintln!(
-        "heliotrope-executor {}: nothing to run yet (see --help)",
-        env!("CARGO_PKG_VERSION")
-    );
+    eprintln!("heliotrope-executor {}: nothing to run yet (see --help)", env!("CARGO_PKG_VERSION"));
     std::process::exit(2);
 }

@@ -55,15 +55,8 @@ impl LoadResult {
 }
 
 /// Sends GETs to `url` from `concurrency` keep-alive connections for `duration`.
-async fn load(
-    url: &str,
-    token: &str,
-    concurrency: usize,
-    duration: Duration,
-) -> anyhow::Result<LoadResult> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
+async fn load(url: &str, token: &str, concurrency: usize, duration: Duration) -> anyhow::Result<LoadResult> {
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
     let started = Instant::now();
     let deadline = started + duration;
     let mut workers = tokio::task::JoinSet::new();
@@ -74,9 +67,7 @@ async fn load(
             while Instant::now() < deadline {
                 let sent = Instant::now();
                 let ok = match client.get(&url).header("authorization", &auth).send().await {
-                    Ok(response) => {
-                        response.status().is_success() && response.bytes().await.is_ok()
-                    }
+                    Ok(response) => response.status().is_success() && response.bytes().await.is_ok(),
                     Err(_) => false,
                 };
                 latencies.push(sent.elapsed().as_micros() as u64);
@@ -85,12 +76,7 @@ async fn load(
             (latencies, errors)
         });
     }
-    let mut result = LoadResult {
-        requests: 0,
-        errors: 0,
-        elapsed: Duration::ZERO,
-        latencies_us: Vec::new(),
-    };
+    let mut result = LoadResult { requests: 0, errors: 0, elapsed: Duration::ZERO, latencies_us: Vec::new() };
     while let Some(done) = workers.join_next().await {
         let (latencies, errors) = done.context("a load worker panicked")?;
         result.requests += latencies.len();
@@ -102,21 +88,15 @@ async fn load(
     Ok(result)
 }
 
-/// GET /v1/vms against `--vms` VMs, with GET /healthz (no database, no
-/// auth) as the baseline: the ratio says what the database round trips,
-/// authentication and JSON cost over the bare HTTP stack.
+/// GET /v1/vms against `--vms` VMs, with and without the read cache, and
+/// GET /healthz (no database, no auth) as the baseline: the ratios say what
+/// authentication, the database and JSON cost over the bare HTTP stack.
 pub async fn api(config: &Config, args: &ApiBenchArgs) -> anyhow::Result<()> {
-    let server = config
-        .database_url()
-        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
+    let server = config.database_url().unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/postgres".to_owned());
     let database = format!("heliotrope_bench_{}", std::process::id());
-    db::create_database_if_missing(&server, &database)
-        .await
-        .context("creating the benchmark database")?;
+    db::create_database_if_missing(&server, &database).await.context("creating the benchmark database")?;
     let outcome = api_on(&db::with_database(&server, &database), config, args).await;
-    db::drop_database(&server, &database)
-        .await
-        .context("dropping the benchmark database")?;
+    db::drop_database(&server, &database).await.context("dropping the benchmark database")?;
     outcome
 }
 
@@ -126,45 +106,42 @@ async fn api_on(url: &str, config: &Config, args: &ApiBenchArgs) -> anyhow::Resu
     let seeding = Instant::now();
     demo::store_fleet(&pool, demo::inventory::fleet(args.vms, 42)).await?;
     sqlx::query("analyze").execute(&pool).await?;
-    eprintln!(
-        "seeded {} VMs in {:.1} s",
-        args.vms,
-        seeding.elapsed().as_secs_f64()
-    );
+    eprintln!("seeded {} VMs in {:.1} s", args.vms, seeding.elapsed().as_secs_f64());
     let secret = generate_secret();
     db::tokens::insert(&pool, "bench", Role::Viewer, &secret_digest(&secret)).await?;
 
-    let app = Application::build(pool.clone(), "127.0.0.1:0".parse()?).await?;
-    let base = format!("http://{}", app.local_addr());
+    // Two servers in this process on the same database: as configured by
+    // default (read cache on), and without the cache, the cost of every miss.
     let stop = CancellationToken::new();
-    let server = tokio::spawn(app.run_until_stopped(stop.clone()));
+    let mut bases = Vec::new();
+    let mut servers = Vec::new();
+    for read_cache in [true, false] {
+        let app = Application::build(pool.clone(), "127.0.0.1:0".parse()?, read_cache).await?;
+        bases.push(format!("http://{}", app.local_addr()));
+        servers.push(tokio::spawn(app.run_until_stopped(stop.clone())));
+    }
+    let query = if args.query.is_empty() { String::new() } else { format!("?{}", args.query) };
+    let endpoint = format!("/v1/vms{query}");
+    let (cached_url, uncached_url) = (format!("{}{endpoint}", bases[0]), format!("{}{endpoint}", bases[1]));
 
     let duration = Duration::from_secs(args.duration_s);
-    let vms_url = format!(
-        "{base}/v1/vms{}",
-        if args.query.is_empty() {
-            String::new()
-        } else {
-            format!("?{}", args.query)
-        }
-    );
-    // Warm up connections, caches and the database's buffers.
-    load(&vms_url, &secret, args.concurrency, Duration::from_secs(1)).await?;
-    let baseline = load(
-        &format!("{base}/healthz"),
-        &secret,
-        args.concurrency,
-        duration,
-    )
-    .await?;
-    let measured = load(&vms_url, &secret, args.concurrency, duration).await?;
+    // Warm up connections, the cache and the database's buffers.
+    for url in [&cached_url, &uncached_url] {
+        load(url, &secret, args.concurrency, Duration::from_secs(1)).await?;
+    }
+    let baseline = load(&format!("{}/healthz", bases[0]), &secret, args.concurrency, duration).await?;
+    let uncached = load(&uncached_url, &secret, args.concurrency, duration).await?;
+    let measured = load(&cached_url, &secret, args.concurrency, duration).await?;
     stop.cancel();
-    server.await.context("the server task panicked")??;
+    for server in servers {
+        server.await.context("a server task panicked")??;
+    }
     pool.close().await;
 
     for (name, r) in [
         ("GET /healthz (baseline)", &baseline),
-        ("GET /v1/vms", &measured),
+        ("GET /v1/vms without the read cache", &uncached),
+        ("GET /v1/vms (default: read cache on)", &measured),
     ] {
         eprintln!(
             "{name}: {:.0} req/s, p50 {:.2} ms, p99 {:.2} ms, {} errors in {} requests",
@@ -177,17 +154,20 @@ async fn api_on(url: &str, config: &Config, args: &ApiBenchArgs) -> anyhow::Resu
     }
     let report = json!({
         "bench": "api",
-        "endpoint": vms_url.trim_start_matches(&base),
+        "endpoint": endpoint,
         "vms": args.vms,
         "concurrency": args.concurrency,
         "duration_s": args.duration_s,
         "req_per_s": measured.req_per_s().round(),
         "p50_ms": measured.percentile_ms(50.0),
         "p99_ms": measured.percentile_ms(99.0),
-        "errors": measured.errors,
+        "errors": measured.errors + uncached.errors,
+        "uncached_req_per_s": uncached.req_per_s().round(),
+        "uncached_p99_ms": uncached.percentile_ms(99.0),
         "baseline_req_per_s": baseline.req_per_s().round(),
         "baseline_p99_ms": baseline.percentile_ms(99.0),
         "ratio_to_baseline": measured.req_per_s() / baseline.req_per_s(),
+        "uncached_ratio_to_baseline": uncached.req_per_s() / baseline.req_per_s(),
     });
     println!("{report}");
     Ok(())

@@ -57,31 +57,19 @@ pub struct Config {
     #[arg(long, global = true, env = "HELIOTROPE_DATABASE_URL")]
     pub database_url: Option<String>,
     /// Address the API listens on.
-    #[arg(
-        long,
-        global = true,
-        env = "HELIOTROPE_LISTEN",
-        default_value = "127.0.0.1:8080"
-    )]
+    #[arg(long, global = true, env = "HELIOTROPE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// The first admin token's secret; generated and printed once when absent.
-    #[arg(
-        long,
-        global = true,
-        env = "HELIOTROPE_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
+    #[arg(long, global = true, env = "HELIOTROPE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Log format.
     #[arg(long, global = true, env = "HELIOTROPE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Cache inventory reads, dropped on every change (`false` to turn off).
+    #[arg(long, global = true, env = "HELIOTROPE_READ_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub read_cache: bool,
     /// Most database connections this process opens.
-    #[arg(
-        long,
-        global = true,
-        env = "HELIOTROPE_DB_MAX_CONNECTIONS",
-        default_value_t = 16
-    )]
+    #[arg(long, global = true, env = "HELIOTROPE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
 }
 
@@ -92,6 +80,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("log_format", &self.log_format)
+            .field("read_cache", &self.read_cache)
             .field("db_max_connections", &self.db_max_connections)
             .finish()
     }
@@ -100,10 +89,7 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// The database URL from `--database-url`, `HELIOTROPE_DATABASE_URL` or `DATABASE_URL`.
     pub fn database_url(&self) -> Option<String> {
-        self.database_url
-            .clone()
-            .or_else(|| std::env::var("DATABASE_URL").ok())
-            .filter(|u| !u.is_empty())
+        self.database_url.clone().or_else(|| std::env::var("DATABASE_URL").ok()).filter(|u| !u.is_empty())
     }
 }
 

@@ -30,16 +30,12 @@ async fn main() -> anyhow::Result<()> {
 }
 
 fn required_url(config: &Config) -> anyhow::Result<String> {
-    config
-        .database_url()
-        .context("no database configured: set HELIOTROPE_DATABASE_URL (or DATABASE_URL)")
+    config.database_url().context("no database configured: set HELIOTROPE_DATABASE_URL (or DATABASE_URL)")
 }
 
 /// Connects and applies pending migrations.
 async fn connect(config: &Config, url: &str) -> anyhow::Result<sqlx::PgPool> {
-    let pool = db::connect(url, config.db_max_connections)
-        .await
-        .context("connecting to the database")?;
+    let pool = db::connect(url, config.db_max_connections).await.context("connecting to the database")?;
     db::migrate(&pool).await.context("applying migrations")?;
     Ok(pool)
 }
@@ -49,11 +45,9 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     if let Some(secret) = db::tokens::ensure_admin(&pool, config.admin_token.as_deref()).await? {
         eprintln!("No admin token existed; made one. It is shown this once:\n\n    {secret}\n");
     }
-    let app = Application::build(pool, config.listen).await?;
+    let app = Application::build(pool, config.listen, config.read_cache).await?;
     tracing::info!(addr = %app.local_addr(), "serving");
-    app.run_until_stopped(shutdown_on_signal())
-        .await
-        .context("serving")
+    app.run_until_stopped(shutdown_on_signal()).await.context("serving")
 }
 
 const DEMO_DATABASE: &str = "heliotrope_demo";
@@ -73,15 +67,13 @@ async fn run_demo(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
             let pg = LocalPostgres::start().context("starting a private PostgreSQL cluster")?;
             let url = pg.url(DEMO_DATABASE);
             private = Some(pg);
-            db::create_database_if_missing(&db::with_database(&url, "postgres"), DEMO_DATABASE)
-                .await?;
+            db::create_database_if_missing(&db::with_database(&url, "postgres"), DEMO_DATABASE).await?;
             url
         }
     };
     let outcome = demo_with_database(config, args, &url).await;
     if let Some(pg) = private {
-        pg.stop()
-            .context("stopping the private PostgreSQL cluster")?;
+        pg.stop().context("stopping the private PostgreSQL cluster")?;
         tracing::info!("private PostgreSQL cluster stopped");
     }
     outcome
@@ -101,27 +93,17 @@ async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyh
         None => {
             let secret = heliotrope::domain::token::generate_secret();
             let digest = heliotrope::domain::token::secret_digest(&secret);
-            db::tokens::insert(
-                &pool,
-                "demo-admin",
-                heliotrope_api_spec::Role::Admin,
-                &digest,
-            )
-            .await?;
+            db::tokens::insert(&pool, "demo-admin", heliotrope_api_spec::Role::Admin, &digest).await?;
             secret
         }
     };
-    let app = Application::build(pool, config.listen).await?;
+    let app = Application::build(pool, config.listen, config.read_cache).await?;
     let addr = app.local_addr();
     println!("Heliotrope demo: 16 real grid regions as sites, links between them, a seeded fleet of sim VMs.");
     println!("  API          http://{addr}/v1/sites");
     println!("  admin token  {secret}");
-    println!(
-        "  try          curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/vms?limit=5'"
-    );
+    println!("  try          curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/vms?limit=5'");
     println!("  OpenAPI      api-spec/openapi.json; metrics at http://{addr}/metrics");
     println!("Ctrl-C stops the demo.");
-    app.run_until_stopped(shutdown_on_signal())
-        .await
-        .context("serving")
+    app.run_until_stopped(shutdown_on_signal()).await.context("serving")
 }

@@ -33,44 +33,30 @@ struct Route {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn route_by_role_matrix(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let s = app.create("/v1/sites", site("A")).await["id"]
-        .as_i64()
-        .unwrap();
+    let s = app.create("/v1/sites", site("A")).await["id"].as_i64().unwrap();
     app.create("/v1/sites", site("B")).await;
-    let l = app.create("/v1/links", link("A", "B")).await["links"][0]["id"]
+    let l = app.create("/v1/links", link("A", "B")).await["links"][0]["id"].as_i64().unwrap();
+    let g = app.create("/v1/groups", json!({"name": "g", "policy": {"kind": "colocate", "max_rtt_ms": 5}})).await["id"]
         .as_i64()
         .unwrap();
-    let g = app
-        .create(
-            "/v1/groups",
-            json!({"name": "g", "policy": {"kind": "colocate", "max_rtt_ms": 5}}),
-        )
-        .await["id"]
-        .as_i64()
-        .unwrap();
-    let v = app.create("/v1/vms", vm("v", "A")).await["id"]
-        .as_i64()
-        .unwrap();
-    let e: i64 = sqlx::query_scalar("insert into executor (site_id, address, state) values ($1, 'x:1', 'online') returning executor_id")
-        .bind(s)
-        .fetch_one(&app.pool)
-        .await
-        .unwrap();
-    let t = app
-        .create("/v1/tokens", json!({"name": "spare", "role": "viewer"}))
-        .await["token"]["id"]
-        .as_i64()
-        .unwrap();
+    let v = app.create("/v1/vms", vm("v", "A")).await["id"].as_i64().unwrap();
+    let e: i64 = sqlx::query_scalar(
+        "insert into executor (site_id, address, state) values ($1, 'x:1', 'online') returning executor_id",
+    )
+    .bind(s)
+    .fetch_one(&app.pool)
+    .await
+    .unwrap();
+    let t = app.create("/v1/tokens", json!({"name": "spare", "role": "viewer"})).await["token"]["id"].as_i64().unwrap();
 
     let (view, admin) = (Need::Role(Role::Viewer), Need::Role(Role::Admin));
-    let r =
-        |method: Method, template: &'static str, id: i64, body: Option<Value>, need: Need| Route {
-            method,
-            template,
-            id,
-            body,
-            need,
-        };
+    let r = |method: Method, template: &'static str, id: i64, body: Option<Value>, need: Need| Route {
+        method,
+        template,
+        id,
+        body,
+        need,
+    };
     // Writes that would succeed for admin aim at missing ids or make new names, so
     // the fixture stays intact while the matrix runs.
     let routes = vec![
@@ -82,13 +68,7 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::GET, "/v1/links", 0, None, view),
         r(Method::POST, "/v1/links", 0, Some(link("B", "A")), admin),
         r(Method::GET, "/v1/links/{id}", l, None, view),
-        r(
-            Method::PUT,
-            "/v1/links/{id}",
-            l,
-            Some(link("A", "B")),
-            admin,
-        ),
+        r(Method::PUT, "/v1/links/{id}", l, Some(link("A", "B")), admin),
         r(Method::DELETE, "/v1/links/{id}", 999_999, None, admin),
         r(Method::GET, "/v1/vms", 0, None, view),
         r(Method::POST, "/v1/vms", 0, Some(vm("new-vm", "A")), admin),
@@ -115,13 +95,7 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::GET, "/v1/executors", 0, None, view),
         r(Method::GET, "/v1/executors/{id}", e, None, view),
         r(Method::GET, "/v1/tokens", 0, None, admin),
-        r(
-            Method::POST,
-            "/v1/tokens",
-            0,
-            Some(json!({"name": "new-t", "role": "viewer"})),
-            admin,
-        ),
+        r(Method::POST, "/v1/tokens", 0, Some(json!({"name": "new-t", "role": "viewer"})), admin),
         r(Method::GET, "/v1/tokens/{id}", t, None, admin),
         r(Method::DELETE, "/v1/tokens/{id}", 999_999, None, admin),
         r(Method::GET, "/healthz", 0, None, Need::Nobody),
@@ -149,40 +123,18 @@ async fn route_by_role_matrix(pool: PgPool) {
             methods
         })
         .collect();
-    let tested: BTreeSet<(String, String)> = routes
-        .iter()
-        .map(|r| (r.method.to_string(), r.template.to_owned()))
-        .collect();
-    assert_eq!(
-        tested, documented,
-        "every documented route is in the matrix, and only those"
-    );
+    let tested: BTreeSet<(String, String)> =
+        routes.iter().map(|r| (r.method.to_string(), r.template.to_owned())).collect();
+    assert_eq!(tested, documented, "every documented route is in the matrix, and only those");
 
-    let mut secrets = vec![
-        (None, "none"),
-        (Some("htp_not-a-real-token".to_owned()), "bogus"),
-    ];
+    let mut secrets = vec![(None, "none"), (Some("htp_not-a-real-token".to_owned()), "bogus")];
     for role in Role::ALL {
-        secrets.push((
-            Some(if role == Role::Admin {
-                ADMIN.to_owned()
-            } else {
-                app.token(role).await
-            }),
-            role.as_str(),
-        ));
+        secrets.push((Some(if role == Role::Admin { ADMIN.to_owned() } else { app.token(role).await }), role.as_str()));
     }
     for route in &routes {
         let path = route.template.replace("{id}", &route.id.to_string());
         for (secret, who) in &secrets {
-            let answer = app
-                .send(
-                    route.method.clone(),
-                    &path,
-                    secret.as_deref(),
-                    route.body.as_ref(),
-                )
-                .await;
+            let answer = app.send(route.method.clone(), &path, secret.as_deref(), route.body.as_ref()).await;
             let status = answer.status.as_u16();
             let expected = match (route.need, who) {
                 (Need::Nobody, _) => None,
@@ -198,19 +150,8 @@ async fn route_by_role_matrix(pool: PgPool) {
             };
             match expected {
                 Some(code) => {
-                    assert_eq!(
-                        status, code,
-                        "{} {path} as {who}: {}",
-                        route.method, answer.body
-                    );
-                    assert_eq!(
-                        answer.code(),
-                        if code == 401 {
-                            "unauthorized"
-                        } else {
-                            "forbidden"
-                        }
-                    );
+                    assert_eq!(status, code, "{} {path} as {who}: {}", route.method, answer.body);
+                    assert_eq!(answer.code(), if code == 401 { "unauthorized" } else { "forbidden" });
                 }
                 None => assert!(
                     status != 401 && status != 403 && status < 500,
@@ -226,12 +167,7 @@ async fn route_by_role_matrix(pool: PgPool) {
 #[test]
 fn roles_nest_and_executor_stands_apart() {
     use Role::*;
-    let grants = |have: Role| {
-        Role::ALL
-            .into_iter()
-            .filter(|need| have.grants(*need))
-            .collect::<Vec<_>>()
-    };
+    let grants = |have: Role| Role::ALL.into_iter().filter(|need| have.grants(*need)).collect::<Vec<_>>();
     assert_eq!(grants(Viewer), [Viewer]);
     assert_eq!(grants(Planner), [Viewer, Planner]);
     assert_eq!(grants(Admin), [Viewer, Planner, Admin]);

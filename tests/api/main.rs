@@ -8,6 +8,7 @@ mod groups;
 mod links;
 mod ops;
 mod pagination;
+mod read_cache;
 mod sites;
 mod tokens;
 mod vms;

@@ -10,61 +10,33 @@ use sqlx::PgPool;
 async fn health_readiness_and_metrics(pool: PgPool) {
     let app = spawn_app(pool).await;
     let health = app.send(Method::GET, "/healthz", None, None).await;
-    assert_eq!(
-        (health.status.as_u16(), health.body["status"].as_str()),
-        (200, Some("ok"))
-    );
+    assert_eq!((health.status.as_u16(), health.body["status"].as_str()), (200, Some("ok")));
     let ready = app.send(Method::GET, "/readyz", None, None).await;
-    assert_eq!(
-        (ready.status.as_u16(), ready.body["status"].as_str()),
-        (200, Some("ready"))
-    );
+    assert_eq!((ready.status.as_u16(), ready.body["status"].as_str()), (200, Some("ready")));
 
     app.get("/v1/sites").await;
     app.get("/v1/sites/77").await;
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
     assert!(
-        text.contains(
-            r#"heliotrope_http_requests_total{method="GET",route="/v1/sites",status="200"} 1"#
-        ),
+        text.contains(r#"heliotrope_http_requests_total{method="GET",route="/v1/sites",status="200"} 1"#),
         "{text}"
     );
-    assert!(
-        text.contains(r#"route="/v1/sites/{id}",status="404""#),
-        "{text}"
-    );
-    assert!(
-        text.contains("heliotrope_http_request_duration_seconds_bucket"),
-        "{text}"
-    );
+    assert!(text.contains(r#"route="/v1/sites/{id}",status="404""#), "{text}");
+    assert!(text.contains("heliotrope_http_request_duration_seconds_bucket"), "{text}");
 
     // Without its database the process is alive but not ready.
     app.pool.close().await;
     let unready = app.send(Method::GET, "/readyz", None, None).await;
     unready.assert_error(503, "database");
-    assert_eq!(
-        app.send(Method::GET, "/healthz", None, None).await.status,
-        200
-    );
+    assert_eq!(app.send(Method::GET, "/healthz", None, None).await.status, 200);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn unknown_routes_and_methods_answer_json(pool: PgPool) {
     let app = spawn_app(pool).await;
-    app.send(Method::GET, "/v1/nothing", Some(ADMIN), None)
-        .await
-        .assert_error(404, "route");
-    app.send(Method::GET, "/v1/nothing", None, None)
-        .await
-        .assert_error(404, "route");
-    let patch = app
-        .send(Method::PATCH, "/v1/sites/1", Some(ADMIN), None)
-        .await;
+    app.send(Method::GET, "/v1/nothing", Some(ADMIN), None).await.assert_error(404, "route");
+    app.send(Method::GET, "/v1/nothing", None, None).await.assert_error(404, "route");
+    let patch = app.send(Method::PATCH, "/v1/sites/1", Some(ADMIN), None).await;
     patch.assert_error(405, "method");
 }
 

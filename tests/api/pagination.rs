@@ -36,43 +36,26 @@ async fn pages_cover_everything_once(pool: PgPool) {
     app.create("/v1/sites", site("B")).await;
     app.create("/v1/sites", site("C")).await;
     for i in 0..25 {
-        app.create(
-            "/v1/vms",
-            vm(&format!("vm-{i:02}"), if i % 2 == 0 { "A" } else { "B" }),
-        )
-        .await;
+        app.create("/v1/vms", vm(&format!("vm-{i:02}"), if i % 2 == 0 { "A" } else { "B" })).await;
     }
     app.create("/v1/links", link("A", "B")).await;
     app.create("/v1/links", link("B", "C")).await;
     app.create("/v1/links", link("C", "A")).await;
     for name in ["g1", "g2", "g3"] {
-        app.create(
-            "/v1/groups",
-            json!({"name": name, "policy": {"kind": "colocate", "max_rtt_ms": 5}}),
-        )
-        .await;
+        app.create("/v1/groups", json!({"name": name, "policy": {"kind": "colocate", "max_rtt_ms": 5}})).await;
     }
-    app.create("/v1/tokens", json!({"name": "t", "role": "viewer"}))
-        .await;
+    app.create("/v1/tokens", json!({"name": "t", "role": "viewer"})).await;
 
     let (ids, pages) = walk(&app, "/v1/vms", 10).await;
     assert_eq!((ids.len(), pages), (25, 3));
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "ascending, no repeats");
     let (filtered, _) = walk(&app, "/v1/vms?site=A", 4).await;
     assert_eq!(filtered.len(), 13);
-    assert!(filtered
-        .iter()
-        .collect::<BTreeSet<_>>()
-        .is_subset(&ids.iter().collect()));
+    assert!(filtered.iter().collect::<BTreeSet<_>>().is_subset(&ids.iter().collect()));
     // An exact multiple of the page size ends without an empty extra page.
     assert_eq!(walk(&app, "/v1/vms", 5).await.1, 5);
 
-    for (path, count) in [
-        ("/v1/sites", 3),
-        ("/v1/links", 3),
-        ("/v1/groups", 3),
-        ("/v1/tokens", 2),
-    ] {
+    for (path, count) in [("/v1/sites", 3), ("/v1/links", 3), ("/v1/groups", 3), ("/v1/tokens", 2)] {
         let (ids, pages) = walk(&app, path, 1).await;
         assert_eq!((ids.len(), pages), (count, count), "{path}");
     }
@@ -83,17 +66,9 @@ async fn pages_cover_everything_once(pool: PgPool) {
 async fn bad_page_parameters(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.get("/v1/vms?limit=0").await.assert_error(422, "limit");
-    app.get("/v1/vms?limit=1001")
-        .await
-        .assert_error(422, "limit");
+    app.get("/v1/vms?limit=1001").await.assert_error(422, "limit");
     app.get("/v1/vms?limit=-1").await.assert_error(400, "limit");
-    app.get("/v1/vms?cursor=garbage")
-        .await
-        .assert_error(422, "cursor");
-    app.get("/v1/sites?cursor=aWQ6LTU")
-        .await
-        .assert_error(422, "cursor");
-    app.get("/v1/vms?pinned=maybe")
-        .await
-        .assert_error(400, "pinned");
+    app.get("/v1/vms?cursor=garbage").await.assert_error(422, "cursor");
+    app.get("/v1/sites?cursor=aWQ6LTU").await.assert_error(422, "cursor");
+    app.get("/v1/vms?pinned=maybe").await.assert_error(400, "pinned");
 }

@@ -9,52 +9,38 @@ use sqlx::PgPool;
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_new_token_works_with_its_role_until_revoked(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let created = app
-        .create("/v1/tokens", json!({"name": "grafana", "role": "viewer"}))
-        .await;
+    let created = app.create("/v1/tokens", json!({"name": "grafana", "role": "viewer"})).await;
     let secret = created["secret"].as_str().unwrap().to_owned();
     assert!(secret.starts_with("htp_"));
     assert_eq!(created["token"]["role"], "viewer");
     assert_eq!(created["token"]["last_used_at"], json!(null));
 
-    let read = app
-        .send(Method::GET, "/v1/sites", Some(&secret), None)
-        .await;
+    let read = app.send(Method::GET, "/v1/sites", Some(&secret), None).await;
     assert_eq!(read.status, 200);
-    app.send(Method::POST, "/v1/sites", Some(&secret), Some(&site("A")))
-        .await
-        .assert_error(403, "viewer");
+    app.send(Method::POST, "/v1/sites", Some(&secret), Some(&site("A"))).await.assert_error(403, "viewer");
 
     let path = format!("/v1/tokens/{}", created["token"]["id"]);
     let listed = app.get(&path).await.body;
-    assert!(
-        listed["last_used_at"].is_string(),
-        "use is recorded: {listed}"
-    );
+    assert!(listed["last_used_at"].is_string(), "use is recorded: {listed}");
     assert!(listed.get("secret").is_none());
 
     // Only the digest is stored.
-    let stored: i64 = sqlx::query_scalar(
-        "select count(*) from api_token where secret_sha256 = sha256($1::bytea)",
-    )
-    .bind(secret.as_bytes())
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let stored: i64 = sqlx::query_scalar("select count(*) from api_token where secret_sha256 = sha256($1::bytea)")
+        .bind(secret.as_bytes())
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
     assert_eq!(stored, 1);
-    let plain: i64 = sqlx::query_scalar(
-        "select count(*) from api_token where position($1::bytea in secret_sha256) > 0",
-    )
-    .bind(secret.as_bytes())
-    .fetch_one(&app.pool)
-    .await
-    .unwrap();
+    let plain: i64 =
+        sqlx::query_scalar("select count(*) from api_token where position($1::bytea in secret_sha256) > 0")
+            .bind(secret.as_bytes())
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
     assert_eq!(plain, 0);
 
     assert_eq!(app.delete(&path).await.status, 204);
-    app.send(Method::GET, "/v1/sites", Some(&secret), None)
-        .await
-        .assert_error(401, "token");
+    app.send(Method::GET, "/v1/sites", Some(&secret), None).await.assert_error(401, "token");
     app.delete(&path).await.assert_error(404, "token");
     app.get(&path).await.assert_error(404, "token");
 }
@@ -62,17 +48,13 @@ async fn a_new_token_works_with_its_role_until_revoked(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn listing_never_shows_secrets(pool: PgPool) {
     let app = spawn_app(pool).await;
-    app.create("/v1/tokens", json!({"name": "ci", "role": "planner"}))
-        .await;
+    app.create("/v1/tokens", json!({"name": "ci", "role": "planner"})).await;
     let page = app.get("/v1/tokens").await;
     assert_eq!(page.status, 200);
     let text = page.body.to_string();
     assert!(!text.contains("htp_"), "{text}");
     assert_eq!(page.body["items"].as_array().unwrap().len(), 2);
-    assert_eq!(
-        app.get("/v1/tokens?role=planner").await.body["items"][0]["name"],
-        "ci"
-    );
+    assert_eq!(app.get("/v1/tokens?role=planner").await.body["items"][0]["name"], "ci");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -80,44 +62,22 @@ async fn the_last_admin_token_stays(pool: PgPool) {
     let app = spawn_app(pool).await;
     let admins = app.get("/v1/tokens?role=admin").await.body;
     let bootstrap = admins["items"][0]["id"].clone();
-    app.delete(&format!("/v1/tokens/{bootstrap}"))
-        .await
-        .assert_error(409, "last admin");
+    app.delete(&format!("/v1/tokens/{bootstrap}")).await.assert_error(409, "last admin");
 
-    let other = app
-        .create("/v1/tokens", json!({"name": "ops", "role": "admin"}))
-        .await;
-    assert_eq!(
-        app.delete(&format!("/v1/tokens/{bootstrap}")).await.status,
-        204
-    );
-    app.send(Method::GET, "/v1/tokens", Some(ADMIN), None)
-        .await
-        .assert_error(401, "token");
+    let other = app.create("/v1/tokens", json!({"name": "ops", "role": "admin"})).await;
+    assert_eq!(app.delete(&format!("/v1/tokens/{bootstrap}")).await.status, 204);
+    app.send(Method::GET, "/v1/tokens", Some(ADMIN), None).await.assert_error(401, "token");
     let new_admin = other["secret"].as_str().unwrap();
-    let still = app
-        .send(Method::GET, "/v1/tokens", Some(new_admin), None)
-        .await;
+    let still = app.send(Method::GET, "/v1/tokens", Some(new_admin), None).await;
     assert_eq!(still.status, 200);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn rules(pool: PgPool) {
     let app = spawn_app(pool).await;
-    app.post("/v1/tokens", json!({"name": "x", "role": "root"}))
-        .await
-        .assert_error(422, "role");
-    app.post("/v1/tokens", json!({"name": "", "role": "viewer"}))
-        .await
-        .assert_error(422, "name");
-    app.post("/v1/tokens", json!({"role": "viewer"}))
-        .await
-        .assert_error(422, "name");
-    app.post(
-        "/v1/tokens",
-        json!({"name": "x", "role": "viewer", "secret": "mine"}),
-    )
-    .await
-    .assert_error(422, "secret");
+    app.post("/v1/tokens", json!({"name": "x", "role": "root"})).await.assert_error(422, "role");
+    app.post("/v1/tokens", json!({"name": "", "role": "viewer"})).await.assert_error(422, "name");
+    app.post("/v1/tokens", json!({"role": "viewer"})).await.assert_error(422, "name");
+    app.post("/v1/tokens", json!({"name": "x", "role": "viewer", "secret": "mine"})).await.assert_error(422, "secret");
     assert_eq!(app.count("api_token").await, 1);
 }

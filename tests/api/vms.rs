@@ -9,11 +9,8 @@ async fn fleet(app: &TestApp) {
     for name in ["A", "B", "C"] {
         app.create("/v1/sites", site(name)).await;
     }
-    app.create(
-        "/v1/groups",
-        json!({"name": "db", "policy": {"kind": "spread", "min_sites": 2, "max_per_site": 1}}),
-    )
-    .await;
+    app.create("/v1/groups", json!({"name": "db", "policy": {"kind": "spread", "min_sites": 2, "max_per_site": 1}}))
+        .await;
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -40,20 +37,14 @@ async fn create_read_replace_delete(pool: PgPool) {
     let replaced = app.put(&path, moved).await;
     assert_eq!(replaced.status, 200, "{}", replaced.body);
     assert_eq!(replaced.body["site"], "B");
-    assert_eq!(
-        replaced.body["allowed_sites"],
-        json!(null),
-        "replaced whole"
-    );
+    assert_eq!(replaced.body["allowed_sites"], json!(null), "replaced whole");
     assert_eq!(replaced.body["group"], json!(null));
     assert_eq!(replaced.body["pinned"], true);
     assert_eq!(app.count("vm_allowed_site").await, 0);
 
     assert_eq!(app.delete(&path).await.status, 204);
     app.get(&path).await.assert_error(404, "VM");
-    app.put(&path, vm("db-1", "A"))
-        .await
-        .assert_error(404, "VM");
+    app.put(&path, vm("db-1", "A")).await.assert_error(404, "VM");
     app.delete(&path).await.assert_error(404, "VM");
 }
 
@@ -69,10 +60,7 @@ async fn each_rule_names_its_field_and_stores_nothing(pool: PgPool) {
         (with(v(), "/memory_gib", json!(0)), "memory_gib"),
         (with(v(), "/disk_gib", json!(-5)), "disk_gib"),
         (with(v(), "/dirty_rate_mbps", json!(-1)), "dirty_rate_mbps"),
-        (
-            with(v(), "/site", json!("Nowhere")),
-            "site: no site named 'Nowhere'",
-        ),
+        (with(v(), "/site", json!("Nowhere")), "site: no site named 'Nowhere'"),
         (with(v(), "/driver", json!("xen")), "driver"),
         (without(v(), "driver"), "driver"),
         (
@@ -144,9 +132,7 @@ async fn a_refused_replace_changes_nothing(pool: PgPool) {
     let path = format!("/v1/vms/{}", created["id"]);
     let mut bad = vm("v", "C");
     bad["allowed_sites"] = json!(["C", "Nowhere"]);
-    app.put(&path, bad)
-        .await
-        .assert_error(422, "allowed_sites[1]");
+    app.put(&path, bad).await.assert_error(422, "allowed_sites[1]");
     app.put(&path, vm("w", "A")).await.assert_error(409, "'w'");
     assert_eq!(app.get(&path).await.body, created);
 }
@@ -156,9 +142,7 @@ async fn duplicate_names_conflict(pool: PgPool) {
     let app = spawn_app(pool).await;
     fleet(&app).await;
     app.create("/v1/vms", vm("v", "A")).await;
-    app.post("/v1/vms", vm("v", "B"))
-        .await
-        .assert_error(409, "'v'");
+    app.post("/v1/vms", vm("v", "B")).await.assert_error(409, "'v'");
     assert_eq!(app.count("vm").await, 1);
 }
 
@@ -167,8 +151,7 @@ async fn filters(pool: PgPool) {
     let app = spawn_app(pool).await;
     fleet(&app).await;
     app.create("/v1/vms", vm("a1", "A")).await;
-    app.create("/v1/vms", with(vm("a2", "A"), "/driver", json!("qemu")))
-        .await;
+    app.create("/v1/vms", with(vm("a2", "A"), "/driver", json!("qemu"))).await;
     let mut grouped = vm("b1", "B");
     grouped["group"] = json!("db");
     grouped["pinned"] = json!(true);
@@ -190,9 +173,6 @@ async fn filters(pool: PgPool) {
     assert_eq!(names("/v1/vms?group=db").await, ["b1"]);
     assert_eq!(names("/v1/vms?driver=qemu").await, ["a2"]);
     assert_eq!(names("/v1/vms?pinned=true").await, ["b1"]);
-    assert_eq!(
-        names("/v1/vms?pinned=false&site=A&driver=sim").await,
-        ["a1"]
-    );
+    assert_eq!(names("/v1/vms?pinned=false&site=A&driver=sim").await, ["a1"]);
     assert_eq!(names("/v1/vms?site=Nowhere").await, Vec::<String>::new());
 }

@@ -35,24 +35,15 @@ const SELECT: &str = "select e.executor_id, s.name as site, e.address, e.last_he
 pub async fn get(pool: &PgPool, id: i64) -> Result<Executor> {
     let sql = format!("{SELECT} where e.executor_id = $1");
     let row: Option<ExecutorRow> = sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?;
-    row.ok_or_else(|| StoreError::NotFound(format!("executor {id}")))?
-        .try_into()
-        .map_err(Into::into)
+    row.ok_or_else(|| StoreError::NotFound(format!("executor {id}")))?.try_into().map_err(Into::into)
 }
 
-pub async fn list(
-    pool: &PgPool,
-    page: PageRequest,
-    filter: &ExecutorFilter,
-) -> Result<Page<Executor>> {
+pub async fn list(pool: &PgPool, page: PageRequest, filter: &ExecutorFilter) -> Result<Page<Executor>> {
     let rows: Vec<ExecutorRow> = ListQuery::new(SELECT, "e.executor_id", page)
         .filter("s.name", filter.site.as_deref())
         .filter("e.state", filter.state.as_ref().map(enum_to_text))
         .fetch(pool)
         .await?;
-    let executors = rows
-        .into_iter()
-        .map(Executor::try_from)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let executors = rows.into_iter().map(Executor::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(page.page(executors, |e| e.id))
 }

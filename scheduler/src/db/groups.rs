@@ -25,23 +25,15 @@ impl TryFrom<GroupRow> for Group {
     type Error = sqlx::Error;
     fn try_from(r: GroupRow) -> std::result::Result<Group, sqlx::Error> {
         let policy = match (r.policy.as_str(), r.min_sites, r.max_per_site, r.max_rtt_ms) {
-            ("spread", Some(min_sites), Some(max_per_site), None) => GroupPolicy::Spread {
-                min_sites: min_sites.unsigned_abs(),
-                max_per_site: max_per_site.unsigned_abs(),
-            },
-            ("colocate", None, None, Some(max_rtt_ms)) => GroupPolicy::Colocate { max_rtt_ms },
-            (other, ..) => {
-                return Err(sqlx::Error::Decode(
-                    format!("group policy row '{other}' is malformed").into(),
-                ))
+            ("spread", Some(min_sites), Some(max_per_site), None) => {
+                GroupPolicy::Spread { min_sites: min_sites.unsigned_abs(), max_per_site: max_per_site.unsigned_abs() }
             }
+            ("colocate", None, None, Some(max_rtt_ms)) => GroupPolicy::Colocate { max_rtt_ms },
+            (other, ..) => return Err(sqlx::Error::Decode(format!("group policy row '{other}' is malformed").into())),
         };
         Ok(Group {
             id: r.group_id,
-            spec: GroupSpec {
-                name: r.name,
-                policy,
-            },
+            spec: GroupSpec { name: r.name, policy },
             members: r.members,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -56,23 +48,15 @@ const SELECT: &str = "select g.group_id, g.name, g.policy, g.min_sites, g.max_pe
 fn policy_columns(policy: &GroupPolicy) -> (&'static str, Option<i32>, Option<i32>, Option<f64>) {
     // Validation caps both counts far inside i32.
     match *policy {
-        GroupPolicy::Spread {
-            min_sites,
-            max_per_site,
-        } => (
-            "spread",
-            Some(min_sites as i32),
-            Some(max_per_site as i32),
-            None,
-        ),
+        GroupPolicy::Spread { min_sites, max_per_site } => {
+            ("spread", Some(min_sites as i32), Some(max_per_site as i32), None)
+        }
         GroupPolicy::Colocate { max_rtt_ms } => ("colocate", None, None, Some(max_rtt_ms)),
     }
 }
 
 fn name_taken(spec: &GroupSpec) -> impl Fn(&str) -> Option<String> + '_ {
-    move |c| {
-        (c == "vm_group_name_key").then(|| format!("a group named '{}' already exists", spec.name))
-    }
+    move |c| (c == "vm_group_name_key").then(|| format!("a group named '{}' already exists", spec.name))
 }
 
 pub async fn insert(pool: &PgPool, spec: &Valid<GroupSpec>) -> Result<Group> {
@@ -116,9 +100,7 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<GroupSpec>) -> Result<G
 pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Group> {
     let sql = format!("{SELECT} where g.group_id = $1");
     let row: Option<GroupRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
-    row.ok_or_else(|| StoreError::NotFound(format!("group {id}")))?
-        .try_into()
-        .map_err(Into::into)
+    row.ok_or_else(|| StoreError::NotFound(format!("group {id}")))?.try_into().map_err(Into::into)
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &GroupFilter) -> Result<Page<Group>> {
@@ -126,25 +108,17 @@ pub async fn list(pool: &PgPool, page: PageRequest, filter: &GroupFilter) -> Res
         .filter("g.policy", filter.policy.as_ref().map(enum_to_text))
         .fetch(pool)
         .await?;
-    let groups = rows
-        .into_iter()
-        .map(Group::try_from)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let groups = rows.into_iter().map(Group::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(page.page(groups, |g| g.id))
 }
 
 /// Deletes a group; refused while VMs belong to it.
 pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
-    let done = sqlx::query("delete from vm_group where group_id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(|e| {
-            on_constraint(e, |c| {
-                (c == "vm_group_id_fkey")
-                    .then(|| format!("group {id} still has member VMs; remove them from it first"))
-            })
-        })?;
+    let done = sqlx::query("delete from vm_group where group_id = $1").bind(id).execute(pool).await.map_err(|e| {
+        on_constraint(e, |c| {
+            (c == "vm_group_id_fkey").then(|| format!("group {id} still has member VMs; remove them from it first"))
+        })
+    })?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("group {id}")));
     }

@@ -38,8 +38,7 @@ impl From<LinkRow> for Link {
     }
 }
 
-const SELECT: &str =
-    "select l.link_id, f.name as from_site, t.name as to_site, l.bandwidth_mbps, l.rtt_ms, \
+const SELECT: &str = "select l.link_id, f.name as from_site, t.name as to_site, l.bandwidth_mbps, l.rtt_ms, \
     l.background_reserve_pct, l.created_at, l.updated_at \
     from link l join site f on f.site_id = l.from_site_id join site t on t.site_id = l.to_site_id";
 
@@ -51,14 +50,8 @@ fn pair_taken(from: &str, to: &str) -> impl Fn(&str) -> Option<String> {
 /// Creates the link, and its reverse when `spec.symmetric` is set, in one transaction.
 pub async fn insert(pool: &PgPool, spec: &Valid<LinkSpec>) -> Result<Vec<Link>> {
     let mut tx = pool.begin().await?;
-    let from = (
-        site_id_by_name(&mut tx, "from_site", &spec.from_site).await?,
-        spec.from_site.as_str(),
-    );
-    let to = (
-        site_id_by_name(&mut tx, "to_site", &spec.to_site).await?,
-        spec.to_site.as_str(),
-    );
+    let from = (site_id_by_name(&mut tx, "from_site", &spec.from_site).await?, spec.from_site.as_str());
+    let to = (site_id_by_name(&mut tx, "to_site", &spec.to_site).await?, spec.to_site.as_str());
     let mut ids = vec![insert_one(&mut tx, spec, from, to).await?];
     if spec.symmetric {
         ids.push(insert_one(&mut tx, spec, to, from).await?);
@@ -119,8 +112,7 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<LinkSpec>) -> Result<Li
 pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Link> {
     let sql = format!("{SELECT} where l.link_id = $1");
     let row: Option<LinkRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
-    row.map(Link::from)
-        .ok_or_else(|| StoreError::NotFound(format!("link {id}")))
+    row.map(Link::from).ok_or_else(|| StoreError::NotFound(format!("link {id}")))
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &LinkFilter) -> Result<Page<Link>> {
@@ -133,10 +125,7 @@ pub async fn list(pool: &PgPool, page: PageRequest, filter: &LinkFilter) -> Resu
 }
 
 pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
-    let done = sqlx::query("delete from link where link_id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    let done = sqlx::query("delete from link where link_id = $1").bind(id).execute(pool).await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("link {id}")));
     }

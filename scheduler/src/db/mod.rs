@@ -6,6 +6,7 @@
 //! turned into `StoreError`s here so that the HTTP layer never has to know
 //! a Postgres error code.
 
+pub mod changes;
 pub mod executors;
 pub mod groups;
 pub mod links;
@@ -34,11 +35,7 @@ pub enum StoreError {
     Conflict(String),
     /// A name in the request refers to nothing.
     #[error("{field}: no {kind} named '{name}'")]
-    UnknownReference {
-        field: String,
-        kind: &'static str,
-        name: String,
-    },
+    UnknownReference { field: String, kind: &'static str, name: String },
     #[error(transparent)]
     Database(#[from] sqlx::Error),
 }
@@ -71,19 +68,13 @@ pub(crate) fn enum_to_text<T: Serialize>(value: &T) -> String {
 
 /// Reads back what [`enum_to_text`] stored. A value the code does not know
 /// means the schema and the code disagree, which is a decode error.
-pub(crate) fn enum_from_text<T: DeserializeOwned>(
-    text: String,
-) -> std::result::Result<T, sqlx::Error> {
-    serde_json::from_value(serde_json::Value::String(text))
-        .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+pub(crate) fn enum_from_text<T: DeserializeOwned>(text: String) -> std::result::Result<T, sqlx::Error> {
+    serde_json::from_value(serde_json::Value::String(text)).map_err(|e| sqlx::Error::Decode(Box::new(e)))
 }
 
 /// Maps a unique-key violation to a 409 that says which name is taken and
 /// a restrict foreign key to a 409 that says what still uses the row.
-pub(crate) fn on_constraint(
-    err: sqlx::Error,
-    describe: impl Fn(&str) -> Option<String>,
-) -> StoreError {
+pub(crate) fn on_constraint(err: sqlx::Error, describe: impl Fn(&str) -> Option<String>) -> StoreError {
     if let sqlx::Error::Database(db) = &err {
         if let Some(message) = db.constraint().and_then(&describe) {
             if db.is_unique_violation() || db.is_foreign_key_violation() {
@@ -109,14 +100,8 @@ pub(crate) struct ListQuery<'a> {
 impl<'a> ListQuery<'a> {
     pub(crate) fn new(select_from: &str, id_column: &'static str, page: PageRequest) -> Self {
         let mut builder = QueryBuilder::new(select_from);
-        builder
-            .push(format_args!(" where {id_column} > "))
-            .push_bind(page.after_id);
-        ListQuery {
-            builder,
-            id_column,
-            page,
-        }
+        builder.push(format_args!(" where {id_column} > ")).push_bind(page.after_id);
+        ListQuery { builder, id_column, page }
     }
 
     /// Adds `and <column> = <value>` when the filter is present.
@@ -125,61 +110,40 @@ impl<'a> ListQuery<'a> {
         T: 'a + sqlx::Encode<'a, Postgres> + sqlx::Type<Postgres> + Send,
     {
         if let Some(value) = value {
-            self.builder
-                .push(format_args!(" and {column} = "))
-                .push_bind(value);
+            self.builder.push(format_args!(" and {column} = ")).push_bind(value);
         }
         self
     }
 
     /// Fetches the page (one row more than asked, to learn whether another follows).
-    pub(crate) async fn fetch<R>(
-        mut self,
-        db: impl sqlx::PgExecutor<'_>,
-    ) -> std::result::Result<Vec<R>, sqlx::Error>
+    pub(crate) async fn fetch<R>(mut self, db: impl sqlx::PgExecutor<'_>) -> std::result::Result<Vec<R>, sqlx::Error>
     where
         R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
     {
-        self.builder
-            .push(format_args!(" order by {} limit ", self.id_column))
-            .push_bind(self.page.fetch_limit());
+        self.builder.push(format_args!(" order by {} limit ", self.id_column)).push_bind(self.page.fetch_limit());
         self.builder.build_query_as::<R>().fetch_all(db).await
     }
 }
 
 /// The id of the site named `name`, or an error that names `field`.
-pub(crate) async fn site_id_by_name(
-    tx: &mut Transaction<'_, Postgres>,
-    field: &str,
-    name: &str,
-) -> Result<i64> {
+pub(crate) async fn site_id_by_name(tx: &mut Transaction<'_, Postgres>, field: &str, name: &str) -> Result<i64> {
     sqlx::query_scalar("select site_id from site where name = $1")
         .bind(name)
         .fetch_optional(&mut **tx)
         .await?
-        .ok_or_else(|| StoreError::UnknownReference {
-            field: field.to_owned(),
-            kind: "site",
-            name: name.to_owned(),
-        })
+        .ok_or_else(|| StoreError::UnknownReference { field: field.to_owned(), kind: "site", name: name.to_owned() })
 }
 
 /// Creates database `name` on the server at `server_url` unless it exists.
-pub async fn create_database_if_missing(
-    server_url: &str,
-    name: &str,
-) -> std::result::Result<(), sqlx::Error> {
+pub async fn create_database_if_missing(server_url: &str, name: &str) -> std::result::Result<(), sqlx::Error> {
     let pool = connect(server_url, 1).await?;
-    let exists: bool =
-        sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
-            .bind(name)
-            .fetch_one(&pool)
-            .await?;
+    let exists: bool = sqlx::query_scalar("select exists (select 1 from pg_database where datname = $1)")
+        .bind(name)
+        .fetch_one(&pool)
+        .await?;
     if !exists {
         // Identifiers cannot be bound; callers pass names of their own making.
-        sqlx::query(&format!("create database \"{}\"", name.replace('"', "")))
-            .execute(&pool)
-            .await?;
+        sqlx::query(&format!("create database \"{}\"", name.replace('"', ""))).execute(&pool).await?;
     }
     pool.close().await;
     Ok(())
@@ -188,21 +152,14 @@ pub async fn create_database_if_missing(
 /// Drops database `name` on the server at `server_url`, ending its sessions.
 pub async fn drop_database(server_url: &str, name: &str) -> std::result::Result<(), sqlx::Error> {
     let pool = connect(server_url, 1).await?;
-    sqlx::query(&format!(
-        "drop database if exists \"{}\" with (force)",
-        name.replace('"', "")
-    ))
-    .execute(&pool)
-    .await?;
+    sqlx::query(&format!("drop database if exists \"{}\" with (force)", name.replace('"', ""))).execute(&pool).await?;
     pool.close().await;
     Ok(())
 }
 
 /// `url` with its database name replaced by `database` (query parameters kept).
 pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = url
-        .split_once('?')
-        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));
     let scheme_end = base.find("://").map_or(0, |i| i + 3);
     let root = match base[scheme_end..].find('/') {
         Some(i) => &base[..scheme_end + i],
@@ -220,14 +177,8 @@ mod tests {
 
     #[test]
     fn swaps_the_database_name() {
-        assert_eq!(
-            with_database("postgres://u@h:5432/a", "b"),
-            "postgres://u@h:5432/b"
-        );
+        assert_eq!(with_database("postgres://u@h:5432/a", "b"), "postgres://u@h:5432/b");
         assert_eq!(with_database("postgres://u@h", "b"), "postgres://u@h/b");
-        assert_eq!(
-            with_database("postgres://u@localhost/a?host=/tmp/s", "b"),
-            "postgres://u@localhost/b?host=/tmp/s"
-        );
+        assert_eq!(with_database("postgres://u@localhost/a?host=/tmp/s", "b"), "postgres://u@localhost/b?host=/tmp/s");
     }
 }

@@ -39,16 +39,12 @@ impl TryFrom<SiteRow> for Site {
                 longitude: r.longitude,
                 timezone: r.timezone,
                 capacity: Capacity {
-                    vcpus: u32::try_from(r.capacity_vcpus)
-                        .map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
+                    vcpus: u32::try_from(r.capacity_vcpus).map_err(|e| sqlx::Error::Decode(Box::new(e)))?,
                     memory_gib: r.capacity_memory_gib,
                     disk_gib: r.capacity_disk_gib,
                 },
                 pue: r.pue,
-                power_model: PowerModel {
-                    watts_per_vcpu: r.watts_per_vcpu,
-                    watts_per_gib: r.watts_per_gib,
-                },
+                power_model: PowerModel { watts_per_vcpu: r.watts_per_vcpu, watts_per_gib: r.watts_per_gib },
                 state: enum_from_text(r.state)?,
             },
             created_at: r.created_at,
@@ -61,10 +57,7 @@ const COLUMNS: &str = "site_id, name, region, latitude, longitude, timezone, cap
     capacity_memory_gib, capacity_disk_gib, pue, watts_per_vcpu, watts_per_gib, state, created_at, updated_at";
 
 fn name_taken(spec: &SiteSpec) -> impl Fn(&str) -> Option<String> + '_ {
-    move |constraint| {
-        (constraint == "site_name_key")
-            .then(|| format!("a site named '{}' already exists", spec.name))
-    }
+    move |constraint| (constraint == "site_name_key").then(|| format!("a site named '{}' already exists", spec.name))
 }
 
 pub async fn insert(pool: &PgPool, spec: &Valid<SiteSpec>) -> Result<Site> {
@@ -73,10 +66,8 @@ pub async fn insert(pool: &PgPool, spec: &Valid<SiteSpec>) -> Result<Site> {
          capacity_disk_gib, pue, watts_per_vcpu, watts_per_gib, state) \
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) returning {COLUMNS}"
     );
-    let row: SiteRow = bind_spec(sqlx::query_as(&sql), spec)
-        .fetch_one(pool)
-        .await
-        .map_err(|e| on_constraint(e, name_taken(spec)))?;
+    let row: SiteRow =
+        bind_spec(sqlx::query_as(&sql), spec).fetch_one(pool).await.map_err(|e| on_constraint(e, name_taken(spec)))?;
     Ok(row.try_into()?)
 }
 
@@ -91,9 +82,7 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<SiteSpec>) -> Result<Si
         .fetch_optional(pool)
         .await
         .map_err(|e| on_constraint(e, name_taken(spec)))?;
-    row.ok_or_else(|| StoreError::NotFound(format!("site {id}")))?
-        .try_into()
-        .map_err(Into::into)
+    row.ok_or_else(|| StoreError::NotFound(format!("site {id}")))?.try_into().map_err(Into::into)
 }
 
 fn bind_spec<'q>(
@@ -119,46 +108,30 @@ fn bind_spec<'q>(
 pub async fn get(pool: &PgPool, id: i64) -> Result<Site> {
     let sql = format!("select {COLUMNS} from site where site_id = $1");
     let row: Option<SiteRow> = sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?;
-    row.ok_or_else(|| StoreError::NotFound(format!("site {id}")))?
-        .try_into()
-        .map_err(Into::into)
+    row.ok_or_else(|| StoreError::NotFound(format!("site {id}")))?.try_into().map_err(Into::into)
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &SiteFilter) -> Result<Page<Site>> {
-    let rows: Vec<SiteRow> =
-        ListQuery::new(&format!("select {COLUMNS} from site"), "site_id", page)
-            .filter("region", filter.region.as_deref())
-            .filter("state", filter.state.as_ref().map(enum_to_text))
-            .fetch(pool)
-            .await?;
-    let sites = rows
-        .into_iter()
-        .map(Site::try_from)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let rows: Vec<SiteRow> = ListQuery::new(&format!("select {COLUMNS} from site"), "site_id", page)
+        .filter("region", filter.region.as_deref())
+        .filter("state", filter.state.as_ref().map(enum_to_text))
+        .fetch(pool)
+        .await?;
+    let sites = rows.into_iter().map(Site::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(page.page(sites, |s| s.id))
 }
 
 /// Deletes a site and its links. Refused while VMs run there, VMs may run
 /// only there, or executors serve it.
 pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
-    let done = sqlx::query("delete from site where site_id = $1")
-        .bind(id)
-        .execute(pool)
-        .await
-        .map_err(|e| {
-            on_constraint(e, |constraint| match constraint {
-                "vm_site_id_fkey" => Some(format!(
-                    "site {id} still hosts VMs; move or delete them first"
-                )),
-                "vm_allowed_site_site_id_fkey" => {
-                    Some(format!("site {id} is in some VM's allowed_sites"))
-                }
-                "executor_site_id_fkey" => {
-                    Some(format!("site {id} still has executors registered"))
-                }
-                _ => None,
-            })
-        })?;
+    let done = sqlx::query("delete from site where site_id = $1").bind(id).execute(pool).await.map_err(|e| {
+        on_constraint(e, |constraint| match constraint {
+            "vm_site_id_fkey" => Some(format!("site {id} still hosts VMs; move or delete them first")),
+            "vm_allowed_site_site_id_fkey" => Some(format!("site {id} is in some VM's allowed_sites")),
+            "executor_site_id_fkey" => Some(format!("site {id} still has executors registered")),
+            _ => None,
+        })
+    })?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("site {id}")));
     }

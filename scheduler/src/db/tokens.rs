@@ -34,39 +34,24 @@ const COLUMNS: &str = "token_id, name, role, created_at, last_used_at";
 
 /// Stores a token whose secret hashes to `digest`.
 pub async fn insert(pool: &PgPool, name: &str, role: Role, digest: &[u8; 32]) -> Result<Token> {
-    let sql = format!(
-        "insert into api_token (name, role, secret_sha256) values ($1, $2, $3) returning {COLUMNS}"
-    );
-    let row: TokenRow = sqlx::query_as(&sql)
-        .bind(name)
-        .bind(enum_to_text(&role))
-        .bind(&digest[..])
-        .fetch_one(pool)
-        .await?;
+    let sql = format!("insert into api_token (name, role, secret_sha256) values ($1, $2, $3) returning {COLUMNS}");
+    let row: TokenRow =
+        sqlx::query_as(&sql).bind(name).bind(enum_to_text(&role)).bind(&digest[..]).fetch_one(pool).await?;
     Ok(row.try_into()?)
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Token> {
     let sql = format!("select {COLUMNS} from api_token where token_id = $1");
     let row: Option<TokenRow> = sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?;
-    row.ok_or_else(|| StoreError::NotFound(format!("token {id}")))?
-        .try_into()
-        .map_err(Into::into)
+    row.ok_or_else(|| StoreError::NotFound(format!("token {id}")))?.try_into().map_err(Into::into)
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &TokenFilter) -> Result<Page<Token>> {
-    let rows: Vec<TokenRow> = ListQuery::new(
-        &format!("select {COLUMNS} from api_token"),
-        "token_id",
-        page,
-    )
-    .filter("role", filter.role.as_ref().map(enum_to_text))
-    .fetch(pool)
-    .await?;
-    let tokens = rows
-        .into_iter()
-        .map(Token::try_from)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let rows: Vec<TokenRow> = ListQuery::new(&format!("select {COLUMNS} from api_token"), "token_id", page)
+        .filter("role", filter.role.as_ref().map(enum_to_text))
+        .fetch(pool)
+        .await?;
+    let tokens = rows.into_iter().map(Token::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(page.page(tokens, |t| t.id))
 }
 
@@ -75,28 +60,18 @@ pub async fn list(pool: &PgPool, page: PageRequest, filter: &TokenFilter) -> Res
 pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
     let mut tx = pool.begin().await?;
     // Serialise revocations so that two concurrent ones cannot remove the last two admins.
-    sqlx::query("lock table api_token in share row exclusive mode")
-        .execute(&mut *tx)
-        .await?;
-    let role: Option<String> = sqlx::query_scalar("select role from api_token where token_id = $1")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
+    sqlx::query("lock table api_token in share row exclusive mode").execute(&mut *tx).await?;
+    let role: Option<String> =
+        sqlx::query_scalar("select role from api_token where token_id = $1").bind(id).fetch_optional(&mut *tx).await?;
     let role = role.ok_or_else(|| StoreError::NotFound(format!("token {id}")))?;
     if role == "admin" {
-        let admins: i64 = sqlx::query_scalar("select count(*) from api_token where role = 'admin'")
-            .fetch_one(&mut *tx)
-            .await?;
+        let admins: i64 =
+            sqlx::query_scalar("select count(*) from api_token where role = 'admin'").fetch_one(&mut *tx).await?;
         if admins <= 1 {
-            return Err(StoreError::Conflict(format!(
-                "token {id} is the last admin token; create another first"
-            )));
+            return Err(StoreError::Conflict(format!("token {id} is the last admin token; create another first")));
         }
     }
-    sqlx::query("delete from api_token where token_id = $1")
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("delete from api_token where token_id = $1").bind(id).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
 }
@@ -115,10 +90,7 @@ pub async fn authenticate(pool: &PgPool, digest: &[u8; 32]) -> Result<Option<(i6
         return Ok(None);
     };
     if stale {
-        sqlx::query("update api_token set last_used_at = now() where token_id = $1")
-            .bind(id)
-            .execute(pool)
-            .await?;
+        sqlx::query("update api_token set last_used_at = now() where token_id = $1").bind(id).execute(pool).await?;
     }
     Ok(Some((id, enum_from_text(role)?)))
 }
@@ -129,9 +101,7 @@ pub async fn authenticate(pool: &PgPool, digest: &[u8; 32]) -> Result<Option<(i6
 /// and its secret returned so that the caller can print it, once.
 pub async fn ensure_admin(pool: &PgPool, configured: Option<&str>) -> Result<Option<String>> {
     let mut tx = pool.begin().await?;
-    sqlx::query("lock table api_token in share row exclusive mode")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query("lock table api_token in share row exclusive mode").execute(&mut *tx).await?;
     let (secret, name, printed) = match configured {
         Some(secret) => (secret.to_owned(), "admin-from-env", false),
         None => (generate_secret(), "admin-generated", true),

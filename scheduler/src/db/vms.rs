@@ -5,9 +5,7 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Vm, VmFilter, VmSpec};
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
-use super::{
-    enum_from_text, enum_to_text, on_constraint, site_id_by_name, ListQuery, Result, StoreError,
-};
+use super::{enum_from_text, enum_to_text, on_constraint, site_id_by_name, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 use crate::domain::Valid;
 
@@ -69,9 +67,7 @@ const SELECT: &str = "select v.vm_id, v.name, v.vcpus, v.memory_gib, v.disk_gib,
     from vm v join site s on s.site_id = v.site_id left join vm_group g on g.group_id = v.group_id";
 
 fn name_taken(spec: &VmSpec) -> impl Fn(&str) -> Option<String> + '_ {
-    move |constraint| {
-        (constraint == "vm_name_key").then(|| format!("a VM named '{}' already exists", spec.name))
-    }
+    move |constraint| (constraint == "vm_name_key").then(|| format!("a VM named '{}' already exists", spec.name))
 }
 
 /// The ids a VM's references resolve to.
@@ -101,22 +97,11 @@ async fn resolve(tx: &mut Transaction<'_, Postgres>, spec: &VmSpec) -> Result<Re
     for (i, name) in spec.allowed_sites.iter().flatten().enumerate() {
         allowed_sites.push(site_id_by_name(tx, &format!("allowed_sites[{i}]"), name).await?);
     }
-    Ok(Refs {
-        site,
-        group,
-        allowed_sites,
-    })
+    Ok(Refs { site, group, allowed_sites })
 }
 
-async fn store_allowed_sites(
-    tx: &mut Transaction<'_, Postgres>,
-    vm_id: i64,
-    sites: &[i64],
-) -> Result<()> {
-    sqlx::query("delete from vm_allowed_site where vm_id = $1")
-        .bind(vm_id)
-        .execute(&mut **tx)
-        .await?;
+async fn store_allowed_sites(tx: &mut Transaction<'_, Postgres>, vm_id: i64, sites: &[i64]) -> Result<()> {
+    sqlx::query("delete from vm_allowed_site where vm_id = $1").bind(vm_id).execute(&mut **tx).await?;
     sqlx::query(
         "insert into vm_allowed_site (vm_id, site_id, position) \
          select $1, site_id, (ord - 1)::smallint from unnest($2::bigint[]) with ordinality as t(site_id, ord)",
@@ -195,9 +180,7 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<VmSpec>) -> Result<Vm> 
 pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Vm> {
     let sql = format!("{SELECT} where v.vm_id = $1");
     let row: Option<VmRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
-    row.ok_or_else(|| StoreError::NotFound(format!("VM {id}")))?
-        .try_into()
-        .map_err(Into::into)
+    row.ok_or_else(|| StoreError::NotFound(format!("VM {id}")))?.try_into().map_err(Into::into)
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &VmFilter) -> Result<Page<Vm>> {
@@ -208,18 +191,12 @@ pub async fn list(pool: &PgPool, page: PageRequest, filter: &VmFilter) -> Result
         .filter("v.pinned", filter.pinned)
         .fetch(pool)
         .await?;
-    let vms = rows
-        .into_iter()
-        .map(Vm::try_from)
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let vms = rows.into_iter().map(Vm::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(page.page(vms, |v| v.id))
 }
 
 pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
-    let done = sqlx::query("delete from vm where vm_id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    let done = sqlx::query("delete from vm where vm_id = $1").bind(id).execute(pool).await?;
     if done.rows_affected() == 0 {
         return Err(StoreError::NotFound(format!("VM {id}")));
     }

@@ -20,14 +20,8 @@ pub struct Fleet {
 
 /// VM shapes (vcpus, memory GiB) and how common each is, after the general
 /// purpose / memory-optimised mix typical of cloud fleets.
-const SHAPES: [(u32, f64, u32); 6] = [
-    (1, 2.0, 10),
-    (2, 4.0, 25),
-    (2, 8.0, 20),
-    (4, 16.0, 20),
-    (8, 32.0, 15),
-    (16, 64.0, 10),
-];
+const SHAPES: [(u32, f64, u32); 6] =
+    [(1, 2.0, 10), (2, 4.0, 25), (2, 8.0, 20), (4, 16.0, 20), (8, 32.0, 15), (16, 64.0, 10)];
 
 fn continent(r: &Region) -> &'static str {
     match r.zone.split('-').next().unwrap_or_default() {
@@ -53,10 +47,8 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
             // Room for the fleet at about 60-85% utilisation once spread out.
             capacity: Capacity {
                 vcpus: (vm_count as u32 * 6 / 16).max(64) * rng.random_range(10..14) / 10,
-                memory_gib: ((vm_count * 24 / 16).max(256) as f64 * rng.random_range(1.0..1.4))
-                    .round(),
-                disk_gib: ((vm_count * 200 / 16).max(4096) as f64 * rng.random_range(1.0..1.4))
-                    .round(),
+                memory_gib: ((vm_count * 24 / 16).max(256) as f64 * rng.random_range(1.0..1.4)).round(),
+                disk_gib: ((vm_count * 200 / 16).max(4096) as f64 * rng.random_range(1.0..1.4)).round(),
             },
             pue: (rng.random_range(1.1..1.5_f64) * 100.0).round() / 100.0,
             power_model: PowerModel {
@@ -88,17 +80,8 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
     }
 
     let groups = vec![
-        GroupSpec {
-            name: "db-cluster".into(),
-            policy: GroupPolicy::Spread {
-                min_sites: 3,
-                max_per_site: 1,
-            },
-        },
-        GroupSpec {
-            name: "analytics".into(),
-            policy: GroupPolicy::Colocate { max_rtt_ms: 40.0 },
-        },
+        GroupSpec { name: "db-cluster".into(), policy: GroupPolicy::Spread { min_sites: 3, max_per_site: 1 } },
+        GroupSpec { name: "analytics".into(), policy: GroupPolicy::Colocate { max_rtt_ms: 40.0 } },
     ];
 
     let total_weight: u32 = SHAPES.iter().map(|s| s.2).sum();
@@ -145,12 +128,7 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
             }
         })
         .collect();
-    Fleet {
-        sites,
-        links,
-        groups,
-        vms,
-    }
+    Fleet { sites, links, groups, vms }
 }
 
 #[cfg(test)]

@@ -51,11 +51,7 @@ fn find_bin_dir() -> anyhow::Result<PathBuf> {
 }
 
 fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.trim_ascii() == b"0")
-        .unwrap_or(false)
+    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
 }
 
 impl LocalPostgres {
@@ -81,47 +77,23 @@ impl LocalPostgres {
         std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
         std::fs::create_dir_all(&pg.socket_dir)?;
         if as_postgres_user {
-            pg.run(
-                "chown",
-                &["-R", "postgres:postgres", &base.to_string_lossy()],
-                false,
-            )?;
+            pg.run("chown", &["-R", "postgres:postgres", &base.to_string_lossy()], false)?;
         }
         if !pg.data_dir.join("PG_VERSION").exists() {
             tracing::info!(data_dir = %pg.data_dir.display(), "initialising a private PostgreSQL cluster");
             let data = pg.data_dir.to_string_lossy().into_owned();
-            pg.pg(
-                "initdb",
-                &[
-                    "-D",
-                    &data,
-                    "-U",
-                    "postgres",
-                    "--auth=trust",
-                    "-E",
-                    "UTF8",
-                    "--no-instructions",
-                ],
-            )?;
+            pg.pg("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"])?;
         }
         let options = format!("-c listen_addresses='' -k {}", pg.socket_dir.display());
         let log = base.join("postgres.log").to_string_lossy().into_owned();
         let data = pg.data_dir.to_string_lossy().into_owned();
-        pg.pg(
-            "pg_ctl",
-            &[
-                "-D", &data, "-o", &options, "-l", &log, "-w", "-t", "30", "start",
-            ],
-        )?;
+        pg.pg("pg_ctl", &["-D", &data, "-o", &options, "-l", &log, "-w", "-t", "30", "start"])?;
         Ok(pg)
     }
 
     /// A connection URL for `database` over the cluster's socket.
     pub fn url(&self, database: &str) -> String {
-        format!(
-            "postgres://postgres@localhost/{database}?host={}",
-            self.socket_dir.display()
-        )
+        format!("postgres://postgres@localhost/{database}?host={}", self.socket_dir.display())
     }
 
     /// Stops the cluster, waiting for it to finish.
@@ -144,16 +116,10 @@ impl LocalPostgres {
             Command::new(program)
         };
         // A working directory the postgres user may enter.
-        let output = command
-            .args(args)
-            .current_dir(Path::new("/"))
-            .output()
-            .with_context(|| format!("running {program}"))?;
+        let output =
+            command.args(args).current_dir(Path::new("/")).output().with_context(|| format!("running {program}"))?;
         if !output.status.success() {
-            bail!(
-                "{program} failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            );
+            bail!("{program} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
         Ok(())
     }

@@ -19,19 +19,13 @@ use crate::domain::inventory::{parse_group, parse_link, parse_site, parse_vm};
 pub async fn store_fleet(pool: &PgPool, fleet: Fleet) -> anyhow::Result<()> {
     for site in fleet.sites {
         let name = site.name.clone();
-        db::sites::insert(pool, &parse_site(site)?)
-            .await
-            .with_context(|| format!("storing site {name}"))?;
+        db::sites::insert(pool, &parse_site(site)?).await.with_context(|| format!("storing site {name}"))?;
     }
     for link in fleet.links {
-        db::links::insert(pool, &parse_link(link)?)
-            .await
-            .context("storing a link")?;
+        db::links::insert(pool, &parse_link(link)?).await.context("storing a link")?;
     }
     for group in fleet.groups {
-        db::groups::insert(pool, &parse_group(group)?)
-            .await
-            .context("storing a group")?;
+        db::groups::insert(pool, &parse_group(group)?).await.context("storing a group")?;
     }
     const LANES: usize = 8;
     let mut lanes: Vec<Vec<_>> = (0..LANES).map(|_| Vec::new()).collect();
@@ -43,9 +37,7 @@ pub async fn store_fleet(pool: &PgPool, fleet: Fleet) -> anyhow::Result<()> {
         let pool = pool.clone();
         tasks.spawn(async move {
             for vm in lane {
-                db::vms::insert(&pool, &vm)
-                    .await
-                    .with_context(|| format!("storing VM {}", vm.name))?;
+                db::vms::insert(&pool, &vm).await.with_context(|| format!("storing VM {}", vm.name))?;
             }
             anyhow::Ok(())
         });
@@ -58,12 +50,6 @@ pub async fn store_fleet(pool: &PgPool, fleet: Fleet) -> anyhow::Result<()> {
 
 /// Whether the inventory holds no site yet.
 pub async fn is_empty(pool: &PgPool) -> anyhow::Result<bool> {
-    let page = crate::domain::page::PageRequest {
-        limit: 1,
-        after_id: 0,
-    };
-    Ok(db::sites::list(pool, page, &Default::default())
-        .await?
-        .items
-        .is_empty())
+    let page = crate::domain::page::PageRequest { limit: 1, after_id: 0 };
+    Ok(db::sites::list(pool, page, &Default::default()).await?.items.is_empty())
 }

@@ -46,13 +46,7 @@ pub const REGIONS: [Region; 16] = [
         latitude: 42.65,
         longitude: -73.76,
     },
-    Region {
-        zone: "CA-ON",
-        name: "Ontario (IESO)",
-        timezone: "America/Toronto",
-        latitude: 43.65,
-        longitude: -79.38,
-    },
+    Region { zone: "CA-ON", name: "Ontario (IESO)", timezone: "America/Toronto", latitude: 43.65, longitude: -79.38 },
     Region {
         zone: "BR-SP",
         name: "Brazil South-East / Sao Paulo",
@@ -67,55 +61,13 @@ pub const REGIONS: [Region; 16] = [
         latitude: -33.45,
         longitude: -70.67,
     },
-    Region {
-        zone: "GB",
-        name: "Great Britain",
-        timezone: "Europe/London",
-        latitude: 51.51,
-        longitude: -0.13,
-    },
-    Region {
-        zone: "DE-LU",
-        name: "Germany-Luxembourg",
-        timezone: "Europe/Berlin",
-        latitude: 50.11,
-        longitude: 8.68,
-    },
-    Region {
-        zone: "ZA",
-        name: "South Africa",
-        timezone: "Africa/Johannesburg",
-        latitude: -26.2,
-        longitude: 28.05,
-    },
-    Region {
-        zone: "IN-WE",
-        name: "India West",
-        timezone: "Asia/Kolkata",
-        latitude: 19.08,
-        longitude: 72.88,
-    },
-    Region {
-        zone: "SG",
-        name: "Singapore",
-        timezone: "Asia/Singapore",
-        latitude: 1.35,
-        longitude: 103.82,
-    },
-    Region {
-        zone: "KR",
-        name: "South Korea",
-        timezone: "Asia/Seoul",
-        latitude: 37.57,
-        longitude: 126.98,
-    },
-    Region {
-        zone: "JP-TK",
-        name: "Japan Tokyo area",
-        timezone: "Asia/Tokyo",
-        latitude: 35.68,
-        longitude: 139.69,
-    },
+    Region { zone: "GB", name: "Great Britain", timezone: "Europe/London", latitude: 51.51, longitude: -0.13 },
+    Region { zone: "DE-LU", name: "Germany-Luxembourg", timezone: "Europe/Berlin", latitude: 50.11, longitude: 8.68 },
+    Region { zone: "ZA", name: "South Africa", timezone: "Africa/Johannesburg", latitude: -26.2, longitude: 28.05 },
+    Region { zone: "IN-WE", name: "India West", timezone: "Asia/Kolkata", latitude: 19.08, longitude: 72.88 },
+    Region { zone: "SG", name: "Singapore", timezone: "Asia/Singapore", latitude: 1.35, longitude: 103.82 },
+    Region { zone: "KR", name: "South Korea", timezone: "Asia/Seoul", latitude: 37.57, longitude: 126.98 },
+    Region { zone: "JP-TK", name: "Japan Tokyo area", timezone: "Asia/Tokyo", latitude: 35.68, longitude: 139.69 },
     Region {
         zone: "AU-NSW",
         name: "Australia New South Wales",
@@ -153,9 +105,6 @@ mod tests {
             assert!(crate::domain::inventory::check_name("zone", r.zone).is_ok());
         }
         let london_frankfurt = distance_km(&REGIONS[7], &REGIONS[8]);
-        assert!(
-            (600.0..700.0).contains(&london_frankfurt),
-            "{london_frankfurt}"
-        );
+        assert!((600.0..700.0).contains(&london_frankfurt), "{london_frankfurt}");
     }
 }

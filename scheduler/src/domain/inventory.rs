@@ -20,10 +20,7 @@ type Result<T> = std::result::Result<T, ValidationError>;
 pub fn check_name(field: &str, name: &str) -> Result<()> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(ValidationError::new(
-            field,
-            format!("must be 1 to {MAX_NAME_LEN} characters"),
-        ));
+        return Err(ValidationError::new(field, format!("must be 1 to {MAX_NAME_LEN} characters")));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) || !name.chars().all(ok_char) {
         return Err(ValidationError::new(
@@ -36,9 +33,7 @@ pub fn check_name(field: &str, name: &str) -> Result<()> {
 
 /// Checks names given as filters; an absent filter is fine.
 pub fn check_filter_names(filters: &[(&str, Option<&str>)]) -> Result<()> {
-    filters
-        .iter()
-        .try_for_each(|(field, name)| name.map_or(Ok(()), |name| check_name(field, name)))
+    filters.iter().try_for_each(|(field, name)| name.map_or(Ok(()), |name| check_name(field, name)))
 }
 
 /// Postgres text and jsonb cannot hold NUL characters, so a JSON value
@@ -47,9 +42,7 @@ fn check_no_nul(field: &str, value: &serde_json::Value) -> Result<()> {
     let has_nul = |s: &str| s.contains('\0');
     let bad = match value {
         serde_json::Value::String(s) => has_nul(s),
-        serde_json::Value::Array(items) => {
-            return items.iter().try_for_each(|v| check_no_nul(field, v))
-        }
+        serde_json::Value::Array(items) => return items.iter().try_for_each(|v| check_no_nul(field, v)),
         serde_json::Value::Object(map) => {
             if map.keys().any(|k| has_nul(k)) {
                 true
@@ -60,30 +53,21 @@ fn check_no_nul(field: &str, value: &serde_json::Value) -> Result<()> {
         _ => false,
     };
     if bad {
-        return Err(ValidationError::new(
-            field,
-            "must not contain NUL characters",
-        ));
+        return Err(ValidationError::new(field, "must not contain NUL characters"));
     }
     Ok(())
 }
 
 fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result<()> {
     if !(min..=max).contains(&value) {
-        return Err(ValidationError::new(
-            field,
-            format!("must be between {min} and {max}, got {value}"),
-        ));
+        return Err(ValidationError::new(field, format!("must be between {min} and {max}, got {value}")));
     }
     Ok(())
 }
 
 fn check_positive(field: &str, value: f64, max: f64) -> Result<()> {
     if !(value > 0.0 && value <= max) {
-        return Err(ValidationError::new(
-            field,
-            format!("must be above 0 and at most {max}, got {value}"),
-        ));
+        return Err(ValidationError::new(field, format!("must be above 0 and at most {max}, got {value}")));
     }
     Ok(())
 }
@@ -96,28 +80,15 @@ pub fn parse_site(spec: SiteSpec) -> Result<Valid<SiteSpec>> {
     if spec.timezone.parse::<Tz>().is_err() {
         return Err(ValidationError::new(
             "timezone",
-            format!(
-                "'{}' is not an IANA time zone (e.g. Europe/Berlin)",
-                spec.timezone.escape_debug()
-            ),
+            format!("'{}' is not an IANA time zone (e.g. Europe/Berlin)", spec.timezone.escape_debug()),
         ));
     }
     check_range("capacity.vcpus", f64::from(spec.capacity.vcpus), 0.0, 1.0e8)?;
     check_range("capacity.memory_gib", spec.capacity.memory_gib, 0.0, 1.0e9)?;
     check_range("capacity.disk_gib", spec.capacity.disk_gib, 0.0, 1.0e12)?;
     check_range("pue", spec.pue, 1.0, 5.0)?;
-    check_range(
-        "power_model.watts_per_vcpu",
-        spec.power_model.watts_per_vcpu,
-        0.0,
-        1000.0,
-    )?;
-    check_range(
-        "power_model.watts_per_gib",
-        spec.power_model.watts_per_gib,
-        0.0,
-        100.0,
-    )?;
+    check_range("power_model.watts_per_vcpu", spec.power_model.watts_per_vcpu, 0.0, 1000.0)?;
+    check_range("power_model.watts_per_gib", spec.power_model.watts_per_gib, 0.0, 100.0)?;
     Ok(Valid(spec))
 }
 
@@ -125,19 +96,11 @@ pub fn parse_link(spec: LinkSpec) -> Result<Valid<LinkSpec>> {
     check_name("from_site", &spec.from_site)?;
     check_name("to_site", &spec.to_site)?;
     if spec.from_site == spec.to_site {
-        return Err(ValidationError::new(
-            "to_site",
-            "must differ from from_site",
-        ));
+        return Err(ValidationError::new("to_site", "must differ from from_site"));
     }
     check_positive("bandwidth_mbps", spec.bandwidth_mbps, 1.0e7)?;
     check_range("rtt_ms", spec.rtt_ms, 0.0, 10_000.0)?;
-    check_range(
-        "background_reserve_pct",
-        spec.background_reserve_pct,
-        0.0,
-        95.0,
-    )?;
+    check_range("background_reserve_pct", spec.background_reserve_pct, 0.0, 95.0)?;
     Ok(Valid(spec))
 }
 
@@ -149,56 +112,33 @@ pub fn parse_vm(spec: VmSpec) -> Result<Valid<VmSpec>> {
     check_range("dirty_rate_mbps", spec.dirty_rate_mbps, 0.0, 1.0e6)?;
     check_name("site", &spec.site)?;
     if spec.allowed_sites.is_some() && spec.allowed_regions.is_some() {
-        return Err(ValidationError::new(
-            "allowed_regions",
-            "give allowed_sites or allowed_regions, not both",
-        ));
+        return Err(ValidationError::new("allowed_regions", "give allowed_sites or allowed_regions, not both"));
     }
-    for (field, list) in [
-        ("allowed_sites", &spec.allowed_sites),
-        ("allowed_regions", &spec.allowed_regions),
-    ] {
+    for (field, list) in [("allowed_sites", &spec.allowed_sites), ("allowed_regions", &spec.allowed_regions)] {
         let Some(list) = list else { continue };
         if list.len() > MAX_ALLOWED {
-            return Err(ValidationError::new(
-                field,
-                format!("may name at most {MAX_ALLOWED} entries"),
-            ));
+            return Err(ValidationError::new(field, format!("may name at most {MAX_ALLOWED} entries")));
         }
         if list.is_empty() {
-            return Err(ValidationError::new(
-                field,
-                "must not be empty (omit it to allow anywhere)",
-            ));
+            return Err(ValidationError::new(field, "must not be empty (omit it to allow anywhere)"));
         }
         for (i, name) in list.iter().enumerate() {
             check_name(&format!("{field}[{i}]"), name)?;
             if list[..i].contains(name) {
-                return Err(ValidationError::new(
-                    format!("{field}[{i}]"),
-                    format!("'{name}' is listed twice"),
-                ));
+                return Err(ValidationError::new(format!("{field}[{i}]"), format!("'{name}' is listed twice")));
             }
         }
     }
     if let Some(allowed) = &spec.allowed_sites {
         if spec.pinned && !allowed.contains(&spec.site) {
-            return Err(ValidationError::new(
-                "allowed_sites",
-                "a pinned VM's own site must be allowed",
-            ));
+            return Err(ValidationError::new("allowed_sites", "a pinned VM's own site must be allowed"));
         }
     }
     if let Some(group) = &spec.group {
         check_name("group", group)?;
     }
     check_range("priority", f64::from(spec.priority), 0.0, 100.0)?;
-    check_range(
-        "max_downtime_ms",
-        f64::from(spec.max_downtime_ms),
-        1.0,
-        3_600_000.0,
-    )?;
+    check_range("max_downtime_ms", f64::from(spec.max_downtime_ms), 1.0, 3_600_000.0)?;
     if !spec.driver_spec.is_object() {
         return Err(ValidationError::new("driver_spec", "must be a JSON object"));
     }
@@ -209,21 +149,11 @@ pub fn parse_vm(spec: VmSpec) -> Result<Valid<VmSpec>> {
 pub fn parse_group(spec: GroupSpec) -> Result<Valid<GroupSpec>> {
     check_name("name", &spec.name)?;
     match spec.policy {
-        GroupPolicy::Spread {
-            min_sites,
-            max_per_site,
-        } => {
+        GroupPolicy::Spread { min_sites, max_per_site } => {
             check_range("policy.min_sites", f64::from(min_sites), 1.0, 1000.0)?;
-            check_range(
-                "policy.max_per_site",
-                f64::from(max_per_site),
-                1.0,
-                100_000.0,
-            )?;
+            check_range("policy.max_per_site", f64::from(max_per_site), 1.0, 100_000.0)?;
         }
-        GroupPolicy::Colocate { max_rtt_ms } => {
-            check_range("policy.max_rtt_ms", max_rtt_ms, 0.0, 10_000.0)?
-        }
+        GroupPolicy::Colocate { max_rtt_ms } => check_range("policy.max_rtt_ms", max_rtt_ms, 0.0, 10_000.0)?,
     }
     Ok(Valid(spec))
 }
@@ -245,16 +175,9 @@ mod tests {
             latitude: 50.1,
             longitude: 8.7,
             timezone: "Europe/Berlin".into(),
-            capacity: Capacity {
-                vcpus: 100,
-                memory_gib: 400.0,
-                disk_gib: 10_000.0,
-            },
+            capacity: Capacity { vcpus: 100, memory_gib: 400.0, disk_gib: 10_000.0 },
             pue: 1.2,
-            power_model: PowerModel {
-                watts_per_vcpu: 10.0,
-                watts_per_gib: 0.4,
-            },
+            power_model: PowerModel { watts_per_vcpu: 10.0, watts_per_gib: 0.4 },
             state: SiteState::Active,
         }
     }
@@ -284,20 +207,8 @@ mod tests {
     fn site_rules_name_the_field() {
         assert!(parse_site(site()).is_ok());
         assert_eq!(field_of(parse_site(SiteSpec { pue: 0.9, ..site() })), "pue");
-        assert_eq!(
-            field_of(parse_site(SiteSpec {
-                latitude: 91.0,
-                ..site()
-            })),
-            "latitude"
-        );
-        assert_eq!(
-            field_of(parse_site(SiteSpec {
-                timezone: "Mars/Olympus".into(),
-                ..site()
-            })),
-            "timezone"
-        );
+        assert_eq!(field_of(parse_site(SiteSpec { latitude: 91.0, ..site() })), "latitude");
+        assert_eq!(field_of(parse_site(SiteSpec { timezone: "Mars/Olympus".into(), ..site() })), "timezone");
         let mut s = site();
         s.capacity.memory_gib = -1.0;
         assert_eq!(field_of(parse_site(s)), "capacity.memory_gib");
@@ -314,11 +225,7 @@ mod tests {
             symmetric: false,
         };
         assert_eq!(field_of(parse_link(link.clone())), "to_site");
-        let link = LinkSpec {
-            to_site: "B".into(),
-            bandwidth_mbps: 0.0,
-            ..link
-        };
+        let link = LinkSpec { to_site: "B".into(), bandwidth_mbps: 0.0, ..link };
         assert_eq!(field_of(parse_link(link)), "bandwidth_mbps");
     }
 
@@ -328,60 +235,19 @@ mod tests {
         assert_eq!(ok.priority, 50);
         assert_eq!(ok.max_downtime_ms, 300);
         assert_eq!(ok.driver, Driver::Sim);
-        let both = VmSpec {
-            allowed_sites: Some(vec!["A".into()]),
-            allowed_regions: Some(vec!["R".into()]),
-            ..vm()
-        };
+        let both = VmSpec { allowed_sites: Some(vec!["A".into()]), allowed_regions: Some(vec!["R".into()]), ..vm() };
         assert_eq!(field_of(parse_vm(both)), "allowed_regions");
-        let dup = VmSpec {
-            allowed_sites: Some(vec!["DE-LU".into(), "DE-LU".into()]),
-            ..vm()
-        };
+        let dup = VmSpec { allowed_sites: Some(vec!["DE-LU".into(), "DE-LU".into()]), ..vm() };
         assert_eq!(field_of(parse_vm(dup)), "allowed_sites[1]");
-        let pinned_away = VmSpec {
-            pinned: true,
-            allowed_sites: Some(vec!["GB".into()]),
-            ..vm()
-        };
+        let pinned_away = VmSpec { pinned: true, allowed_sites: Some(vec!["GB".into()]), ..vm() };
         assert_eq!(field_of(parse_vm(pinned_away)), "allowed_sites");
-        assert_eq!(
-            field_of(parse_vm(VmSpec {
-                priority: 101,
-                ..vm()
-            })),
-            "priority"
-        );
-        assert_eq!(
-            field_of(parse_vm(VmSpec {
-                driver_spec: serde_json::json!([1]),
-                ..vm()
-            })),
-            "driver_spec"
-        );
-        assert_eq!(
-            field_of(parse_vm(VmSpec {
-                memory_gib: 0.0,
-                ..vm()
-            })),
-            "memory_gib"
-        );
+        assert_eq!(field_of(parse_vm(VmSpec { priority: 101, ..vm() })), "priority");
+        assert_eq!(field_of(parse_vm(VmSpec { driver_spec: serde_json::json!([1]), ..vm() })), "driver_spec");
+        assert_eq!(field_of(parse_vm(VmSpec { memory_gib: 0.0, ..vm() })), "memory_gib");
         let nul = serde_json::json!({"disks": [{"path": "a\u{0}b"}]});
-        assert_eq!(
-            field_of(parse_vm(VmSpec {
-                driver_spec: nul,
-                ..vm()
-            })),
-            "driver_spec"
-        );
+        assert_eq!(field_of(parse_vm(VmSpec { driver_spec: nul, ..vm() })), "driver_spec");
         let nul_key = serde_json::json!({"a\u{0}": 1});
-        assert_eq!(
-            field_of(parse_vm(VmSpec {
-                driver_spec: nul_key,
-                ..vm()
-            })),
-            "driver_spec"
-        );
+        assert_eq!(field_of(parse_vm(VmSpec { driver_spec: nul_key, ..vm() })), "driver_spec");
     }
 
     #[test]
@@ -393,18 +259,9 @@ mod tests {
 
     #[test]
     fn group_policies() {
-        let spread = GroupSpec {
-            name: "db".into(),
-            policy: GroupPolicy::Spread {
-                min_sites: 0,
-                max_per_site: 1,
-            },
-        };
+        let spread = GroupSpec { name: "db".into(), policy: GroupPolicy::Spread { min_sites: 0, max_per_site: 1 } };
         assert_eq!(field_of(parse_group(spread)), "policy.min_sites");
-        let colo = GroupSpec {
-            name: "db".into(),
-            policy: GroupPolicy::Colocate { max_rtt_ms: 5.0 },
-        };
+        let colo = GroupSpec { name: "db".into(), policy: GroupPolicy::Colocate { max_rtt_ms: 5.0 } };
         assert!(parse_group(colo).is_ok());
     }
 }

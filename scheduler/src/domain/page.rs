@@ -30,16 +30,12 @@ impl PageRequest {
     pub fn parse(params: &PageParams) -> Result<Self, ValidationError> {
         let limit = params.limit.unwrap_or(DEFAULT_PAGE_LIMIT);
         if !(1..=MAX_PAGE_LIMIT).contains(&limit) {
-            return Err(ValidationError::new(
-                "limit",
-                format!("must be between 1 and {MAX_PAGE_LIMIT}"),
-            ));
+            return Err(ValidationError::new("limit", format!("must be between 1 and {MAX_PAGE_LIMIT}")));
         }
         let after_id = match &params.cursor {
             None => 0,
-            Some(cursor) => decode_cursor(cursor).ok_or_else(|| {
-                ValidationError::new("cursor", "is not a cursor this server issued")
-            })?,
+            Some(cursor) => decode_cursor(cursor)
+                .ok_or_else(|| ValidationError::new("cursor", "is not a cursor this server issued"))?,
         };
         Ok(PageRequest { limit, after_id })
     }
@@ -52,10 +48,7 @@ impl PageRequest {
         } else {
             None
         };
-        Page {
-            items: rows,
-            next_cursor,
-        }
+        Page { items: rows, next_cursor }
     }
 
     /// How many rows to fetch: one more than the page, to learn whether another follows.
@@ -80,10 +73,7 @@ mod tests {
     use super::*;
 
     fn params(limit: Option<u32>, cursor: Option<&str>) -> PageParams {
-        PageParams {
-            limit,
-            cursor: cursor.map(str::to_owned),
-        }
+        PageParams { limit, cursor: cursor.map(str::to_owned) }
     }
 
     #[test]
@@ -103,26 +93,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_limits_and_forged_cursors() {
-        assert_eq!(
-            PageRequest::parse(&params(Some(0), None))
-                .unwrap_err()
-                .field,
-            "limit"
-        );
-        assert_eq!(
-            PageRequest::parse(&params(Some(1001), None))
-                .unwrap_err()
-                .field,
-            "limit"
-        );
+        assert_eq!(PageRequest::parse(&params(Some(0), None)).unwrap_err().field, "limit");
+        assert_eq!(PageRequest::parse(&params(Some(1001), None)).unwrap_err().field, "limit");
         for bad in ["", "!!", "aWQ6LTE", "Zm9vOjE", "aWQ6eA"] {
-            assert_eq!(
-                PageRequest::parse(&params(None, Some(bad)))
-                    .unwrap_err()
-                    .field,
-                "cursor",
-                "{bad}"
-            );
+            assert_eq!(PageRequest::parse(&params(None, Some(bad))).unwrap_err().field, "cursor", "{bad}");
         }
     }
 }

@@ -33,15 +33,9 @@ pub struct Access {
 
 impl Access {
     /// Viewers read; admins change (the inventory).
-    pub const INVENTORY: Access = Access {
-        read: Role::Viewer,
-        write: Role::Admin,
-    };
+    pub const INVENTORY: Access = Access { read: Role::Viewer, write: Role::Admin };
     /// Admins only (tokens).
-    pub const ADMIN: Access = Access {
-        read: Role::Admin,
-        write: Role::Admin,
-    };
+    pub const ADMIN: Access = Access { read: Role::Admin, write: Role::Admin };
 
     fn needs(&self, method: &Method) -> Role {
         if method == Method::GET || method == Method::HEAD {
@@ -68,10 +62,7 @@ pub struct TokenCache {
 impl TokenCache {
     fn get(&self, digest: &[u8; 32]) -> Option<Principal> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries
-            .get(digest)
-            .filter(|(_, at)| at.elapsed() < CACHE_TTL)
-            .map(|(p, _)| *p)
+        entries.get(digest).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(p, _)| *p)
     }
 
     fn put(&self, digest: [u8; 32], principal: Principal) {
@@ -101,10 +92,7 @@ pub async fn require(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(str::trim)
         .filter(|s| !s.is_empty() && s.len() <= 256)
         .ok_or(ApiError::Unauthorized)?;
@@ -112,9 +100,8 @@ pub async fn require(
     let principal = match state.tokens.get(&digest) {
         Some(p) => p,
         None => {
-            let (token_id, role) = db::tokens::authenticate(&state.pool, &digest)
-                .await?
-                .ok_or(ApiError::Unauthorized)?;
+            let (token_id, role) =
+                db::tokens::authenticate(&state.pool, &digest).await?.ok_or(ApiError::Unauthorized)?;
             let p = Principal { token_id, role };
             state.tokens.put(digest, p);
             p
@@ -122,10 +109,7 @@ pub async fn require(
     };
     let need = access.needs(request.method());
     if !principal.role.grants(need) {
-        return Err(ApiError::Forbidden {
-            have: principal.role.as_str(),
-            need: need.as_str(),
-        });
+        return Err(ApiError::Forbidden { have: principal.role.as_str(), need: need.as_str() });
     }
     tracing::Span::current().record("token_id", principal.token_id);
     request.extensions_mut().insert(principal);

@@ -22,10 +22,7 @@ pub enum ApiError {
     #[error("a valid bearer token is required (Authorization: Bearer <token>)")]
     Unauthorized,
     #[error("this token's role ({have}) may not do this; it needs {need}")]
-    Forbidden {
-        have: &'static str,
-        need: &'static str,
-    },
+    Forbidden { have: &'static str, need: &'static str },
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -82,18 +79,10 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(cause) = &self {
-            tracing::error!(
-                error = format!("{cause:#}"),
-                "request failed on the server side"
-            );
+            tracing::error!(error = format!("{cause:#}"), "request failed on the server side");
         }
         let code = self.code();
-        let body = ErrorBody {
-            error: ErrorDetail {
-                code,
-                message: self.to_string(),
-            },
-        };
+        let body = ErrorBody { error: ErrorDetail { code, message: self.to_string() } };
         let mut response = (status_of(code), Json(body)).into_response();
         if code == ErrorCode::Unauthorized {
             response.headers_mut().insert(
@@ -125,9 +114,7 @@ impl From<StoreError> for ApiError {
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         match e {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                ApiError::Unavailable
-            }
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => ApiError::Unavailable,
             e => ApiError::Internal(e.into()),
         }
     }

@@ -13,9 +13,7 @@ use crate::domain::inventory::check_filter_names;
 use crate::domain::page::PageRequest;
 
 pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/executors", get(list_executors))
-        .route("/v1/executors/{id}", get(get_executor))
+    Router::new().route("/v1/executors", get(list_executors)).route("/v1/executors/{id}", get(get_executor))
 }
 
 /// List executors.
@@ -28,10 +26,7 @@ pub async fn list_executors(
 ) -> Result<Json<ExecutorPage>, ApiError> {
     check_filter_names(&[("site", filter.site.as_deref())])?;
     let page = db::executors::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
-    Ok(Json(ExecutorPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(ExecutorPage { items: page.items, next_cursor: page.next_cursor }))
 }
 
 /// Get one executor.

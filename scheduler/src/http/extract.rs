@@ -52,21 +52,18 @@ where
             .and_then(|v| v.split(';').next())
             .is_some_and(|mime| {
                 let mime = mime.trim().to_ascii_lowercase();
-                mime == "application/json"
-                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+                mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
             });
         if !is_json {
             return Err(ApiError::UnsupportedMediaType);
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|r: BytesRejection| {
-                if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::PayloadTooLarge
-                } else {
-                    ApiError::BadRequest(r.body_text())
-                }
-            })?;
+        let bytes = Bytes::from_request(req, state).await.map_err(|r: BytesRejection| {
+            if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge
+            } else {
+                ApiError::BadRequest(r.body_text())
+            }
+        })?;
         parse_json(&bytes).map(ApiJson)
     }
 }
@@ -80,18 +77,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let value: T = serde_path_to_error::deserialize(tracked).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        let message = if path == "." {
-            inner.to_string()
-        } else {
-            format!("{path}: {inner}")
-        };
+        let message = if path == "." { inner.to_string() } else { format!("{path}: {inner}") };
         match inner.classify() {
             serde_json::error::Category::Data => ApiError::Validation(message),
             _ => ApiError::BadRequest(format!("malformed JSON: {message}")),
         }
     })?;
-    json.end()
-        .map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
+    json.end().map_err(|e| ApiError::BadRequest(format!("malformed JSON: {e}")))?;
     if let Some(field) = unknown.first() {
         return Err(ApiError::Validation(format!("{field}: unknown field")));
     }
@@ -114,7 +106,8 @@ mod tests {
 
     #[test]
     fn names_the_wrong_field() {
-        let body = br#"{"name":"a","vcpus":"two","memory_gib":1,"disk_gib":1,"dirty_rate_mbps":1,"site":"s","driver":"sim"}"#;
+        let body =
+            br#"{"name":"a","vcpus":"two","memory_gib":1,"disk_gib":1,"dirty_rate_mbps":1,"site":"s","driver":"sim"}"#;
         let (kind, msg) = message(parse_json::<VmSpec>(body).unwrap_err());
         assert_eq!(kind, "422");
         assert!(msg.starts_with("vcpus:"), "{msg}");
@@ -130,7 +123,8 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_400() {
-        let trailing = br#"{"name":"a","vcpus":2,"memory_gib":1,"disk_gib":1,"dirty_rate_mbps":1,"site":"s","driver":"sim"} x"#;
+        let trailing =
+            br#"{"name":"a","vcpus":2,"memory_gib":1,"disk_gib":1,"dirty_rate_mbps":1,"site":"s","driver":"sim"} x"#;
         for body in [&b"{"[..], trailing, b"nope", b""] {
             let (kind, _) = message(parse_json::<VmSpec>(body).unwrap_err());
             assert_eq!(kind, "400", "{}", String::from_utf8_lossy(body));

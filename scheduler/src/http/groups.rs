@@ -15,10 +15,7 @@ use crate::domain::page::PageRequest;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/groups", get(list_groups).post(create_group))
-        .route(
-            "/v1/groups/{id}",
-            get(get_group).put(replace_group).delete(delete_group),
-        )
+        .route("/v1/groups/{id}", get(get_group).put(replace_group).delete(delete_group))
 }
 
 /// List VM groups.
@@ -30,10 +27,7 @@ pub async fn list_groups(
     ApiQuery(filter): ApiQuery<GroupFilter>,
 ) -> Result<Json<GroupPage>, ApiError> {
     let page = db::groups::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
-    Ok(Json(GroupPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(GroupPage { items: page.items, next_cursor: page.next_cursor }))
 }
 
 /// Create a VM group.
@@ -50,10 +44,7 @@ pub async fn create_group(
 /// Get one VM group.
 #[utoipa::path(get, path = "/v1/groups/{id}", tag = "groups", params(("id" = i64, Path)),
     responses((status = 200, body = Group), ErrorResponses))]
-pub async fn get_group(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Group>, ApiError> {
+pub async fn get_group(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Group>, ApiError> {
     Ok(Json(db::groups::get(&state.pool, id).await?))
 }
 
@@ -65,18 +56,13 @@ pub async fn replace_group(
     ApiPath(id): ApiPath<i64>,
     ApiJson(spec): ApiJson<GroupSpec>,
 ) -> Result<Json<Group>, ApiError> {
-    Ok(Json(
-        db::groups::update(&state.pool, id, &parse_group(spec)?).await?,
-    ))
+    Ok(Json(db::groups::update(&state.pool, id, &parse_group(spec)?).await?))
 }
 
 /// Delete a VM group; refused (409) while it has members.
 #[utoipa::path(delete, path = "/v1/groups/{id}", tag = "groups", params(("id" = i64, Path)),
     responses((status = 204), ErrorResponses))]
-pub async fn delete_group(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete_group(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
     db::groups::delete(&state.pool, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -17,10 +17,7 @@ use crate::domain::ValidationError;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/links", get(list_links).post(create_link))
-        .route(
-            "/v1/links/{id}",
-            get(get_link).put(replace_link).delete(delete_link),
-        )
+        .route("/v1/links/{id}", get(get_link).put(replace_link).delete(delete_link))
 }
 
 /// List links.
@@ -31,15 +28,9 @@ pub async fn list_links(
     ApiQuery(page): ApiQuery<PageParams>,
     ApiQuery(filter): ApiQuery<LinkFilter>,
 ) -> Result<Json<LinkPage>, ApiError> {
-    check_filter_names(&[
-        ("from_site", filter.from_site.as_deref()),
-        ("to_site", filter.to_site.as_deref()),
-    ])?;
+    check_filter_names(&[("from_site", filter.from_site.as_deref()), ("to_site", filter.to_site.as_deref())])?;
     let page = db::links::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
-    Ok(Json(LinkPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(LinkPage { items: page.items, next_cursor: page.next_cursor }))
 }
 
 /// Create a link, and its reverse with `symmetric: true`.
@@ -56,10 +47,7 @@ pub async fn create_link(
 /// Get one link.
 #[utoipa::path(get, path = "/v1/links/{id}", tag = "links", params(("id" = i64, Path)),
     responses((status = 200, body = Link), ErrorResponses))]
-pub async fn get_link(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Link>, ApiError> {
+pub async fn get_link(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Link>, ApiError> {
     Ok(Json(db::links::get(&state.pool, id).await?))
 }
 
@@ -74,18 +62,13 @@ pub async fn replace_link(
     if spec.symmetric {
         return Err(ValidationError::new("symmetric", "applies only when creating a link").into());
     }
-    Ok(Json(
-        db::links::update(&state.pool, id, &parse_link(spec)?).await?,
-    ))
+    Ok(Json(db::links::update(&state.pool, id, &parse_link(spec)?).await?))
 }
 
 /// Delete one direction of a link.
 #[utoipa::path(delete, path = "/v1/links/{id}", tag = "links", params(("id" = i64, Path)),
     responses((status = 204), ErrorResponses))]
-pub async fn delete_link(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete_link(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
     db::links::delete(&state.pool, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

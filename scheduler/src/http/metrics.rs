@@ -32,11 +32,17 @@ impl MetricConstructor<Histogram> for LatencyBuckets {
     }
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    result: &'static str,
+}
+
 /// The registry and the metrics the HTTP layer records.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram, LatencyBuckets>,
+    read_cache: Family<CacheLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -45,20 +51,22 @@ impl Default for Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let latency = Family::new_with_constructor(LatencyBuckets);
         registry.register("http_requests", "HTTP requests answered", requests.clone());
+        registry.register("http_request_duration_seconds", "Time to answer HTTP requests", latency.clone());
+        let read_cache = Family::<CacheLabels, Counter>::default();
         registry.register(
-            "http_request_duration_seconds",
-            "Time to answer HTTP requests",
-            latency.clone(),
+            "read_cache_lookups",
+            "Inventory reads answered from the read cache (hit) or not (miss)",
+            read_cache.clone(),
         );
-        Metrics {
-            registry,
-            requests,
-            latency,
-        }
+        Metrics { registry, requests, latency, read_cache }
     }
 }
 
 impl Metrics {
+    pub fn read_cache_lookup(&self, hit: bool) {
+        self.read_cache.get_or_create(&CacheLabels { result: if hit { "hit" } else { "miss" } }).inc();
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
@@ -71,21 +79,11 @@ impl Metrics {
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
     let response = next.run(request).await;
-    let labels = RequestLabels {
-        method,
-        route,
-        status: response.status().as_u16(),
-    };
+    let labels = RequestLabels { method, route, status: response.status().as_u16() };
     state.metrics.requests.get_or_create(&labels).inc();
-    state
-        .metrics
-        .latency
-        .get_or_create(&labels)
-        .observe(started.elapsed().as_secs_f64());
+    state.metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
     response
 }

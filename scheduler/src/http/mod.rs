@@ -5,6 +5,7 @@
 //! and wraps each group of routes in the role check it needs.
 
 pub mod auth;
+pub mod cache;
 pub mod error;
 pub mod executors;
 pub mod extract;
@@ -27,6 +28,7 @@ use sqlx::PgPool;
 use tower_http::trace::TraceLayer;
 
 use self::auth::{Access, TokenCache};
+use self::cache::ReadCache;
 use self::error::ApiError;
 use self::metrics::Metrics;
 
@@ -39,28 +41,28 @@ pub struct AppState {
     pub pool: PgPool,
     pub tokens: Arc<TokenCache>,
     pub metrics: Arc<Metrics>,
+    pub read_cache: Arc<ReadCache>,
 }
 
 impl AppState {
     pub fn new(pool: PgPool) -> Self {
-        AppState {
-            pool,
-            tokens: Arc::default(),
-            metrics: Arc::default(),
-        }
+        AppState { pool, tokens: Arc::default(), metrics: Arc::default(), read_cache: Arc::default() }
     }
 }
 
 /// The whole HTTP application.
 pub fn app(state: AppState) -> Router {
+    // The role check wraps the cache: a cached answer is never served to a caller the check refuses.
     let guarded = |router: Router<AppState>, access: Access| {
         router.route_layer(from_fn_with_state((state.clone(), access), auth::require))
     };
+    let cached = |router: Router<AppState>| router.route_layer(from_fn_with_state(state.clone(), cache::cached));
     Router::new()
-        .merge(guarded(sites::router(), Access::INVENTORY))
-        .merge(guarded(links::router(), Access::INVENTORY))
-        .merge(guarded(vms::router(), Access::INVENTORY))
-        .merge(guarded(groups::router(), Access::INVENTORY))
+        .merge(guarded(cached(sites::router()), Access::INVENTORY))
+        .merge(guarded(cached(links::router()), Access::INVENTORY))
+        .merge(guarded(cached(vms::router()), Access::INVENTORY))
+        .merge(guarded(cached(groups::router()), Access::INVENTORY))
+        // Executors (heartbeats) and tokens (last use) change without notifications: never cached.
         .merge(guarded(executors::router(), Access::INVENTORY))
         .merge(guarded(tokens::router(), Access::ADMIN))
         .merge(ops::router())
@@ -80,14 +82,10 @@ pub fn app(state: AppState) -> Router {
 /// give it the JSON error body like every other failure.
 async fn json_method_not_allowed(response: Response) -> Response {
     if response.status() == axum::http::StatusCode::METHOD_NOT_ALLOWED
-        && response
-            .headers()
-            .get(axum::http::header::CONTENT_TYPE)
-            .is_none()
+        && response.headers().get(axum::http::header::CONTENT_TYPE).is_none()
     {
         let allow = response.headers().get(axum::http::header::ALLOW).cloned();
-        let mut json = ApiError::MethodNotAllowed("this route does not take that method".into())
-            .into_response();
+        let mut json = ApiError::MethodNotAllowed("this route does not take that method".into()).into_response();
         if let Some(allow) = allow {
             json.headers_mut().insert(axum::http::header::ALLOW, allow);
         }

@@ -40,15 +40,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 7] = [
-    "SiteSpec",
-    "Capacity",
-    "PowerModel",
-    "LinkSpec",
-    "VmSpec",
-    "GroupSpec",
-    "NewToken",
-];
+const CLOSED_SCHEMAS: [&str; 7] = ["SiteSpec", "Capacity", "PowerModel", "LinkSpec", "VmSpec", "GroupSpec", "NewToken"];
 
 /// The document as committed: pretty JSON with a trailing newline.
 pub fn document() -> String {
@@ -65,10 +57,7 @@ pub fn document() -> String {
 /// inlined first, since a closed schema inside `allOf` would forbid their
 /// extra fields.
 fn close_request_schemas(doc: &mut serde_json::Value) {
-    let Some(schemas) = doc
-        .pointer_mut("/components/schemas")
-        .and_then(|s| s.as_object_mut())
-    else {
+    let Some(schemas) = doc.pointer_mut("/components/schemas").and_then(|s| s.as_object_mut()) else {
         return;
     };
     let originals = schemas.clone();
@@ -79,19 +68,14 @@ fn close_request_schemas(doc: &mut serde_json::Value) {
         let mut merged = serde_json::json!({"type": "object", "properties": {}, "required": []});
         for part in &parts {
             let part = match part.get("$ref").and_then(|r| r.as_str()) {
-                Some(reference) => {
-                    &originals[reference.trim_start_matches("#/components/schemas/")]
-                }
+                Some(reference) => &originals[reference.trim_start_matches("#/components/schemas/")],
                 None => part,
             };
             for (name, property) in part["properties"].as_object().into_iter().flatten() {
                 merged["properties"][name] = property.clone();
             }
             for name in part["required"].as_array().into_iter().flatten() {
-                merged["required"]
-                    .as_array_mut()
-                    .expect("made above")
-                    .push(name.clone());
+                merged["required"].as_array_mut().expect("made above").push(name.clone());
             }
         }
         if let Some(description) = schema.get("description").cloned() {

@@ -16,10 +16,7 @@ use crate::domain::page::PageRequest;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/sites", get(list_sites).post(create_site))
-        .route(
-            "/v1/sites/{id}",
-            get(get_site).put(replace_site).delete(delete_site),
-        )
+        .route("/v1/sites/{id}", get(get_site).put(replace_site).delete(delete_site))
 }
 
 /// List sites.
@@ -32,10 +29,7 @@ pub async fn list_sites(
 ) -> Result<Json<SitePage>, ApiError> {
     check_filter_names(&[("region", filter.region.as_deref())])?;
     let page = db::sites::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
-    Ok(Json(SitePage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(SitePage { items: page.items, next_cursor: page.next_cursor }))
 }
 
 /// Create a site.
@@ -52,10 +46,7 @@ pub async fn create_site(
 /// Get one site.
 #[utoipa::path(get, path = "/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)),
     responses((status = 200, body = Site), ErrorResponses))]
-pub async fn get_site(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Site>, ApiError> {
+pub async fn get_site(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Site>, ApiError> {
     Ok(Json(db::sites::get(&state.pool, id).await?))
 }
 
@@ -67,18 +58,13 @@ pub async fn replace_site(
     ApiPath(id): ApiPath<i64>,
     ApiJson(spec): ApiJson<SiteSpec>,
 ) -> Result<Json<Site>, ApiError> {
-    Ok(Json(
-        db::sites::update(&state.pool, id, &parse_site(spec)?).await?,
-    ))
+    Ok(Json(db::sites::update(&state.pool, id, &parse_site(spec)?).await?))
 }
 
 /// Delete a site and its links; refused (409) while VMs or executors use it.
 #[utoipa::path(delete, path = "/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)),
     responses((status = 204), ErrorResponses))]
-pub async fn delete_site(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete_site(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
     db::sites::delete(&state.pool, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -28,10 +28,7 @@ pub async fn list_tokens(
     ApiQuery(filter): ApiQuery<TokenFilter>,
 ) -> Result<Json<TokenPage>, ApiError> {
     let page = db::tokens::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
-    Ok(Json(TokenPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(TokenPage { items: page.items, next_cursor: page.next_cursor }))
 }
 
 /// Create a token; the answer holds its secret, shown this once.
@@ -43,28 +40,21 @@ pub async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let spec = parse_token(spec)?;
     let secret = generate_secret();
-    let token =
-        db::tokens::insert(&state.pool, &spec.name, spec.role, &secret_digest(&secret)).await?;
+    let token = db::tokens::insert(&state.pool, &spec.name, spec.role, &secret_digest(&secret)).await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 
 /// Get one token (not its secret).
 #[utoipa::path(get, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = i64, Path)),
     responses((status = 200, body = Token), ErrorResponses))]
-pub async fn get_token(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Token>, ApiError> {
+pub async fn get_token(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Token>, ApiError> {
     Ok(Json(db::tokens::get(&state.pool, id).await?))
 }
 
 /// Revoke a token; the last admin token cannot be revoked (409).
 #[utoipa::path(delete, path = "/v1/tokens/{id}", tag = "tokens", params(("id" = i64, Path)),
     responses((status = 204), ErrorResponses))]
-pub async fn revoke_token(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<StatusCode, ApiError> {
+pub async fn revoke_token(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
     db::tokens::delete(&state.pool, id).await?;
     state.tokens.evict(id);
     Ok(StatusCode::NO_CONTENT)

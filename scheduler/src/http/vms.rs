@@ -16,10 +16,7 @@ use crate::domain::page::PageRequest;
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/vms", get(list_vms).post(create_vm))
-        .route(
-            "/v1/vms/{id}",
-            get(get_vm).put(replace_vm).delete(delete_vm),
-        )
+        .route("/v1/vms/{id}", get(get_vm).put(replace_vm).delete(delete_vm))
 }
 
 /// List VMs.
@@ -30,15 +27,9 @@ pub async fn list_vms(
     ApiQuery(page): ApiQuery<PageParams>,
     ApiQuery(filter): ApiQuery<VmFilter>,
 ) -> Result<Json<VmPage>, ApiError> {
-    check_filter_names(&[
-        ("site", filter.site.as_deref()),
-        ("group", filter.group.as_deref()),
-    ])?;
+    check_filter_names(&[("site", filter.site.as_deref()), ("group", filter.group.as_deref())])?;
     let page = db::vms::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
-    Ok(Json(VmPage {
-        items: page.items,
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(VmPage { items: page.items, next_cursor: page.next_cursor }))
 }
 
 /// Create a VM.
@@ -55,10 +46,7 @@ pub async fn create_vm(
 /// Get one VM.
 #[utoipa::path(get, path = "/v1/vms/{id}", tag = "vms", params(("id" = i64, Path)),
     responses((status = 200, body = Vm), ErrorResponses))]
-pub async fn get_vm(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<Json<Vm>, ApiError> {
+pub async fn get_vm(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Vm>, ApiError> {
     Ok(Json(db::vms::get(&state.pool, id).await?))
 }
 
@@ -70,18 +58,13 @@ pub async fn replace_vm(
     ApiPath(id): ApiPath<i64>,
     ApiJson(spec): ApiJson<VmSpec>,
 ) -> Result<Json<Vm>, ApiError> {
-    Ok(Json(
-        db::vms::update(&state.pool, id, &parse_vm(spec)?).await?,
-    ))
+    Ok(Json(db::vms::update(&state.pool, id, &parse_vm(spec)?).await?))
 }
 
 /// Delete a VM's record.
 #[utoipa::path(delete, path = "/v1/vms/{id}", tag = "vms", params(("id" = i64, Path)),
     responses((status = 204), ErrorResponses))]
-pub async fn delete_vm(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<i64>,
-) -> Result<StatusCode, ApiError> {
+pub async fn delete_vm(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<StatusCode, ApiError> {
     db::vms::delete(&state.pool, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
