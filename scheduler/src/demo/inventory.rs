@@ -99,7 +99,12 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
                     }
                 })
                 .unwrap_or(&SHAPES[0]);
-            let home = &REGIONS[i % REGIONS.len()];
+            // The colocated group starts together (Great Britain and Germany are
+            // within its RTT); everything else spreads round the regions.
+            let home = match i {
+                3..=6 => &REGIONS[7 + i % 2],
+                _ => &REGIONS[i % REGIONS.len()],
+            };
             let (group, pinned, allowed_regions) = match i {
                 0..=2 => (Some("db-cluster".to_owned()), false, None),
                 3..=6 => (Some("analytics".to_owned()), false, None),
@@ -152,6 +157,35 @@ mod tests {
         }
         for v in fleet.vms {
             parse_vm(v).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_demo_fleet_starts_within_its_group_policies() {
+        let fleet = fleet(300, 7);
+        for group in &fleet.groups {
+            let sites: Vec<&str> =
+                fleet.vms.iter().filter(|v| v.group.as_ref() == Some(&group.name)).map(|v| v.site.as_str()).collect();
+            assert!(!sites.is_empty(), "{} has members", group.name);
+            match group.policy {
+                GroupPolicy::Spread { min_sites, max_per_site } => {
+                    let distinct: std::collections::BTreeSet<_> = sites.iter().collect();
+                    assert!(distinct.len() >= min_sites as usize);
+                    assert!(distinct.iter().all(|s| sites.iter().filter(|x| x == s).count() <= max_per_site as usize));
+                }
+                GroupPolicy::Colocate { max_rtt_ms } => {
+                    for a in &sites {
+                        for b in &sites {
+                            let rtt = fleet
+                                .links
+                                .iter()
+                                .find(|l| l.from_site == *a && l.to_site == *b)
+                                .map_or(0.0, |l| l.rtt_ms);
+                            assert!(rtt <= max_rtt_ms, "{a} -> {b}: {rtt} ms");
+                        }
+                    }
+                }
+            }
         }
     }
 
