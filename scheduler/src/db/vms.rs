@@ -116,63 +116,58 @@ async fn store_allowed_sites(tx: &mut Transaction<'_, Postgres>, vm_id: i64, sit
 pub async fn insert(pool: &PgPool, spec: &Valid<VmSpec>) -> Result<Vm> {
     let mut tx = pool.begin().await?;
     let refs = resolve(&mut tx, spec).await?;
-    let vm_id: i64 = sqlx::query_scalar(
+    let insert = sqlx::query_scalar(
         "insert into vm (name, vcpus, memory_gib, disk_gib, dirty_rate_mbps, site_id, allowed_regions, pinned, \
          group_id, priority, max_downtime_ms, driver, driver_spec) \
          values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning vm_id",
-    )
-    .bind(&spec.name)
-    .bind(spec.vcpus as i32)
-    .bind(spec.memory_gib)
-    .bind(spec.disk_gib)
-    .bind(spec.dirty_rate_mbps)
-    .bind(refs.site)
-    .bind(&spec.allowed_regions)
-    .bind(spec.pinned)
-    .bind(refs.group)
-    .bind(i16::from(spec.priority))
-    .bind(spec.max_downtime_ms as i32)
-    .bind(enum_to_text(&spec.driver))
-    .bind(&spec.driver_spec)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(|e| on_constraint(e, name_taken(spec)))?;
-    store_allowed_sites(&mut tx, vm_id, &refs.allowed_sites).await?;
-    let vm = get(&mut *tx, vm_id).await?;
-    tx.commit().await?;
-    Ok(vm)
+    );
+    let vm_id: i64 =
+        bind_columns(insert, spec, &refs).fetch_one(&mut *tx).await.map_err(|e| on_constraint(e, name_taken(spec)))?;
+    finish(tx, vm_id, &refs).await
 }
 
 pub async fn update(pool: &PgPool, id: i64, spec: &Valid<VmSpec>) -> Result<Vm> {
     let mut tx = pool.begin().await?;
     let refs = resolve(&mut tx, spec).await?;
-    let updated = sqlx::query(
+    let update = sqlx::query_scalar(
         "update vm set name = $1, vcpus = $2, memory_gib = $3, disk_gib = $4, dirty_rate_mbps = $5, site_id = $6, \
          allowed_regions = $7, pinned = $8, group_id = $9, priority = $10, max_downtime_ms = $11, driver = $12, \
-         driver_spec = $13 where vm_id = $14",
-    )
-    .bind(&spec.name)
-    .bind(spec.vcpus as i32)
-    .bind(spec.memory_gib)
-    .bind(spec.disk_gib)
-    .bind(spec.dirty_rate_mbps)
-    .bind(refs.site)
-    .bind(&spec.allowed_regions)
-    .bind(spec.pinned)
-    .bind(refs.group)
-    .bind(i16::from(spec.priority))
-    .bind(spec.max_downtime_ms as i32)
-    .bind(enum_to_text(&spec.driver))
-    .bind(&spec.driver_spec)
-    .bind(id)
-    .execute(&mut *tx)
-    .await
-    .map_err(|e| on_constraint(e, name_taken(spec)))?;
-    if updated.rows_affected() == 0 {
-        return Err(StoreError::NotFound(format!("VM {id}")));
-    }
-    store_allowed_sites(&mut tx, id, &refs.allowed_sites).await?;
-    let vm = get(&mut *tx, id).await?;
+         driver_spec = $13 where vm_id = $14 returning vm_id",
+    );
+    let updated: Option<i64> = bind_columns(update, spec, &refs)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| on_constraint(e, name_taken(spec)))?;
+    let vm_id = updated.ok_or_else(|| StoreError::NotFound(format!("VM {id}")))?;
+    finish(tx, vm_id, &refs).await
+}
+
+type ScalarQuery<'q> = sqlx::query::QueryScalar<'q, Postgres, i64, sqlx::postgres::PgArguments>;
+
+/// Binds the VM's columns as $1 to $13, in table order.
+fn bind_columns<'q>(query: ScalarQuery<'q>, spec: &'q VmSpec, refs: &Refs) -> ScalarQuery<'q> {
+    // Validation caps vcpus at 1024 and max_downtime_ms at an hour, well inside i32.
+    query
+        .bind(&spec.name)
+        .bind(spec.vcpus as i32)
+        .bind(spec.memory_gib)
+        .bind(spec.disk_gib)
+        .bind(spec.dirty_rate_mbps)
+        .bind(refs.site)
+        .bind(&spec.allowed_regions)
+        .bind(spec.pinned)
+        .bind(refs.group)
+        .bind(i16::from(spec.priority))
+        .bind(spec.max_downtime_ms as i32)
+        .bind(enum_to_text(&spec.driver))
+        .bind(&spec.driver_spec)
+}
+
+/// Stores the allowed sites, reads the VM back and commits.
+async fn finish(mut tx: Transaction<'_, Postgres>, vm_id: i64, refs: &Refs) -> Result<Vm> {
+    store_allowed_sites(&mut tx, vm_id, &refs.allowed_sites).await?;
+    let vm = get(&mut *tx, vm_id).await?;
     tx.commit().await?;
     Ok(vm)
 }
