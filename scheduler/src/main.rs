@@ -29,6 +29,13 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The configured admin secret, checked.
+fn admin_secret(config: &Config) -> anyhow::Result<Option<&str>> {
+    let secret = config.admin_token.as_deref();
+    secret.map(heliotrope::domain::token::check_configured_secret).transpose()?;
+    Ok(secret)
+}
+
 fn required_url(config: &Config) -> anyhow::Result<String> {
     config.database_url().context("no database configured: set HELIOTROPE_DATABASE_URL (or DATABASE_URL)")
 }
@@ -41,8 +48,9 @@ async fn connect(config: &Config, url: &str) -> anyhow::Result<sqlx::PgPool> {
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {
+    let configured = admin_secret(config)?;
     let pool = connect(config, &required_url(config)?).await?;
-    if let Some(secret) = db::tokens::ensure_admin(&pool, config.admin_token.as_deref()).await? {
+    if let Some(secret) = db::tokens::ensure_admin(&pool, configured).await? {
         eprintln!("No admin token existed; made one. It is shown this once:\n\n    {secret}\n");
     }
     let app = Application::build(pool, config.listen, config.read_cache).await?;
@@ -85,10 +93,10 @@ async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyh
         tracing::info!(vms = args.vms, "seeding the demo fleet");
         demo::store_fleet(&pool, demo::inventory::fleet(args.vms, 2026)).await?;
     }
-    let secret = match &config.admin_token {
+    let secret = match admin_secret(config)? {
         Some(secret) => {
             db::tokens::ensure_admin(&pool, Some(secret)).await?;
-            secret.clone()
+            secret.to_owned()
         }
         None => {
             let secret = heliotrope::domain::token::generate_secret();

@@ -20,6 +20,21 @@ pub fn generate_secret() -> String {
     format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// Shortest secret an operator may configure (`HELIOTROPE_ADMIN_TOKEN`).
+pub const MIN_CONFIGURED_SECRET_LEN: usize = 16;
+
+/// Checks a secret chosen by an operator: long enough not to be guessed,
+/// and printable ASCII so that it survives an HTTP header.
+pub fn check_configured_secret(secret: &str) -> Result<(), super::ValidationError> {
+    if secret.len() < MIN_CONFIGURED_SECRET_LEN || !secret.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(super::ValidationError::new(
+            "HELIOTROPE_ADMIN_TOKEN",
+            format!("must be at least {MIN_CONFIGURED_SECRET_LEN} printable ASCII characters without spaces"),
+        ));
+    }
+    Ok(())
+}
+
 /// What is stored and looked up in place of the secret.
 pub fn secret_digest(secret: &str) -> [u8; 32] {
     Sha256::digest(secret.as_bytes()).into()
@@ -38,5 +53,13 @@ mod tests {
         assert_eq!(a.len(), SECRET_PREFIX.len() + 43);
         assert_ne!(secret_digest(&a), secret_digest(&b));
         assert_eq!(secret_digest(&a), secret_digest(&a));
+        assert!(check_configured_secret(&a).is_ok());
+    }
+
+    #[test]
+    fn configured_secrets_must_be_strong_enough() {
+        assert!(check_configured_secret("short").is_err());
+        assert!(check_configured_secret("sixteen chars ok").is_err(), "no spaces");
+        assert!(check_configured_secret("0123456789abcdef").is_ok());
     }
 }
