@@ -10,14 +10,16 @@
 //!
 //! Layout: [`inventory`] (sites, links, VMs, groups, executors),
 //! [`auth`] (roles and tokens), [`error`] (the one error shape), and
-//! [`page`] (cursor pagination).
+//! [`page`] (cursor pagination), [`signals`] (carbon and price series).
 
 pub mod auth;
 pub mod error;
 pub mod inventory;
 pub mod page;
+pub mod signals;
 
 pub use auth::*;
 pub use error::*;
 pub use inventory::*;
 pub use page::*;
+pub use signals::*;

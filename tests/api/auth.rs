@@ -26,6 +26,8 @@ struct Route {
     template: &'static str,
     /// The id to put in the path.
     id: i64,
+    /// A query string to add.
+    query: &'static str,
     body: Option<Value>,
     need: Need,
 }
@@ -54,6 +56,7 @@ async fn route_by_role_matrix(pool: PgPool) {
         method,
         template,
         id,
+        query: "",
         body,
         need,
     };
@@ -98,6 +101,9 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::POST, "/v1/tokens", 0, Some(json!({"name": "new-t", "role": "viewer"})), admin),
         r(Method::GET, "/v1/tokens/{id}", t, None, admin),
         r(Method::DELETE, "/v1/tokens/{id}", 999_999, None, admin),
+        Route { query: "?signal=carbon", ..r(Method::GET, "/v1/sites/{id}/signals", s, None, view) },
+        r(Method::POST, "/v1/sites/{id}/signals", s, Some(json!([])), admin),
+        r(Method::GET, "/v1/signals/current", 0, None, view),
         r(Method::GET, "/healthz", 0, None, Need::Nobody),
         r(Method::GET, "/readyz", 0, None, Need::Nobody),
         r(Method::GET, "/metrics", 0, None, Need::Nobody),
@@ -132,7 +138,7 @@ async fn route_by_role_matrix(pool: PgPool) {
         secrets.push((Some(if role == Role::Admin { ADMIN.to_owned() } else { app.token(role).await }), role.as_str()));
     }
     for route in &routes {
-        let path = route.template.replace("{id}", &route.id.to_string());
+        let path = format!("{}{}", route.template.replace("{id}", &route.id.to_string()), route.query);
         for (secret, who) in &secrets {
             let answer = app.send(route.method.clone(), &path, secret.as_deref(), route.body.as_ref()).await;
             let status = answer.status.as_u16();

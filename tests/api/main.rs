@@ -9,6 +9,7 @@ mod links;
 mod ops;
 mod pagination;
 mod read_cache;
+mod signals;
 mod sites;
 mod tokens;
 mod vms;

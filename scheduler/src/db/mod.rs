@@ -10,6 +10,7 @@ pub mod changes;
 pub mod executors;
 pub mod groups;
 pub mod links;
+pub mod signals;
 pub mod sites;
 pub mod tokens;
 pub mod vms;

@@ -7,6 +7,7 @@
 
 pub mod inventory;
 pub mod page;
+pub mod signals;
 pub mod token;
 
 use std::ops::Deref;

@@ -37,12 +37,19 @@ struct CacheLabels {
     result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    source: String,
+    reason: &'static str,
+}
+
 /// The registry and the metrics the HTTP layer records.
 pub struct Metrics {
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram, LatencyBuckets>,
     read_cache: Family<CacheLabels, Counter>,
+    signal_rejections: Family<RejectionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -58,13 +65,23 @@ impl Default for Metrics {
             "Inventory reads answered from the read cache (hit) or not (miss)",
             read_cache.clone(),
         );
-        Metrics { registry, requests, latency, read_cache }
+        let signal_rejections = Family::<RejectionLabels, Counter>::default();
+        registry.register(
+            "signal_rejections",
+            "Signal payloads refused, by source (push or feed) and reason",
+            signal_rejections.clone(),
+        );
+        Metrics { registry, requests, latency, read_cache, signal_rejections }
     }
 }
 
 impl Metrics {
     pub fn read_cache_lookup(&self, hit: bool) {
         self.read_cache.get_or_create(&CacheLabels { result: if hit { "hit" } else { "miss" } }).inc();
+    }
+
+    pub fn signal_rejected(&self, source: &str, reason: &'static str) {
+        self.signal_rejections.get_or_create(&RejectionLabels { source: source.to_owned(), reason }).inc();
     }
 
     pub fn render(&self) -> String {

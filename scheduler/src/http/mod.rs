@@ -14,6 +14,7 @@ pub mod links;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod signals;
 pub mod sites;
 pub mod tokens;
 pub mod vms;
@@ -65,6 +66,8 @@ pub fn app(state: AppState) -> Router {
         // Executors (heartbeats) and tokens (last use) change without notifications: never cached.
         .merge(guarded(executors::router(), Access::INVENTORY))
         .merge(guarded(tokens::router(), Access::ADMIN))
+        // Signals change without inventory notifications: never cached.
+        .merge(guarded(signals::router(), Access::INVENTORY))
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(map_response(json_method_not_allowed))

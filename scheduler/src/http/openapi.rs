@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{executors, groups, links, ops, sites, tokens, vms};
+use super::{executors, groups, links, ops, signals, sites, tokens, vms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use super::{executors, groups, links, ops, sites, tokens, vms};
         groups::list_groups, groups::create_group, groups::get_group, groups::replace_group, groups::delete_group,
         executors::list_executors, executors::get_executor,
         tokens::list_tokens, tokens::create_token, tokens::get_token, tokens::revoke_token,
+        signals::push_signals, signals::get_series, signals::current_signals,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(heliotrope_api_spec::GroupPolicyKind)),

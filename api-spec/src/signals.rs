@@ -1,0 +1,158 @@
+//! Signals: carbon intensity and electricity price per site, actuals and
+//! forecasts, each point with its provenance.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// Which signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Carbon intensity, gCO2eq/kWh.
+    Carbon,
+    /// Electricity price, currency per MWh.
+    Price,
+}
+
+/// What a value measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Basis {
+    /// Marginal operating emissions (e.g. WattTime MOER).
+    Marginal,
+    /// Average emissions, life-cycle factors.
+    AverageLifecycle,
+    /// Average emissions, direct (combustion) factors.
+    AverageDirect,
+    MarketDayAhead,
+    MarketRealTime,
+    Tariff,
+    /// Generated for the demo from per-region profiles: not a measurement.
+    Synthetic,
+}
+
+/// One row pushed by an operator: the columns of the CSV format
+/// `timestamp_utc,carbon_g_per_kwh,price_per_mwh,currency[,forecast,issued_at]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SignalRow {
+    /// Start of the interval the values hold for.
+    pub timestamp_utc: DateTime<Utc>,
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 2000)]
+    pub carbon_g_per_kwh: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = -1000, maximum = 20000)]
+    pub price_per_mwh: Option<f64>,
+    /// ISO 4217 code; required with a price.
+    #[serde(default)]
+    #[schema(pattern = "^[A-Z]{3}$")]
+    pub currency: Option<String>,
+    /// Whether the values are a forecast (then `issued_at` is required).
+    #[serde(default)]
+    pub forecast: bool,
+    /// When the forecast was made.
+    #[serde(default)]
+    pub issued_at: Option<DateTime<Utc>>,
+    /// Whether the provider estimated rather than measured the values.
+    #[serde(default)]
+    pub estimated: bool,
+}
+
+/// Query parameters of `POST /v1/sites/{id}/signals`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct IngestParams {
+    /// What the carbon values measure (default `average-lifecycle`).
+    pub carbon_basis: Option<Basis>,
+    /// What the prices are (default `market-day-ahead`).
+    pub price_basis: Option<Basis>,
+    /// Length of the interval each row covers, in seconds (default 3600).
+    #[param(minimum = 60, maximum = 86400)]
+    pub resolution_s: Option<u32>,
+}
+
+/// Answer to a push.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IngestReport {
+    /// Rows taken from the body.
+    pub rows: u64,
+    /// Points stored (a row with carbon and price makes two).
+    pub points: u64,
+    /// CSV rows whose `region` column names another region, skipped.
+    pub skipped_other_region: u64,
+}
+
+/// How a series is sampled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    /// One value per UTC hour: the mean of the best-known points in it.
+    #[default]
+    Hourly,
+    /// Every best-known point as stored.
+    Raw,
+}
+
+/// Query parameters of `GET /v1/sites/{id}/signals`.
+#[derive(Debug, Clone, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct SeriesParams {
+    pub signal: Signal,
+    /// Start (inclusive); default 24 h ago.
+    pub from: Option<DateTime<Utc>>,
+    /// End (exclusive); default 48 h ahead.
+    pub to: Option<DateTime<Utc>>,
+    pub resolution: Option<Resolution>,
+}
+
+/// Whether a value was observed or predicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PointKind {
+    Actual,
+    Forecast,
+}
+
+/// One value of a series, with where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SignalPoint {
+    pub timestamp: DateTime<Utc>,
+    pub value: f64,
+    /// `gCO2eq/kWh`, or the currency per MWh (e.g. `EUR/MWh`).
+    pub unit: String,
+    pub kind: PointKind,
+    /// When the forecast was issued (forecasts only).
+    pub issued_at: Option<DateTime<Utc>>,
+    pub basis: Basis,
+    /// `push`, `feed:<id>` or `synthetic`.
+    pub source: String,
+    /// Seconds each stored point covers.
+    pub resolution_s: u32,
+    pub estimated: bool,
+    /// Stored points behind this value (1 for raw; up to 12 in an hour of 5-minute data).
+    pub samples: u32,
+}
+
+/// A site's series.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SignalSeries {
+    pub site: String,
+    pub signal: Signal,
+    pub resolution: Resolution,
+    pub points: Vec<SignalPoint>,
+}
+
+/// The newest known carbon and price of one site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SiteSignals {
+    pub site: String,
+    pub carbon: Option<SignalPoint>,
+    pub price: Option<SignalPoint>,
+}
+
+/// Answer to `GET /v1/signals/current`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CurrentSignals {
+    pub items: Vec<SiteSignals>,
+}
