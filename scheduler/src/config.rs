@@ -48,6 +48,8 @@ pub struct DemoArgs {
 pub enum BenchCommand {
     /// Throughput and latency of GET /v1/vms against a fleet of VMs.
     Api(crate::bench::ApiBenchArgs),
+    /// Push-ingest throughput of signal points (8 weeks x 16 sites by default).
+    Ingest(crate::bench::IngestBenchArgs),
 }
 
 /// Settings shared by every command.

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(BenchCommand::Api(args)) => bench::api(&cli.config, &args).await,
+        Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(&cli.config, &args).await,
     }
 }
 
