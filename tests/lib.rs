@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use heliotrope::db;
 use heliotrope::domain::token::{generate_secret, secret_digest};
-use heliotrope::startup::Application;
+use heliotrope::startup::{Application, Services};
 use heliotrope_api_spec::Role;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -31,7 +31,9 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 /// Starts one scheduler replica on `pool`; several may share one database.
 pub async fn spawn_replica(pool: PgPool, read_cache: bool) -> TestApp {
     db::tokens::ensure_admin(&pool, Some(ADMIN)).await.expect("bootstrap admin token");
-    let app = Application::build(pool.clone(), "127.0.0.1:0".parse().unwrap(), read_cache).await.expect("bind");
+    // Tests drive feed polls themselves (`poller::poll_once`), never on a timer.
+    let services = Services { read_cache, poll_feeds: false };
+    let app = Application::build(pool.clone(), "127.0.0.1:0".parse().unwrap(), services).await.expect("bind");
     let addr = app.local_addr();
     // Nobody cancels this token: the server lives as long as the test's runtime.
     tokio::spawn(app.run_until_stopped(CancellationToken::new()));
@@ -171,4 +173,88 @@ pub fn with(mut base: Value, pointer: &str, value: Value) -> Value {
 pub fn without(mut base: Value, field: &str) -> Value {
     base.as_object_mut().unwrap().remove(field);
     base
+}
+
+/// A stand-in for a provider's HTTP API, serving scripted replies in the
+/// provider's own format on a free loopback port. Each path answers with
+/// its script; a path may require a header (`401` otherwise).
+#[derive(Clone, Default)]
+pub struct FakeProvider {
+    scripts: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, Script>>>,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[derive(Clone)]
+struct Script {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+    required: Option<(String, String)>,
+}
+
+impl FakeProvider {
+    /// Starts serving; returns the provider and its base URL.
+    pub async fn start() -> (FakeProvider, String) {
+        let fake = FakeProvider::default();
+        let handler_fake = fake.clone();
+        let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+            let fake = handler_fake.clone();
+            async move { fake.answer(request) }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (fake, base)
+    }
+
+    /// Answers `path` with `status`, `content_type` and `body` from now on.
+    pub fn reply(&self, path: &str, status: u16, content_type: &str, body: &str) -> &Self {
+        let script = Script {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: body.into(),
+            required: None,
+        };
+        self.scripts.lock().unwrap().insert(path.into(), script);
+        self
+    }
+
+    /// Adds a header to `path`'s reply.
+    pub fn header(&self, path: &str, name: &str, value: &str) -> &Self {
+        self.scripts.lock().unwrap().get_mut(path).unwrap().headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// Makes `path` answer 401 unless the request carries `name: value`.
+    pub fn require(&self, path: &str, name: &str, value: &str) -> &Self {
+        self.scripts.lock().unwrap().get_mut(path).unwrap().required = Some((name.into(), value.into()));
+        self
+    }
+
+    /// The paths (with query) requested so far.
+    pub fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    fn answer(&self, request: axum::extract::Request) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        let path = request.uri().path().to_owned();
+        self.log.lock().unwrap().push(request.uri().to_string());
+        let Some(script) = self.scripts.lock().unwrap().get(&path).cloned() else {
+            return (axum::http::StatusCode::NOT_FOUND, format!("no script for {path}")).into_response();
+        };
+        if let Some((name, value)) = &script.required {
+            if request.headers().get(name.as_str()).and_then(|v| v.to_str().ok()) != Some(value.as_str()) {
+                return (axum::http::StatusCode::UNAUTHORIZED, r#"{"error":"unauthorized"}"#).into_response();
+            }
+        }
+        let mut response = (axum::http::StatusCode::from_u16(script.status).unwrap(), script.body).into_response();
+        for (name, value) in script.headers {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                axum::http::HeaderValue::from_str(&value).unwrap(),
+            );
+        }
+        response
+    }
 }

@@ -45,3 +45,5 @@ page_type!(/// One page of executors.
     ExecutorPage, crate::Executor);
 page_type!(/// One page of API tokens (never their secrets).
     TokenPage, crate::Token);
+page_type!(/// One page of feeds.
+    FeedPage, crate::Feed);

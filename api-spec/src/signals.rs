@@ -156,3 +156,96 @@ pub struct SiteSignals {
 pub struct CurrentSignals {
     pub items: Vec<SiteSignals>,
 }
+
+/// A signal provider Heliotrope can poll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Provider {
+    /// Electricity Maps API v3: carbon (`carbon-intensity/history`, `/forecast`) and day-ahead price.
+    Electricitymaps,
+    /// WattTime API v3: marginal carbon (`co2_moer`).
+    Watttime,
+    /// GB Carbon Intensity API (national or a region id): carbon.
+    GbCarbonIntensity,
+    /// ENTSO-E Transparency Platform day-ahead prices (A44) by bidding zone EIC.
+    Entsoe,
+}
+
+/// What an admin sends to create or replace a feed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FeedSpec {
+    /// Name of the site the signal is for.
+    #[schema(min_length = 1, max_length = 64)]
+    pub site: String,
+    pub provider: Provider,
+    pub signal: Signal,
+    /// The provider's area id: Electricity Maps zone, WattTime region, GB `national` or a
+    /// region id (1-17), ENTSO-E bidding-zone EIC.
+    #[schema(min_length = 1, max_length = 64)]
+    pub area: String,
+    /// The provider's API root (scheme and host, no version path); defaults to the real API.
+    #[serde(default)]
+    #[schema(max_length = 256)]
+    pub base_url: Option<String>,
+    /// Name of the environment variable holding the key, token or `user:password`; never the secret.
+    #[serde(default)]
+    #[schema(max_length = 128, pattern = "^[A-Z_][A-Z0-9_]*$")]
+    pub credential_env: Option<String>,
+    /// Seconds between polls (60 to 86400; default 900).
+    #[serde(default = "default_poll_interval_s")]
+    #[schema(minimum = 60, maximum = 86400)]
+    pub poll_interval_s: u32,
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+}
+
+fn default_poll_interval_s() -> u32 {
+    900
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// How polling a feed is going.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct FeedHealth {
+    pub last_success_at: Option<DateTime<Utc>>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// What went wrong last (cleared by the next success).
+    pub last_error: Option<String>,
+    pub points_ingested: i64,
+    /// Timestamp of the newest point received.
+    pub newest_point_at: Option<DateTime<Utc>>,
+    /// No new data for three poll intervals.
+    pub stale: bool,
+}
+
+/// A feed as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Feed {
+    pub id: i64,
+    pub site: String,
+    pub provider: Provider,
+    pub signal: Signal,
+    pub area: String,
+    /// The API root in use (the provider's own when none was given).
+    pub base_url: String,
+    pub credential_env: Option<String>,
+    pub poll_interval_s: u32,
+    pub enabled: bool,
+    pub health: FeedHealth,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Filters of `GET /v1/feeds`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FeedFilter {
+    /// Only feeds of this site (by name).
+    #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    pub site: Option<String>,
+    pub provider: Option<Provider>,
+    pub signal: Option<Signal>,
+}

@@ -14,7 +14,7 @@ use sqlx::PgPool;
 
 use crate::config::Config;
 use crate::domain::token::{generate_secret, secret_digest};
-use crate::startup::Application;
+use crate::startup::{Application, Services};
 use crate::{db, demo};
 
 #[derive(Args, Debug)]
@@ -130,7 +130,8 @@ async fn api_on(pool: PgPool, args: &ApiBenchArgs) -> anyhow::Result<()> {
     let mut bases = Vec::new();
     let mut servers = Vec::new();
     for read_cache in [true, false] {
-        let app = Application::build(pool.clone(), "127.0.0.1:0".parse()?, read_cache).await?;
+        let app = Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services { read_cache, poll_feeds: false })
+            .await?;
         bases.push(format!("http://{}", app.local_addr()));
         servers.push(tokio::spawn(app.run_until_stopped(stop.clone())));
     }
@@ -263,7 +264,9 @@ async fn ingest_on(pool: PgPool, args: &IngestBenchArgs) -> anyhow::Result<()> {
         .map_err(|r| anyhow::anyhow!("{}: {}", r.location, r.message))?;
     let secret = generate_secret();
     db::tokens::insert(&pool, "bench", Role::Admin, &secret_digest(&secret)).await?;
-    let app = Application::build(pool.clone(), "127.0.0.1:0".parse()?, true).await?;
+    let app =
+        Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services { read_cache: true, poll_feeds: false })
+            .await?;
     let base = format!("http://{}", app.local_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));

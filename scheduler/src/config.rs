@@ -70,6 +70,9 @@ pub struct Config {
     /// Cache inventory reads, dropped on every change (`false` to turn off).
     #[arg(long, global = true, env = "HELIOTROPE_READ_CACHE", default_value_t = true, action = clap::ArgAction::Set)]
     pub read_cache: bool,
+    /// Poll the provider feeds (one replica at a time polls).
+    #[arg(long, global = true, env = "HELIOTROPE_POLL_FEEDS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub poll_feeds: bool,
     /// Most database connections this process opens.
     #[arg(long, global = true, env = "HELIOTROPE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
@@ -83,12 +86,18 @@ impl std::fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "<set>"))
             .field("log_format", &self.log_format)
             .field("read_cache", &self.read_cache)
+            .field("poll_feeds", &self.poll_feeds)
             .field("db_max_connections", &self.db_max_connections)
             .finish()
     }
 }
 
 impl Config {
+    /// The background services these settings ask for.
+    pub fn services(&self) -> crate::startup::Services {
+        crate::startup::Services { read_cache: self.read_cache, poll_feeds: self.poll_feeds }
+    }
+
     /// The database URL from `--database-url`, `HELIOTROPE_DATABASE_URL` or `DATABASE_URL`.
     pub fn database_url(&self) -> Option<String> {
         self.database_url.clone().or_else(|| std::env::var("DATABASE_URL").ok()).filter(|u| !u.is_empty())

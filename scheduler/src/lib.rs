@@ -14,6 +14,7 @@ pub mod config;
 pub mod db;
 pub mod demo;
 pub mod domain;
+pub mod feeds;
 pub mod http;
 pub mod startup;
 pub mod telemetry;

@@ -54,7 +54,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     if let Some(secret) = db::tokens::ensure_admin(&pool, configured).await? {
         eprintln!("No admin token existed; made one. It is shown this once:\n\n    {secret}\n");
     }
-    let app = Application::build(pool, config.listen, config.read_cache).await?;
+    let app = Application::build(pool, config.listen, config.services()).await?;
     tracing::info!(addr = %app.local_addr(), "serving");
     app.run_until_stopped(shutdown_on_signal()).await.context("serving")
 }
@@ -106,7 +106,7 @@ async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyh
             secret
         }
     };
-    let app = Application::build(pool, config.listen, config.read_cache).await?;
+    let app = Application::build(pool, config.listen, config.services()).await?;
     let addr = app.local_addr();
     println!("Heliotrope demo: 16 real grid regions as sites, links between them, a seeded fleet of sim VMs.");
     println!("  API          http://{addr}/v1/sites");

@@ -9,21 +9,30 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::changes::watch_inventory;
+use crate::feeds::poller;
 use crate::http::{app, AppState};
+
+/// The background work a server runs beside the API.
+#[derive(Debug, Clone, Copy)]
+pub struct Services {
+    /// Cache inventory reads (see `http::cache`).
+    pub read_cache: bool,
+    /// Poll the provider feeds (see `feeds::poller`).
+    pub poll_feeds: bool,
+}
 
 /// A bound, ready-to-run server.
 pub struct Application {
     listener: TcpListener,
     state: AppState,
-    read_cache: bool,
+    services: Services,
 }
 
 impl Application {
-    /// Binds `listen`; the database must already be migrated. With
-    /// `read_cache`, inventory reads are cached (see `http::cache`).
-    pub async fn build(pool: PgPool, listen: SocketAddr, read_cache: bool) -> anyhow::Result<Application> {
+    /// Binds `listen`; the database must already be migrated.
+    pub async fn build(pool: PgPool, listen: SocketAddr, services: Services) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        Ok(Application { listener, state: AppState::new(pool), read_cache })
+        Ok(Application { listener, state: AppState::new(pool), services })
     }
 
     /// The address actually bound.
@@ -34,17 +43,20 @@ impl Application {
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
     pub async fn run_until_stopped(self, shutdown: CancellationToken) -> std::io::Result<()> {
-        let watcher = self.read_cache.then(|| {
+        let mut background = tokio::task::JoinSet::new();
+        if self.services.read_cache {
             let (pool, cache, stop) = (self.state.pool.clone(), self.state.read_cache.clone(), shutdown.clone());
-            tokio::spawn(async move { watch_inventory(pool, stop, |change| cache.on_change(change)).await })
-        });
+            background.spawn(async move { watch_inventory(pool, stop, |change| cache.on_change(change)).await });
+        }
+        if self.services.poll_feeds {
+            let (pool, metrics, stop) = (self.state.pool.clone(), self.state.metrics.clone(), shutdown.clone());
+            background.spawn(poller::run(pool, metrics, stop));
+        }
         let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
-        if let Some(watcher) = watcher {
-            // It stops on the same token; a panic in it would already have been logged.
-            let _ = watcher.await;
-        }
+        // They stop on the same token; a panic in one would already have been logged.
+        while background.join_next().await.is_some() {}
         served
     }
 }

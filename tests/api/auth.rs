@@ -51,6 +51,8 @@ async fn route_by_role_matrix(pool: PgPool) {
     .unwrap();
     let t = app.create("/v1/tokens", json!({"name": "spare", "role": "viewer"})).await["token"]["id"].as_i64().unwrap();
 
+    let gb_feed = json!({"site": "A", "provider": "gb_carbon_intensity", "signal": "carbon", "area": "national"});
+    let f = app.create("/v1/feeds", gb_feed.clone()).await["id"].as_i64().unwrap();
     let (view, admin) = (Need::Role(Role::Viewer), Need::Role(Role::Admin));
     let r = |method: Method, template: &'static str, id: i64, body: Option<Value>, need: Need| Route {
         method,
@@ -104,6 +106,17 @@ async fn route_by_role_matrix(pool: PgPool) {
         Route { query: "?signal=carbon", ..r(Method::GET, "/v1/sites/{id}/signals", s, None, view) },
         r(Method::POST, "/v1/sites/{id}/signals", s, Some(json!([])), admin),
         r(Method::GET, "/v1/signals/current", 0, None, view),
+        r(Method::GET, "/v1/feeds", 0, None, admin),
+        r(
+            Method::POST,
+            "/v1/feeds",
+            0,
+            Some(json!({"site": "B", "provider": "gb_carbon_intensity", "signal": "carbon", "area": "13"})),
+            admin,
+        ),
+        r(Method::GET, "/v1/feeds/{id}", f, None, admin),
+        r(Method::PUT, "/v1/feeds/{id}", f, Some(gb_feed), admin),
+        r(Method::DELETE, "/v1/feeds/{id}", 999_999, None, admin),
         r(Method::GET, "/healthz", 0, None, Need::Nobody),
         r(Method::GET, "/readyz", 0, None, Need::Nobody),
         r(Method::GET, "/metrics", 0, None, Need::Nobody),

@@ -4,6 +4,7 @@
 
 mod auth;
 mod executors;
+mod feeds;
 mod groups;
 mod links;
 mod ops;

@@ -8,6 +8,7 @@
 
 pub mod changes;
 pub mod executors;
+pub mod feeds;
 pub mod groups;
 pub mod links;
 pub mod signals;

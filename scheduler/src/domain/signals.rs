@@ -113,6 +113,22 @@ pub fn check_time(ts: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), (&'static
     Ok(())
 }
 
+/// Checks a point from a provider with the rules a push follows.
+pub fn check_point(point: &Point, now: DateTime<Utc>) -> Result<(), (&'static str, String)> {
+    check_value(point.signal, point.value)?;
+    check_time(point.ts, now)
+}
+
+/// Keeps the last of points that share signal, time and issue time (a
+/// provider repeating itself must not make one upsert touch a row twice).
+pub fn dedupe(points: Vec<Point>) -> Vec<Point> {
+    let mut seen = HashSet::new();
+    let mut kept: Vec<Point> =
+        points.into_iter().rev().filter(|p| seen.insert((p.signal, p.ts, p.issued_at))).collect();
+    kept.reverse();
+    kept
+}
+
 /// Collects points, refusing duplicates (the same signal, time and issue
 /// time twice in one push would be ambiguous).
 struct Collector {

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod error;
 pub mod executors;
 pub mod extract;
+pub mod feeds;
 pub mod groups;
 pub mod links;
 pub mod metrics;
@@ -66,6 +67,7 @@ pub fn app(state: AppState) -> Router {
         // Executors (heartbeats) and tokens (last use) change without notifications: never cached.
         .merge(guarded(executors::router(), Access::INVENTORY))
         .merge(guarded(tokens::router(), Access::ADMIN))
+        .merge(guarded(feeds::router(), Access::ADMIN))
         // Signals change without inventory notifications: never cached.
         .merge(guarded(signals::router(), Access::INVENTORY))
         .merge(ops::router())

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{executors, groups, links, ops, signals, sites, tokens, vms};
+use super::{executors, feeds, groups, links, ops, signals, sites, tokens, vms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -19,6 +19,7 @@ use super::{executors, groups, links, ops, signals, sites, tokens, vms};
         groups::list_groups, groups::create_group, groups::get_group, groups::replace_group, groups::delete_group,
         executors::list_executors, executors::get_executor,
         tokens::list_tokens, tokens::create_token, tokens::get_token, tokens::revoke_token,
+        feeds::list_feeds, feeds::create_feed, feeds::get_feed, feeds::replace_feed, feeds::delete_feed,
         signals::push_signals, signals::get_series, signals::current_signals,
         ops::healthz, ops::readyz, ops::metrics,
     ),
@@ -41,7 +42,8 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 7] = ["SiteSpec", "Capacity", "PowerModel", "LinkSpec", "VmSpec", "GroupSpec", "NewToken"];
+const CLOSED_SCHEMAS: [&str; 9] =
+    ["SiteSpec", "Capacity", "PowerModel", "LinkSpec", "VmSpec", "GroupSpec", "NewToken", "FeedSpec", "SignalRow"];
 
 /// The document as committed: pretty JSON with a trailing newline.
 pub fn document() -> String {

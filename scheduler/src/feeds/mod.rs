@@ -1,0 +1,157 @@
+//! Provider feeds: fetching carbon and price from the providers operators
+//! use, each with its own auth, units and quirks, and polling them.
+//!
+//! Each provider module has pure `parse_*` functions (unit-tested against
+//! the providers' documented payloads) and an async `fetch` that does the
+//! HTTP. [`poller`] runs the fetches on their intervals, validates what
+//! comes back with the same rules as a push, and stores it.
+
+pub mod electricitymaps;
+pub mod entsoe;
+pub mod gb;
+pub mod poller;
+pub mod watttime;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use heliotrope_api_spec::{Feed, Provider};
+use reqwest::{RequestBuilder, StatusCode};
+
+use crate::domain::signals::Point;
+
+/// Why a fetch brought nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum FeedError {
+    /// 429: try again no sooner than this.
+    #[error("rate limited (HTTP 429); retrying after {}s", retry_after.as_secs())]
+    RateLimited { retry_after: Duration },
+    /// Missing or refused credentials: retrying will not help until someone fixes them.
+    #[error("credentials: {0}")]
+    Credentials(String),
+    /// The provider answered with an error status.
+    #[error("HTTP {status}: {message}")]
+    Status { status: StatusCode, message: String },
+    /// The payload is not what the provider documents; names the field.
+    #[error("unexpected payload: {0}")]
+    Shape(String),
+    /// The provider has no data for the area and period.
+    #[error("no data: {0}")]
+    NoData(String),
+    /// The provider could not be reached.
+    #[error("unreachable: {0}")]
+    Transport(String),
+}
+
+impl FeedError {
+    /// Whether the next poll should back off (a fault that may pass) rather than keep its interval.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            FeedError::Transport(_) | FeedError::RateLimited { .. } => true,
+            FeedError::Status { status, .. } => status.is_server_error(),
+            _ => false,
+        }
+    }
+}
+
+/// Shared by every fetch: the HTTP client and WattTime's login tokens.
+#[derive(Default)]
+pub struct Fetcher {
+    client: reqwest::Client,
+    watttime_tokens: watttime::TokenCache,
+}
+
+impl Fetcher {
+    /// Fetches what `feed` currently offers, as points (not yet validated).
+    pub async fn fetch(&self, feed: &Feed, now: DateTime<Utc>) -> Result<Vec<Point>, FeedError> {
+        let base = feed.base_url.trim_end_matches('/');
+        match feed.provider {
+            Provider::Electricitymaps => {
+                electricitymaps::fetch(&self.client, base, &credential(feed)?, &feed.area, feed.signal).await
+            }
+            Provider::Watttime => {
+                watttime::fetch(&self.client, &self.watttime_tokens, base, &credential(feed)?, &feed.area, now).await
+            }
+            Provider::GbCarbonIntensity => gb::fetch(&self.client, base, &feed.area, now).await,
+            Provider::Entsoe => entsoe::fetch(&self.client, base, &credential(feed)?, &feed.area, now).await,
+        }
+    }
+}
+
+/// The secret named by the feed's `credential_env`, read when needed.
+fn credential(feed: &Feed) -> Result<String, FeedError> {
+    let name = feed.credential_env.as_deref().ok_or_else(|| FeedError::Credentials("no credential_env set".into()))?;
+    std::env::var(name)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| FeedError::Credentials(format!("environment variable {name} is not set")))
+}
+
+/// Sends a request and returns the body of a success; maps 429 (with its
+/// `Retry-After`, in seconds or as an HTTP date) and other failures.
+async fn send(request: RequestBuilder) -> Result<String, FeedError> {
+    let response =
+        request.timeout(Duration::from_secs(30)).send().await.map_err(|e| FeedError::Transport(e.to_string()))?;
+    let status = response.status();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_retry_after)
+            .unwrap_or(Duration::from_secs(60));
+        return Err(FeedError::RateLimited { retry_after });
+    }
+    let body = response.text().await.map_err(|e| FeedError::Transport(e.to_string()))?;
+    if !status.is_success() {
+        return Err(FeedError::Status { status, message: summarise(&body) });
+    }
+    Ok(body)
+}
+
+/// `Retry-After` as seconds or an HTTP date.
+fn parse_retry_after(value: &str) -> Option<Duration> {
+    if let Ok(seconds) = value.trim().parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value.trim()).ok()?;
+    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+}
+
+/// The start of an error body, on one line, for the feed's `last_error`.
+fn summarise(body: &str) -> String {
+    let flat: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
+    if body.trim_start().starts_with('<') && !body.contains("MarketDocument") {
+        return format!("an HTML page, not JSON: {}", flat.chars().take(120).collect::<String>());
+    }
+    flat.chars().take(300).collect()
+}
+
+/// Parses JSON into `T`, naming the field that does not fit.
+fn parse_json<T: serde::de::DeserializeOwned>(provider: &str, body: &str) -> Result<T, FeedError> {
+    let mut json = serde_json::Deserializer::from_str(body);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        FeedError::Shape(format!("{provider}: field '{path}': {}", e.into_inner()))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(300);
+        let parsed = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
+        assert!((298..=300).contains(&parsed.as_secs()), "{parsed:?}");
+        assert_eq!(parse_retry_after("soon"), None);
+    }
+
+    #[test]
+    fn html_error_pages_are_named_as_such() {
+        let page = "<html><head><title>403 Forbidden</title></head><body><center><h1>403 Forbidden</h1></center><hr><center>nginx</center></body></html>";
+        assert!(summarise(page).starts_with("an HTML page, not JSON"));
+    }
+}
