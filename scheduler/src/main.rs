@@ -94,6 +94,8 @@ async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyh
         tracing::info!(vms = args.vms, "seeding the demo fleet");
         demo::store_fleet(&pool, demo::inventory::fleet(args.vms, 2026)).await?;
     }
+    let points = demo::store_synthetic_signals(&pool, chrono::Utc::now()).await?;
+    tracing::info!(points, "stored synthetic signals (basis and source 'synthetic'): a week back, two days ahead");
     let secret = match admin_secret(config)? {
         Some(secret) => {
             db::tokens::ensure_admin(&pool, Some(secret)).await?;
@@ -108,10 +110,12 @@ async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyh
     };
     let app = Application::build(pool, config.listen, config.services()).await?;
     let addr = app.local_addr();
-    println!("Heliotrope demo: 16 real grid regions as sites, links between them, a seeded fleet of sim VMs.");
+    println!("Heliotrope demo: 16 real grid regions as sites, links between them, a seeded fleet of sim VMs,");
+    println!("and SYNTHETIC carbon and price signals generated from real per-region profiles (labelled 'synthetic').");
     println!("  API          http://{addr}/v1/sites");
     println!("  admin token  {secret}");
     println!("  try          curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/vms?limit=5'");
+    println!("  signals      curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/signals/current'");
     println!("  OpenAPI      api-spec/openapi.json; metrics at http://{addr}/metrics");
     println!("Ctrl-C stops the demo.");
     app.run_until_stopped(shutdown_on_signal()).await.context("serving")

@@ -6,7 +6,9 @@
 
 pub mod inventory;
 pub mod local_pg;
+pub mod profiles;
 pub mod regions;
+pub mod signals;
 
 use anyhow::Context;
 use sqlx::PgPool;
@@ -46,6 +48,21 @@ pub async fn store_fleet(pool: &PgPool, fleet: Fleet) -> anyhow::Result<()> {
         done.context("a seeding task panicked")??;
     }
     Ok(())
+}
+
+/// Stores a week of synthetic actuals and two days of synthetic forecasts
+/// for every site whose region has a profile, labelled `synthetic` (basis
+/// and source). Returns how many points were stored.
+pub async fn store_synthetic_signals(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<u64> {
+    let page = crate::domain::page::PageRequest { limit: 1000, after_id: 0 };
+    let mut stored = 0;
+    for site in db::sites::list(pool, page, &Default::default()).await?.items {
+        let tz: chrono_tz::Tz = site.spec.timezone.parse().unwrap_or(chrono_tz::UTC);
+        let start = now - chrono::Duration::days(7);
+        let points = signals::synthetic_points(&site.spec.region, tz, start, 9 * 24, now, site.id as u64);
+        stored += db::signals::upsert(pool, site.id, "synthetic", &points).await?;
+    }
+    Ok(stored)
 }
 
 /// Whether the inventory holds no site yet.
