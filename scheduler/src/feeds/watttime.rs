@@ -173,6 +173,18 @@ mod tests {
     }
 
     #[test]
+    fn tokens_are_renewed_before_they_expire() {
+        let cache = TokenCache::default();
+        let key = ("http://wt".to_owned(), "user".to_owned());
+        cache.put(key.clone(), "fresh".into());
+        assert_eq!(cache.get(&key).as_deref(), Some("fresh"));
+        // A token 26 minutes old (of its 30) is not used again: the next fetch logs in.
+        let Some(old) = Instant::now().checked_sub(Duration::from_secs(26 * 60)) else { return };
+        cache.tokens.lock().unwrap().insert(key.clone(), ("old".into(), old));
+        assert_eq!(cache.get(&key), None);
+    }
+
+    #[test]
     fn other_units_are_refused_by_name() {
         let body = r#"{"data":[],"meta":{"data_point_period_seconds":300,"units":"percentile"}}"#;
         assert!(parse_series(body, false).unwrap_err().to_string().contains("meta.units"));
