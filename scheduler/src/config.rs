@@ -56,7 +56,7 @@ pub enum BenchCommand {
 #[derive(Args, Clone)]
 pub struct Config {
     /// Postgres URL (falls back to DATABASE_URL).
-    #[arg(long, global = true, env = "HELIOTROPE_DATABASE_URL")]
+    #[arg(long, global = true, env = "HELIOTROPE_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Address the API listens on.
     #[arg(long, global = true, env = "HELIOTROPE_LISTEN", default_value = "127.0.0.1:8080")]

@@ -14,9 +14,19 @@ async fn feed(app: &TestApp, body: Value) -> i64 {
 }
 
 async fn poll(app: &TestApp, fetcher: &Fetcher, metrics: &Metrics, id: i64) -> PollOutcome {
+    poll_at(app, fetcher, metrics, id, chrono::Utc::now()).await
+}
+
+async fn poll_at(
+    app: &TestApp,
+    fetcher: &Fetcher,
+    metrics: &Metrics,
+    id: i64,
+    now: chrono::DateTime<chrono::Utc>,
+) -> PollOutcome {
     let (feed, site_id) =
         heliotrope::db::feeds::enabled(&app.pool).await.unwrap().into_iter().find(|(f, _)| f.id == id).unwrap();
-    poll_once(&app.pool, fetcher, metrics, &feed, site_id, chrono::Utc::now()).await.unwrap()
+    poll_once(&app.pool, fetcher, metrics, &feed, site_id, now).await.unwrap()
 }
 
 async fn series(app: &TestApp, signal: &str, from: &str, to: &str, resolution: &str) -> Vec<Value> {
@@ -41,7 +51,7 @@ async fn feed_resource_and_health(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.create("/v1/sites", site("DE-LU")).await;
     let body = json!({"site": "DE-LU", "provider": "entsoe", "signal": "price", "area": "10Y1001A1001A82H",
-                      "credential_env": "ENTSOE_TOKEN"});
+                      "credential_env": "HELIOTROPE_FEED_ENTSOE_TOKEN"});
     let created = app.create("/v1/feeds", body.clone()).await;
     assert_eq!(created["base_url"], "https://web-api.tp.entsoe.eu", "the real API by default");
     assert_eq!(created["poll_interval_s"], 900);
@@ -58,6 +68,7 @@ async fn feed_resource_and_health(pool: PgPool) {
         (bad("signal", json!("carbon")), "signal"),
         (bad("area", json!("DE-LU")), "area"),
         (bad("credential_env", json!("my secret key")), "credential_env"),
+        (bad("credential_env", json!("HELIOTROPE_DATABASE_URL")), "HELIOTROPE_FEED_"),
         (bad("poll_interval_s", json!(5)), "poll_interval_s"),
         (bad("base_url", json!("not a url")), "base_url"),
         (bad("site", json!("Nowhere")), "site"),
@@ -90,8 +101,8 @@ async fn electricitymaps_history_and_forecast(pool: PgPool) {
         "auth-token",
         "em-key",
     );
-    std::env::set_var("HT_EM_KEY", "em-key");
-    let id = feed(&app, em_feed(&base, "HT_EM_KEY")).await;
+    std::env::set_var("HELIOTROPE_FEED_EM_KEY", "em-key");
+    let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY")).await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
     assert_eq!(poll(&app, &fetcher, &metrics, id).await, PollOutcome::Stored(4));
     assert!(em.requests().iter().all(|r| r.contains("zone=DE")), "{:?}", em.requests());
@@ -112,16 +123,16 @@ async fn electricitymaps_history_and_forecast(pool: PgPool) {
     assert_eq!(app.count("signal_point").await, 4);
 
     // A wrong key is a credentials error, recorded, with the data kept.
-    std::env::set_var("HT_EM_KEY", "wrong");
+    std::env::set_var("HELIOTROPE_FEED_EM_KEY", "wrong");
     let PollOutcome::Failed { message, transient, .. } = poll(&app, &fetcher, &metrics, id).await else { panic!() };
     assert!(message.contains("auth-token") && !transient, "{message}");
     assert!(app.get(&format!("/v1/feeds/{id}")).await.body["health"]["last_error"]
         .as_str()
         .unwrap()
         .contains("auth-token"));
-    std::env::remove_var("HT_EM_KEY");
+    std::env::remove_var("HELIOTROPE_FEED_EM_KEY");
     let PollOutcome::Failed { message, .. } = poll(&app, &fetcher, &metrics, id).await else { panic!() };
-    assert!(message.contains("HT_EM_KEY is not set"), "{message}");
+    assert!(message.contains("HELIOTROPE_FEED_EM_KEY is not set"), "{message}");
     assert_eq!(app.count("signal_point").await, 4);
 }
 
@@ -132,8 +143,8 @@ async fn a_bad_payload_is_rejected_and_counted(pool: PgPool) {
     let (em, base) = FakeProvider::start().await;
     em.reply("/v3/carbon-intensity/history", 200, "application/json", EM_HISTORY);
     em.reply("/v3/carbon-intensity/forecast", 200, "application/json", EM_FORECAST);
-    std::env::set_var("HT_EM_KEY2", "k");
-    let id = feed(&app, em_feed(&base, "HT_EM_KEY2")).await;
+    std::env::set_var("HELIOTROPE_FEED_EM_KEY2", "k");
+    let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY2")).await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
     assert_eq!(poll(&app, &fetcher, &metrics, id).await, PollOutcome::Stored(4));
     let before = series(&app, "carbon", "2024-03-05T20:00:00Z", "2024-03-05T23:00:00Z", "raw").await;
@@ -177,11 +188,11 @@ async fn watttime_logs_in_converts_and_renews_its_token(pool: PgPool) {
         "authorization",
         "Bearer jwt-1",
     );
-    std::env::set_var("HT_WT_LOGIN", "user:pass");
+    std::env::set_var("HELIOTROPE_FEED_WT_LOGIN", "user:pass");
     let id = feed(
         &app,
         json!({"site": "US-CAL-CISO", "provider": "watttime", "signal": "carbon", "area": "CAISO_NORTH",
-                              "base_url": base, "credential_env": "HT_WT_LOGIN"}),
+                              "base_url": base, "credential_env": "HELIOTROPE_FEED_WT_LOGIN"}),
     )
     .await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
@@ -222,8 +233,8 @@ async fn rate_limits_are_honoured(pool: PgPool) {
         "retry-after",
         "120",
     );
-    std::env::set_var("HT_EM_KEY3", "k");
-    let id = feed(&app, em_feed(&base, "HT_EM_KEY3")).await;
+    std::env::set_var("HELIOTROPE_FEED_EM_KEY3", "k");
+    let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY3")).await;
     let outcome = poll(&app, &Fetcher::default(), &Metrics::default(), id).await;
     let PollOutcome::Failed { retry_in, transient, .. } = &outcome else { panic!("{outcome:?}") };
     assert_eq!((*retry_in, *transient), (Some(std::time::Duration::from_secs(120)), true));
@@ -255,9 +266,19 @@ async fn gb_national_and_regional(pool: PgPool) {
     )
     .await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
-    // The path holds the minute of the poll; poll within it.
-    assert_eq!(poll(&app, &fetcher, &metrics, national_id).await, PollOutcome::Stored(2), "{:?}", gb.requests());
-    assert_eq!(poll(&app, &fetcher, &metrics, regional_id).await, PollOutcome::Stored(1), "{:?}", gb.requests());
+    // The path holds the minute of the poll: poll as of the `now` the paths were made for.
+    assert_eq!(
+        poll_at(&app, &fetcher, &metrics, national_id, now).await,
+        PollOutcome::Stored(2),
+        "{:?}",
+        gb.requests()
+    );
+    assert_eq!(
+        poll_at(&app, &fetcher, &metrics, regional_id, now).await,
+        PollOutcome::Stored(1),
+        "{:?}",
+        gb.requests()
+    );
     let points = series(&app, "carbon", &slot(-3).replace('Z', ":00Z"), &slot(6).replace('Z', ":00Z"), "raw").await;
     let got: Vec<(f64, &str)> =
         points.iter().map(|p| (p["value"].as_f64().unwrap(), p["kind"].as_str().unwrap())).collect();
@@ -289,11 +310,11 @@ async fn entsoe_day_ahead_prices_and_no_data(pool: PgPool) {
       <Point><position>4</position><price.amount>75.10</price.amount></Point></Period></TimeSeries>
 </Publication_MarketDocument>"#;
     entsoe.reply("/api", 200, "text/xml", xml);
-    std::env::set_var("HT_ENTSOE", "entsoe-token");
+    std::env::set_var("HELIOTROPE_FEED_ENTSOE", "entsoe-token");
     let id = feed(
         &app,
         json!({"site": "DE-LU", "provider": "entsoe", "signal": "price", "area": "10Y1001A1001A82H",
-                              "base_url": base, "credential_env": "HT_ENTSOE"}),
+                              "base_url": base, "credential_env": "HELIOTROPE_FEED_ENTSOE"}),
     )
     .await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
@@ -324,4 +345,53 @@ async fn entsoe_day_ahead_prices_and_no_data(pool: PgPool) {
     let PollOutcome::Failed { message, .. } = poll(&app, &fetcher, &metrics, id).await else { panic!() };
     assert!(message.starts_with("no data: No matching data"), "{message}");
     assert_eq!(app.count("signal_point").await, 4, "the earlier prices stay");
+}
+
+/// A quarter-hourly and an hourly series in one reply, on the spring DST day, served over HTTP.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn entsoe_mixed_resolutions_on_a_dst_day(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create("/v1/sites", site("DE-LU")).await;
+    let (entsoe, base) = FakeProvider::start().await;
+    let points = |n: u32, price: f64| -> String {
+        (1..=n)
+            .map(|p| {
+                format!("<Point><position>{p}</position><price.amount>{}</price.amount></Point>", price + f64::from(p))
+            })
+            .collect()
+    };
+    let series = |resolution: &str, start: &str, end: &str, body: String| {
+        format!(
+            "<TimeSeries><mRID>1</mRID><businessType>A62</businessType><currency_Unit.name>EUR</currency_Unit.name>\
+             <price_Measure_Unit.name>MWH</price_Measure_Unit.name><curveType>A03</curveType><Period><timeInterval>\
+             <start>{start}</start><end>{end}</end></timeInterval><resolution>{resolution}</resolution>{body}</Period></TimeSeries>"
+        )
+    };
+    // 2025-03-30 in Central Europe has 23 hours: 92 quarter hours.
+    let xml = format!(
+        "<?xml version=\"1.0\" encoding=\"utf-8\"?><Publication_MarketDocument xmlns=\"urn:iec62325.351:tc57wg16:451-3:publicationdocument:7:3\">\
+         <mRID>x</mRID><type>A44</type>{}{}</Publication_MarketDocument>",
+        series("PT60M", "2025-03-29T23:00Z", "2025-03-30T22:00Z", points(23, 100.0)),
+        series("PT15M", "2025-03-29T23:00Z", "2025-03-30T22:00Z", points(92, 0.0)),
+    );
+    entsoe.reply("/api", 200, "application/xml", &xml);
+    std::env::set_var("HELIOTROPE_FEED_ENTSOE_DST", "t");
+    let id = feed(
+        &app,
+        json!({"site": "DE-LU", "provider": "entsoe", "signal": "price", "area": "10Y1001A1001A82H",
+                              "base_url": base, "credential_env": "HELIOTROPE_FEED_ENTSOE_DST"}),
+    )
+    .await;
+    assert_eq!(poll(&app, &Fetcher::default(), &Metrics::default(), id).await, PollOutcome::Stored(92));
+    let raw = series_of(&app, "2025-03-29T23:00:00Z", "2025-03-30T22:00:00Z", "raw").await;
+    assert_eq!(raw.len(), 92, "quarter hours win where both series cover");
+    assert!(raw.iter().all(|p| p["resolution_s"] == 900));
+    let hourly = series_of(&app, "2025-03-29T23:00:00Z", "2025-03-30T22:00:00Z", "hourly").await;
+    assert_eq!(hourly.len(), 23);
+    assert_eq!(hourly[0]["value"], 2.5, "the mean of 1, 2, 3 and 4");
+    assert_eq!(hourly[0]["samples"], 4);
+}
+
+async fn series_of(app: &TestApp, from: &str, to: &str, resolution: &str) -> Vec<Value> {
+    series(app, "price", from, to, resolution).await
 }

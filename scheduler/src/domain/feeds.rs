@@ -6,6 +6,11 @@ use heliotrope_api_spec::{FeedSpec, Provider, Signal};
 use super::inventory::check_name;
 use super::{Valid, ValidationError};
 
+/// Feeds may read only variables with this prefix: an admin must not be
+/// able to send the database URL or the admin token to a host of their
+/// choosing by naming it as a feed's credential.
+pub const CREDENTIAL_ENV_PREFIX: &str = "HELIOTROPE_FEED_";
+
 /// The provider's real API root, used when a feed names none.
 pub fn default_base_url(provider: Provider) -> &'static str {
     match provider {
@@ -25,7 +30,7 @@ fn serves(provider: Provider, signal: Signal) -> bool {
     }
 }
 
-pub fn parse_feed(spec: FeedSpec) -> Result<Valid<FeedSpec>, ValidationError> {
+pub fn parse_feed(mut spec: FeedSpec) -> Result<Valid<FeedSpec>, ValidationError> {
     check_name("site", &spec.site)?;
     if !serves(spec.provider, spec.signal) {
         return Err(ValidationError::new("signal", "this provider does not serve that signal"));
@@ -51,20 +56,32 @@ pub fn parse_feed(spec: FeedSpec) -> Result<Valid<FeedSpec>, ValidationError> {
     }
     if let Some(base_url) = &spec.base_url {
         let parsed = url::Url::parse(base_url).map_err(|e| ValidationError::new("base_url", e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() || base_url.len() > 256 {
-            return Err(ValidationError::new("base_url", "must be an http(s) URL with a host, at most 256 characters"));
+        let ok = matches!(parsed.scheme(), "http" | "https")
+            && parsed.host().is_some()
+            && parsed.query().is_none()
+            && parsed.as_str().len() <= 256;
+        if !ok {
+            return Err(ValidationError::new(
+                "base_url",
+                "must be an http(s) URL with a host and no query, at most 256 characters",
+            ));
         }
+        // Stored as parsed: percent-encoded, so nothing a database refuses gets through.
+        spec.base_url = Some(parsed.as_str().trim_end_matches('/').to_owned());
     }
     match &spec.credential_env {
         Some(name) => {
-            let ok = !name.is_empty()
+            let ok = name.len() > CREDENTIAL_ENV_PREFIX.len()
                 && name.len() <= 128
-                && !name.starts_with(|c: char| c.is_ascii_digit())
+                && name.starts_with(CREDENTIAL_ENV_PREFIX)
                 && name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
             if !ok {
                 return Err(ValidationError::new(
                     "credential_env",
-                    "must be the NAME of an environment variable (A-Z, 0-9, _), never the secret",
+                    format!(
+                        "must be the NAME of an environment variable starting with {CREDENTIAL_ENV_PREFIX} \
+                         (A-Z, 0-9, _), never the secret"
+                    ),
                 ));
             }
         }
@@ -101,7 +118,7 @@ mod tests {
             signal,
             area: area.into(),
             base_url: None,
-            credential_env: Some("EM_TOKEN".into()),
+            credential_env: Some("HELIOTROPE_FEED_EM".into()),
             poll_interval_s: 900,
             enabled: true,
         }

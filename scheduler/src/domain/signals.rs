@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Datelike, Duration, DurationRound, TimeDelta, Utc};
 use heliotrope_api_spec::{Basis, IngestParams, Signal, SignalRow};
 
 use super::ValidationError;
@@ -105,8 +105,11 @@ pub fn check_value(signal: Signal, value: f64) -> Result<(), (&'static str, Stri
     }
 }
 
-/// Checks a timestamp against `now`.
+/// Checks a timestamp against `now` (and against what Postgres can hold).
 pub fn check_time(ts: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), (&'static str, String)> {
+    if !(1970..=9999).contains(&ts.year()) {
+        return Err(("out_of_range", format!("{ts} is not between 1970 and 9999")));
+    }
     if ts > now + MAX_AHEAD {
         return Err(("too_far_ahead", format!("{ts} is more than 7 days ahead")));
     }
@@ -116,15 +119,35 @@ pub fn check_time(ts: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), (&'static
 /// Checks a point from a provider with the rules a push follows.
 pub fn check_point(point: &Point, now: DateTime<Utc>) -> Result<(), (&'static str, String)> {
     check_value(point.signal, point.value)?;
-    check_time(point.ts, now)
+    check_time(point.ts, now)?;
+    if let Some(issued) = point.issued_at {
+        check_time(issued, now)?;
+    }
+    if !(60..=86_400).contains(&point.resolution_s) {
+        return Err((
+            "bad_resolution",
+            format!("a resolution of {} s is not between 60 and 86400", point.resolution_s),
+        ));
+    }
+    Ok(())
+}
+
+/// Times as Postgres keeps them (microseconds), so that two instants that
+/// differ by less are one instant everywhere.
+pub fn to_micros(ts: DateTime<Utc>) -> DateTime<Utc> {
+    ts.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(ts)
 }
 
 /// Keeps the last of points that share signal, time and issue time (a
 /// provider repeating itself must not make one upsert touch a row twice).
 pub fn dedupe(points: Vec<Point>) -> Vec<Point> {
     let mut seen = HashSet::new();
-    let mut kept: Vec<Point> =
-        points.into_iter().rev().filter(|p| seen.insert((p.signal, p.ts, p.issued_at))).collect();
+    let mut kept: Vec<Point> = points
+        .into_iter()
+        .map(|p| Point { ts: to_micros(p.ts), issued_at: p.issued_at.map(to_micros), ..p })
+        .rev()
+        .filter(|p| seen.insert((p.signal, p.ts, p.issued_at)))
+        .collect();
     kept.reverse();
     kept
 }
@@ -150,7 +173,15 @@ impl Collector {
         location: &str,
     ) -> Result<(), Rejection> {
         let reject = |(reason, message): (&'static str, String)| Rejection::new(reason, location, message);
+        let row = &SignalRow {
+            timestamp_utc: to_micros(row.timestamp_utc),
+            issued_at: row.issued_at.map(to_micros),
+            ..row.clone()
+        };
         check_time(row.timestamp_utc, now).map_err(reject)?;
+        if let Some(issued) = row.issued_at {
+            check_time(issued, now).map_err(reject)?;
+        }
         match (row.forecast, row.issued_at) {
             (true, None) => {
                 return Err(Rejection::new("forecast_without_issue_time", location, "a forecast needs issued_at"))
@@ -405,6 +436,8 @@ mod tests {
             ("yesterday,100,,,,\n", "unparseable"),
             ("2026-11-26T01:00:00Z,lots,,,,\n", "unparseable"),
             ("2026-11-26T01:00:00Z,1,2\n", "unparseable"),
+            ("1969-12-31T23:00:00Z,100,,,,\n", "out_of_range"),
+            ("2026-11-26T00:00:00.0000001Z,100,,,,\n", "duplicate"),
         ];
         for (line, reason) in cases {
             let rejection = csv(&format!("{header}{ok}{line}")).unwrap_err();

@@ -19,6 +19,9 @@ use roxmltree::Node;
 use super::{send, FeedError};
 use crate::domain::signals::Point;
 
+/// Longest period accepted in one reply (the fetch asks for three days).
+const MAX_PERIOD_DAYS: i64 = 7;
+
 fn shape(message: impl std::fmt::Display) -> FeedError {
     FeedError::Shape(format!("entsoe: {message}"))
 }
@@ -72,7 +75,12 @@ pub fn parse(xml: &str) -> Result<Vec<Point>, FeedError> {
             let (start, end) = (parse_time(text(interval, "start")?)?, parse_time(text(interval, "end")?)?);
             let resolution = resolution_s(text(period, "resolution")?)?;
             let step = TimeDelta::seconds(i64::from(resolution));
-            let slots = ((end - start).num_seconds() / i64::from(resolution)).max(0);
+            if end <= start || end - start > TimeDelta::days(MAX_PERIOD_DAYS) {
+                return Err(shape(format!(
+                    "field 'timeInterval': {start} to {end} is not a period of 1 to {MAX_PERIOD_DAYS} days"
+                )));
+            }
+            let slots = (end - start).num_seconds() / i64::from(resolution);
             let mut given = BTreeMap::new();
             for point in period.children().filter(|n| n.tag_name().name() == "Point") {
                 let position: i64 =
@@ -249,5 +257,7 @@ mod tests {
         let xml = document(&series("A01", "2025-08-21T22:00Z", "2025-08-22T00:00Z", "PT60M", &[(3, 1.0)]));
         assert!(parse(&xml).unwrap_err().to_string().contains("position"));
         assert!(parse("<html>oops</html>").unwrap_err().to_string().contains("unexpected document"));
+        let forever = document(&series("A03", "0001-01-01T00:00Z", "9999-01-01T00:00Z", "PT15M", &[(1, 1.0)]));
+        assert!(parse(&forever).unwrap_err().to_string().contains("timeInterval"), "refused, not looped over");
     }
 }

@@ -87,11 +87,21 @@ fn credential(feed: &Feed) -> Result<String, FeedError> {
         .ok_or_else(|| FeedError::Credentials(format!("environment variable {name} is not set")))
 }
 
+/// Largest reply read from a provider.
+const MAX_REPLY_BYTES: usize = 32 * 1024 * 1024;
+/// Longest `Retry-After` honoured; a provider asking for more is asked again then.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
+
+/// A transport error's message without its URL: URLs may carry a token
+/// (ENTSO-E's `securityToken`), and messages end up in `last_error` and logs.
+fn transport(error: reqwest::Error) -> FeedError {
+    FeedError::Transport(error.without_url().to_string())
+}
+
 /// Sends a request and returns the body of a success; maps 429 (with its
 /// `Retry-After`, in seconds or as an HTTP date) and other failures.
 async fn send(request: RequestBuilder) -> Result<String, FeedError> {
-    let response =
-        request.timeout(Duration::from_secs(30)).send().await.map_err(|e| FeedError::Transport(e.to_string()))?;
+    let mut response = request.timeout(Duration::from_secs(30)).send().await.map_err(transport)?;
     let status = response.status();
     if status == StatusCode::TOO_MANY_REQUESTS {
         let retry_after = response
@@ -102,20 +112,30 @@ async fn send(request: RequestBuilder) -> Result<String, FeedError> {
             .unwrap_or(Duration::from_secs(60));
         return Err(FeedError::RateLimited { retry_after });
     }
-    let body = response.text().await.map_err(|e| FeedError::Transport(e.to_string()))?;
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > MAX_REPLY_BYTES {
+            return Err(FeedError::Shape(format!("the reply is larger than {} MiB", MAX_REPLY_BYTES >> 20)));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let body = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {
         return Err(FeedError::Status { status, message: summarise(&body) });
     }
     Ok(body)
 }
 
-/// `Retry-After` as seconds or an HTTP date.
+/// `Retry-After` as seconds or an HTTP date, at most a day.
 fn parse_retry_after(value: &str) -> Option<Duration> {
-    if let Ok(seconds) = value.trim().parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
-    }
-    let at = httpdate::parse_http_date(value.trim()).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    let wait = match value.trim().parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => {
+            let at = httpdate::parse_http_date(value.trim()).ok()?;
+            at.duration_since(std::time::SystemTime::now()).unwrap_or_default()
+        }
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
 }
 
 /// The start of an error body, on one line, for the feed's `last_error`.
@@ -147,6 +167,7 @@ mod tests {
         let parsed = parse_retry_after(&httpdate::fmt_http_date(later)).unwrap();
         assert!((298..=300).contains(&parsed.as_secs()), "{parsed:?}");
         assert_eq!(parse_retry_after("soon"), None);
+        assert_eq!(parse_retry_after("18446744073709551615"), Some(MAX_RETRY_AFTER), "clamped, never an overflow");
     }
 
     #[test]

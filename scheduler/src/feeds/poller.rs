@@ -74,7 +74,14 @@ pub async fn poll_once(
         db::feeds::record_failure(pool, feed.id, &format!("payload rejected ({reason}): {message}")).await?;
         return Ok(PollOutcome::Rejected { reason });
     }
-    let stored = db::signals::upsert(pool, site_id, &source, &points).await?;
+    let stored = match db::signals::upsert(pool, site_id, &source, &points).await {
+        Ok(stored) => stored,
+        Err(error) => {
+            tracing::error!(feed = feed.id, %error, "storing a feed's points failed");
+            db::feeds::record_failure(pool, feed.id, "storing the points failed; see the scheduler's log").await?;
+            return Ok(PollOutcome::Failed { message: error.to_string(), retry_in: None, transient: true });
+        }
+    };
     let newest = points.iter().map(|p| p.ts).max();
     db::feeds::record_success(pool, feed.id, stored, newest).await?;
     Ok(PollOutcome::Stored(stored))
@@ -97,10 +104,10 @@ pub async fn run(pool: PgPool, metrics: Arc<Metrics>, stop: CancellationToken) {
     let fetcher = Arc::new(Fetcher::default());
     while !stop.is_cancelled() {
         match lead(&pool).await {
-            Ok(Some(lock)) => {
+            Ok(Some(mut lock)) => {
                 tracing::info!("polling feeds");
-                poll_while_leading(&pool, &fetcher, &metrics, &stop).await;
-                drop(lock);
+                poll_while_leading(&pool, &mut lock, &fetcher, &metrics, &stop).await;
+                tracing::warn!("stopped polling feeds");
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "cannot take the feed poller lock"),
@@ -125,7 +132,15 @@ struct Schedule {
     failures: u32,
 }
 
-async fn poll_while_leading(pool: &PgPool, fetcher: &Arc<Fetcher>, metrics: &Arc<Metrics>, stop: &CancellationToken) {
+/// Polls until `stop`, or until the connection holding the lock is lost
+/// (Postgres then frees the lock, and another replica may take over).
+async fn poll_while_leading(
+    pool: &PgPool,
+    lock: &mut PgConnection,
+    fetcher: &Arc<Fetcher>,
+    metrics: &Arc<Metrics>,
+    stop: &CancellationToken,
+) {
     let mut schedule: HashMap<i64, Schedule> = HashMap::new();
     let mut polls = JoinSet::new();
     let mut ticker = tokio::time::interval(TICK);
@@ -148,6 +163,11 @@ async fn poll_while_leading(pool: &PgPool, fetcher: &Arc<Fetcher>, metrics: &Arc
                 entry.due = Instant::now() + next_delay(&outcome, interval, entry.failures.saturating_sub(1));
             }
             _ = ticker.tick() => {
+                if let Err(error) = sqlx::query("select 1").execute(&mut *lock).await {
+                    tracing::warn!(%error, "lost the feed poller lock");
+                    polls.shutdown().await;
+                    return;
+                }
                 let feeds = match db::feeds::enabled(pool).await {
                     Ok(feeds) => feeds,
                     Err(error) => {

@@ -21,7 +21,7 @@ pub const LBS_PER_KG: f64 = 2.20462;
 /// Tokens are renewed when this old (they last 30 minutes).
 pub const TOKEN_RENEW_AFTER: Duration = Duration::from_secs(25 * 60);
 
-/// Login tokens by (API root, user).
+/// Login tokens by (API root, user), with when to renew each.
 #[derive(Default)]
 pub struct TokenCache {
     tokens: Mutex<HashMap<(String, String), (String, Instant)>>,
@@ -30,11 +30,12 @@ pub struct TokenCache {
 impl TokenCache {
     fn get(&self, key: &(String, String)) -> Option<String> {
         let tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
-        tokens.get(key).filter(|(_, at)| at.elapsed() < TOKEN_RENEW_AFTER).map(|(t, _)| t.clone())
+        tokens.get(key).filter(|(_, renew_at)| Instant::now() < *renew_at).map(|(t, _)| t.clone())
     }
 
     fn put(&self, key: (String, String), token: String) {
-        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (token, Instant::now()));
+        let renew_at = Instant::now() + TOKEN_RENEW_AFTER;
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).insert(key, (token, renew_at));
     }
 
     fn forget(&self, key: &(String, String)) {
@@ -178,9 +179,12 @@ mod tests {
         let key = ("http://wt".to_owned(), "user".to_owned());
         cache.put(key.clone(), "fresh".into());
         assert_eq!(cache.get(&key).as_deref(), Some("fresh"));
-        // A token 26 minutes old (of its 30) is not used again: the next fetch logs in.
-        let Some(old) = Instant::now().checked_sub(Duration::from_secs(26 * 60)) else { return };
-        cache.tokens.lock().unwrap().insert(key.clone(), ("old".into(), old));
+        // Renewal is due 25 minutes after login (of the token's 30).
+        let (_, renew_at) = cache.tokens.lock().unwrap()[&key].clone();
+        let due_in = renew_at - Instant::now();
+        assert!(due_in > TOKEN_RENEW_AFTER - Duration::from_secs(5) && due_in <= TOKEN_RENEW_AFTER, "{due_in:?}");
+        // Once due, the token is not used again: the next fetch logs in.
+        cache.tokens.lock().unwrap().insert(key.clone(), ("old".into(), Instant::now()));
         assert_eq!(cache.get(&key), None);
     }
 

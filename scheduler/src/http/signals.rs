@@ -78,6 +78,10 @@ pub async fn get_series(
     let now = Utc::now();
     let from = params.from.unwrap_or(now - Duration::hours(24));
     let to = params.to.unwrap_or(now + Duration::hours(48));
+    for (field, time) in [("from", from), ("to", to)] {
+        crate::domain::signals::check_time(time, now + MAX_SPAN)
+            .map_err(|(_, message)| ValidationError::new(field, message))?;
+    }
     if to <= from {
         return Err(ValidationError::new("to", "must be after from").into());
     }
