@@ -39,6 +39,7 @@ async fn series(app: &TestApp, signal: &str, from: &str, to: &str, resolution: &
 const EM_HISTORY: &str = r#"{"zone":"DE","history":[
   {"zone":"DE","carbonIntensity":599,"datetime":"2024-03-05T20:00:00.000Z","updatedAt":"2024-03-06T18:48:27.926Z","createdAt":"2024-03-03T19:47:16.265Z","emissionFactorType":"lifecycle","isEstimated":false,"estimationMethod":null},
   {"zone":"DE","carbonIntensity":588,"datetime":"2024-03-05T21:00:00.000Z","updatedAt":"2024-03-06T18:48:27.926Z","createdAt":"2024-03-03T19:47:16.265Z","emissionFactorType":"lifecycle","isEstimated":true,"estimationMethod":"TIME_SLICER_AVERAGE"}]}"#;
+const EM_LATEST: &str = r#"{"zone":"DE","carbonIntensity":588,"datetime":"2024-03-05T21:00:00.000Z","updatedAt":"2024-03-06T18:48:27.926Z","createdAt":"2024-03-03T19:47:16.265Z","emissionFactorType":"lifecycle","isEstimated":true,"estimationMethod":"TIME_SLICER_AVERAGE"}"#;
 const EM_FORECAST: &str = r#"{"zone":"DE","forecast":[{"carbonIntensity":420,"datetime":"2024-03-05T21:00:00.000Z"},{"carbonIntensity":410,"datetime":"2024-03-05T22:00:00.000Z"}],"updatedAt":"2024-03-05T20:30:00.000Z"}"#;
 
 fn em_feed(base: &str, env: &str) -> Value {
@@ -101,6 +102,11 @@ async fn electricitymaps_history_and_forecast(pool: PgPool) {
         "auth-token",
         "em-key",
     );
+    em.reply("/v3/carbon-intensity/latest", 200, "application/json", EM_LATEST).require(
+        "/v3/carbon-intensity/latest",
+        "auth-token",
+        "em-key",
+    );
     std::env::set_var("HELIOTROPE_FEED_EM_KEY", "em-key");
     let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY")).await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
@@ -143,6 +149,7 @@ async fn a_bad_payload_is_rejected_and_counted(pool: PgPool) {
     let (em, base) = FakeProvider::start().await;
     em.reply("/v3/carbon-intensity/history", 200, "application/json", EM_HISTORY);
     em.reply("/v3/carbon-intensity/forecast", 200, "application/json", EM_FORECAST);
+    em.reply("/v3/carbon-intensity/latest", 200, "application/json", EM_LATEST);
     std::env::set_var("HELIOTROPE_FEED_EM_KEY2", "k");
     let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY2")).await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
@@ -150,9 +157,10 @@ async fn a_bad_payload_is_rejected_and_counted(pool: PgPool) {
     let before = series(&app, "carbon", "2024-03-05T20:00:00Z", "2024-03-05T23:00:00Z", "raw").await;
 
     // Wrong units (kg/MWh x 1000?) in one point: the whole payload is refused.
-    em.reply("/v3/carbon-intensity/history", 200, "application/json", &EM_HISTORY.replace("588", "5880"));
+    em.reply("/v3/carbon-intensity/forecast", 200, "application/json", &EM_FORECAST.replace("410", "4100"));
     assert_eq!(poll(&app, &fetcher, &metrics, id).await, PollOutcome::Rejected { reason: "carbon_above_max" });
     // A provider changing shape: the error names the field.
+    em.reply("/v3/carbon-intensity/forecast", 200, "application/json", EM_FORECAST);
     em.reply("/v3/carbon-intensity/history", 200, "application/json", &EM_HISTORY.replace("\"history\"", "\"data\""));
     let PollOutcome::Failed { message, .. } = poll(&app, &fetcher, &metrics, id).await else { panic!() };
     assert!(message.contains("history"), "{message}");

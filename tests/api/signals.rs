@@ -146,6 +146,32 @@ async fn every_rejection_leaves_stored_data_unchanged(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn an_hour_takes_one_source(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let id = site_in(&app, "US-CAL-CISO").await;
+    // The push is hourly; a second source (as a feed would be) has 5-minute marginal points in the same hour.
+    let hourly = "timestamp_utc,carbon_g_per_kwh\n2026-01-01T00:00:00Z,300\n";
+    assert_eq!(push_csv(&app, id, "", hourly).await.status, 200);
+    sqlx::query(
+        "insert into signal_point (site_id, signal, ts, value, basis, resolution_s, source, forecast) \
+         select $1, 'carbon', timestamptz '2026-01-01 00:05:00+00' + make_interval(mins => 5 * g), 900, 'marginal', 300, \
+         'feed:7', false from generate_series(0, 10) g",
+    )
+    .bind(id)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let hour = app.get(&series_path(id, "carbon", "2026-01-01T00:00:00Z", "2026-01-01T01:00:00Z", "hourly")).await;
+    let point = &hour.body["points"][0];
+    assert_eq!(
+        (point["value"].as_f64(), point["source"].as_str(), point["samples"].as_i64()),
+        (Some(900.0), Some("feed:7"), Some(11)),
+        "one source per hour, not a blend of 300 and 900: {point}"
+    );
+    assert_eq!(point["basis"], "marginal");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn series_parameters_are_checked(pool: PgPool) {
     let app = spawn_app(pool).await;
     let id = site_in(&app, "DE-LU").await;

@@ -98,9 +98,10 @@ const BEST: &str = "select distinct on (ts) ts, value, currency, basis, source, 
     estimated from signal_point where site_id = $1 and signal = $2 and ts >= $3 and ts < $4 \
     order by ts, forecast, issued_at desc nulls last, fetched_at desc";
 
-/// A site's series between `from` and `to`, raw or on the UTC hour grid
-/// (each hour the mean of its best-known points; actuals only where the
-/// hour has any, so that a half-known hour is not blended with forecasts).
+/// A site's series between `from` and `to`, raw or on the UTC hour grid:
+/// each hour the mean of its best-known points from one source (the one
+/// of its best point), actuals only where the hour has any, so that an
+/// hour never blends sources, bases, currencies or actuals with forecasts.
 pub async fn series(
     pool: &PgPool,
     site_id: i64,
@@ -113,13 +114,15 @@ pub async fn series(
         Resolution::Raw => format!("select *, 1::int8 as samples from ({BEST}) best order by ts"),
         Resolution::Hourly => format!(
             "with best as ({BEST}), \
-             hours as (select *, date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') as hour, \
-                       bool_or(not forecast) over (partition by date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00')) \
-                       as has_actual from best) \
+             hours as (select *, date_bin('1 hour', ts, timestamptz '2000-01-01 00:00:00+00') as hour from best), \
+             ranked as (select *, bool_or(not forecast) over by_hour as has_actual, \
+                        first_value(source) over (by_hour order by forecast, issued_at desc nulls last, source) \
+                        as chosen_source from hours window by_hour as (partition by hour)) \
              select hour as ts, avg(value) as value, min(currency) as currency, min(basis) as basis, \
                     min(source) as source, max(resolution_s) as resolution_s, bool_or(forecast) as forecast, \
                     max(issued_at) as issued_at, bool_or(estimated) as estimated, count(*) as samples \
-             from hours where not forecast or not has_actual group by hour order by hour"
+             from ranked where source = chosen_source and (not forecast or not has_actual) \
+             group by hour order by hour"
         ),
     };
     let rows: Vec<PointRow> =

@@ -1,5 +1,7 @@
-//! Electricity Maps API v3: `carbon-intensity/history` (actuals, hourly),
-//! `carbon-intensity/forecast`, and `price-day-ahead/latest`; header
+//! Electricity Maps API v3: `carbon-intensity/history` (the past day's
+//! actuals, hourly), `carbon-intensity/latest` (the newest, which may be
+//! newer than the history), `carbon-intensity/forecast`, and
+//! `price-day-ahead/latest`; header
 //! `auth-token`. Keeps `isEstimated` and `emissionFactorType`.
 
 use chrono::{DateTime, Utc};
@@ -70,6 +72,10 @@ fn carbon_points(entries: Vec<CarbonEntry>, issued_at: Option<DateTime<Utc>>) ->
         .collect()
 }
 
+pub fn parse_latest(body: &str) -> Result<Vec<Point>, FeedError> {
+    carbon_points(vec![parse_json::<CarbonEntry>("electricitymaps", body)?], None)
+}
+
 pub fn parse_history(body: &str) -> Result<Vec<Point>, FeedError> {
     carbon_points(parse_json::<History>("electricitymaps", body)?.history, None)
 }
@@ -125,6 +131,7 @@ pub async fn fetch(
     match signal {
         Signal::Carbon => {
             let mut points = parse_history(&send(get("carbon-intensity/history")).await.map_err(refused)?)?;
+            points.extend(parse_latest(&send(get("carbon-intensity/latest")).await.map_err(refused)?)?);
             points.extend(parse_forecast(&send(get("carbon-intensity/forecast")).await.map_err(refused)?)?);
             Ok(points)
         }
@@ -149,6 +156,14 @@ mod tests {
         assert_eq!((points[0].value, points[0].basis, points[0].estimated), (599.0, Basis::AverageLifecycle, false));
         assert_eq!((points[1].basis, points[1].estimated), (Basis::AverageDirect, true));
         assert!(!points[0].forecast);
+    }
+
+    #[test]
+    fn latest() {
+        let body = r#"{"zone":"US-CAR-DUK","carbonIntensity":216,"datetime":"2024-03-06T19:00:00.000Z","updatedAt":"2024-03-06T18:48:27.926Z",
+            "createdAt":"2024-03-03T19:47:16.265Z","emissionFactorType":"lifecycle","isEstimated":true,"estimationMethod":"TIME_SLICER_AVERAGE"}"#;
+        let points = parse_latest(body).unwrap();
+        assert_eq!((points[0].value, points[0].estimated, points[0].forecast), (216.0, true, false));
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub async fn poll_once(
     let points = match fetcher.fetch(feed, now).await {
         Ok(points) => dedupe(points),
         Err(error) => {
+            if matches!(error, FeedError::Shape(_)) {
+                metrics.signal_rejected(&source, "unparseable");
+            }
             let outcome = PollOutcome::Failed {
                 message: error.to_string(),
                 retry_in: match &error {

@@ -57,7 +57,8 @@ pub async fn push_signals(
             (push.points, push.rows, push.skipped_other_region)
         }
         Some(m) if is_json(m) => {
-            let rows: Vec<SignalRow> = parse_json(&body)?;
+            let rows: Vec<SignalRow> =
+                parse_json(&body).inspect_err(|_| state.metrics.signal_rejected("push", "unparseable"))?;
             (points_from_rows(&rows, &options, now).map_err(rejected)?, rows.len() as u64, 0)
         }
         _ => return Err(ApiError::UnsupportedMediaType),
