@@ -62,39 +62,57 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
 const DEMO_DATABASE: &str = "heliotrope_demo";
 
 async fn run_demo(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
+    // Signals are caught from here on, so that Ctrl-C during set-up still stops a private cluster.
+    let stop = shutdown_on_signal();
     let mut private = None;
     let url = match config.database_url() {
         Some(url) if !args.private_postgres => url,
-        _ if localhost_answers() && !args.private_postgres => {
-            let server = "postgres://postgres@127.0.0.1:5432/postgres";
-            db::create_database_if_missing(server, DEMO_DATABASE)
-                .await
-                .context("creating the demo database on localhost:5432 (set HELIOTROPE_DATABASE_URL to use another)")?;
-            db::with_database(server, DEMO_DATABASE)
-        }
         _ => {
-            let pg = LocalPostgres::start().context("starting a private PostgreSQL cluster")?;
-            let url = pg.url(DEMO_DATABASE);
-            private = Some(pg);
-            db::create_database_if_missing(&db::with_database(&url, "postgres"), DEMO_DATABASE).await?;
-            url
+            let on_localhost = match !args.private_postgres && localhost_answers() {
+                true => localhost_demo_database().await.inspect_err(|e| {
+                    tracing::warn!(
+                        error = format!("{e:#}"),
+                        "localhost:5432 answers but refuses the demo; using a private cluster"
+                    )
+                }),
+                false => Err(anyhow::anyhow!("nothing answers on localhost:5432")),
+            };
+            match on_localhost {
+                Ok(url) => url,
+                Err(_) => {
+                    let pg = private.insert(LocalPostgres::start().context("starting a private PostgreSQL cluster")?);
+                    let url = pg.url(DEMO_DATABASE);
+                    db::create_database_if_missing(&db::with_database(&url, "postgres"), DEMO_DATABASE).await?;
+                    url
+                }
+            }
         }
     };
-    let outcome = demo_with_database(config, args, &url).await;
-    if let Some(pg) = private {
-        pg.stop().context("stopping the private PostgreSQL cluster")?;
-        tracing::info!("private PostgreSQL cluster stopped");
-    }
-    outcome
+    // `private` (if any) stops its cluster when dropped, however this ends.
+    demo_with_database(config, args, &url, stop).await
 }
 
-async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyhow::Result<()> {
+/// The demo database on the server at localhost:5432 (user `postgres`, trust auth).
+async fn localhost_demo_database() -> anyhow::Result<String> {
+    let server = "postgres://postgres@127.0.0.1:5432/postgres";
+    db::create_database_if_missing(server, DEMO_DATABASE)
+        .await
+        .context("creating the demo database on localhost:5432")?;
+    Ok(db::with_database(server, DEMO_DATABASE))
+}
+
+async fn demo_with_database(
+    config: &Config,
+    args: &DemoArgs,
+    url: &str,
+    stop: tokio_util::sync::CancellationToken,
+) -> anyhow::Result<()> {
     let pool = connect(config, url).await?;
     if demo::is_empty(&pool).await? {
         tracing::info!(vms = args.vms, "seeding the demo fleet");
         demo::store_fleet(&pool, demo::inventory::fleet(args.vms, 2026)).await?;
     }
-    let points = demo::store_synthetic_signals(&pool, chrono::Utc::now()).await?;
+    let points = demo::store_synthetic_signals(&pool, chrono::Utc::now(), chrono::Duration::days(7)).await?;
     tracing::info!(points, "stored synthetic signals (basis and source 'synthetic'): a week back, two days ahead");
     let secret = match admin_secret(config)? {
         Some(secret) => {
@@ -108,7 +126,7 @@ async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyh
             secret
         }
     };
-    let app = Application::build(pool, config.listen, config.services()).await?;
+    let app = Application::build(pool.clone(), config.listen, config.services()).await?;
     let addr = app.local_addr();
     println!("Heliotrope demo: 16 real grid regions as sites, links between them, a seeded fleet of sim VMs,");
     println!("and SYNTHETIC carbon and price signals generated from real per-region profiles (labelled 'synthetic').");
@@ -118,5 +136,8 @@ async fn demo_with_database(config: &Config, args: &DemoArgs, url: &str) -> anyh
     println!("  signals      curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/signals/current'");
     println!("  OpenAPI      api-spec/openapi.json; metrics at http://{addr}/metrics");
     println!("Ctrl-C stops the demo.");
-    app.run_until_stopped(shutdown_on_signal()).await.context("serving")
+    let replay = tokio::spawn(demo::replay_synthetic_signals(pool, stop.clone()));
+    let served = app.run_until_stopped(stop).await.context("serving");
+    replay.await.context("the signal replay panicked")?;
+    served
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-/// A running private cluster; [`LocalPostgres::stop`] shuts it down.
+/// A running private cluster, stopped when dropped (whatever ends the demo).
 pub struct LocalPostgres {
     bin_dir: PathBuf,
     data_dir: PathBuf,
@@ -79,14 +79,20 @@ impl LocalPostgres {
         if as_postgres_user {
             pg.run("chown", &["-R", "postgres:postgres", &base.to_string_lossy()], false)?;
         }
+        // A demo that died without stopping its cluster left it running: use it.
+        let data = pg.data_dir.to_string_lossy().into_owned();
+        if pg.data_dir.join("PG_VERSION").exists() && pg.pg("pg_ctl", &["-D", &data, "status"]).is_ok() {
+            tracing::info!("reusing the private PostgreSQL cluster that is still running");
+            return Ok(pg);
+        }
         if !pg.data_dir.join("PG_VERSION").exists() {
             tracing::info!(data_dir = %pg.data_dir.display(), "initialising a private PostgreSQL cluster");
             let data = pg.data_dir.to_string_lossy().into_owned();
             pg.pg("initdb", &["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-instructions"])?;
         }
-        let options = format!("-c listen_addresses='' -k {}", pg.socket_dir.display());
+        // Unix socket only, and only for its owner: trust auth must not mean trust everyone on the machine.
+        let options = format!("-c listen_addresses='' -c unix_socket_permissions=0700 -k {}", pg.socket_dir.display());
         let log = base.join("postgres.log").to_string_lossy().into_owned();
-        let data = pg.data_dir.to_string_lossy().into_owned();
         pg.pg("pg_ctl", &["-D", &data, "-o", &options, "-l", &log, "-w", "-t", "30", "start"])?;
         Ok(pg)
     }
@@ -97,7 +103,7 @@ impl LocalPostgres {
     }
 
     /// Stops the cluster, waiting for it to finish.
-    pub fn stop(&self) -> anyhow::Result<()> {
+    fn stop(&self) -> anyhow::Result<()> {
         let data = self.data_dir.to_string_lossy().into_owned();
         self.pg("pg_ctl", &["-D", &data, "-m", "fast", "-w", "stop"])
     }
@@ -122,5 +128,14 @@ impl LocalPostgres {
             bail!("{program} failed: {}", String::from_utf8_lossy(&output.stderr).trim());
         }
         Ok(())
+    }
+}
+
+impl Drop for LocalPostgres {
+    fn drop(&mut self) {
+        match self.stop() {
+            Ok(()) => tracing::info!("private PostgreSQL cluster stopped"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot stop the private PostgreSQL cluster"),
+        }
     }
 }

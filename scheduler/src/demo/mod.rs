@@ -50,19 +50,42 @@ pub async fn store_fleet(pool: &PgPool, fleet: Fleet) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stores a week of synthetic actuals and two days of synthetic forecasts
-/// for every site whose region has a profile, labelled `synthetic` (basis
-/// and source). Returns how many points were stored.
-pub async fn store_synthetic_signals(pool: &PgPool, now: chrono::DateTime<chrono::Utc>) -> anyhow::Result<u64> {
+/// Stores synthetic actuals from `back` before `now` and two days of
+/// synthetic forecasts for every site whose region has a profile, labelled
+/// `synthetic` (basis and source). Returns how many points were stored.
+pub async fn store_synthetic_signals(
+    pool: &PgPool,
+    now: chrono::DateTime<chrono::Utc>,
+    back: chrono::Duration,
+) -> anyhow::Result<u64> {
     let page = crate::domain::page::PageRequest { limit: 1000, after_id: 0 };
+    let hours = u32::try_from((back + chrono::Duration::hours(48)).num_hours()).unwrap_or(48);
     let mut stored = 0;
     for site in db::sites::list(pool, page, &Default::default()).await?.items {
         let tz: chrono_tz::Tz = site.spec.timezone.parse().unwrap_or(chrono_tz::UTC);
-        let start = now - chrono::Duration::days(7);
-        let points = signals::synthetic_points(&site.spec.region, tz, start, 9 * 24, now, site.id as u64);
+        let seed = site.id.unsigned_abs() ^ now.timestamp().unsigned_abs();
+        let points = signals::synthetic_points(&site.spec.region, tz, now - back, hours, now, seed);
         stored += db::signals::upsert(pool, site.id, "synthetic", &points).await?;
     }
     Ok(stored)
+}
+
+/// Keeps the synthetic signals moving while the demo runs: every hour, the
+/// hour just past becomes an actual and a fresh two-day forecast is issued.
+pub async fn replay_synthetic_signals(pool: PgPool, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let now = chrono::Utc::now();
+        let into_hour = now.timestamp().rem_euclid(3600) as u64;
+        let next = std::time::Duration::from_secs(3600 - into_hour + 5);
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(next) => {}
+        }
+        match store_synthetic_signals(&pool, chrono::Utc::now(), chrono::Duration::hours(1)).await {
+            Ok(points) => tracing::info!(points, "replayed an hour of synthetic signals"),
+            Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot store synthetic signals"),
+        }
+    }
 }
 
 /// Whether the inventory holds no site yet.

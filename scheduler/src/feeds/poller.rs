@@ -110,7 +110,9 @@ pub async fn run(pool: PgPool, metrics: Arc<Metrics>, stop: CancellationToken) {
             Ok(Some(mut lock)) => {
                 tracing::info!("polling feeds");
                 poll_while_leading(&pool, &mut lock, &fetcher, &metrics, &stop).await;
-                tracing::warn!("stopped polling feeds");
+                if !stop.is_cancelled() {
+                    tracing::warn!("stopped polling feeds; will try to lead again");
+                }
             }
             Ok(None) => {}
             Err(error) => tracing::warn!(%error, "cannot take the feed poller lock"),
