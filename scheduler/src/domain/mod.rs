@@ -9,6 +9,7 @@ pub mod cost;
 pub mod feeds;
 pub mod inventory;
 pub mod page;
+pub mod planner;
 pub mod signals;
 pub mod token;
 
