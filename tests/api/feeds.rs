@@ -403,3 +403,47 @@ async fn entsoe_mixed_resolutions_on_a_dst_day(pool: PgPool) {
 async fn series_of(app: &TestApp, from: &str, to: &str, resolution: &str) -> Vec<Value> {
     series(app, "price", from, to, resolution).await
 }
+
+/// The poller itself: takes the lead, polls a due feed, records its health, and stops when told.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_poller_polls_due_feeds_until_stopped(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create("/v1/sites", site("GB")).await;
+    let (gb, base) = FakeProvider::start().await;
+    let id = feed(
+        &app,
+        json!({"site": "GB", "provider": "gb_carbon_intensity", "signal": "carbon", "area": "13", "base_url": base}),
+    )
+    .await;
+    // Whatever minute the poll happens in, answer with one forecast slot.
+    let now = chrono::Utc::now();
+    let slot = (now + chrono::Duration::hours(2)).format("%Y-%m-%dT%H:00Z").to_string();
+    let body = json!({"data": {"regionid": 13, "shortname": "London", "data": [
+        {"from": slot, "to": slot, "intensity": {"forecast": 150, "index": "low"}, "generationmix": []}]}});
+    for minutes in 0..3 {
+        let from = (now - chrono::Duration::hours(24) + chrono::Duration::minutes(minutes)).format("%Y-%m-%dT%H:%MZ");
+        gb.reply(&format!("/regional/intensity/{from}/fw48h/regionid/13"), 200, "application/json", &body.to_string());
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let poller = tokio::spawn(heliotrope::feeds::poller::run(
+        app.pool.clone(),
+        std::sync::Arc::new(Metrics::default()),
+        stop.clone(),
+    ));
+    // The first poll comes within a tick (5 s) plus up to 3 s of spreading.
+    let started = std::time::Instant::now();
+    let health = loop {
+        let health = app.get(&format!("/v1/feeds/{id}")).await.body["health"].clone();
+        if health["points_ingested"] == 1 || started.elapsed() > std::time::Duration::from_secs(30) {
+            break health;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!(health["points_ingested"], 1, "{health} after {:?}; requests: {:?}", started.elapsed(), gb.requests());
+    assert!(health["last_success_at"].is_string());
+    stop.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(10), poller)
+        .await
+        .expect("the poller stops when told")
+        .unwrap();
+}
