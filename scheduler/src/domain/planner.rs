@@ -9,11 +9,13 @@
 //! (same shape, disk, dirty rate, downtime, current site and constraints)
 //! form a class with an integer count per site: at fleet scale this cuts
 //! the model by an order of magnitude and leaves the optimum unchanged.
-//! A move is only offered where it converges on its link and its saving
-//! over the horizon beats its cost by at least `min_net_saving`.
+//! VMs under a group policy stay individual. A move is offered wherever
+//! it converges on its link; the model charges it `min_net_saving` on top
+//! of its cost, so a VM moves for money only when the saving beats both,
+//! yet may still move when capacity, a down site or a group requires it.
 //!
-//! Still to come (see the planner issue): VM groups, moves in later slots,
-//! and the plans API.
+//! Still to come (see the planner issue): moves in later slots, signal
+//! fallbacks, and the plans API.
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -66,6 +68,23 @@ pub struct PlanVm {
     /// Site indices it may run at; `None` means anywhere.
     pub allowed: Option<Vec<usize>>,
     pub pinned: bool,
+    /// Index into `PlanInput::groups`.
+    pub group: Option<usize>,
+}
+
+/// How a group's members must be placed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum GroupRule {
+    /// On at least `min_sites` sites, at most `max_per_site` at each.
+    Spread { min_sites: u32, max_per_site: u32 },
+    /// All at sites within `max_rtt_ms` of each other.
+    Colocate { max_rtt_ms: f64 },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlanGroup {
+    pub name: String,
+    pub rule: GroupRule,
 }
 
 /// A directed link, by site index.
@@ -76,6 +95,7 @@ pub struct PlanLink {
     /// What the background reserve leaves, bytes/s.
     pub usable_bytes_per_s: f64,
     pub egress_per_gb: f64,
+    pub rtt_ms: f64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -83,10 +103,11 @@ pub struct PlanInput {
     pub sites: Vec<PlanSite>,
     pub vms: Vec<PlanVm>,
     pub links: Vec<PlanLink>,
+    pub groups: Vec<PlanGroup>,
     pub slot_hours: f64,
     pub carbon_price_per_tonne: f64,
     pub prices: MigrationPrices,
-    /// Least saving (net of its cost) a move must bring.
+    /// Least saving (net of its cost) a move must bring to be made for money alone.
     pub min_net_saving: f64,
     /// Share of raw bytes that travel after dedup and compression.
     pub wire_fraction: f64,
@@ -148,6 +169,8 @@ struct Choice {
     site: usize,
     /// Weighted cost over the horizon, migration included.
     cost: f64,
+    /// What the model adds to a move against churn (`min_net_saving`); 0 for staying.
+    hurdle: f64,
     migration: Option<(MigrationEstimate, f64)>,
 }
 
@@ -168,6 +191,10 @@ fn horizon_cost(site: &PlanSite, vm: &PlanVm, slot_hours: f64) -> Cost {
 fn classes(input: &PlanInput) -> Vec<Class> {
     let mut by_key: HashMap<String, Vec<usize>> = HashMap::new();
     for (i, vm) in input.vms.iter().enumerate() {
+        if vm.group.is_some() {
+            by_key.insert(format!("member {i}"), vec![i]);
+            continue;
+        }
         let key = format!(
             "{}|{}|{}|{}|{}|{}|{:?}|{}",
             vm.shape.vcpus,
@@ -198,7 +225,7 @@ fn options(input: &PlanInput, vm: &PlanVm) -> Vec<Choice> {
     let here = horizon_cost(from, vm, input.slot_hours).weighted(weight);
     let mut options = Vec::new();
     if from.admission != Admission::Down {
-        options.push(Choice { site: vm.site, cost: here, migration: None });
+        options.push(Choice { site: vm.site, cost: here, hurdle: 0.0, migration: None });
     }
     if vm.pinned {
         return options;
@@ -230,10 +257,12 @@ fn options(input: &PlanInput, vm: &PlanVm) -> Vec<Choice> {
         };
         let cost = migration_cost(&estimate, kw, &first_slot(from), &first_slot(to), &prices).weighted(weight);
         let there = horizon_cost(to, vm, input.slot_hours).weighted(weight);
-        // Leaving a down site is worth any price; otherwise the move must pay.
-        if from.admission == Admission::Down || here - there - cost >= input.min_net_saving {
-            options.push(Choice { site: link.to, cost: there + cost, migration: Some((estimate, cost)) });
-        }
+        options.push(Choice {
+            site: link.to,
+            cost: there + cost,
+            hurdle: input.min_net_saving.max(0.0),
+            migration: Some((estimate, cost)),
+        });
     }
     options
 }
@@ -343,11 +372,21 @@ fn solve(input: &PlanInput, classes: &[Class], integer: bool) -> Result<Solved, 
                 .collect()
         })
         .collect();
-    let variables = columns.iter().map(Vec::len).sum();
+    // Per group and site: whether the group uses the site.
+    let group_uses: Vec<Vec<Variable>> = input
+        .groups
+        .iter()
+        .map(|_| {
+            (0..input.sites.len())
+                .map(|_| vars.add(if integer { variable().binary() } else { variable().min(0).max(1) }))
+                .collect()
+        })
+        .collect();
+    let variables = columns.iter().map(Vec::len).sum::<usize>() + group_uses.iter().map(Vec::len).sum::<usize>();
     let mut objective = Expression::with_capacity(variables);
     for (class, cols) in classes.iter().zip(&columns) {
-        for (option, &col) in class.options.iter().zip(cols) {
-            objective.add_mul(option.cost, col);
+        for (choice, &col) in class.options.iter().zip(cols) {
+            objective.add_mul(choice.cost + choice.hurdle, col);
         }
     }
     let mut model = vars.minimise(objective).using(good_lp::highs);
@@ -372,6 +411,56 @@ fn solve(input: &PlanInput, classes: &[Class], integer: bool) -> Result<Solved, 
             }
             model.add_constraint(load.leq(capacity));
             rows += 1;
+        }
+    }
+    // Group policies, over each group's members (individual classes) and a
+    // "the group uses site s" indicator per site.
+    for (g, group) in input.groups.iter().enumerate() {
+        let members: Vec<(&Class, &Vec<Variable>)> =
+            classes.iter().zip(&columns).filter(|(c, _)| input.vms[c.members[0]].group == Some(g)).collect();
+        if members.is_empty() {
+            continue;
+        }
+        let at = |s: usize| {
+            let mut here = Expression::default();
+            for (class, cols) in &members {
+                for (choice, &col) in class.options.iter().zip(cols.iter()) {
+                    if choice.site == s {
+                        here.add_mul(1.0, col);
+                    }
+                }
+            }
+            here
+        };
+        let uses = &group_uses[g];
+        match group.rule {
+            GroupRule::Spread { min_sites, max_per_site } => {
+                let mut spread = Expression::default();
+                for (s, &used) in uses.iter().enumerate() {
+                    model.add_constraint(at(s).leq(f64::from(max_per_site)));
+                    model.add_constraint((Expression::from(used) - at(s)).leq(0.0));
+                    spread.add_mul(1.0, used);
+                    rows += 2;
+                }
+                model.add_constraint(spread.geq(f64::from(min_sites)));
+                rows += 1;
+            }
+            GroupRule::Colocate { max_rtt_ms } => {
+                let n = members.len() as f64;
+                for (s, &used) in uses.iter().enumerate() {
+                    // A member at s means the group uses s.
+                    model.add_constraint((at(s) - n * used).leq(0.0));
+                    rows += 1;
+                }
+                for a in 0..input.sites.len() {
+                    for b in a + 1..input.sites.len() {
+                        if rtt(input, a, b) > max_rtt_ms {
+                            model.add_constraint((Expression::from(uses[a]) + uses[b]).leq(1.0));
+                            rows += 1;
+                        }
+                    }
+                }
+            }
         }
     }
     // What each link can carry in the first slot.
@@ -418,6 +507,16 @@ fn solve(input: &PlanInput, classes: &[Class], integer: bool) -> Result<Solved, 
         }
     }
     Ok(Solved { counts, objective, variables, rows })
+}
+
+/// Round-trip time between two sites over either direction's link; no link, no reach.
+fn rtt(input: &PlanInput, a: usize, b: usize) -> f64 {
+    input
+        .links
+        .iter()
+        .filter(|l| (l.from, l.to) == (a, b) || (l.from, l.to) == (b, a))
+        .map(|l| l.rtt_ms)
+        .fold(f64::INFINITY, f64::min)
 }
 
 /// Names the constraint that makes the problem infeasible, where a simple
@@ -468,11 +567,12 @@ mod tests {
             site: at,
             allowed: None,
             pinned: false,
+            group: None,
         }
     }
 
     fn link(from: usize, to: usize) -> PlanLink {
-        PlanLink { from, to, usable_bytes_per_s: GB_S, egress_per_gb: 0.0 }
+        PlanLink { from, to, usable_bytes_per_s: GB_S, egress_per_gb: 0.0, rtt_ms: 10.0 }
     }
 
     fn input(sites: Vec<PlanSite>, vms: Vec<PlanVm>, links: Vec<PlanLink>) -> PlanInput {
@@ -480,6 +580,7 @@ mod tests {
             sites,
             vms,
             links,
+            groups: vec![],
             slot_hours: 1.0,
             carbon_price_per_tonne: 0.0,
             prices: MigrationPrices { network_kwh_per_gb: 0.0, egress_per_gb: 0.0, downtime_penalty_per_s: 0.0 },
@@ -572,6 +673,52 @@ mod tests {
         pinned.pinned = true;
         let err = plan(&input(sites, vec![pinned], vec![link(0, 2)])).unwrap_err();
         assert!(err.to_string().contains("VM p cannot stay at A"), "{err}");
+    }
+
+    #[test]
+    fn churn_hurdle_and_forced_moves() {
+        // Saving 3.6 a day beats a hurdle of 3 but not of 4.
+        let mut i = input(
+            vec![site("A", 200.0, 0.0, 1000.0), site("B", 50.0, 0.0, 1000.0)],
+            vec![vm("v", 0)],
+            vec![link(0, 1)],
+        );
+        i.min_net_saving = 3.0;
+        assert_eq!(plan(&i).unwrap().placement, [1]);
+        i.min_net_saving = 4.0;
+        assert_eq!(plan(&i).unwrap().placement, [0]);
+        // A full site still sheds what it cannot hold, hurdle or not.
+        i.sites[0].capacity.vcpus = 100.0;
+        i.vms.push(vm("w", 0));
+        let p = plan(&i).unwrap();
+        assert_eq!(p.moves.len(), 1);
+        assert!(
+            (p.objective - (p.baseline_objective - p.moves[0].saving.energy_cost + p.moves[0].migration_cost)).abs()
+                < 1e-9,
+            "the hurdle shapes decisions, not the reported cost"
+        );
+    }
+
+    #[test]
+    fn groups_spread_and_colocate() {
+        // Three cheap-at-A members, spread over at least 2 sites with at most 2 per site.
+        let sites = vec![site("A", 50.0, 0.0, 1000.0), site("B", 200.0, 0.0, 1000.0), site("C", 300.0, 0.0, 1000.0)];
+        let links = vec![link(0, 1), link(0, 2), link(1, 0), link(2, 0)];
+        let members: Vec<PlanVm> = (0..3).map(|i| PlanVm { group: Some(0), ..vm(&format!("db{i}"), 0) }).collect();
+        let mut i = input(sites, members, links);
+        i.groups = vec![PlanGroup { name: "db".into(), rule: GroupRule::Spread { min_sites: 2, max_per_site: 2 } }];
+        let p = plan(&i).unwrap();
+        assert_eq!(p.placement.iter().filter(|&&s| s == 0).count(), 2, "two stay at the cheap site");
+        assert_eq!(p.placement.iter().filter(|&&s| s == 1).count(), 1, "one goes to the cheaper of the others");
+        // Colocated within 5 ms: members split between A and B (10 ms apart, same price) must come together.
+        let mut c = i.clone();
+        c.vms[2].site = 1;
+        c.sites[1].signals = c.sites[0].signals.clone();
+        c.groups[0].rule = GroupRule::Colocate { max_rtt_ms: 5.0 };
+        let p = plan(&c).unwrap();
+        assert_eq!(p.placement, [0, 0, 0]);
+        c.groups[0].rule = GroupRule::Colocate { max_rtt_ms: 20.0 };
+        assert_eq!(plan(&c).unwrap().placement, [0, 0, 1], "within reach, and moving would only cost: each stays");
     }
 
     #[test]
