@@ -50,6 +50,8 @@ pub enum BenchCommand {
     Api(crate::bench::ApiBenchArgs),
     /// Push-ingest throughput of signal points (8 weeks x 16 sites by default).
     Ingest(crate::bench::IngestBenchArgs),
+    /// Placement planning on a seeded instance, against a greedy baseline.
+    Planner(crate::bench::PlannerBenchArgs),
 }
 
 /// Settings shared by every command.
