@@ -69,18 +69,22 @@ async fn run_demo(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
     let url = match config.database_url() {
         Some(url) if !args.private_postgres => url,
         _ => {
-            let on_localhost = match !args.private_postgres && localhost_answers() {
-                true => localhost_demo_database().await.inspect_err(|e| {
-                    tracing::warn!(
-                        error = format!("{e:#}"),
-                        "localhost:5432 answers but refuses the demo; using a private cluster"
-                    )
-                }),
-                false => Err(anyhow::anyhow!("nothing answers on localhost:5432")),
+            let on_localhost = if !args.private_postgres && localhost_answers() {
+                localhost_demo_database()
+                    .await
+                    .inspect_err(|e| {
+                        tracing::warn!(
+                            error = format!("{e:#}"),
+                            "localhost:5432 answers but refuses the demo; using a private cluster"
+                        )
+                    })
+                    .ok()
+            } else {
+                None
             };
             match on_localhost {
-                Ok(url) => url,
-                Err(_) => {
+                Some(url) => url,
+                None => {
                     let pg = private.insert(LocalPostgres::start().context("starting a private PostgreSQL cluster")?);
                     let url = pg.url(DEMO_DATABASE);
                     db::create_database_if_missing(&db::with_database(&url, "postgres"), DEMO_DATABASE).await?;

@@ -42,6 +42,20 @@ const EM_HISTORY: &str = r#"{"zone":"DE","history":[
 const EM_LATEST: &str = r#"{"zone":"DE","carbonIntensity":588,"datetime":"2024-03-05T21:00:00.000Z","updatedAt":"2024-03-06T18:48:27.926Z","createdAt":"2024-03-03T19:47:16.265Z","emissionFactorType":"lifecycle","isEstimated":true,"estimationMethod":"TIME_SLICER_AVERAGE"}"#;
 const EM_FORECAST: &str = r#"{"zone":"DE","forecast":[{"carbonIntensity":420,"datetime":"2024-03-05T21:00:00.000Z"},{"carbonIntensity":410,"datetime":"2024-03-05T22:00:00.000Z"}],"updatedAt":"2024-03-05T20:30:00.000Z"}"#;
 
+/// Serves the Electricity Maps carbon fixtures, requiring `auth-token: key` when given.
+fn serve_electricitymaps(em: &FakeProvider, key: Option<&str>) {
+    for (path, body) in [
+        ("/v3/carbon-intensity/history", EM_HISTORY),
+        ("/v3/carbon-intensity/forecast", EM_FORECAST),
+        ("/v3/carbon-intensity/latest", EM_LATEST),
+    ] {
+        em.reply(path, 200, "application/json", body);
+        if let Some(key) = key {
+            em.require(path, "auth-token", key);
+        }
+    }
+}
+
 fn em_feed(base: &str, env: &str) -> Value {
     json!({"site": "DE-LU", "provider": "electricitymaps", "signal": "carbon", "area": "DE", "base_url": base,
            "credential_env": env, "poll_interval_s": 300})
@@ -92,21 +106,7 @@ async fn electricitymaps_history_and_forecast(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.create("/v1/sites", site("DE-LU")).await;
     let (em, base) = FakeProvider::start().await;
-    em.reply("/v3/carbon-intensity/history", 200, "application/json", EM_HISTORY).require(
-        "/v3/carbon-intensity/history",
-        "auth-token",
-        "em-key",
-    );
-    em.reply("/v3/carbon-intensity/forecast", 200, "application/json", EM_FORECAST).require(
-        "/v3/carbon-intensity/forecast",
-        "auth-token",
-        "em-key",
-    );
-    em.reply("/v3/carbon-intensity/latest", 200, "application/json", EM_LATEST).require(
-        "/v3/carbon-intensity/latest",
-        "auth-token",
-        "em-key",
-    );
+    serve_electricitymaps(&em, Some("em-key"));
     std::env::set_var("HELIOTROPE_FEED_EM_KEY", "em-key");
     let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY")).await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
@@ -147,9 +147,7 @@ async fn a_bad_payload_is_rejected_and_counted(pool: PgPool) {
     let app = spawn_app(pool).await;
     app.create("/v1/sites", site("DE-LU")).await;
     let (em, base) = FakeProvider::start().await;
-    em.reply("/v3/carbon-intensity/history", 200, "application/json", EM_HISTORY);
-    em.reply("/v3/carbon-intensity/forecast", 200, "application/json", EM_FORECAST);
-    em.reply("/v3/carbon-intensity/latest", 200, "application/json", EM_LATEST);
+    serve_electricitymaps(&em, None);
     std::env::set_var("HELIOTROPE_FEED_EM_KEY2", "k");
     let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY2")).await;
     let (fetcher, metrics) = (Fetcher::default(), Metrics::default());

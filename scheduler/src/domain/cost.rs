@@ -42,9 +42,25 @@ impl Cost {
     pub fn weighted(&self, carbon_price_per_tonne: f64) -> f64 {
         self.energy_cost + self.emissions_kg / 1000.0 * carbon_price_per_tonne
     }
+}
 
-    fn plus(self, other: Cost) -> Cost {
+impl std::ops::Add for Cost {
+    type Output = Cost;
+    fn add(self, other: Cost) -> Cost {
         Cost { energy_cost: self.energy_cost + other.energy_cost, emissions_kg: self.emissions_kg + other.emissions_kg }
+    }
+}
+
+impl std::ops::Sub for Cost {
+    type Output = Cost;
+    fn sub(self, other: Cost) -> Cost {
+        Cost { energy_cost: self.energy_cost - other.energy_cost, emissions_kg: self.emissions_kg - other.emissions_kg }
+    }
+}
+
+impl std::iter::Sum for Cost {
+    fn sum<I: Iterator<Item = Cost>>(costs: I) -> Cost {
+        costs.fold(Cost::default(), |total, cost| total + cost)
     }
 }
 
@@ -193,7 +209,7 @@ pub fn migration_cost(
     let network = energy_cost(gb * prices.network_kwh_per_gb, source);
     let double_running = running_cost(destination_power_kw, estimate.duration_s / 3600.0, destination);
     MigrationCost {
-        energy: network.plus(double_running),
+        energy: network + double_running,
         egress_cost: gb * prices.egress_per_gb,
         downtime_penalty: estimate.downtime_s * prices.downtime_penalty_per_s,
     }

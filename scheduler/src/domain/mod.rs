@@ -20,12 +20,6 @@ use std::ops::Deref;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Valid<T>(T);
 
-impl<T> Valid<T> {
-    pub fn into_inner(self) -> T {
-        self.0
-    }
-}
-
 impl<T> Deref for Valid<T> {
     type Target = T;
     fn deref(&self) -> &T {

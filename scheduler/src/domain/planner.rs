@@ -181,10 +181,7 @@ struct Class {
 
 fn horizon_cost(site: &PlanSite, vm: &PlanVm, slot_hours: f64) -> Cost {
     let kw = power_kw(&site.energy, &vm.shape);
-    site.signals.iter().map(|signal| running_cost(kw, slot_hours, signal)).fold(Cost::default(), |a, c| Cost {
-        energy_cost: a.energy_cost + c.energy_cost,
-        emissions_kg: a.emissions_kg + c.emissions_kg,
-    })
+    site.signals.iter().map(|signal| running_cost(kw, slot_hours, signal)).sum()
 }
 
 /// Dirty rates are rounded up to steps of 25 Mbit/s: VMs that differ by
@@ -316,10 +313,7 @@ pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {
                         vm,
                         from: input.vms[vm].site,
                         to: option.site,
-                        saving: Cost {
-                            energy_cost: here.energy_cost - there.energy_cost,
-                            emissions_kg: here.emissions_kg - there.emissions_kg,
-                        },
+                        saving: here - there,
                         migration_cost,
                         estimate,
                     });

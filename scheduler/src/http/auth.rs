@@ -46,9 +46,9 @@ impl Access {
     }
 }
 
-/// Who made a request: put into the request's extensions for handlers and logs.
+/// Who made a request, as a verified token says: what the cache keeps.
 #[derive(Debug, Clone, Copy)]
-pub struct Principal {
+struct Principal {
     pub token_id: i64,
     pub role: Role,
 }
@@ -85,7 +85,7 @@ impl TokenCache {
 /// Middleware: 401 without a known token, 403 when its role falls short.
 pub async fn require(
     State((state, access)): State<(AppState, Access)>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let secret = request
@@ -112,6 +112,5 @@ pub async fn require(
         return Err(ApiError::Forbidden { have: principal.role.as_str(), need: need.as_str() });
     }
     tracing::Span::current().record("token_id", principal.token_id);
-    request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }
