@@ -32,7 +32,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 pub async fn spawn_replica(pool: PgPool, read_cache: bool) -> TestApp {
     db::tokens::ensure_admin(&pool, Some(ADMIN)).await.expect("bootstrap admin token");
     // Tests drive feed polls themselves (`poller::poll_once`), never on a timer.
-    let services = Services { read_cache, poll_feeds: false };
+    let services = Services { read_cache, poll_feeds: false, ..Services::default() };
     let app = Application::build(pool.clone(), "127.0.0.1:0".parse().unwrap(), services).await.expect("bind");
     let addr = app.local_addr();
     // Nobody cancels this token: the server lives as long as the test's runtime.

@@ -27,6 +27,8 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 422: the request parsed but a field is invalid; the message names it.
     ValidationFailed,
+    /// 422: no placement satisfies the constraints; the message names the binding one.
+    Infeasible,
     /// 500: a fault on the server side; details are in the server's log only.
     Internal,
     /// 503: a dependency (the database) is unavailable.

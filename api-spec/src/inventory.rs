@@ -98,6 +98,11 @@ pub struct LinkSpec {
     /// Share of the bandwidth kept for other traffic, 0 to 95 percent.
     #[schema(minimum = 0, maximum = 95)]
     pub background_reserve_pct: f64,
+    /// What the provider charges per GB sent over this link, in the price
+    /// currency (0 on your own WAN).
+    #[serde(default)]
+    #[schema(minimum = 0, maximum = 1000)]
+    pub egress_cost_per_gb: f64,
     /// On create only: also create the reverse link with the same figures.
     #[serde(default, skip_serializing)]
     pub symmetric: bool,

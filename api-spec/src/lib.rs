@@ -10,16 +10,19 @@
 //!
 //! Layout: [`inventory`] (sites, links, VMs, groups, executors),
 //! [`auth`] (roles and tokens), [`error`] (the one error shape), and
-//! [`page`] (cursor pagination), [`signals`] (carbon and price series).
+//! [`page`] (cursor pagination), [`signals`] (carbon and price series),
+//! [`plans`] (placement plans and their moves).
 
 pub mod auth;
 pub mod error;
 pub mod inventory;
 pub mod page;
+pub mod plans;
 pub mod signals;
 
 pub use auth::*;
 pub use error::*;
 pub use inventory::*;
 pub use page::*;
+pub use plans::*;
 pub use signals::*;

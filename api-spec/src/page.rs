@@ -47,3 +47,5 @@ page_type!(/// One page of API tokens (never their secrets).
     TokenPage, crate::Token);
 page_type!(/// One page of feeds.
     FeedPage, crate::Feed);
+page_type!(/// One page of plans.
+    PlanPage, crate::PlanSummary);

@@ -130,8 +130,12 @@ async fn api_on(pool: PgPool, args: &ApiBenchArgs) -> anyhow::Result<()> {
     let mut bases = Vec::new();
     let mut servers = Vec::new();
     for read_cache in [true, false] {
-        let app = Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services { read_cache, poll_feeds: false })
-            .await?;
+        let app = Application::build(
+            pool.clone(),
+            "127.0.0.1:0".parse()?,
+            Services { read_cache, poll_feeds: false, ..Services::default() },
+        )
+        .await?;
         bases.push(format!("http://{}", app.local_addr()));
         servers.push(tokio::spawn(app.run_until_stopped(stop.clone())));
     }
@@ -265,7 +269,7 @@ async fn ingest_on(pool: PgPool, args: &IngestBenchArgs) -> anyhow::Result<()> {
     let secret = generate_secret();
     db::tokens::insert(&pool, "bench", Role::Admin, &secret_digest(&secret)).await?;
     let app =
-        Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services { read_cache: true, poll_feeds: false })
+        Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services { poll_feeds: false, ..Services::default() })
             .await?;
     let base = format!("http://{}", app.local_addr());
     let stop = CancellationToken::new();
@@ -353,17 +357,17 @@ pub struct PlannerBenchArgs {
 /// sites (capacities at roughly 60-85% use), links between all of them,
 /// and signals generated from the real traces' per-region profiles.
 pub fn planner_instance(args: &PlannerBenchArgs) -> anyhow::Result<crate::domain::planner::PlanInput> {
-    use crate::domain::cost::{usable_bytes_per_s, MigrationPrices, SiteEnergy, SlotSignal, VmShape};
-    use crate::domain::planner::{Admission, GroupRule, PlanGroup, PlanInput, PlanLink, PlanSite, PlanVm, Resources};
-    use heliotrope_api_spec::{GroupPolicy, Signal};
+    use crate::domain::cost::{MigrationPrices, SlotSignal, Weights};
+    use crate::domain::planner::inputs::{plan_input, Inventory};
+    use crate::domain::planner::{PlanVm, Resources, Settings};
+    use heliotrope_api_spec::Signal;
 
     anyhow::ensure!((2..=16).contains(&args.sites), "--sites must be between 2 and 16");
     anyhow::ensure!((1..=168).contains(&args.horizon), "--horizon must be between 1 and 168 hours");
     let fleet = demo::inventory::fleet(args.vms, args.seed);
     let start: chrono::DateTime<chrono::Utc> = "2026-06-01T00:00:00Z".parse()?;
-    // The fleet's capacities assume 16 sites; fewer sites carry the same VMs.
-    let scale = 16.0 / args.sites as f64;
-    let sites: Vec<PlanSite> = fleet.sites[..args.sites]
+    let sites = &fleet.sites[..args.sites];
+    let signals = sites
         .iter()
         .enumerate()
         .map(|(i, s)| {
@@ -371,84 +375,44 @@ pub fn planner_instance(args: &PlannerBenchArgs) -> anyhow::Result<crate::domain
             let points =
                 demo::signals::synthetic_points(&s.region, tz, start, args.horizon, start, args.seed ^ i as u64);
             let series = |signal: Signal| points.iter().filter(move |p| p.signal == signal).map(|p| p.value);
-            let signals = series(Signal::Price)
+            series(Signal::Price)
                 .zip(series(Signal::Carbon))
                 .map(|(price_per_mwh, carbon_g_per_kwh)| SlotSignal { price_per_mwh, carbon_g_per_kwh })
-                .collect();
-            PlanSite {
-                name: s.name.clone(),
-                capacity: Resources {
-                    vcpus: f64::from(s.capacity.vcpus) * scale,
-                    memory_gib: s.capacity.memory_gib * scale,
-                    disk_gib: s.capacity.disk_gib * scale,
-                },
-                energy: SiteEnergy {
-                    pue: s.pue,
-                    watts_per_vcpu: s.power_model.watts_per_vcpu,
-                    watts_per_gib: s.power_model.watts_per_gib,
-                },
-                admission: Admission::Open,
-                signals,
-            }
+                .collect()
         })
         .collect();
-    let index = |name: &str| sites.iter().position(|s| s.name == name);
-    let groups: Vec<PlanGroup> = fleet
-        .groups
-        .iter()
-        .map(|g| PlanGroup {
-            name: g.name.clone(),
-            rule: match g.policy {
-                GroupPolicy::Spread { min_sites, max_per_site } => GroupRule::Spread { min_sites, max_per_site },
-                GroupPolicy::Colocate { max_rtt_ms } => GroupRule::Colocate { max_rtt_ms },
-            },
-        })
-        .collect();
-    let vms: Vec<PlanVm> = fleet
+    // With fewer sites, VMs of the others spread round those kept.
+    let vms: Vec<_> = fleet
         .vms
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let site = index(&v.site).unwrap_or(i % args.sites);
-            let allowed = v.allowed_regions.as_ref().map(|regions| {
-                let mut allowed: Vec<usize> = (0..sites.len()).filter(|&s| regions.contains(&sites[s].name)).collect();
-                if !allowed.contains(&site) {
-                    allowed.push(site);
-                }
-                allowed
-            });
-            PlanVm {
-                name: v.name.clone(),
-                shape: VmShape { vcpus: v.vcpus, memory_gib: v.memory_gib },
-                disk_gib: v.disk_gib,
-                dirty_bytes_per_s: v.dirty_rate_mbps * 1e6 / 8.0,
-                max_downtime_s: f64::from(v.max_downtime_ms) / 1000.0,
-                site,
-                allowed,
-                pinned: v.pinned,
-                group: v.group.as_ref().and_then(|g| groups.iter().position(|p| &p.name == g)),
+            let mut v = v.clone();
+            if !sites.iter().any(|s| s.name == v.site) {
+                v.site = sites[i % sites.len()].name.clone();
             }
+            (v, 0)
         })
         .collect();
-    let links = fleet
-        .links
-        .iter()
-        .filter_map(|l| {
-            Some(PlanLink {
-                from: index(&l.from_site)?,
-                to: index(&l.to_site)?,
-                usable_bytes_per_s: usable_bytes_per_s(l.bandwidth_mbps, l.background_reserve_pct),
-                // The operator's own WAN: no egress charge, network energy only.
-                egress_per_gb: 0.0,
-                rtt_ms: l.rtt_ms,
-            })
-        })
-        .collect();
+    let inventory = Inventory { sites, links: &fleet.links, vms: &vms, groups: &fleet.groups };
+    let settings = Settings {
+        slot_hours: 1.0,
+        currency: "EUR".into(),
+        weights: Weights::blend(100.0),
+        prices: MigrationPrices { network_kwh_per_gb: 0.01, egress_per_gb: 0.0, downtime_penalty_per_s: 0.1 },
+        min_net_saving: 0.05,
+        max_moves_per_day: 2,
+        // What the transfer stack is built to achieve: disks cached ahead at likely
+        // destinations and memory deduplicated leave about a tenth on the wire.
+        wire_fraction: 0.1,
+        time_limit_s: args.time_limit_s,
+        mip_gap: 0.005,
+    };
+    let mut input = plan_input(&inventory, signals, settings);
     // Capacities put every site at 60-85% use of each resource as placed now.
-    let mut sites = sites;
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(args.seed);
-    for (s, site) in sites.iter_mut().enumerate() {
-        let here = vms.iter().filter(|v: &&PlanVm| v.site == s);
+    for (s, site) in input.sites.iter_mut().enumerate() {
+        let here = input.vms.iter().filter(|v: &&PlanVm| v.site == s);
         let load = here
             .fold([0.0_f64; 3], |[c, m, d], v| [c + f64::from(v.shape.vcpus), m + v.shape.memory_gib, d + v.disk_gib]);
         let mut sized =
@@ -459,21 +423,7 @@ pub fn planner_instance(args: &PlannerBenchArgs) -> anyhow::Result<crate::domain
             disk_gib: sized(load[2], 4096.0),
         };
     }
-    Ok(PlanInput {
-        sites,
-        vms,
-        links,
-        groups,
-        slot_hours: 1.0,
-        carbon_price_per_tonne: 100.0,
-        prices: MigrationPrices { network_kwh_per_gb: 0.01, egress_per_gb: 0.0, downtime_penalty_per_s: 0.1 },
-        min_net_saving: 0.05,
-        // What the transfer stack is built to achieve: disks cached ahead at likely
-        // destinations and memory deduplicated leave about a tenth on the wire.
-        wire_fraction: 0.1,
-        time_limit_s: args.time_limit_s,
-        mip_gap: 0.005,
-    })
+    Ok(input)
 }
 
 /// Plans a seeded instance and the greedy baseline on the same input.
@@ -490,16 +440,17 @@ pub fn planner(args: &PlannerBenchArgs) -> anyhow::Result<()> {
         args.vms, args.sites, args.horizon, s.classes, s.variables, s.rows, s.solve_s
     );
     eprintln!(
-        "objective {:.2} (no moves {:.2}); LP bound {:.2}, gap {:.4}%; {} moves",
-        planned.objective,
-        planned.baseline_objective,
+        "objective {:.2} (no moves {:.2}); LP bound {:.2}, gap {:.4}% ({} classes split by the LP); {} moves",
+        planned.totals.objective,
+        planned.baseline.objective,
         s.lp_bound,
         s.gap * 100.0,
+        s.fractional_classes,
         planned.moves.len()
     );
     eprintln!(
         "greedy baseline {greedy_objective:.2} in {greedy_s:.2} s: {:.4} x the plan",
-        greedy_objective / planned.objective
+        greedy_objective / planned.totals.objective
     );
     for m in planned.moves.iter().take(5) {
         eprintln!(
@@ -521,15 +472,16 @@ pub fn planner(args: &PlannerBenchArgs) -> anyhow::Result<()> {
         "horizon_h": args.horizon,
         "seed": args.seed,
         "solve_s": s.solve_s,
-        "objective": planned.objective,
-        "baseline_objective": planned.baseline_objective,
+        "objective": planned.totals.objective,
+        "baseline_objective": planned.baseline.objective,
         "lp_bound": s.lp_bound,
         "gap": s.gap,
         "greedy_objective": greedy_objective,
-        "greedy_ratio": greedy_objective / planned.objective,
+        "greedy_ratio": greedy_objective / planned.totals.objective,
         "classes": s.classes,
         "variables": s.variables,
         "rows": s.rows,
+        "fractional_classes": s.fractional_classes,
         "moves": planned.moves.len(),
     });
     println!("{report}");

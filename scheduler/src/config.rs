@@ -29,6 +29,8 @@ pub enum Command {
     Demo(DemoArgs),
     /// Print the OpenAPI document.
     Openapi,
+    /// Plan from the current inventory and signals, store the plan and print it as a table.
+    Plan(PlanArgs),
     /// Measure performance; the last line of output is one JSON object.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -42,6 +44,27 @@ pub struct DemoArgs {
     /// Always start the private PostgreSQL cluster, even if one answers on localhost:5432.
     #[arg(long)]
     pub private_postgres: bool,
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// Approve and apply the plan at once (records its migration jobs).
+    #[arg(long)]
+    pub apply: bool,
+    /// Hourly slots to plan over.
+    #[arg(long, default_value_t = 24)]
+    pub horizon: u32,
+    /// What to minimise: cost, carbon or blend.
+    #[arg(long, default_value = "blend", value_parser = parse_mode)]
+    pub mode: heliotrope_api_spec::PlanMode,
+    /// Price of a tonne of CO2eq, in the price currency.
+    #[arg(long, default_value_t = 100.0)]
+    pub carbon_price: f64,
+}
+
+fn parse_mode(text: &str) -> Result<heliotrope_api_spec::PlanMode, String> {
+    serde_json::from_value(serde_json::Value::String(text.to_owned()))
+        .map_err(|_| format!("'{text}' is not a mode: cost, carbon or blend"))
 }
 
 #[derive(Subcommand)]
@@ -78,6 +101,48 @@ pub struct Config {
     /// Most database connections this process opens.
     #[arg(long, global = true, env = "HELIOTROPE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    #[command(flatten)]
+    pub planner: PlannerConfig,
+}
+
+/// How the planner prices moves and how long it may solve.
+#[derive(Args, Debug, Clone, Copy, PartialEq)]
+pub struct PlannerConfig {
+    /// Least saving over the horizon, net of its cost, a move must bring to be made for money alone.
+    #[arg(long, global = true, env = "HELIOTROPE_MIN_NET_SAVING", default_value_t = 0.5)]
+    pub min_net_saving: f64,
+    /// A VM that moved this often in the last 24 hours stays, unless its site is down.
+    #[arg(long, global = true, env = "HELIOTROPE_MAX_MOVES_PER_DAY", default_value_t = 2)]
+    pub max_moves_per_day: u32,
+    /// Share of a migration's raw bytes expected on the wire after dedup and compression.
+    #[arg(long, global = true, env = "HELIOTROPE_WIRE_FRACTION", default_value_t = 1.0)]
+    pub wire_fraction: f64,
+    /// Network energy per GB moved, kWh.
+    #[arg(long, global = true, env = "HELIOTROPE_NETWORK_KWH_PER_GB", default_value_t = 0.01)]
+    pub network_kwh_per_gb: f64,
+    /// What a second of a VM's downtime costs, in the price currency.
+    #[arg(long, global = true, env = "HELIOTROPE_DOWNTIME_PENALTY_PER_S", default_value_t = 0.1)]
+    pub downtime_penalty_per_s: f64,
+    /// Longest a plan may solve, seconds.
+    #[arg(long, global = true, env = "HELIOTROPE_PLAN_TIME_LIMIT_S", default_value_t = 30.0)]
+    pub plan_time_limit_s: f64,
+    /// Relative gap to the LP bound at which the integer search may stop.
+    #[arg(long, global = true, env = "HELIOTROPE_PLAN_MIP_GAP", default_value_t = 0.005)]
+    pub plan_mip_gap: f64,
+}
+
+impl Default for PlannerConfig {
+    fn default() -> Self {
+        PlannerConfig {
+            min_net_saving: 0.5,
+            max_moves_per_day: 2,
+            wire_fraction: 1.0,
+            network_kwh_per_gb: 0.01,
+            downtime_penalty_per_s: 0.1,
+            plan_time_limit_s: 30.0,
+            plan_mip_gap: 0.005,
+        }
+    }
 }
 
 impl std::fmt::Debug for Config {
@@ -90,6 +155,7 @@ impl std::fmt::Debug for Config {
             .field("read_cache", &self.read_cache)
             .field("poll_feeds", &self.poll_feeds)
             .field("db_max_connections", &self.db_max_connections)
+            .field("planner", &self.planner)
             .finish()
     }
 }
@@ -97,7 +163,7 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// The background services these settings ask for.
     pub fn services(&self) -> crate::startup::Services {
-        crate::startup::Services { read_cache: self.read_cache, poll_feeds: self.poll_feeds }
+        crate::startup::Services { read_cache: self.read_cache, poll_feeds: self.poll_feeds, planner: self.planner }
     }
 
     /// The database URL from `--database-url`, `HELIOTROPE_DATABASE_URL` or `DATABASE_URL`.

@@ -6,6 +6,8 @@
 //! - [`domain`]: the rules, free of HTTP and SQL (validation, pagination, tokens).
 //! - [`db`]: all SQL, one module per aggregate, and the embedded migrations.
 //! - [`http`]: axum routes, authentication, metrics, the error mapping, OpenAPI.
+//! - [`planning`]: the plans service (inventory and signals in, a stored plan out).
+//! - [`feeds`]: polling the carbon and price providers.
 //! - [`startup`]: building and running the server; [`config`] and [`telemetry`].
 //! - [`demo`]: the one-command demo (fleet, private Postgres); [`bench`]: benchmarks.
 
@@ -16,5 +18,6 @@ pub mod demo;
 pub mod domain;
 pub mod feeds;
 pub mod http;
+pub mod planning;
 pub mod startup;
 pub mod telemetry;

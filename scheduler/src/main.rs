@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use heliotrope::config::{BenchCommand, Cli, Command, Config, DemoArgs};
+use heliotrope::config::{BenchCommand, Cli, Command, Config, DemoArgs, PlanArgs};
 use heliotrope::demo::local_pg::{localhost_answers, LocalPostgres};
 use heliotrope::startup::{shutdown_on_signal, Application};
 use heliotrope::{bench, db, demo, http, telemetry};
@@ -25,6 +25,7 @@ async fn main() -> anyhow::Result<()> {
             print!("{}", http::openapi::document());
             Ok(())
         }
+        Command::Plan(args) => plan(&cli.config, &args).await,
         Command::Bench(BenchCommand::Api(args)) => bench::api(&cli.config, &args).await,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(&cli.config, &args).await,
         Command::Bench(BenchCommand::Planner(args)) => bench::planner(&args),
@@ -47,6 +48,21 @@ async fn connect(config: &Config, url: &str) -> anyhow::Result<sqlx::PgPool> {
     let pool = db::connect(url, config.db_max_connections).await.context("connecting to the database")?;
     db::migrate(&pool).await.context("applying migrations")?;
     Ok(pool)
+}
+
+/// `heliotrope plan`: the same path as `POST /v1/plans`, printed as a table.
+async fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<()> {
+    let request = heliotrope::domain::planner::inputs::parse_request(heliotrope_api_spec::PlanRequest {
+        horizon_h: args.horizon,
+        mode: args.mode,
+        carbon_price_per_tonne: args.carbon_price,
+        dry_run: !args.apply,
+    })?;
+    let pool = connect(config, &required_url(config)?).await?;
+    let made = heliotrope::planning::propose(&pool, &config.planner, &request, chrono::Utc::now()).await?;
+    print!("{}", heliotrope::planning::table(&made));
+    pool.close().await;
+    Ok(())
 }
 
 async fn serve(config: &Config) -> anyhow::Result<()> {

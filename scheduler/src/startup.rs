@@ -8,17 +8,25 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::PlannerConfig;
 use crate::db::changes::watch_inventory;
 use crate::feeds::poller;
 use crate::http::{app, AppState};
 
-/// The background work a server runs beside the API.
+/// The background work a server runs beside the API, and how it plans.
 #[derive(Debug, Clone, Copy)]
 pub struct Services {
     /// Cache inventory reads (see `http::cache`).
     pub read_cache: bool,
     /// Poll the provider feeds (see `feeds::poller`).
     pub poll_feeds: bool,
+    pub planner: PlannerConfig,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Services { read_cache: true, poll_feeds: true, planner: PlannerConfig::default() }
+    }
 }
 
 /// A bound, ready-to-run server.
@@ -32,7 +40,7 @@ impl Application {
     /// Binds `listen`; the database must already be migrated.
     pub async fn build(pool: PgPool, listen: SocketAddr, services: Services) -> anyhow::Result<Application> {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        Ok(Application { listener, state: AppState::new(pool), services })
+        Ok(Application { listener, state: AppState::new(pool, services.planner), services })
     }
 
     /// The address actually bound.

@@ -53,7 +53,7 @@ async fn route_by_role_matrix(pool: PgPool) {
 
     let gb_feed = json!({"site": "A", "provider": "gb_carbon_intensity", "signal": "carbon", "area": "national"});
     let f = app.create("/v1/feeds", gb_feed.clone()).await["id"].as_i64().unwrap();
-    let (view, admin) = (Need::Role(Role::Viewer), Need::Role(Role::Admin));
+    let (view, plan, admin) = (Need::Role(Role::Viewer), Need::Role(Role::Planner), Need::Role(Role::Admin));
     let r = |method: Method, template: &'static str, id: i64, body: Option<Value>, need: Need| Route {
         method,
         template,
@@ -117,6 +117,12 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::GET, "/v1/feeds/{id}", f, None, admin),
         r(Method::PUT, "/v1/feeds/{id}", f, Some(gb_feed), admin),
         r(Method::DELETE, "/v1/feeds/{id}", 999_999, None, admin),
+        // No signals in the fixture: a plan is refused (422) after the role check.
+        r(Method::POST, "/v1/plans", 0, Some(json!({})), plan),
+        r(Method::GET, "/v1/plans", 0, None, view),
+        r(Method::GET, "/v1/plans/{id}", 999_999, None, view),
+        r(Method::POST, "/v1/plans/{id}/approve", 999_999, None, plan),
+        r(Method::POST, "/v1/plans/{id}/apply", 999_999, None, plan),
         r(Method::GET, "/healthz", 0, None, Need::Nobody),
         r(Method::GET, "/readyz", 0, None, Need::Nobody),
         r(Method::GET, "/metrics", 0, None, Need::Nobody),

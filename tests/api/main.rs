@@ -9,6 +9,7 @@ mod groups;
 mod links;
 mod ops;
 mod pagination;
+mod plans;
 mod read_cache;
 mod signals;
 mod sites;

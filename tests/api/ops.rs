@@ -52,7 +52,7 @@ fn committed_openapi_document_is_fresh() {
     let committed = std::fs::read_to_string(path).unwrap_or_default();
     assert!(
         committed == generated,
-        "api-spec/openapi.json is stale: run `HELIOTROPE_UPDATE_OPENAPI=1 cargo nextest run -E 'test(openapi)'` \
+        "api-spec/openapi.json is stale: run `HELIOTROPE_UPDATE_OPENAPI=1 cargo nextest run --workspace -E 'test(openapi)'` \
          (or `heliotrope openapi > api-spec/openapi.json`) and commit it"
     );
 }

@@ -103,6 +103,11 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Group> {
     row.ok_or_else(|| StoreError::NotFound(format!("group {id}")))?.try_into().map_err(Into::into)
 }
 
+/// Every group, in id order.
+pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<Group>> {
+    super::fetch_all::<GroupRow, _>(db, &format!("{SELECT} order by g.group_id")).await
+}
+
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &GroupFilter) -> Result<Page<Group>> {
     let rows: Vec<GroupRow> = ListQuery::new(SELECT, "g.group_id", page)
         .filter("g.policy", filter.policy.as_ref().map(enum_to_text))

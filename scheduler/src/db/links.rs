@@ -16,6 +16,7 @@ struct LinkRow {
     bandwidth_mbps: f64,
     rtt_ms: f64,
     background_reserve_pct: f64,
+    egress_cost_per_gb: f64,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -30,6 +31,7 @@ impl From<LinkRow> for Link {
                 bandwidth_mbps: r.bandwidth_mbps,
                 rtt_ms: r.rtt_ms,
                 background_reserve_pct: r.background_reserve_pct,
+                egress_cost_per_gb: r.egress_cost_per_gb,
                 symmetric: false,
             },
             created_at: r.created_at,
@@ -39,7 +41,7 @@ impl From<LinkRow> for Link {
 }
 
 const SELECT: &str = "select l.link_id, f.name as from_site, t.name as to_site, l.bandwidth_mbps, l.rtt_ms, \
-    l.background_reserve_pct, l.created_at, l.updated_at \
+    l.background_reserve_pct, l.egress_cost_per_gb, l.created_at, l.updated_at \
     from link l join site f on f.site_id = l.from_site_id join site t on t.site_id = l.to_site_id";
 
 fn pair_taken(from: &str, to: &str) -> impl Fn(&str) -> Option<String> {
@@ -70,14 +72,15 @@ async fn insert_one(
     to: (i64, &str),
 ) -> Result<i64> {
     sqlx::query_scalar(
-        "insert into link (from_site_id, to_site_id, bandwidth_mbps, rtt_ms, background_reserve_pct) \
-         values ($1, $2, $3, $4, $5) returning link_id",
+        "insert into link (from_site_id, to_site_id, bandwidth_mbps, rtt_ms, background_reserve_pct, \
+         egress_cost_per_gb) values ($1, $2, $3, $4, $5, $6) returning link_id",
     )
     .bind(from.0)
     .bind(to.0)
     .bind(spec.bandwidth_mbps)
     .bind(spec.rtt_ms)
     .bind(spec.background_reserve_pct)
+    .bind(spec.egress_cost_per_gb)
     .fetch_one(&mut **tx)
     .await
     .map_err(|e| on_constraint(e, pair_taken(from.1, to.1)))
@@ -90,13 +93,14 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<LinkSpec>) -> Result<Li
     let to = site_id_by_name(&mut tx, "to_site", &spec.to_site).await?;
     let updated = sqlx::query(
         "update link set from_site_id = $1, to_site_id = $2, bandwidth_mbps = $3, rtt_ms = $4, \
-         background_reserve_pct = $5 where link_id = $6",
+         background_reserve_pct = $5, egress_cost_per_gb = $6 where link_id = $7",
     )
     .bind(from)
     .bind(to)
     .bind(spec.bandwidth_mbps)
     .bind(spec.rtt_ms)
     .bind(spec.background_reserve_pct)
+    .bind(spec.egress_cost_per_gb)
     .bind(id)
     .execute(&mut *tx)
     .await
@@ -113,6 +117,12 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Link> {
     let sql = format!("{SELECT} where l.link_id = $1");
     let row: Option<LinkRow> = sqlx::query_as(&sql).bind(id).fetch_optional(db).await?;
     row.map(Link::from).ok_or_else(|| StoreError::NotFound(format!("link {id}")))
+}
+
+/// Every link, in id order.
+pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<Link>> {
+    let rows: Vec<LinkRow> = sqlx::query_as(&format!("{SELECT} order by l.link_id")).fetch_all(db).await?;
+    Ok(rows.into_iter().map(Link::from).collect())
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &LinkFilter) -> Result<Page<Link>> {

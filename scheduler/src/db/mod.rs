@@ -10,7 +10,9 @@ pub mod changes;
 pub mod executors;
 pub mod feeds;
 pub mod groups;
+pub mod jobs;
 pub mod links;
+pub mod plans;
 pub mod signals;
 pub mod sites;
 pub mod tokens;
@@ -125,6 +127,15 @@ impl<'a> ListQuery<'a> {
         self.builder.push(format_args!(" order by {} limit ", self.id_column)).push_bind(self.page.fetch_limit());
         self.builder.build_query_as::<R>().fetch_all(db).await
     }
+}
+
+/// Every row `sql` selects, converted: whole aggregates as the planner reads them.
+pub(crate) async fn fetch_all<R, T>(db: impl sqlx::PgExecutor<'_>, sql: &str) -> Result<Vec<T>>
+where
+    R: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin + TryInto<T, Error = sqlx::Error>,
+{
+    let rows: Vec<R> = sqlx::query_as(sql).fetch_all(db).await?;
+    Ok(rows.into_iter().map(R::try_into).collect::<std::result::Result<_, _>>()?)
 }
 
 /// The id of the site named `name`, or an error that names `field`.

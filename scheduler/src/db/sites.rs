@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Capacity, PowerModel, Site, SiteFilter, SiteSpec};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
 
 use super::{enum_from_text, enum_to_text, on_constraint, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
@@ -109,6 +109,11 @@ pub async fn get(pool: &PgPool, id: i64) -> Result<Site> {
     let sql = format!("select {COLUMNS} from site where site_id = $1");
     let row: Option<SiteRow> = sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?;
     row.ok_or_else(|| StoreError::NotFound(format!("site {id}")))?.try_into().map_err(Into::into)
+}
+
+/// Every site, in id order.
+pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<Site>> {
+    super::fetch_all::<SiteRow, _>(db, &format!("select {COLUMNS} from site order by site_id")).await
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &SiteFilter) -> Result<Page<Site>> {

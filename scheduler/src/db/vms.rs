@@ -178,6 +178,11 @@ pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Vm> {
     row.ok_or_else(|| StoreError::NotFound(format!("VM {id}")))?.try_into().map_err(Into::into)
 }
 
+/// Every VM, in id order.
+pub async fn all(db: impl PgExecutor<'_>) -> Result<Vec<Vm>> {
+    super::fetch_all::<VmRow, _>(db, &format!("{SELECT} order by v.vm_id")).await
+}
+
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &VmFilter) -> Result<Page<Vm>> {
     let rows: Vec<VmRow> = ListQuery::new(SELECT, "v.vm_id", page)
         .filter("s.name", filter.site.as_deref())

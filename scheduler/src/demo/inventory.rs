@@ -74,6 +74,7 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
                 // longer than great circles, hence the stretch and a fixed overhead.
                 rtt_ms: (distance_km(a, b) / 100.0 * 1.3 + 2.0).round(),
                 background_reserve_pct: 30.0,
+                egress_cost_per_gb: 0.0,
                 symmetric: false,
             });
         }

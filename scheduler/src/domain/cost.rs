@@ -37,10 +37,26 @@ pub struct Cost {
     pub emissions_kg: f64,
 }
 
+/// How money and emissions weigh in an objective: the plan's mode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Weights {
+    /// 1 when money counts, 0 when only carbon does.
+    pub money: f64,
+    /// In the price currency.
+    pub carbon_price_per_tonne: f64,
+}
+
+impl Weights {
+    /// Money plus carbon at `carbon_price_per_tonne`.
+    pub fn blend(carbon_price_per_tonne: f64) -> Weights {
+        Weights { money: 1.0, carbon_price_per_tonne }
+    }
+}
+
 impl Cost {
-    /// What the cost weighs in the objective: money plus priced carbon.
-    pub fn weighted(&self, carbon_price_per_tonne: f64) -> f64 {
-        self.energy_cost + self.emissions_kg / 1000.0 * carbon_price_per_tonne
+    /// What the cost weighs in an objective.
+    pub fn weighted(&self, weights: Weights) -> f64 {
+        weights.money * self.energy_cost + self.emissions_kg / 1000.0 * weights.carbon_price_per_tonne
     }
 }
 
@@ -190,8 +206,9 @@ pub struct MigrationCost {
 }
 
 impl MigrationCost {
-    pub fn weighted(&self, carbon_price_per_tonne: f64) -> f64 {
-        self.energy.weighted(carbon_price_per_tonne) + self.egress_cost + self.downtime_penalty
+    /// The downtime penalty counts in every mode: it prices harm to the guest, not spending.
+    pub fn weighted(&self, weights: Weights) -> f64 {
+        self.energy.weighted(weights) + weights.money * self.egress_cost + self.downtime_penalty
     }
 }
 
@@ -238,7 +255,7 @@ mod tests {
         let cost = running_cost(kw, 10.0, &SlotSignal { price_per_mwh: 100.0, carbon_g_per_kwh: 400.0 });
         assert!(close(cost.energy_cost, 0.072) && close(cost.emissions_kg, 0.288));
         // At 100 per tonne the 0.288 kg add 0.0288.
-        assert!(close(cost.weighted(100.0), 0.1008));
+        assert!(close(cost.weighted(Weights::blend(100.0)), 0.1008));
     }
 
     fn memory(m: f64, d: f64, b: f64, downtime: f64) -> PreCopyInput {
@@ -302,7 +319,7 @@ mod tests {
         // Network: 0.1 kWh at the source = 0.01 money, 0.05 kg. Running: 0.1 kWh at the destination = 0.005, 0.01 kg.
         assert!(close(cost.energy.energy_cost, 0.015) && close(cost.energy.emissions_kg, 0.06));
         assert!(close(cost.egress_cost, 0.2) && close(cost.downtime_penalty, 0.5));
-        assert!(close(cost.weighted(100.0), 0.015 + 0.006 + 0.2 + 0.5));
+        assert!(close(cost.weighted(Weights::blend(100.0)), 0.015 + 0.006 + 0.2 + 0.5));
     }
 
     #[test]

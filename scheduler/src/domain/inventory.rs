@@ -58,7 +58,7 @@ fn check_no_nul(field: &str, value: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
-fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result<()> {
+pub(crate) fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result<()> {
     if !(min..=max).contains(&value) {
         return Err(ValidationError::new(field, format!("must be between {min} and {max}, got {value}")));
     }
@@ -101,6 +101,7 @@ pub fn parse_link(spec: LinkSpec) -> Result<Valid<LinkSpec>> {
     check_positive("bandwidth_mbps", spec.bandwidth_mbps, 1.0e7)?;
     check_range("rtt_ms", spec.rtt_ms, 0.0, 10_000.0)?;
     check_range("background_reserve_pct", spec.background_reserve_pct, 0.0, 95.0)?;
+    check_range("egress_cost_per_gb", spec.egress_cost_per_gb, 0.0, 1000.0)?;
     Ok(Valid(spec))
 }
 
@@ -222,6 +223,7 @@ mod tests {
             bandwidth_mbps: 1000.0,
             rtt_ms: 10.0,
             background_reserve_pct: 20.0,
+            egress_cost_per_gb: 0.0,
             symmetric: false,
         };
         assert_eq!(field_of(parse_link(link.clone())), "to_site");

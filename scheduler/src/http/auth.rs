@@ -34,6 +34,8 @@ pub struct Access {
 impl Access {
     /// Viewers read; admins change (the inventory).
     pub const INVENTORY: Access = Access { read: Role::Viewer, write: Role::Admin };
+    /// Viewers read; planners (and admins) propose, approve and apply.
+    pub const PLANS: Access = Access { read: Role::Viewer, write: Role::Planner };
     /// Admins only (tokens).
     pub const ADMIN: Access = Access { read: Role::Admin, write: Role::Admin };
 

@@ -35,8 +35,13 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     Validation(String),
+    #[error("{0}")]
+    Infeasible(String),
     #[error("the database is unavailable")]
     Unavailable,
+    /// The planner's solver gave up (time limit); trying later or with a shorter horizon may help.
+    #[error("{0}")]
+    Unsolved(String),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -53,7 +58,8 @@ impl ApiError {
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::Validation(_) => ErrorCode::ValidationFailed,
-            ApiError::Unavailable => ErrorCode::Unavailable,
+            ApiError::Infeasible(_) => ErrorCode::Infeasible,
+            ApiError::Unavailable | ApiError::Unsolved(_) => ErrorCode::Unavailable,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -70,7 +76,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Conflict => StatusCode::CONFLICT,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        ErrorCode::ValidationFailed => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::ValidationFailed | ErrorCode::Infeasible => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }

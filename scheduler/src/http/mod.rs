@@ -15,6 +15,7 @@ pub mod links;
 pub mod metrics;
 pub mod openapi;
 pub mod ops;
+pub mod plans;
 pub mod signals;
 pub mod sites;
 pub mod tokens;
@@ -33,6 +34,7 @@ use self::auth::{Access, TokenCache};
 use self::cache::ReadCache;
 use self::error::ApiError;
 use self::metrics::Metrics;
+use crate::config::PlannerConfig;
 
 /// Largest request body accepted (bulk inventory writes stay well below).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -44,11 +46,12 @@ pub struct AppState {
     pub tokens: Arc<TokenCache>,
     pub metrics: Arc<Metrics>,
     pub read_cache: Arc<ReadCache>,
+    pub planner: PlannerConfig,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool) -> Self {
-        AppState { pool, tokens: Arc::default(), metrics: Arc::default(), read_cache: Arc::default() }
+    pub fn new(pool: PgPool, planner: PlannerConfig) -> Self {
+        AppState { pool, tokens: Arc::default(), metrics: Arc::default(), read_cache: Arc::default(), planner }
     }
 }
 
@@ -70,6 +73,8 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded(feeds::router(), Access::ADMIN))
         // Signals change without inventory notifications: never cached.
         .merge(guarded(signals::router(), Access::INVENTORY))
+        // Plans change with every proposal: never cached.
+        .merge(guarded(plans::router(), Access::PLANS))
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(map_response(json_method_not_allowed))

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{executors, feeds, groups, links, ops, signals, sites, tokens, vms};
+use super::{executors, feeds, groups, links, ops, plans, signals, sites, tokens, vms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -21,6 +21,7 @@ use super::{executors, feeds, groups, links, ops, signals, sites, tokens, vms};
         tokens::list_tokens, tokens::create_token, tokens::get_token, tokens::revoke_token,
         feeds::list_feeds, feeds::create_feed, feeds::get_feed, feeds::replace_feed, feeds::delete_feed,
         signals::push_signals, signals::get_series, signals::current_signals,
+        plans::create_plan, plans::list_plans, plans::get_plan, plans::approve_plan, plans::apply_plan,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(heliotrope_api_spec::GroupPolicyKind)),
@@ -42,8 +43,18 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 9] =
-    ["SiteSpec", "Capacity", "PowerModel", "LinkSpec", "VmSpec", "GroupSpec", "NewToken", "FeedSpec", "SignalRow"];
+const CLOSED_SCHEMAS: [&str; 10] = [
+    "SiteSpec",
+    "Capacity",
+    "PowerModel",
+    "LinkSpec",
+    "VmSpec",
+    "GroupSpec",
+    "NewToken",
+    "FeedSpec",
+    "SignalRow",
+    "PlanRequest",
+];
 
 /// The document as committed: pretty JSON with a trailing newline.
 pub fn document() -> String {

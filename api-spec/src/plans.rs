@@ -1,0 +1,216 @@
+//! Plans: where the planner would run every VM over the horizon, what that
+//! costs against leaving everything in place, which VMs move and why.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+/// What the objective weighs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanMode {
+    /// Energy cost only.
+    Cost,
+    /// Emissions only, priced at `carbon_price_per_tonne`.
+    Carbon,
+    /// Energy cost plus emissions at `carbon_price_per_tonne`.
+    #[default]
+    Blend,
+}
+
+fn default_horizon_h() -> u32 {
+    24
+}
+
+fn default_carbon_price() -> f64 {
+    100.0
+}
+
+fn default_dry_run() -> bool {
+    true
+}
+
+/// What `POST /v1/plans` asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanRequest {
+    /// Hourly slots to plan over (default 24).
+    #[serde(default = "default_horizon_h")]
+    #[schema(minimum = 1, maximum = 168, default = 24)]
+    pub horizon_h: u32,
+    #[serde(default)]
+    pub mode: PlanMode,
+    /// Price of a tonne of CO2eq, in the price currency (default 100).
+    #[serde(default = "default_carbon_price")]
+    #[schema(minimum = 0, maximum = 100000, default = 100)]
+    pub carbon_price_per_tonne: f64,
+    /// Only propose (the default). `false` approves and applies the plan at once.
+    #[serde(default = "default_dry_run")]
+    #[schema(default = true)]
+    pub dry_run: bool,
+}
+
+impl Default for PlanRequest {
+    fn default() -> Self {
+        PlanRequest {
+            horizon_h: default_horizon_h(),
+            mode: PlanMode::default(),
+            carbon_price_per_tonne: default_carbon_price(),
+            dry_run: default_dry_run(),
+        }
+    }
+}
+
+/// Where a plan stands. `proposed` -> `approved` -> `applied`; a newer
+/// proposal supersedes any older plan not yet applied; `failed` when
+/// applying found the inventory changed under it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PlanStatus {
+    Proposed,
+    Approved,
+    Applied,
+    Superseded,
+    Failed,
+}
+
+/// What a placement costs over the horizon.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanCosts {
+    /// Energy of running the VMs and of their migrations, in the price currency.
+    pub energy_cost: f64,
+    pub emissions_kg: f64,
+    /// Predicted bytes on the wire for all moves.
+    pub migration_bytes: f64,
+    /// Moves' cost (network energy, egress, running at both ends, downtime), weighted.
+    pub migration_cost: f64,
+    /// The minimum net saving charged per move so the fleet does not churn.
+    pub churn_charge: f64,
+    /// What the planner minimises: energy cost and emissions as the mode
+    /// weighs them, plus migration cost and churn charge.
+    pub objective: f64,
+}
+
+/// One VM to move.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlannedMove {
+    pub vm: String,
+    pub from: String,
+    pub to: String,
+    /// Slot of the horizon the move is made in (moves are made in the first; later slots are replanned).
+    pub slot: u32,
+    /// Running cost over the horizon at `from` minus at `to`, in the price currency.
+    pub saving_cost: f64,
+    pub saving_kg: f64,
+    /// The migration's cost, weighted as the objective weighs it.
+    pub migration_cost: f64,
+    pub predicted_bytes: f64,
+    pub predicted_duration_s: f64,
+    pub predicted_downtime_ms: f64,
+    /// Why: cheaper (with the figures), evacuation, capacity or group policy.
+    pub reason: String,
+}
+
+/// How the solver did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SolverReport {
+    /// `optimal` (at the LP bound) or `within_gap` (an integer plan above it, see `gap`).
+    pub status: String,
+    pub variables: u64,
+    pub rows: u64,
+    /// VM classes the fleet was aggregated into.
+    pub classes: u64,
+    /// Classes the LP relaxation split, placed again by the MIP.
+    pub fractional_classes: u64,
+    /// Building and solving, seconds.
+    pub solve_s: f64,
+    /// The LP relaxation's objective: no plan can do better.
+    pub lp_bound: f64,
+    /// (objective - lp_bound) / |lp_bound|.
+    pub gap: f64,
+}
+
+/// Where one site's signals for the horizon came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SignalCoverage {
+    pub site: String,
+    /// Slots (carbon and price counted separately) with measured values.
+    pub actual_slots: u32,
+    /// Slots from the newest forecast.
+    pub forecast_slots: u32,
+    /// Slots with nothing stored, filled from the same hour on an earlier day.
+    pub persisted_slots: u32,
+    /// Whether any value is synthetic demo data rather than a measurement.
+    pub synthetic: bool,
+}
+
+/// What a plan was made from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanInputs {
+    pub sites: u64,
+    pub links: u64,
+    pub vms: u64,
+    pub groups: u64,
+    /// SHA-256 of the inventory the plan was made on, as canonical JSON:
+    /// two plans with the same digest saw the same sites, links, VMs and groups.
+    pub inventory_digest: String,
+    pub min_net_saving: f64,
+    pub max_moves_per_day: u32,
+    pub wire_fraction: f64,
+    pub network_kwh_per_gb: f64,
+    pub downtime_penalty_per_s: f64,
+}
+
+/// A stored plan.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Plan {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub status: PlanStatus,
+    pub status_changed_at: DateTime<Utc>,
+    pub request: PlanRequest,
+    /// Start of the first slot.
+    pub horizon_start: DateTime<Utc>,
+    /// Currency of every money figure.
+    pub currency: String,
+    pub inputs: PlanInputs,
+    pub objective: PlanCosts,
+    /// The same figures for leaving every VM where it is.
+    pub baseline: PlanCosts,
+    pub moves: Vec<PlannedMove>,
+    pub solver: SolverReport,
+    pub signals: Vec<SignalCoverage>,
+    /// Why applying failed.
+    pub failure: Option<String>,
+}
+
+/// A plan in a list: everything but its moves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanSummary {
+    pub id: i64,
+    pub created_at: DateTime<Utc>,
+    pub status: PlanStatus,
+    pub status_changed_at: DateTime<Utc>,
+    pub request: PlanRequest,
+    pub horizon_start: DateTime<Utc>,
+    pub currency: String,
+    pub objective: PlanCosts,
+    pub baseline: PlanCosts,
+    pub move_count: u64,
+    pub solver: SolverReport,
+    pub failure: Option<String>,
+}
+
+/// Filters of `GET /v1/plans`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PlanFilter {
+    pub status: Option<PlanStatus>,
+}
+
+/// What applying a plan recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AppliedPlan {
+    pub plan: Plan,
+    /// Migration jobs recorded, one per move.
+    pub jobs: u64,
+}

@@ -1,0 +1,225 @@
+//! Turns the inventory and stored signals into a [`PlanInput`]: the one
+//! translation from what operators declare to what the planner solves,
+//! shared by the plans service and the planner benchmark.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, Utc};
+use heliotrope_api_spec::{
+    Basis, GroupPolicy, GroupSpec, LinkSpec, PlanRequest, PointKind, SignalPoint, SiteSpec, SiteState, VmSpec,
+};
+
+use super::{Admission, GroupRule, PlanGroup, PlanInput, PlanLink, PlanSite, PlanVm, Resources, Settings};
+use crate::domain::cost::{usable_bytes_per_s, SiteEnergy, SlotSignal, VmShape};
+use crate::domain::inventory::check_range;
+use crate::domain::{Valid, ValidationError};
+
+/// Checks a plan request: horizon 1 to 168 hours, a finite carbon price.
+pub fn parse_request(request: PlanRequest) -> Result<Valid<PlanRequest>, ValidationError> {
+    if !(1..=168).contains(&request.horizon_h) {
+        return Err(ValidationError::new("horizon_h", format!("must be 1 to 168 hours, got {}", request.horizon_h)));
+    }
+    check_range("carbon_price_per_tonne", request.carbon_price_per_tonne, 0.0, 100_000.0)?;
+    Ok(Valid(request))
+}
+
+/// Where a site's slot values came from, counted over the horizon.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coverage {
+    pub actual: u32,
+    pub forecast: u32,
+    /// Missing, so taken from the same hour on an earlier day.
+    pub persistence: u32,
+    /// Whether any value used is synthetic demo data.
+    pub synthetic: bool,
+}
+
+/// How many days back persistence may look for the same hour.
+pub const PERSISTENCE_DAYS: i64 = 7;
+
+/// One value per hourly slot from `start`, from a site's hourly best-known
+/// points (actuals over forecasts, newest forecast first, as the store
+/// ranks them) covering `start - PERSISTENCE_DAYS` to the horizon's end.
+/// A slot without a point takes the same hour of the nearest earlier day
+/// that has one (persistence, slots already filled included).
+pub fn slot_values(
+    points: &[SignalPoint],
+    start: DateTime<Utc>,
+    slots: u32,
+) -> Result<(Vec<f64>, Coverage), DateTime<Utc>> {
+    let by_hour: HashMap<DateTime<Utc>, &SignalPoint> = points.iter().map(|p| (p.timestamp, p)).collect();
+    let mut values: Vec<f64> = Vec::with_capacity(slots as usize);
+    let mut coverage = Coverage::default();
+    for slot in 0..i64::from(slots) {
+        let hour = start + Duration::hours(slot);
+        if let Some(point) = by_hour.get(&hour) {
+            coverage.synthetic |= point.basis == Basis::Synthetic;
+            match point.kind {
+                PointKind::Actual => coverage.actual += 1,
+                PointKind::Forecast => coverage.forecast += 1,
+            }
+            values.push(point.value);
+            continue;
+        }
+        let earlier = (1..=PERSISTENCE_DAYS).find_map(|day| {
+            let back = slot - 24 * day;
+            if back >= 0 {
+                Some(values[back as usize])
+            } else {
+                let point = by_hour.get(&(hour - Duration::days(day)))?;
+                coverage.synthetic |= point.basis == Basis::Synthetic;
+                Some(point.value)
+            }
+        });
+        match earlier {
+            Some(value) => {
+                coverage.persistence += 1;
+                values.push(value);
+            }
+            None => return Err(hour),
+        }
+    }
+    Ok((values, coverage))
+}
+
+/// The inventory, as stored.
+pub struct Inventory<'a> {
+    pub sites: &'a [SiteSpec],
+    pub links: &'a [LinkSpec],
+    /// With the moves each made in the last 24 hours.
+    pub vms: &'a [(VmSpec, u32)],
+    pub groups: &'a [GroupSpec],
+}
+
+/// The planner's input: `signals` holds one slot signal list per site, in
+/// the order of `inventory.sites`. References are by name and the store
+/// keeps them valid; one that does not resolve is skipped.
+pub fn plan_input(inventory: &Inventory, signals: Vec<Vec<SlotSignal>>, settings: Settings) -> PlanInput {
+    let index: HashMap<&str, usize> = inventory.sites.iter().enumerate().map(|(i, s)| (s.name.as_str(), i)).collect();
+    let sites = inventory
+        .sites
+        .iter()
+        .zip(signals)
+        .map(|(s, signals)| PlanSite {
+            name: s.name.clone(),
+            capacity: Resources {
+                vcpus: f64::from(s.capacity.vcpus),
+                memory_gib: s.capacity.memory_gib,
+                disk_gib: s.capacity.disk_gib,
+            },
+            energy: SiteEnergy {
+                pue: s.pue,
+                watts_per_vcpu: s.power_model.watts_per_vcpu,
+                watts_per_gib: s.power_model.watts_per_gib,
+            },
+            admission: match s.state {
+                SiteState::Active => Admission::Open,
+                SiteState::Draining => Admission::Draining,
+                SiteState::Down => Admission::Down,
+            },
+            signals,
+        })
+        .collect();
+    let groups: Vec<PlanGroup> = inventory
+        .groups
+        .iter()
+        .map(|g| PlanGroup {
+            name: g.name.clone(),
+            rule: match g.policy {
+                GroupPolicy::Spread { min_sites, max_per_site } => GroupRule::Spread { min_sites, max_per_site },
+                GroupPolicy::Colocate { max_rtt_ms } => GroupRule::Colocate { max_rtt_ms },
+            },
+        })
+        .collect();
+    let vms = inventory
+        .vms
+        .iter()
+        .filter_map(|(v, moves_today)| {
+            let site = *index.get(v.site.as_str())?;
+            // A VM may always stay where it runs; the allowed sites bound where it may go.
+            let allowed = match (&v.allowed_sites, &v.allowed_regions) {
+                (Some(names), _) => Some(names.iter().filter_map(|n| index.get(n.as_str()).copied()).collect()),
+                (None, Some(regions)) => {
+                    Some((0..inventory.sites.len()).filter(|&s| regions.contains(&inventory.sites[s].region)).collect())
+                }
+                (None, None) => None,
+            }
+            .map(|mut allowed: Vec<usize>| {
+                if !allowed.contains(&site) {
+                    allowed.push(site);
+                }
+                allowed.sort_unstable();
+                allowed
+            });
+            Some(PlanVm {
+                name: v.name.clone(),
+                shape: VmShape { vcpus: v.vcpus, memory_gib: v.memory_gib },
+                disk_gib: v.disk_gib,
+                dirty_bytes_per_s: v.dirty_rate_mbps * 1e6 / 8.0,
+                max_downtime_s: f64::from(v.max_downtime_ms) / 1000.0,
+                site,
+                allowed,
+                pinned: v.pinned,
+                group: v.group.as_ref().and_then(|g| groups.iter().position(|p| &p.name == g)),
+                moves_today: *moves_today,
+            })
+        })
+        .collect();
+    let links = inventory
+        .links
+        .iter()
+        .filter_map(|l| {
+            Some(PlanLink {
+                from: *index.get(l.from_site.as_str())?,
+                to: *index.get(l.to_site.as_str())?,
+                usable_bytes_per_s: usable_bytes_per_s(l.bandwidth_mbps, l.background_reserve_pct),
+                egress_per_gb: l.egress_cost_per_gb,
+                rtt_ms: l.rtt_ms,
+            })
+        })
+        .collect();
+    PlanInput { sites, vms, links, groups, settings }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(at: DateTime<Utc>, value: f64, kind: PointKind) -> SignalPoint {
+        SignalPoint {
+            timestamp: at,
+            value,
+            unit: "EUR/MWh".into(),
+            kind,
+            issued_at: None,
+            basis: heliotrope_api_spec::Basis::MarketDayAhead,
+            source: "test".into(),
+            resolution_s: 3600,
+            estimated: false,
+            samples: 1,
+        }
+    }
+
+    #[test]
+    fn missing_slots_fall_back_to_the_same_hour_earlier() {
+        let start: DateTime<Utc> = "2026-06-02T00:00:00Z".parse().unwrap();
+        let h = |n: i64| start + Duration::hours(n);
+        // Yesterday's 02:00 and 03:00 are known; today 00:00 is actual, 01:00 forecast.
+        let points = vec![
+            point(h(0), 10.0, PointKind::Actual),
+            point(h(1), 11.0, PointKind::Forecast),
+            point(h(-22), 7.0, PointKind::Actual),
+            point(h(-21), 8.0, PointKind::Actual),
+        ];
+        let (values, coverage) = slot_values(&points, start, 4).unwrap();
+        assert_eq!(values, [10.0, 11.0, 7.0, 8.0]);
+        assert_eq!(coverage, Coverage { actual: 1, forecast: 1, persistence: 2, synthetic: false });
+        // Nothing for 04:00 in the week before: an error naming the hour.
+        assert_eq!(slot_values(&points, start, 5), Err(h(4)));
+        // Beyond a day, slots repeat the horizon's own first day.
+        let day: Vec<SignalPoint> = (0..24).map(|n| point(h(n), n as f64, PointKind::Forecast)).collect();
+        let (values, coverage) = slot_values(&day, start, 26).unwrap();
+        assert_eq!(values[24..], [0.0, 1.0]);
+        assert_eq!((coverage.forecast, coverage.persistence), (24, 2));
+    }
+}

@@ -1,0 +1,88 @@
+//! `/v1/plans`: propose a plan, read plans, approve and apply them
+//! (viewers read, planners write).
+
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{extract::State, Json, Router};
+use chrono::Utc;
+use heliotrope_api_spec::{AppliedPlan, PageParams, Plan, PlanFilter, PlanPage, PlanRequest};
+
+use super::error::{ApiError, ErrorResponses};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::AppState;
+use crate::db;
+use crate::domain::page::PageRequest;
+use crate::domain::planner::inputs::parse_request;
+use crate::planning::{self, PlanningError};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/plans", get(list_plans).post(create_plan))
+        .route("/v1/plans/{id}", get(get_plan))
+        .route("/v1/plans/{id}/approve", post(approve_plan))
+        .route("/v1/plans/{id}/apply", post(apply_plan))
+}
+
+impl From<PlanningError> for ApiError {
+    fn from(e: PlanningError) -> Self {
+        match e {
+            PlanningError::Inputs(why) => ApiError::Validation(why),
+            PlanningError::Infeasible(why) => ApiError::Infeasible(why),
+            PlanningError::Unsolved(why) => ApiError::Unsolved(why),
+            PlanningError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Plan from the current inventory and signals. The plan is stored as
+/// `proposed` and supersedes older plans not yet applied; with
+/// `dry_run: false` it is approved and applied at once. No placement
+/// satisfying the constraints answers 422 `infeasible`, naming the binding one.
+#[utoipa::path(post, path = "/v1/plans", tag = "plans", request_body = PlanRequest,
+    responses((status = 201, body = Plan), ErrorResponses))]
+pub async fn create_plan(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<PlanRequest>,
+) -> Result<(StatusCode, Json<Plan>), ApiError> {
+    let request = parse_request(request)?;
+    let made = planning::propose(&state.pool, &state.planner, &request, Utc::now()).await?;
+    Ok((StatusCode::CREATED, Json(made.plan)))
+}
+
+/// List plans (without their moves), oldest first.
+#[utoipa::path(get, path = "/v1/plans", tag = "plans", params(PageParams, PlanFilter),
+    responses((status = 200, body = PlanPage), ErrorResponses))]
+pub async fn list_plans(
+    State(state): State<AppState>,
+    ApiQuery(page): ApiQuery<PageParams>,
+    ApiQuery(filter): ApiQuery<PlanFilter>,
+) -> Result<Json<PlanPage>, ApiError> {
+    let page = db::plans::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
+    Ok(Json(PlanPage { items: page.items, next_cursor: page.next_cursor }))
+}
+
+/// Get one plan with its moves and their reasons.
+#[utoipa::path(get, path = "/v1/plans/{id}", tag = "plans", params(("id" = i64, Path)),
+    responses((status = 200, body = Plan), ErrorResponses))]
+pub async fn get_plan(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Plan>, ApiError> {
+    Ok(Json(db::plans::get(&state.pool, id).await?))
+}
+
+/// Approve a proposed plan.
+#[utoipa::path(post, path = "/v1/plans/{id}/approve", tag = "plans", params(("id" = i64, Path)),
+    responses((status = 200, body = Plan), ErrorResponses))]
+pub async fn approve_plan(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Plan>, ApiError> {
+    Ok(Json(db::plans::approve(&state.pool, id).await?))
+}
+
+/// Apply an approved plan: records one migration job per move. If the
+/// inventory changed under the plan, it fails (409) and says why.
+#[utoipa::path(post, path = "/v1/plans/{id}/apply", tag = "plans", params(("id" = i64, Path)),
+    responses((status = 200, body = AppliedPlan), ErrorResponses))]
+pub async fn apply_plan(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<AppliedPlan>, ApiError> {
+    let (plan, jobs) = db::plans::apply(&state.pool, id).await?;
+    Ok(Json(AppliedPlan { plan, jobs }))
+}

@@ -1,0 +1,347 @@
+//! The plans service: reads the inventory and the signals for the horizon,
+//! runs the planner off the async runtime, and stores the plan. One path
+//! for the API and the `heliotrope plan` command.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use heliotrope_api_spec::{
+    AppliedPlan, PlanCosts, PlanInputs, PlanMode, PlanRequest, PlannedMove, Signal, SignalCoverage, SolverReport,
+};
+use sha2::{Digest, Sha256};
+use sqlx::PgPool;
+
+use crate::config::PlannerConfig;
+use crate::db::plans::NewPlan;
+use crate::db::{self, enum_to_text, StoreError};
+use crate::domain::cost::{MigrationPrices, SlotSignal, Weights};
+use crate::domain::planner::inputs::{plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS};
+use crate::domain::planner::{self, Breakdown, PlanError, Settings};
+use crate::domain::Valid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PlanningError {
+    /// What the planner needs is missing or inconsistent (signals, currencies).
+    #[error("{0}")]
+    Inputs(String),
+    #[error("{0}")]
+    Infeasible(String),
+    /// The solver gave up.
+    #[error("{0}")]
+    Unsolved(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for PlanningError {
+    fn from(e: sqlx::Error) -> Self {
+        PlanningError::Store(e.into())
+    }
+}
+
+/// Plans from the current inventory and signals and stores the plan as
+/// proposed (superseding older waiting plans); unless `dry_run`, approves
+/// and applies it at once.
+pub async fn propose(
+    pool: &PgPool,
+    config: &PlannerConfig,
+    request: &Valid<PlanRequest>,
+    now: DateTime<Utc>,
+) -> Result<AppliedPlan, PlanningError> {
+    // The slot under way is the first: it is what gets executed.
+    let start = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    let sites = db::sites::all(&mut *tx).await?;
+    let links = db::links::all(&mut *tx).await?;
+    let vms = db::vms::all(&mut *tx).await?;
+    let groups = db::groups::all(&mut *tx).await?;
+    let recent = db::jobs::recent(&mut *tx, now - Duration::hours(24)).await?;
+    tx.commit().await?;
+
+    let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
+    let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();
+    let link_specs: Vec<_> = links.iter().map(|l| l.spec.clone()).collect();
+    // A VM with a migration still queued stays put until it has run.
+    let vm_specs: Vec<_> = vms
+        .iter()
+        .map(|v| {
+            let (moves_today, queued) = recent.get(&v.id).copied().unwrap_or((0, false));
+            let mut spec = v.spec.clone();
+            spec.pinned |= queued;
+            (spec, moves_today)
+        })
+        .collect();
+    let group_specs: Vec<_> = groups.iter().map(|g| g.spec.clone()).collect();
+    let inventory = Inventory { sites: &site_specs, links: &link_specs, vms: &vm_specs, groups: &group_specs };
+    let weights = match request.mode {
+        PlanMode::Cost => Weights { money: 1.0, carbon_price_per_tonne: 0.0 },
+        PlanMode::Carbon => Weights { money: 0.0, carbon_price_per_tonne: request.carbon_price_per_tonne },
+        PlanMode::Blend => Weights::blend(request.carbon_price_per_tonne),
+    };
+    let settings = Settings {
+        slot_hours: 1.0,
+        currency: currency.clone(),
+        weights,
+        prices: MigrationPrices {
+            network_kwh_per_gb: config.network_kwh_per_gb,
+            egress_per_gb: 0.0,
+            downtime_penalty_per_s: config.downtime_penalty_per_s,
+        },
+        min_net_saving: config.min_net_saving,
+        max_moves_per_day: config.max_moves_per_day,
+        wire_fraction: config.wire_fraction,
+        time_limit_s: config.plan_time_limit_s,
+        mip_gap: config.plan_mip_gap,
+    };
+    let inputs = PlanInputs {
+        sites: site_specs.len() as u64,
+        links: link_specs.len() as u64,
+        vms: vm_specs.len() as u64,
+        groups: group_specs.len() as u64,
+        inventory_digest: digest(&inventory),
+        min_net_saving: config.min_net_saving,
+        max_moves_per_day: config.max_moves_per_day,
+        wire_fraction: config.wire_fraction,
+        network_kwh_per_gb: config.network_kwh_per_gb,
+        downtime_penalty_per_s: config.downtime_penalty_per_s,
+    };
+    let input = plan_input(&inventory, signals, settings);
+    let solved = tokio::task::spawn_blocking(move || planner::plan(&input).map(|plan| (plan, input)))
+        .await
+        .map_err(|e| PlanningError::Unsolved(format!("the planner stopped: {e}")))?;
+    let (plan, input) = solved.map_err(|e| match e {
+        PlanError::Infeasible(why) => PlanningError::Infeasible(why),
+        PlanError::Solver(why) => PlanningError::Unsolved(format!("solver: {why}")),
+    })?;
+    let moves = plan
+        .moves
+        .iter()
+        .map(|m| PlannedMove {
+            vm: input.vms[m.vm].name.clone(),
+            from: input.sites[m.from].name.clone(),
+            to: input.sites[m.to].name.clone(),
+            slot: 0,
+            saving_cost: m.saving.energy_cost,
+            saving_kg: m.saving.emissions_kg,
+            migration_cost: m.migration_cost,
+            predicted_bytes: m.estimate.wire_bytes,
+            predicted_duration_s: m.estimate.duration_s,
+            predicted_downtime_ms: m.estimate.downtime_s * 1000.0,
+            reason: m.reason.clone(),
+        })
+        .collect();
+    let stats = &plan.stats;
+    let new = NewPlan {
+        request: (**request).clone(),
+        horizon_start: start,
+        currency,
+        inputs,
+        objective: costs(&plan.totals),
+        baseline: costs(&plan.baseline),
+        moves,
+        solver: SolverReport {
+            status: if stats.gap <= 1e-6 { "optimal" } else { "within_gap" }.to_owned(),
+            variables: stats.variables as u64,
+            rows: stats.rows as u64,
+            classes: stats.classes as u64,
+            fractional_classes: stats.fractional_classes as u64,
+            solve_s: stats.solve_s,
+            lp_bound: stats.lp_bound,
+            gap: stats.gap,
+        },
+        signals: site_specs
+            .iter()
+            .zip(coverage)
+            .map(|(site, c)| SignalCoverage {
+                site: site.name.clone(),
+                actual_slots: c.actual,
+                forecast_slots: c.forecast,
+                persisted_slots: c.persistence,
+                synthetic: c.synthetic,
+            })
+            .collect(),
+    };
+    let stored = db::plans::propose(pool, &new).await?;
+    tracing::info!(plan = stored.id, moves = stored.moves.len(), gap = stats.gap, "plan proposed");
+    if request.dry_run {
+        return Ok(AppliedPlan { plan: stored, jobs: 0 });
+    }
+    db::plans::approve(pool, stored.id).await?;
+    let (plan, jobs) = db::plans::apply(pool, stored.id).await?;
+    Ok(AppliedPlan { plan, jobs })
+}
+
+fn costs(b: &Breakdown) -> PlanCosts {
+    PlanCosts {
+        energy_cost: b.energy.energy_cost,
+        emissions_kg: b.energy.emissions_kg,
+        migration_bytes: b.migration_bytes,
+        migration_cost: b.migration_cost,
+        churn_charge: b.churn_charge,
+        objective: b.objective,
+    }
+}
+
+/// SHA-256 of the inventory as canonical JSON (specs in id order).
+fn digest(inventory: &Inventory) -> String {
+    let json = serde_json::json!({
+        "sites": inventory.sites,
+        "links": inventory.links,
+        "vms": inventory.vms,
+        "groups": inventory.groups,
+    });
+    let hash = Sha256::digest(json.to_string().as_bytes());
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+type SiteSlots = (Vec<Vec<SlotSignal>>, Vec<Coverage>, String);
+
+/// Per site, a carbon and price value for each slot, where they came from,
+/// and the one currency of the prices.
+async fn horizon_signals(
+    pool: &PgPool,
+    sites: &[heliotrope_api_spec::Site],
+    start: DateTime<Utc>,
+    slots: u32,
+) -> Result<SiteSlots, PlanningError> {
+    let (from, to) = (start - Duration::days(PERSISTENCE_DAYS), start + Duration::hours(i64::from(slots)));
+    let mut per_site = Vec::with_capacity(sites.len());
+    let mut coverage = Vec::with_capacity(sites.len());
+    let mut currencies: HashMap<String, String> = HashMap::new();
+    for site in sites {
+        let series = |signal: Signal| async move {
+            let points =
+                db::signals::series(pool, site.id, signal, from, to, heliotrope_api_spec::Resolution::Hourly).await?;
+            let values = slot_values(&points, start, slots).map_err(|hour| {
+                PlanningError::Inputs(format!(
+                    "signals: no {} for site {} at {hour}, nor at that hour in the {PERSISTENCE_DAYS} days before",
+                    enum_to_text(&signal),
+                    site.spec.name
+                ))
+            })?;
+            Ok::<_, PlanningError>((points, values))
+        };
+        let (_, (carbon, carbon_coverage)) = series(Signal::Carbon).await?;
+        let (price_points, (price, price_coverage)) = series(Signal::Price).await?;
+        if let Some(unit) = price_points.last().map(|p| p.unit.clone()) {
+            let currency = unit.trim_end_matches("/MWh").to_owned();
+            currencies.insert(currency, site.spec.name.clone());
+        }
+        per_site.push(
+            carbon
+                .into_iter()
+                .zip(price)
+                .map(|(carbon_g_per_kwh, price_per_mwh)| SlotSignal { price_per_mwh, carbon_g_per_kwh })
+                .collect(),
+        );
+        coverage.push(Coverage {
+            actual: carbon_coverage.actual + price_coverage.actual,
+            forecast: carbon_coverage.forecast + price_coverage.forecast,
+            persistence: carbon_coverage.persistence + price_coverage.persistence,
+            synthetic: carbon_coverage.synthetic || price_coverage.synthetic,
+        });
+    }
+    if currencies.len() > 1 {
+        let mut seen: Vec<String> = currencies.iter().map(|(c, site)| format!("{c} (at {site})")).collect();
+        seen.sort();
+        return Err(PlanningError::Inputs(format!(
+            "signals: prices come in more than one currency ({}); the planner compares them directly, so give \
+             every site prices in one currency",
+            seen.join(", ")
+        )));
+    }
+    let currency = currencies.into_keys().next().unwrap_or_else(|| "EUR".to_owned());
+    Ok((per_site, coverage, currency))
+}
+
+/// A plan as the `heliotrope plan` command prints it: a summary, one row per move, and where signals were filled in.
+pub fn table(made: &AppliedPlan) -> String {
+    use std::fmt::Write;
+    let plan = &made.plan;
+    let (o, b) = (&plan.objective, &plan.baseline);
+    let cur = &plan.currency;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "plan {} ({}), {} h from {}, mode {}, carbon {} {cur}/t",
+        plan.id,
+        enum_to_text(&plan.status),
+        plan.request.horizon_h,
+        plan.horizon_start.format("%Y-%m-%d %H:%M UTC"),
+        enum_to_text(&plan.request.mode),
+        plan.request.carbon_price_per_tonne
+    );
+    let _ = writeln!(
+        out,
+        "objective {:.2} vs {:.2} staying put: energy {:.2} vs {:.2} {cur}, {:.1} vs {:.1} kg CO2e; \
+         {} moves, {:.1} GB, migration cost {:.2}",
+        o.objective,
+        b.objective,
+        o.energy_cost,
+        b.energy_cost,
+        o.emissions_kg,
+        b.emissions_kg,
+        plan.moves.len(),
+        o.migration_bytes / 1e9,
+        o.migration_cost
+    );
+    let s = &plan.solver;
+    let _ = writeln!(
+        out,
+        "solver {}: {} classes, {} variables, {} rows, {:.2} s, LP bound {:.2}, gap {:.3}%",
+        s.status,
+        s.classes,
+        s.variables,
+        s.rows,
+        s.solve_s,
+        s.lp_bound,
+        s.gap * 100.0
+    );
+    if made.jobs > 0 {
+        let _ = writeln!(out, "recorded {} migration jobs", made.jobs);
+    }
+    if !plan.moves.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{:<20} {:<10} {:<10} {:>10} {:>10} {:>10} {:>8} {:>8} {:>9}  reason",
+            "vm", "from", "to", "saving", "kg", "move", "GB", "time s", "down ms"
+        );
+        for m in &plan.moves {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<10} {:<10} {:>10.2} {:>10.1} {:>10.2} {:>8.2} {:>8.0} {:>9.0}  {}",
+                m.vm,
+                m.from,
+                m.to,
+                m.saving_cost,
+                m.saving_kg,
+                m.migration_cost,
+                m.predicted_bytes / 1e9,
+                m.predicted_duration_s,
+                m.predicted_downtime_ms,
+                m.reason
+            );
+        }
+    }
+    let filled: Vec<String> = plan
+        .signals
+        .iter()
+        .filter(|c| c.persisted_slots > 0 || c.synthetic)
+        .map(|c| {
+            format!(
+                "{}{}",
+                c.site,
+                match (c.persisted_slots, c.synthetic) {
+                    (0, _) => " (synthetic)".to_owned(),
+                    (n, false) => format!(" ({n} slots by persistence)"),
+                    (n, true) => format!(" ({n} slots by persistence, synthetic)"),
+                }
+            )
+        })
+        .collect();
+    if !filled.is_empty() {
+        let _ = writeln!(out, "\nsignals not measured: {}", filled.join(", "));
+    }
+    out
+}

@@ -1,0 +1,196 @@
+//! Plans: the lifecycle (propose, supersede, approve, apply with its
+//! migration jobs), roles, signal fallbacks, and the refusals: infeasible
+//! constraints (422 naming the binding one), missing signals, mixed
+//! currencies, and a plan the inventory moved on from.
+
+use chrono::{DateTime, Duration, DurationRound, Utc};
+use heliotrope::db::MIGRATOR;
+use heliotrope_api_spec::Role;
+use heliotrope_tests::{link, site, spawn_app, vm, with, TestApp, ADMIN};
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+fn this_hour() -> DateTime<Utc> {
+    Utc::now().duration_trunc(Duration::hours(1)).unwrap()
+}
+
+/// Creates a site; returns its id.
+async fn site_at(app: &TestApp, name: &str, state: &str) -> i64 {
+    app.create("/v1/sites", with(site(name), "/state", json!(state))).await["id"].as_i64().unwrap()
+}
+
+/// Pushes a flat price and carbon for the day before this hour and this
+/// hour itself: the rest of the horizon is filled by persistence.
+async fn flat_signals(app: &TestApp, site_id: i64, price: f64, carbon: f64, currency: &str) {
+    let rows: Vec<Value> = (-24..=0)
+        .map(|h| {
+            json!({"timestamp_utc": this_hour() + Duration::hours(h), "carbon_g_per_kwh": carbon,
+                   "price_per_mwh": price, "currency": currency})
+        })
+        .collect();
+    let pushed = app.post(&format!("/v1/sites/{site_id}/signals"), Value::Array(rows)).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.body);
+}
+
+/// A big VM (64 vCPUs, 256 GiB): moving it from a 300/MWh site to a 20/MWh one saves about 6 a day.
+fn big_vm(name: &str, at: &str) -> Value {
+    with(with(vm(name, at), "/vcpus", json!(64)), "/memory_gib", json!(256.0))
+}
+
+/// DEAR (300/MWh) and CHEAP (20/MWh), linked both ways, a big VM at DEAR and a pinned one beside it.
+async fn two_sites(app: &TestApp) -> (i64, i64) {
+    let dear = site_at(app, "DEAR", "active").await;
+    let cheap = site_at(app, "CHEAP", "active").await;
+    app.create("/v1/links", with(link("DEAR", "CHEAP"), "/symmetric", json!(true))).await;
+    flat_signals(app, dear, 300.0, 400.0, "EUR").await;
+    flat_signals(app, cheap, 20.0, 50.0, "EUR").await;
+    app.create("/v1/vms", big_vm("big", "DEAR")).await;
+    app.create("/v1/vms", with(vm("fixed", "DEAR"), "/pinned", json!(true))).await;
+    (dear, cheap)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn propose_supersede_approve_apply(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    two_sites(&app).await;
+    let viewer = app.token(Role::Viewer).await;
+    let planner = app.token(Role::Planner).await;
+    let refused = app.send(Method::POST, "/v1/plans", Some(&viewer), Some(&json!({}))).await;
+    refused.assert_error(403, "planner");
+
+    let first = app.send(Method::POST, "/v1/plans", Some(&planner), Some(&json!({}))).await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    let plan = &first.body;
+    assert_eq!(plan["status"], "proposed");
+    assert_eq!(
+        plan["request"],
+        json!({"horizon_h": 24, "mode": "blend", "carbon_price_per_tonne": 100.0, "dry_run": true})
+    );
+    assert_eq!(plan["currency"], "EUR");
+    let moves = plan["moves"].as_array().unwrap();
+    assert_eq!(moves.len(), 1, "{plan}");
+    let m = &moves[0];
+    assert_eq!((m["vm"].as_str(), m["from"].as_str(), m["to"].as_str()), (Some("big"), Some("DEAR"), Some("CHEAP")));
+    assert_eq!(m["slot"], 0);
+    assert!(m["reason"].as_str().unwrap().starts_with("cheaper at CHEAP"), "{m}");
+    assert!(m["saving_cost"].as_f64().unwrap() > 5.0, "{m}");
+    assert!(m["predicted_bytes"].as_f64().unwrap() > 256.0 * 1.07e9, "memory and disk travel: {m}");
+    assert!(plan["objective"]["objective"].as_f64() < plan["baseline"]["objective"].as_f64());
+    assert_eq!(plan["baseline"]["migration_bytes"], 0.0);
+    assert_eq!(plan["solver"]["status"], "optimal");
+    assert_eq!(plan["inputs"]["vms"], 2);
+    // This hour is measured; the 23 after it repeat yesterday (carbon and price each).
+    let dear = plan["signals"].as_array().unwrap().iter().find(|c| c["site"] == "DEAR").unwrap();
+    assert_eq!((dear["actual_slots"].as_u64(), dear["persisted_slots"].as_u64()), (Some(2), Some(46)), "{dear}");
+    assert_eq!(dear["synthetic"], false);
+    let first_id = plan["id"].as_i64().unwrap();
+
+    let listed = app.send(Method::GET, "/v1/plans", Some(&viewer), None).await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    assert_eq!(listed.body["items"][0]["move_count"], 1);
+    assert!(listed.body["items"][0].get("moves").is_none(), "lists leave the moves out");
+    app.send(Method::POST, &format!("/v1/plans/{first_id}/apply"), Some(&planner), None)
+        .await
+        .assert_error(409, "only an approved plan can be applied");
+
+    // A newer proposal supersedes the first, which can then not be approved.
+    let second = app.send(Method::POST, "/v1/plans", Some(&planner), Some(&json!({"mode": "cost"}))).await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    let second_id = second.body["id"].as_i64().unwrap();
+    let old = app.get(&format!("/v1/plans/{first_id}")).await;
+    assert_eq!(old.body["status"], "superseded");
+    app.send(Method::POST, &format!("/v1/plans/{first_id}/approve"), Some(&planner), None)
+        .await
+        .assert_error(409, "only a proposed plan can be approved");
+
+    let approved = app.send(Method::POST, &format!("/v1/plans/{second_id}/approve"), Some(&planner), None).await;
+    assert_eq!((approved.status.as_u16(), approved.body["status"].as_str()), (200, Some("approved")));
+    let applied = app.send(Method::POST, &format!("/v1/plans/{second_id}/apply"), Some(&planner), None).await;
+    assert_eq!(applied.status, 200, "{}", applied.body);
+    assert_eq!((applied.body["jobs"].as_u64(), applied.body["plan"]["status"].as_str()), (Some(1), Some("applied")));
+    assert_eq!(app.count("migration_job").await, 1);
+    app.send(Method::POST, &format!("/v1/plans/{second_id}/apply"), Some(&planner), None)
+        .await
+        .assert_error(409, "is applied");
+
+    // With its migration queued, the VM is not planned again.
+    let third = app.post("/v1/plans", json!({})).await;
+    assert_eq!(third.status, 201, "{}", third.body);
+    assert_eq!(third.body["moves"], json!([]));
+    let filtered = app.get("/v1/plans?status=applied").await;
+    assert_eq!(filtered.body["items"].as_array().unwrap().len(), 1);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn applying_at_once_and_a_plan_the_inventory_moved_on_from(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    two_sites(&app).await;
+    let at_once = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(at_once.status, 201, "{}", at_once.body);
+    assert_eq!(at_once.body["status"], "applied");
+    assert_eq!(app.count("migration_job").await, 1);
+
+    // A plan whose VM has since been moved by hand fails on apply, and says why.
+    sqlx::query("delete from migration_job").execute(&app.pool).await.unwrap();
+    let plan = app.post("/v1/plans", json!({})).await;
+    let id = plan.body["id"].as_i64().unwrap();
+    assert_eq!(plan.body["moves"].as_array().unwrap().len(), 1, "{}", plan.body);
+    let big = app.get("/v1/vms?site=DEAR").await.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "big")
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(app.put(&format!("/v1/vms/{big}"), big_vm("big", "CHEAP")).await.status, 200);
+    assert_eq!(app.send(Method::POST, &format!("/v1/plans/{id}/approve"), Some(ADMIN), None).await.status, 200);
+    app.send(Method::POST, &format!("/v1/plans/{id}/apply"), Some(ADMIN), None)
+        .await
+        .assert_error(409, "VM big is at CHEAP, not DEAR");
+    let failed = app.get(&format!("/v1/plans/{id}")).await;
+    assert_eq!(failed.body["status"], "failed");
+    assert!(failed.body["failure"].as_str().unwrap().contains("VM big is at CHEAP"), "{}", failed.body);
+    assert_eq!(app.count("migration_job").await, 0, "a failed plan records no job");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn infeasible_plans_name_the_binding_constraint(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let small = site_at(&app, "DE-LU", "active").await;
+    flat_signals(&app, small, 80.0, 300.0, "EUR").await;
+    // 1024 GiB of memory; two pinned VMs of 600 GiB want 1200.
+    for name in ["a", "b"] {
+        app.create("/v1/vms", with(with(vm(name, "DE-LU"), "/memory_gib", json!(600.0)), "/pinned", json!(true))).await;
+    }
+    let answer = app.post("/v1/plans", json!({})).await;
+    answer.assert_error(422, "capacity: memory at site DE-LU is short by 176 GiB");
+    assert_eq!(answer.code(), "infeasible");
+
+    // A down site whose pinned VM has nowhere to go.
+    let down = site_at(&app, "PL", "down").await;
+    flat_signals(&app, down, 80.0, 300.0, "EUR").await;
+    app.create("/v1/vms", with(vm("stuck", "PL"), "/pinned", json!(true))).await;
+    let answer = app.post("/v1/plans", json!({})).await;
+    assert_eq!(answer.code(), "infeasible");
+    assert_eq!(app.count("plan").await, 0, "nothing stored for an infeasible plan");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn missing_signals_mixed_currencies_and_bad_requests(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let gb = site_at(&app, "GB", "active").await;
+    app.create("/v1/vms", vm("v", "GB")).await;
+    app.post("/v1/plans", json!({})).await.assert_error(422, "signals: no carbon for site GB");
+    flat_signals(&app, gb, 70.0, 200.0, "GBP").await;
+    let fr = site_at(&app, "FR", "active").await;
+    flat_signals(&app, fr, 60.0, 40.0, "EUR").await;
+    app.post("/v1/plans", json!({})).await.assert_error(422, "more than one currency");
+    for bad in [json!({"horizon_h": 0}), json!({"horizon_h": 169}), json!({"carbon_price_per_tonne": -1.0})] {
+        app.post("/v1/plans", bad).await.assert_error(422, "");
+    }
+    app.post("/v1/plans", json!({"mode": "greenest"})).await.assert_error(422, "mode");
+    assert_eq!(app.count("plan").await, 0);
+    app.get("/v1/plans/999").await.assert_error(404, "plan 999");
+}
