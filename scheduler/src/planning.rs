@@ -324,24 +324,22 @@ pub fn table(made: &AppliedPlan) -> String {
             );
         }
     }
-    let filled: Vec<String> = plan
+    let synthetic = plan.signals.iter().filter(|c| c.synthetic).count();
+    if synthetic > 0 {
+        let _ = writeln!(
+            out,
+            "\nSYNTHETIC signals (demo data, not measurements) at {synthetic} of {} sites",
+            plan.signals.len()
+        );
+    }
+    let persisted: Vec<String> = plan
         .signals
         .iter()
-        .filter(|c| c.persisted_slots > 0 || c.synthetic)
-        .map(|c| {
-            format!(
-                "{}{}",
-                c.site,
-                match (c.persisted_slots, c.synthetic) {
-                    (0, _) => " (synthetic)".to_owned(),
-                    (n, false) => format!(" ({n} slots by persistence)"),
-                    (n, true) => format!(" ({n} slots by persistence, synthetic)"),
-                }
-            )
-        })
+        .filter(|c| c.persisted_slots > 0)
+        .map(|c| format!("{} ({} slots)", c.site, c.persisted_slots))
         .collect();
-    if !filled.is_empty() {
-        let _ = writeln!(out, "\nsignals not measured: {}", filled.join(", "));
+    if !persisted.is_empty() {
+        let _ = writeln!(out, "signals filled from the same hour on an earlier day: {}", persisted.join(", "));
     }
     out
 }

@@ -194,3 +194,18 @@ async fn missing_signals_mixed_currencies_and_bad_requests(pool: PgPool) {
     assert_eq!(app.count("plan").await, 0);
     app.get("/v1/plans/999").await.assert_error(404, "plan 999");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_empty_fleet_plans_nothing(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let empty = app.post("/v1/plans", json!({})).await;
+    assert_eq!(empty.status, 201, "{}", empty.body);
+    assert_eq!((empty.body["moves"].clone(), empty.body["objective"]["objective"].as_f64()), (json!([]), Some(0.0)));
+    // Sites with signals but no VMs: the same.
+    let id = site_at(&app, "GB", "active").await;
+    flat_signals(&app, id, 70.0, 200.0, "GBP").await;
+    let idle = app.post("/v1/plans", json!({"horizon_h": 168})).await;
+    assert_eq!(idle.status, 201, "{}", idle.body);
+    assert_eq!(idle.body["currency"], "GBP");
+    assert_eq!(idle.body["signals"][0]["persisted_slots"], 2 * (168 - 1));
+}

@@ -482,14 +482,19 @@ fn explain(input: &PlanInput, vm: usize, to: usize, migration: &Migration) -> Mo
     let reason = if from_site.admission == Admission::Down {
         format!("evacuation: {} is down", from_site.name)
     } else if net + 1e-9 >= input.settings.min_net_saving {
+        let (cur, kg) = (&input.settings.currency, saving.emissions_kg);
+        let money = if saving.energy_cost >= 0.0 {
+            format!("saves {:.2} {cur}", saving.energy_cost)
+        } else {
+            format!("costs {:.2} {cur} more", -saving.energy_cost)
+        };
+        let carbon =
+            if kg >= 0.0 { format!("saves {kg:.1} kg CO2e") } else { format!("emits {:.1} kg CO2e more", -kg) };
         format!(
-            "cheaper at {to}: saves {money:.2} {cur} and {kg:.1} kg CO2e over {hours} h (average {p_to:.0} vs \
+            "cheaper at {to}: {money} and {carbon} over {hours} h (average {p_to:.0} vs \
              {p_from:.0} {cur}/MWh, {c_to:.0} vs {c_from:.0} g/kWh at {from}), net of a migration costing {m:.2}",
             to = to_site.name,
             from = from_site.name,
-            money = saving.energy_cost,
-            cur = input.settings.currency,
-            kg = saving.emissions_kg,
             hours = from_site.signals.len() as f64 * input.settings.slot_hours,
             p_to = mean(to_site, |s| s.price_per_mwh),
             p_from = mean(from_site, |s| s.price_per_mwh),
