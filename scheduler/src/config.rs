@@ -75,6 +75,8 @@ pub enum BenchCommand {
     Ingest(crate::bench::IngestBenchArgs),
     /// Placement planning on a seeded instance, against a greedy baseline.
     Planner(crate::bench::PlannerBenchArgs),
+    /// Migration scheduling on seeded scenarios, against all-at-once, one-at-a-time and 2-per-link.
+    Schedule(crate::bench::ScheduleBenchArgs),
 }
 
 /// Settings shared by every command.

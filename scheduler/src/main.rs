@@ -29,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Api(args)) => bench::api(&cli.config, &args).await,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(&cli.config, &args).await,
         Command::Bench(BenchCommand::Planner(args)) => bench::planner(&args),
+        Command::Bench(BenchCommand::Schedule(args)) => bench::schedule(&args),
     }
 }
 

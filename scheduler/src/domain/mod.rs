@@ -10,6 +10,7 @@ pub mod feeds;
 pub mod inventory;
 pub mod page;
 pub mod planner;
+pub mod schedule;
 pub mod signals;
 pub mod token;
 
