@@ -68,6 +68,15 @@ pub struct SiteSpec {
     pub power_model: PowerModel,
     #[serde(default)]
     pub state: SiteState,
+    /// What all the site's outgoing WAN links together can send, megabits per
+    /// second, where they share one uplink; absent for no shared limit.
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 100000000)]
+    pub uplink_mbps: Option<f64>,
+    /// The same for what the site can receive.
+    #[serde(default)]
+    #[schema(exclusive_minimum = 0, maximum = 100000000)]
+    pub downlink_mbps: Option<f64>,
 }
 
 /// A site as stored.

@@ -113,7 +113,8 @@ pub struct PlannedMove {
 /// How the solver did.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SolverReport {
-    /// `optimal` (at the LP bound) or `within_gap` (an integer plan above it, see `gap`).
+    /// `optimal` (at the bound), `within_gap` (within the configured gap of it)
+    /// or `feasible` (further: the time limit stopped the search).
     pub status: String,
     pub variables: u64,
     pub rows: u64,
@@ -125,7 +126,9 @@ pub struct SolverReport {
     pub solve_s: f64,
     /// The LP relaxation's objective: no plan can do better.
     pub lp_bound: f64,
-    /// (objective - lp_bound) / |lp_bound|.
+    /// The best proven bound: the LP's, or higher when the whole MIP ran to its gap.
+    pub bound: f64,
+    /// (objective - bound) / |bound|.
     pub gap: f64,
 }
 
@@ -213,4 +216,47 @@ pub struct AppliedPlan {
     pub plan: Plan,
     /// Migration jobs recorded, one per move.
     pub jobs: u64,
+}
+
+/// When one move starts and how fast it may go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduledMigration {
+    pub vm: String,
+    pub from: String,
+    pub to: String,
+    /// Seconds after the schedule starts; absent if it is not started (see `cannot_converge`, `late`).
+    pub start_s: Option<f64>,
+    /// Its bandwidth cap when it starts, megabits per second (raised when others finish).
+    pub cap_mbps: Option<f64>,
+    /// Seconds from its start to its end.
+    pub predicted_duration_s: Option<f64>,
+    pub predicted_bytes: f64,
+    pub predicted_downtime_ms: f64,
+}
+
+/// A baseline policy run on the same moves and model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BaselineSchedule {
+    /// `all_at_once`, `one_at_a_time` or `two_per_link`.
+    pub policy: String,
+    pub makespan_s: f64,
+    pub mean_completion_s: f64,
+    /// Started, then never converged (their share fell below their dirty rate).
+    pub started_not_converging: u64,
+}
+
+/// The schedule of a plan's moves over the WAN.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PlanSchedule {
+    /// Last predicted finish, seconds from the start.
+    pub makespan_s: f64,
+    pub mean_completion_s: f64,
+    /// No schedule of these moves can finish sooner.
+    pub lower_bound_s: f64,
+    pub migrations: Vec<ScheduledMigration>,
+    /// VMs that cannot converge on their path even alone (with the safety
+    /// margin over their dirty rate): never started.
+    pub cannot_converge: Vec<String>,
+    /// The same moves under the baseline policies, for comparison.
+    pub baselines: Vec<BaselineSchedule>,
 }

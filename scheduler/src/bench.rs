@@ -475,6 +475,7 @@ pub fn planner(args: &PlannerBenchArgs) -> anyhow::Result<()> {
         "objective": planned.totals.objective,
         "baseline_objective": planned.baseline.objective,
         "lp_bound": s.lp_bound,
+        "bound": s.bound,
         "gap": s.gap,
         "greedy_objective": greedy_objective,
         "greedy_ratio": greedy_objective / planned.totals.objective,

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use heliotrope_api_spec::{
-    AppliedPlan, PlanCosts, PlanInputs, PlanMode, PlanRequest, PlannedMove, Signal, SignalCoverage, SolverReport,
+    AppliedPlan, BaselineSchedule, PlanCosts, PlanInputs, PlanMode, PlanRequest, PlanSchedule, PlannedMove,
+    ScheduledMigration, Signal, SignalCoverage, SolverReport,
 };
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -16,7 +17,8 @@ use crate::db::plans::NewPlan;
 use crate::db::{self, enum_to_text, StoreError};
 use crate::domain::cost::{MigrationPrices, SlotSignal, Weights};
 use crate::domain::planner::inputs::{plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS};
-use crate::domain::planner::{self, Breakdown, PlanError, Settings};
+use crate::domain::planner::{self, Breakdown, Move, PlanError, PlanInput, Settings};
+use crate::domain::schedule::{self, lower_bound, simulate, Goal, Policy};
 use crate::domain::Valid;
 
 #[derive(Debug, thiserror::Error)]
@@ -107,10 +109,15 @@ pub async fn propose(
         downtime_penalty_per_s: config.downtime_penalty_per_s,
     };
     let input = plan_input(&inventory, signals, settings);
-    let solved = tokio::task::spawn_blocking(move || planner::plan(&input).map(|plan| (plan, input)))
-        .await
-        .map_err(|e| PlanningError::Unsolved(format!("the planner stopped: {e}")))?;
-    let (plan, input) = solved.map_err(|e| match e {
+    let solved = tokio::task::spawn_blocking(move || {
+        planner::plan(&input).map(|plan| {
+            let schedule = plan_schedule(&input, &plan.moves);
+            (plan, input, schedule)
+        })
+    })
+    .await
+    .map_err(|e| PlanningError::Unsolved(format!("the planner stopped: {e}")))?;
+    let (plan, input, schedule) = solved.map_err(|e| match e {
         PlanError::Infeasible(why) => PlanningError::Infeasible(why),
         PlanError::Solver(why) => PlanningError::Unsolved(format!("solver: {why}")),
     })?;
@@ -141,13 +148,19 @@ pub async fn propose(
         baseline: costs(&plan.baseline),
         moves,
         solver: SolverReport {
-            status: if stats.gap <= 1e-6 { "optimal" } else { "within_gap" }.to_owned(),
+            status: match stats.gap {
+                g if g <= 1e-6 => "optimal",
+                g if g <= config.plan_mip_gap => "within_gap",
+                _ => "feasible",
+            }
+            .to_owned(),
             variables: stats.variables as u64,
             rows: stats.rows as u64,
             classes: stats.classes as u64,
             fractional_classes: stats.fractional_classes as u64,
             solve_s: stats.solve_s,
             lp_bound: stats.lp_bound,
+            bound: stats.bound,
             gap: stats.gap,
         },
         signals: site_specs
@@ -161,6 +174,7 @@ pub async fn propose(
                 synthetic: c.synthetic,
             })
             .collect(),
+        schedule,
     };
     let stored = db::plans::propose(pool, &new).await?;
     tracing::info!(plan = stored.id, moves = stored.moves.len(), gap = stats.gap, "plan proposed");
@@ -170,6 +184,55 @@ pub async fn propose(
     db::plans::approve(pool, stored.id).await?;
     let (plan, jobs) = db::plans::apply(pool, stored.id).await?;
     Ok(AppliedPlan { plan, jobs })
+}
+
+/// The moves scheduled by Heliotrope's policy for the least mean
+/// completion, with the baselines run on the same moves beside it.
+pub fn plan_schedule(input: &PlanInput, moves: &[Move]) -> PlanSchedule {
+    let (network, migrations) = schedule::for_moves(input, moves);
+    let ours = simulate(&network, &migrations, Policy::Heliotrope(Goal::MeanCompletion));
+    let lower_bound_s = lower_bound(&network, &migrations, 60, ours.makespan_s);
+    let baselines = [
+        ("all_at_once", Policy::AllAtOnce),
+        ("one_at_a_time", Policy::OneAtATime),
+        ("two_per_link", Policy::PerLink(2)),
+    ]
+    .into_iter()
+    .map(|(name, policy)| {
+        let run = simulate(&network, &migrations, policy);
+        BaselineSchedule {
+            policy: name.to_owned(),
+            makespan_s: run.makespan_s,
+            mean_completion_s: run.mean_completion_s,
+            started_not_converging: run.started_not_converging as u64,
+        }
+    })
+    .collect();
+    let site = |i: usize| input.sites[i].name.clone();
+    PlanSchedule {
+        makespan_s: ours.makespan_s,
+        mean_completion_s: ours.mean_completion_s,
+        lower_bound_s,
+        migrations: migrations
+            .iter()
+            .zip(&ours.outcomes)
+            .map(|(m, o)| {
+                let link = network.links[m.link];
+                ScheduledMigration {
+                    vm: m.name.clone(),
+                    from: site(link.from),
+                    to: site(link.to),
+                    start_s: o.start_s,
+                    cap_mbps: o.cap_bytes_per_s.map(|b| b * 8.0 / 1e6),
+                    predicted_duration_s: o.start_s.zip(o.finish_s).map(|(s, f)| f - s),
+                    predicted_bytes: o.bytes,
+                    predicted_downtime_ms: o.downtime_s * 1000.0,
+                }
+            })
+            .collect(),
+        cannot_converge: ours.cannot_converge.iter().map(|&i| migrations[i].name.clone()).collect(),
+        baselines,
+    }
 }
 
 fn costs(b: &Breakdown) -> PlanCosts {
@@ -289,12 +352,13 @@ pub fn table(made: &AppliedPlan) -> String {
     let s = &plan.solver;
     let _ = writeln!(
         out,
-        "solver {}: {} classes, {} variables, {} rows, {:.2} s, LP bound {:.2}, gap {:.3}%",
+        "solver {}: {} classes, {} variables, {} rows, {:.2} s, bound {:.2} (LP {:.2}), gap {:.3}%",
         s.status,
         s.classes,
         s.variables,
         s.rows,
         s.solve_s,
+        s.bound,
         s.lp_bound,
         s.gap * 100.0
     );

@@ -121,6 +121,7 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::POST, "/v1/plans", 0, Some(json!({})), plan),
         r(Method::GET, "/v1/plans", 0, None, view),
         r(Method::GET, "/v1/plans/{id}", 999_999, None, view),
+        r(Method::GET, "/v1/plans/{id}/schedule", 999_999, None, view),
         r(Method::POST, "/v1/plans/{id}/approve", 999_999, None, plan),
         r(Method::POST, "/v1/plans/{id}/apply", 999_999, None, plan),
         r(Method::GET, "/healthz", 0, None, Need::Nobody),

@@ -209,3 +209,39 @@ async fn an_empty_fleet_plans_nothing(pool: PgPool) {
     assert_eq!(idle.body["currency"], "GBP");
     assert_eq!(idle.body["signals"][0]["persisted_slots"], 2 * (168 - 1));
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn every_plan_has_a_schedule_with_its_baselines(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    two_sites(&app).await;
+    // Two more movers (64 vCPUs, 4 GiB, no disk): all three fit the DEAR -> CHEAP link in the hour.
+    for name in ["m1", "m2"] {
+        app.create("/v1/vms", with(with(vm(name, "DEAR"), "/vcpus", json!(64)), "/disk_gib", json!(0.0))).await;
+    }
+    let plan = app.post("/v1/plans", json!({})).await;
+    assert_eq!(plan.status, 201, "{}", plan.body);
+    let id = plan.body["id"].as_i64().unwrap();
+    let moves = plan.body["moves"].as_array().unwrap().len();
+    assert_eq!(moves, 3, "{}", plan.body);
+
+    let schedule = app.get(&format!("/v1/plans/{id}/schedule")).await;
+    assert_eq!(schedule.status, 200, "{}", schedule.body);
+    let s = &schedule.body;
+    let migrations = s["migrations"].as_array().unwrap();
+    assert_eq!(migrations.len(), 3);
+    // One link, each migration alone on it at its full 800 Mbit/s, shortest first.
+    let mut starts: Vec<f64> = migrations.iter().map(|m| m["start_s"].as_f64().unwrap()).collect();
+    starts.sort_by(f64::total_cmp);
+    assert_eq!(starts[0], 0.0);
+    assert!(starts[1] > 0.0 && starts[2] > starts[1], "{starts:?}");
+    assert!(migrations.iter().all(|m| (m["cap_mbps"].as_f64().unwrap() - 800.0).abs() < 1e-6), "{s}");
+    let (makespan, bound) = (s["makespan_s"].as_f64().unwrap(), s["lower_bound_s"].as_f64().unwrap());
+    assert!(bound > 0.0 && bound <= makespan * (1.0 + 1e-9), "{bound} vs {makespan}");
+    let policies: Vec<&str> =
+        s["baselines"].as_array().unwrap().iter().map(|b| b["policy"].as_str().unwrap()).collect();
+    assert_eq!(policies, ["all_at_once", "one_at_a_time", "two_per_link"]);
+    let all_at_once = s["baselines"][0]["mean_completion_s"].as_f64().unwrap();
+    assert!(s["mean_completion_s"].as_f64().unwrap() < all_at_once, "{s}");
+    assert_eq!(s["cannot_converge"], json!([]));
+    app.get("/v1/plans/999/schedule").await.assert_error(404, "plan 999");
+}

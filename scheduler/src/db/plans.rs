@@ -4,8 +4,8 @@
 
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{
-    Plan, PlanCosts, PlanFilter, PlanInputs, PlanRequest, PlanStatus, PlanSummary, PlannedMove, SignalCoverage,
-    SolverReport,
+    Plan, PlanCosts, PlanFilter, PlanInputs, PlanRequest, PlanSchedule, PlanStatus, PlanSummary, PlannedMove,
+    SignalCoverage, SolverReport,
 };
 use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool};
@@ -25,6 +25,7 @@ pub struct NewPlan {
     pub moves: Vec<PlannedMove>,
     pub solver: SolverReport,
     pub signals: Vec<SignalCoverage>,
+    pub schedule: PlanSchedule,
 }
 
 #[derive(sqlx::FromRow)]
@@ -115,7 +116,8 @@ pub async fn propose(pool: &PgPool, plan: &NewPlan) -> Result<Plan> {
         .await?;
     let id: i64 = sqlx::query_scalar(
         "insert into plan (status, request, horizon_start, currency, inputs, objective, baseline, moves, move_count, \
-         solver, signals) values ('proposed', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10) returning plan_id",
+         solver, signals, schedule) values ('proposed', $1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         returning plan_id",
     )
     .bind(Json(&plan.request))
     .bind(plan.horizon_start)
@@ -127,6 +129,7 @@ pub async fn propose(pool: &PgPool, plan: &NewPlan) -> Result<Plan> {
     .bind(i32::try_from(plan.moves.len()).unwrap_or(i32::MAX))
     .bind(Json(&plan.solver))
     .bind(Json(&plan.signals))
+    .bind(Json(&plan.schedule))
     .fetch_one(&mut *tx)
     .await?;
     tx.commit().await?;
@@ -134,9 +137,25 @@ pub async fn propose(pool: &PgPool, plan: &NewPlan) -> Result<Plan> {
 }
 
 pub async fn get(db: impl PgExecutor<'_>, id: i64) -> Result<Plan> {
-    let row: Option<PlanRow> =
-        sqlx::query_as("select * from plan where plan_id = $1").bind(id).fetch_optional(db).await?;
+    let row: Option<PlanRow> = sqlx::query_as(
+        "select plan_id, created_at, status, status_changed_at, request, horizon_start, currency, inputs, objective, \
+         baseline, moves, solver, signals, failure from plan where plan_id = $1",
+    )
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
     row.ok_or_else(|| StoreError::NotFound(format!("plan {id}")))?.try_into().map_err(Into::into)
+}
+
+/// The schedule of plan `id`'s moves.
+pub async fn schedule(pool: &PgPool, id: i64) -> Result<PlanSchedule> {
+    let row: Option<Option<Json<PlanSchedule>>> =
+        sqlx::query_scalar("select schedule from plan where plan_id = $1").bind(id).fetch_optional(pool).await?;
+    match row {
+        None => Err(StoreError::NotFound(format!("plan {id}"))),
+        Some(None) => Err(StoreError::NotFound(format!("a schedule of plan {id}"))),
+        Some(Some(Json(schedule))) => Ok(schedule),
+    }
 }
 
 pub async fn list(pool: &PgPool, page: PageRequest, filter: &PlanFilter) -> Result<Page<PlanSummary>> {

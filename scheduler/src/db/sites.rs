@@ -23,6 +23,8 @@ struct SiteRow {
     watts_per_vcpu: f64,
     watts_per_gib: f64,
     state: String,
+    uplink_mbps: Option<f64>,
+    downlink_mbps: Option<f64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -46,6 +48,8 @@ impl TryFrom<SiteRow> for Site {
                 pue: r.pue,
                 power_model: PowerModel { watts_per_vcpu: r.watts_per_vcpu, watts_per_gib: r.watts_per_gib },
                 state: enum_from_text(r.state)?,
+                uplink_mbps: r.uplink_mbps,
+                downlink_mbps: r.downlink_mbps,
             },
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -54,7 +58,8 @@ impl TryFrom<SiteRow> for Site {
 }
 
 const COLUMNS: &str = "site_id, name, region, latitude, longitude, timezone, capacity_vcpus, \
-    capacity_memory_gib, capacity_disk_gib, pue, watts_per_vcpu, watts_per_gib, state, created_at, updated_at";
+    capacity_memory_gib, capacity_disk_gib, pue, watts_per_vcpu, watts_per_gib, state, uplink_mbps, downlink_mbps, created_at, \
+    updated_at";
 
 fn name_taken(spec: &SiteSpec) -> impl Fn(&str) -> Option<String> + '_ {
     move |constraint| (constraint == "site_name_key").then(|| format!("a site named '{}' already exists", spec.name))
@@ -63,8 +68,8 @@ fn name_taken(spec: &SiteSpec) -> impl Fn(&str) -> Option<String> + '_ {
 pub async fn insert(pool: &PgPool, spec: &Valid<SiteSpec>) -> Result<Site> {
     let sql = format!(
         "insert into site (name, region, latitude, longitude, timezone, capacity_vcpus, capacity_memory_gib, \
-         capacity_disk_gib, pue, watts_per_vcpu, watts_per_gib, state) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) returning {COLUMNS}"
+         capacity_disk_gib, pue, watts_per_vcpu, watts_per_gib, state, uplink_mbps, downlink_mbps) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) returning {COLUMNS}"
     );
     let row: SiteRow =
         bind_spec(sqlx::query_as(&sql), spec).fetch_one(pool).await.map_err(|e| on_constraint(e, name_taken(spec)))?;
@@ -75,7 +80,7 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<SiteSpec>) -> Result<Si
     let sql = format!(
         "update site set name = $1, region = $2, latitude = $3, longitude = $4, timezone = $5, capacity_vcpus = $6, \
          capacity_memory_gib = $7, capacity_disk_gib = $8, pue = $9, watts_per_vcpu = $10, watts_per_gib = $11, \
-         state = $12 where site_id = $13 returning {COLUMNS}"
+         state = $12, uplink_mbps = $13, downlink_mbps = $14 where site_id = $15 returning {COLUMNS}"
     );
     let row: Option<SiteRow> = bind_spec(sqlx::query_as(&sql), spec)
         .bind(id)
@@ -103,6 +108,8 @@ fn bind_spec<'q>(
         .bind(spec.power_model.watts_per_vcpu)
         .bind(spec.power_model.watts_per_gib)
         .bind(enum_to_text(&spec.state))
+        .bind(spec.uplink_mbps)
+        .bind(spec.downlink_mbps)
 }
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Site> {

@@ -56,6 +56,9 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
                 watts_per_gib: (rng.random_range(0.3..0.4_f64) * 100.0).round() / 100.0,
             },
             state: SiteState::Active,
+            // Each site's WAN edge carries 40 Gbit/s in all, shared by its links.
+            uplink_mbps: Some(40_000.0),
+            downlink_mbps: Some(40_000.0),
         })
         .collect();
 

@@ -89,6 +89,11 @@ pub fn parse_site(spec: SiteSpec) -> Result<Valid<SiteSpec>> {
     check_range("pue", spec.pue, 1.0, 5.0)?;
     check_range("power_model.watts_per_vcpu", spec.power_model.watts_per_vcpu, 0.0, 1000.0)?;
     check_range("power_model.watts_per_gib", spec.power_model.watts_per_gib, 0.0, 100.0)?;
+    for (field, shared) in [("uplink_mbps", spec.uplink_mbps), ("downlink_mbps", spec.downlink_mbps)] {
+        if let Some(mbps) = shared {
+            check_positive(field, mbps, 1.0e8)?;
+        }
+    }
     Ok(Valid(spec))
 }
 
@@ -180,6 +185,8 @@ mod tests {
             pue: 1.2,
             power_model: PowerModel { watts_per_vcpu: 10.0, watts_per_gib: 0.4 },
             state: SiteState::Active,
+            uplink_mbps: None,
+            downlink_mbps: None,
         }
     }
 

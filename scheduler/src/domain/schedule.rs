@@ -27,6 +27,7 @@ use good_lp::solvers::{SolutionStatus, WithTimeLimit};
 use good_lp::{variable, Expression, ProblemVariables, Solution, SolverModel, Variable};
 
 use super::cost::{precopy, PreCopyInput};
+use super::planner::{Move, PlanInput};
 
 /// A running migration's share must stay at least this many times its dirty rate.
 pub const SAFETY_MARGIN: f64 = 1.5;
@@ -454,6 +455,9 @@ fn fair_shares(capacity: &[f64], uses: &[Vec<usize>], live: &[usize], rate: &mut
     }
 }
 
+/// Beyond this many migration x step cells the LP bound is skipped for the simple one.
+pub const LP_BOUND_MAX_CELLS: usize = 60_000;
+
 /// What no schedule can beat, seconds: the makespan of a time-indexed LP
 /// in which each migration sends at least what it would alone at its
 /// path's full rate (the fewest bytes it can send), no faster than that
@@ -461,7 +465,8 @@ fn fair_shares(capacity: &[f64], uses: &[Vec<usize>], live: &[usize], rate: &mut
 /// each step; steps may be used fractionally, in order. Migrations that
 /// cannot converge on their path with the safety margin are left out, as
 /// Heliotrope leaves them. Never below the simple bounds (the
-/// busiest link or uplink, the longest migration alone).
+/// busiest link or uplink, the longest migration alone), which is all it
+/// gives beyond [`LP_BOUND_MAX_CELLS`].
 pub fn lower_bound(network: &Network, migrations: &[Migration], steps: usize, horizon_s: f64) -> f64 {
     let capacity: Vec<f64> = network
         .links
@@ -483,9 +488,13 @@ pub fn lower_bound(network: &Network, migrations: &[Migration], steps: usize, ho
     if jobs.is_empty() {
         return 0.0;
     }
+    let simple_only = jobs.len() * steps > LP_BOUND_MAX_CELLS;
     let mut load = vec![0.0; capacity.len()];
     jobs.iter().for_each(|(uses, bytes, ..)| uses.iter().for_each(|&r| load[r] += bytes));
     let simple = load.iter().zip(&capacity).map(|(l, c)| l / c).chain(jobs.iter().map(|j| j.3)).fold(0.0, f64::max);
+    if simple_only {
+        return simple;
+    }
     let dt = horizon_s.max(simple) / steps as f64;
     let mut vars = ProblemVariables::new();
     // used[t]: how much of step t is used; steps are used in order.
@@ -526,6 +535,40 @@ pub fn lower_bound(network: &Network, migrations: &[Migration], steps: usize, ho
         _ => simple,
     }
 }
+
+/// The scheduling input for a plan's moves: its links and the sites'
+/// shared uplinks, and one migration per move with the bytes and dirty
+/// rate the transfer stack is expected to put on the wire.
+pub fn for_moves(input: &PlanInput, moves: &[Move]) -> (Network, Vec<Migration>) {
+    let network = Network {
+        links: input
+            .links
+            .iter()
+            .map(|l| Link { from: l.from, to: l.to, usable_bytes_per_s: l.usable_bytes_per_s })
+            .collect(),
+        uplink_bytes_per_s: input.sites.iter().map(|s| s.uplink_bytes_per_s).collect(),
+        downlink_bytes_per_s: input.sites.iter().map(|s| s.downlink_bytes_per_s).collect(),
+    };
+    let wire = input.settings.wire_fraction;
+    let migrations = moves
+        .iter()
+        .filter_map(|m| {
+            let vm = &input.vms[m.vm];
+            Some(Migration {
+                name: vm.name.clone(),
+                link: input.links.iter().position(|l| (l.from, l.to) == (m.from, m.to))?,
+                memory_bytes: vm.shape.memory_gib * GIB * wire,
+                dirty_bytes_per_s: vm.dirty_bytes_per_s * wire,
+                disk_bytes: vm.disk_gib * GIB * wire,
+                max_downtime_s: vm.max_downtime_s,
+                priority: vm.priority,
+            })
+        })
+        .collect();
+    (network, migrations)
+}
+
+const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{extract::State, Json, Router};
 use chrono::Utc;
-use heliotrope_api_spec::{AppliedPlan, PageParams, Plan, PlanFilter, PlanPage, PlanRequest};
+use heliotrope_api_spec::{AppliedPlan, PageParams, Plan, PlanFilter, PlanPage, PlanRequest, PlanSchedule};
 
 use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
@@ -19,6 +19,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/plans", get(list_plans).post(create_plan))
         .route("/v1/plans/{id}", get(get_plan))
+        .route("/v1/plans/{id}/schedule", get(get_schedule))
         .route("/v1/plans/{id}/approve", post(approve_plan))
         .route("/v1/plans/{id}/apply", post(apply_plan))
 }
@@ -66,6 +67,18 @@ pub async fn list_plans(
     responses((status = 200, body = Plan), ErrorResponses))]
 pub async fn get_plan(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) -> Result<Json<Plan>, ApiError> {
     Ok(Json(db::plans::get(&state.pool, id).await?))
+}
+
+/// The schedule of a plan's moves: when each starts, its bandwidth cap,
+/// predicted duration, bytes and downtime; the makespan against a lower
+/// bound; moves that cannot converge; and the baselines on the same moves.
+#[utoipa::path(get, path = "/v1/plans/{id}/schedule", tag = "plans", params(("id" = i64, Path)),
+    responses((status = 200, body = PlanSchedule), ErrorResponses))]
+pub async fn get_schedule(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<Json<PlanSchedule>, ApiError> {
+    Ok(Json(db::plans::schedule(&state.pool, id).await?))
 }
 
 /// Approve a proposed plan.

@@ -118,6 +118,8 @@ pub fn plan_input(inventory: &Inventory, signals: Vec<Vec<SlotSignal>>, settings
                 SiteState::Down => Admission::Down,
             },
             signals,
+            uplink_bytes_per_s: s.uplink_mbps.map(|mbps| mbps * 1e6 / 8.0),
+            downlink_bytes_per_s: s.downlink_mbps.map(|mbps| mbps * 1e6 / 8.0),
         })
         .collect();
     let groups: Vec<PlanGroup> = inventory
@@ -162,6 +164,7 @@ pub fn plan_input(inventory: &Inventory, signals: Vec<Vec<SlotSignal>>, settings
                 pinned: v.pinned,
                 group: v.group.as_ref().and_then(|g| groups.iter().position(|p| &p.name == g)),
                 moves_today: *moves_today,
+                priority: v.priority,
             })
         })
         .collect();
