@@ -85,6 +85,8 @@ pub struct PlanCosts {
     pub migration_cost: f64,
     /// The minimum net saving charged per move so the fleet does not churn.
     pub churn_charge: f64,
+    /// What VMs left on a site being evacuated add (10,000 each, more for higher priorities).
+    pub evacuation_penalty: f64,
     /// What the planner minimises: energy cost and emissions as the mode
     /// weighs them, plus migration cost and churn charge.
     pub objective: f64,
@@ -259,4 +261,43 @@ pub struct PlanSchedule {
     pub cannot_converge: Vec<String>,
     /// The same moves under the baseline policies, for comparison.
     pub baselines: Vec<BaselineSchedule>,
+}
+
+/// What `POST /v1/sites/{id}/evacuate` asks for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvacuationRequest {
+    /// Seconds from now by which the VMs should be out.
+    #[schema(minimum = 1, maximum = 604800)]
+    pub deadline_s: f64,
+    /// Only these sites may receive the VMs (by name); absent means any open site.
+    #[serde(default)]
+    #[schema(max_items = 256)]
+    pub target_sites: Option<Vec<String>>,
+}
+
+/// One VM of an evacuated site.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Evacuee {
+    pub vm: String,
+    /// Where it goes; absent if it stays.
+    pub to: Option<String>,
+    /// Seconds from now at which its migration is predicted to finish.
+    pub predicted_finish_s: Option<f64>,
+    /// Why it is late or stays.
+    pub why: Option<String>,
+}
+
+/// What an evacuation will achieve.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvacuationReport {
+    pub site: String,
+    pub deadline_s: f64,
+    /// The applied plan holding the moves (its schedule: `GET /v1/plans/{id}/schedule`).
+    pub plan_id: i64,
+    /// Out before the deadline, soonest first.
+    pub out_in_time: Vec<Evacuee>,
+    /// Moving, but not before the deadline (or not at all: see `why`).
+    pub late: Vec<Evacuee>,
+    /// Staying: pinned, or no room on any site it may go to.
+    pub staying: Vec<Evacuee>,
 }

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use heliotrope_api_spec::{
-    AppliedPlan, BaselineSchedule, PlanCosts, PlanInputs, PlanMode, PlanRequest, PlanSchedule, PlannedMove,
-    ScheduledMigration, Signal, SignalCoverage, SolverReport,
+    AppliedPlan, BaselineSchedule, EvacuationReport, EvacuationRequest, Evacuee, PlanCosts, PlanInputs, PlanMode,
+    PlanRequest, PlanSchedule, PlannedMove, ScheduledMigration, Signal, SignalCoverage, SolverReport,
 };
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -16,7 +16,7 @@ use crate::config::PlannerConfig;
 use crate::db::plans::NewPlan;
 use crate::db::{self, enum_to_text, StoreError};
 use crate::domain::cost::{MigrationPrices, SlotSignal, Weights};
-use crate::domain::planner::inputs::{plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS};
+use crate::domain::planner::inputs::{evacuation, plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS};
 use crate::domain::planner::{self, Breakdown, Move, PlanError, PlanInput, Settings};
 use crate::domain::schedule::{self, lower_bound, simulate, Goal, Policy};
 use crate::domain::Valid;
@@ -50,6 +50,28 @@ pub async fn propose(
     request: &Valid<PlanRequest>,
     now: DateTime<Utc>,
 ) -> Result<AppliedPlan, PlanningError> {
+    Ok(make(pool, config, request, now, Goal::MeanCompletion, |_| {}).await?.applied)
+}
+
+/// A plan as stored, with what it was made from and its schedule's outcomes.
+struct Made {
+    applied: AppliedPlan,
+    input: PlanInput,
+    plan: planner::Plan,
+    /// Per move, in order: what the schedule predicts.
+    outcomes: Vec<schedule::Outcome>,
+    cannot_converge: Vec<usize>,
+}
+
+/// Plans, schedules for `goal` and stores; `adjust` changes the input first (an evacuation's rules).
+async fn make(
+    pool: &PgPool,
+    config: &PlannerConfig,
+    request: &Valid<PlanRequest>,
+    now: DateTime<Utc>,
+    goal: Goal,
+    adjust: impl FnOnce(&mut PlanInput) + Send + 'static,
+) -> Result<Made, PlanningError> {
     // The slot under way is the first: it is what gets executed.
     let start = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
     let mut tx = pool.begin().await?;
@@ -108,16 +130,17 @@ pub async fn propose(
         network_kwh_per_gb: config.network_kwh_per_gb,
         downtime_penalty_per_s: config.downtime_penalty_per_s,
     };
-    let input = plan_input(&inventory, signals, settings);
+    let mut input = plan_input(&inventory, signals, settings);
     let solved = tokio::task::spawn_blocking(move || {
+        adjust(&mut input);
         planner::plan(&input).map(|plan| {
-            let schedule = plan_schedule(&input, &plan.moves);
-            (plan, input, schedule)
+            let (schedule, run) = plan_schedule(&input, &plan.moves, goal);
+            (plan, input, schedule, run)
         })
     })
     .await
     .map_err(|e| PlanningError::Unsolved(format!("the planner stopped: {e}")))?;
-    let (plan, input, schedule) = solved.map_err(|e| match e {
+    let (plan, input, schedule, run) = solved.map_err(|e| match e {
         PlanError::Infeasible(why) => PlanningError::Infeasible(why),
         PlanError::Solver(why) => PlanningError::Unsolved(format!("solver: {why}")),
     })?;
@@ -178,19 +201,21 @@ pub async fn propose(
     };
     let stored = db::plans::propose(pool, &new).await?;
     tracing::info!(plan = stored.id, moves = stored.moves.len(), gap = stats.gap, "plan proposed");
-    if request.dry_run {
-        return Ok(AppliedPlan { plan: stored, jobs: 0 });
-    }
-    db::plans::approve(pool, stored.id).await?;
-    let (plan, jobs) = db::plans::apply(pool, stored.id).await?;
-    Ok(AppliedPlan { plan, jobs })
+    let applied = if request.dry_run {
+        AppliedPlan { plan: stored, jobs: 0 }
+    } else {
+        db::plans::approve(pool, stored.id).await?;
+        let (plan, jobs) = db::plans::apply(pool, stored.id).await?;
+        AppliedPlan { plan, jobs }
+    };
+    Ok(Made { applied, input, plan, outcomes: run.outcomes, cannot_converge: run.cannot_converge })
 }
 
-/// The moves scheduled by Heliotrope's policy for the least mean
-/// completion, with the baselines run on the same moves beside it.
-pub fn plan_schedule(input: &PlanInput, moves: &[Move]) -> PlanSchedule {
+/// The moves scheduled by Heliotrope's policy for `goal`, with the
+/// baselines run on the same moves beside it; and Heliotrope's run itself.
+fn plan_schedule(input: &PlanInput, moves: &[Move], goal: Goal) -> (PlanSchedule, schedule::Schedule) {
     let (network, migrations) = schedule::for_moves(input, moves);
-    let ours = simulate(&network, &migrations, Policy::Heliotrope(Goal::MeanCompletion));
+    let ours = simulate(&network, &migrations, Policy::Heliotrope(goal));
     let lower_bound_s = lower_bound(&network, &migrations, 60, ours.makespan_s);
     let baselines = [
         ("all_at_once", Policy::AllAtOnce),
@@ -209,7 +234,7 @@ pub fn plan_schedule(input: &PlanInput, moves: &[Move]) -> PlanSchedule {
     })
     .collect();
     let site = |i: usize| input.sites[i].name.clone();
-    PlanSchedule {
+    let served = PlanSchedule {
         makespan_s: ours.makespan_s,
         mean_completion_s: ours.mean_completion_s,
         lower_bound_s,
@@ -232,7 +257,8 @@ pub fn plan_schedule(input: &PlanInput, moves: &[Move]) -> PlanSchedule {
             .collect(),
         cannot_converge: ours.cannot_converge.iter().map(|&i| migrations[i].name.clone()).collect(),
         baselines,
-    }
+    };
+    (served, ours)
 }
 
 fn costs(b: &Breakdown) -> PlanCosts {
@@ -242,6 +268,7 @@ fn costs(b: &Breakdown) -> PlanCosts {
         migration_bytes: b.migration_bytes,
         migration_cost: b.migration_cost,
         churn_charge: b.churn_charge,
+        evacuation_penalty: b.evacuation_penalty,
         objective: b.objective,
     }
 }
@@ -406,4 +433,100 @@ pub fn table(made: &AppliedPlan) -> String {
         let _ = writeln!(out, "signals filled from the same hour on an earlier day: {}", persisted.join(", "));
     }
     out
+}
+
+/// Evacuates site `site_id`: marks it draining, plans destinations for its
+/// VMs (the rest of the fleet stays put), schedules the moves for the most
+/// priority-weighted VMs out before the deadline, stores and applies the
+/// plan, and says which VMs make it, which are late and which stay, and why.
+pub async fn evacuate(
+    pool: &PgPool,
+    config: &PlannerConfig,
+    site_id: i64,
+    request: &Valid<EvacuationRequest>,
+    now: DateTime<Utc>,
+) -> Result<EvacuationReport, PlanningError> {
+    let site = db::sites::get(pool, site_id).await?;
+    let all_sites = db::sites::all(pool).await?;
+    let index = |name: &str| all_sites.iter().position(|s| s.spec.name == name);
+    let targets = match &request.target_sites {
+        None => None,
+        Some(names) => Some(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| match index(name) {
+                    Some(t) if name != &site.spec.name => Ok(t),
+                    Some(_) => Err(PlanningError::Inputs(format!("target_sites[{i}]: the site being evacuated"))),
+                    None => Err(PlanningError::Inputs(format!("target_sites[{i}]: no site named '{name}'"))),
+                })
+                .collect::<Result<Vec<usize>, _>>()?,
+        ),
+    };
+    db::sites::drain(pool, site_id).await?;
+    let deadline_s = request.deadline_s;
+    let plan_request =
+        crate::domain::planner::inputs::parse_request(PlanRequest { dry_run: false, ..Default::default() })
+            .map_err(|e| PlanningError::Inputs(e.to_string()))?;
+    let name = site.spec.name.clone();
+    let made = make(pool, config, &plan_request, now, Goal::Deadline { deadline_s }, move |input| {
+        // Sites are read in id order both times; the name finds it even if one was added since.
+        if let Some(at) = input.sites.iter().position(|s| s.name == name) {
+            let targets: Option<Vec<usize>> = targets.map(|t| {
+                t.iter().filter_map(|&i| input.sites.iter().position(|s| s.name == all_sites[i].spec.name)).collect()
+            });
+            evacuation(input, at, targets.as_deref());
+        }
+    })
+    .await?;
+    let Made { applied, input, plan, outcomes, cannot_converge } = made;
+    let at = input.sites.iter().position(|s| s.name == site.spec.name);
+    let mut report = EvacuationReport {
+        site: site.spec.name.clone(),
+        deadline_s,
+        plan_id: applied.plan.id,
+        out_in_time: Vec::new(),
+        late: Vec::new(),
+        staying: Vec::new(),
+    };
+    for (k, (m, o)) in plan.moves.iter().zip(&outcomes).enumerate() {
+        let evacuee = |why: Option<String>| Evacuee {
+            vm: input.vms[m.vm].name.clone(),
+            to: Some(input.sites[m.to].name.clone()),
+            predicted_finish_s: o.finish_s,
+            why,
+        };
+        match o.finish_s {
+            Some(finish) if finish <= deadline_s => report.out_in_time.push(evacuee(None)),
+            _ if cannot_converge.contains(&k) => report.late.push(evacuee(Some(
+                "cannot converge on its link: its dirty rate needs more than the link can give".into(),
+            ))),
+            _ => report.late.push(evacuee(Some(
+                "the deadline is too short: the links are busy with higher-priority VMs until then".into(),
+            ))),
+        }
+    }
+    report
+        .out_in_time
+        .sort_by(|a, b| a.predicted_finish_s.unwrap_or(0.0).total_cmp(&b.predicted_finish_s.unwrap_or(0.0)));
+    for (v, vm) in input.vms.iter().enumerate() {
+        if Some(vm.site) != at || plan.placement[v] != vm.site {
+            continue;
+        }
+        let why = if vm.pinned {
+            "pinned (or a migration of it is already queued)".to_owned()
+        } else {
+            "no room: no open site it may go to has the capacity or link bytes left, or its migration cannot converge there"
+                .to_owned()
+        };
+        report.staying.push(Evacuee { vm: vm.name.clone(), to: None, predicted_finish_s: None, why: Some(why) });
+    }
+    tracing::info!(
+        site = %report.site,
+        out = report.out_in_time.len(),
+        late = report.late.len(),
+        staying = report.staying.len(),
+        "evacuation planned"
+    );
+    Ok(report)
 }

@@ -124,6 +124,7 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::GET, "/v1/plans/{id}/schedule", 999_999, None, view),
         r(Method::POST, "/v1/plans/{id}/approve", 999_999, None, plan),
         r(Method::POST, "/v1/plans/{id}/apply", 999_999, None, plan),
+        r(Method::POST, "/v1/sites/{id}/evacuate", 999_999, Some(json!({"deadline_s": 600})), plan),
         r(Method::GET, "/healthz", 0, None, Need::Nobody),
         r(Method::GET, "/readyz", 0, None, Need::Nobody),
         r(Method::GET, "/metrics", 0, None, Need::Nobody),

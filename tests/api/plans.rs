@@ -245,3 +245,63 @@ async fn every_plan_has_a_schedule_with_its_baselines(pool: PgPool) {
     assert_eq!(s["cannot_converge"], json!([]));
     app.get("/v1/plans/999/schedule").await.assert_error(404, "plan 999");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn evacuation_reports_who_makes_the_deadline(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let big_site = with(site("SRC"), "/capacity/vcpus", json!(1000));
+    let src = app.create("/v1/sites", big_site).await["id"].as_i64().unwrap();
+    let a = site_at(&app, "A", "active").await;
+    let b = site_at(&app, "B", "active").await;
+    for (id, price) in [(src, 100.0), (a, 100.0), (b, 100.0)] {
+        flat_signals(&app, id, price, 300.0, "EUR").await;
+    }
+    app.create("/v1/links", link("SRC", "A")).await;
+    app.create("/v1/links", link("SRC", "B")).await;
+    // 8 GiB each without disk: about 92 s alone on an 800 Mbit/s link.
+    let evacuee = |name: &str, priority: u8| {
+        with(
+            with(with(vm(name, "SRC"), "/memory_gib", json!(8.0)), "/disk_gib", json!(0.0)),
+            "/priority",
+            json!(priority),
+        )
+    };
+    app.create("/v1/vms", evacuee("hi", 90)).await;
+    app.create("/v1/vms", evacuee("lo", 10)).await;
+    app.create("/v1/vms", with(vm("p", "SRC"), "/pinned", json!(true))).await;
+    app.create("/v1/vms", with(vm("huge", "SRC"), "/vcpus", json!(300))).await;
+
+    let path = format!("/v1/sites/{src}/evacuate");
+    let viewer = app.token(Role::Viewer).await;
+    app.send(Method::POST, &path, Some(&viewer), Some(&json!({"deadline_s": 100}))).await.assert_error(403, "planner");
+    // Only A may receive, and 100 s holds one of the two movers: the higher priority goes.
+    let report = app.post(&path, json!({"deadline_s": 100, "target_sites": ["A"]})).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    let r = &report.body;
+    let names = |list: &str| -> Vec<String> {
+        r[list].as_array().unwrap().iter().map(|e| e["vm"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(names("out_in_time"), ["hi"], "{r}");
+    assert_eq!(r["out_in_time"][0]["to"], "A");
+    assert!(r["out_in_time"][0]["predicted_finish_s"].as_f64().unwrap() <= 100.0);
+    assert_eq!(names("late"), ["lo"]);
+    assert!(r["late"][0]["why"].as_str().unwrap().contains("deadline is too short"), "{r}");
+    let mut staying = names("staying");
+    staying.sort();
+    assert_eq!(staying, ["huge", "p"]);
+    let why_huge = r["staying"].as_array().unwrap().iter().find(|e| e["vm"] == "huge").unwrap()["why"].clone();
+    assert!(why_huge.as_str().unwrap().starts_with("no room"), "{why_huge}");
+
+    assert_eq!(app.get(&format!("/v1/sites/{src}")).await.body["state"], "draining");
+    let plan = app.get(&format!("/v1/plans/{}", r["plan_id"])).await;
+    assert_eq!(plan.body["status"], "applied");
+    assert_eq!(app.count("migration_job").await, 2, "both movers are recorded, the late one too");
+    assert!(plan.body["objective"]["evacuation_penalty"].as_f64().unwrap() > 0.0, "two VMs stay");
+
+    // Refusals change nothing.
+    app.post(&path, json!({"deadline_s": 0})).await.assert_error(422, "deadline_s");
+    app.post(&path, json!({"deadline_s": 60, "target_sites": ["nowhere"]})).await.assert_error(422, "no site named");
+    app.post(&path, json!({"deadline_s": 60, "target_sites": ["SRC"]})).await.assert_error(422, "being evacuated");
+    app.post("/v1/sites/999/evacuate", json!({"deadline_s": 60})).await.assert_error(404, "site 999");
+    assert_eq!(app.count("plan").await, 1);
+}

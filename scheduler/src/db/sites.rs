@@ -133,6 +133,15 @@ pub async fn list(pool: &PgPool, page: PageRequest, filter: &SiteFilter) -> Resu
     Ok(page.page(sites, |s| s.id))
 }
 
+/// Marks an active site `draining` (a down site stays down) and returns it.
+pub async fn drain(pool: &PgPool, id: i64) -> Result<Site> {
+    sqlx::query("update site set state = 'draining' where site_id = $1 and state = 'active'")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    get(pool, id).await
+}
+
 /// Deletes a site and its links. Refused while VMs run there, VMs may run
 /// only there, or executors serve it.
 pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {

@@ -49,6 +49,21 @@ pub enum Admission {
     Draining,
     /// Everything must leave.
     Down,
+    /// Everything should leave; a VM that finds no room elsewhere stays, at
+    /// [`EVACUATION_PENALTY`] (more for higher priorities).
+    Evacuating,
+}
+
+/// What leaving a VM on a site being evacuated costs in the objective,
+/// times 1 + priority / 100: far above any running or migration cost, so
+/// VMs stay only where nothing else is possible, the least important first.
+pub const EVACUATION_PENALTY: f64 = 1e4;
+
+impl Admission {
+    /// Whether VMs here must or should leave.
+    fn evacuating(self) -> bool {
+        matches!(self, Admission::Down | Admission::Evacuating)
+    }
 }
 
 /// Resources, of a site (capacity) or a VM (demand).
@@ -171,6 +186,8 @@ pub struct Breakdown {
     pub migration_cost: f64,
     /// `min_net_saving` per move: the charge against churn the model adds.
     pub churn_charge: f64,
+    /// VMs left on a site being evacuated (see [`EVACUATION_PENALTY`]).
+    pub evacuation_penalty: f64,
     /// What the planner minimises: running and migrations weighted, plus the churn charge.
     pub objective: f64,
 }
@@ -295,10 +312,17 @@ fn classes(input: &PlanInput) -> Vec<Class> {
 }
 
 /// Pinned VMs stay, and so do those that used up their moves for the day,
-/// unless their site is down.
+/// unless their site is down or being evacuated.
 fn may_move(input: &PlanInput, vm: &PlanVm) -> bool {
-    !vm.pinned
-        && (vm.moves_today < input.settings.max_moves_per_day || input.sites[vm.site].admission == Admission::Down)
+    !vm.pinned && (vm.moves_today < input.settings.max_moves_per_day || input.sites[vm.site].admission.evacuating())
+}
+
+/// The objective's charge for `vm` staying where it is.
+fn staying_penalty(input: &PlanInput, vm: &PlanVm) -> f64 {
+    match input.sites[vm.site].admission {
+        Admission::Evacuating => EVACUATION_PENALTY * (1.0 + f64::from(vm.priority) / 100.0),
+        _ => 0.0,
+    }
 }
 
 fn options(input: &PlanInput, vm: &PlanVm) -> Vec<Choice> {
@@ -306,7 +330,7 @@ fn options(input: &PlanInput, vm: &PlanVm) -> Vec<Choice> {
     let here = horizon_cost(from, vm, input.settings.slot_hours).weighted(input.settings.weights);
     let mut options = Vec::new();
     if from.admission != Admission::Down {
-        options.push(Choice { site: vm.site, cost: here, hurdle: 0.0, migration: None });
+        options.push(Choice { site: vm.site, cost: here + staying_penalty(input, vm), hurdle: 0.0, migration: None });
     }
     if !may_move(input, vm) {
         return options;
@@ -496,8 +520,12 @@ fn explain(input: &PlanInput, vm: usize, to: usize, migration: &Migration) -> Mo
     let mean = |site: &PlanSite, of: fn(&SlotSignal) -> f64| {
         site.signals.iter().map(of).sum::<f64>() / site.signals.len().max(1) as f64
     };
-    let reason = if from_site.admission == Admission::Down {
-        format!("evacuation: {} is down", from_site.name)
+    let reason = if from_site.admission.evacuating() {
+        format!(
+            "evacuation: {} is {}",
+            from_site.name,
+            if from_site.admission == Admission::Down { "down" } else { "being evacuated" }
+        )
     } else if net + 1e-9 >= input.settings.min_net_saving {
         let (cur, kg) = (&input.settings.currency, saving.emissions_kg);
         let money = if saving.energy_cost >= 0.0 {
@@ -551,8 +579,10 @@ fn breakdown(input: &PlanInput, moves: &[Move]) -> Breakdown {
         let running = horizon_cost(&input.sites[vm.site], vm, input.settings.slot_hours);
         totals.energy = totals.energy + running;
         totals.objective += running.weighted(input.settings.weights);
+        totals.evacuation_penalty += staying_penalty(input, vm);
     }
     for m in moves {
+        totals.evacuation_penalty -= staying_penalty(input, &input.vms[m.vm]);
         totals.energy = totals.energy - m.saving + m.migration.energy;
         totals.migration_bytes += m.estimate.wire_bytes;
         totals.migration_cost += m.migration_cost;
@@ -560,6 +590,7 @@ fn breakdown(input: &PlanInput, moves: &[Move]) -> Breakdown {
         totals.objective +=
             m.migration_cost + input.settings.min_net_saving.max(0.0) - m.saving.weighted(input.settings.weights);
     }
+    totals.objective += totals.evacuation_penalty;
     totals
 }
 

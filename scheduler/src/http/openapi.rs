@@ -22,6 +22,7 @@ use super::{executors, feeds, groups, links, ops, plans, signals, sites, tokens,
         feeds::list_feeds, feeds::create_feed, feeds::get_feed, feeds::replace_feed, feeds::delete_feed,
         signals::push_signals, signals::get_series, signals::current_signals,
         plans::create_plan, plans::list_plans, plans::get_plan, plans::get_schedule, plans::approve_plan, plans::apply_plan,
+        plans::evacuate_site,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(heliotrope_api_spec::GroupPolicyKind)),
@@ -43,7 +44,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 10] = [
+const CLOSED_SCHEMAS: [&str; 11] = [
     "SiteSpec",
     "Capacity",
     "PowerModel",
@@ -54,6 +55,7 @@ const CLOSED_SCHEMAS: [&str; 10] = [
     "FeedSpec",
     "SignalRow",
     "PlanRequest",
+    "EvacuationRequest",
 ];
 
 /// The document as committed: pretty JSON with a trailing newline.

@@ -5,14 +5,16 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{extract::State, Json, Router};
 use chrono::Utc;
-use heliotrope_api_spec::{AppliedPlan, PageParams, Plan, PlanFilter, PlanPage, PlanRequest, PlanSchedule};
+use heliotrope_api_spec::{
+    AppliedPlan, EvacuationReport, EvacuationRequest, PageParams, Plan, PlanFilter, PlanPage, PlanRequest, PlanSchedule,
+};
 
 use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
 use crate::domain::page::PageRequest;
-use crate::domain::planner::inputs::parse_request;
+use crate::domain::planner::inputs::{parse_evacuation, parse_request};
 use crate::planning::{self, PlanningError};
 
 pub fn router() -> Router<AppState> {
@@ -22,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/plans/{id}/schedule", get(get_schedule))
         .route("/v1/plans/{id}/approve", post(approve_plan))
         .route("/v1/plans/{id}/apply", post(apply_plan))
+        .route("/v1/sites/{id}/evacuate", post(evacuate_site))
 }
 
 impl From<PlanningError> for ApiError {
@@ -98,4 +101,21 @@ pub async fn apply_plan(
 ) -> Result<Json<AppliedPlan>, ApiError> {
     let (plan, jobs) = db::plans::apply(&state.pool, id).await?;
     Ok(Json(AppliedPlan { plan, jobs }))
+}
+
+/// Evacuate a site: marks it `draining`, plans destinations for its VMs
+/// within capacity and constraints (optionally only to `target_sites`),
+/// schedules the moves to get the most (priority-weighted) VMs out before
+/// the deadline, and applies the plan. A deadline that cannot be met is an
+/// answer, not an error: the report lists which VMs make it, which are
+/// late and which stay, and why.
+#[utoipa::path(post, path = "/v1/sites/{id}/evacuate", tag = "plans", params(("id" = i64, Path)),
+    request_body = EvacuationRequest, responses((status = 200, body = EvacuationReport), ErrorResponses))]
+pub async fn evacuate_site(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(request): ApiJson<EvacuationRequest>,
+) -> Result<Json<EvacuationReport>, ApiError> {
+    let request = parse_evacuation(request)?;
+    Ok(Json(planning::evacuate(&state.pool, &state.planner, id, &request, Utc::now()).await?))
 }

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use heliotrope_api_spec::{
-    Basis, GroupPolicy, GroupSpec, LinkSpec, PlanRequest, PointKind, SignalPoint, SiteSpec, SiteState, VmSpec,
+    Basis, EvacuationRequest, GroupPolicy, GroupSpec, LinkSpec, PlanRequest, PointKind, SignalPoint, SiteSpec,
+    SiteState, VmSpec,
 };
 
 use super::{Admission, GroupRule, PlanGroup, PlanInput, PlanLink, PlanSite, PlanVm, Resources, Settings};
@@ -80,6 +81,40 @@ pub fn slot_values(
         }
     }
     Ok((values, coverage))
+}
+
+/// Checks an evacuation request: a deadline of 1 s to 7 days, and target
+/// site names (whether they exist is for the caller, who knows the sites).
+pub fn parse_evacuation(request: EvacuationRequest) -> Result<Valid<EvacuationRequest>, ValidationError> {
+    check_range("deadline_s", request.deadline_s, 1.0, 7.0 * 86_400.0)?;
+    if let Some(targets) = &request.target_sites {
+        if targets.is_empty() {
+            return Err(ValidationError::new("target_sites", "name at least one site, or leave it out"));
+        }
+        for (i, name) in targets.iter().enumerate() {
+            crate::domain::inventory::check_name(&format!("target_sites[{i}]"), name)?;
+        }
+    }
+    Ok(Valid(request))
+}
+
+/// Turns `input` into an evacuation of site `site`: it takes nothing new
+/// and what it hosts should leave (what cannot, stays at a penalty), VMs
+/// elsewhere stay put, and `targets` (site indices), if given, are the
+/// only places its VMs may go.
+pub fn evacuation(input: &mut PlanInput, site: usize, targets: Option<&[usize]>) {
+    input.sites[site].admission = Admission::Evacuating;
+    for vm in &mut input.vms {
+        if vm.site != site {
+            vm.pinned = true;
+        } else if let Some(targets) = targets {
+            let allowed: Vec<usize> = match &vm.allowed {
+                Some(allowed) => targets.iter().copied().filter(|t| allowed.contains(t)).collect(),
+                None => targets.to_vec(),
+            };
+            vm.allowed = Some(allowed);
+        }
+    }
 }
 
 /// The inventory, as stored.
