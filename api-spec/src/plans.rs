@@ -18,6 +18,17 @@ pub enum PlanMode {
     Blend,
 }
 
+/// What a plan's migration schedule favours.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ScheduleGoal {
+    /// Shortest first: each VM done as soon as possible on average.
+    #[default]
+    MeanCompletion,
+    /// Longest first: all done as soon as possible.
+    Makespan,
+}
+
 fn default_horizon_h() -> u32 {
     24
 }
@@ -47,6 +58,9 @@ pub struct PlanRequest {
     #[serde(default = "default_dry_run")]
     #[schema(default = true)]
     pub dry_run: bool,
+    /// How the moves are ordered on the WAN (default `mean_completion`).
+    #[serde(default)]
+    pub schedule_goal: ScheduleGoal,
 }
 
 impl Default for PlanRequest {
@@ -56,6 +70,7 @@ impl Default for PlanRequest {
             mode: PlanMode::default(),
             carbon_price_per_tonne: default_carbon_price(),
             dry_run: default_dry_run(),
+            schedule_goal: ScheduleGoal::default(),
         }
     }
 }

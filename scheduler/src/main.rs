@@ -58,6 +58,7 @@ async fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<()> {
         mode: args.mode,
         carbon_price_per_tonne: args.carbon_price,
         dry_run: !args.apply,
+        schedule_goal: Default::default(),
     })?;
     let pool = connect(config, &required_url(config)?).await?;
     let made = heliotrope::planning::propose(&pool, &config.planner, &request, chrono::Utc::now()).await?;

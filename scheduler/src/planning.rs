@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use heliotrope_api_spec::{
     AppliedPlan, BaselineSchedule, EvacuationReport, EvacuationRequest, Evacuee, PlanCosts, PlanInputs, PlanMode,
-    PlanRequest, PlanSchedule, PlannedMove, ScheduledMigration, Signal, SignalCoverage, SolverReport,
+    PlanRequest, PlanSchedule, PlannedMove, ScheduleGoal, ScheduledMigration, Signal, SignalCoverage, SolverReport,
 };
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -50,7 +50,11 @@ pub async fn propose(
     request: &Valid<PlanRequest>,
     now: DateTime<Utc>,
 ) -> Result<AppliedPlan, PlanningError> {
-    Ok(make(pool, config, request, now, Goal::MeanCompletion, |_| {}).await?.applied)
+    let goal = match request.schedule_goal {
+        ScheduleGoal::MeanCompletion => Goal::MeanCompletion,
+        ScheduleGoal::Makespan => Goal::Makespan,
+    };
+    Ok(make(pool, config, request, now, goal, |_| {}).await?.applied)
 }
 
 /// A plan as stored, with what it was made from and its schedule's outcomes.

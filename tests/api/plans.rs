@@ -65,7 +65,8 @@ async fn propose_supersede_approve_apply(pool: PgPool) {
     assert_eq!(plan["status"], "proposed");
     assert_eq!(
         plan["request"],
-        json!({"horizon_h": 24, "mode": "blend", "carbon_price_per_tonne": 100.0, "dry_run": true})
+        json!({"horizon_h": 24, "mode": "blend", "carbon_price_per_tonne": 100.0, "dry_run": true,
+               "schedule_goal": "mean_completion"})
     );
     assert_eq!(plan["currency"], "EUR");
     let moves = plan["moves"].as_array().unwrap();
@@ -244,6 +245,12 @@ async fn every_plan_has_a_schedule_with_its_baselines(pool: PgPool) {
     assert!(s["mean_completion_s"].as_f64().unwrap() < all_at_once, "{s}");
     assert_eq!(s["cannot_converge"], json!([]));
     app.get("/v1/plans/999/schedule").await.assert_error(404, "plan 999");
+
+    // Packed for makespan instead: longest first.
+    let packed = app.post("/v1/plans", json!({"schedule_goal": "makespan"})).await;
+    let packed = app.get(&format!("/v1/plans/{}/schedule", packed.body["id"])).await.body;
+    let first = packed["migrations"].as_array().unwrap().iter().find(|m| m["start_s"] == 0.0).unwrap().clone();
+    assert_eq!(first["vm"], "big", "{packed}");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
