@@ -9,8 +9,9 @@
 //! migration only with a bandwidth cap of at least its dirty rate x
 //! [`SAFETY_MARGIN`], gives it all its path has left, and keeps the sum of
 //! caps on every link and uplink within its usable bandwidth; what a
-//! finished migration frees goes to the next in order, or raises the caps
-//! of those running. Migrations that cannot converge on their path even
+//! finished migration frees goes, in the policy's order, to running
+//! migrations whose path can use it and to the next that fit. [`resume`]
+//! recomputes the rest of a schedule from what executors report. Migrations that cannot converge on their path even
 //! alone are reported and never started.
 //!
 //! [`simulate`] is a fluid model of concurrent pre-copy under shared
@@ -168,8 +169,11 @@ fn least_share(m: &Migration, path: f64) -> Option<f64> {
     }
 }
 
+/// Where a migration stands: as the model runs it, or as its executor
+/// reports it when the rest of a schedule is recomputed ([`resume`]).
+/// Bytes are as they travel.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Phase {
+pub enum Progress {
     Waiting,
     Disk {
         left: f64,
@@ -204,16 +208,31 @@ fn resources(network: &Network, m: &Migration) -> Vec<usize> {
     used
 }
 
-/// Runs `policy` on `migrations` over `network` in the fluid model.
-pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> Schedule {
-    let n = migrations.len();
-    let capacity: Vec<f64> = network
+/// Capacities of links, then uplinks, then downlinks (unshared: infinite).
+fn capacities(network: &Network) -> Vec<f64> {
+    network
         .links
         .iter()
         .map(|l| l.usable_bytes_per_s)
         .chain(network.uplink_bytes_per_s.iter().map(|u| u.unwrap_or(f64::INFINITY)))
         .chain(network.downlink_bytes_per_s.iter().map(|d| d.unwrap_or(f64::INFINITY)))
-        .collect();
+        .collect()
+}
+
+/// Runs `policy` on `migrations` over `network` in the fluid model, from the start.
+pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> Schedule {
+    resume(network, migrations, policy, &vec![(Progress::Waiting, 0.0); migrations.len()])
+}
+
+/// Recomputes the rest of a schedule from where each migration stands now
+/// (its progress and, if running, its current cap), times from now: a
+/// migration slower than predicted holds its cap longer, so those after it
+/// start later instead of overloading its link; one that ended early frees
+/// its cap for the next, or for those running. Running migrations report
+/// a start of 0 and finished ones a start and finish of 0.
+pub fn resume(network: &Network, migrations: &[Migration], policy: Policy, now: &[(Progress, f64)]) -> Schedule {
+    let n = migrations.len();
+    let capacity = capacities(network);
     let uses: Vec<Vec<usize>> = migrations.iter().map(|m| resources(network, m)).collect();
     let paths: Vec<f64> = migrations.iter().map(|m| path_bytes_per_s(network, m)).collect();
     let least: Vec<Option<f64>> = migrations.iter().zip(&paths).map(|(m, &p)| least_share(m, p)).collect();
@@ -221,12 +240,21 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
     let heliotrope = matches!(policy, Policy::Heliotrope(_));
     let order = order(migrations, &paths, policy);
 
-    let mut phase = vec![Phase::Waiting; n];
+    let mut phase: Vec<Progress> = now.iter().map(|&(progress, _)| progress).collect();
     let mut outcomes = vec![Outcome::default(); n];
-    let mut rate = vec![0.0; n];
+    let mut rate: Vec<f64> = now.iter().map(|&(_, cap)| cap).collect();
+    for (i, o) in outcomes.iter_mut().enumerate() {
+        match phase[i] {
+            Progress::Waiting => rate[i] = 0.0,
+            Progress::Finished => (o.start_s, o.finish_s) = (Some(0.0), Some(0.0)),
+            _ => (o.start_s, o.cap_bytes_per_s) = (Some(0.0), Some(rate[i])),
+        }
+    }
     if heliotrope {
         for &i in &cannot_converge {
-            phase[i] = Phase::Skipped;
+            if phase[i] == Progress::Waiting {
+                phase[i] = Progress::Skipped;
+            }
         }
     }
     let mut now = 0.0;
@@ -234,8 +262,8 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
     let mut least_share_over_dirty = f64::INFINITY;
     loop {
         // Start what the policy admits, and set every running migration's rate.
-        let running = |phase: &[Phase], i: usize| {
-            matches!(phase[i], Phase::Disk { .. } | Phase::Round { .. } | Phase::Final { .. })
+        let running = |phase: &[Progress], i: usize| {
+            matches!(phase[i], Progress::Disk { .. } | Progress::Round { .. } | Progress::Final { .. })
         };
         match policy {
             Policy::Heliotrope(goal) => {
@@ -243,11 +271,20 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
                 for i in (0..n).filter(|&i| running(&phase, i)) {
                     uses[i].iter().for_each(|&r| free[r] -= rate[i]);
                 }
+                // In order, each running migration takes what its path has free
+                // and each waiting one starts if its path has room enough.
                 for &i in &order {
-                    if phase[i] != Phase::Waiting {
+                    let room = uses[i].iter().map(|&r| free[r]).fold(f64::INFINITY, f64::min).max(0.0);
+                    if running(&phase, i) {
+                        if room > 1e-9 && room.is_finite() {
+                            rate[i] += room;
+                            uses[i].iter().for_each(|&r| free[r] -= room);
+                        }
                         continue;
                     }
-                    let room = uses[i].iter().map(|&r| free[r]).fold(f64::INFINITY, f64::min);
+                    if phase[i] != Progress::Waiting {
+                        continue;
+                    }
                     let Some(need) = least[i] else { continue };
                     if room + 1e-9 < need {
                         continue;
@@ -256,7 +293,7 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
                         match alone(&migrations[i], room) {
                             Some((_, took)) if now + took <= deadline_s => {}
                             _ => {
-                                phase[i] = Phase::Skipped;
+                                phase[i] = Progress::Skipped;
                                 continue;
                             }
                         }
@@ -267,16 +304,6 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
                     outcomes[i].cap_bytes_per_s = Some(room);
                     phase[i] = begin(&migrations[i]);
                 }
-                // What no new start can use raises the caps of those running, in order.
-                for &i in &order {
-                    if running(&phase, i) {
-                        let extra = uses[i].iter().map(|&r| free[r]).fold(f64::INFINITY, f64::min).max(0.0);
-                        if extra > 1e-9 && extra.is_finite() {
-                            rate[i] += extra;
-                            uses[i].iter().for_each(|&r| free[r] -= extra);
-                        }
-                    }
-                }
             }
             Policy::AllAtOnce | Policy::OneAtATime | Policy::PerLink(_) => {
                 let mut per_link = vec![0; network.links.len()];
@@ -286,7 +313,7 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
                     active += 1;
                 }
                 for &i in &order {
-                    if phase[i] != Phase::Waiting {
+                    if phase[i] != Progress::Waiting {
                         continue;
                     }
                     let admit = match policy {
@@ -324,7 +351,7 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
         let step = live
             .iter()
             .map(|&i| match phase[i] {
-                Phase::Disk { left } | Phase::Round { left, .. } | Phase::Final { left } if rate[i] > 0.0 => {
+                Progress::Disk { left } | Progress::Round { left, .. } | Progress::Final { left } if rate[i] > 0.0 => {
                     left / rate[i]
                 }
                 _ => f64::INFINITY,
@@ -333,7 +360,7 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
         if !step.is_finite() {
             // Everything live is starved: those migrations cannot finish.
             for &i in &live {
-                phase[i] = Phase::Failed;
+                phase[i] = Progress::Failed;
                 outcomes[i].failed_s = Some(now);
             }
             continue;
@@ -344,37 +371,37 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
             let sent = rate[i] * step;
             outcomes[i].bytes += sent;
             phase[i] = match phase[i] {
-                Phase::Disk { left } if left - sent > 1e-6 * left.max(1.0) => Phase::Disk { left: left - sent },
-                Phase::Disk { .. } => {
+                Progress::Disk { left } if left - sent > 1e-6 * left.max(1.0) => Progress::Disk { left: left - sent },
+                Progress::Disk { .. } => {
                     let next = first_round(m, rate[i]);
-                    if let Phase::Final { left } = next {
+                    if let Progress::Final { left } = next {
                         outcomes[i].downtime_s = left / rate[i];
                     }
                     next
                 }
-                Phase::Round { left, dirtied, done } => {
+                Progress::Round { left, dirtied, done } => {
                     let dirtied = (dirtied + m.dirty_bytes_per_s * step).min(m.memory_bytes);
                     if left - sent > 1e-6 * left.max(1.0) {
-                        Phase::Round { left: left - sent, dirtied, done }
+                        Progress::Round { left: left - sent, dirtied, done }
                     } else if dirtied / rate[i] <= m.max_downtime_s {
                         outcomes[i].downtime_s = dirtied / rate[i];
                         if dirtied > 0.0 {
-                            Phase::Final { left: dirtied }
+                            Progress::Final { left: dirtied }
                         } else {
-                            Phase::Finished
+                            Progress::Finished
                         }
                     } else if done + 1 >= MAX_ROUNDS {
                         outcomes[i].failed_s = Some(now);
-                        Phase::Failed
+                        Progress::Failed
                     } else {
-                        Phase::Round { left: dirtied, dirtied: 0.0, done: done + 1 }
+                        Progress::Round { left: dirtied, dirtied: 0.0, done: done + 1 }
                     }
                 }
-                Phase::Final { left } if left - sent > 1e-6 * left.max(1.0) => Phase::Final { left: left - sent },
-                Phase::Final { .. } => Phase::Finished,
+                Progress::Final { left } if left - sent > 1e-6 * left.max(1.0) => Progress::Final { left: left - sent },
+                Progress::Final { .. } => Progress::Finished,
                 other => other,
             };
-            if phase[i] == Phase::Finished {
+            if phase[i] == Progress::Finished {
                 outcomes[i].finish_s = Some(now);
             }
             if !running(&phase, i) {
@@ -398,16 +425,16 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
 }
 
 /// Disk first (none to send is a disk phase that ends at once).
-fn begin(m: &Migration) -> Phase {
-    Phase::Disk { left: m.disk_bytes.max(0.0) }
+fn begin(m: &Migration) -> Progress {
+    Progress::Disk { left: m.disk_bytes.max(0.0) }
 }
 
 /// The first memory round, or straight to the pause when memory fits the downtime.
-fn first_round(m: &Migration, rate: f64) -> Phase {
+fn first_round(m: &Migration, rate: f64) -> Progress {
     if m.memory_bytes / rate <= m.max_downtime_s {
-        Phase::Final { left: m.memory_bytes }
+        Progress::Final { left: m.memory_bytes }
     } else {
-        Phase::Round { left: m.memory_bytes, dirtied: 0.0, done: 0 }
+        Progress::Round { left: m.memory_bytes, dirtied: 0.0, done: 0 }
     }
 }
 
@@ -468,13 +495,7 @@ pub const LP_BOUND_MAX_CELLS: usize = 60_000;
 /// busiest link or uplink, the longest migration alone), which is all it
 /// gives beyond [`LP_BOUND_MAX_CELLS`].
 pub fn lower_bound(network: &Network, migrations: &[Migration], steps: usize, horizon_s: f64) -> f64 {
-    let capacity: Vec<f64> = network
-        .links
-        .iter()
-        .map(|l| l.usable_bytes_per_s)
-        .chain(network.uplink_bytes_per_s.iter().map(|u| u.unwrap_or(f64::INFINITY)))
-        .chain(network.downlink_bytes_per_s.iter().map(|d| d.unwrap_or(f64::INFINITY)))
-        .collect();
+    let capacity = capacities(network);
     // (resources, fewest bytes, path rate, seconds alone) per migration that can converge.
     let jobs: Vec<(Vec<usize>, f64, f64, f64)> = migrations
         .iter()
@@ -777,5 +798,30 @@ mod tests {
                 proptest::prop_assert!(lb <= s.makespan_s * (1.0 + 1e-6), "bound {lb} above the makespan {}", s.makespan_s);
             }
         }
+    }
+
+    #[test]
+    fn recomputed_schedules_follow_what_executors_report() {
+        // Two 2 GB migrations on a 100 MB/s link, one after the other: about 20 s each.
+        let net = one_link(100e6);
+        let pair = [migration("a", 0, 2.0, 1.0), migration("b", 0, 2.0, 1.0)];
+        let policy = Policy::Heliotrope(Goal::MeanCompletion);
+        let planned = simulate(&net, &pair, policy);
+        let b_start = planned.outcomes[1].start_s.unwrap();
+        assert!(b_start > 19.0, "{planned:?}");
+        // Ten seconds in, `a` reports more left than predicted (1.5 GB): `b` waits for it.
+        let slow = [(Progress::Round { left: 1.5e9, dirtied: 0.0, done: 0 }, 100e6), (Progress::Waiting, 0.0)];
+        let later = resume(&net, &pair, policy, &slow);
+        assert!(later.outcomes[1].start_s.unwrap() >= 15.0, "{later:?}");
+        assert!(later.peak_use.iter().all(|&u| u <= 1.0 + 1e-9));
+        // `a` already finished: `b` starts now, with the whole link.
+        let early = [(Progress::Finished, 0.0), (Progress::Waiting, 0.0)];
+        let sooner = resume(&net, &pair, policy, &early);
+        assert_eq!(sooner.outcomes[1].start_s, Some(0.0));
+        assert_eq!(sooner.outcomes[1].cap_bytes_per_s, Some(100e6));
+        // `a` runs at half the link (another job held the rest, now gone): its cap is raised to all of it.
+        let half = [(Progress::Round { left: 1e9, dirtied: 0.0, done: 0 }, 50e6), (Progress::Waiting, 0.0)];
+        let raised = resume(&net, &pair, Policy::Heliotrope(Goal::MeanCompletion), &half);
+        assert!(raised.outcomes[0].finish_s.unwrap() < 1e9 / 50e6, "{raised:?}");
     }
 }
