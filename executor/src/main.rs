@@ -2,9 +2,11 @@
 //!
 //! It holds no database credentials: it talks to the scheduler over HTTP
 //! with an executor token, using the wire types in `heliotrope-api-spec`.
-//! Only its command line exists so far; registration, job claims and the
-//! transfer stack arrive with the dispatch and transfer-stack issues, and
-//! until then the binary refuses to pretend otherwise.
+//! The transfer stack is the library beside this file (content-addressed,
+//! authenticated, integrity-checked image transfer); the binary does not
+//! run it yet: its commands, registration and job claims arrive with the
+//! transfer-stack and dispatch issues, and until then it refuses to
+//! pretend otherwise.
 
 use clap::Parser;
 

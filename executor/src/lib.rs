@@ -1,0 +1,17 @@
+//! The executor's transfer stack, independent of any hypervisor: moving VM
+//! images between sites' executors with far fewer bytes than a plain copy.
+//!
+//! Layout: [`content`] (pages and hashes), [`index`] (what a site holds,
+//! by hash), [`sim`] (the `sim` driver's realistic VM content), [`wire`]
+//! (the framed, versioned, authenticated protocol), [`transfer`]
+//! (content-addressed image transfer with integrity checks).
+//!
+//! Still to come (the transfer-stack issue): pre-copy rounds over a running
+//! guest, parallel streams with resume, shaping to the scheduler's caps,
+//! TLS, proactive disk caching, and progress reports.
+
+pub mod content;
+pub mod index;
+pub mod sim;
+pub mod transfer;
+pub mod wire;

@@ -1,0 +1,304 @@
+//! Content-addressed transfer of VM images between two executors.
+//!
+//! The source offers page hashes in batches; the destination answers which
+//! it lacks (not zero, not in its chunk index, not already received in this
+//! image); only those travel, zstd-compressed. Every page that arrives is
+//! checked against its hash, and each image's digest is compared at both
+//! ends before the destination keeps it: a mismatch fails the transfer and
+//! leaves nothing behind.
+
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::content::{digest, hash, hex, pages, zero_page_hash, Hash, PAGE};
+use crate::index::ChunkIndex;
+use crate::wire::{nonce, proof, read_frame, write_frame, Frame, WireError, VERSION};
+
+/// Pages offered per round trip.
+pub const BATCH: usize = 1024;
+
+/// The most pages one image may have (1 TiB).
+pub const MAX_IMAGE_PAGES: u64 = 1 << 28;
+
+/// What a transfer moved and what it saved, in bytes unless named.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Counters {
+    /// The images' own size.
+    pub raw_bytes: u64,
+    /// Everything written to the connection (frames, hashes, pages).
+    pub wire_bytes: u64,
+    /// Pages that were all zero: never sent.
+    pub zero_pages: u64,
+    /// Pages the destination already held (its index, or earlier in the image).
+    pub held_pages: u64,
+    pub sent_pages: u64,
+    /// The sent pages after compression.
+    pub compressed_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransferError {
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    /// A page or image that does not match its hash: nothing is kept.
+    #[error("integrity: {0}")]
+    Integrity(String),
+    #[error("storage: {0}")]
+    Storage(#[from] io::Error),
+}
+
+/// A page as it travels: zstd at `level`.
+pub fn compress(page: &[u8], level: i32) -> io::Result<Vec<u8>> {
+    zstd::bulk::compress(page, level)
+}
+
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    // blake3's Hash compares in constant time.
+    blake3::Hash::from(*a) == blake3::Hash::from(*b)
+}
+
+/// Sends `images` (name, bytes; whole pages) for `job` to the destination at the other end of `stream`.
+pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    job: u64,
+    secret: &[u8],
+    images: &[(&str, &[u8])],
+    level: i32,
+) -> Result<Counters, TransferError> {
+    let mut counters = Counters::default();
+    let mine = nonce();
+    counters.wire_bytes += write_frame(stream, &Frame::Hello { version: VERSION, job, nonce: mine }).await?;
+    let theirs = match read_frame(stream).await? {
+        Frame::Challenge { nonce, proof: theirs } => {
+            if !same(&theirs, &proof(secret, "destination", job, &mine, &nonce)) {
+                return Err(TransferError::Refused("the destination does not hold this job's secret".into()));
+            }
+            nonce
+        }
+        Frame::Refused { reason } => return Err(TransferError::Refused(reason)),
+        other => return Err(TransferError::Protocol(format!("expected a challenge, got {other:?}"))),
+    };
+    counters.wire_bytes +=
+        write_frame(stream, &Frame::Proof { proof: proof(secret, "source", job, &theirs, &mine) }).await?;
+    match read_frame(stream).await? {
+        Frame::Accepted => {}
+        Frame::Refused { reason } => return Err(TransferError::Refused(reason)),
+        other => return Err(TransferError::Protocol(format!("expected acceptance, got {other:?}"))),
+    }
+    let zero = zero_page_hash();
+    for &(name, image) in images {
+        if image.len() % PAGE != 0 {
+            return Err(TransferError::Protocol(format!("image {name} is not whole pages long")));
+        }
+        counters.raw_bytes += image.len() as u64;
+        let all: Vec<&[u8]> = pages(image).collect();
+        counters.wire_bytes +=
+            write_frame(stream, &Frame::Image { name: name.to_owned(), pages: all.len() as u64 }).await?;
+        for (b, batch) in all.chunks(BATCH).enumerate() {
+            let first = (b * BATCH) as u64;
+            let hashes: Vec<Hash> = batch.iter().map(|p| hash(p)).collect();
+            counters.wire_bytes += write_frame(stream, &Frame::Offer { first, hashes: hashes.clone() }).await?;
+            let bitmap = match read_frame(stream).await? {
+                Frame::Need { bitmap } if bitmap.len() == batch.len().div_ceil(8) => bitmap,
+                other => return Err(TransferError::Protocol(format!("expected a need list, got {other:?}"))),
+            };
+            let mut needed = Vec::new();
+            for (i, h) in hashes.iter().enumerate() {
+                if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+                    let packed = compress(batch[i], level)?;
+                    counters.sent_pages += 1;
+                    counters.compressed_bytes += packed.len() as u64;
+                    needed.push((first + i as u64, *h, packed));
+                } else if *h == zero {
+                    counters.zero_pages += 1;
+                } else {
+                    counters.held_pages += 1;
+                }
+            }
+            counters.wire_bytes += write_frame(stream, &Frame::Pages { pages: needed }).await?;
+        }
+        counters.wire_bytes += write_frame(stream, &Frame::End { digest: digest(image) }).await?;
+        match read_frame(stream).await? {
+            Frame::Verified { ok: true, .. } => {}
+            Frame::Verified { reason, .. } => return Err(TransferError::Integrity(reason)),
+            other => return Err(TransferError::Protocol(format!("expected verification, got {other:?}"))),
+        }
+    }
+    Ok(counters)
+}
+
+/// What a destination received in one session.
+#[derive(Debug)]
+pub struct Received {
+    pub job: u64,
+    /// The images kept, in `out_dir`.
+    pub images: Vec<PathBuf>,
+}
+
+/// Answers one session on `stream` as the destination: `secret_for` gives
+/// a job's secret (`None`: unknown job); images land in `out_dir`, and the
+/// pages received join `index`.
+pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    secret_for: impl Fn(u64) -> Option<Vec<u8>>,
+    index: &mut ChunkIndex,
+    out_dir: &Path,
+) -> Result<Received, TransferError> {
+    let (job, theirs) = match read_frame(stream).await? {
+        Frame::Hello { version, job, nonce } if version == VERSION => (job, nonce),
+        Frame::Hello { version, .. } => {
+            let reason = format!("protocol version {version} is not {VERSION}");
+            write_frame(stream, &Frame::Refused { reason: reason.clone() }).await?;
+            return Err(TransferError::Refused(reason));
+        }
+        other => return Err(TransferError::Protocol(format!("expected hello, got {other:?}"))),
+    };
+    let Some(secret) = secret_for(job) else {
+        let reason = format!("no job {job} here");
+        write_frame(stream, &Frame::Refused { reason: reason.clone() }).await?;
+        return Err(TransferError::Refused(reason));
+    };
+    let mine = nonce();
+    write_frame(stream, &Frame::Challenge { nonce: mine, proof: proof(&secret, "destination", job, &theirs, &mine) })
+        .await?;
+    match read_frame(stream).await? {
+        Frame::Proof { proof: given } if same(&given, &proof(&secret, "source", job, &mine, &theirs)) => {
+            write_frame(stream, &Frame::Accepted).await?;
+        }
+        _ => {
+            let reason = "wrong job secret".to_owned();
+            write_frame(stream, &Frame::Refused { reason: reason.clone() }).await?;
+            return Err(TransferError::Refused(reason));
+        }
+    }
+    let mut kept = Vec::new();
+    loop {
+        let (name, count) = match read_frame(stream).await {
+            Ok(Frame::Image { name, pages }) => (name, pages),
+            Err(WireError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+            Ok(other) => return Err(TransferError::Protocol(format!("expected an image, got {other:?}"))),
+            Err(e) => return Err(e.into()),
+        };
+        check_name(&name)?;
+        if count > MAX_IMAGE_PAGES {
+            return Err(TransferError::Protocol(format!("image {name} of {count} pages is too large")));
+        }
+        match receive_image(stream, index, count).await {
+            Ok(image) => {
+                let path = out_dir.join(&name);
+                let partial = out_dir.join(format!(".{name}.partial"));
+                tokio::fs::write(&partial, &image).await?;
+                tokio::fs::rename(&partial, &path).await?;
+                for page in pages(&image) {
+                    index.insert(hash(page), page)?;
+                }
+                write_frame(stream, &Frame::Verified { ok: true, reason: String::new() }).await?;
+                kept.push(path);
+            }
+            Err(TransferError::Integrity(reason)) => {
+                write_frame(stream, &Frame::Verified { ok: false, reason: reason.clone() }).await?;
+                return Err(TransferError::Integrity(format!("image {name}: {reason}")));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(Received { job, images: kept })
+}
+
+/// Image names are file names: 1-128 of `A-Za-z0-9._-`, not starting with a dot.
+fn check_name(name: &str) -> Result<(), TransferError> {
+    let fine = (1..=128).contains(&name.len())
+        && !name.starts_with('.')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+    if fine {
+        Ok(())
+    } else {
+        Err(TransferError::Protocol(format!("{name:?} is not an image name")))
+    }
+}
+
+/// Receives one image's pages after its `Image` frame; returns it once its digest matches.
+async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    index: &ChunkIndex,
+    count: u64,
+) -> Result<Vec<u8>, TransferError> {
+    let zero = zero_page_hash();
+    let mut image = vec![0u8; count as usize * PAGE];
+    let mut seen: HashMap<Hash, u64> = HashMap::new();
+    let mut next = 0u64;
+    loop {
+        match read_frame(stream).await? {
+            Frame::Offer { first, hashes } => {
+                if first != next || hashes.is_empty() || first + hashes.len() as u64 > count {
+                    return Err(TransferError::Protocol(format!(
+                        "an offer of pages from {first} does not follow {next}"
+                    )));
+                }
+                let mut bitmap = vec![0u8; hashes.len().div_ceil(8)];
+                for (i, h) in hashes.iter().enumerate() {
+                    let at = (first + i as u64) as usize * PAGE;
+                    if *h == zero {
+                        continue;
+                    }
+                    if let Some(&earlier) = seen.get(h) {
+                        let from = earlier as usize * PAGE;
+                        image.copy_within(from..from + PAGE, at);
+                    } else if let Some(page) = index.get(h)? {
+                        image[at..at + PAGE].copy_from_slice(&page);
+                        seen.insert(*h, first + i as u64);
+                    } else {
+                        bitmap[i / 8] |= 1 << (i % 8);
+                    }
+                }
+                write_frame(stream, &Frame::Need { bitmap: bitmap.clone() }).await?;
+                let sent = match read_frame(stream).await? {
+                    Frame::Pages { pages } => pages,
+                    other => return Err(TransferError::Protocol(format!("expected pages, got {other:?}"))),
+                };
+                let wanted = bitmap.iter().map(|b| b.count_ones() as usize).sum::<usize>();
+                if sent.len() != wanted {
+                    return Err(TransferError::Protocol(format!("{} pages sent for {wanted} needed", sent.len())));
+                }
+                for (at, h, packed) in sent {
+                    let i = at.checked_sub(first).filter(|&i| (i as usize) < hashes.len()).ok_or_else(|| {
+                        TransferError::Protocol(format!("page {at} was not in the offer from {first}"))
+                    })? as usize;
+                    if bitmap[i / 8] & (1 << (i % 8)) == 0 || h != hashes[i] {
+                        return Err(TransferError::Protocol(format!("page {at} was not asked for")));
+                    }
+                    let page = zstd::bulk::decompress(&packed, PAGE)
+                        .map_err(|e| TransferError::Integrity(format!("page {at} does not decompress: {e}")))?;
+                    if page.len() != PAGE || hash(&page) != h {
+                        return Err(TransferError::Integrity(format!("page {at} does not match its hash {}", hex(&h))));
+                    }
+                    image[at as usize * PAGE..(at as usize + 1) * PAGE].copy_from_slice(&page);
+                    seen.insert(h, at);
+                }
+                next = first + hashes.len() as u64;
+            }
+            Frame::End { digest: expected } => {
+                if next != count {
+                    return Err(TransferError::Protocol(format!("image ended after {next} of {count} pages")));
+                }
+                let got = digest(&image);
+                if !same(&got, &expected) {
+                    return Err(TransferError::Integrity(format!(
+                        "image digest {} is not the source's {}",
+                        hex(&got),
+                        hex(&expected)
+                    )));
+                }
+                return Ok(image);
+            }
+            other => return Err(TransferError::Protocol(format!("expected an offer or the end, got {other:?}"))),
+        }
+    }
+}

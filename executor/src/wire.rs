@@ -1,0 +1,115 @@
+//! The executor-to-executor protocol: length-prefixed frames (a u32
+//! big-endian length, then the frame in postcard), versioned in the first
+//! frame, with mutual challenge-response on the job's secret (the secret
+//! itself never travels).
+//!
+//! A session: the source sends `Hello`; the destination answers `Challenge`
+//! (its nonce and its proof of the secret); the source checks it and sends
+//! `Proof`; the destination answers `Accepted` or `Refused`. Then, per
+//! image: `Image`, then batches of `Offer` (hashes) answered by `Need`
+//! (which the destination lacks), then `Pages` (those pages, compressed),
+//! and finally `End` with the image's digest, answered by `Verified`.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::content::Hash;
+
+pub const VERSION: u16 = 1;
+
+/// The largest frame either side accepts.
+pub const MAX_FRAME: usize = 64 << 20;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Frame {
+    Hello {
+        version: u16,
+        job: u64,
+        nonce: [u8; 32],
+    },
+    Challenge {
+        nonce: [u8; 32],
+        proof: [u8; 32],
+    },
+    Proof {
+        proof: [u8; 32],
+    },
+    Accepted,
+    Refused {
+        reason: String,
+    },
+    /// An image follows: its name and length in pages.
+    Image {
+        name: String,
+        pages: u64,
+    },
+    /// Hashes of pages `first..first + hashes.len()`.
+    Offer {
+        first: u64,
+        hashes: Vec<Hash>,
+    },
+    /// One bit per offered page, set where the destination needs it.
+    Need {
+        bitmap: Vec<u8>,
+    },
+    /// Needed pages: index, hash, zstd-compressed content.
+    Pages {
+        pages: Vec<(u64, Hash, Vec<u8>)>,
+    },
+    End {
+        digest: Hash,
+    },
+    Verified {
+        ok: bool,
+        reason: String,
+    },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a frame of {0} bytes is larger than the {MAX_FRAME} allowed")]
+    TooLarge(usize),
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] postcard::Error),
+}
+
+/// Writes one frame; returns the bytes it took on the wire.
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, frame: &Frame) -> Result<u64, WireError> {
+    let body = postcard::to_allocvec(frame)?;
+    if body.len() > MAX_FRAME {
+        return Err(WireError::TooLarge(body.len()));
+    }
+    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
+    w.write_all(&body).await?;
+    Ok(4 + body.len() as u64)
+}
+
+pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Frame, WireError> {
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len).await?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body).await?;
+    Ok(postcard::from_bytes(&body)?)
+}
+
+/// A side's proof that it holds the job's secret, bound to both nonces and
+/// to its role, so that neither side can replay the other's.
+pub fn proof(secret: &[u8], role: &str, job: u64, first: &[u8; 32], second: &[u8; 32]) -> [u8; 32] {
+    let key = blake3::derive_key("heliotrope executor job secret v1", secret);
+    let mut mac = blake3::Hasher::new_keyed(&key);
+    mac.update(role.as_bytes()).update(&job.to_le_bytes()).update(first).update(second);
+    *mac.finalize().as_bytes()
+}
+
+/// A fresh random nonce.
+pub fn nonce() -> [u8; 32] {
+    let mut n = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rng(), &mut n);
+    n
+}
