@@ -12,7 +12,8 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufRead, Read, Seek, SeekFrom, Write};
+use std::io::{self, BufRead, Read, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::content::{hash, pages, Hash, PAGE};
@@ -33,8 +34,10 @@ pub struct ChunkIndex {
     map: HashMap<Hash, Location>,
     /// Oldest first: (id, records in it).
     segments: VecDeque<(u64, u64)>,
-    writer: Option<File>,
-    files: Vec<PathBuf>,
+    writer: Option<io::BufWriter<File>>,
+    /// Open for reading: segments by id, registered files by position.
+    readers: HashMap<u64, File>,
+    files: Vec<(PathBuf, File)>,
 }
 
 impl ChunkIndex {
@@ -47,6 +50,7 @@ impl ChunkIndex {
             map: HashMap::new(),
             segments: VecDeque::new(),
             writer: None,
+            readers: HashMap::new(),
             files: Vec::new(),
         };
         let mut ids: Vec<u64> = fs::read_dir(dir)?
@@ -64,6 +68,7 @@ impl ChunkIndex {
                 index.map.insert(h, Location::Segment { id, record: r });
             }
             index.segments.push_back((id, records));
+            index.readers.insert(id, File::open(index.segment_path(id))?);
         }
         let manifest = dir.join("files.txt");
         if manifest.exists() {
@@ -96,16 +101,18 @@ impl ChunkIndex {
 
     /// The page with hash `h`, checked against it; `None` if not held (or no longer intact).
     pub fn get(&self, h: &Hash) -> io::Result<Option<Vec<u8>>> {
-        let (path, offset) = match self.map.get(h) {
+        let (file, offset) = match self.map.get(h) {
             None => return Ok(None),
-            Some(&Location::Segment { id, record }) => (self.segment_path(id), record * RECORD + 32),
-            Some(&Location::File { file, page }) => (self.files[file].clone(), page * PAGE as u64),
+            Some(&Location::Segment { id, record }) => (&self.readers[&id], record * RECORD + 32),
+            Some(&Location::File { file, page }) => (&self.files[file].1, page * PAGE as u64),
         };
-        let mut file = File::open(path)?;
-        file.seek(SeekFrom::Start(offset))?;
         let mut page = vec![0u8; PAGE];
-        file.read_exact(&mut page)?;
-        Ok((hash(&page) == *h).then_some(page))
+        match file.read_exact_at(&mut page, offset) {
+            Ok(()) => Ok((hash(&page) == *h).then_some(page)),
+            // A registered file that shrank no longer holds the page.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Keeps a received page (nothing happens if it is already held).
@@ -116,7 +123,10 @@ impl ChunkIndex {
         let full = self.segments.back().is_none_or(|&(_, records)| records >= SEGMENT_RECORDS);
         if full || self.writer.is_none() {
             let id = self.segments.back().map_or(0, |&(id, _)| id + 1);
-            self.writer = Some(OpenOptions::new().create(true).append(true).open(self.segment_path(id))?);
+            self.flush()?;
+            let file = OpenOptions::new().create(true).append(true).open(self.segment_path(id))?;
+            self.writer = Some(io::BufWriter::with_capacity(1 << 20, file));
+            self.readers.insert(id, File::open(self.segment_path(id))?);
             self.segments.push_back((id, 0));
             self.evict()?;
         }
@@ -129,12 +139,21 @@ impl ChunkIndex {
         Ok(())
     }
 
+    /// Writes out what `insert` buffered; pages inserted are readable only after this.
+    pub fn flush(&mut self) -> io::Result<()> {
+        match &mut self.writer {
+            Some(writer) => writer.flush(),
+            None => Ok(()),
+        }
+    }
+
     /// Drops the oldest segments while the received pages pass `max_bytes`.
     fn evict(&mut self) -> io::Result<()> {
         let budget_segments = (self.max_bytes / (SEGMENT_RECORDS * RECORD)).max(1) as usize;
         while self.segments.len() > budget_segments {
             let (id, _) = self.segments.pop_front().expect("more than one segment");
             self.map.retain(|_, loc| !matches!(loc, Location::Segment { id: s, .. } if *s == id));
+            self.readers.remove(&id);
             fs::remove_file(self.segment_path(id))?;
         }
         Ok(())
@@ -144,7 +163,7 @@ impl ChunkIndex {
     /// image of a VM hosted here) and remembers it across restarts.
     pub fn register_file(&mut self, path: &Path) -> io::Result<()> {
         let path = fs::canonicalize(path)?;
-        if self.files.contains(&path) {
+        if self.files.iter().any(|(p, _)| *p == path) {
             return Ok(());
         }
         self.hash_file(&path)?;
@@ -156,7 +175,7 @@ impl ChunkIndex {
     fn hash_file(&mut self, path: &Path) -> io::Result<()> {
         let data = fs::read(path)?;
         let file = self.files.len();
-        self.files.push(path.to_owned());
+        self.files.push((path.to_owned(), File::open(path)?));
         for (page, chunk) in pages(&data).enumerate() {
             self.map.entry(hash(chunk)).or_insert(Location::File { file, page: page as u64 });
         }
@@ -180,6 +199,7 @@ mod tests {
         {
             let mut index = ChunkIndex::open(&dir.path().join("index"), 1 << 30).unwrap();
             index.insert(hash(&page(1)), &page(1)).unwrap();
+            index.flush().unwrap();
             index.register_file(&image).unwrap();
             assert_eq!(index.len(), 3);
         }

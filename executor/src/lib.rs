@@ -4,14 +4,15 @@
 //! Layout: [`content`] (pages and hashes), [`index`] (what a site holds,
 //! by hash), [`sim`] (the `sim` driver's realistic VM content), [`wire`]
 //! (the framed, versioned, authenticated protocol), [`transfer`]
-//! (content-addressed image transfer with integrity checks).
+//! (content-addressed image transfer with integrity checks), [`shaping`]
+//! (token buckets to the schedule's caps).
 //!
 //! Still to come (the transfer-stack issue): pre-copy rounds over a running
-//! guest, parallel streams with resume, shaping to the scheduler's caps,
-//! TLS, proactive disk caching, and progress reports.
+//! guest, parallel streams with resume, TLS, proactive disk caching, and progress reports.
 
 pub mod content;
 pub mod index;
+pub mod shaping;
 pub mod sim;
 pub mod transfer;
 pub mod wire;

@@ -2,27 +2,41 @@
 //!
 //! It holds no database credentials: it talks to the scheduler over HTTP
 //! with an executor token, using the wire types in `heliotrope-api-spec`.
-//! The transfer stack is the library beside this file (content-addressed,
-//! authenticated, integrity-checked image transfer); the binary does not
-//! run it yet: its commands, registration and job claims arrive with the
-//! transfer-stack and dispatch issues, and until then it refuses to
-//! pretend otherwise.
+//! The transfer stack is the library beside this file; so far the binary
+//! runs its benchmark. Registration, job claims and migrations by hand
+//! arrive with the transfer-stack and dispatch issues.
 
-use clap::Parser;
+mod bench;
+
+use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
     name = "heliotrope-executor",
     version,
-    about = "Heliotrope executor: moves VM memory, disk and network state between sites",
-    long_about = "Heliotrope executor: moves VM memory, disk and network state between sites.\n\n\
-        Not yet able to run: registration with the scheduler, job claims and the transfer stack \
-        are still to be built."
+    about = "Heliotrope executor: moves VM memory, disk and network state between sites"
 )]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
 
-fn main() {
-    Cli::parse();
-    eprintln!("heliotrope-executor {}: nothing to run yet (see --help)", env!("CARGO_PKG_VERSION"));
-    std::process::exit(2);
+#[derive(Subcommand)]
+enum Command {
+    /// Measure the transfer stack; the last line of output is one JSON object.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// A sim VM moved to a cold and a warm destination over loopback TCP, against a plain copy.
+    Transfer(bench::TransferBenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,
+    }
 }

@@ -11,6 +11,7 @@
 //! and finally `End` with the image's digest, answered by `Verified`.
 
 use serde::{Deserialize, Serialize};
+pub use serde_bytes::ByteBuf;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::content::Hash;
@@ -54,7 +55,7 @@ pub enum Frame {
     },
     /// Needed pages: index, hash, zstd-compressed content.
     Pages {
-        pages: Vec<(u64, Hash, Vec<u8>)>,
+        pages: Vec<(u64, Hash, ByteBuf)>,
     },
     End {
         digest: Hash,
@@ -77,13 +78,21 @@ pub enum WireError {
 
 /// Writes one frame; returns the bytes it took on the wire.
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, frame: &Frame) -> Result<u64, WireError> {
-    let body = postcard::to_allocvec(frame)?;
-    if body.len() > MAX_FRAME {
-        return Err(WireError::TooLarge(body.len()));
+    // Length and body in one write: one segment for small frames.
+    let mut bytes = vec![0u8; 4];
+    postcard::to_io(frame, &mut bytes)?;
+    let len = bytes.len() - 4;
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
     }
-    w.write_all(&(body.len() as u32).to_be_bytes()).await?;
-    w.write_all(&body).await?;
-    Ok(4 + body.len() as u64)
+    bytes[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    w.write_all(&bytes).await?;
+    Ok(bytes.len() as u64)
+}
+
+/// The bytes `frame` takes on the wire.
+pub fn frame_len(frame: &Frame) -> u64 {
+    4 + postcard::experimental::serialized_size(frame).unwrap_or(0) as u64
 }
 
 pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Frame, WireError> {

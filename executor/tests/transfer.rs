@@ -4,7 +4,7 @@
 use heliotrope_executor::content::{digest, hash, Hash, PAGE};
 use heliotrope_executor::index::ChunkIndex;
 use heliotrope_executor::sim::{generate, ContentMix};
-use heliotrope_executor::transfer::{receive, send, Counters, Received, TransferError};
+use heliotrope_executor::transfer::{receive, send, Counters, Received, SendOptions, TransferError};
 use heliotrope_executor::wire::{nonce, proof, read_frame, write_frame, Frame, VERSION};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -27,6 +27,7 @@ async fn destination(
             index.register_file(&replica).unwrap();
         }
         let (mut stream, _) = listener.accept().await.unwrap();
+        stream.set_nodelay(true).unwrap();
         receive(&mut stream, |job| (job == 7).then(|| SECRET.to_vec()), &mut index, &out).await
     });
     (addr, task)
@@ -34,7 +35,9 @@ async fn destination(
 
 async fn migrate(addr: &str, secret: &[u8], memory: &[u8], disk: &[u8]) -> Result<Counters, TransferError> {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    send(&mut stream, 7, secret, &[("memory.img", memory), ("disk.img", disk)], 3).await
+    stream.set_nodelay(true).unwrap();
+    let options = SendOptions { level: 3, shapers: Vec::new() };
+    send(&mut stream, 7, secret, &[("memory.img", memory), ("disk.img", disk)], &options).await
 }
 
 #[tokio::test]
@@ -115,7 +118,7 @@ async fn a_corrupted_page_is_caught_and_the_image_not_kept() {
     let mut corrupted = page.clone();
     corrupted[100] ^= 1;
     let packed = zstd_compress(&corrupted);
-    write_frame(&mut s, &Frame::Pages { pages: vec![(0, h, packed)] }).await.unwrap();
+    write_frame(&mut s, &Frame::Pages { pages: vec![(0, h, packed.into())] }).await.unwrap();
     match read_frame(&mut s).await.unwrap() {
         Frame::Verified { ok: false, reason } => assert!(reason.contains("does not match its hash"), "{reason}"),
         other => panic!("{other:?}"),
