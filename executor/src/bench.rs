@@ -57,9 +57,15 @@ async fn migrate(
     let mut stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
     let started = Instant::now();
-    let counters = send(&mut stream, 1, SECRET, images, options).await?;
+    let sent = send(&mut stream, 1, SECRET, images, options).await;
     drop(stream);
-    destination.await.context("the destination task")??;
+    // The destination's own error says more than the source's broken connection.
+    let received = destination.await.context("the destination task")?;
+    let counters = match (sent, received) {
+        (Ok(counters), Ok(_)) => counters,
+        (_, Err(e)) => return Err(e.context("the destination failed")),
+        (Err(e), Ok(_)) => return Err(e.into()),
+    };
     Ok((counters, started.elapsed().as_secs_f64()))
 }
 

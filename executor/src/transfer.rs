@@ -7,7 +7,7 @@
 //! ends before the destination keeps it: a mismatch fails the transfer and
 //! leaves nothing behind.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -18,8 +18,11 @@ use crate::index::ChunkIndex;
 use crate::shaping::Shaper;
 use crate::wire::{frame_len, nonce, proof, read_frame, write_frame, ByteBuf, Frame, WireError, VERSION};
 
-/// Pages offered per round trip.
+/// Pages offered per batch.
 pub const BATCH: usize = 1024;
+
+/// Batches offered before the first is answered.
+pub const WINDOW: usize = 4;
 
 /// The most pages one image may have (1 TiB).
 pub const MAX_IMAGE_PAGES: u64 = 1 << 28;
@@ -134,10 +137,20 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
         let all: Vec<&[u8]> = pages(image).collect();
         counters.wire_bytes +=
             write_frame(stream, &Frame::Image { name: name.to_owned(), pages: all.len() as u64 }).await?;
-        for (b, batch) in all.chunks(BATCH).enumerate() {
-            let first = (b * BATCH) as u64;
-            let hashes: Vec<Hash> = batch.iter().map(|p| hash(p)).collect();
-            counters.wire_bytes += write_frame(stream, &Frame::Offer { first, hashes: hashes.clone() }).await?;
+        // Up to WINDOW offers are out at once, so that both ends keep working.
+        let batches: Vec<&[&[u8]]> = all.chunks(BATCH).collect();
+        let mut offered: VecDeque<(u64, Vec<Hash>)> = VecDeque::new();
+        let mut next = 0;
+        while next < batches.len() || !offered.is_empty() {
+            while next < batches.len() && offered.len() < WINDOW {
+                let first = (next * BATCH) as u64;
+                let hashes: Vec<Hash> = batches[next].iter().map(|p| hash(p)).collect();
+                counters.wire_bytes += write_frame(stream, &Frame::Offer { first, hashes: hashes.clone() }).await?;
+                offered.push_back((first, hashes));
+                next += 1;
+            }
+            let (first, hashes) = offered.pop_front().expect("an offer is out");
+            let batch = batches[first as usize / BATCH];
             let bitmap = match read_frame(stream).await? {
                 Frame::Need { bitmap } if bitmap.len() == batch.len().div_ceil(8) => bitmap,
                 other => return Err(TransferError::Protocol(format!("expected a need list, got {other:?}"))),
@@ -227,24 +240,28 @@ pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         if count > MAX_IMAGE_PAGES {
             return Err(TransferError::Protocol(format!("image {name} of {count} pages is too large")));
         }
-        match receive_image(stream, index, count).await {
-            Ok(image) => {
-                let path = out_dir.join(&name);
-                let partial = out_dir.join(format!(".{name}.partial"));
-                tokio::fs::write(&partial, &image).await?;
-                tokio::fs::rename(&partial, &path).await?;
-                for page in pages(&image) {
-                    index.insert(hash(page), page)?;
-                }
-                index.flush()?;
+        let path = out_dir.join(&name);
+        let partial = out_dir.join(format!(".{name}.partial"));
+        // Read as well as written: later copies of a page are read back from it.
+        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&partial)?;
+        file.set_len(count * PAGE as u64)?;
+        match receive_image(stream, index, &file, count).await {
+            Ok(hashes) => {
+                file.sync_all()?;
+                std::fs::rename(&partial, &path)?;
+                index.add_file(&path, &hashes)?;
                 write_frame(stream, &Frame::Verified { ok: true, reason: String::new() }).await?;
                 kept.push(path);
             }
-            Err(TransferError::Integrity(reason)) => {
-                write_frame(stream, &Frame::Verified { ok: false, reason: reason.clone() }).await?;
-                return Err(TransferError::Integrity(format!("image {name}: {reason}")));
+            Err(e) => {
+                // Nothing half-received is kept.
+                let _ = std::fs::remove_file(&partial);
+                if let TransferError::Integrity(reason) = &e {
+                    write_frame(stream, &Frame::Verified { ok: false, reason: reason.clone() }).await?;
+                    return Err(TransferError::Integrity(format!("image {name}: {reason}")));
+                }
+                return Err(e);
             }
-            Err(e) => return Err(e),
         }
     }
     Ok(Received { job, images: kept })
@@ -262,55 +279,90 @@ fn check_name(name: &str) -> Result<(), TransferError> {
     }
 }
 
-/// Receives one image's pages after its `Image` frame; returns it once its digest matches.
+/// A batch the destination answered and awaits pages for.
+struct Pending {
+    first: u64,
+    hashes: Vec<Hash>,
+    bitmap: Vec<u8>,
+    /// The batch's pages: zero, copied from the index or this image, or still to come.
+    pages: Vec<u8>,
+    /// Pages (index in the batch) equal to a page already asked for: (index, that page's number).
+    copies: Vec<(usize, u64)>,
+}
+
+/// Receives one image's pages after its `Image` frame into `file` (sized
+/// already), batch by batch in order; returns its page hashes once the
+/// image's digest matches the source's.
 async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     index: &ChunkIndex,
+    file: &std::fs::File,
     count: u64,
-) -> Result<Vec<u8>, TransferError> {
+) -> Result<Vec<Hash>, TransferError> {
+    use std::os::unix::fs::FileExt;
     let zero = zero_page_hash();
     let mut decompressor = zstd::bulk::Decompressor::new()?;
-    let mut image = vec![0u8; count as usize * PAGE];
-    let mut seen: HashMap<Hash, u64> = HashMap::new();
+    let mut hasher = blake3::Hasher::new();
+    let mut all: Vec<Hash> = Vec::with_capacity(count.min(MAX_IMAGE_PAGES) as usize);
+    // Pages already written to the file, by hash: later copies are read back, not sent.
+    let mut written: HashMap<Hash, u64> = HashMap::new();
+    // Pages asked for and not yet arrived, by hash: another copy is not asked for again.
+    let mut asked: HashMap<Hash, u64> = HashMap::new();
+    let mut pending: VecDeque<Pending> = VecDeque::new();
+    let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut next = 0u64;
     loop {
         match read_frame(stream).await? {
             Frame::Offer { first, hashes } => {
-                if first != next || hashes.is_empty() || first + hashes.len() as u64 > count {
+                if first != next || hashes.is_empty() || hashes.len() > BATCH || first + hashes.len() as u64 > count {
                     return Err(TransferError::Protocol(format!(
                         "an offer of pages from {first} does not follow {next}"
                     )));
                 }
+                if pending.len() >= WINDOW {
+                    return Err(TransferError::Protocol(format!("more than {WINDOW} offers unanswered")));
+                }
+                // Buffers of written batches are reused: fresh large allocations cost page faults.
+                let mut pages = spare.pop().unwrap_or_default();
+                pages.clear();
+                pages.resize(hashes.len() * PAGE, 0);
                 let mut bitmap = vec![0u8; hashes.len().div_ceil(8)];
+                let mut copies = Vec::new();
                 for (i, h) in hashes.iter().enumerate() {
-                    let at = (first + i as u64) as usize * PAGE;
+                    let slot = &mut pages[i * PAGE..(i + 1) * PAGE];
                     if *h == zero {
                         continue;
                     }
-                    if let Some(&earlier) = seen.get(h) {
-                        let from = earlier as usize * PAGE;
-                        image.copy_within(from..from + PAGE, at);
+                    if let Some(&at) = written.get(h) {
+                        file.read_exact_at(slot, at * PAGE as u64)?;
+                    } else if let Some(&at) = asked.get(h) {
+                        copies.push((i, at));
                     } else if let Some(page) = index.get(h)? {
-                        image[at..at + PAGE].copy_from_slice(&page);
-                        seen.insert(*h, first + i as u64);
+                        slot.copy_from_slice(&page);
                     } else {
                         bitmap[i / 8] |= 1 << (i % 8);
+                        asked.insert(*h, first + i as u64);
                     }
                 }
                 write_frame(stream, &Frame::Need { bitmap: bitmap.clone() }).await?;
-                let sent = match read_frame(stream).await? {
-                    Frame::Pages { pages } => pages,
-                    other => return Err(TransferError::Protocol(format!("expected pages, got {other:?}"))),
+                next = first + hashes.len() as u64;
+                pending.push_back(Pending { first, hashes, bitmap, pages, copies });
+            }
+            Frame::Pages { pages: sent } => {
+                let Some(mut batch) = pending.pop_front() else {
+                    return Err(TransferError::Protocol("pages with no offer out".into()));
                 };
-                let wanted = bitmap.iter().map(|b| b.count_ones() as usize).sum::<usize>();
+                let wanted = batch.bitmap.iter().map(|b| b.count_ones() as usize).sum::<usize>();
                 if sent.len() != wanted {
                     return Err(TransferError::Protocol(format!("{} pages sent for {wanted} needed", sent.len())));
                 }
                 for (at, h, packed) in sent {
-                    let i = at.checked_sub(first).filter(|&i| (i as usize) < hashes.len()).ok_or_else(|| {
-                        TransferError::Protocol(format!("page {at} was not in the offer from {first}"))
-                    })? as usize;
-                    if bitmap[i / 8] & (1 << (i % 8)) == 0 || h != hashes[i] {
+                    let i = at
+                        .checked_sub(batch.first)
+                        .filter(|&i| (i as usize) < batch.hashes.len())
+                        .ok_or_else(|| TransferError::Protocol(format!("page {at} was not in the offer")))?
+                        as usize;
+                    if batch.bitmap[i / 8] & (1 << (i % 8)) == 0 || h != batch.hashes[i] {
                         return Err(TransferError::Protocol(format!("page {at} was not asked for")));
                     }
                     let page = decompressor
@@ -319,16 +371,34 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                     if page.len() != PAGE || hash(&page) != h {
                         return Err(TransferError::Integrity(format!("page {at} does not match its hash {}", hex(&h))));
                     }
-                    image[at as usize * PAGE..(at as usize + 1) * PAGE].copy_from_slice(&page);
-                    seen.insert(h, at);
+                    batch.pages[i * PAGE..(i + 1) * PAGE].copy_from_slice(&page);
                 }
-                next = first + hashes.len() as u64;
+                // Copies of pages asked for earlier: in this batch, or in one already written.
+                for &(i, at) in &batch.copies {
+                    if at >= batch.first {
+                        let from = (at - batch.first) as usize * PAGE;
+                        batch.pages.copy_within(from..from + PAGE, i * PAGE);
+                    } else {
+                        file.read_exact_at(&mut batch.pages[i * PAGE..(i + 1) * PAGE], at * PAGE as u64)?;
+                    }
+                }
+                // The batch is whole: onto the disk, into the digest, in order.
+                file.write_all_at(&batch.pages, batch.first * PAGE as u64)?;
+                hasher.update(&batch.pages);
+                for (i, h) in batch.hashes.iter().enumerate() {
+                    if *h != zero {
+                        written.entry(*h).or_insert(batch.first + i as u64);
+                        asked.remove(h);
+                    }
+                }
+                all.extend(batch.hashes);
+                spare.push(batch.pages);
             }
             Frame::End { digest: expected } => {
-                if next != count {
+                if next != count || !pending.is_empty() {
                     return Err(TransferError::Protocol(format!("image ended after {next} of {count} pages")));
                 }
-                let got = digest(&image);
+                let got = *hasher.finalize().as_bytes();
                 if !same(&got, &expected) {
                     return Err(TransferError::Integrity(format!(
                         "image digest {} is not the source's {}",
@@ -336,7 +406,7 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                         hex(&expected)
                     )));
                 }
-                return Ok(image);
+                return Ok(all);
             }
             other => return Err(TransferError::Protocol(format!("expected an offer or the end, got {other:?}"))),
         }
