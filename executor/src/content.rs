@@ -21,10 +21,14 @@ pub fn zero_page_hash() -> Hash {
     *ZERO
 }
 
-/// The digest of a whole image, compared at both ends before cutover.
-pub fn digest(image: &[u8]) -> Hash {
+/// The digest of a whole image, compared at both ends before cutover:
+/// BLAKE3 over its page hashes in order, so that either end can keep it
+/// current page by page while a live image changes.
+pub fn image_digest(page_hashes: &[Hash]) -> Hash {
     let mut hasher = blake3::Hasher::new();
-    hasher.update(image);
+    page_hashes.iter().for_each(|h| {
+        hasher.update(h);
+    });
     *hasher.finalize().as_bytes()
 }
 

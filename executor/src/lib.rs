@@ -5,13 +5,15 @@
 //! by hash), [`sim`] (the `sim` driver's realistic VM content), [`wire`]
 //! (the framed, versioned, authenticated protocol), [`transfer`]
 //! (content-addressed image transfer with integrity checks), [`shaping`]
-//! (token buckets to the schedule's caps).
+//! (token buckets to the schedule's caps), [`precopy`] (live migration of
+//! a running guest's memory in rounds, with auto-converge and measured
+//! downtime).
 //!
-//! Still to come (the transfer-stack issue): pre-copy rounds over a running
-//! guest, parallel streams with resume, TLS, proactive disk caching, and progress reports.
+//! Still to come (the transfer-stack issue): parallel streams with resume, TLS, proactive disk caching, and progress reports.
 
 pub mod content;
 pub mod index;
+pub mod precopy;
 pub mod shaping;
 pub mod sim;
 pub mod transfer;

@@ -95,6 +95,130 @@ pub fn generate(memory_bytes: usize, disk_bytes: usize, mix: &ContentMix, base_s
     SimImages { memory, disk }
 }
 
+/// A running simulated guest: its memory, written by a task at its dirty
+/// rate (8 random bytes at a time in random pages: every write dirties its
+/// page, and the dirty rate counts whole pages, as hypervisors track them),
+/// with a dirty log as the hypervisor would keep one.
+pub struct SimGuest {
+    state: std::sync::Arc<std::sync::Mutex<GuestState>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct GuestState {
+    memory: Vec<u8>,
+    dirty: Vec<bool>,
+    paused: bool,
+    /// Bytes/s the guest writes before any throttling.
+    dirty_bytes_per_s: f64,
+    /// Share of its rate the guest is let run at (auto-converge lowers it).
+    throttle: f64,
+}
+
+/// How often the guest's writes are applied.
+const TICK: std::time::Duration = std::time::Duration::from_millis(5);
+
+impl SimGuest {
+    /// Starts a guest on `memory` (whole pages) dirtying `dirty_bytes_per_s`.
+    pub fn start(memory: Vec<u8>, dirty_bytes_per_s: f64, seed: u64) -> SimGuest {
+        let pages = memory.len() / PAGE;
+        let state = std::sync::Arc::new(std::sync::Mutex::new(GuestState {
+            memory,
+            dirty: vec![false; pages],
+            paused: false,
+            dirty_bytes_per_s,
+            throttle: 1.0,
+        }));
+        let shared = state.clone();
+        let task = tokio::spawn(async move {
+            let mut rng = StdRng::seed_from_u64(seed);
+            let mut owed = 0.0;
+            let mut last = std::time::Instant::now();
+            loop {
+                tokio::time::sleep(TICK).await;
+                let now = std::time::Instant::now();
+                let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                if s.paused || pages == 0 {
+                    last = now;
+                    continue;
+                }
+                // A task that was held up catches up by at most a tenth of a second.
+                let rate = s.dirty_bytes_per_s * s.throttle / PAGE as f64;
+                owed = (owed + rate * now.duration_since(last).as_secs_f64()).min(rate * 0.1 + 1.0);
+                last = now;
+                while owed >= 1.0 {
+                    owed -= 1.0;
+                    // A write changes a page (its hash and what must be sent), not all its bytes.
+                    let page = rng.random_range(0..pages);
+                    let at = page * PAGE + rng.random_range(0..PAGE / 8) * 8;
+                    s.memory[at..at + 8].copy_from_slice(&rng.random::<u64>().to_le_bytes());
+                    s.dirty[page] = true;
+                }
+            }
+        });
+        SimGuest { state, task }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, GuestState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// All of memory, as of now; the dirty log starts afresh.
+    pub fn snapshot(&self) -> Vec<u8> {
+        let mut s = self.lock();
+        s.dirty.iter_mut().for_each(|d| *d = false);
+        s.memory.clone()
+    }
+
+    /// Pages written since the last snapshot or take, with their content now; the log starts afresh.
+    pub fn take_dirty(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut s = self.lock();
+        let mut taken = Vec::new();
+        for page in 0..s.dirty.len() {
+            if std::mem::take(&mut s.dirty[page]) {
+                taken.push((page as u64, s.memory[page * PAGE..(page + 1) * PAGE].to_vec()));
+            }
+        }
+        taken
+    }
+
+    /// Pages written since the last snapshot or take.
+    pub fn dirty_pages(&self) -> usize {
+        self.lock().dirty.iter().filter(|&&d| d).count()
+    }
+
+    pub fn pause(&self) {
+        self.lock().paused = true;
+    }
+
+    pub fn resume(&self) {
+        self.lock().paused = false;
+    }
+
+    /// Lets the guest run at `share` of its rate (1 is unthrottled).
+    pub fn throttle(&self, share: f64) {
+        self.lock().throttle = share.clamp(0.0, 1.0);
+    }
+
+    pub fn throttled(&self) -> f64 {
+        self.lock().throttle
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
+    }
+
+    /// Memory as it is now.
+    pub fn memory(&self) -> Vec<u8> {
+        self.lock().memory.clone()
+    }
+}
+
+impl Drop for SimGuest {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::content::{digest, hash, hex, pages, zero_page_hash, Hash, PAGE};
+use crate::content::{hash, hex, image_digest, pages, zero_page_hash, Hash, PAGE};
 use crate::index::ChunkIndex;
 use crate::shaping::Shaper;
 use crate::wire::{frame_len, nonce, proof, read_frame, write_frame, ByteBuf, Frame, WireError, VERSION};
@@ -97,19 +97,15 @@ pub fn choose_level(sample: &[u8], cap_bytes_per_s: Option<f64>) -> i32 {
     chosen
 }
 
-/// Sends `images` (name, bytes; whole pages) for `job` to the destination
-/// at the other end of `stream` (a TCP stream should have `TCP_NODELAY`:
-/// each batch is a round trip of small frames).
-pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+/// Opens a session as the source: proves the job's secret and checks the
+/// destination's proof. Returns the bytes it wrote.
+pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     job: u64,
     secret: &[u8],
-    images: &[(&str, &[u8])],
-    options: &SendOptions<'_>,
-) -> Result<Counters, TransferError> {
-    let mut counters = Counters::default();
+) -> Result<u64, TransferError> {
     let mine = nonce();
-    counters.wire_bytes += write_frame(stream, &Frame::Hello { version: VERSION, job, nonce: mine }).await?;
+    let mut wire = write_frame(stream, &Frame::Hello { version: VERSION, job, nonce: mine }).await?;
     let theirs = match read_frame(stream).await? {
         Frame::Challenge { nonce, proof: theirs } => {
             if !same(&theirs, &proof(secret, "destination", job, &mine, &nonce)) {
@@ -120,66 +116,114 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
         Frame::Refused { reason } => return Err(TransferError::Refused(reason)),
         other => return Err(TransferError::Protocol(format!("expected a challenge, got {other:?}"))),
     };
-    counters.wire_bytes +=
-        write_frame(stream, &Frame::Proof { proof: proof(secret, "source", job, &theirs, &mine) }).await?;
+    wire += write_frame(stream, &Frame::Proof { proof: proof(secret, "source", job, &theirs, &mine) }).await?;
     match read_frame(stream).await? {
-        Frame::Accepted => {}
-        Frame::Refused { reason } => return Err(TransferError::Refused(reason)),
-        other => return Err(TransferError::Protocol(format!("expected acceptance, got {other:?}"))),
+        Frame::Accepted => Ok(wire),
+        Frame::Refused { reason } => Err(TransferError::Refused(reason)),
+        other => Err(TransferError::Protocol(format!("expected acceptance, got {other:?}"))),
     }
+}
+
+/// Page numbers as runs of consecutive pages.
+fn runs(numbers: impl Iterator<Item = u64>) -> Vec<(u64, u32)> {
+    let mut runs: Vec<(u64, u32)> = Vec::new();
+    for n in numbers {
+        match runs.last_mut() {
+            Some((first, len)) if *first + u64::from(*len) == n => *len += 1,
+            _ => runs.push((n, 1)),
+        }
+    }
+    runs
+}
+
+/// Offers `pages` (number, content; numbers increasing) of the image under
+/// way, [`WINDOW`] batches in flight, and sends what the destination needs.
+/// Returns the pages' hashes in order.
+pub async fn offer<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    pages: &[(u64, &[u8])],
+    compressor: &mut zstd::bulk::Compressor<'_>,
+    options: &SendOptions<'_>,
+    counters: &mut Counters,
+) -> Result<Vec<Hash>, TransferError> {
     let zero = zero_page_hash();
+    let batches: Vec<&[(u64, &[u8])]> = pages.chunks(BATCH).collect();
+    let mut all = Vec::with_capacity(pages.len());
+    let mut offered: VecDeque<(usize, Vec<Hash>)> = VecDeque::new();
+    let mut next = 0;
+    while next < batches.len() || !offered.is_empty() {
+        while next < batches.len() && offered.len() < WINDOW {
+            let hashes: Vec<Hash> = batches[next].iter().map(|(_, p)| hash(p)).collect();
+            let frame = Frame::Offer { runs: runs(batches[next].iter().map(|&(n, _)| n)), hashes: hashes.clone() };
+            counters.wire_bytes += write_frame(stream, &frame).await?;
+            offered.push_back((next, hashes));
+            next += 1;
+        }
+        let (b, hashes) = offered.pop_front().expect("an offer is out");
+        let batch = batches[b];
+        let bitmap = match read_frame(stream).await? {
+            Frame::Need { bitmap } if bitmap.len() == batch.len().div_ceil(8) => bitmap,
+            other => return Err(TransferError::Protocol(format!("expected a need list, got {other:?}"))),
+        };
+        let mut needed = Vec::new();
+        for (i, h) in hashes.iter().enumerate() {
+            if bitmap[i / 8] & (1 << (i % 8)) != 0 {
+                let packed = compressor.compress(batch[i].1)?;
+                counters.sent_pages += 1;
+                counters.compressed_bytes += packed.len() as u64;
+                needed.push((batch[i].0, *h, ByteBuf::from(packed)));
+            } else if *h == zero {
+                counters.zero_pages += 1;
+            } else {
+                counters.held_pages += 1;
+            }
+        }
+        let frame = Frame::Pages { pages: needed };
+        for shaper in &options.shapers {
+            shaper.take(frame_len(&frame)).await;
+        }
+        counters.wire_bytes += write_frame(stream, &frame).await?;
+        all.extend(hashes);
+    }
+    Ok(all)
+}
+
+/// Ends the image under way with its digest; the destination's verdict.
+pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    page_hashes: &[Hash],
+    counters: &mut Counters,
+) -> Result<(), TransferError> {
+    counters.wire_bytes += write_frame(stream, &Frame::End { digest: image_digest(page_hashes) }).await?;
+    match read_frame(stream).await? {
+        Frame::Verified { ok: true, .. } => Ok(()),
+        Frame::Verified { reason, .. } => Err(TransferError::Integrity(reason)),
+        other => Err(TransferError::Protocol(format!("expected verification, got {other:?}"))),
+    }
+}
+
+/// Sends `images` (name, bytes; whole pages) for `job` to the destination
+/// at the other end of `stream` (a TCP stream should have `TCP_NODELAY`:
+/// offers and answers are small frames).
+pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    job: u64,
+    secret: &[u8],
+    images: &[(&str, &[u8])],
+    options: &SendOptions<'_>,
+) -> Result<Counters, TransferError> {
+    let mut counters = Counters { wire_bytes: handshake(stream, job, secret).await?, ..Counters::default() };
     let mut compressor = zstd::bulk::Compressor::new(options.level)?;
     for &(name, image) in images {
         if image.len() % PAGE != 0 {
             return Err(TransferError::Protocol(format!("image {name} is not whole pages long")));
         }
         counters.raw_bytes += image.len() as u64;
-        let all: Vec<&[u8]> = pages(image).collect();
+        let numbered: Vec<(u64, &[u8])> = pages(image).enumerate().map(|(n, p)| (n as u64, p)).collect();
         counters.wire_bytes +=
-            write_frame(stream, &Frame::Image { name: name.to_owned(), pages: all.len() as u64 }).await?;
-        // Up to WINDOW offers are out at once, so that both ends keep working.
-        let batches: Vec<&[&[u8]]> = all.chunks(BATCH).collect();
-        let mut offered: VecDeque<(u64, Vec<Hash>)> = VecDeque::new();
-        let mut next = 0;
-        while next < batches.len() || !offered.is_empty() {
-            while next < batches.len() && offered.len() < WINDOW {
-                let first = (next * BATCH) as u64;
-                let hashes: Vec<Hash> = batches[next].iter().map(|p| hash(p)).collect();
-                counters.wire_bytes += write_frame(stream, &Frame::Offer { first, hashes: hashes.clone() }).await?;
-                offered.push_back((first, hashes));
-                next += 1;
-            }
-            let (first, hashes) = offered.pop_front().expect("an offer is out");
-            let batch = batches[first as usize / BATCH];
-            let bitmap = match read_frame(stream).await? {
-                Frame::Need { bitmap } if bitmap.len() == batch.len().div_ceil(8) => bitmap,
-                other => return Err(TransferError::Protocol(format!("expected a need list, got {other:?}"))),
-            };
-            let mut needed = Vec::new();
-            for (i, h) in hashes.iter().enumerate() {
-                if bitmap[i / 8] & (1 << (i % 8)) != 0 {
-                    let packed = compressor.compress(batch[i])?;
-                    counters.sent_pages += 1;
-                    counters.compressed_bytes += packed.len() as u64;
-                    needed.push((first + i as u64, *h, ByteBuf::from(packed)));
-                } else if *h == zero {
-                    counters.zero_pages += 1;
-                } else {
-                    counters.held_pages += 1;
-                }
-            }
-            let frame = Frame::Pages { pages: needed };
-            for shaper in &options.shapers {
-                shaper.take(frame_len(&frame)).await;
-            }
-            counters.wire_bytes += write_frame(stream, &frame).await?;
-        }
-        counters.wire_bytes += write_frame(stream, &Frame::End { digest: digest(image) }).await?;
-        match read_frame(stream).await? {
-            Frame::Verified { ok: true, .. } => {}
-            Frame::Verified { reason, .. } => return Err(TransferError::Integrity(reason)),
-            other => return Err(TransferError::Protocol(format!("expected verification, got {other:?}"))),
-        }
+            write_frame(stream, &Frame::Image { name: name.to_owned(), pages: numbered.len() as u64 }).await?;
+        let hashes = offer(stream, &numbered, &mut compressor, options, &mut counters).await?;
+        finish(stream, &hashes, &mut counters).await?;
     }
     Ok(counters)
 }
@@ -247,10 +291,12 @@ pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         file.set_len(count * PAGE as u64)?;
         match receive_image(stream, index, &file, count).await {
             Ok(hashes) => {
+                // The verdict goes first: a live guest is paused until it arrives, and a
+                // rename of a freshly written file can wait on the disk's writeback.
+                write_frame(stream, &Frame::Verified { ok: true, reason: String::new() }).await?;
                 file.sync_all()?;
                 std::fs::rename(&partial, &path)?;
                 index.add_file(&path, &hashes)?;
-                write_frame(stream, &Frame::Verified { ok: true, reason: String::new() }).await?;
                 kept.push(path);
             }
             Err(e) => {
@@ -281,18 +327,20 @@ fn check_name(name: &str) -> Result<(), TransferError> {
 
 /// A batch the destination answered and awaits pages for.
 struct Pending {
-    first: u64,
+    /// Page numbers, increasing.
+    numbers: Vec<u64>,
     hashes: Vec<Hash>,
     bitmap: Vec<u8>,
     /// The batch's pages: zero, copied from the index or this image, or still to come.
     pages: Vec<u8>,
-    /// Pages (index in the batch) equal to a page already asked for: (index, that page's number).
+    /// Pages (position in the batch) equal to a page already asked for: (position, that page's number).
     copies: Vec<(usize, u64)>,
 }
 
-/// Receives one image's pages after its `Image` frame into `file` (sized
-/// already), batch by batch in order; returns its page hashes once the
-/// image's digest matches the source's.
+/// Receives one image after its `Image` frame into `file` (sized already):
+/// offers of pages in any order and as often as a live image needs, each
+/// batch written once whole; returns the page hashes once the image's
+/// digest matches the source's.
 async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     index: &ChunkIndex,
@@ -302,22 +350,27 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
     use std::os::unix::fs::FileExt;
     let zero = zero_page_hash();
     let mut decompressor = zstd::bulk::Decompressor::new()?;
-    let mut hasher = blake3::Hasher::new();
-    let mut all: Vec<Hash> = Vec::with_capacity(count.min(MAX_IMAGE_PAGES) as usize);
-    // Pages already written to the file, by hash: later copies are read back, not sent.
+    // What each page of the file holds (or will, once its batch is written); the file starts all zero.
+    let mut page_hash: Vec<Hash> = vec![zero; count as usize];
+    // Pages written to the file, by hash: later copies are read back, not sent.
     let mut written: HashMap<Hash, u64> = HashMap::new();
     // Pages asked for and not yet arrived, by hash: another copy is not asked for again.
     let mut asked: HashMap<Hash, u64> = HashMap::new();
     let mut pending: VecDeque<Pending> = VecDeque::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
-    let mut next = 0u64;
     loop {
         match read_frame(stream).await? {
-            Frame::Offer { first, hashes } => {
-                if first != next || hashes.is_empty() || hashes.len() > BATCH || first + hashes.len() as u64 > count {
-                    return Err(TransferError::Protocol(format!(
-                        "an offer of pages from {first} does not follow {next}"
-                    )));
+            Frame::Offer { runs, hashes } => {
+                let numbers: Vec<u64> =
+                    runs.iter().flat_map(|&(first, len)| first..first.saturating_add(u64::from(len))).collect();
+                let increasing = numbers.windows(2).all(|w| w[0] < w[1]);
+                if numbers.len() != hashes.len()
+                    || hashes.is_empty()
+                    || hashes.len() > BATCH
+                    || !increasing
+                    || numbers.last().is_some_and(|&n| n >= count)
+                {
+                    return Err(TransferError::Protocol("an offer of pages that do not fit the image".into()));
                 }
                 if pending.len() >= WINDOW {
                     return Err(TransferError::Protocol(format!("more than {WINDOW} offers unanswered")));
@@ -328,7 +381,16 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                 pages.resize(hashes.len() * PAGE, 0);
                 let mut bitmap = vec![0u8; hashes.len().div_ceil(8)];
                 let mut copies = Vec::new();
-                for (i, h) in hashes.iter().enumerate() {
+                for (i, (&n, h)) in numbers.iter().zip(&hashes).enumerate() {
+                    // The page's old content is about to go: nothing may copy from it any more.
+                    let old = page_hash[n as usize];
+                    if written.get(&old) == Some(&n) {
+                        written.remove(&old);
+                    }
+                    if asked.get(&old) == Some(&n) {
+                        asked.remove(&old);
+                    }
+                    page_hash[n as usize] = *h;
                     let slot = &mut pages[i * PAGE..(i + 1) * PAGE];
                     if *h == zero {
                         continue;
@@ -341,12 +403,11 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                         slot.copy_from_slice(&page);
                     } else {
                         bitmap[i / 8] |= 1 << (i % 8);
-                        asked.insert(*h, first + i as u64);
+                        asked.insert(*h, n);
                     }
                 }
                 write_frame(stream, &Frame::Need { bitmap: bitmap.clone() }).await?;
-                next = first + hashes.len() as u64;
-                pending.push_back(Pending { first, hashes, bitmap, pages, copies });
+                pending.push_back(Pending { numbers, hashes, bitmap, pages, copies });
             }
             Frame::Pages { pages: sent } => {
                 let Some(mut batch) = pending.pop_front() else {
@@ -357,11 +418,10 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                     return Err(TransferError::Protocol(format!("{} pages sent for {wanted} needed", sent.len())));
                 }
                 for (at, h, packed) in sent {
-                    let i = at
-                        .checked_sub(batch.first)
-                        .filter(|&i| (i as usize) < batch.hashes.len())
-                        .ok_or_else(|| TransferError::Protocol(format!("page {at} was not in the offer")))?
-                        as usize;
+                    let i = batch
+                        .numbers
+                        .binary_search(&at)
+                        .map_err(|_| TransferError::Protocol(format!("page {at} was not in the offer")))?;
                     if batch.bitmap[i / 8] & (1 << (i % 8)) == 0 || h != batch.hashes[i] {
                         return Err(TransferError::Protocol(format!("page {at} was not asked for")));
                     }
@@ -375,30 +435,36 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 // Copies of pages asked for earlier: in this batch, or in one already written.
                 for &(i, at) in &batch.copies {
-                    if at >= batch.first {
-                        let from = (at - batch.first) as usize * PAGE;
-                        batch.pages.copy_within(from..from + PAGE, i * PAGE);
-                    } else {
-                        file.read_exact_at(&mut batch.pages[i * PAGE..(i + 1) * PAGE], at * PAGE as u64)?;
+                    match batch.numbers.binary_search(&at) {
+                        Ok(j) => batch.pages.copy_within(j * PAGE..(j + 1) * PAGE, i * PAGE),
+                        Err(_) => file.read_exact_at(&mut batch.pages[i * PAGE..(i + 1) * PAGE], at * PAGE as u64)?,
                     }
                 }
-                // The batch is whole: onto the disk, into the digest, in order.
-                file.write_all_at(&batch.pages, batch.first * PAGE as u64)?;
-                hasher.update(&batch.pages);
-                for (i, h) in batch.hashes.iter().enumerate() {
-                    if *h != zero {
-                        written.entry(*h).or_insert(batch.first + i as u64);
-                        asked.remove(h);
+                // The batch is whole: onto the disk, run by run.
+                let mut i = 0;
+                while i < batch.numbers.len() {
+                    let mut j = i + 1;
+                    while j < batch.numbers.len() && batch.numbers[j] == batch.numbers[j - 1] + 1 {
+                        j += 1;
+                    }
+                    file.write_all_at(&batch.pages[i * PAGE..j * PAGE], batch.numbers[i] * PAGE as u64)?;
+                    i = j;
+                }
+                for (&n, h) in batch.numbers.iter().zip(&batch.hashes) {
+                    if *h != zero && page_hash[n as usize] == *h {
+                        written.entry(*h).or_insert(n);
+                        if asked.get(h) == Some(&n) {
+                            asked.remove(h);
+                        }
                     }
                 }
-                all.extend(batch.hashes);
                 spare.push(batch.pages);
             }
             Frame::End { digest: expected } => {
-                if next != count || !pending.is_empty() {
-                    return Err(TransferError::Protocol(format!("image ended after {next} of {count} pages")));
+                if !pending.is_empty() {
+                    return Err(TransferError::Protocol("the image ended with offers unanswered".into()));
                 }
-                let got = *hasher.finalize().as_bytes();
+                let got = image_digest(&page_hash);
                 if !same(&got, &expected) {
                     return Err(TransferError::Integrity(format!(
                         "image digest {} is not the source's {}",
@@ -406,8 +472,9 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                         hex(&expected)
                     )));
                 }
-                return Ok(all);
+                return Ok(page_hash);
             }
+            Frame::Abort { reason } => return Err(TransferError::Refused(format!("the source gave up: {reason}"))),
             other => return Err(TransferError::Protocol(format!("expected an offer or the end, got {other:?}"))),
         }
     }

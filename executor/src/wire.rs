@@ -6,9 +6,11 @@
 //! A session: the source sends `Hello`; the destination answers `Challenge`
 //! (its nonce and its proof of the secret); the source checks it and sends
 //! `Proof`; the destination answers `Accepted` or `Refused`. Then, per
-//! image: `Image`, then batches of `Offer` (hashes) answered by `Need`
-//! (which the destination lacks), then `Pages` (those pages, compressed),
-//! and finally `End` with the image's digest, answered by `Verified`.
+//! image: `Image`, then batches of `Offer` (page numbers and hashes)
+//! answered by `Need` (which the destination lacks), then `Pages` (those
+//! pages, compressed), several offers in flight; a live image is offered
+//! again in rounds, only its pages written since; finally `End` with the
+//! image's digest, answered by `Verified`, or `Abort`.
 
 use serde::{Deserialize, Serialize};
 pub use serde_bytes::ByteBuf;
@@ -44,9 +46,9 @@ pub enum Frame {
         name: String,
         pages: u64,
     },
-    /// Hashes of pages `first..first + hashes.len()`.
+    /// Hashes of the pages in `runs` (first page, count), in order.
     Offer {
-        first: u64,
+        runs: Vec<(u64, u32)>,
         hashes: Vec<Hash>,
     },
     /// One bit per offered page, set where the destination needs it.
@@ -57,8 +59,13 @@ pub enum Frame {
     Pages {
         pages: Vec<(u64, Hash, ByteBuf)>,
     },
+    /// The image is complete: its digest (BLAKE3 over its page hashes in order).
     End {
         digest: Hash,
+    },
+    /// The source gives the image up (a migration that cannot converge): nothing is kept.
+    Abort {
+        reason: String,
     },
     Verified {
         ok: bool,

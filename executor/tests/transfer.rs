@@ -1,9 +1,11 @@
 //! Two executors' transfer stacks over real TCP on localhost: cold and warm
-//! destinations, integrity, and authentication.
+//! destinations, integrity, authentication, and pre-copy of a running guest.
 
-use heliotrope_executor::content::{digest, hash, Hash, PAGE};
+use heliotrope_executor::content::{hash, Hash, PAGE};
 use heliotrope_executor::index::ChunkIndex;
-use heliotrope_executor::sim::{generate, ContentMix};
+use heliotrope_executor::precopy::{migrate_guest, PrecopyError, PrecopyOptions};
+use heliotrope_executor::shaping::Shaper;
+use heliotrope_executor::sim::{generate, ContentMix, SimGuest};
 use heliotrope_executor::transfer::{receive, send, Counters, Received, SendOptions, TransferError};
 use heliotrope_executor::wire::{nonce, proof, read_frame, write_frame, Frame, VERSION};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,8 +55,8 @@ async fn cold_and_warm_destinations_end_with_identical_images() {
         let counters = migrate(&addr, SECRET, &images.memory, &images.disk).await.unwrap();
         let received = dest.await.unwrap().unwrap();
         assert_eq!(received.images.len(), 2);
-        assert_eq!(digest(&std::fs::read(out.join("memory.img")).unwrap()), digest(&images.memory));
-        assert_eq!(digest(&std::fs::read(out.join("disk.img")).unwrap()), digest(&images.disk));
+        assert!(std::fs::read(out.join("memory.img")).unwrap() == images.memory);
+        assert!(std::fs::read(out.join("disk.img")).unwrap() == images.disk);
         assert_eq!(counters.raw_bytes, raw);
         assert!(counters.zero_pages > 0 && counters.held_pages > 0, "{counters:?}");
         wire.push(counters.wire_bytes as f64 / raw as f64);
@@ -113,7 +115,7 @@ async fn a_corrupted_page_is_caught_and_the_image_not_kept() {
     let page = vec![42u8; PAGE];
     let h: Hash = hash(&page);
     write_frame(&mut s, &Frame::Image { name: "memory.img".into(), pages: 1 }).await.unwrap();
-    write_frame(&mut s, &Frame::Offer { first: 0, hashes: vec![h] }).await.unwrap();
+    write_frame(&mut s, &Frame::Offer { runs: vec![(0, 1)], hashes: vec![h] }).await.unwrap();
     assert!(matches!(read_frame(&mut s).await.unwrap(), Frame::Need { .. }));
     let mut corrupted = page.clone();
     corrupted[100] ^= 1;
@@ -131,4 +133,55 @@ async fn a_corrupted_page_is_caught_and_the_image_not_kept() {
 fn zstd_compress(data: &[u8]) -> Vec<u8> {
     // The same encoding the source uses; the test crate reaches zstd through the executor's dependency tree.
     heliotrope_executor::transfer::compress(data, 3).unwrap()
+}
+
+fn options(shapers: Vec<&Shaper>) -> SendOptions<'_> {
+    SendOptions { level: 3, shapers }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_guest_moves_in_rounds_and_pauses_only_for_the_last() {
+    // 16 MiB of memory written at 4 MB/s while it moves.
+    let images = generate(16 << 20, 0, &ContentMix::default(), 3, 4);
+    let guest = SimGuest::start(images.memory, 4e6, 9);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vm");
+    std::fs::create_dir_all(&out).unwrap();
+    let (addr, dest) = destination(dir.path().join("index"), out.clone(), None).await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let precopy = PrecopyOptions { max_downtime_s: 0.3, budget_s: 60.0 };
+    let report = migrate_guest(&mut stream, 7, SECRET, &guest, "memory.img", &options(vec![]), &precopy).await.unwrap();
+    drop(stream);
+    dest.await.unwrap().unwrap();
+    assert!(guest.is_paused(), "paused for the last round, to be destroyed here");
+    assert!(
+        std::fs::read(out.join("memory.img")).unwrap() == guest.memory(),
+        "the destination has the memory as paused"
+    );
+    assert!(report.downtime_s > 0.0);
+    assert!(report.counters.raw_bytes > 16 << 20, "pages written meanwhile were sent again: {report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guest_that_outruns_its_cap_is_left_running_at_the_source() {
+    // 4 MiB written at 40 MB/s, over a 4 MB/s cap: throttled round by round, it still
+    // cannot converge within the budget.
+    let images = generate(4 << 20, 0, &ContentMix::default(), 5, 6);
+    let guest = SimGuest::start(images.memory, 40e6, 10);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vm");
+    std::fs::create_dir_all(&out).unwrap();
+    let (addr, dest) = destination(dir.path().join("index"), out.clone(), None).await;
+    let mut stream = TcpStream::connect(&addr).await.unwrap();
+    stream.set_nodelay(true).unwrap();
+    let cap = Shaper::new(Some(4e6));
+    let precopy = PrecopyOptions { max_downtime_s: 0.05, budget_s: 4.0 };
+    let err =
+        migrate_guest(&mut stream, 7, SECRET, &guest, "memory.img", &options(vec![&cap]), &precopy).await.unwrap_err();
+    assert!(matches!(err, PrecopyError::GaveUp { .. }), "{err}");
+    assert!(!guest.is_paused(), "the guest runs on at the source");
+    assert!(guest.throttled() < 1.0, "auto-converge throttled it first");
+    assert!(dest.await.unwrap().unwrap_err().to_string().contains("gave up"));
+    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "the destination keeps nothing");
 }
