@@ -2,11 +2,13 @@
 //!
 //! It holds no database credentials: it talks to the scheduler over HTTP
 //! with an executor token, using the wire types in `heliotrope-api-spec`.
-//! The transfer stack is the library beside this file; so far the binary
-//! runs its benchmark. Registration, job claims and migrations by hand
-//! arrive with the transfer-stack and dispatch issues.
+//! The transfer stack is the library beside this file; the binary runs
+//! one migration by hand (`receive` at the destination, `migrate` at the
+//! source) and the benchmark. Registration and job claims arrive with the
+//! dispatch issue.
 
 mod bench;
+mod by_hand;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Receive one migration (the job's secret from HELIOTROPE_JOB_SECRET); prints its address first.
+    Receive(by_hand::ReceiveArgs),
+    /// Send images to a receiving executor (the job's secret from HELIOTROPE_JOB_SECRET).
+    Migrate(by_hand::MigrateArgs),
     /// Measure the transfer stack; the last line of output is one JSON object.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -37,6 +43,8 @@ enum BenchCommand {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Receive(args) => by_hand::receive_one(&args).await,
+        Command::Migrate(args) => by_hand::migrate(&args).await,
         Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,
     }
 }
