@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use heliotrope_executor::index::ChunkIndex;
 use heliotrope_executor::shaping::Shaper;
-use heliotrope_executor::transfer::{choose_level, receive, send, SendOptions};
+use heliotrope_executor::transfer::{choose_level, receive, send_resuming, SendOptions, TransferError};
 use serde_json::json;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -45,6 +45,9 @@ pub struct MigrateArgs {
     /// Cap on the bytes sent, Mbit/s (unshaped without it).
     #[arg(long)]
     pub cap_mbps: Option<f64>,
+    /// Connections to try: after a drop, the next sends only what did not arrive.
+    #[arg(long, default_value_t = 3)]
+    pub attempts: u32,
 }
 
 fn parse_image(text: &str) -> Result<(String, PathBuf), String> {
@@ -69,10 +72,19 @@ pub async fn receive_one(args: &ReceiveArgs) -> anyhow::Result<()> {
     }
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     println!("listening on {}", listener.local_addr()?);
-    let (mut stream, peer) = listener.accept().await?;
-    stream.set_nodelay(true)?;
     let job = args.job;
-    let received = receive(&mut stream, |j| (j == job).then(|| secret.clone()), &mut index, &out).await?;
+    // A dropped connection leaves what arrived indexed; the source's next session sends the rest.
+    let (received, peer) = loop {
+        let (mut stream, peer) = listener.accept().await?;
+        stream.set_nodelay(true)?;
+        match receive(&mut stream, |j| (j == job).then(|| secret.clone()), &mut index, &out).await {
+            Ok(received) => break (received, peer),
+            Err(TransferError::Wire(e)) => {
+                eprintln!("the connection from {peer} dropped ({e}); waiting for the source again")
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     let images: Vec<String> = received.images.iter().map(|p| p.display().to_string()).collect();
     println!("{}", json!({"job": received.job, "from": peer.to_string(), "images": images}));
     Ok(())
@@ -89,15 +101,21 @@ pub async fn migrate(args: &MigrateArgs) -> anyhow::Result<()> {
     let shaper = Shaper::new(cap);
     let level = choose_level(images.first().map_or(&[][..], |(_, data)| data), cap);
     let options = SendOptions { level, shapers: vec![&shaper] };
-    let mut stream = TcpStream::connect(&args.to).await.with_context(|| format!("connecting to {}", args.to))?;
-    stream.set_nodelay(true)?;
     let named: Vec<(&str, &[u8])> = images.iter().map(|(n, d)| (n.as_str(), d.as_slice())).collect();
-    let c = send(&mut stream, args.job, &secret, &named, &options).await?;
+    let connect = || async {
+        let stream = TcpStream::connect(&args.to).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    };
+    let (c, attempts) = send_resuming(connect, args.job, &secret, &named, &options, args.attempts)
+        .await
+        .with_context(|| format!("migrating to {}", args.to))?;
     println!(
         "{}",
         json!({
             "raw_bytes": c.raw_bytes, "wire_bytes": c.wire_bytes, "zero_pages": c.zero_pages,
             "held_pages": c.held_pages, "sent_pages": c.sent_pages, "compressed_bytes": c.compressed_bytes,
+            "attempts": attempts,
         })
     );
     Ok(())

@@ -95,6 +95,17 @@ impl ChunkIndex {
         self.write_manifest()
     }
 
+    /// Forgets `path` (its pages are no longer offered from it).
+    pub fn forget(&mut self, path: &Path) -> io::Result<()> {
+        let path = fs::canonicalize(path)?;
+        if let Some(slot) = self.files.iter().position(|f| f.as_ref().is_some_and(|held| held.path == path)) {
+            self.files[slot] = None;
+            self.map.retain(|_, (s, _)| *s != slot);
+            self.write_manifest()?;
+        }
+        Ok(())
+    }
+
     fn hold(&mut self, path: PathBuf, hashes: &[Hash]) -> io::Result<()> {
         let slot = self.files.len();
         self.files.push(Some(Held { file: File::open(&path)?, path, pages: hashes.len() as u64 }));

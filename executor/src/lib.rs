@@ -9,7 +9,7 @@
 //! a running guest's memory in rounds, with auto-converge and measured
 //! downtime).
 //!
-//! Still to come (the transfer-stack issue): parallel streams with resume, TLS, proactive disk caching, and progress reports.
+//! Still to come (the transfer-stack issue): parallel streams, TLS, proactive disk caching, and progress reports.
 
 pub mod content;
 pub mod index;

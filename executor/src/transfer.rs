@@ -228,6 +228,35 @@ pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
     Ok(counters)
 }
 
+/// Like [`send`], connecting with `connect` again when the connection
+/// drops, `attempts` times at most: the destination keeps what arrived, so
+/// each retry offers everything again but sends only what is missing.
+/// Returns the last (successful) attempt's counters and the attempts made.
+pub async fn send_resuming<S, F, Fut>(
+    mut connect: F,
+    job: u64,
+    secret: &[u8],
+    images: &[(&str, &[u8])],
+    options: &SendOptions<'_>,
+    attempts: u32,
+) -> Result<(Counters, u32), TransferError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = io::Result<S>>,
+{
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut stream = connect().await?;
+        match send(&mut stream, job, secret, images, options).await {
+            Ok(counters) => return Ok((counters, attempt)),
+            Err(TransferError::Wire(WireError::Io(_))) if attempt < attempts => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// What a destination received in one session.
 #[derive(Debug)]
 pub struct Received {
@@ -289,15 +318,32 @@ pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
         // Read as well as written: later copies of a page are read back from it.
         let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&partial)?;
         file.set_len(count * PAGE as u64)?;
-        match receive_image(stream, index, &file, count).await {
-            Ok(hashes) => {
+        // What an earlier session whose connection dropped left of this image.
+        let resume = out_dir.join(format!(".{name}.resume"));
+        let mut on_disk = vec![zero_page_hash(); count as usize];
+        match receive_image(stream, index, &file, &mut on_disk).await {
+            Ok(()) => {
                 // The verdict goes first: a live guest is paused until it arrives, and a
                 // rename of a freshly written file can wait on the disk's writeback.
                 write_frame(stream, &Frame::Verified { ok: true, reason: String::new() }).await?;
                 file.sync_all()?;
                 std::fs::rename(&partial, &path)?;
-                index.add_file(&path, &hashes)?;
+                index.add_file(&path, &on_disk)?;
+                if resume.exists() {
+                    index.forget(&resume)?;
+                    std::fs::remove_file(&resume)?;
+                }
                 kept.push(path);
+            }
+            Err(e @ TransferError::Wire(WireError::Io(_))) => {
+                // The connection dropped: what arrived (every page verified) stays
+                // indexed, so that the next session sends only the rest.
+                if resume.exists() {
+                    index.forget(&resume)?;
+                }
+                std::fs::rename(&partial, &resume)?;
+                index.add_file(&resume, &on_disk)?;
+                return Err(e);
             }
             Err(e) => {
                 // Nothing half-received is kept.
@@ -337,21 +383,23 @@ struct Pending {
     copies: Vec<(usize, u64)>,
 }
 
-/// Receives one image after its `Image` frame into `file` (sized already):
-/// offers of pages in any order and as often as a live image needs, each
-/// batch written once whole; returns the page hashes once the image's
-/// digest matches the source's.
+/// Receives one image after its `Image` frame into `file` (sized already,
+/// all zero): offers of pages in any order and as often as a live image
+/// needs, each batch written once whole. `on_disk` (one hash per page)
+/// follows what the file holds; the image is done once its digest
+/// matches the source's.
 async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     index: &ChunkIndex,
     file: &std::fs::File,
-    count: u64,
-) -> Result<Vec<Hash>, TransferError> {
+    on_disk: &mut [Hash],
+) -> Result<(), TransferError> {
+    let count = on_disk.len() as u64;
     use std::os::unix::fs::FileExt;
     let zero = zero_page_hash();
     let mut decompressor = zstd::bulk::Decompressor::new()?;
-    // What each page of the file holds (or will, once its batch is written); the file starts all zero.
-    let mut page_hash: Vec<Hash> = vec![zero; count as usize];
+    // What each page will hold once the batches answered are written.
+    let mut page_hash: Vec<Hash> = on_disk.to_vec();
     // Pages written to the file, by hash: later copies are read back, not sent.
     let mut written: HashMap<Hash, u64> = HashMap::new();
     // Pages asked for and not yet arrived, by hash: another copy is not asked for again.
@@ -451,6 +499,7 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                     i = j;
                 }
                 for (&n, h) in batch.numbers.iter().zip(&batch.hashes) {
+                    on_disk[n as usize] = *h;
                     if *h != zero && page_hash[n as usize] == *h {
                         written.entry(*h).or_insert(n);
                         if asked.get(h) == Some(&n) {
@@ -464,7 +513,7 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                 if !pending.is_empty() {
                     return Err(TransferError::Protocol("the image ended with offers unanswered".into()));
                 }
-                let got = image_digest(&page_hash);
+                let got = image_digest(on_disk);
                 if !same(&got, &expected) {
                     return Err(TransferError::Integrity(format!(
                         "image digest {} is not the source's {}",
@@ -472,7 +521,7 @@ async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
                         hex(&expected)
                     )));
                 }
-                return Ok(page_hash);
+                return Ok(());
             }
             Frame::Abort { reason } => return Err(TransferError::Refused(format!("the source gave up: {reason}"))),
             other => return Err(TransferError::Protocol(format!("expected an offer or the end, got {other:?}"))),

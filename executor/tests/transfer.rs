@@ -1,12 +1,13 @@
 //! Two executors' transfer stacks over real TCP on localhost: cold and warm
-//! destinations, integrity, authentication, and pre-copy of a running guest.
+//! destinations, integrity, authentication, resuming after a dropped
+//! connection, and pre-copy of a running guest.
 
 use heliotrope_executor::content::{hash, Hash, PAGE};
 use heliotrope_executor::index::ChunkIndex;
 use heliotrope_executor::precopy::{migrate_guest, PrecopyError, PrecopyOptions};
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::sim::{generate, ContentMix, SimGuest};
-use heliotrope_executor::transfer::{receive, send, Counters, Received, SendOptions, TransferError};
+use heliotrope_executor::transfer::{receive, send, send_resuming, Counters, Received, SendOptions, TransferError};
 use heliotrope_executor::wire::{nonce, proof, read_frame, write_frame, Frame, VERSION};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -184,4 +185,81 @@ async fn a_guest_that_outruns_its_cap_is_left_running_at_the_source() {
     assert!(guest.throttled() < 1.0, "auto-converge throttled it first");
     assert!(dest.await.unwrap().unwrap_err().to_string().contains("gave up"));
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "the destination keeps nothing");
+}
+
+/// A proxy that cuts its first connection after `cut_after` bytes from the source, and forwards later ones whole.
+async fn flaky_proxy(to: String, cut_after: u64) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        let mut first = true;
+        loop {
+            let (client, _) = listener.accept().await.unwrap();
+            let server = TcpStream::connect(&to).await.unwrap();
+            let limit = if first { cut_after } else { u64::MAX };
+            first = false;
+            tokio::spawn(async move {
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut server_read, mut server_write) = server.into_split();
+                let up = async {
+                    let mut limited = tokio::io::AsyncReadExt::take(&mut client_read, limit);
+                    let _ = tokio::io::copy(&mut limited, &mut server_write).await;
+                };
+                let down = async {
+                    let _ = tokio::io::copy(&mut server_read, &mut client_write).await;
+                };
+                // Whichever side ends first ends the connection both ways.
+                tokio::select! { _ = up => {}, _ = down => {} }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_dropped_connection_resumes_without_resending_what_arrived() {
+    let images = generate(8 << 20, 8 << 20, &ContentMix::default(), 21, 22);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("vm");
+    std::fs::create_dir_all(&out).unwrap();
+    // The destination takes two sessions: the first is cut, the second completes.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dest_addr = listener.local_addr().unwrap().to_string();
+    let (index_dir, out_dir) = (dir.path().join("index"), out.clone());
+    let dest = tokio::spawn(async move {
+        let mut index = ChunkIndex::open(&index_dir, 1 << 30).unwrap();
+        let mut outcomes = Vec::new();
+        for _ in 0..2 {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            outcomes.push(receive(&mut stream, |_| Some(SECRET.to_vec()), &mut index, &out_dir).await.is_ok());
+        }
+        outcomes
+    });
+    // Cut after about 6 MB: within the disk image, the memory image already kept.
+    let proxy = flaky_proxy(dest_addr, 6_000_000).await;
+    let options = SendOptions { level: 3, shapers: vec![] };
+    let named = [("memory.img", images.memory.as_slice()), ("disk.img", images.disk.as_slice())];
+    let connect = || {
+        let proxy = proxy.clone();
+        async move {
+            let stream = TcpStream::connect(&proxy).await?;
+            stream.set_nodelay(true)?;
+            Ok(stream)
+        }
+    };
+    let (retry, attempts) = send_resuming(connect, 7, SECRET, &named, &options, 3).await.unwrap();
+    assert_eq!(attempts, 2);
+    assert_eq!(dest.await.unwrap(), [false, true]);
+    assert!(std::fs::read(out.join("memory.img")).unwrap() == images.memory);
+    assert!(std::fs::read(out.join("disk.img")).unwrap() == images.disk);
+    assert!(!out.join(".disk.img.resume").exists(), "the leftovers go once the image is whole");
+    // The retry sent less than a whole cold transfer by the batches written before the cut
+    // (a batch is kept once all its pages arrived: up to 4 MiB).
+    let fresh = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(fresh.path().join("vm")).unwrap();
+    let (addr, whole) = destination(fresh.path().join("index"), fresh.path().join("vm"), None).await;
+    let cold = migrate(&addr, SECRET, &images.memory, &images.disk).await.unwrap();
+    whole.await.unwrap().unwrap();
+    assert!(retry.wire_bytes + 1_500_000 < cold.wire_bytes, "retry {retry:?}, whole {cold:?}");
+    assert!(retry.held_pages > cold.held_pages);
 }
