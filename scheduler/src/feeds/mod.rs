@@ -160,6 +160,25 @@ fn parse_json<T: serde::de::DeserializeOwned>(provider: &str, body: &str) -> Res
 mod tests {
     use super::*;
 
+    /// Every provider is reached over HTTPS: the client must open a TLS
+    /// handshake (a ClientHello record, 0x16 0x03) rather than refuse the scheme.
+    #[tokio::test]
+    async fn providers_are_reached_over_tls() {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}/v3/carbon-intensity/latest?zone=DE", listener.local_addr().unwrap());
+        let fetcher = Fetcher::default();
+        let request = tokio::spawn(async move { fetcher.client.get(url).send().await });
+        // Without TLS the request fails before it connects, and nothing is accepted.
+        let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
+        let (mut socket, _) = accepted.expect("the client never connected: no TLS?").unwrap();
+        let mut hello = [0u8; 2];
+        socket.read_exact(&mut hello).await.unwrap();
+        assert_eq!(hello, [0x16, 0x03], "a TLS handshake record");
+        drop(socket);
+        assert!(request.await.unwrap().is_err(), "no certificate was offered");
+    }
+
     #[test]
     fn retry_after_in_seconds_or_as_a_date() {
         assert_eq!(parse_retry_after("120"), Some(Duration::from_secs(120)));
