@@ -6,6 +6,7 @@
 //! shaped to a 200 Mbit/s cap; and the memory moved live (pre-copy) while
 //! the guest writes it, with its downtime. The last line is one JSON object.
 
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -14,10 +15,11 @@ use heliotrope_executor::index::ChunkIndex;
 use heliotrope_executor::precopy::{migrate_guest, PrecopyOptions, PrecopyReport};
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::sim::{generate, ContentMix, SimGuest};
-use heliotrope_executor::transfer::{choose_level, receive, send, Counters, SendOptions};
+use heliotrope_executor::transfer::{choose_level, receive, send, Counters, Received, SendOptions};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
 
 #[derive(clap::Args, Debug)]
 pub struct TransferBenchArgs {
@@ -40,18 +42,17 @@ pub struct TransferBenchArgs {
 
 const SECRET: &[u8] = b"bench-secret";
 
-/// Moves `images` to a fresh destination (holding `cached` files, if any); returns the counters and seconds.
-async fn migrate(
-    images: &[(&str, &[u8])],
+/// A destination in `dir` (holding `cached` files) taking one session, and
+/// a source's connection to it.
+async fn session(
+    dir: &Path,
     cached: &[(&str, &[u8])],
-    options: &SendOptions<'_>,
-) -> anyhow::Result<(Counters, f64)> {
-    let dir = tempfile::tempdir()?;
-    let out = dir.path().join("vm");
+) -> anyhow::Result<(TcpStream, JoinHandle<anyhow::Result<Received>>)> {
+    let out = dir.join("vm");
     std::fs::create_dir_all(&out)?;
-    let mut index = ChunkIndex::open(&dir.path().join("index"), 16 << 30)?;
+    let mut index = ChunkIndex::open(&dir.join("index"), 16 << 30)?;
     for (name, data) in cached {
-        let path = dir.path().join(name);
+        let path = dir.join(name);
         std::fs::write(&path, data)?;
         index.register_file(&path)?;
     }
@@ -62,18 +63,36 @@ async fn migrate(
         stream.set_nodelay(true)?;
         receive(&mut stream, |_| Some(SECRET.to_vec()), &mut index, &out).await.map_err(anyhow::Error::from)
     });
-    let mut stream = TcpStream::connect(addr).await?;
+    let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
+    Ok((stream, destination))
+}
+
+/// What the source's side of a session gave, once the destination is done;
+/// the destination's own error says more than the source's broken connection.
+async fn concluded<T, E: Into<anyhow::Error>>(
+    sent: Result<T, E>,
+    destination: JoinHandle<anyhow::Result<Received>>,
+) -> anyhow::Result<T> {
+    match (sent, destination.await.context("the destination task")?) {
+        (Ok(value), Ok(_)) => Ok(value),
+        (_, Err(e)) => Err(e.context("the destination failed")),
+        (Err(e), Ok(_)) => Err(e.into()),
+    }
+}
+
+/// Moves `images` to a fresh destination (holding `cached` files, if any); returns the counters and seconds.
+async fn migrate(
+    images: &[(&str, &[u8])],
+    cached: &[(&str, &[u8])],
+    options: &SendOptions<'_>,
+) -> anyhow::Result<(Counters, f64)> {
+    let dir = tempfile::tempdir()?;
+    let (mut stream, destination) = session(dir.path(), cached).await?;
     let started = Instant::now();
     let sent = send(&mut stream, 1, SECRET, images, options).await;
     drop(stream);
-    // The destination's own error says more than the source's broken connection.
-    let received = destination.await.context("the destination task")?;
-    let counters = match (sent, received) {
-        (Ok(counters), Ok(_)) => counters,
-        (_, Err(e)) => return Err(e.context("the destination failed")),
-        (Err(e), Ok(_)) => return Err(e.into()),
-    };
+    let counters = concluded(sent, destination).await?;
     Ok((counters, started.elapsed().as_secs_f64()))
 }
 
@@ -86,22 +105,10 @@ async fn live_migration(
     // Guest memory lives in RAM at the destination too: on a disk, writeback of the image
     // just written stalls the last round's writes for hundreds of milliseconds.
     let dir = tempfile::Builder::new().tempdir_in("/dev/shm").or_else(|_| tempfile::tempdir())?;
-    let out = dir.path().join("vm");
-    std::fs::create_dir_all(&out)?;
-    let mut index = ChunkIndex::open(&dir.path().join("index"), 16 << 30)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let destination = tokio::spawn(async move {
-        let (mut stream, _) = listener.accept().await?;
-        stream.set_nodelay(true)?;
-        receive(&mut stream, |_| Some(SECRET.to_vec()), &mut index, &out).await.map_err(anyhow::Error::from)
-    });
-    let mut stream = TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
+    let (mut stream, destination) = session(dir.path(), &[]).await?;
     let report = migrate_guest(&mut stream, 2, SECRET, guest, "memory.img", options, precopy).await;
     drop(stream);
-    destination.await.context("the destination task")??;
-    Ok(report?)
+    concluded(report, destination).await
 }
 
 /// The baseline: the same bytes copied plainly over loopback TCP; returns seconds.

@@ -18,6 +18,11 @@ use std::path::{Path, PathBuf};
 
 use crate::content::{hash, pages, Hash, PAGE};
 
+/// The hash of every page of the file at `path`.
+fn page_hashes(path: &Path) -> io::Result<Vec<Hash>> {
+    Ok(pages(&fs::read(path)?).map(hash).collect())
+}
+
 /// A file the index reads pages from.
 struct Held {
     path: PathBuf,
@@ -43,8 +48,7 @@ impl ChunkIndex {
         if manifest.exists() {
             for line in io::BufReader::new(File::open(&manifest)?).lines() {
                 let path = PathBuf::from(line?);
-                if let Ok(data) = fs::read(&path) {
-                    let hashes: Vec<Hash> = pages(&data).map(hash).collect();
+                if let Ok(hashes) = page_hashes(&path) {
                     index.hold(path, &hashes)?;
                 }
             }
@@ -80,9 +84,7 @@ impl ChunkIndex {
 
     /// Indexes every page of `path` (hashing it) and remembers it across restarts.
     pub fn register_file(&mut self, path: &Path) -> io::Result<()> {
-        let data = fs::read(path)?;
-        let hashes: Vec<Hash> = pages(&data).map(hash).collect();
-        self.add_file(path, &hashes)
+        self.add_file(path, &page_hashes(path)?)
     }
 
     /// Indexes `path` whose page hashes are known (an image just received and verified).

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::content::{hash, hex, image_digest, pages, zero_page_hash, Hash, PAGE};
 use crate::index::ChunkIndex;
 use crate::shaping::Shaper;
-use crate::wire::{frame_len, nonce, proof, read_frame, write_frame, ByteBuf, Frame, WireError, VERSION};
+use crate::wire::{encode, nonce, proof, read_frame, write_encoded, write_frame, ByteBuf, Frame, WireError, VERSION};
 
 /// Pages offered per batch.
 pub const BATCH: usize = 1024;
@@ -56,11 +56,6 @@ pub enum TransferError {
     Integrity(String),
     #[error("storage: {0}")]
     Storage(#[from] io::Error),
-}
-
-/// A page as it travels: zstd at `level` (for one page; a transfer keeps one compressor).
-pub fn compress(page: &[u8], level: i32) -> io::Result<Vec<u8>> {
-    zstd::bulk::Compressor::new(level)?.compress(page)
 }
 
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
@@ -178,11 +173,11 @@ pub async fn offer<S: AsyncRead + AsyncWrite + Unpin>(
                 counters.held_pages += 1;
             }
         }
-        let frame = Frame::Pages { pages: needed };
+        let frame = encode(&Frame::Pages { pages: needed })?;
         for shaper in &options.shapers {
-            shaper.take(frame_len(&frame)).await;
+            shaper.take(frame.len() as u64).await;
         }
-        counters.wire_bytes += write_frame(stream, &frame).await?;
+        counters.wire_bytes += write_encoded(stream, &frame).await?;
         all.extend(hashes);
     }
     Ok(all)

@@ -83,9 +83,9 @@ pub enum WireError {
     Malformed(#[from] postcard::Error),
 }
 
-/// Writes one frame; returns the bytes it took on the wire.
-pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, frame: &Frame) -> Result<u64, WireError> {
-    // Length and body in one write: one segment for small frames.
+/// A frame as it goes on the wire: length and body, so that it is written
+/// in one piece (one segment for small frames) and can be weighed first.
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
     let mut bytes = vec![0u8; 4];
     postcard::to_io(frame, &mut bytes)?;
     let len = bytes.len() - 4;
@@ -93,13 +93,18 @@ pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, frame: &Frame) -> 
         return Err(WireError::TooLarge(len));
     }
     bytes[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    w.write_all(&bytes).await?;
+    Ok(bytes)
+}
+
+/// Writes an encoded frame; returns the bytes it took on the wire.
+pub async fn write_encoded<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> Result<u64, WireError> {
+    w.write_all(bytes).await?;
     Ok(bytes.len() as u64)
 }
 
-/// The bytes `frame` takes on the wire.
-pub fn frame_len(frame: &Frame) -> u64 {
-    4 + postcard::experimental::serialized_size(frame).unwrap_or(0) as u64
+/// Writes one frame; returns the bytes it took on the wire.
+pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, frame: &Frame) -> Result<u64, WireError> {
+    write_encoded(w, &encode(frame)?).await
 }
 
 pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Frame, WireError> {

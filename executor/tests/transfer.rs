@@ -13,12 +13,14 @@ use tokio::net::{TcpListener, TcpStream};
 
 const SECRET: &[u8] = b"job-7-secret";
 
-/// A destination listening on a free port for one session; returns its address and outcome.
+/// A destination with its data in `dir` (its index in `index/`, images landing in `vm/`),
+/// listening on a free port for one session; returns its address and outcome.
 async fn destination(
-    index_dir: std::path::PathBuf,
-    out: std::path::PathBuf,
+    dir: &std::path::Path,
     warm_disk: Option<Vec<u8>>,
 ) -> (String, tokio::task::JoinHandle<Result<Received, TransferError>>) {
+    let (index_dir, out) = (dir.join("index"), dir.join("vm"));
+    std::fs::create_dir_all(&out).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let task = tokio::spawn(async move {
@@ -36,9 +38,15 @@ async fn destination(
     (addr, task)
 }
 
-async fn migrate(addr: &str, secret: &[u8], memory: &[u8], disk: &[u8]) -> Result<Counters, TransferError> {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
+/// A source's connection to `addr`.
+async fn connect(addr: &str) -> TcpStream {
+    let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
+    stream
+}
+
+async fn migrate(addr: &str, secret: &[u8], memory: &[u8], disk: &[u8]) -> Result<Counters, TransferError> {
+    let mut stream = connect(addr).await;
     let options = SendOptions { level: 3, shapers: Vec::new() };
     send(&mut stream, 7, secret, &[("memory.img", memory), ("disk.img", disk)], &options).await
 }
@@ -51,8 +59,7 @@ async fn cold_and_warm_destinations_end_with_identical_images() {
     for warm in [false, true] {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("vm");
-        std::fs::create_dir_all(&out).unwrap();
-        let (addr, dest) = destination(dir.path().join("index"), out.clone(), warm.then(|| images.disk.clone())).await;
+        let (addr, dest) = destination(dir.path(), warm.then(|| images.disk.clone())).await;
         let counters = migrate(&addr, SECRET, &images.memory, &images.disk).await.unwrap();
         let received = dest.await.unwrap().unwrap();
         assert_eq!(received.images.len(), 2);
@@ -73,8 +80,7 @@ async fn a_wrong_secret_is_refused_and_nothing_is_kept() {
     let images = generate(1 << 20, 1 << 20, &ContentMix::default(), 1, 2);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vm");
-    std::fs::create_dir_all(&out).unwrap();
-    let (addr, dest) = destination(dir.path().join("index"), out.clone(), None).await;
+    let (addr, dest) = destination(dir.path(), None).await;
     // The source checks the destination's proof first, sees it was made with another secret, and stops.
     let err = migrate(&addr, b"guessed", &images.memory, &images.disk).await.unwrap_err();
     assert!(err.to_string().contains("does not hold this job's secret"), "{err}");
@@ -82,8 +88,8 @@ async fn a_wrong_secret_is_refused_and_nothing_is_kept() {
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 
     // A source that ignores the challenge and answers with a made-up proof is refused.
-    let (addr, dest) = destination(dir.path().join("index"), out.clone(), None).await;
-    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let (addr, dest) = destination(dir.path(), None).await;
+    let mut s = connect(&addr).await;
     write_frame(&mut s, &Frame::Hello { version: VERSION, job: 7, nonce: nonce() }).await.unwrap();
     assert!(matches!(read_frame(&mut s).await.unwrap(), Frame::Challenge { .. }));
     write_frame(&mut s, &Frame::Proof { proof: [0; 32] }).await.unwrap();
@@ -91,8 +97,8 @@ async fn a_wrong_secret_is_refused_and_nothing_is_kept() {
     assert!(dest.await.unwrap().unwrap_err().to_string().contains("wrong job secret"));
     // So is an unknown job, and a protocol version from elsewhere.
     for (version, job, expected) in [(VERSION, 8, "no job 8 here"), (VERSION + 1, 7, "protocol version")] {
-        let (addr, dest) = destination(dir.path().join("index"), out.clone(), None).await;
-        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let (addr, dest) = destination(dir.path(), None).await;
+        let mut s = connect(&addr).await;
         write_frame(&mut s, &Frame::Hello { version, job, nonce: nonce() }).await.unwrap();
         assert!(matches!(read_frame(&mut s).await.unwrap(), Frame::Refused { reason } if reason.contains(expected)));
         assert!(dest.await.unwrap().is_err());
@@ -105,9 +111,8 @@ async fn a_wrong_secret_is_refused_and_nothing_is_kept() {
 async fn a_corrupted_page_is_caught_and_the_image_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vm");
-    std::fs::create_dir_all(&out).unwrap();
-    let (addr, dest) = destination(dir.path().join("index"), out.clone(), None).await;
-    let mut s = TcpStream::connect(&addr).await.unwrap();
+    let (addr, dest) = destination(dir.path(), None).await;
+    let mut s = connect(&addr).await;
     let mine = nonce();
     write_frame(&mut s, &Frame::Hello { version: VERSION, job: 7, nonce: mine }).await.unwrap();
     let Frame::Challenge { nonce: theirs, .. } = read_frame(&mut s).await.unwrap() else { panic!("no challenge") };
@@ -120,7 +125,7 @@ async fn a_corrupted_page_is_caught_and_the_image_not_kept() {
     assert!(matches!(read_frame(&mut s).await.unwrap(), Frame::Need { .. }));
     let mut corrupted = page.clone();
     corrupted[100] ^= 1;
-    let packed = zstd_compress(&corrupted);
+    let packed = zstd::bulk::compress(&corrupted, 3).unwrap();
     write_frame(&mut s, &Frame::Pages { pages: vec![(0, h, packed.into())] }).await.unwrap();
     match read_frame(&mut s).await.unwrap() {
         Frame::Verified { ok: false, reason } => assert!(reason.contains("does not match its hash"), "{reason}"),
@@ -129,11 +134,6 @@ async fn a_corrupted_page_is_caught_and_the_image_not_kept() {
     let err = dest.await.unwrap().unwrap_err();
     assert!(matches!(err, TransferError::Integrity(_)), "{err}");
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing kept");
-}
-
-fn zstd_compress(data: &[u8]) -> Vec<u8> {
-    // The same encoding the source uses; the test crate reaches zstd through the executor's dependency tree.
-    heliotrope_executor::transfer::compress(data, 3).unwrap()
 }
 
 fn options(shapers: Vec<&Shaper>) -> SendOptions<'_> {
@@ -147,10 +147,8 @@ async fn a_running_guest_moves_in_rounds_and_pauses_only_for_the_last() {
     let guest = SimGuest::start(images.memory, 4e6, 9);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vm");
-    std::fs::create_dir_all(&out).unwrap();
-    let (addr, dest) = destination(dir.path().join("index"), out.clone(), None).await;
-    let mut stream = TcpStream::connect(&addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
+    let (addr, dest) = destination(dir.path(), None).await;
+    let mut stream = connect(&addr).await;
     let precopy = PrecopyOptions { max_downtime_s: 0.3, budget_s: 60.0 };
     let report = migrate_guest(&mut stream, 7, SECRET, &guest, "memory.img", &options(vec![]), &precopy).await.unwrap();
     drop(stream);
@@ -172,10 +170,8 @@ async fn a_guest_that_outruns_its_cap_is_left_running_at_the_source() {
     let guest = SimGuest::start(images.memory, 40e6, 10);
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("vm");
-    std::fs::create_dir_all(&out).unwrap();
-    let (addr, dest) = destination(dir.path().join("index"), out.clone(), None).await;
-    let mut stream = TcpStream::connect(&addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
+    let (addr, dest) = destination(dir.path(), None).await;
+    let mut stream = connect(&addr).await;
     let cap = Shaper::new(Some(4e6));
     let precopy = PrecopyOptions { max_downtime_s: 0.05, budget_s: 4.0 };
     let err =
@@ -256,8 +252,7 @@ async fn a_dropped_connection_resumes_without_resending_what_arrived() {
     // The retry sent less than a whole cold transfer by the batches written before the cut
     // (a batch is kept once all its pages arrived: up to 4 MiB).
     let fresh = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(fresh.path().join("vm")).unwrap();
-    let (addr, whole) = destination(fresh.path().join("index"), fresh.path().join("vm"), None).await;
+    let (addr, whole) = destination(fresh.path(), None).await;
     let cold = migrate(&addr, SECRET, &images.memory, &images.disk).await.unwrap();
     whole.await.unwrap().unwrap();
     assert!(retry.wire_bytes + 1_500_000 < cold.wire_bytes, "retry {retry:?}, whole {cold:?}");

@@ -571,7 +571,7 @@ fn schedule_scenarios(seed: u64) -> Vec<Scenario> {
 
 /// Schedules each scenario with Heliotrope's policy and the baselines on the same fluid model.
 pub fn schedule(args: &ScheduleBenchArgs) -> anyhow::Result<()> {
-    use crate::domain::schedule::{lower_bound, simulate, Goal, Policy};
+    use crate::domain::schedule::{lower_bound, simulate, Goal, Policy, BASELINES};
     let mut worst_over_lb: f64 = 0.0;
     let mut worst_vs_all: f64 = 0.0;
     let mut non_converging_started = 0;
@@ -581,12 +581,8 @@ pub fn schedule(args: &ScheduleBenchArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         let ours = simulate(&scenario.network, &scenario.migrations, Policy::Heliotrope(scenario.goal));
         let schedule_s = started.elapsed().as_secs_f64();
-        let baselines = [
-            ("all at once", Policy::AllAtOnce),
-            ("one at a time", Policy::OneAtATime),
-            ("2 per link", Policy::PerLink(2)),
-        ]
-        .map(|(name, policy)| (name, simulate(&scenario.network, &scenario.migrations, policy)));
+        let baselines =
+            BASELINES.map(|(name, policy)| (name, simulate(&scenario.network, &scenario.migrations, policy)));
         let n = scenario.migrations.len();
         non_converging_started += ours.started_not_converging;
         eprintln!(

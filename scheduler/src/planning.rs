@@ -18,7 +18,7 @@ use crate::db::{self, enum_to_text, StoreError};
 use crate::domain::cost::{MigrationPrices, SlotSignal, Weights};
 use crate::domain::planner::inputs::{evacuation, plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS};
 use crate::domain::planner::{self, Breakdown, Move, PlanError, PlanInput, Settings};
-use crate::domain::schedule::{self, lower_bound, simulate, Goal, Policy};
+use crate::domain::schedule::{self, lower_bound, simulate, Goal, Policy, BASELINES};
 use crate::domain::Valid;
 
 #[derive(Debug, thiserror::Error)]
@@ -221,22 +221,18 @@ fn plan_schedule(input: &PlanInput, moves: &[Move], goal: Goal) -> (PlanSchedule
     let (network, migrations) = schedule::for_moves(input, moves);
     let ours = simulate(&network, &migrations, Policy::Heliotrope(goal));
     let lower_bound_s = lower_bound(&network, &migrations, 60, ours.makespan_s);
-    let baselines = [
-        ("all_at_once", Policy::AllAtOnce),
-        ("one_at_a_time", Policy::OneAtATime),
-        ("two_per_link", Policy::PerLink(2)),
-    ]
-    .into_iter()
-    .map(|(name, policy)| {
-        let run = simulate(&network, &migrations, policy);
-        BaselineSchedule {
-            policy: name.to_owned(),
-            makespan_s: run.makespan_s,
-            mean_completion_s: run.mean_completion_s,
-            started_not_converging: run.started_not_converging as u64,
-        }
-    })
-    .collect();
+    let baselines = BASELINES
+        .into_iter()
+        .map(|(name, policy)| {
+            let run = simulate(&network, &migrations, policy);
+            BaselineSchedule {
+                policy: name.to_owned(),
+                makespan_s: run.makespan_s,
+                mean_completion_s: run.mean_completion_s,
+                started_not_converging: run.started_not_converging as u64,
+            }
+        })
+        .collect();
     let site = |i: usize| input.sites[i].name.clone();
     let served = PlanSchedule {
         makespan_s: ours.makespan_s,

@@ -93,6 +93,10 @@ pub enum Policy {
     PerLink(usize),
 }
 
+/// The baselines Heliotrope's policy is compared with, by name.
+pub const BASELINES: [(&str, Policy); 3] =
+    [("all_at_once", Policy::AllAtOnce), ("one_at_a_time", Policy::OneAtATime), ("two_per_link", Policy::PerLink(2))];
+
 /// What happened to one migration.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Outcome {
