@@ -2,39 +2,69 @@
 //! so that a source only sends what the destination lacks.
 //!
 //! What it holds are files: cached disk replicas, images of VMs it hosts,
-//! images received in recent migrations. Their pages are indexed in place
+//! images received in recent migrations; which of these a file is says
+//! what a page it gives saved (the disk cache, or dedup against the site). Their pages are indexed in place
 //! (never copied) and read from the file when needed, and every page read
 //! back is checked against its hash, so a file changed under the index
 //! cannot pass a wrong page. Files are bounded by `max_bytes` in all: past
 //! it, the oldest registrations are forgotten (the files stay; they are
 //! not the index's). The list of files survives restarts (`files.txt`);
-//! their pages are rehashed on open.
+//! their pages are rehashed on open. Each file's page hashes are kept
+//! (32 bytes per 4 KiB page) so that a replica can be updated in place.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufRead, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use crate::content::{hash, pages, Hash, PAGE};
+use crate::content::{hash, pages, ByHash, Hash, ImageFile, PageSource, PAGE};
 
-/// The hash of every page of the file at `path`.
+/// The hash of every page of the file at `path`, read a megabyte at a time.
 fn page_hashes(path: &Path) -> io::Result<Vec<Hash>> {
-    Ok(pages(&fs::read(path)?).map(hash).collect())
+    let image = ImageFile::open(path)?;
+    let mut hashes = Vec::with_capacity(image.page_count() as usize);
+    let mut buf = vec![0u8; 256 * PAGE];
+    let mut first = 0;
+    while first < image.page_count() {
+        let n = (image.page_count() - first).min(256) as usize;
+        image.read_pages(first, &mut buf[..n * PAGE])?;
+        hashes.extend(pages(&buf[..n * PAGE]).map(hash));
+        first += n as u64;
+    }
+    Ok(hashes)
+}
+
+/// What a held file is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Holding {
+    /// A replica of a VM's disk cached here ahead of a migration.
+    Replica,
+    /// An image of a VM hosted here or received in a migration.
+    Image,
+}
+
+impl Holding {
+    fn word(self) -> &'static str {
+        match self {
+            Holding::Replica => "replica",
+            Holding::Image => "image",
+        }
+    }
 }
 
 /// A file the index reads pages from.
 struct Held {
     path: PathBuf,
     file: File,
-    pages: u64,
+    holding: Holding,
+    hashes: Vec<Hash>,
 }
 
 pub struct ChunkIndex {
     dir: PathBuf,
     max_bytes: u64,
     /// Hash to (file slot, page).
-    map: HashMap<Hash, (usize, u64)>,
+    map: ByHash<(usize, u64)>,
     /// Oldest first; `None` once forgotten, so that slots stay put.
     files: Vec<Option<Held>>,
 }
@@ -43,13 +73,19 @@ impl ChunkIndex {
     /// Opens (or creates) the index in `dir`, holding files of at most `max_bytes` in all.
     pub fn open(dir: &Path, max_bytes: u64) -> io::Result<ChunkIndex> {
         fs::create_dir_all(dir)?;
-        let mut index = ChunkIndex { dir: dir.to_owned(), max_bytes, map: HashMap::new(), files: Vec::new() };
+        let mut index = ChunkIndex { dir: dir.to_owned(), max_bytes, map: ByHash::default(), files: Vec::new() };
         let manifest = dir.join("files.txt");
         if manifest.exists() {
             for line in io::BufReader::new(File::open(&manifest)?).lines() {
-                let path = PathBuf::from(line?);
+                let line = line?;
+                let (holding, path) = match line.split_once(' ') {
+                    Some(("replica", path)) => (Holding::Replica, PathBuf::from(path)),
+                    Some(("image", path)) => (Holding::Image, PathBuf::from(path)),
+                    _ => continue,
+                };
+                // A file gone or unreadable since is simply no longer held.
                 if let Ok(hashes) = page_hashes(&path) {
-                    index.hold(path, &hashes)?;
+                    index.hold(path, holding, hashes)?;
                 }
             }
         }
@@ -69,13 +105,14 @@ impl ChunkIndex {
         self.map.is_empty()
     }
 
-    /// The page with hash `h`, checked against it; `None` if not held (or no longer intact).
-    pub fn get(&self, h: &Hash) -> io::Result<Option<Vec<u8>>> {
+    /// The page with hash `h`, checked against it, and what kind of file
+    /// gave it; `None` if not held (or no longer intact).
+    pub fn get(&self, h: &Hash) -> io::Result<Option<(Vec<u8>, Holding)>> {
         let Some(&(slot, page)) = self.map.get(h) else { return Ok(None) };
         let Some(held) = &self.files[slot] else { return Ok(None) };
         let mut data = vec![0u8; PAGE];
         match held.file.read_exact_at(&mut data, page * PAGE as u64) {
-            Ok(()) => Ok((hash(&data) == *h).then_some(data)),
+            Ok(()) => Ok((hash(&data) == *h).then_some((data, held.holding))),
             // A file that shrank no longer holds the page.
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
             Err(e) => Err(e),
@@ -83,54 +120,86 @@ impl ChunkIndex {
     }
 
     /// Indexes every page of `path` (hashing it) and remembers it across restarts.
-    pub fn register_file(&mut self, path: &Path) -> io::Result<()> {
-        self.add_file(path, &page_hashes(path)?)
+    pub fn register_file(&mut self, path: &Path, holding: Holding) -> io::Result<()> {
+        self.add_file(path, holding, page_hashes(path)?)
     }
 
-    /// Indexes `path` whose page hashes are known (an image just received and verified).
-    pub fn add_file(&mut self, path: &Path, hashes: &[Hash]) -> io::Result<()> {
+    /// Indexes `path` whose page hashes are known (an image just received
+    /// and verified); a file held already is held with these hashes now.
+    pub fn add_file(&mut self, path: &Path, holding: Holding, hashes: Vec<Hash>) -> io::Result<()> {
         let path = fs::canonicalize(path)?;
-        if self.files.iter().flatten().any(|held| held.path == path) {
-            return Ok(());
-        }
-        self.hold(path, hashes)?;
+        self.drop_path(&path);
+        self.hold(path, holding, hashes)?;
         self.write_manifest()
+    }
+
+    /// The page hashes of `path` as held, if it is.
+    pub fn hashes_of(&self, path: &Path) -> Option<&[Hash]> {
+        let path = fs::canonicalize(path).ok()?;
+        self.files.iter().flatten().find(|held| held.path == path).map(|held| held.hashes.as_slice())
     }
 
     /// Forgets `path` (its pages are no longer offered from it).
     pub fn forget(&mut self, path: &Path) -> io::Result<()> {
         let path = fs::canonicalize(path)?;
-        if let Some(slot) = self.files.iter().position(|f| f.as_ref().is_some_and(|held| held.path == path)) {
-            self.files[slot] = None;
-            self.map.retain(|_, (s, _)| *s != slot);
+        if self.drop_path(&path) {
             self.write_manifest()?;
         }
         Ok(())
     }
 
-    fn hold(&mut self, path: PathBuf, hashes: &[Hash]) -> io::Result<()> {
+    fn drop_path(&mut self, path: &Path) -> bool {
+        match self.files.iter().position(|f| f.as_ref().is_some_and(|held| held.path == path)) {
+            Some(slot) => {
+                self.drop_slot(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Forgets a slot; pages it shared with other files stay held by them.
+    fn drop_slot(&mut self, slot: usize) {
+        let Some(held) = self.files[slot].take() else { return };
+        for h in &held.hashes {
+            if self.map.get(h).is_some_and(|&(s, _)| s == slot) {
+                self.map.remove(h);
+            }
+        }
+        let orphaned: std::collections::HashSet<&Hash> =
+            held.hashes.iter().filter(|h| !self.map.contains_key(*h)).collect();
+        for (s, other) in self.files.iter().enumerate() {
+            let Some(other) = other else { continue };
+            for (page, h) in other.hashes.iter().enumerate() {
+                if orphaned.contains(h) {
+                    self.map.entry(*h).or_insert((s, page as u64));
+                }
+            }
+        }
+    }
+
+    fn hold(&mut self, path: PathBuf, holding: Holding, hashes: Vec<Hash>) -> io::Result<()> {
         let slot = self.files.len();
-        self.files.push(Some(Held { file: File::open(&path)?, path, pages: hashes.len() as u64 }));
         for (page, h) in hashes.iter().enumerate() {
             self.map.entry(*h).or_insert((slot, page as u64));
         }
+        self.files.push(Some(Held { file: File::open(&path)?, path, holding, hashes }));
         // Past the bound, forget the oldest files (never the one just added).
         while self.held_bytes() > self.max_bytes {
             let Some(oldest) = self.files[..slot].iter().position(Option::is_some) else { break };
-            self.files[oldest] = None;
-            self.map.retain(|_, (s, _)| *s != oldest);
+            self.drop_slot(oldest);
         }
         Ok(())
     }
 
     fn held_bytes(&self) -> u64 {
-        self.files.iter().flatten().map(|held| held.pages * PAGE as u64).sum()
+        self.files.iter().flatten().map(|held| (held.hashes.len() * PAGE) as u64).sum()
     }
 
     fn write_manifest(&self) -> io::Result<()> {
         let mut manifest = File::create(self.dir.join("files.txt"))?;
         for held in self.files.iter().flatten() {
-            writeln!(manifest, "{}", held.path.display())?;
+            writeln!(manifest, "{} {}", held.holding.word(), held.path.display())?;
         }
         manifest.sync_all()
     }
@@ -151,11 +220,11 @@ mod tests {
         fs::write(&image, [page(7), page(8)].concat()).unwrap();
         {
             let mut index = ChunkIndex::open(&dir.path().join("index"), 1 << 30).unwrap();
-            index.register_file(&image).unwrap();
+            index.register_file(&image, Holding::Replica).unwrap();
             assert_eq!(index.len(), 2);
         }
         let index = ChunkIndex::open(&dir.path().join("index"), 1 << 30).unwrap();
-        assert_eq!(index.get(&hash(&page(8))).unwrap(), Some(page(8)));
+        assert_eq!(index.get(&hash(&page(8))).unwrap(), Some((page(8), Holding::Replica)));
         assert_eq!(index.get(&hash(&page(9))).unwrap(), None);
         // A file that changed under the index no longer vouches for the old page.
         fs::write(&image, [page(7), page(9)].concat()).unwrap();
@@ -169,11 +238,26 @@ mod tests {
         for (name, fill) in [("a", 1), ("b", 2), ("c", 3)] {
             let path = dir.path().join(name);
             fs::write(&path, page(fill)).unwrap();
-            index.register_file(&path).unwrap();
+            index.register_file(&path, Holding::Image).unwrap();
         }
         assert!(!index.contains(&hash(&page(1))));
         assert!(index.contains(&hash(&page(2))) && index.contains(&hash(&page(3))));
         let reopened = ChunkIndex::open(&dir.path().join("index"), 2 * PAGE as u64).unwrap();
         assert_eq!(reopened.len(), 2);
+    }
+
+    #[test]
+    fn a_forgotten_file_leaves_the_pages_it_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut index = ChunkIndex::open(&dir.path().join("index"), 1 << 30).unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::write(&a, [page(1), page(2)].concat()).unwrap();
+        fs::write(&b, [page(2), page(3)].concat()).unwrap();
+        index.register_file(&a, Holding::Image).unwrap();
+        index.register_file(&b, Holding::Image).unwrap();
+        index.forget(&a).unwrap();
+        assert!(!index.contains(&hash(&page(1))));
+        assert_eq!(index.get(&hash(&page(2))).unwrap(), Some((page(2), Holding::Image)));
+        assert_eq!(index.hashes_of(&b), Some(&[hash(&page(2)), hash(&page(3))][..]));
     }
 }

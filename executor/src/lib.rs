@@ -1,20 +1,26 @@
 //! The executor's transfer stack, independent of any hypervisor: moving VM
 //! images between sites' executors with far fewer bytes than a plain copy.
 //!
-//! Layout: [`content`] (pages and hashes), [`index`] (what a site holds,
-//! by hash), [`sim`] (the `sim` driver's realistic VM content), [`wire`]
-//! (the framed, versioned, authenticated protocol), [`transfer`]
-//! (content-addressed image transfer with integrity checks), [`shaping`]
-//! (token buckets to the schedule's caps), [`precopy`] (live migration of
-//! a running guest's memory in rounds, with auto-converge and measured
-//! downtime).
-//!
-//! Still to come (the transfer-stack issue): parallel streams, TLS, proactive disk caching, and progress reports.
+//! Layout: [`content`] (pages, hashes, where pages are read from),
+//! [`index`] (what a site holds, by hash), [`sim`] (the `sim` driver: VMs
+//! whose bytes are real and whose guest is simulated), [`wire`] (the
+//! framed, versioned, authenticated protocol), [`tls`] (mutual TLS when
+//! certificates are configured), [`transfer`] (what both sides share:
+//! counters, progress, errors), [`source`] and [`destination`] (the two
+//! ends of a job's session over parallel streams), [`shaping`] (token
+//! buckets to the schedule's caps; replication yielding to migrations),
+//! [`precopy`] (live migration of a running VM in rounds, with
+//! auto-converge and measured downtime), [`replica`] (proactive disk
+//! caching at standby sites).
 
 pub mod content;
+pub mod destination;
 pub mod index;
 pub mod precopy;
+pub mod replica;
 pub mod shaping;
 pub mod sim;
+pub mod source;
+pub mod tls;
 pub mod transfer;
 pub mod wire;

@@ -1,8 +1,12 @@
 //! Shaping: a token bucket holds a job's bytes to the cap the schedule gave
-//! it, and another can hold all jobs on a link to its usable bandwidth; a
-//! sender takes from every bucket it is under. Caps can change mid-transfer.
+//! it, and a [`Link`]'s bucket holds all jobs on the link to its usable
+//! bandwidth; a sender takes from every bucket it is under. Caps can change
+//! mid-transfer. Background replication of disks to standby sites runs
+//! within a budget of the link and yields to migrations: its rate is what
+//! the migrations' caps leave, at most its budget, and nothing while they
+//! take the whole link.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A token bucket; `None` for a rate means unshaped.
@@ -32,22 +36,119 @@ impl Shaper {
         b.rate = bytes_per_s;
     }
 
-    /// Takes `bytes`, waiting as long as the rate asks.
+    pub fn rate(&self) -> Option<f64> {
+        self.bucket.lock().unwrap_or_else(|e| e.into_inner()).rate
+    }
+
+    /// Takes `bytes`, waiting as long as the rate asks (while it is zero,
+    /// until it is not).
     pub async fn take(&self, bytes: u64) {
-        let wait = {
-            let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
-            b.refill();
-            match b.rate {
-                None => return,
-                Some(rate) => {
-                    b.tokens -= bytes as f64;
-                    (b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / rate))
+        loop {
+            let wait = {
+                let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+                b.refill();
+                match b.rate {
+                    None => return,
+                    Some(rate) if rate <= 0.0 => None,
+                    Some(rate) => {
+                        b.tokens -= bytes as f64;
+                        Some((b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / rate)))
+                    }
                 }
+            };
+            match wait {
+                Some(Some(wait)) => return tokio::time::sleep(wait).await,
+                Some(None) => return,
+                None => tokio::time::sleep(PAUSED_POLL).await,
             }
-        };
-        if let Some(wait) = wait {
-            tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// How often a sender held at rate zero looks again.
+const PAUSED_POLL: Duration = Duration::from_millis(20);
+
+/// A WAN link as its site's executor shares it.
+pub struct Link {
+    usable: f64,
+    replication_budget: f64,
+    /// Everything sent on the link takes from this.
+    total: Arc<Shaper>,
+    replication: Arc<Shaper>,
+    /// Caps of the migrations under way.
+    migrations: Mutex<Vec<(u64, f64)>>,
+}
+
+/// A migration's share of a link, held while it runs.
+pub struct MigrationSlot {
+    link: Arc<Link>,
+    id: u64,
+    /// The job's own bucket at its cap.
+    pub cap: Arc<Shaper>,
+}
+
+impl Link {
+    /// A link of `usable` bytes/s, of which replication may use `replication_budget` when migrations leave it.
+    pub fn new(usable: f64, replication_budget: f64) -> Arc<Link> {
+        let link = Arc::new(Link {
+            usable,
+            replication_budget,
+            total: Arc::new(Shaper::new(Some(usable))),
+            replication: Arc::new(Shaper::new(Some(replication_budget.min(usable)))),
+            migrations: Mutex::new(Vec::new()),
+        });
+        link.rebalance();
+        link
+    }
+
+    /// The buckets a replication on this link takes from.
+    pub fn replication_shapers(&self) -> Vec<Arc<Shaper>> {
+        vec![self.replication.clone(), self.total.clone()]
+    }
+
+    /// Starts a migration at `cap` bytes/s: replication yields to it at once.
+    pub fn start_migration(self: &Arc<Self>, cap: f64) -> MigrationSlot {
+        let mut migrations = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+        let id = migrations.iter().map(|&(id, _)| id + 1).max().unwrap_or(0);
+        migrations.push((id, cap));
+        drop(migrations);
+        self.rebalance();
+        MigrationSlot { link: self.clone(), id, cap: Arc::new(Shaper::new(Some(cap))) }
+    }
+
+    fn rebalance(&self) {
+        let taken: f64 = self.migrations.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|&(_, cap)| cap).sum();
+        self.replication.set_rate(Some((self.usable - taken).clamp(0.0, self.replication_budget)));
+    }
+
+    /// What replication may use now, bytes/s.
+    pub fn replication_rate(&self) -> f64 {
+        self.replication.rate().unwrap_or(0.0)
+    }
+}
+
+impl MigrationSlot {
+    /// The buckets the migration takes from: its cap and the link's.
+    pub fn shapers(&self) -> Vec<Arc<Shaper>> {
+        vec![self.cap.clone(), self.link.total.clone()]
+    }
+
+    /// The schedule changed the job's cap.
+    pub fn set_cap(&self, cap: f64) {
+        self.cap.set_rate(Some(cap));
+        let mut migrations = self.link.migrations.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = migrations.iter_mut().find(|(id, _)| *id == self.id) {
+            entry.1 = cap;
+        }
+        drop(migrations);
+        self.link.rebalance();
+    }
+}
+
+impl Drop for MigrationSlot {
+    fn drop(&mut self) {
+        self.link.migrations.lock().unwrap_or_else(|e| e.into_inner()).retain(|&(id, _)| id != self.id);
+        self.link.rebalance();
     }
 }
 
@@ -80,5 +181,31 @@ mod tests {
         let started = Instant::now();
         shaper.take(1 << 30).await;
         assert!(started.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test]
+    async fn replication_yields_to_migrations() {
+        let link = Link::new(100e6, 30e6);
+        assert_eq!(link.replication_rate(), 30e6);
+        let first = link.start_migration(80e6);
+        assert_eq!(link.replication_rate(), 20e6);
+        let second = link.start_migration(50e6);
+        assert_eq!(link.replication_rate(), 0.0, "the migrations take the whole link");
+        // Held at zero, a replication sender waits until a migration ends.
+        let replication = link.replication_shapers();
+        let waiting = tokio::spawn(async move {
+            for shaper in &replication {
+                shaper.take(1000).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(!waiting.is_finished());
+        drop(second);
+        assert_eq!(link.replication_rate(), 20e6);
+        tokio::time::timeout(Duration::from_secs(1), waiting).await.unwrap().unwrap();
+        first.set_cap(10e6);
+        assert_eq!(link.replication_rate(), 30e6);
+        drop(first);
+        assert_eq!(link.replication_rate(), 30e6);
     }
 }

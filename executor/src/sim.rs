@@ -1,7 +1,10 @@
-//! The `sim` driver's VM content: a memory image and a disk image whose
-//! bytes are real and whose make-up is realistic, so that what the
-//! transfer stack saves on them is what it would save on a real guest.
-//! The guest itself is simulated, and says so wherever it is shown.
+//! The `sim` driver: a VM is a memory image and a disk image in the
+//! executor's data dir, whose bytes are real and whose make-up is
+//! realistic, so that what the transfer stack saves on them is what it
+//! would save on a real guest; while it runs, a task writes its memory and
+//! its disk at their rates, and logs what it wrote as a hypervisor would.
+//! The guest itself is simulated, and says so wherever it is shown
+//! ([`DRIVER`]).
 //!
 //! Default shares of memory pages (they are settings; real guests vary
 //! widely):
@@ -22,10 +25,23 @@
 //! Disks: `base_share` of the blocks come from the base image (the same
 //! for every VM built from it, like an OS image), the rest are the VM's own.
 
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-use crate::content::PAGE;
+use crate::content::{PageSource, PAGE};
+
+/// How the driver names itself wherever a VM is shown: the bytes are real, the guest is not.
+pub const DRIVER: &str = "sim";
+
+/// Pages per disk block: writes are tracked, and replicas synced, by block.
+pub const BLOCK_PAGES: u64 = 16;
 
 /// Shares of memory pages by kind; they sum to at most 1 (the rest is unique).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -44,30 +60,51 @@ impl Default for ContentMix {
     }
 }
 
-/// A simulated VM's images.
+impl ContentMix {
+    /// Every page unique: nothing to dedup, nothing compressible.
+    pub const UNIQUE: ContentMix =
+        ContentMix { zero: 0.0, duplicate: 0.0, shared: 0.0, page_cache: 0.0, base_share: 0.0 };
+}
+
+/// A simulated VM's images in a directory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimImages {
-    pub memory: Vec<u8>,
-    pub disk: Vec<u8>,
+    pub memory: PathBuf,
+    pub disk: PathBuf,
 }
 
 /// Pages in the base image's pool of memory pages that VMs share.
 const SHARED_POOL: u64 = 4096;
 
-/// Builds the images of a VM: `base_seed` names the base image (VMs built
-/// from one share its disk blocks and shared memory pages), `vm_seed` the VM.
-pub fn generate(memory_bytes: usize, disk_bytes: usize, mix: &ContentMix, base_seed: u64, vm_seed: u64) -> SimImages {
+/// Writes the images of a VM into `dir` (`memory.img`, `disk.img`), a
+/// megabyte at a time: `base_seed` names the base image (VMs built from
+/// one share its disk blocks and shared memory pages), `vm_seed` the VM.
+pub fn generate(
+    dir: &Path,
+    memory_bytes: usize,
+    disk_bytes: usize,
+    mix: &ContentMix,
+    base_seed: u64,
+    vm_seed: u64,
+) -> io::Result<SimImages> {
+    std::fs::create_dir_all(dir)?;
+    let images = SimImages { memory: dir.join("memory.img"), disk: dir.join("disk.img") };
     let (memory_pages, disk_pages) = (memory_bytes / PAGE, disk_bytes / PAGE);
     let mut rng = StdRng::seed_from_u64(vm_seed);
-    let mut disk = vec![0u8; disk_pages * PAGE];
-    for (i, block) in disk.chunks_exact_mut(PAGE).enumerate() {
-        if (i as f64) < disk_pages as f64 * mix.base_share {
-            StdRng::seed_from_u64(base_seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).fill_bytes(block);
-        } else {
-            rng.fill_bytes(block);
+    let mut chunk = vec![0u8; 256 * PAGE];
+    let mut disk = File::options().read(true).write(true).create(true).truncate(true).open(&images.disk)?;
+    for first in (0..disk_pages).step_by(256) {
+        let n = (disk_pages - first).min(256);
+        for (i, block) in chunk[..n * PAGE].chunks_exact_mut(PAGE).enumerate() {
+            let page = first + i;
+            if (page as f64) < disk_pages as f64 * mix.base_share {
+                StdRng::seed_from_u64(base_seed ^ (page as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).fill_bytes(block);
+            } else {
+                rng.fill_bytes(block);
+            }
         }
+        disk.write_all(&chunk[..n * PAGE])?;
     }
-    let mut memory = vec![0u8; memory_pages * PAGE];
     // Pages duplicated within the VM copy one of a few hot pages.
     let hot: Vec<[u8; PAGE]> = (0..64)
         .map(|_| {
@@ -76,114 +113,155 @@ pub fn generate(memory_bytes: usize, disk_bytes: usize, mix: &ContentMix, base_s
             page
         })
         .collect();
-    for page in memory.chunks_exact_mut(PAGE) {
-        let pick: f64 = rng.random();
-        if pick < mix.zero {
-            continue;
-        } else if pick < mix.zero + mix.duplicate {
-            page.copy_from_slice(&hot[rng.random_range(0..hot.len())]);
-        } else if pick < mix.zero + mix.duplicate + mix.shared {
-            let n = rng.random_range(0..SHARED_POOL);
-            StdRng::seed_from_u64(base_seed.rotate_left(17) ^ n).fill_bytes(page);
-        } else if pick < mix.zero + mix.duplicate + mix.shared + mix.page_cache && disk_pages > 0 {
-            let block = rng.random_range(0..disk_pages) * PAGE;
-            page.copy_from_slice(&disk[block..block + PAGE]);
-        } else {
-            rng.fill_bytes(page);
+    let mut memory = File::create(&images.memory)?;
+    for first in (0..memory_pages).step_by(256) {
+        let n = (memory_pages - first).min(256);
+        for page in chunk[..n * PAGE].chunks_exact_mut(PAGE) {
+            let pick: f64 = rng.random();
+            if pick < mix.zero {
+                page.fill(0);
+            } else if pick < mix.zero + mix.duplicate {
+                page.copy_from_slice(&hot[rng.random_range(0..hot.len())]);
+            } else if pick < mix.zero + mix.duplicate + mix.shared {
+                let n = rng.random_range(0..SHARED_POOL);
+                StdRng::seed_from_u64(base_seed.rotate_left(17) ^ n).fill_bytes(page);
+            } else if pick < mix.zero + mix.duplicate + mix.shared + mix.page_cache && disk_pages > 0 {
+                let block = rng.random_range(0..disk_pages as u64);
+                disk.read_exact_at(page, block * PAGE as u64)?;
+            } else {
+                rng.fill_bytes(page);
+            }
         }
+        memory.write_all(&chunk[..n * PAGE])?;
     }
-    SimImages { memory, disk }
+    memory.sync_all()?;
+    disk.sync_all()?;
+    Ok(images)
 }
 
-/// A running simulated guest: its memory, written by a task at its dirty
-/// rate (8 random bytes at a time in random pages: every write dirties its
-/// page, and the dirty rate counts whole pages, as hypervisors track them),
-/// with a dirty log as the hypervisor would keep one.
-pub struct SimGuest {
-    state: std::sync::Arc<std::sync::Mutex<GuestState>>,
+/// How fast a running guest writes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Workload {
+    /// Memory, bytes/s (each write dirties a whole page, as hypervisors track them).
+    pub memory_bytes_per_s: f64,
+    /// Disk, bytes/s (each write dirties a whole block).
+    pub disk_bytes_per_s: f64,
+    pub seed: u64,
+}
+
+/// A running `sim` VM: its memory held as a guest's RAM (loaded from its
+/// memory image), its disk the image file itself, and a task that writes
+/// both at the workload's rates, logging the pages and blocks it wrote.
+pub struct SimVm {
+    images: SimImages,
+    state: Arc<Mutex<GuestState>>,
     task: tokio::task::JoinHandle<()>,
 }
 
 struct GuestState {
     memory: Vec<u8>,
     dirty: Vec<bool>,
+    disk: File,
+    disk_blocks: u64,
+    /// Disk blocks written since the last take.
+    written: Vec<bool>,
     paused: bool,
-    /// Bytes/s the guest writes before any throttling.
-    dirty_bytes_per_s: f64,
+    workload: Workload,
     /// Share of its rate the guest is let run at (auto-converge lowers it).
     throttle: f64,
 }
 
 /// How often the guest's writes are applied.
-const TICK: std::time::Duration = std::time::Duration::from_millis(5);
+const TICK: Duration = Duration::from_millis(5);
 
-impl SimGuest {
-    /// Starts a guest on `memory` (whole pages) dirtying `dirty_bytes_per_s`.
-    pub fn start(memory: Vec<u8>, dirty_bytes_per_s: f64, seed: u64) -> SimGuest {
+impl SimVm {
+    /// Boots a VM on `images`, writing at `workload`'s rates.
+    pub fn start(images: SimImages, workload: Workload) -> io::Result<SimVm> {
+        let memory = std::fs::read(&images.memory)?;
+        let disk = File::options().read(true).write(true).open(&images.disk)?;
+        let disk_blocks = disk.metadata()?.len() / (BLOCK_PAGES * PAGE as u64);
         let pages = memory.len() / PAGE;
-        let state = std::sync::Arc::new(std::sync::Mutex::new(GuestState {
+        let state = Arc::new(Mutex::new(GuestState {
             memory,
             dirty: vec![false; pages],
+            disk,
+            disk_blocks,
+            written: vec![false; disk_blocks as usize],
             paused: false,
-            dirty_bytes_per_s,
+            workload,
             throttle: 1.0,
         }));
         let shared = state.clone();
         let task = tokio::spawn(async move {
-            let mut rng = StdRng::seed_from_u64(seed);
-            let mut owed = 0.0;
-            let mut last = std::time::Instant::now();
+            let mut rng = StdRng::seed_from_u64(workload.seed);
+            let (mut owed_pages, mut owed_blocks) = (0.0, 0.0);
+            let mut last = Instant::now();
             loop {
                 tokio::time::sleep(TICK).await;
-                let now = std::time::Instant::now();
+                let now = Instant::now();
                 let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                if s.paused || pages == 0 {
-                    last = now;
+                let elapsed = now.duration_since(last).as_secs_f64();
+                last = now;
+                if s.paused {
                     continue;
                 }
                 // A task that was held up catches up by at most a tenth of a second.
-                let rate = s.dirty_bytes_per_s * s.throttle / PAGE as f64;
-                owed = (owed + rate * now.duration_since(last).as_secs_f64()).min(rate * 0.1 + 1.0);
-                last = now;
-                while owed >= 1.0 {
-                    owed -= 1.0;
+                let catch_up = |owed: f64, rate: f64| (owed + rate * elapsed).min(rate * 0.1 + 1.0);
+                let page_rate = s.workload.memory_bytes_per_s * s.throttle / PAGE as f64;
+                let block_rate = s.workload.disk_bytes_per_s * s.throttle / (BLOCK_PAGES as usize * PAGE) as f64;
+                owed_pages = catch_up(owed_pages, page_rate);
+                owed_blocks = catch_up(owed_blocks, block_rate);
+                while owed_pages >= 1.0 && pages > 0 {
+                    owed_pages -= 1.0;
                     // A write changes a page (its hash and what must be sent), not all its bytes.
                     let page = rng.random_range(0..pages);
                     let at = page * PAGE + rng.random_range(0..PAGE / 8) * 8;
                     s.memory[at..at + 8].copy_from_slice(&rng.random::<u64>().to_le_bytes());
                     s.dirty[page] = true;
                 }
+                while owed_blocks >= 1.0 && s.disk_blocks > 0 {
+                    owed_blocks -= 1.0;
+                    let block = rng.random_range(0..s.disk_blocks);
+                    let mut data = vec![0u8; BLOCK_PAGES as usize * PAGE];
+                    rng.fill_bytes(&mut data);
+                    // A failed write is a guest's I/O error; the block is not logged as written.
+                    if s.disk.write_all_at(&data, block * BLOCK_PAGES * PAGE as u64).is_ok() {
+                        s.written[block as usize] = true;
+                    }
+                }
             }
         });
-        SimGuest { state, task }
+        Ok(SimVm { images, state, task })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, GuestState> {
+    fn lock(&self) -> MutexGuard<'_, GuestState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// All of memory, as of now; the dirty log starts afresh.
-    pub fn snapshot(&self) -> Vec<u8> {
+    /// Memory pages written since the last take; the log starts afresh.
+    pub fn take_dirty(&self) -> Vec<u64> {
         let mut s = self.lock();
+        let taken = s.dirty.iter().enumerate().filter(|(_, &d)| d).map(|(n, _)| n as u64).collect();
         s.dirty.iter_mut().for_each(|d| *d = false);
-        s.memory.clone()
-    }
-
-    /// Pages written since the last snapshot or take, with their content now; the log starts afresh.
-    pub fn take_dirty(&self) -> Vec<(u64, Vec<u8>)> {
-        let mut s = self.lock();
-        let mut taken = Vec::new();
-        for page in 0..s.dirty.len() {
-            if std::mem::take(&mut s.dirty[page]) {
-                taken.push((page as u64, s.memory[page * PAGE..(page + 1) * PAGE].to_vec()));
-            }
-        }
         taken
     }
 
-    /// Pages written since the last snapshot or take.
+    /// Memory pages written since the last take.
     pub fn dirty_pages(&self) -> usize {
         self.lock().dirty.iter().filter(|&&d| d).count()
+    }
+
+    /// Disk pages (whole blocks) written since the last take; the log starts afresh.
+    pub fn take_disk_writes(&self) -> Vec<u64> {
+        let mut s = self.lock();
+        let blocks: Vec<u64> = s.written.iter().enumerate().filter(|(_, &w)| w).map(|(b, _)| b as u64).collect();
+        s.written.iter_mut().for_each(|w| *w = false);
+        blocks.into_iter().flat_map(|b| b * BLOCK_PAGES..(b + 1) * BLOCK_PAGES).collect()
+    }
+
+    /// Disk pages (whole blocks) written since the last take.
+    pub fn pending_disk_pages(&self) -> usize {
+        self.lock().written.iter().filter(|&&w| w).count() * BLOCK_PAGES as usize
     }
 
     pub fn pause(&self) {
@@ -192,6 +270,10 @@ impl SimGuest {
 
     pub fn resume(&self) {
         self.lock().paused = false;
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.lock().paused
     }
 
     /// Lets the guest run at `share` of its rate (1 is unthrottled).
@@ -203,17 +285,41 @@ impl SimGuest {
         self.lock().throttle
     }
 
-    pub fn is_paused(&self) -> bool {
-        self.lock().paused
-    }
-
-    /// Memory as it is now.
+    /// The guest's memory as it is now.
     pub fn memory(&self) -> Vec<u8> {
         self.lock().memory.clone()
     }
+
+    pub fn images(&self) -> &SimImages {
+        &self.images
+    }
+
+    /// Stops the guest for good and deletes its images (after a migration, at the source).
+    pub fn destroy(self) -> io::Result<()> {
+        self.task.abort();
+        std::fs::remove_file(&self.images.memory)?;
+        std::fs::remove_file(&self.images.disk)
+    }
 }
 
-impl Drop for SimGuest {
+/// The guest's memory, read page by page as it runs (pre-copy reads it so;
+/// the dirty log catches what changes after).
+impl PageSource for SimVm {
+    fn page_count(&self) -> u64 {
+        (self.lock().memory.len() / PAGE) as u64
+    }
+
+    fn read_pages(&self, first: u64, buf: &mut [u8]) -> io::Result<()> {
+        let s = self.lock();
+        let from = first as usize * PAGE;
+        let memory =
+            s.memory.get(from..from + buf.len()).ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(memory);
+        Ok(())
+    }
+}
+
+impl Drop for SimVm {
     fn drop(&mut self) {
         self.task.abort();
     }
@@ -227,16 +333,38 @@ mod tests {
 
     #[test]
     fn the_mix_shows_in_the_pages() {
-        let images = generate(16 << 20, 16 << 20, &ContentMix::default(), 1, 2);
+        let dir = tempfile::tempdir().unwrap();
+        let vm = generate(&dir.path().join("a"), 16 << 20, 16 << 20, &ContentMix::default(), 1, 2).unwrap();
+        let (memory, disk) = (std::fs::read(&vm.memory).unwrap(), std::fs::read(&vm.disk).unwrap());
         let total = (16 << 20) / PAGE;
-        let zero = pages(&images.memory).filter(|p| hash(p) == zero_page_hash()).count();
+        let zero = pages(&memory).filter(|p| hash(p) == zero_page_hash()).count();
         assert!((zero as f64 / total as f64 - 0.15).abs() < 0.02, "{zero} of {total}");
-        let disk: HashSet<_> = pages(&images.disk).map(hash).collect();
-        let cached = pages(&images.memory).filter(|p| disk.contains(&hash(p))).count();
+        let disk: HashSet<_> = pages(&disk).map(hash).collect();
+        let cached = pages(&memory).filter(|p| disk.contains(&hash(p))).count();
         assert!((cached as f64 / total as f64 - 0.35).abs() < 0.02, "{cached} of {total}");
         // Another VM of the same base image shares half its disk.
-        let other = generate(1 << 20, 16 << 20, &ContentMix::default(), 1, 3);
-        let common = pages(&other.disk).filter(|p| disk.contains(&hash(p))).count();
+        let other = generate(&dir.path().join("b"), 1 << 20, 16 << 20, &ContentMix::default(), 1, 3).unwrap();
+        let common = pages(&std::fs::read(&other.disk).unwrap()).filter(|p| disk.contains(&hash(p))).count();
         assert_eq!(common, total / 2);
+    }
+
+    #[tokio::test]
+    async fn a_running_vm_logs_its_writes_pauses_and_is_destroyed() {
+        let dir = tempfile::tempdir().unwrap();
+        let images = generate(dir.path(), 1 << 20, 4 << 20, &ContentMix::default(), 1, 2).unwrap();
+        let vm =
+            SimVm::start(images.clone(), Workload { memory_bytes_per_s: 4e6, disk_bytes_per_s: 4e6, seed: 3 }).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(vm.dirty_pages() > 0);
+        let written = vm.take_disk_writes();
+        assert!(!written.is_empty() && written.len().is_multiple_of(BLOCK_PAGES as usize));
+        vm.pause();
+        vm.take_dirty();
+        vm.take_disk_writes();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(vm.dirty_pages(), 0, "a paused guest writes nothing");
+        assert!(vm.take_disk_writes().is_empty());
+        vm.destroy().unwrap();
+        assert!(!images.memory.exists() && !images.disk.exists());
     }
 }

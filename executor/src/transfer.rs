@@ -1,46 +1,160 @@
-//! Content-addressed transfer of VM images between two executors.
+//! Content-addressed transfer of VM images between two executors: what
+//! the source and the destination ([`crate::source`],
+//! [`crate::destination`]) share: limits, counters, progress and errors.
 //!
-//! The source offers page hashes in batches; the destination answers which
-//! it lacks (not zero, not in its chunk index, not already received in this
-//! image); only those travel, zstd-compressed. Every page that arrives is
-//! checked against its hash, and each image's digest is compared at both
-//! ends before the destination keeps it: a mismatch fails the transfer and
-//! leaves nothing behind.
+//! The source offers page hashes in batches over several streams at once;
+//! the destination answers where it gets each page (zero, already in
+//! place, a repeat, its chunk index, its cached disk replica) and only the
+//! pages it lacks travel, zstd-compressed. Every page that arrives is
+//! checked against its hash, each part's and then each image's digest are
+//! compared at both ends, and only a sealed image is kept.
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use serde::Serialize;
 
-use crate::content::{hash, hex, image_digest, pages, zero_page_hash, Hash, PAGE};
-use crate::index::ChunkIndex;
-use crate::shaping::Shaper;
-use crate::wire::{encode, nonce, proof, read_frame, write_encoded, write_frame, ByteBuf, Frame, WireError, VERSION};
+use crate::content::PAGE;
+use crate::wire::{Origin, WireError};
 
 /// Pages offered per batch.
 pub const BATCH: usize = 1024;
 
-/// Batches offered before the first is answered.
+/// Batches offered on a stream before the first is answered.
 pub const WINDOW: usize = 4;
 
 /// The most pages one image may have (1 TiB).
 pub const MAX_IMAGE_PAGES: u64 = 1 << 28;
 
-/// What a transfer moved and what it saved, in bytes unless named.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+/// The most streams one job's session may open.
+pub const MAX_STREAMS: u16 = 16;
+
+/// What a transfer moved and what it saved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Counters {
-    /// The images' own size.
+    /// The bytes offered (a live image's pages count again each round they are offered).
     pub raw_bytes: u64,
-    /// Everything written to the connection (frames, hashes, pages).
+    /// Everything written to the connections (frames, hashes, pages).
     pub wire_bytes: u64,
     /// Pages that were all zero: never sent.
     pub zero_pages: u64,
-    /// Pages the destination already held (its index, or earlier in the image).
-    pub held_pages: u64,
+    /// Pages equal to one the destination got earlier in the image: copied there.
+    pub repeat_pages: u64,
+    /// Pages the destination's chunk index held (images it hosts or received).
+    pub index_pages: u64,
+    /// Pages the destination's cached replica of the disk held.
+    pub cache_pages: u64,
+    /// Pages already in place (an earlier connection brought them, or the replica holds them unchanged).
+    pub in_place_pages: u64,
     pub sent_pages: u64,
-    /// The sent pages after compression.
+    /// The sent pages' bytes on the wire, after compression.
     pub compressed_bytes: u64,
+}
+
+impl Counters {
+    pub(crate) fn count(&mut self, origin: Origin) {
+        let counter = match origin {
+            Origin::Sent => &mut self.sent_pages,
+            Origin::Zero => &mut self.zero_pages,
+            Origin::Repeat => &mut self.repeat_pages,
+            Origin::Index => &mut self.index_pages,
+            Origin::Cache => &mut self.cache_pages,
+            Origin::InPlace => &mut self.in_place_pages,
+        };
+        *counter += 1;
+    }
+
+    fn add(&mut self, other: &Counters) {
+        self.raw_bytes += other.raw_bytes;
+        self.wire_bytes += other.wire_bytes;
+        self.zero_pages += other.zero_pages;
+        self.repeat_pages += other.repeat_pages;
+        self.index_pages += other.index_pages;
+        self.cache_pages += other.cache_pages;
+        self.in_place_pages += other.in_place_pages;
+        self.sent_pages += other.sent_pages;
+        self.compressed_bytes += other.compressed_bytes;
+    }
+
+    /// Bytes kept off the wire, by mechanism.
+    pub fn savings(&self) -> Savings {
+        let bytes = |pages: u64| pages * PAGE as u64;
+        Savings {
+            zero: bytes(self.zero_pages),
+            dedup: bytes(self.repeat_pages + self.index_pages),
+            disk_cache: bytes(self.cache_pages),
+            in_place: bytes(self.in_place_pages),
+            compression: bytes(self.sent_pages).saturating_sub(self.compressed_bytes),
+        }
+    }
+}
+
+/// Bytes saved by each mechanism.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Savings {
+    pub zero: u64,
+    /// Repeats within the image and pages of the destination's chunk index.
+    pub dedup: u64,
+    /// Pages of the disk replica cached at the destination.
+    pub disk_cache: u64,
+    /// Pages an earlier connection brought, or that the replica holds unchanged.
+    pub in_place: u64,
+    pub compression: u64,
+}
+
+/// A transfer's progress, as the scheduler is told it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct Progress {
+    #[serde(flatten)]
+    pub counters: Counters,
+    pub saved: Savings,
+    /// Bytes to offer in all (grows as a live image's rounds add pages).
+    pub planned_bytes: u64,
+    /// Pre-copy round (0: the first pass over every page).
+    pub round: u32,
+    /// How fast a live guest writes its memory, bytes/s.
+    pub dirty_bytes_per_s: f64,
+    /// The pause a stop-and-copy would take now, seconds.
+    pub expected_downtime_s: Option<f64>,
+    /// Time left at the rate so far, seconds.
+    pub eta_s: Option<f64>,
+    pub elapsed_s: f64,
+}
+
+/// A session's running totals, shared by its streams; each change is
+/// passed on to whoever watches the progress.
+pub(crate) struct Tally {
+    started: Instant,
+    state: Mutex<Progress>,
+    watch: Option<tokio::sync::watch::Sender<Progress>>,
+}
+
+impl Tally {
+    pub(crate) fn new(watch: Option<tokio::sync::watch::Sender<Progress>>) -> Tally {
+        Tally { started: Instant::now(), state: Mutex::new(Progress::default()), watch }
+    }
+
+    /// Applies `change` and reports the result.
+    pub(crate) fn update(&self, change: impl FnOnce(&mut Progress)) {
+        let mut p = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        change(&mut p);
+        p.elapsed_s = self.started.elapsed().as_secs_f64();
+        p.saved = p.counters.savings();
+        let rate = p.counters.raw_bytes as f64 / p.elapsed_s.max(1e-6);
+        p.eta_s = (rate > 0.0).then(|| p.planned_bytes.saturating_sub(p.counters.raw_bytes) as f64 / rate);
+        if let Some(watch) = &self.watch {
+            watch.send_replace(*p);
+        }
+    }
+
+    pub(crate) fn add(&self, counters: &Counters) {
+        self.update(|p| p.counters.add(counters));
+    }
+
+    pub(crate) fn progress(&self) -> Progress {
+        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,17 +172,16 @@ pub enum TransferError {
     Storage(#[from] io::Error),
 }
 
-fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    // blake3's Hash compares in constant time.
-    blake3::Hash::from(*a) == blake3::Hash::from(*b)
+impl TransferError {
+    /// The connection dropped: a new session can resume.
+    pub fn is_dropped_connection(&self) -> bool {
+        matches!(self, TransferError::Wire(WireError::Io(_)))
+    }
 }
 
-/// How a source sends.
-pub struct SendOptions<'a> {
-    /// zstd level; see [`choose_level`].
-    pub level: i32,
-    /// Buckets every byte is taken from (the job's cap, the link's).
-    pub shapers: Vec<&'a Shaper>,
+pub(crate) fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    // blake3's Hash compares in constant time.
+    blake3::Hash::from(*a) == blake3::Hash::from(*b)
 }
 
 /// The zstd level to send at: the strongest of 1, 3 and 6 whose measured
@@ -79,11 +192,9 @@ pub fn choose_level(sample: &[u8], cap_bytes_per_s: Option<f64>) -> i32 {
     let sample = &sample[..sample.len().min(256 * PAGE)];
     let mut chosen = 1;
     for level in [3, 6] {
-        let started = std::time::Instant::now();
-        let Ok(mut compressor) = zstd::bulk::Compressor::new(level) else { continue };
-        for page in pages(sample) {
-            let _ = compressor.compress(page);
-        }
+        let started = Instant::now();
+        // As batches are compressed: whole.
+        let _ = zstd::bulk::compress(sample, level);
         let speed = sample.len() as f64 / started.elapsed().as_secs_f64().max(1e-9);
         if speed >= 2.0 * cap {
             chosen = level;
@@ -92,434 +203,14 @@ pub fn choose_level(sample: &[u8], cap_bytes_per_s: Option<f64>) -> i32 {
     chosen
 }
 
-/// Opens a session as the source: proves the job's secret and checks the
-/// destination's proof. Returns the bytes it wrote.
-pub async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    job: u64,
-    secret: &[u8],
-) -> Result<u64, TransferError> {
-    let mine = nonce();
-    let mut wire = write_frame(stream, &Frame::Hello { version: VERSION, job, nonce: mine }).await?;
-    let theirs = match read_frame(stream).await? {
-        Frame::Challenge { nonce, proof: theirs } => {
-            if !same(&theirs, &proof(secret, "destination", job, &mine, &nonce)) {
-                return Err(TransferError::Refused("the destination does not hold this job's secret".into()));
-            }
-            nonce
-        }
-        Frame::Refused { reason } => return Err(TransferError::Refused(reason)),
-        other => return Err(TransferError::Protocol(format!("expected a challenge, got {other:?}"))),
-    };
-    wire += write_frame(stream, &Frame::Proof { proof: proof(secret, "source", job, &theirs, &mine) }).await?;
-    match read_frame(stream).await? {
-        Frame::Accepted => Ok(wire),
-        Frame::Refused { reason } => Err(TransferError::Refused(reason)),
-        other => Err(TransferError::Protocol(format!("expected acceptance, got {other:?}"))),
-    }
-}
-
 /// Page numbers as runs of consecutive pages.
-fn runs(numbers: impl Iterator<Item = u64>) -> Vec<(u64, u32)> {
+pub(crate) fn runs(numbers: &[u64]) -> Vec<(u64, u32)> {
     let mut runs: Vec<(u64, u32)> = Vec::new();
-    for n in numbers {
+    for &n in numbers {
         match runs.last_mut() {
             Some((first, len)) if *first + u64::from(*len) == n => *len += 1,
             _ => runs.push((n, 1)),
         }
     }
     runs
-}
-
-/// Offers `pages` (number, content; numbers increasing) of the image under
-/// way, [`WINDOW`] batches in flight, and sends what the destination needs.
-/// Returns the pages' hashes in order.
-pub async fn offer<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    pages: &[(u64, &[u8])],
-    compressor: &mut zstd::bulk::Compressor<'_>,
-    options: &SendOptions<'_>,
-    counters: &mut Counters,
-) -> Result<Vec<Hash>, TransferError> {
-    let zero = zero_page_hash();
-    let batches: Vec<&[(u64, &[u8])]> = pages.chunks(BATCH).collect();
-    let mut all = Vec::with_capacity(pages.len());
-    let mut offered: VecDeque<(usize, Vec<Hash>)> = VecDeque::new();
-    let mut next = 0;
-    while next < batches.len() || !offered.is_empty() {
-        while next < batches.len() && offered.len() < WINDOW {
-            let hashes: Vec<Hash> = batches[next].iter().map(|(_, p)| hash(p)).collect();
-            let frame = Frame::Offer { runs: runs(batches[next].iter().map(|&(n, _)| n)), hashes: hashes.clone() };
-            counters.wire_bytes += write_frame(stream, &frame).await?;
-            offered.push_back((next, hashes));
-            next += 1;
-        }
-        let (b, hashes) = offered.pop_front().expect("an offer is out");
-        let batch = batches[b];
-        let bitmap = match read_frame(stream).await? {
-            Frame::Need { bitmap } if bitmap.len() == batch.len().div_ceil(8) => bitmap,
-            other => return Err(TransferError::Protocol(format!("expected a need list, got {other:?}"))),
-        };
-        let mut needed = Vec::new();
-        for (i, h) in hashes.iter().enumerate() {
-            if bitmap[i / 8] & (1 << (i % 8)) != 0 {
-                let packed = compressor.compress(batch[i].1)?;
-                counters.sent_pages += 1;
-                counters.compressed_bytes += packed.len() as u64;
-                needed.push((batch[i].0, *h, ByteBuf::from(packed)));
-            } else if *h == zero {
-                counters.zero_pages += 1;
-            } else {
-                counters.held_pages += 1;
-            }
-        }
-        let frame = encode(&Frame::Pages { pages: needed })?;
-        for shaper in &options.shapers {
-            shaper.take(frame.len() as u64).await;
-        }
-        counters.wire_bytes += write_encoded(stream, &frame).await?;
-        all.extend(hashes);
-    }
-    Ok(all)
-}
-
-/// Ends the image under way with its digest; the destination's verdict.
-pub async fn finish<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    page_hashes: &[Hash],
-    counters: &mut Counters,
-) -> Result<(), TransferError> {
-    counters.wire_bytes += write_frame(stream, &Frame::End { digest: image_digest(page_hashes) }).await?;
-    match read_frame(stream).await? {
-        Frame::Verified { ok: true, .. } => Ok(()),
-        Frame::Verified { reason, .. } => Err(TransferError::Integrity(reason)),
-        other => Err(TransferError::Protocol(format!("expected verification, got {other:?}"))),
-    }
-}
-
-/// Sends `images` (name, bytes; whole pages) for `job` to the destination
-/// at the other end of `stream` (a TCP stream should have `TCP_NODELAY`:
-/// offers and answers are small frames).
-pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    job: u64,
-    secret: &[u8],
-    images: &[(&str, &[u8])],
-    options: &SendOptions<'_>,
-) -> Result<Counters, TransferError> {
-    let mut counters = Counters { wire_bytes: handshake(stream, job, secret).await?, ..Counters::default() };
-    let mut compressor = zstd::bulk::Compressor::new(options.level)?;
-    for &(name, image) in images {
-        if image.len() % PAGE != 0 {
-            return Err(TransferError::Protocol(format!("image {name} is not whole pages long")));
-        }
-        counters.raw_bytes += image.len() as u64;
-        let numbered: Vec<(u64, &[u8])> = pages(image).enumerate().map(|(n, p)| (n as u64, p)).collect();
-        counters.wire_bytes +=
-            write_frame(stream, &Frame::Image { name: name.to_owned(), pages: numbered.len() as u64 }).await?;
-        let hashes = offer(stream, &numbered, &mut compressor, options, &mut counters).await?;
-        finish(stream, &hashes, &mut counters).await?;
-    }
-    Ok(counters)
-}
-
-/// Like [`send`], connecting with `connect` again when the connection
-/// drops, `attempts` times at most: the destination keeps what arrived, so
-/// each retry offers everything again but sends only what is missing.
-/// Returns the last (successful) attempt's counters and the attempts made.
-pub async fn send_resuming<S, F, Fut>(
-    mut connect: F,
-    job: u64,
-    secret: &[u8],
-    images: &[(&str, &[u8])],
-    options: &SendOptions<'_>,
-    attempts: u32,
-) -> Result<(Counters, u32), TransferError>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = io::Result<S>>,
-{
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut stream = connect().await?;
-        match send(&mut stream, job, secret, images, options).await {
-            Ok(counters) => return Ok((counters, attempt)),
-            Err(TransferError::Wire(WireError::Io(_))) if attempt < attempts => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
-/// What a destination received in one session.
-#[derive(Debug)]
-pub struct Received {
-    pub job: u64,
-    /// The images kept, in `out_dir`.
-    pub images: Vec<PathBuf>,
-}
-
-/// Answers one session on `stream` as the destination: `secret_for` gives
-/// a job's secret (`None`: unknown job); images land in `out_dir`, and the
-/// pages received join `index`.
-pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    secret_for: impl Fn(u64) -> Option<Vec<u8>>,
-    index: &mut ChunkIndex,
-    out_dir: &Path,
-) -> Result<Received, TransferError> {
-    let (job, theirs) = match read_frame(stream).await? {
-        Frame::Hello { version, job, nonce } if version == VERSION => (job, nonce),
-        Frame::Hello { version, .. } => {
-            let reason = format!("protocol version {version} is not {VERSION}");
-            write_frame(stream, &Frame::Refused { reason: reason.clone() }).await?;
-            return Err(TransferError::Refused(reason));
-        }
-        other => return Err(TransferError::Protocol(format!("expected hello, got {other:?}"))),
-    };
-    let Some(secret) = secret_for(job) else {
-        let reason = format!("no job {job} here");
-        write_frame(stream, &Frame::Refused { reason: reason.clone() }).await?;
-        return Err(TransferError::Refused(reason));
-    };
-    let mine = nonce();
-    write_frame(stream, &Frame::Challenge { nonce: mine, proof: proof(&secret, "destination", job, &theirs, &mine) })
-        .await?;
-    match read_frame(stream).await? {
-        Frame::Proof { proof: given } if same(&given, &proof(&secret, "source", job, &mine, &theirs)) => {
-            write_frame(stream, &Frame::Accepted).await?;
-        }
-        _ => {
-            let reason = "wrong job secret".to_owned();
-            write_frame(stream, &Frame::Refused { reason: reason.clone() }).await?;
-            return Err(TransferError::Refused(reason));
-        }
-    }
-    let mut kept = Vec::new();
-    loop {
-        let (name, count) = match read_frame(stream).await {
-            Ok(Frame::Image { name, pages }) => (name, pages),
-            Err(WireError::Io(e)) if e.kind() == io::ErrorKind::UnexpectedEof => break,
-            Ok(other) => return Err(TransferError::Protocol(format!("expected an image, got {other:?}"))),
-            Err(e) => return Err(e.into()),
-        };
-        check_name(&name)?;
-        if count > MAX_IMAGE_PAGES {
-            return Err(TransferError::Protocol(format!("image {name} of {count} pages is too large")));
-        }
-        let path = out_dir.join(&name);
-        let partial = out_dir.join(format!(".{name}.partial"));
-        // Read as well as written: later copies of a page are read back from it.
-        let file = std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&partial)?;
-        file.set_len(count * PAGE as u64)?;
-        // What an earlier session whose connection dropped left of this image.
-        let resume = out_dir.join(format!(".{name}.resume"));
-        let mut on_disk = vec![zero_page_hash(); count as usize];
-        match receive_image(stream, index, &file, &mut on_disk).await {
-            Ok(()) => {
-                // The verdict goes first: a live guest is paused until it arrives, and a
-                // rename of a freshly written file can wait on the disk's writeback.
-                write_frame(stream, &Frame::Verified { ok: true, reason: String::new() }).await?;
-                file.sync_all()?;
-                std::fs::rename(&partial, &path)?;
-                index.add_file(&path, &on_disk)?;
-                if resume.exists() {
-                    index.forget(&resume)?;
-                    std::fs::remove_file(&resume)?;
-                }
-                kept.push(path);
-            }
-            Err(e @ TransferError::Wire(WireError::Io(_))) => {
-                // The connection dropped: what arrived (every page verified) stays
-                // indexed, so that the next session sends only the rest.
-                if resume.exists() {
-                    index.forget(&resume)?;
-                }
-                std::fs::rename(&partial, &resume)?;
-                index.add_file(&resume, &on_disk)?;
-                return Err(e);
-            }
-            Err(e) => {
-                // Nothing half-received is kept.
-                let _ = std::fs::remove_file(&partial);
-                if let TransferError::Integrity(reason) = &e {
-                    write_frame(stream, &Frame::Verified { ok: false, reason: reason.clone() }).await?;
-                    return Err(TransferError::Integrity(format!("image {name}: {reason}")));
-                }
-                return Err(e);
-            }
-        }
-    }
-    Ok(Received { job, images: kept })
-}
-
-/// Image names are file names: 1-128 of `A-Za-z0-9._-`, not starting with a dot.
-fn check_name(name: &str) -> Result<(), TransferError> {
-    let fine = (1..=128).contains(&name.len())
-        && !name.starts_with('.')
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
-    if fine {
-        Ok(())
-    } else {
-        Err(TransferError::Protocol(format!("{name:?} is not an image name")))
-    }
-}
-
-/// A batch the destination answered and awaits pages for.
-struct Pending {
-    /// Page numbers, increasing.
-    numbers: Vec<u64>,
-    hashes: Vec<Hash>,
-    bitmap: Vec<u8>,
-    /// The batch's pages: zero, copied from the index or this image, or still to come.
-    pages: Vec<u8>,
-    /// Pages (position in the batch) equal to a page already asked for: (position, that page's number).
-    copies: Vec<(usize, u64)>,
-}
-
-/// Receives one image after its `Image` frame into `file` (sized already,
-/// all zero): offers of pages in any order and as often as a live image
-/// needs, each batch written once whole. `on_disk` (one hash per page)
-/// follows what the file holds; the image is done once its digest
-/// matches the source's.
-async fn receive_image<S: AsyncRead + AsyncWrite + Unpin>(
-    stream: &mut S,
-    index: &ChunkIndex,
-    file: &std::fs::File,
-    on_disk: &mut [Hash],
-) -> Result<(), TransferError> {
-    let count = on_disk.len() as u64;
-    use std::os::unix::fs::FileExt;
-    let zero = zero_page_hash();
-    let mut decompressor = zstd::bulk::Decompressor::new()?;
-    // What each page will hold once the batches answered are written.
-    let mut page_hash: Vec<Hash> = on_disk.to_vec();
-    // Pages written to the file, by hash: later copies are read back, not sent.
-    let mut written: HashMap<Hash, u64> = HashMap::new();
-    // Pages asked for and not yet arrived, by hash: another copy is not asked for again.
-    let mut asked: HashMap<Hash, u64> = HashMap::new();
-    let mut pending: VecDeque<Pending> = VecDeque::new();
-    let mut spare: Vec<Vec<u8>> = Vec::new();
-    loop {
-        match read_frame(stream).await? {
-            Frame::Offer { runs, hashes } => {
-                let numbers: Vec<u64> =
-                    runs.iter().flat_map(|&(first, len)| first..first.saturating_add(u64::from(len))).collect();
-                let increasing = numbers.windows(2).all(|w| w[0] < w[1]);
-                if numbers.len() != hashes.len()
-                    || hashes.is_empty()
-                    || hashes.len() > BATCH
-                    || !increasing
-                    || numbers.last().is_some_and(|&n| n >= count)
-                {
-                    return Err(TransferError::Protocol("an offer of pages that do not fit the image".into()));
-                }
-                if pending.len() >= WINDOW {
-                    return Err(TransferError::Protocol(format!("more than {WINDOW} offers unanswered")));
-                }
-                // Buffers of written batches are reused: fresh large allocations cost page faults.
-                let mut pages = spare.pop().unwrap_or_default();
-                pages.clear();
-                pages.resize(hashes.len() * PAGE, 0);
-                let mut bitmap = vec![0u8; hashes.len().div_ceil(8)];
-                let mut copies = Vec::new();
-                for (i, (&n, h)) in numbers.iter().zip(&hashes).enumerate() {
-                    // The page's old content is about to go: nothing may copy from it any more.
-                    let old = page_hash[n as usize];
-                    if written.get(&old) == Some(&n) {
-                        written.remove(&old);
-                    }
-                    if asked.get(&old) == Some(&n) {
-                        asked.remove(&old);
-                    }
-                    page_hash[n as usize] = *h;
-                    let slot = &mut pages[i * PAGE..(i + 1) * PAGE];
-                    if *h == zero {
-                        continue;
-                    }
-                    if let Some(&at) = written.get(h) {
-                        file.read_exact_at(slot, at * PAGE as u64)?;
-                    } else if let Some(&at) = asked.get(h) {
-                        copies.push((i, at));
-                    } else if let Some(page) = index.get(h)? {
-                        slot.copy_from_slice(&page);
-                    } else {
-                        bitmap[i / 8] |= 1 << (i % 8);
-                        asked.insert(*h, n);
-                    }
-                }
-                write_frame(stream, &Frame::Need { bitmap: bitmap.clone() }).await?;
-                pending.push_back(Pending { numbers, hashes, bitmap, pages, copies });
-            }
-            Frame::Pages { pages: sent } => {
-                let Some(mut batch) = pending.pop_front() else {
-                    return Err(TransferError::Protocol("pages with no offer out".into()));
-                };
-                let wanted = batch.bitmap.iter().map(|b| b.count_ones() as usize).sum::<usize>();
-                if sent.len() != wanted {
-                    return Err(TransferError::Protocol(format!("{} pages sent for {wanted} needed", sent.len())));
-                }
-                for (at, h, packed) in sent {
-                    let i = batch
-                        .numbers
-                        .binary_search(&at)
-                        .map_err(|_| TransferError::Protocol(format!("page {at} was not in the offer")))?;
-                    if batch.bitmap[i / 8] & (1 << (i % 8)) == 0 || h != batch.hashes[i] {
-                        return Err(TransferError::Protocol(format!("page {at} was not asked for")));
-                    }
-                    let page = decompressor
-                        .decompress(&packed, PAGE)
-                        .map_err(|e| TransferError::Integrity(format!("page {at} does not decompress: {e}")))?;
-                    if page.len() != PAGE || hash(&page) != h {
-                        return Err(TransferError::Integrity(format!("page {at} does not match its hash {}", hex(&h))));
-                    }
-                    batch.pages[i * PAGE..(i + 1) * PAGE].copy_from_slice(&page);
-                }
-                // Copies of pages asked for earlier: in this batch, or in one already written.
-                for &(i, at) in &batch.copies {
-                    match batch.numbers.binary_search(&at) {
-                        Ok(j) => batch.pages.copy_within(j * PAGE..(j + 1) * PAGE, i * PAGE),
-                        Err(_) => file.read_exact_at(&mut batch.pages[i * PAGE..(i + 1) * PAGE], at * PAGE as u64)?,
-                    }
-                }
-                // The batch is whole: onto the disk, run by run.
-                let mut i = 0;
-                while i < batch.numbers.len() {
-                    let mut j = i + 1;
-                    while j < batch.numbers.len() && batch.numbers[j] == batch.numbers[j - 1] + 1 {
-                        j += 1;
-                    }
-                    file.write_all_at(&batch.pages[i * PAGE..j * PAGE], batch.numbers[i] * PAGE as u64)?;
-                    i = j;
-                }
-                for (&n, h) in batch.numbers.iter().zip(&batch.hashes) {
-                    on_disk[n as usize] = *h;
-                    if *h != zero && page_hash[n as usize] == *h {
-                        written.entry(*h).or_insert(n);
-                        if asked.get(h) == Some(&n) {
-                            asked.remove(h);
-                        }
-                    }
-                }
-                spare.push(batch.pages);
-            }
-            Frame::End { digest: expected } => {
-                if !pending.is_empty() {
-                    return Err(TransferError::Protocol("the image ended with offers unanswered".into()));
-                }
-                let got = image_digest(on_disk);
-                if !same(&got, &expected) {
-                    return Err(TransferError::Integrity(format!(
-                        "image digest {} is not the source's {}",
-                        hex(&got),
-                        hex(&expected)
-                    )));
-                }
-                return Ok(());
-            }
-            Frame::Abort { reason } => return Err(TransferError::Refused(format!("the source gave up: {reason}"))),
-            other => return Err(TransferError::Protocol(format!("expected an offer or the end, got {other:?}"))),
-        }
-    }
 }

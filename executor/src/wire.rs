@@ -3,14 +3,21 @@
 //! frame, with mutual challenge-response on the job's secret (the secret
 //! itself never travels).
 //!
-//! A session: the source sends `Hello`; the destination answers `Challenge`
-//! (its nonce and its proof of the secret); the source checks it and sends
-//! `Proof`; the destination answers `Accepted` or `Refused`. Then, per
-//! image: `Image`, then batches of `Offer` (page numbers and hashes)
-//! answered by `Need` (which the destination lacks), then `Pages` (those
-//! pages, compressed), several offers in flight; a live image is offered
-//! again in rounds, only its pages written since; finally `End` with the
-//! image's digest, answered by `Verified`, or `Abort`.
+//! A job's session runs over several connections (streams) at once, each
+//! opened alike: the source sends `Hello` (the job, which stream of how
+//! many); the destination answers `Challenge` (its nonce and its proof of
+//! the secret); the source checks it and sends `Proof`; the destination
+//! answers `Accepted` or `Refused`. Each image is split into one part per
+//! stream. On each stream, per image: `Image` (the part it carries), then
+//! batches of `Offer` (page numbers and hashes) answered by `Need` (where
+//! the destination gets each page), then `Pages` (those it lacks,
+//! compressed), several offers in flight; a live image is offered again in
+//! rounds, only its pages written since; then `End` with the part's digest,
+//! answered by `Verified`, or `Abort`. Once every part is verified, the
+//! first stream sends `Seal` with the whole image's digest, answered by
+//! `Verified`: only then does the destination keep the image.
+
+use std::io::IoSlice;
 
 use serde::{Deserialize, Serialize};
 pub use serde_bytes::ByteBuf;
@@ -18,16 +25,19 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::content::Hash;
 
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
+    /// Stream `stream` (from 0) of the `streams` this job's session opens.
     Hello {
         version: u16,
         job: u64,
+        stream: u16,
+        streams: u16,
         nonce: [u8; 32],
     },
     Challenge {
@@ -41,26 +51,38 @@ pub enum Frame {
     Refused {
         reason: String,
     },
-    /// An image follows: its name and length in pages.
+    /// Pages `first..first + count` of image `name` (`pages` long) follow on this stream.
     Image {
         name: String,
+        kind: ImageKind,
         pages: u64,
+        first: u64,
+        count: u64,
     },
     /// Hashes of the pages in `runs` (first page, count), in order.
     Offer {
         runs: Vec<(u64, u32)>,
         hashes: Vec<Hash>,
     },
-    /// One bit per offered page, set where the destination needs it.
+    /// Where the destination gets each offered page, one [`Origin`] byte per page.
     Need {
-        bitmap: Vec<u8>,
+        origins: ByteBuf,
     },
-    /// Needed pages: index, hash, zstd-compressed content.
+    /// The needed pages of the batch answered longest ago, in offer order,
+    /// follow this frame as `len` bytes: concatenated, and zstd-compressed
+    /// as one frame unless that saved nothing. (Outside the frame, so that
+    /// neither end copies them through the encoding.)
     Pages {
-        pages: Vec<(u64, Hash, ByteBuf)>,
+        compressed: bool,
+        len: u32,
     },
-    /// The image is complete: its digest (BLAKE3 over its page hashes in order).
+    /// The part is complete: its digest (BLAKE3 over its page hashes in order).
     End {
+        digest: Hash,
+    },
+    /// Every part of image `name` was verified: the whole image's digest.
+    Seal {
+        name: String,
         digest: Hash,
     },
     /// The source gives the image up (a migration that cannot converge): nothing is kept.
@@ -71,6 +93,42 @@ pub enum Frame {
         ok: bool,
         reason: String,
     },
+}
+
+/// What an image is for at the destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ImageKind {
+    /// A VM's memory or disk moving there: kept once sealed.
+    Migration,
+    /// A replica of a VM's disk cached there ahead of a migration: updated in place.
+    Replica,
+}
+
+/// Where the destination gets an offered page from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Origin {
+    /// It lacks the page: it travels.
+    Sent = 0,
+    /// All zero: nothing to fetch.
+    Zero = 1,
+    /// A copy of a page this part carried already (or asked for).
+    Repeat = 2,
+    /// The site's chunk index: an image it hosts or received before.
+    Index = 3,
+    /// A replica of the VM's disk cached at the site.
+    Cache = 4,
+    /// Already in place: an earlier, dropped connection brought it, or the replica holds it unchanged.
+    InPlace = 5,
+}
+
+impl Origin {
+    pub const ALL: [Origin; 6] =
+        [Origin::Sent, Origin::Zero, Origin::Repeat, Origin::Index, Origin::Cache, Origin::InPlace];
+
+    pub fn from_byte(byte: u8) -> Option<Origin> {
+        Origin::ALL.get(usize::from(byte)).copied()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -84,7 +142,7 @@ pub enum WireError {
 }
 
 /// A frame as it goes on the wire: length and body, so that it is written
-/// in one piece (one segment for small frames) and can be weighed first.
+/// in one piece (one segment for small frames).
 pub fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
     let mut bytes = vec![0u8; 4];
     postcard::to_io(frame, &mut bytes)?;
@@ -96,27 +154,84 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
     Ok(bytes)
 }
 
-/// Writes an encoded frame; returns the bytes it took on the wire.
-pub async fn write_encoded<W: AsyncWriteExt + Unpin>(w: &mut W, bytes: &[u8]) -> Result<u64, WireError> {
-    w.write_all(bytes).await?;
-    Ok(bytes.len() as u64)
+/// Writes an encoded frame and the payload that follows it (`parts`, in
+/// order) with as few system calls and no copies; returns the bytes written.
+pub async fn write_with_payload<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    frame: &[u8],
+    parts: &[&[u8]],
+) -> Result<u64, WireError> {
+    let mut slices: Vec<&[u8]> =
+        std::iter::once(frame).chain(parts.iter().copied()).filter(|s| !s.is_empty()).collect();
+    let total: usize = slices.iter().map(|s| s.len()).sum();
+    let mut first = 0;
+    while first < slices.len() {
+        // At most IOV_MAX (1024) slices per call.
+        let batch: Vec<IoSlice<'_>> = slices[first..].iter().take(1024).map(|s| IoSlice::new(s)).collect();
+        let mut n = w.write_vectored(&batch).await?;
+        if n == 0 {
+            return Err(WireError::Io(std::io::ErrorKind::WriteZero.into()));
+        }
+        while n > 0 {
+            if n >= slices[first].len() {
+                n -= slices[first].len();
+                first += 1;
+            } else {
+                slices[first] = &slices[first][n..];
+                n = 0;
+            }
+        }
+    }
+    Ok(total as u64)
+}
+
+/// Reads the `len` bytes of payload that follow a frame into `buffer` (replacing what it held).
+pub async fn read_payload<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    len: usize,
+    buffer: &mut Vec<u8>,
+) -> Result<(), WireError> {
+    if len > MAX_FRAME {
+        return Err(WireError::TooLarge(len));
+    }
+    fill(r, len, buffer).await
+}
+
+/// Reads exactly `len` bytes into `buffer` without zeroing it first.
+async fn fill<R: AsyncReadExt + Unpin>(r: &mut R, len: usize, buffer: &mut Vec<u8>) -> Result<(), WireError> {
+    buffer.clear();
+    buffer.reserve(len);
+    while buffer.len() < len {
+        let mut rest = (&mut *r).take((len - buffer.len()) as u64);
+        if rest.read_buf(buffer).await? == 0 {
+            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+    Ok(())
 }
 
 /// Writes one frame; returns the bytes it took on the wire.
 pub async fn write_frame<W: AsyncWriteExt + Unpin>(w: &mut W, frame: &Frame) -> Result<u64, WireError> {
-    write_encoded(w, &encode(frame)?).await
+    let bytes = encode(frame)?;
+    w.write_all(&bytes).await?;
+    Ok(bytes.len() as u64)
 }
 
 pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Frame, WireError> {
+    read_frame_with(r, &mut Vec::new()).await
+}
+
+/// Reads one frame through `buffer`, which a connection keeps between
+/// frames: a fresh buffer of megabytes per frame costs page faults.
+pub async fn read_frame_with<R: AsyncReadExt + Unpin>(r: &mut R, buffer: &mut Vec<u8>) -> Result<Frame, WireError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
     if len > MAX_FRAME {
         return Err(WireError::TooLarge(len));
     }
-    let mut body = vec![0u8; len];
-    r.read_exact(&mut body).await?;
-    Ok(postcard::from_bytes(&body)?)
+    fill(r, len, buffer).await?;
+    Ok(postcard::from_bytes(buffer)?)
 }
 
 /// A side's proof that it holds the job's secret, bound to both nonces and

@@ -1,186 +1,330 @@
-//! Two executors' transfer stacks over real TCP on localhost: cold and warm
-//! destinations, integrity, authentication, resuming after a dropped
-//! connection, and pre-copy of a running guest.
+//! Executors' transfer stacks over real TCP on localhost, several streams
+//! per job: cold and warm destinations, proactive disk caching, integrity,
+//! authentication, TLS, resuming after a dropped connection, progress, and
+//! live migration of a running `sim` VM.
 
-use heliotrope_executor::content::{hash, Hash, PAGE};
-use heliotrope_executor::index::ChunkIndex;
-use heliotrope_executor::precopy::{migrate_guest, PrecopyError, PrecopyOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use heliotrope_executor::content::{hash, zero_page_hash, Hash, ImageFile, PageSource, PAGE};
+use heliotrope_executor::destination::{Destination, Served};
+use heliotrope_executor::precopy::{migrate_vm, PrecopyError, PrecopyOptions};
+use heliotrope_executor::replica::Replica;
 use heliotrope_executor::shaping::Shaper;
-use heliotrope_executor::sim::{generate, ContentMix, SimGuest};
-use heliotrope_executor::transfer::{receive, send, send_resuming, Counters, Received, SendOptions, TransferError};
-use heliotrope_executor::wire::{nonce, proof, read_frame, write_frame, Frame, VERSION};
+use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload, BLOCK_PAGES};
+use heliotrope_executor::source::{send, send_resuming, SendOptions, Session};
+use heliotrope_executor::tls::{self, Connection, Tls};
+use heliotrope_executor::transfer::{Counters, Progress, TransferError};
+use heliotrope_executor::wire::{
+    encode, nonce, proof, read_frame, write_frame, write_with_payload, ByteBuf, Frame, ImageKind, VERSION,
+};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
-const SECRET: &[u8] = b"job-7-secret";
+const SECRET: &[u8] = b"job-secret-of-some-length";
 
-/// A destination with its data in `dir` (its index in `index/`, images landing in `vm/`),
-/// listening on a free port for one session; returns its address and outcome.
-async fn destination(
-    dir: &std::path::Path,
-    warm_disk: Option<Vec<u8>>,
-) -> (String, tokio::task::JoinHandle<Result<Received, TransferError>>) {
-    let (index_dir, out) = (dir.join("index"), dir.join("vm"));
-    std::fs::create_dir_all(&out).unwrap();
+/// A site's executor on a free port, serving every connection; what each connection came to arrives on `served`.
+struct Site {
+    dir: tempfile::TempDir,
+    destination: Arc<Destination>,
+    addr: String,
+    served: mpsc::UnboundedReceiver<Result<Served, TransferError>>,
+    tls: Option<Tls>,
+}
+
+async fn site(tls: Option<Tls>) -> Site {
+    let dir = tempfile::tempdir().unwrap();
+    let destination = Destination::open(dir.path(), 1 << 30).unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let task = tokio::spawn(async move {
-        let mut index = ChunkIndex::open(&index_dir, 1 << 30).unwrap();
-        if let Some(disk) = warm_disk {
-            // A replica of the VM's disk, cached here ahead of time.
-            let replica = index_dir.join("replica-disk.img");
-            std::fs::write(&replica, disk).unwrap();
-            index.register_file(&replica).unwrap();
+    let (done, served) = mpsc::unbounded_channel();
+    let (serving, accepting_tls) = (destination.clone(), tls.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (destination, tls, done) = (serving.clone(), accepting_tls.clone(), done.clone());
+            tokio::spawn(async move {
+                let outcome = match tls::accept(tcp, tls.as_ref()).await {
+                    Ok(connection) => destination.serve(connection).await,
+                    Err(e) => Err(TransferError::Refused(format!("TLS: {e}"))),
+                };
+                let _ = done.send(outcome);
+            });
         }
-        let (mut stream, _) = listener.accept().await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        receive(&mut stream, |job| (job == 7).then(|| SECRET.to_vec()), &mut index, &out).await
     });
-    (addr, task)
+    Site { dir, destination, addr, served, tls }
 }
 
-/// A source's connection to `addr`.
-async fn connect(addr: &str) -> TcpStream {
-    let stream = TcpStream::connect(addr).await.unwrap();
-    stream.set_nodelay(true).unwrap();
-    stream
-}
-
-async fn migrate(addr: &str, secret: &[u8], memory: &[u8], disk: &[u8]) -> Result<Counters, TransferError> {
-    let mut stream = connect(addr).await;
-    let options = SendOptions { level: 3, shapers: Vec::new() };
-    send(&mut stream, 7, secret, &[("memory.img", memory), ("disk.img", disk)], &options).await
-}
-
-#[tokio::test]
-async fn cold_and_warm_destinations_end_with_identical_images() {
-    let images = generate(8 << 20, 16 << 20, &ContentMix::default(), 11, 12);
-    let raw = (images.memory.len() + images.disk.len()) as u64;
-    let mut wire = Vec::new();
-    for warm in [false, true] {
-        let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("vm");
-        let (addr, dest) = destination(dir.path(), warm.then(|| images.disk.clone())).await;
-        let counters = migrate(&addr, SECRET, &images.memory, &images.disk).await.unwrap();
-        let received = dest.await.unwrap().unwrap();
-        assert_eq!(received.images.len(), 2);
-        assert!(std::fs::read(out.join("memory.img")).unwrap() == images.memory);
-        assert!(std::fs::read(out.join("disk.img")).unwrap() == images.disk);
-        assert_eq!(counters.raw_bytes, raw);
-        assert!(counters.zero_pages > 0 && counters.held_pages > 0, "{counters:?}");
-        wire.push(counters.wire_bytes as f64 / raw as f64);
+impl Site {
+    async fn streams(&self, n: usize) -> Vec<Box<dyn Connection>> {
+        let mut streams = Vec::new();
+        for _ in 0..n {
+            streams.push(tls::connect(&self.addr, self.tls.as_ref()).await.unwrap());
+        }
+        streams
     }
-    // Cold: zero pages and page-cache pages (equal to disk blocks sent once) are not sent again;
-    // the random rest does not compress. Warm: the disk and the page cache are already there.
-    assert!(wire[0] < 0.85, "cold wire ratio {}", wire[0]);
-    assert!(wire[1] < 0.25, "warm wire ratio {}", wire[1]);
+
+    /// The outcomes of the next `n` connections to end.
+    async fn outcomes(&mut self, n: usize) -> Vec<Result<Served, TransferError>> {
+        let mut outcomes = Vec::new();
+        for _ in 0..n {
+            outcomes.push(self.served.recv().await.unwrap());
+        }
+        outcomes
+    }
+
+    fn kept(&self, job: u64) -> Vec<String> {
+        let dir = self.dir.path().join(format!("vm-{job}"));
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .map(|entries| entries.map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+}
+
+fn vm(dir: &Path, memory_mib: usize, disk_mib: usize, seed: u64) -> SimImages {
+    generate(dir, memory_mib << 20, disk_mib << 20, &ContentMix::default(), seed, seed + 1).unwrap()
+}
+
+/// The VM's images, disk first (its blocks then serve the memory's page cache).
+fn images(vm: &SimImages) -> Vec<(String, Arc<dyn PageSource>)> {
+    vec![
+        ("disk.img".to_owned(), Arc::new(ImageFile::open(&vm.disk).unwrap())),
+        ("memory.img".to_owned(), Arc::new(ImageFile::open(&vm.memory).unwrap())),
+    ]
+}
+
+fn options() -> Arc<SendOptions> {
+    Arc::new(SendOptions { level: 3, ..SendOptions::default() })
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    std::fs::read(a).unwrap() == std::fs::read(b).unwrap()
+}
+
+/// Writes `blocks` of the disk as a guest would; returns the pages written.
+fn write_blocks(disk: &Path, blocks: &[u64]) -> Vec<u64> {
+    let file = std::fs::OpenOptions::new().write(true).open(disk).unwrap();
+    let block = BLOCK_PAGES as usize * PAGE;
+    for &b in blocks {
+        file.write_all_at(&vec![b as u8 ^ 0xa5; block], b * block as u64).unwrap();
+    }
+    blocks.iter().flat_map(|b| b * BLOCK_PAGES..(b + 1) * BLOCK_PAGES).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cold_and_warm_destinations_end_with_identical_images() {
+    let source = tempfile::tempdir().unwrap();
+    let vm = vm(source.path(), 8, 16, 11);
+    let raw = (8 + 16) << 20;
+
+    let mut cold = site(None).await;
+    cold.destination.expect(7, SECRET.to_vec());
+    let counters = send(cold.streams(3).await, 7, SECRET, &images(&vm), options()).await.unwrap();
+    assert!(cold.outcomes(3).await.iter().all(Result::is_ok));
+    assert_eq!(cold.kept(7), ["disk.img", "memory.img"], "nothing partial left");
+    assert!(same_file(&cold.destination.image_path(7, "memory.img"), &vm.memory));
+    assert!(same_file(&cold.destination.image_path(7, "disk.img"), &vm.disk));
+    assert_eq!(counters.raw_bytes, raw);
+    // Zero pages are not sent, and the memory's page cache comes from the disk sent just before.
+    assert!(counters.zero_pages > 0 && counters.index_pages > 0 && counters.cache_pages == 0, "{counters:?}");
+    let cold_ratio = counters.wire_bytes as f64 / raw as f64;
+    assert!(cold_ratio < 0.85, "cold wire ratio {cold_ratio}");
+
+    // The warm site holds a replica of the disk, synced ahead of time; 2 blocks were written since.
+    let warm = site(None).await;
+    warm.destination.expect(8, SECRET.to_vec());
+    let mut replica = Replica::new("vm-11-disk.img");
+    let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk).unwrap());
+    let mut session = Session::open(warm.streams(2).await, 8, SECRET, options()).await.unwrap();
+    replica.sync(&mut session, disk, &[]).await.unwrap();
+    drop(session);
+    assert!(same_file(&warm.destination.replica_path("vm-11-disk.img"), &vm.disk));
+    write_blocks(&vm.disk, &[3, 40]);
+    warm.destination.expect(9, SECRET.to_vec());
+    let counters = send(warm.streams(3).await, 9, SECRET, &images(&vm), options()).await.unwrap();
+    assert!(same_file(&warm.destination.image_path(9, "disk.img"), &vm.disk));
+    assert!(same_file(&warm.destination.image_path(9, "memory.img"), &vm.memory));
+    assert!(counters.cache_pages > 0, "{counters:?}");
+    let warm_ratio = counters.wire_bytes as f64 / raw as f64;
+    assert!(warm_ratio < 0.25, "warm wire ratio {warm_ratio}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_syncs_only_what_was_written_and_recovers_from_a_lost_copy() {
+    let source = tempfile::tempdir().unwrap();
+    let vm = vm(source.path(), 1, 16, 31);
+    let standby = site(None).await;
+    standby.destination.expect(3, SECRET.to_vec());
+    let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk).unwrap());
+    let mut replica = Replica::new("vm-31-disk.img");
+    let at = standby.destination.replica_path("vm-31-disk.img");
+    async fn sync(
+        standby: &Site,
+        disk: &Arc<dyn PageSource>,
+        replica: &mut Replica,
+        written: Vec<u64>,
+    ) -> Result<Counters, TransferError> {
+        let mut session = Session::open(standby.streams(2).await, 3, SECRET, options()).await?;
+        replica.sync(&mut session, disk.clone(), &written).await?;
+        Ok(session.progress().counters)
+    }
+    let first = sync(&standby, &disk, &mut replica, Vec::new()).await.unwrap();
+    assert!(replica.is_synced() && same_file(&at, &vm.disk));
+    let written = write_blocks(&vm.disk, &[1, 2, 100]);
+    let delta = sync(&standby, &disk, &mut replica, written.clone()).await.unwrap();
+    assert!(same_file(&at, &vm.disk), "the replica follows the disk");
+    assert_eq!(delta.raw_bytes, (written.len() * PAGE) as u64, "only the written blocks are offered");
+    assert!(delta.wire_bytes * 20 < first.wire_bytes, "delta {delta:?}, first {first:?}");
+
+    // The standby lost its copy: the delta no longer adds up, and the next sync starts over.
+    std::fs::remove_file(&at).unwrap();
+    let written = write_blocks(&vm.disk, &[5]);
+    let err = sync(&standby, &disk, &mut replica, written).await.unwrap_err();
+    assert!(matches!(err, TransferError::Integrity(_)), "{err}");
+    assert!(!replica.is_synced());
+    sync(&standby, &disk, &mut replica, Vec::new()).await.unwrap();
+    assert!(same_file(&at, &vm.disk));
+}
+
+/// Opens a connection and proves the job's secret by hand.
+async fn by_hand(addr: &str, job: u64) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mine = nonce();
+    write_frame(&mut s, &Frame::Hello { version: VERSION, job, stream: 0, streams: 1, nonce: mine }).await.unwrap();
+    let Frame::Challenge { nonce: theirs, .. } = read_frame(&mut s).await.unwrap() else { panic!("no challenge") };
+    write_frame(&mut s, &Frame::Proof { proof: proof(SECRET, "source", job, &theirs, &mine) }).await.unwrap();
+    assert_eq!(read_frame(&mut s).await.unwrap(), Frame::Accepted);
+    s
 }
 
 #[tokio::test]
 async fn a_wrong_secret_is_refused_and_nothing_is_kept() {
-    let images = generate(1 << 20, 1 << 20, &ContentMix::default(), 1, 2);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("vm");
-    let (addr, dest) = destination(dir.path(), None).await;
+    let source = tempfile::tempdir().unwrap();
+    let vm = vm(source.path(), 1, 1, 1);
+    let mut dest = site(None).await;
+    dest.destination.expect(7, SECRET.to_vec());
     // The source checks the destination's proof first, sees it was made with another secret, and stops.
-    let err = migrate(&addr, b"guessed", &images.memory, &images.disk).await.unwrap_err();
+    let err = send(dest.streams(2).await, 7, b"guessed", &images(&vm), options()).await.unwrap_err();
     assert!(err.to_string().contains("does not hold this job's secret"), "{err}");
-    assert!(dest.await.unwrap().is_err());
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
 
     // A source that ignores the challenge and answers with a made-up proof is refused.
-    let (addr, dest) = destination(dir.path(), None).await;
-    let mut s = connect(&addr).await;
-    write_frame(&mut s, &Frame::Hello { version: VERSION, job: 7, nonce: nonce() }).await.unwrap();
+    let mut s = TcpStream::connect(&dest.addr).await.unwrap();
+    write_frame(&mut s, &Frame::Hello { version: VERSION, job: 7, stream: 0, streams: 1, nonce: nonce() })
+        .await
+        .unwrap();
     assert!(matches!(read_frame(&mut s).await.unwrap(), Frame::Challenge { .. }));
     write_frame(&mut s, &Frame::Proof { proof: [0; 32] }).await.unwrap();
     assert_eq!(read_frame(&mut s).await.unwrap(), Frame::Refused { reason: "wrong job secret".into() });
-    assert!(dest.await.unwrap().unwrap_err().to_string().contains("wrong job secret"));
-    // So is an unknown job, and a protocol version from elsewhere.
-    for (version, job, expected) in [(VERSION, 8, "no job 8 here"), (VERSION + 1, 7, "protocol version")] {
-        let (addr, dest) = destination(dir.path(), None).await;
-        let mut s = connect(&addr).await;
-        write_frame(&mut s, &Frame::Hello { version, job, nonce: nonce() }).await.unwrap();
+    // So is an unknown job, a protocol version from elsewhere, and a stream outside its session.
+    for (version, job, stream, expected) in
+        [(VERSION, 8, 0, "no job 8 here"), (VERSION + 1, 7, 0, "protocol version"), (VERSION, 7, 4, "stream 4 of 4")]
+    {
+        let mut s = TcpStream::connect(&dest.addr).await.unwrap();
+        write_frame(&mut s, &Frame::Hello { version, job, stream, streams: 4, nonce: nonce() }).await.unwrap();
         assert!(matches!(read_frame(&mut s).await.unwrap(), Frame::Refused { reason } if reason.contains(expected)));
-        assert!(dest.await.unwrap().is_err());
     }
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    let outcomes = dest.outcomes(6).await;
+    assert!(outcomes.iter().all(|o| matches!(o, Err(TransferError::Refused(_)) | Err(TransferError::Wire(_)))));
+    assert!(dest.kept(7).is_empty());
 }
 
 /// Speaks the protocol by hand as a faulty source that sends one page whose bytes do not match its hash.
 #[tokio::test]
 async fn a_corrupted_page_is_caught_and_the_image_not_kept() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("vm");
-    let (addr, dest) = destination(dir.path(), None).await;
-    let mut s = connect(&addr).await;
-    let mine = nonce();
-    write_frame(&mut s, &Frame::Hello { version: VERSION, job: 7, nonce: mine }).await.unwrap();
-    let Frame::Challenge { nonce: theirs, .. } = read_frame(&mut s).await.unwrap() else { panic!("no challenge") };
-    write_frame(&mut s, &Frame::Proof { proof: proof(SECRET, "source", 7, &theirs, &mine) }).await.unwrap();
-    assert_eq!(read_frame(&mut s).await.unwrap(), Frame::Accepted);
+    let mut dest = site(None).await;
+    dest.destination.expect(7, SECRET.to_vec());
+    let mut s = by_hand(&dest.addr, 7).await;
     let page = vec![42u8; PAGE];
     let h: Hash = hash(&page);
-    write_frame(&mut s, &Frame::Image { name: "memory.img".into(), pages: 1 }).await.unwrap();
-    write_frame(&mut s, &Frame::Offer { runs: vec![(0, 1)], hashes: vec![h] }).await.unwrap();
-    assert!(matches!(read_frame(&mut s).await.unwrap(), Frame::Need { .. }));
+    let image = Frame::Image { name: "memory.img".into(), kind: ImageKind::Migration, pages: 2, first: 0, count: 2 };
+    write_frame(&mut s, &image).await.unwrap();
+    write_frame(&mut s, &Frame::Offer { runs: vec![(0, 2)], hashes: vec![zero_page_hash(), h] }).await.unwrap();
+    match read_frame(&mut s).await.unwrap() {
+        Frame::Need { origins } => assert_eq!(origins, ByteBuf::from(vec![1, 0]), "zero, then sent"),
+        other => panic!("{other:?}"),
+    }
     let mut corrupted = page.clone();
     corrupted[100] ^= 1;
-    let packed = zstd::bulk::compress(&corrupted, 3).unwrap();
-    write_frame(&mut s, &Frame::Pages { pages: vec![(0, h, packed.into())] }).await.unwrap();
+    let header = encode(&Frame::Pages { compressed: false, len: PAGE as u32 }).unwrap();
+    write_with_payload(&mut s, &header, &[&corrupted]).await.unwrap();
     match read_frame(&mut s).await.unwrap() {
         Frame::Verified { ok: false, reason } => assert!(reason.contains("does not match its hash"), "{reason}"),
         other => panic!("{other:?}"),
     }
-    let err = dest.await.unwrap().unwrap_err();
+    let err = dest.outcomes(1).await.remove(0).unwrap_err();
     assert!(matches!(err, TransferError::Integrity(_)), "{err}");
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "nothing kept");
-}
+    assert!(dest.kept(7).is_empty(), "nothing kept, not even the partial image");
 
-fn options(shapers: Vec<&Shaper>) -> SendOptions<'_> {
-    SendOptions { level: 3, shapers }
+    // A seal before every part was verified is refused too.
+    let mut s = by_hand(&dest.addr, 7).await;
+    let image = Frame::Image { name: "disk.img".into(), kind: ImageKind::Migration, pages: 4, first: 0, count: 2 };
+    write_frame(&mut s, &image).await.unwrap();
+    write_frame(&mut s, &Frame::End { digest: heliotrope_executor::content::image_digest(&[zero_page_hash(); 2]) })
+        .await
+        .unwrap();
+    assert!(matches!(read_frame(&mut s).await.unwrap(), Frame::Verified { ok: true, .. }));
+    write_frame(&mut s, &Frame::Seal { name: "disk.img".into(), digest: [0; 32] }).await.unwrap();
+    match read_frame(&mut s).await.unwrap() {
+        Frame::Verified { ok: false, reason } => assert!(reason.contains("parts are missing"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(dest.kept(7).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_running_guest_moves_in_rounds_and_pauses_only_for_the_last() {
-    // 16 MiB of memory written at 4 MB/s while it moves.
-    let images = generate(16 << 20, 0, &ContentMix::default(), 3, 4);
-    let guest = SimGuest::start(images.memory, 4e6, 9);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("vm");
-    let (addr, dest) = destination(dir.path(), None).await;
-    let mut stream = connect(&addr).await;
+async fn a_running_vm_moves_in_rounds_and_pauses_only_for_the_last() {
+    let source = tempfile::tempdir().unwrap();
+    let images = vm(source.path(), 16, 16, 3);
+    // Memory written at 4 MB/s and disk at 1 MB/s while it moves.
+    let workload = Workload { memory_bytes_per_s: 4e6, disk_bytes_per_s: 1e6, seed: 9 };
+    let vm = Arc::new(SimVm::start(images.clone(), workload).unwrap());
+    let dest = site(None).await;
+    dest.destination.expect(7, SECRET.to_vec());
+    let (watch, progress) = tokio::sync::watch::channel(Progress::default());
+    let memory_options = Arc::new(SendOptions { level: 3, progress: Some(watch), ..SendOptions::default() });
+    let mut memory = Session::open(dest.streams(2).await, 7, SECRET, memory_options).await.unwrap();
+    let mut disk = Session::open(dest.streams(2).await, 7, SECRET, options()).await.unwrap();
     let precopy = PrecopyOptions { max_downtime_s: 0.3, budget_s: 60.0 };
-    let report = migrate_guest(&mut stream, 7, SECRET, &guest, "memory.img", &options(vec![]), &precopy).await.unwrap();
-    drop(stream);
-    dest.await.unwrap().unwrap();
-    assert!(guest.is_paused(), "paused for the last round, to be destroyed here");
-    assert!(
-        std::fs::read(out.join("memory.img")).unwrap() == guest.memory(),
-        "the destination has the memory as paused"
-    );
+    let report = migrate_vm(&mut memory, Some(&mut disk), &vm, &precopy).await.unwrap();
+    assert!(vm.is_paused(), "paused for the last round, to be destroyed here");
+    let kept = |name: &str| std::fs::read(dest.destination.image_path(7, name)).unwrap();
+    assert!(kept("memory.img") == vm.memory(), "the destination has the memory as paused");
+    assert!(kept("disk.img") == std::fs::read(&images.disk).unwrap(), "and the disk as paused");
     assert!(report.downtime_s > 0.0);
-    assert!(report.counters.raw_bytes > 16 << 20, "pages written meanwhile were sent again: {report:?}");
+    assert!(report.memory.raw_bytes > 16 << 20, "pages written meanwhile were sent again: {report:?}");
+    // Progress was reported as it went, and ends where the counters do.
+    let last = *progress.borrow();
+    assert_eq!(last.counters, report.memory);
+    assert_eq!(last.planned_bytes, last.counters.raw_bytes);
+    assert!(last.expected_downtime_s.is_some_and(|s| s <= 0.3) && last.eta_s == Some(0.0), "{last:?}");
+    Arc::into_inner(vm).unwrap().destroy().unwrap();
+    assert!(!images.memory.exists() && !images.disk.exists(), "gone from the source once moved");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_guest_that_outruns_its_cap_is_left_running_at_the_source() {
+async fn a_vm_that_outruns_its_cap_is_left_running_at_the_source() {
     // 4 MiB written at 40 MB/s, over a 4 MB/s cap: throttled round by round, it still
     // cannot converge within the budget.
-    let images = generate(4 << 20, 0, &ContentMix::default(), 5, 6);
-    let guest = SimGuest::start(images.memory, 40e6, 10);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("vm");
-    let (addr, dest) = destination(dir.path(), None).await;
-    let mut stream = connect(&addr).await;
-    let cap = Shaper::new(Some(4e6));
+    let source = tempfile::tempdir().unwrap();
+    let images = vm(source.path(), 4, 0, 5);
+    let workload = Workload { memory_bytes_per_s: 40e6, disk_bytes_per_s: 0.0, seed: 10 };
+    let vm = Arc::new(SimVm::start(images, workload).unwrap());
+    let mut dest = site(None).await;
+    dest.destination.expect(7, SECRET.to_vec());
+    let capped =
+        Arc::new(SendOptions { level: 3, shapers: vec![Arc::new(Shaper::new(Some(4e6)))], ..SendOptions::default() });
+    let mut memory = Session::open(dest.streams(2).await, 7, SECRET, capped).await.unwrap();
     let precopy = PrecopyOptions { max_downtime_s: 0.05, budget_s: 4.0 };
-    let err =
-        migrate_guest(&mut stream, 7, SECRET, &guest, "memory.img", &options(vec![&cap]), &precopy).await.unwrap_err();
+    let err = migrate_vm(&mut memory, None, &vm, &precopy).await.unwrap_err();
     assert!(matches!(err, PrecopyError::GaveUp { .. }), "{err}");
-    assert!(!guest.is_paused(), "the guest runs on at the source");
-    assert!(guest.throttled() < 1.0, "auto-converge throttled it first");
-    assert!(dest.await.unwrap().unwrap_err().to_string().contains("gave up"));
-    assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0, "the destination keeps nothing");
+    assert!(!vm.is_paused(), "the guest runs on at the source");
+    assert!(vm.throttled() < 1.0, "auto-converge throttled it first");
+    drop(memory);
+    let outcomes = dest.outcomes(2).await;
+    assert!(outcomes.iter().any(|o| o.as_ref().is_err_and(|e| e.to_string().contains("gave up"))));
+    assert!(dest.kept(7).is_empty(), "the destination keeps nothing");
 }
 
 /// A proxy that cuts its first connection after `cut_after` bytes from the source, and forwards later ones whole.
@@ -212,49 +356,69 @@ async fn flaky_proxy(to: String, cut_after: u64) -> String {
     addr
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dropped_connection_resumes_without_resending_what_arrived() {
-    let images = generate(8 << 20, 8 << 20, &ContentMix::default(), 21, 22);
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("vm");
-    std::fs::create_dir_all(&out).unwrap();
-    // The destination takes two sessions: the first is cut, the second completes.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let dest_addr = listener.local_addr().unwrap().to_string();
-    let (index_dir, out_dir) = (dir.path().join("index"), out.clone());
-    let dest = tokio::spawn(async move {
-        let mut index = ChunkIndex::open(&index_dir, 1 << 30).unwrap();
-        let mut outcomes = Vec::new();
-        for _ in 0..2 {
-            let (mut stream, _) = listener.accept().await.unwrap();
-            outcomes.push(receive(&mut stream, |_| Some(SECRET.to_vec()), &mut index, &out_dir).await.is_ok());
-        }
-        outcomes
-    });
-    // Cut after about 6 MB: within the disk image, the memory image already kept.
-    let proxy = flaky_proxy(dest_addr, 6_000_000).await;
-    let options = SendOptions { level: 3, shapers: vec![] };
-    let named = [("memory.img", images.memory.as_slice()), ("disk.img", images.disk.as_slice())];
-    let connect = || {
-        let proxy = proxy.clone();
-        async move {
-            let stream = TcpStream::connect(&proxy).await?;
-            stream.set_nodelay(true)?;
-            Ok(stream)
-        }
-    };
-    let (retry, attempts) = send_resuming(connect, 7, SECRET, &named, &options, 3).await.unwrap();
+    let source = tempfile::tempdir().unwrap();
+    let vm = vm(source.path(), 8, 8, 21);
+    let dest = site(None).await;
+    dest.destination.expect(7, SECRET.to_vec());
+    // The first stream of the first session is cut after about 5 MB: well into its part of the disk.
+    let proxy = flaky_proxy(dest.addr.clone(), 5_000_000).await;
+    let connect = || tls::connect(&proxy, None);
+    let (retry, attempts) = send_resuming(connect, 2, 7, SECRET, &images(&vm), options(), 3).await.unwrap();
     assert_eq!(attempts, 2);
-    assert_eq!(dest.await.unwrap(), [false, true]);
-    assert!(std::fs::read(out.join("memory.img")).unwrap() == images.memory);
-    assert!(std::fs::read(out.join("disk.img")).unwrap() == images.disk);
-    assert!(!out.join(".disk.img.resume").exists(), "the leftovers go once the image is whole");
-    // The retry sent less than a whole cold transfer by the batches written before the cut
-    // (a batch is kept once all its pages arrived: up to 4 MiB).
-    let fresh = tempfile::tempdir().unwrap();
-    let (addr, whole) = destination(fresh.path(), None).await;
-    let cold = migrate(&addr, SECRET, &images.memory, &images.disk).await.unwrap();
-    whole.await.unwrap().unwrap();
-    assert!(retry.wire_bytes + 1_500_000 < cold.wire_bytes, "retry {retry:?}, whole {cold:?}");
-    assert!(retry.held_pages > cold.held_pages);
+    assert!(same_file(&dest.destination.image_path(7, "memory.img"), &vm.memory));
+    assert!(same_file(&dest.destination.image_path(7, "disk.img"), &vm.disk));
+    assert_eq!(dest.kept(7), ["disk.img", "memory.img"], "the leftovers go once the image is whole");
+    // The retry sent less than a whole cold transfer by what arrived before the cut.
+    let fresh = site(None).await;
+    fresh.destination.expect(7, SECRET.to_vec());
+    let cold = send(fresh.streams(2).await, 7, SECRET, &images(&vm), options()).await.unwrap();
+    assert!(retry.in_place_pages > 0, "{retry:?}");
+    assert!(retry.wire_bytes + 2_000_000 < cold.wire_bytes, "retry {retry:?}, whole {cold:?}");
+}
+
+/// A CA and a certificate it signed for this host, as PEM files in `dir`; returns the TLS files.
+fn certificates(dir: &Path, ca_name: &str) -> Tls {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.distinguished_name.push(rcgen::DnType::CommonName, ca_name);
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+        .unwrap()
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (cert_path, key_path, ca_path) = (dir.join("cert.pem"), dir.join("key.pem"), dir.join("ca.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    std::fs::write(&ca_path, ca.pem()).unwrap();
+    Tls::load(&cert_path, &key_path, &ca_path).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn executors_speak_mutual_tls_when_certificates_are_configured() {
+    let certs = tempfile::tempdir().unwrap();
+    let fleet = certificates(certs.path(), "fleet CA");
+    let source = tempfile::tempdir().unwrap();
+    let vm = vm(source.path(), 2, 2, 41);
+    let dest = site(Some(fleet.clone())).await;
+    dest.destination.expect(7, SECRET.to_vec());
+    let counters = send(dest.streams(2).await, 7, SECRET, &images(&vm), options()).await.unwrap();
+    assert_eq!(counters.raw_bytes, 4 << 20);
+    assert!(same_file(&dest.destination.image_path(7, "disk.img"), &vm.disk));
+
+    // An executor whose certificate another CA signed gets no connection; nor does plain TCP.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = certificates(other.path(), "another CA");
+    let refused = match tls::connect(&dest.addr, Some(&stranger)).await {
+        Err(_) => true,
+        Ok(mut s) => read_frame(&mut s).await.is_err(),
+    };
+    assert!(refused, "a stranger's certificate is refused");
+    let mut plain = TcpStream::connect(&dest.addr).await.unwrap();
+    let hello = Frame::Hello { version: VERSION, job: 7, stream: 0, streams: 1, nonce: nonce() };
+    let _ = write_frame(&mut plain, &hello).await;
+    assert!(read_frame(&mut plain).await.is_err(), "plain TCP gets nothing from a TLS executor");
 }
