@@ -60,6 +60,9 @@ struct Site {
     destination: Arc<Destination>,
     addr: String,
     accepting: tokio::task::JoinHandle<()>,
+    /// Each connection's outcome, and how many were opened.
+    served: tokio::sync::mpsc::UnboundedReceiver<anyhow::Result<()>>,
+    opened: usize,
 }
 
 impl Site {
@@ -69,26 +72,36 @@ impl Site {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?.to_string();
         let serving = destination.clone();
+        let (done, served) = tokio::sync::mpsc::unbounded_channel();
         let accepting = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let destination = serving.clone();
+                let (destination, done) = (serving.clone(), done.clone());
                 tokio::spawn(async move {
                     let served = match tls::accept(tcp, None).await {
-                        Ok(connection) => destination.serve(connection).await.map_err(anyhow::Error::from),
+                        Ok(connection) => destination.serve(connection).await.map(drop).map_err(anyhow::Error::from),
                         Err(e) => Err(e.into()),
                     };
-                    if let Err(e) = served {
-                        eprintln!("the destination failed a connection: {e:#}");
-                    }
+                    let _ = done.send(served);
                 });
             }
         });
-        Ok(Site { _dir: dir, destination, addr, accepting })
+        Ok(Site { _dir: dir, destination, addr, accepting, served, opened: 0 })
+    }
+
+    /// Waits for every connection to end; the destination's own errors say more than a source's broken connection.
+    async fn close(mut self) -> anyhow::Result<()> {
+        for _ in 0..self.opened {
+            match self.served.recv().await {
+                Some(outcome) => outcome.context("the destination failed a connection")?,
+                None => break,
+            }
+        }
+        Ok(())
     }
 
     /// A session of a new job to this site.
     async fn session(
-        &self,
+        &mut self,
         job: u64,
         streams: u16,
         options: &Arc<SendOptions>,
@@ -98,6 +111,7 @@ impl Site {
         for _ in 0..streams {
             opened.push(tls::connect(&self.addr, None).await?);
         }
+        self.opened += opened.len();
         Ok(Session::open(opened, job, SECRET, options.clone()).await?)
     }
 }
@@ -110,12 +124,13 @@ impl Drop for Site {
 
 /// The VM's images, disk first: once it is sealed, the memory's page-cache pages are found in it.
 fn images(vm: &SimImages) -> anyhow::Result<Vec<(&'static str, Arc<dyn PageSource>)>> {
-    Ok(vec![("disk.img", Arc::new(ImageFile::open(&vm.disk)?)), ("memory.img", Arc::new(ImageFile::open(&vm.memory)?))])
+    let (disk, memory) = (ImageFile::open(&vm.disk)?, ImageFile::open(&vm.memory)?);
+    Ok(vec![("disk.img", Arc::new(disk)), ("memory.img", Arc::new(memory))])
 }
 
 /// Moves the VM's images at rest to `site` as `job`; returns the counters and seconds.
 async fn migrate(
-    site: &Site,
+    site: &mut Site,
     job: u64,
     vm: &SimImages,
     streams: u16,
@@ -209,14 +224,14 @@ pub async fn transfer(args: &TransferBenchArgs) -> anyhow::Result<()> {
     let plain_s = plain_copy(&vm).await?;
     let unshaped = Arc::new(SendOptions { level: choose_level(&[], None), ..SendOptions::default() });
 
-    let cold_site = Site::start(work.path()).await?;
+    let mut cold_site = Site::start(work.path()).await?;
     let cpu = cpu_s();
-    let (cold, cold_s) = migrate(&cold_site, 1, &vm, args.streams, &unshaped).await?;
+    let (cold, cold_s) = migrate(&mut cold_site, 1, &vm, args.streams, &unshaped).await?;
     let cold_cores = (cpu_s() - cpu) / cold_s;
-    drop(cold_site);
+    cold_site.close().await?;
 
     // The warm site: the disk replicated there ahead of time, then 2% of its blocks written.
-    let warm_site = Site::start(work.path()).await?;
+    let mut warm_site = Site::start(work.path()).await?;
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk)?);
     let synced = Instant::now();
     let mut replica = Replica::new("vm-42-disk.img");
@@ -230,8 +245,8 @@ pub async fn transfer(args: &TransferBenchArgs) -> anyhow::Result<()> {
         written[..8].copy_from_slice(&at.to_le_bytes());
         file.write_all_at(&written, at * block as u64)?;
     }
-    let (warm, warm_s) = migrate(&warm_site, 3, &vm, args.streams, &unshaped).await?;
-    drop(warm_site);
+    let (warm, warm_s) = migrate(&mut warm_site, 3, &vm, args.streams, &unshaped).await?;
+    warm_site.close().await?;
 
     // Shaped: unique pages (nothing held, nothing compressible), 256 MiB at most.
     let cap = args.cap_mbps * 1e6 / 8.0;
@@ -250,7 +265,7 @@ pub async fn transfer(args: &TransferBenchArgs) -> anyhow::Result<()> {
         progress: None,
     });
     drop(first);
-    let shaped_site = Site::start(work.path()).await?;
+    let mut shaped_site = Site::start(work.path()).await?;
     let shaped_started = Instant::now();
     let mut session = shaped_site.session(4, args.streams, &shaped_options).await?;
     session
@@ -262,11 +277,15 @@ pub async fn transfer(args: &TransferBenchArgs) -> anyhow::Result<()> {
         .await?;
     let shaped = session.progress().counters;
     let throughput_vs_cap = shaped.wire_bytes as f64 / shaped_started.elapsed().as_secs_f64() / cap;
-    drop((session, shaped_site));
+    drop(session);
+    shaped_site.close().await?;
 
     // Live: the VM runs, writing memory and disk, and pauses for the last round. Its destination
     // keeps its images in RAM: on a disk, writeback of what was just written stalls the last round.
-    let live_site = Site::start(Path::new("/dev/shm")).await.or(Site::start(work.path()).await)?;
+    let mut live_site = match Site::start(Path::new("/dev/shm")).await {
+        Ok(site) => site,
+        Err(_) => Site::start(work.path()).await?,
+    };
     let vm = Arc::new(SimVm::start(
         vm,
         Workload {
@@ -280,7 +299,8 @@ pub async fn transfer(args: &TransferBenchArgs) -> anyhow::Result<()> {
     let mut disk = live_site.session(6, args.streams, &unshaped).await?;
     let live: PrecopyReport =
         migrate_vm(&mut memory, Some(&mut disk), &vm, &precopy).await.context("the live migration")?;
-    drop((memory, disk, live_site));
+    drop((memory, disk));
+    live_site.close().await?;
 
     let gb = |bytes: f64, s: f64| bytes / s / 1e9;
     eprintln!("plain copy (baseline): {:.2} GB/s over one loopback connection", gb(raw, plain_s));

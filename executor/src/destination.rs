@@ -29,7 +29,11 @@ use crate::wire::{
 /// A site's receiving executor.
 pub struct Destination {
     data_dir: PathBuf,
-    index: RwLock<ChunkIndex>,
+    index: Arc<RwLock<ChunkIndex>>,
+    /// Shared by seals while they index the images they just verified
+    /// (after the verdict, which a paused guest waits for); a part of the
+    /// next image takes it alone, so that it finds those pages.
+    indexing: Arc<tokio::sync::RwLock<()>>,
     /// Secrets of the jobs expected here.
     jobs: Mutex<HashMap<u64, Vec<u8>>>,
     landings: Mutex<HashMap<(u64, String), Arc<Landing>>>,
@@ -82,7 +86,8 @@ impl Destination {
         std::fs::create_dir_all(data_dir.join("replicas"))?;
         Ok(Arc::new(Destination {
             data_dir: data_dir.to_owned(),
-            index: RwLock::new(ChunkIndex::open(&data_dir.join("index"), index_bytes)?),
+            index: Arc::new(RwLock::new(ChunkIndex::open(&data_dir.join("index"), index_bytes)?)),
+            indexing: Arc::new(tokio::sync::RwLock::new(())),
             jobs: Mutex::new(HashMap::new()),
             landings: Mutex::new(HashMap::new()),
         }))
@@ -315,7 +320,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         first: u64,
         count: u64,
     ) -> Result<(), TransferError> {
-        let landing = self.destination.landing(self.job, name, kind, pages)?;
+        let landing = {
+            let _indexed = self.destination.indexing.write().await;
+            self.destination.landing(self.job, name, kind, pages)?
+        };
         let generation = landing.claim(first, count)?;
         match self.part(&landing, generation, first, count).await {
             Ok(()) => Ok(()),
@@ -549,19 +557,31 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
         if landing.partial != landing.path {
             std::fs::rename(&landing.partial, &landing.path)?;
         }
-        // Indexed before the verdict: the next image of the session finds its pages here.
+        // The image is in place. The verdict waits neither for it to reach
+        // the disk nor for the index (a paused guest waits for it, and
+        // flushing gigabytes just written takes seconds): a destination that
+        // crashes in that window loses what the source let go, as one that
+        // crashes just after a cutover would.
+        let indexing = self.destination.indexing.clone().read_owned().await;
+        write_frame(&mut self.stream, &Frame::Verified { ok: true, reason: String::new() }).await?;
         let holding = match landing.kind {
             ImageKind::Migration => Holding::Image,
             ImageKind::Replica => Holding::Replica,
         };
-        self.destination.index.write().unwrap_or_else(|e| e.into_inner()).add_file(&landing.path, holding, on_disk)?;
-        // The image is in place; the verdict does not wait for it to reach
-        // the disk: a live guest is paused until the verdict arrives, and
-        // flushing gigabytes just written takes seconds. (A destination that
-        // crashes in that window loses what the source let go, as one that
-        // crashes just after a cutover would.)
-        write_frame(&mut self.stream, &Frame::Verified { ok: true, reason: String::new() }).await?;
-        landing.file.sync_all()?;
+        let (index, path) = (self.destination.index.clone(), landing.path.clone());
+        tokio::task::spawn_blocking(move || {
+            let indexed = index.write().unwrap_or_else(|e| e.into_inner()).add_file(&path, holding, on_disk);
+            drop(indexing);
+            indexed
+        })
+        .await
+        .map_err(|e| io::Error::other(e.to_string()))??;
+        let (file, path) = (landing.file.try_clone()?, landing.path.clone());
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = file.sync_all() {
+                tracing::error!(path = %path.display(), error = %e, "flushing a sealed image failed");
+            }
+        });
         Ok(landing.path.clone())
     }
 }

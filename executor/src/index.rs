@@ -180,6 +180,7 @@ impl ChunkIndex {
 
     fn hold(&mut self, path: PathBuf, holding: Holding, hashes: Vec<Hash>) -> io::Result<()> {
         let slot = self.files.len();
+        self.map.reserve(hashes.len());
         for (page, h) in hashes.iter().enumerate() {
             self.map.entry(*h).or_insert((slot, page as u64));
         }
