@@ -78,8 +78,9 @@ pub async fn migrate_vm<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
             memory.progress().counters.sent_pages + disk.as_ref().map_or(0, |d| d.progress().counters.sent_pages);
         (pages as usize * PAGE) as f64
     };
+    // The disk's writes from now on: this migration's own log.
+    let written = vm.open_write_log();
     if let Some(disk) = disk.as_deref_mut() {
-        vm.take_disk_writes();
         let pages = disk_image.page_count();
         disk.begin(DISK_IMAGE, ImageKind::Migration, vec![zero_page_hash(); pages as usize]).await?;
         disk.offer(disk_image.clone(), &(0..pages).collect::<Vec<_>>()).await?;
@@ -92,7 +93,7 @@ pub async fn migrate_vm<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
     let (mut rounds, mut last_dirty) = (0, usize::MAX);
     let mut round_started = Instant::now();
     loop {
-        let dirty = vm.dirty_pages() + if disk.is_some() { vm.pending_disk_pages() } else { 0 };
+        let dirty = vm.dirty_pages() + if disk.is_some() { written.pending() } else { 0 };
         let expected_downtime = (dirty * PAGE) as f64 / rate;
         let dirty_rate = (dirty * PAGE) as f64 / round_started.elapsed().as_secs_f64().max(1e-6);
         memory.report_round(rounds, dirty_rate, expected_downtime);
@@ -115,7 +116,7 @@ pub async fn migrate_vm<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         round_started = Instant::now();
         memory.offer(guest.clone(), &vm.take_dirty()).await?;
         if let Some(disk) = disk.as_deref_mut() {
-            disk.offer(disk_image.clone(), &vm.take_disk_writes()).await?;
+            disk.offer(disk_image.clone(), &written.take()).await?;
         }
         let moved = sent(memory, &disk) - before;
         if moved > (64 * PAGE) as f64 {
@@ -129,7 +130,7 @@ pub async fn migrate_vm<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         memory.offer(guest.clone(), &vm.take_dirty()).await?;
         memory.end().await?;
         if let Some(disk) = disk.as_deref_mut() {
-            disk.offer(disk_image.clone(), &vm.take_disk_writes()).await?;
+            disk.offer(disk_image.clone(), &written.take()).await?;
             disk.end().await?;
             disk.seal().await?;
         }

@@ -10,11 +10,15 @@
 //! A sync that fails (the standby lost or changed its copy) leaves the
 //! next one to offer every page again.
 
+use std::future::Future;
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::content::{zero_page_hash, Hash, PageSource};
+use crate::content::{zero_page_hash, Hash, ImageFile, PageSource};
+use crate::sim::SimVm;
 use crate::source::Session;
 use crate::transfer::TransferError;
 use crate::wire::ImageKind;
@@ -55,4 +59,54 @@ impl Replica {
         self.synced = Some(session.seal().await?);
         Ok(())
     }
+}
+
+/// A VM's disk being kept in sync at one standby, in the background; stops when dropped.
+pub struct Replicating {
+    task: tokio::task::JoinHandle<()>,
+    /// Syncs completed so far.
+    pub synced: tokio::sync::watch::Receiver<u64>,
+}
+
+impl Drop for Replicating {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Keeps replica `name` of `vm`'s disk at a standby up to date while the
+/// VM runs: every `interval`, a session from `open` carries the blocks
+/// written since the last sync (from a write log of its own). `open`
+/// should give sessions whose streams take from the link's replication
+/// shapers, so that replication yields to migrations. A sync that fails
+/// is retried at the next interval, in full.
+pub fn keep_synced<S, F, Fut>(vm: &SimVm, name: &str, mut open: F, interval: Duration) -> io::Result<Replicating>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Session<S>, TransferError>> + Send,
+{
+    let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.images().disk)?);
+    // Opened before the first (full) sync: what is written during it is caught.
+    let log = vm.open_write_log();
+    let mut replica = Replica::new(name);
+    let (count, synced) = tokio::sync::watch::channel(0);
+    let task = tokio::spawn(async move {
+        loop {
+            match open().await {
+                Ok(mut session) => {
+                    let written = log.take();
+                    match replica.sync(&mut session, disk.clone(), &written).await {
+                        Ok(()) => {
+                            count.send_modify(|n| *n += 1);
+                        }
+                        Err(e) => tracing::warn!(replica = %replica.name, error = %e, "a replica sync failed"),
+                    }
+                }
+                Err(e) => tracing::warn!(replica = %replica.name, error = %e, "no session to the standby"),
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+    Ok(Replicating { task, synced })
 }

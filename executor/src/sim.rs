@@ -163,8 +163,8 @@ struct GuestState {
     dirty: Vec<bool>,
     disk: File,
     disk_blocks: u64,
-    /// Disk blocks written since the last take.
-    written: Vec<bool>,
+    /// Open write logs (see [`WriteLog`]), by id; `None` once closed.
+    write_logs: Vec<Option<Vec<bool>>>,
     paused: bool,
     workload: Workload,
     /// Share of its rate the guest is let run at (auto-converge lowers it).
@@ -186,7 +186,7 @@ impl SimVm {
             dirty: vec![false; pages],
             disk,
             disk_blocks,
-            written: vec![false; disk_blocks as usize],
+            write_logs: Vec::new(),
             paused: false,
             workload,
             throttle: 1.0,
@@ -226,7 +226,7 @@ impl SimVm {
                     rng.fill_bytes(&mut data);
                     // A failed write is a guest's I/O error; the block is not logged as written.
                     if s.disk.write_all_at(&data, block * BLOCK_PAGES * PAGE as u64).is_ok() {
-                        s.written[block as usize] = true;
+                        s.write_logs.iter_mut().flatten().for_each(|log| log[block as usize] = true);
                     }
                 }
             }
@@ -251,17 +251,19 @@ impl SimVm {
         self.lock().dirty.iter().filter(|&&d| d).count()
     }
 
-    /// Disk pages (whole blocks) written since the last take; the log starts afresh.
-    pub fn take_disk_writes(&self) -> Vec<u64> {
+    /// Starts logging the disk's writes for one consumer.
+    pub fn open_write_log(&self) -> WriteLog {
         let mut s = self.lock();
-        let blocks: Vec<u64> = s.written.iter().enumerate().filter(|(_, &w)| w).map(|(b, _)| b as u64).collect();
-        s.written.iter_mut().for_each(|w| *w = false);
-        blocks.into_iter().flat_map(|b| b * BLOCK_PAGES..(b + 1) * BLOCK_PAGES).collect()
-    }
-
-    /// Disk pages (whole blocks) written since the last take.
-    pub fn pending_disk_pages(&self) -> usize {
-        self.lock().written.iter().filter(|&&w| w).count() * BLOCK_PAGES as usize
+        let blocks = vec![false; s.disk_blocks as usize];
+        let id = match s.write_logs.iter().position(Option::is_none) {
+            Some(free) => free,
+            None => {
+                s.write_logs.push(None);
+                s.write_logs.len() - 1
+            }
+        };
+        s.write_logs[id] = Some(blocks);
+        WriteLog { state: self.state.clone(), id }
     }
 
     pub fn pause(&self) {
@@ -299,6 +301,46 @@ impl SimVm {
         self.task.abort();
         std::fs::remove_file(&self.images.memory)?;
         std::fs::remove_file(&self.images.disk)
+    }
+}
+
+/// The disk blocks a guest wrote since the log was last taken. Each
+/// consumer (a migration, a standby's replication) keeps its own, as a
+/// hypervisor keeps a dirty bitmap per consumer; it stops logging when dropped.
+pub struct WriteLog {
+    state: Arc<Mutex<GuestState>>,
+    id: usize,
+}
+
+impl WriteLog {
+    fn with<T>(&self, f: impl FnOnce(&mut Vec<bool>) -> T) -> T {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        f(s.write_logs[self.id].as_mut().expect("an open log"))
+    }
+
+    /// Disk pages (whole blocks) written since the last take; the log starts afresh.
+    pub fn take(&self) -> Vec<u64> {
+        self.with(|log| {
+            let pages = log
+                .iter()
+                .enumerate()
+                .filter(|(_, &w)| w)
+                .flat_map(|(b, _)| b as u64 * BLOCK_PAGES..(b as u64 + 1) * BLOCK_PAGES)
+                .collect();
+            log.iter_mut().for_each(|w| *w = false);
+            pages
+        })
+    }
+
+    /// Disk pages (whole blocks) written since the last take.
+    pub fn pending(&self) -> usize {
+        self.with(|log| log.iter().filter(|&&w| w).count()) * BLOCK_PAGES as usize
+    }
+}
+
+impl Drop for WriteLog {
+    fn drop(&mut self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).write_logs[self.id] = None;
     }
 }
 
@@ -354,16 +396,20 @@ mod tests {
         let images = generate(dir.path(), 1 << 20, 4 << 20, &ContentMix::default(), 1, 2).unwrap();
         let vm =
             SimVm::start(images.clone(), Workload { memory_bytes_per_s: 4e6, disk_bytes_per_s: 4e6, seed: 3 }).unwrap();
+        let (first, second) = (vm.open_write_log(), vm.open_write_log());
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert!(vm.dirty_pages() > 0);
-        let written = vm.take_disk_writes();
+        let written = first.take();
         assert!(!written.is_empty() && written.len().is_multiple_of(BLOCK_PAGES as usize));
+        assert!(second.pending() >= written.len(), "each consumer keeps its own log");
+        drop(second);
         vm.pause();
         vm.take_dirty();
-        vm.take_disk_writes();
+        first.take();
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert_eq!(vm.dirty_pages(), 0, "a paused guest writes nothing");
-        assert!(vm.take_disk_writes().is_empty());
+        assert!(first.take().is_empty());
+        drop(first);
         vm.destroy().unwrap();
         assert!(!images.memory.exists() && !images.disk.exists());
     }

@@ -6,12 +6,13 @@
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use heliotrope_executor::content::{hash, zero_page_hash, Hash, ImageFile, PageSource, PAGE};
 use heliotrope_executor::destination::{Destination, Served};
 use heliotrope_executor::precopy::{migrate_vm, PrecopyError, PrecopyOptions};
-use heliotrope_executor::replica::Replica;
-use heliotrope_executor::shaping::Shaper;
+use heliotrope_executor::replica::{keep_synced, Replica};
+use heliotrope_executor::shaping::{Link, Shaper};
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload, BLOCK_PAGES};
 use heliotrope_executor::source::{send, send_resuming, SendOptions, Session};
 use heliotrope_executor::tls::{self, Connection, Tls};
@@ -186,6 +187,49 @@ async fn a_replica_syncs_only_what_was_written_and_recovers_from_a_lost_copy() {
     assert!(!replica.is_synced());
     sync(&standby, &disk, &mut replica, Vec::new()).await.unwrap();
     assert!(same_file(&at, &vm.disk));
+}
+
+/// Waits until `synced` counts at least `n` syncs.
+async fn synced_at_least(synced: &mut tokio::sync::watch::Receiver<u64>, n: u64) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|&count| count >= n)).await;
+    let reached = waited.is_ok_and(|r| r.is_ok());
+    assert!(reached, "{} syncs, not {n}", *synced.borrow());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_vm_is_replicated_in_the_background_and_yields_to_migrations() {
+    let source = tempfile::tempdir().unwrap();
+    let images = vm(source.path(), 1, 16, 51);
+    let vm =
+        SimVm::start(images.clone(), Workload { memory_bytes_per_s: 0.0, disk_bytes_per_s: 2e6, seed: 52 }).unwrap();
+    let standby = Arc::new(site(None).await);
+    standby.destination.expect(5, SECRET.to_vec());
+    let link = Link::new(50e6, 20e6);
+    let (opener, shapers) = (standby.clone(), link.replication_shapers());
+    let open = move || {
+        let (standby, shapers) = (opener.clone(), shapers.clone());
+        async move {
+            let options = Arc::new(SendOptions { level: 1, shapers, progress: None });
+            Session::open(standby.streams(2).await, 5, SECRET, options).await
+        }
+    };
+    let mut replicating = keep_synced(&vm, "vm-51-disk.img", open, Duration::from_millis(100)).unwrap();
+    synced_at_least(&mut replicating.synced, 3).await;
+
+    // A migration takes the whole link: replication waits for it.
+    let migration = link.start_migration(50e6);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before = *replicating.synced.borrow();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(*replicating.synced.borrow(), before, "no sync gets through while migrations take the link");
+    drop(migration);
+    synced_at_least(&mut replicating.synced, before + 2).await;
+
+    // Once the guest stops writing, the next syncs leave the replica equal to the disk.
+    vm.pause();
+    let now = *replicating.synced.borrow();
+    synced_at_least(&mut replicating.synced, now + 2).await;
+    assert!(same_file(&standby.destination.replica_path("vm-51-disk.img"), &images.disk));
 }
 
 /// Opens a connection and proves the job's secret by hand.
