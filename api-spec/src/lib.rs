@@ -11,11 +11,13 @@
 //! Layout: [`inventory`] (sites, links, VMs, groups, executors),
 //! [`auth`] (roles and tokens), [`error`] (the one error shape), and
 //! [`page`] (cursor pagination), [`signals`] (carbon and price series),
-//! [`plans`] (placement plans and their moves).
+//! [`plans`] (placement plans and their moves), [`migrations`] (the
+//! jobs applied plans turn into).
 
 pub mod auth;
 pub mod error;
 pub mod inventory;
+pub mod migrations;
 pub mod page;
 pub mod plans;
 pub mod signals;
@@ -23,6 +25,7 @@ pub mod signals;
 pub use auth::*;
 pub use error::*;
 pub use inventory::*;
+pub use migrations::*;
 pub use page::*;
 pub use plans::*;
 pub use signals::*;

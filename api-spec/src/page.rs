@@ -49,3 +49,5 @@ page_type!(/// One page of feeds.
     FeedPage, crate::Feed);
 page_type!(/// One page of plans.
     PlanPage, crate::PlanSummary);
+page_type!(/// One page of migrations.
+    MigrationPage, crate::Migration);

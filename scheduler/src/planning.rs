@@ -84,19 +84,19 @@ async fn make(
     let links = db::links::all(&mut *tx).await?;
     let vms = db::vms::all(&mut *tx).await?;
     let groups = db::groups::all(&mut *tx).await?;
-    let recent = db::jobs::recent(&mut *tx, now - Duration::hours(24)).await?;
+    let recent = db::migrations::recent(&mut *tx, now - Duration::hours(24)).await?;
     tx.commit().await?;
 
     let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
     let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();
     let link_specs: Vec<_> = links.iter().map(|l| l.spec.clone()).collect();
-    // A VM with a migration still queued stays put until it has run.
+    // A VM with a migration under way stays put until it has ended.
     let vm_specs: Vec<_> = vms
         .iter()
         .map(|v| {
-            let (moves_today, queued) = recent.get(&v.id).copied().unwrap_or((0, false));
+            let (moves_today, moving) = recent.get(&v.id).copied().unwrap_or((0, false));
             let mut spec = v.spec.clone();
-            spec.pinned |= queued;
+            spec.pinned |= moving;
             (spec, moves_today)
         })
         .collect();
@@ -514,7 +514,7 @@ pub async fn evacuate(
             continue;
         }
         let why = if vm.pinned {
-            "pinned (or a migration of it is already queued)".to_owned()
+            "pinned (or a migration of it is under way)".to_owned()
         } else {
             "no room: no open site it may go to has the capacity or link bytes left, or its migration cannot converge there"
                 .to_owned()

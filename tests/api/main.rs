@@ -7,6 +7,7 @@ mod executors;
 mod feeds;
 mod groups;
 mod links;
+mod migrations;
 mod ops;
 mod pagination;
 mod plans;

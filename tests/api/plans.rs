@@ -39,7 +39,7 @@ fn big_vm(name: &str, at: &str) -> Value {
 }
 
 /// DEAR (300/MWh) and CHEAP (20/MWh), linked both ways, a big VM at DEAR and a pinned one beside it.
-async fn two_sites(app: &TestApp) -> (i64, i64) {
+pub(crate) async fn two_sites(app: &TestApp) -> (i64, i64) {
     let dear = site_at(app, "DEAR", "active").await;
     let cheap = site_at(app, "CHEAP", "active").await;
     app.create("/v1/links", with(link("DEAR", "CHEAP"), "/symmetric", json!(true))).await;

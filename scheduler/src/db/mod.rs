@@ -10,8 +10,8 @@ pub mod changes;
 pub mod executors;
 pub mod feeds;
 pub mod groups;
-pub mod jobs;
 pub mod links;
+pub mod migrations;
 pub mod plans;
 pub mod signals;
 pub mod sites;
@@ -115,6 +115,18 @@ impl<'a> ListQuery<'a> {
     {
         if let Some(value) = value {
             self.builder.push(format_args!(" and {column} = ")).push_bind(value);
+        }
+        self
+    }
+
+    /// Adds `and (<a> = <value> or <b> = <value>)` when the filter is present.
+    pub(crate) fn filter_either<T>(mut self, [a, b]: [&str; 2], value: Option<T>) -> Self
+    where
+        T: 'a + sqlx::Encode<'a, Postgres> + sqlx::Type<Postgres> + Send + Clone,
+    {
+        if let Some(value) = value {
+            self.builder.push(format_args!(" and ({a} = ")).push_bind(value.clone());
+            self.builder.push(format_args!(" or {b} = ")).push_bind(value).push(")");
         }
         self
     }

@@ -10,7 +10,7 @@ use heliotrope_api_spec::{
 use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool};
 
-use super::jobs::{self, NewJob};
+use super::migrations::{self, NewMigration, ACTIVE};
 use super::{enum_from_text, enum_to_text, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 
@@ -213,7 +213,8 @@ pub async fn approve(pool: &PgPool, id: i64) -> Result<Plan> {
     get(pool, id).await
 }
 
-/// Applies an approved plan: records a migration job per move. If the
+/// Applies an approved plan: records a migration per move, scheduled to
+/// start when the plan's schedule starts it (from now) at its cap. If the
 /// inventory moved on (a VM gone, elsewhere or already moving, a
 /// destination gone or not active), the plan fails instead and says why.
 pub async fn apply(pool: &PgPool, id: i64) -> Result<(Plan, u64)> {
@@ -225,41 +226,59 @@ pub async fn apply(pool: &PgPool, id: i64) -> Result<(Plan, u64)> {
             enum_to_text(&status)
         )));
     }
-    let Json(moves): Json<Vec<PlannedMove>> =
-        sqlx::query_scalar("select moves from plan where plan_id = $1").bind(id).fetch_one(&mut *tx).await?;
+    let (Json(moves), schedule): (Json<Vec<PlannedMove>>, Option<Json<PlanSchedule>>) =
+        sqlx::query_as("select moves, schedule from plan where plan_id = $1").bind(id).fetch_one(&mut *tx).await?;
+    let now = Utc::now();
+    let scheduled: std::collections::HashMap<&str, (Option<DateTime<Utc>>, Option<f64>)> = schedule
+        .iter()
+        .flat_map(|s| &s.0.migrations)
+        .map(|m| {
+            let start =
+                m.start_s.and_then(|s| chrono::Duration::try_milliseconds((s * 1000.0) as i64)).map(|d| now + d);
+            (m.vm.as_str(), (start, m.cap_mbps))
+        })
+        .collect();
     let names: Vec<&str> = moves.iter().map(|m| m.vm.as_str()).collect();
     let destinations: Vec<&str> = moves.iter().map(|m| m.to.as_str()).collect();
-    // Per move, in order: the VM's id and site now, whether it has a job
-    // queued, and the destination's id and state; nulls where gone.
+    // Per move, in order: the VM's id and site now, whether it has a
+    // migration under way, and the destination's id and state; nulls where gone.
     #[allow(clippy::type_complexity)]
     let rows: Vec<(Option<i64>, Option<i64>, Option<String>, Option<bool>, Option<i64>, Option<String>)> =
-        sqlx::query_as(
+        sqlx::query_as(&format!(
             "select v.vm_id, v.site_id, s.name, \
-             exists (select 1 from migration_job j where j.vm_id = v.vm_id and j.state = 'queued'), \
+             exists (select 1 from migration_job j where j.vm_id = v.vm_id and j.{ACTIVE}), \
              d.site_id, d.state \
              from unnest($1::text[], $2::text[]) with ordinality as m (vm, dest, ord) \
              left join vm v on v.name = m.vm left join site s on s.site_id = v.site_id \
-             left join site d on d.name = m.dest order by m.ord",
-        )
+             left join site d on d.name = m.dest order by m.ord"
+        ))
         .bind(&names)
         .bind(&destinations)
         .fetch_all(&mut *tx)
         .await?;
     let mut jobs = Vec::with_capacity(moves.len());
     let mut stale = None;
-    for (m, (vm_id, from_id, at, queued, to_id, to_state)) in moves.iter().zip(rows) {
+    for (m, (vm_id, from_id, at, moving, to_id, to_state)) in moves.iter().zip(rows) {
         let why = match (vm_id, from_id, to_id) {
             (None, ..) => Some(format!("VM {} no longer exists", m.vm)),
             (_, _, None) => Some(format!("site {} no longer exists", m.to)),
             _ if at.as_deref() != Some(m.from.as_str()) => {
                 Some(format!("VM {} is at {}, not {}", m.vm, at.unwrap_or_default(), m.from))
             }
-            _ if queued == Some(true) => Some(format!("VM {} already has a migration queued", m.vm)),
+            _ if moving == Some(true) => Some(format!("VM {} already has a migration under way", m.vm)),
             _ if to_state.as_deref() != Some("active") => {
                 Some(format!("site {} is {}, not active", m.to, to_state.unwrap_or_default()))
             }
             (Some(vm_id), Some(from_site_id), Some(to_site_id)) => {
-                jobs.push(NewJob { vm_id, from_site_id, to_site_id, predicted_bytes: m.predicted_bytes });
+                let (start_at, cap_mbps) = scheduled.get(m.vm.as_str()).copied().unwrap_or_default();
+                jobs.push(NewMigration {
+                    vm_id,
+                    from_site_id,
+                    to_site_id,
+                    predicted_bytes: m.predicted_bytes,
+                    start_at,
+                    cap_mbps,
+                });
                 None
             }
             _ => Some(format!("VM {} has no site", m.vm)),
@@ -275,7 +294,7 @@ pub async fn apply(pool: &PgPool, id: i64) -> Result<(Plan, u64)> {
         tx.commit().await?;
         return Err(StoreError::Conflict(format!("plan {id} failed: {failure}")));
     }
-    let recorded = jobs::record(&mut tx, id, &jobs).await?;
+    let recorded = migrations::record(&mut tx, id, &jobs).await?;
     set_status(&mut tx, id, PlanStatus::Applied, None).await?;
     tx.commit().await?;
     Ok((get(pool, id).await?, recorded))

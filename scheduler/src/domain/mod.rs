@@ -8,6 +8,7 @@
 pub mod cost;
 pub mod feeds;
 pub mod inventory;
+pub mod migration;
 pub mod page;
 pub mod planner;
 pub mod schedule;

@@ -48,11 +48,19 @@ impl Access {
     }
 }
 
-/// Who made a request, as a verified token says: what the cache keeps.
+/// Who made a request, as a verified token says: what the cache keeps, and
+/// what handlers find in the request's extensions.
 #[derive(Debug, Clone, Copy)]
-struct Principal {
+pub struct Principal {
     pub token_id: i64,
     pub role: Role,
+}
+
+impl Principal {
+    /// How logs of changes name the caller.
+    pub fn actor(&self) -> String {
+        format!("token:{}", self.token_id)
+    }
 }
 
 /// Verified tokens by secret digest.
@@ -87,7 +95,7 @@ impl TokenCache {
 /// Middleware: 401 without a known token, 403 when its role falls short.
 pub async fn require(
     State((state, access)): State<(AppState, Access)>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let secret = request
@@ -114,5 +122,6 @@ pub async fn require(
         return Err(ApiError::Forbidden { have: principal.role.as_str(), need: need.as_str() });
     }
     tracing::Span::current().record("token_id", principal.token_id);
+    request.extensions_mut().insert(principal);
     Ok(next.run(request).await)
 }

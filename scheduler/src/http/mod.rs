@@ -13,6 +13,7 @@ pub mod feeds;
 pub mod groups;
 pub mod links;
 pub mod metrics;
+pub mod migrations;
 pub mod openapi;
 pub mod ops;
 pub mod plans;
@@ -75,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded(signals::router(), Access::INVENTORY))
         // Plans change with every proposal: never cached.
         .merge(guarded(plans::router(), Access::PLANS))
+        .merge(guarded(migrations::router(), Access::PLANS))
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(map_response(json_method_not_allowed))

@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{executors, feeds, groups, links, ops, plans, signals, sites, tokens, vms};
+use super::{executors, feeds, groups, links, migrations, ops, plans, signals, sites, tokens, vms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +23,7 @@ use super::{executors, feeds, groups, links, ops, plans, signals, sites, tokens,
         signals::push_signals, signals::get_series, signals::current_signals,
         plans::create_plan, plans::list_plans, plans::get_plan, plans::get_schedule, plans::approve_plan, plans::apply_plan,
         plans::evacuate_site,
+        migrations::list_migrations, migrations::get_migration, migrations::cancel_migration,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(heliotrope_api_spec::GroupPolicyKind)),
