@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 /// The secret of the admin token every test app starts with.
 pub const ADMIN: &str = "htp_test-admin-secret";
 
+#[derive(Clone)]
 pub struct TestApp {
     pub addr: SocketAddr,
     pub pool: PgPool,

@@ -271,7 +271,7 @@ pub enum ExecutorState {
     Draining,
 }
 
-/// A registered executor (registration arrives with dispatch).
+/// A registered executor.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Executor {
     pub id: i64,
@@ -281,6 +281,10 @@ pub struct Executor {
     pub address: String,
     pub last_heartbeat: Option<DateTime<Utc>>,
     pub state: ExecutorState,
+    /// `sim` executors move simulated guests (real bytes); `qemu` ones real VMs.
+    pub driver: Driver,
+    /// Migrations it runs at once.
+    pub capacity: u32,
 }
 
 /// Filters of `GET /v1/sites`.

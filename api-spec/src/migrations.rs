@@ -82,3 +82,120 @@ pub struct MigrationFilter {
     #[param(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub vm: Option<String>,
 }
+
+/// What an executor says of itself when it registers (`POST /v1/executors/register`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecutorRegistration {
+    /// The site it serves, by name.
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
+    pub site: String,
+    /// `host:port` its peers reach it at for transfers.
+    #[schema(min_length = 3, max_length = 255)]
+    pub address: String,
+    pub driver: crate::Driver,
+    /// Migrations it runs at once.
+    #[schema(minimum = 1, maximum = 64)]
+    pub capacity: u32,
+}
+
+/// Which end of a migration an executor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobRole {
+    /// Sends the VM, reports progress, and holds the lease.
+    Source,
+    /// Receives it; confirms the cutover.
+    Destination,
+}
+
+/// A migration handed to an executor by a claim.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Assignment {
+    pub migration: Migration,
+    pub role: JobRole,
+    /// For the source: where the destination executor listens.
+    pub peer_address: Option<String>,
+    /// The job's secret, hex: both ends prove it to each other; it never travels between them.
+    pub secret: String,
+    /// The source's claim holds until then; each progress report extends it.
+    pub lease_expires: Option<DateTime<Utc>>,
+}
+
+/// What a source executor reports as a migration goes (`POST /v1/migrations/{id}/progress`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ProgressReport {
+    /// `transferring` or `cutover`, when it moves on; absent when it only reports.
+    #[serde(default)]
+    pub state: Option<MigrationState>,
+    #[schema(minimum = 0)]
+    pub raw_bytes: u64,
+    #[schema(minimum = 0)]
+    pub wire_bytes: u64,
+    /// Pre-copy round (0: the first pass).
+    #[serde(default)]
+    pub round: u32,
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub dirty_bytes_per_s: f64,
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub expected_downtime_s: Option<f64>,
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub eta_s: Option<f64>,
+}
+
+/// The scheduler's answer to a progress report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProgressAnswer {
+    pub state: MigrationState,
+    /// The cap to send at now, megabits per second (the schedule may change it).
+    pub cap_mbps: Option<f64>,
+    /// Stop: the migration was cancelled; the VM keeps running at the source.
+    pub cancelled: bool,
+    pub lease_expires: Option<DateTime<Utc>>,
+}
+
+/// How a migration ended, as its executors say (`POST /v1/migrations/{id}/complete`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Completion {
+    /// `done` (only the destination says so, once the VM runs there) or `failed` (the VM runs on at the source).
+    pub state: MigrationState,
+    #[serde(default)]
+    #[schema(max_length = 1000)]
+    pub detail: String,
+}
+
+/// Where an executor back from a crash finds a migration's VM (`POST /v1/migrations/{id}/recover`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum VmRunsAt {
+    Source,
+    Destination,
+}
+
+/// What a recovering migration's executor reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RecoveryReport {
+    pub runs_at: VmRunsAt,
+}
+
+/// Query of `POST /v1/executors/{id}/claim`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ClaimParams {
+    /// Seconds to wait for work before answering 204 (long poll), 0 to 30; default 0.
+    #[param(minimum = 0, maximum = 30)]
+    pub wait_s: Option<u32>,
+}
+
+/// Which registered executor (of the caller's token) is speaking.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ExecutorParam {
+    pub executor: i64,
+}

@@ -60,12 +60,32 @@ impl Application {
             let (pool, metrics, stop) = (self.state.pool.clone(), self.state.metrics.clone(), shutdown.clone());
             background.spawn(poller::run(pool, metrics, stop));
         }
+        let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
+        background.spawn(expire_leases(pool, stop));
         let served = axum::serve(self.listener, app(self.state))
             .with_graceful_shutdown(async move { shutdown.cancelled().await })
             .await;
         // They stop on the same token; a panic in one would already have been logged.
         while background.join_next().await.is_some() {}
         served
+    }
+}
+
+/// Every few seconds, migrations whose executor stopped reporting go to
+/// `recovering` (claims sweep too; this catches a fleet with no one claiming).
+async fn expire_leases(pool: sqlx::PgPool, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {
+                match crate::db::migrations::expire_leases(&pool).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::warn!(migrations = n, "leases ran out: recovering"),
+                    Err(e) => tracing::error!(error = %e, "sweeping expired leases failed"),
+                }
+            }
+        }
     }
 }
 

@@ -54,6 +54,7 @@ async fn route_by_role_matrix(pool: PgPool) {
     let gb_feed = json!({"site": "A", "provider": "gb_carbon_intensity", "signal": "carbon", "area": "national"});
     let f = app.create("/v1/feeds", gb_feed.clone()).await["id"].as_i64().unwrap();
     let (view, plan, admin) = (Need::Role(Role::Viewer), Need::Role(Role::Planner), Need::Role(Role::Admin));
+    let exec = Need::Role(Role::Executor);
     let r = |method: Method, template: &'static str, id: i64, body: Option<Value>, need: Need| Route {
         method,
         template,
@@ -128,6 +129,33 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::GET, "/v1/migrations", 0, None, view),
         r(Method::GET, "/v1/migrations/{id}", 999_999, None, view),
         r(Method::POST, "/v1/migrations/{id}/cancel", 999_999, None, plan),
+        r(
+            Method::POST,
+            "/v1/executors/register",
+            0,
+            Some(json!({"site": "A", "address": "a:7070", "driver": "sim", "capacity": 1})),
+            exec,
+        ),
+        r(Method::POST, "/v1/executors/{id}/heartbeat", 999_999, None, exec),
+        r(Method::POST, "/v1/executors/{id}/claim", 999_999, None, exec),
+        Route {
+            query: "?executor=999999",
+            ..r(
+                Method::POST,
+                "/v1/migrations/{id}/progress",
+                999_999,
+                Some(json!({"raw_bytes": 0, "wire_bytes": 0})),
+                exec,
+            )
+        },
+        Route {
+            query: "?executor=999999",
+            ..r(Method::POST, "/v1/migrations/{id}/complete", 999_999, Some(json!({"state": "failed"})), exec)
+        },
+        Route {
+            query: "?executor=999999",
+            ..r(Method::POST, "/v1/migrations/{id}/recover", 999_999, Some(json!({"runs_at": "source"})), exec)
+        },
         r(Method::GET, "/healthz", 0, None, Need::Nobody),
         r(Method::GET, "/readyz", 0, None, Need::Nobody),
         r(Method::GET, "/metrics", 0, None, Need::Nobody),

@@ -3,6 +3,7 @@
 //! `#[sqlx::test]` makes those databases.
 
 mod auth;
+mod dispatch;
 mod executors;
 mod feeds;
 mod groups;

@@ -1,11 +1,13 @@
-//! Executors, read-only until dispatch adds registration.
+//! Executors: they register themselves (with an executor token, which then
+//! speaks for them alone) and heartbeat; people read them.
 
 use chrono::{DateTime, Utc};
-use heliotrope_api_spec::{Executor, ExecutorFilter};
+use heliotrope_api_spec::{Executor, ExecutorFilter, ExecutorRegistration};
 use sqlx::PgPool;
 
-use super::{enum_from_text, enum_to_text, ListQuery, Result, StoreError};
+use super::{enum_from_text, enum_to_text, site_id_by_name, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
+use crate::domain::Valid;
 
 #[derive(sqlx::FromRow)]
 struct ExecutorRow {
@@ -14,6 +16,8 @@ struct ExecutorRow {
     address: String,
     last_heartbeat: Option<DateTime<Utc>>,
     state: String,
+    driver: String,
+    capacity: i32,
 }
 
 impl TryFrom<ExecutorRow> for Executor {
@@ -25,12 +29,14 @@ impl TryFrom<ExecutorRow> for Executor {
             address: r.address,
             last_heartbeat: r.last_heartbeat,
             state: enum_from_text(r.state)?,
+            driver: enum_from_text(r.driver)?,
+            capacity: u32::try_from(r.capacity).unwrap_or(1),
         })
     }
 }
 
-const SELECT: &str = "select e.executor_id, s.name as site, e.address, e.last_heartbeat, e.state \
-    from executor e join site s on s.site_id = e.site_id";
+const SELECT: &str = "select e.executor_id, s.name as site, e.address, e.last_heartbeat, e.state, e.driver, \
+    e.capacity from executor e join site s on s.site_id = e.site_id";
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Executor> {
     let sql = format!("{SELECT} where e.executor_id = $1");
@@ -46,4 +52,48 @@ pub async fn list(pool: &PgPool, page: PageRequest, filter: &ExecutorFilter) -> 
         .await?;
     let executors = rows.into_iter().map(Executor::try_from).collect::<std::result::Result<Vec<_>, _>>()?;
     Ok(page.page(executors, |e| e.id))
+}
+
+/// Registers an executor for `token_id`, or updates the one registered
+/// from the same site and address (a restart); it is online from now.
+pub async fn register(pool: &PgPool, token_id: i64, r: &Valid<ExecutorRegistration>) -> Result<Executor> {
+    let mut tx = pool.begin().await?;
+    let site_id = site_id_by_name(&mut tx, "site", &r.site).await?;
+    let id: i64 = sqlx::query_scalar(
+        "insert into executor (site_id, address, driver, capacity, token_id, state, last_heartbeat) \
+         values ($1, $2, $3, $4, $5, 'online', now()) \
+         on conflict (site_id, address) do update set driver = excluded.driver, capacity = excluded.capacity, \
+           token_id = excluded.token_id, state = 'online', last_heartbeat = now() \
+         returning executor_id",
+    )
+    .bind(site_id)
+    .bind(&r.address)
+    .bind(enum_to_text(&r.driver))
+    .bind(r.capacity as i32)
+    .bind(token_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// The executor `id` if `token_id` registered it; 404 otherwise (another
+/// executor's id is not this token's to use).
+pub async fn owned(db: impl sqlx::PgExecutor<'_>, id: i64, token_id: i64) -> Result<i64> {
+    let site: Option<i64> = sqlx::query_scalar("select site_id from executor where executor_id = $1 and token_id = $2")
+        .bind(id)
+        .bind(token_id)
+        .fetch_optional(db)
+        .await?;
+    site.ok_or_else(|| StoreError::NotFound(format!("executor {id} of this token")))
+}
+
+/// Records a heartbeat: the executor is online.
+pub async fn heartbeat(pool: &PgPool, id: i64, token_id: i64) -> Result<()> {
+    owned(pool, id, token_id).await?;
+    sqlx::query("update executor set last_heartbeat = now(), state = 'online' where executor_id = $1")
+        .bind(id)
+        .execute(pool)
+        .await?;
+    Ok(())
 }

@@ -6,12 +6,17 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use heliotrope_api_spec::{Migration, MigrationDetail, MigrationEvent, MigrationFilter, MigrationState};
+use heliotrope_api_spec::{
+    Assignment, Completion, JobRole, Migration, MigrationDetail, MigrationEvent, MigrationFilter, MigrationState,
+    ProgressAnswer, ProgressReport, VmRunsAt,
+};
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
 use super::{enum_from_text, enum_to_text, ListQuery, Result, StoreError};
-use crate::domain::migration::can_move;
+use crate::domain::dispatch::{after_recovery, lease};
+use crate::domain::migration::{can_move, is_active};
 use crate::domain::page::{Page, PageRequest};
+use crate::domain::Valid;
 
 /// SQL: a migration not yet ended (see `domain::migration::is_active`).
 pub(crate) const ACTIVE: &str = "state not in ('done', 'failed', 'cancelled', 'rolled_back')";
@@ -161,22 +166,44 @@ pub async fn get(db: impl PgExecutor<'_> + Copy, id: i64) -> Result<MigrationDet
     Ok(MigrationDetail { migration, events })
 }
 
-/// Moves migration `id` to `to`, as `actor` says and why (`detail`), if
-/// the state machine allows it from where it is; logs the event. A
-/// migration that ends (not done) keeps `detail` as its failure.
-pub async fn transition(
-    pool: &PgPool,
+/// A migration's row, locked for the transaction that changes it.
+#[derive(sqlx::FromRow)]
+struct Locked {
+    job_id: i64,
+    state: String,
+    vm_id: i64,
+    from_site_id: i64,
+    to_site_id: i64,
+    attempts: i32,
+    cap_mbps: Option<f64>,
+    lease_holder: Option<i64>,
+    destination_executor: Option<i64>,
+}
+
+async fn lock(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<(Locked, MigrationState)> {
+    let row: Option<Locked> = sqlx::query_as(
+        "select job_id, state, vm_id, from_site_id, to_site_id, attempts, cap_mbps, lease_holder, \
+         destination_executor from migration_job where job_id = $1 for update",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let row = row.ok_or_else(|| StoreError::NotFound(format!("migration {id}")))?;
+    let state = enum_from_text(row.state.clone())?;
+    Ok((row, state))
+}
+
+/// Moves a locked migration from `from` to `to` if the state machine
+/// allows it, logging the event; a migration that ends other than done
+/// keeps `detail` as its failure, and an ended one lets go of its lease.
+async fn move_to(
+    tx: &mut Transaction<'_, Postgres>,
     id: i64,
+    from: MigrationState,
     to: MigrationState,
     actor: &str,
     detail: &str,
-) -> Result<MigrationDetail> {
-    let mut tx = pool.begin().await?;
-    let state: Option<String> = sqlx::query_scalar("select state from migration_job where job_id = $1 for update")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let from: MigrationState = enum_from_text(state.ok_or_else(|| StoreError::NotFound(format!("migration {id}")))?)?;
+) -> Result<()> {
     if !can_move(from, to) {
         return Err(StoreError::Conflict(format!(
             "migration {id} is {}: it cannot become {}",
@@ -186,13 +213,15 @@ pub async fn transition(
     }
     let failure = matches!(to, MigrationState::Failed | MigrationState::Cancelled | MigrationState::RolledBack);
     sqlx::query(
-        "update migration_job set state = $2, failure = case when $3 then $4 else failure end where job_id = $1",
+        "update migration_job set state = $2, failure = case when $3 then $4 else failure end, \
+         lease_expires = case when $5 then null else lease_expires end where job_id = $1",
     )
     .bind(id)
     .bind(enum_to_text(&to))
     .bind(failure)
     .bind(detail)
-    .execute(&mut *tx)
+    .bind(!is_active(to))
+    .execute(&mut **tx)
     .await?;
     sqlx::query(
         "insert into migration_event (job_id, actor, from_state, to_state, detail) values ($1, $2, $3, $4, $5)",
@@ -202,8 +231,262 @@ pub async fn transition(
     .bind(enum_to_text(&from))
     .bind(enum_to_text(&to))
     .bind(detail)
-    .execute(&mut *tx)
+    .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// Moves migration `id` to `to`, as `actor` says and why (`detail`), if
+/// the state machine allows it from where it is; logs the event.
+pub async fn transition(
+    pool: &PgPool,
+    id: i64,
+    to: MigrationState,
+    actor: &str,
+    detail: &str,
+) -> Result<MigrationDetail> {
+    let mut tx = pool.begin().await?;
+    let (_, from) = lock(&mut tx, id).await?;
+    move_to(&mut tx, id, from, to, actor, detail).await?;
     tx.commit().await?;
     get(pool, id).await
+}
+
+fn executor_actor(id: i64) -> String {
+    format!("executor:{id}")
+}
+
+/// An executor that has not heartbeat for this long is not handed work.
+const ONLINE_WITHIN: &str = "interval '60 seconds'";
+
+/// The next piece of work for executor `executor_id`: first its side of a
+/// migration it is the destination of and has not taken yet, else (within
+/// its capacity) the earliest scheduled migration from its site whose
+/// start time has come and whose destination site has an online executor.
+/// A source claim is taken under `FOR UPDATE SKIP LOCKED`, so concurrent
+/// claims never take one migration twice.
+pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Option<Assignment>> {
+    let mut tx = pool.begin().await?;
+    let site_id = super::executors::owned(&mut *tx, executor_id, token_id).await?;
+    let destination: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "update migration_job set destination_ready = true \
+         where job_id = (select job_id from migration_job where destination_executor = $1 and not destination_ready \
+                         and state in ('claimed', 'transferring') order by job_id limit 1 for update skip locked) \
+         returning job_id, secret",
+    )
+    .bind(executor_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((id, secret)) = destination {
+        tx.commit().await?;
+        let migration = get(pool, id).await?.migration;
+        return Ok(Some(Assignment {
+            migration,
+            role: JobRole::Destination,
+            peer_address: None,
+            secret: hex(&secret),
+            lease_expires: None,
+        }));
+    }
+    let (busy, capacity): (i64, i32) = sqlx::query_as(&format!(
+        "select (select count(*) from migration_job where lease_holder = $1 and {ACTIVE}), capacity \
+         from executor where executor_id = $1"
+    ))
+    .bind(executor_id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if busy >= i64::from(capacity) {
+        return Ok(None);
+    }
+    let found: Option<(i64, i64, String)> = sqlx::query_as(&format!(
+        "select j.job_id, d.executor_id, d.address from migration_job j \
+         cross join lateral (select e.executor_id, e.address from executor e \
+             where e.site_id = j.to_site_id and e.state = 'online' and e.last_heartbeat > now() - {ONLINE_WITHIN} \
+             order by (select count(*) from migration_job o where o.destination_executor = e.executor_id and o.{ACTIVE}), \
+               e.executor_id limit 1) d \
+         where j.state = 'scheduled' and j.from_site_id = $1 and j.start_at <= now() \
+         order by j.start_at, j.job_id limit 1 for update of j skip locked"
+    ))
+    .bind(site_id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    let Some((id, destination_executor, peer_address)) = found else { return Ok(None) };
+    let secret: [u8; 32] = rand::random();
+    let lease_expires = Utc::now() + lease();
+    sqlx::query(
+        "update migration_job set lease_holder = $2, lease_expires = $3, destination_executor = $4, \
+         destination_ready = false, secret = $5, attempts = attempts + 1 where job_id = $1",
+    )
+    .bind(id)
+    .bind(executor_id)
+    .bind(lease_expires)
+    .bind(destination_executor)
+    .bind(&secret[..])
+    .execute(&mut *tx)
+    .await?;
+    let detail = format!("claimed; destination executor {destination_executor} at {peer_address}");
+    move_to(&mut tx, id, MigrationState::Scheduled, MigrationState::Claimed, &executor_actor(executor_id), &detail)
+        .await?;
+    tx.commit().await?;
+    let migration = get(pool, id).await?.migration;
+    Ok(Some(Assignment {
+        migration,
+        role: JobRole::Source,
+        peer_address: Some(peer_address),
+        secret: hex(&secret),
+        lease_expires: Some(lease_expires),
+    }))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A progress report from the source executor holding the lease: it
+/// extends the lease, may move the migration on (to transferring or
+/// cutover), and answers with the cap to send at and whether to stop.
+pub async fn progress(
+    pool: &PgPool,
+    id: i64,
+    executor_id: i64,
+    token_id: i64,
+    report: &Valid<ProgressReport>,
+) -> Result<ProgressAnswer> {
+    let mut tx = pool.begin().await?;
+    super::executors::owned(&mut *tx, executor_id, token_id).await?;
+    let (job, mut state) = lock(&mut tx, id).await?;
+    if job.lease_holder != Some(executor_id) {
+        return Err(StoreError::Conflict(format!("migration {id} is not held by executor {executor_id}")));
+    }
+    if state == MigrationState::Cancelled {
+        tx.commit().await?;
+        return Ok(ProgressAnswer { state, cap_mbps: job.cap_mbps, cancelled: true, lease_expires: None });
+    }
+    if !matches!(state, MigrationState::Claimed | MigrationState::Transferring | MigrationState::Cutover) {
+        return Err(StoreError::Conflict(format!("migration {id} is {}: no progress to report", enum_to_text(&state))));
+    }
+    if let Some(to) = report.state.filter(|&to| to != state) {
+        move_to(&mut tx, id, state, to, &executor_actor(executor_id), "reported by the source").await?;
+        state = to;
+    }
+    let lease_expires = Utc::now() + lease();
+    sqlx::query("update migration_job set progress = $2, lease_expires = $3 where job_id = $1")
+        .bind(id)
+        .bind(sqlx::types::Json(&**report))
+        .bind(lease_expires)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(ProgressAnswer { state, cap_mbps: job.cap_mbps, cancelled: false, lease_expires: Some(lease_expires) })
+}
+
+/// Ends a migration as its executors say: `done` only from the
+/// destination executor once in cutover, moving the VM's site in the same
+/// transaction; `failed` from the source holding the lease, before cutover.
+pub async fn complete(
+    pool: &PgPool,
+    id: i64,
+    executor_id: i64,
+    token_id: i64,
+    completion: &Valid<Completion>,
+) -> Result<MigrationDetail> {
+    let mut tx = pool.begin().await?;
+    super::executors::owned(&mut *tx, executor_id, token_id).await?;
+    let (job, state) = lock(&mut tx, id).await?;
+    let actor = executor_actor(executor_id);
+    match completion.state {
+        MigrationState::Done => {
+            if job.destination_executor != Some(executor_id) {
+                return Err(StoreError::Conflict(format!("only migration {id}'s destination executor confirms it")));
+            }
+            if state != MigrationState::Cutover {
+                return Err(StoreError::Conflict(format!(
+                    "migration {id} is {}: it is done only after cutover",
+                    enum_to_text(&state)
+                )));
+            }
+            finish_at_destination(&mut tx, &job, state, &actor, &completion.detail).await?;
+        }
+        _ => {
+            if job.lease_holder != Some(executor_id) {
+                return Err(StoreError::Conflict(format!("migration {id} is not held by executor {executor_id}")));
+            }
+            move_to(&mut tx, id, state, MigrationState::Failed, &actor, &completion.detail).await?;
+        }
+    }
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// The VM runs at the destination: the migration is done and the VM's site moves, together.
+async fn finish_at_destination(
+    tx: &mut Transaction<'_, Postgres>,
+    job: &Locked,
+    from: MigrationState,
+    actor: &str,
+    detail: &str,
+) -> Result<()> {
+    move_to(tx, job.job_id, from, MigrationState::Done, actor, detail).await?;
+    sqlx::query("update vm set site_id = $2 where vm_id = $1 and site_id = $3")
+        .bind(job.vm_id)
+        .bind(job.to_site_id)
+        .bind(job.from_site_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// An executor at the source site, back from a crash, says where a
+/// recovering migration's VM runs: done (at the destination), or again
+/// scheduled or rolled back (at the source).
+pub async fn recover(
+    pool: &PgPool,
+    id: i64,
+    executor_id: i64,
+    token_id: i64,
+    runs_at: VmRunsAt,
+) -> Result<MigrationDetail> {
+    let mut tx = pool.begin().await?;
+    let site_id = super::executors::owned(&mut *tx, executor_id, token_id).await?;
+    let (job, state) = lock(&mut tx, id).await?;
+    if site_id != job.from_site_id {
+        return Err(StoreError::Conflict(format!("migration {id} is recovered by an executor at its source site")));
+    }
+    if state != MigrationState::Recovering {
+        return Err(StoreError::Conflict(format!("migration {id} is {}, not recovering", enum_to_text(&state))));
+    }
+    let actor = executor_actor(executor_id);
+    let to = after_recovery(runs_at, u32::try_from(job.attempts).unwrap_or(0));
+    let detail = format!("the VM runs at the {}", enum_to_text(&runs_at));
+    if to == MigrationState::Done {
+        finish_at_destination(&mut tx, &job, state, &actor, &detail).await?;
+    } else {
+        move_to(&mut tx, id, state, to, &actor, &detail).await?;
+        sqlx::query(
+            "update migration_job set lease_holder = null, lease_expires = null, destination_executor = null, \
+             destination_ready = false where job_id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// Migrations whose executor stopped reporting (the lease ran out) go to
+/// `recovering`; returns how many. Idempotent: a sweep by every replica is harmless.
+pub async fn expire_leases(pool: &PgPool) -> Result<u64> {
+    let done = sqlx::query(
+        "with expired as ( \
+           update migration_job j set state = 'recovering' from ( \
+             select job_id, state from migration_job where lease_expires < now() \
+             and state in ('claimed', 'transferring', 'cutover') for update skip locked) old \
+           where j.job_id = old.job_id returning j.job_id, old.state) \
+         insert into migration_event (job_id, actor, from_state, to_state, detail) \
+         select job_id, 'scheduler', state, 'recovering', 'the lease ran out: the executor stopped reporting' from expired",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
 }

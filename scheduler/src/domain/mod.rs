@@ -6,6 +6,7 @@
 //! layer accepts. A value that is not `Valid` has not been checked.
 
 pub mod cost;
+pub mod dispatch;
 pub mod feeds;
 pub mod inventory;
 pub mod migration;

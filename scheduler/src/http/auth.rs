@@ -36,6 +36,8 @@ impl Access {
     pub const INVENTORY: Access = Access { read: Role::Viewer, write: Role::Admin };
     /// Viewers read; planners (and admins) propose, approve and apply.
     pub const PLANS: Access = Access { read: Role::Viewer, write: Role::Planner };
+    /// Executors only (the executor protocol).
+    pub const EXECUTOR: Access = Access { read: Role::Executor, write: Role::Executor };
     /// Admins only (tokens).
     pub const ADMIN: Access = Access { read: Role::Admin, write: Role::Admin };
 

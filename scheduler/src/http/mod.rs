@@ -6,6 +6,7 @@
 
 pub mod auth;
 pub mod cache;
+pub mod dispatch;
 pub mod error;
 pub mod executors;
 pub mod extract;
@@ -77,6 +78,7 @@ pub fn app(state: AppState) -> Router {
         // Plans change with every proposal: never cached.
         .merge(guarded(plans::router(), Access::PLANS))
         .merge(guarded(migrations::router(), Access::PLANS))
+        .merge(guarded(dispatch::router(), Access::EXECUTOR))
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(map_response(json_method_not_allowed))

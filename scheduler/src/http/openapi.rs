@@ -5,7 +5,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{executors, feeds, groups, links, migrations, ops, plans, signals, sites, tokens, vms};
+use super::{dispatch, executors, feeds, groups, links, migrations, ops, plans, signals, sites, tokens, vms};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +24,8 @@ use super::{executors, feeds, groups, links, migrations, ops, plans, signals, si
         plans::create_plan, plans::list_plans, plans::get_plan, plans::get_schedule, plans::approve_plan, plans::apply_plan,
         plans::evacuate_site,
         migrations::list_migrations, migrations::get_migration, migrations::cancel_migration,
+        dispatch::register_executor, dispatch::heartbeat, dispatch::claim, dispatch::report_progress,
+        dispatch::complete_migration, dispatch::recover_migration,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(heliotrope_api_spec::GroupPolicyKind)),
@@ -45,7 +47,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 11] = [
+const CLOSED_SCHEMAS: [&str; 15] = [
     "SiteSpec",
     "Capacity",
     "PowerModel",
@@ -57,6 +59,10 @@ const CLOSED_SCHEMAS: [&str; 11] = [
     "SignalRow",
     "PlanRequest",
     "EvacuationRequest",
+    "ExecutorRegistration",
+    "ProgressReport",
+    "Completion",
+    "RecoveryReport",
 ];
 
 /// The document as committed: pretty JSON with a trailing newline.

@@ -1,0 +1,107 @@
+//! The executor protocol's rules: what a registration and a progress
+//! report must hold, how long a claim lasts, and what a recovering
+//! migration becomes once its executor says where the VM runs.
+
+use chrono::Duration;
+use heliotrope_api_spec::{Completion, ExecutorRegistration, MigrationState, ProgressReport, VmRunsAt};
+
+use super::inventory::check_name;
+use super::{Valid, ValidationError};
+
+/// How long a claim holds without a progress report.
+pub fn lease() -> Duration {
+    Duration::seconds(30)
+}
+
+/// Attempts a migration gets before a recovery rolls it back for good.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// Longest a claim may wait for a migration to become claimable.
+pub const MAX_CLAIM_WAIT_S: u32 = 30;
+
+type Result<T> = std::result::Result<T, ValidationError>;
+
+pub fn parse_registration(r: ExecutorRegistration) -> Result<Valid<ExecutorRegistration>> {
+    check_name("site", &r.site)?;
+    let port_ok = r
+        .address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !port_ok || r.address.len() > 255 || r.address.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ValidationError::new("address", format!("{:?} is not host:port", r.address)));
+    }
+    if !(1..=64).contains(&r.capacity) {
+        return Err(ValidationError::new("capacity", format!("must be between 1 and 64, got {}", r.capacity)));
+    }
+    Ok(Valid(r))
+}
+
+pub fn parse_progress(p: ProgressReport) -> Result<Valid<ProgressReport>> {
+    if p.state.is_some_and(|s| !matches!(s, MigrationState::Transferring | MigrationState::Cutover)) {
+        return Err(ValidationError::new(
+            "state",
+            "a progress report moves a migration only to transferring or cutover",
+        ));
+    }
+    let fine = |v: f64| v.is_finite() && v >= 0.0;
+    if !fine(p.dirty_bytes_per_s) {
+        return Err(ValidationError::new("dirty_bytes_per_s", "must be a finite number, at least 0"));
+    }
+    for (field, value) in [("expected_downtime_s", p.expected_downtime_s), ("eta_s", p.eta_s)] {
+        if value.is_some_and(|v| !fine(v)) {
+            return Err(ValidationError::new(field, "must be a finite number, at least 0"));
+        }
+    }
+    if p.wire_bytes > p.raw_bytes.saturating_mul(2).saturating_add(1 << 30) {
+        return Err(ValidationError::new("wire_bytes", "far more than the raw bytes: not a transfer's counters"));
+    }
+    Ok(Valid(p))
+}
+
+pub fn parse_completion(c: Completion) -> Result<Valid<Completion>> {
+    if !matches!(c.state, MigrationState::Done | MigrationState::Failed) {
+        return Err(ValidationError::new("state", "a migration completes as done or failed"));
+    }
+    if c.detail.len() > 1000 || c.detail.contains('\0') {
+        return Err(ValidationError::new("detail", "at most 1000 characters, no NUL"));
+    }
+    Ok(Valid(c))
+}
+
+/// What a recovering migration becomes: done if the VM runs at the
+/// destination; if it runs at the source, scheduled again while attempts
+/// remain, else rolled back.
+pub fn after_recovery(runs_at: VmRunsAt, attempts: u32) -> MigrationState {
+    match runs_at {
+        VmRunsAt::Destination => MigrationState::Done,
+        VmRunsAt::Source if attempts < MAX_ATTEMPTS => MigrationState::Scheduled,
+        VmRunsAt::Source => MigrationState::RolledBack,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heliotrope_api_spec::Driver;
+
+    fn registration(address: &str, capacity: u32) -> ExecutorRegistration {
+        ExecutorRegistration { site: "DE".into(), address: address.into(), driver: Driver::Sim, capacity }
+    }
+
+    #[test]
+    fn registrations_need_a_reachable_address_and_a_sane_capacity() {
+        assert!(parse_registration(registration("10.0.0.1:7070", 2)).is_ok());
+        assert!(parse_registration(registration("[::1]:7070", 2)).is_ok());
+        for bad in ["10.0.0.1", ":7070", "h:0", "h:99999", "a b:1"] {
+            assert_eq!(parse_registration(registration(bad, 2)).unwrap_err().field, "address", "{bad}");
+        }
+        assert_eq!(parse_registration(registration("h:1", 0)).unwrap_err().field, "capacity");
+    }
+
+    #[test]
+    fn recovery_retries_then_rolls_back_and_never_loses_a_cutover() {
+        assert_eq!(after_recovery(VmRunsAt::Source, 1), MigrationState::Scheduled);
+        assert_eq!(after_recovery(VmRunsAt::Source, MAX_ATTEMPTS), MigrationState::RolledBack);
+        assert_eq!(after_recovery(VmRunsAt::Destination, MAX_ATTEMPTS), MigrationState::Done);
+    }
+}

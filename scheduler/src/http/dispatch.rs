@@ -1,0 +1,135 @@
+//! The executor protocol (executor tokens only): registration and
+//! heartbeats, claiming work by long poll, progress reports under a lease,
+//! completion, and recovery after a crash. Each executor acts only as
+//! itself: the token that registered it.
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{extract::State, Extension, Json, Router};
+use heliotrope_api_spec::{
+    Assignment, ClaimParams, Completion, Executor, ExecutorParam, ExecutorRegistration, MigrationDetail,
+    ProgressAnswer, ProgressReport, RecoveryReport,
+};
+
+use super::auth::Principal;
+use super::error::{ApiError, ErrorResponses};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::AppState;
+use crate::db;
+use crate::domain::dispatch::{parse_completion, parse_progress, parse_registration, MAX_CLAIM_WAIT_S};
+use crate::domain::ValidationError;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/executors/register", post(register_executor))
+        .route("/v1/executors/{id}/heartbeat", post(heartbeat))
+        .route("/v1/executors/{id}/claim", post(claim))
+        .route("/v1/migrations/{id}/progress", post(report_progress))
+        .route("/v1/migrations/{id}/complete", post(complete_migration))
+        .route("/v1/migrations/{id}/recover", post(recover_migration))
+}
+
+/// Register this executor (or again, after a restart, from the same site
+/// and address): it is online, and this token speaks for it.
+#[utoipa::path(post, path = "/v1/executors/register", tag = "dispatch", request_body = ExecutorRegistration,
+    responses((status = 200, body = Executor), ErrorResponses))]
+pub async fn register_executor(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiJson(registration): ApiJson<ExecutorRegistration>,
+) -> Result<Json<Executor>, ApiError> {
+    let registration = parse_registration(registration)?;
+    Ok(Json(db::executors::register(&state.pool, caller.token_id, &registration).await?))
+}
+
+/// The executor is alive.
+#[utoipa::path(post, path = "/v1/executors/{id}/heartbeat", tag = "dispatch", params(("id" = i64, Path)),
+    responses((status = 204), ErrorResponses))]
+pub async fn heartbeat(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+) -> Result<StatusCode, ApiError> {
+    db::executors::heartbeat(&state.pool, id, caller.token_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Claim work: this executor's side of a migration it is the destination
+/// of, or a scheduled migration from its site whose start time has come
+/// (at most `capacity` at once). Waits up to `wait_s` for one; 204 if none.
+#[utoipa::path(post, path = "/v1/executors/{id}/claim", tag = "dispatch", params(("id" = i64, Path), ClaimParams),
+    responses((status = 200, body = Assignment), (status = 204, description = "Nothing to do yet"), ErrorResponses))]
+pub async fn claim(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(params): ApiQuery<ClaimParams>,
+) -> Result<Response, ApiError> {
+    let wait_s = params.wait_s.unwrap_or(0);
+    if wait_s > MAX_CLAIM_WAIT_S {
+        let message = format!("must be at most {MAX_CLAIM_WAIT_S}, got {wait_s}");
+        return Err(ValidationError::new("wait_s", message).into());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait_s));
+    loop {
+        db::migrations::expire_leases(&state.pool).await?;
+        if let Some(assignment) = db::migrations::claim(&state.pool, id, caller.token_id).await? {
+            return Ok(Json(assignment).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Report a migration's progress as its source executor (`executor`, one
+/// this token registered). Extends the lease; moves the migration to
+/// `transferring` or `cutover` when `state` says so; answers with the cap
+/// to send at and whether it was cancelled.
+#[utoipa::path(post, path = "/v1/migrations/{id}/progress", tag = "dispatch", params(("id" = i64, Path), ExecutorParam),
+    request_body = ProgressReport, responses((status = 200, body = ProgressAnswer), ErrorResponses))]
+pub async fn report_progress(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(executor): ApiQuery<ExecutorParam>,
+    ApiJson(report): ApiJson<ProgressReport>,
+) -> Result<Json<ProgressAnswer>, ApiError> {
+    let report = parse_progress(report)?;
+    Ok(Json(db::migrations::progress(&state.pool, id, executor.executor, caller.token_id, &report).await?))
+}
+
+/// End a migration: `done` from its destination executor once the VM runs
+/// there after cutover (the VM's site changes in the same transaction), or
+/// `failed` from its source executor before cutover (the VM runs on at the source).
+#[utoipa::path(post, path = "/v1/migrations/{id}/complete", tag = "dispatch", params(("id" = i64, Path), ExecutorParam),
+    request_body = Completion, responses((status = 200, body = MigrationDetail), ErrorResponses))]
+pub async fn complete_migration(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(executor): ApiQuery<ExecutorParam>,
+    ApiJson(completion): ApiJson<Completion>,
+) -> Result<Json<MigrationDetail>, ApiError> {
+    let completion = parse_completion(completion)?;
+    Ok(Json(db::migrations::complete(&state.pool, id, executor.executor, caller.token_id, &completion).await?))
+}
+
+/// Say where a `recovering` migration's VM runs, as an executor at its
+/// source site back from a crash: at the destination it is done; at the
+/// source it is scheduled again, or rolled back once its attempts are spent.
+#[utoipa::path(post, path = "/v1/migrations/{id}/recover", tag = "dispatch", params(("id" = i64, Path), ExecutorParam),
+    request_body = RecoveryReport, responses((status = 200, body = MigrationDetail), ErrorResponses))]
+pub async fn recover_migration(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(executor): ApiQuery<ExecutorParam>,
+    ApiJson(report): ApiJson<RecoveryReport>,
+) -> Result<Json<MigrationDetail>, ApiError> {
+    Ok(Json(db::migrations::recover(&state.pool, id, executor.executor, caller.token_id, report.runs_at).await?))
+}

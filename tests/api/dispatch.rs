@@ -1,0 +1,193 @@
+//! The executor protocol: registration, claims (source and destination
+//! sides, capacity, at most once under concurrency), progress under a
+//! lease, cutover confirmed by the destination moving the VM, lease expiry
+//! and recovery, cancellation reaching the source, and the refusals.
+
+use heliotrope::db::MIGRATOR;
+use heliotrope_api_spec::Role;
+use reqwest::Method;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::plans::two_sites;
+use heliotrope_tests::{spawn_app, Answer, TestApp};
+
+/// An executor: its token and registered id.
+struct Executor {
+    token: String,
+    id: i64,
+}
+
+async fn register(app: &TestApp, site: &str, address: &str) -> Executor {
+    let token = app.token(Role::Executor).await;
+    let body = json!({"site": site, "address": address, "driver": "sim", "capacity": 1});
+    let registered = app.send(Method::POST, "/v1/executors/register", Some(&token), Some(&body)).await;
+    assert_eq!(registered.status, 200, "{}", registered.body);
+    assert_eq!((registered.body["state"].as_str(), registered.body["driver"].as_str()), (Some("online"), Some("sim")));
+    Executor { id: registered.body["id"].as_i64().unwrap(), token }
+}
+
+impl Executor {
+    async fn claim(&self, app: &TestApp) -> Answer {
+        app.send(Method::POST, &format!("/v1/executors/{}/claim", self.id), Some(&self.token), None).await
+    }
+
+    async fn call(&self, app: &TestApp, migration: i64, what: &str, body: Value) -> Answer {
+        let path = format!("/v1/migrations/{migration}/{what}?executor={}", self.id);
+        app.send(Method::POST, &path, Some(&self.token), Some(&body)).await
+    }
+}
+
+/// DEAR and CHEAP with an executor each, and a plan applied that moves `big` from DEAR to CHEAP; returns its migration id.
+async fn under_way(app: &TestApp) -> (Executor, Executor, i64) {
+    two_sites(app).await;
+    let (dear, cheap) =
+        (register(app, "DEAR", "dear-exec:7070").await, register(app, "CHEAP", "cheap-exec:7070").await);
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["status"], "applied", "{}", applied.body);
+    let id = app.get("/v1/migrations").await.body["items"][0]["id"].as_i64().unwrap();
+    (dear, cheap, id)
+}
+
+async fn vms_at(app: &TestApp, site: &str) -> usize {
+    app.get(&format!("/v1/vms?site={site}")).await.body["items"].as_array().unwrap().len()
+}
+
+fn states(detail: &Value) -> Vec<String> {
+    detail["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap().to_owned()).collect()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_migration_runs_through_its_states_and_the_destination_moves_the_vm(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, cheap, id) = under_way(&app).await;
+    assert_eq!(cheap.claim(&app).await.status, 204, "nothing for the destination before the source claims");
+
+    let source = dear.claim(&app).await;
+    assert_eq!(source.status, 200, "{}", source.body);
+    assert_eq!((source.body["role"].as_str(), source.body["migration"]["id"].as_i64()), (Some("source"), Some(id)));
+    assert_eq!(source.body["peer_address"], "cheap-exec:7070");
+    let secret = source.body["secret"].as_str().unwrap().to_owned();
+    assert_eq!(secret.len(), 64);
+    assert_eq!(dear.claim(&app).await.status, 204, "capacity 1: one at a time");
+    let destination = cheap.claim(&app).await;
+    assert_eq!(destination.status, 200, "{}", destination.body);
+    assert_eq!(
+        (destination.body["role"].as_str(), destination.body["secret"].as_str()),
+        (Some("destination"), Some(&*secret))
+    );
+    assert_eq!(cheap.claim(&app).await.status, 204, "its side is taken once");
+
+    let report = json!({"state": "transferring", "raw_bytes": 1000, "wire_bytes": 100, "round": 0, "eta_s": 5.0});
+    let answer = dear.call(&app, id, "progress", report.clone()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(
+        (answer.body["state"].as_str(), answer.body["cancelled"].as_bool()),
+        (Some("transferring"), Some(false))
+    );
+    assert!(answer.body["cap_mbps"].as_f64().unwrap() > 0.0);
+    cheap.call(&app, id, "progress", report).await.assert_error(409, "not held by executor");
+    cheap.call(&app, id, "complete", json!({"state": "done"})).await.assert_error(409, "only after cutover");
+    let cutover =
+        dear.call(&app, id, "progress", json!({"state": "cutover", "raw_bytes": 2000, "wire_bytes": 150})).await;
+    assert_eq!(cutover.body["state"], "cutover", "{}", cutover.body);
+    dear.call(&app, id, "complete", json!({"state": "done"})).await.assert_error(409, "destination executor confirms");
+    assert_eq!(vms_at(&app, "CHEAP").await, 0, "the VM moves only when the destination confirms");
+
+    let done = cheap.call(&app, id, "complete", json!({"state": "done", "detail": "runs at CHEAP"})).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(done.body["state"], "done");
+    assert_eq!(states(&done.body), ["scheduled", "claimed", "transferring", "cutover", "done"]);
+    let actors: Vec<&str> =
+        done.body["events"].as_array().unwrap().iter().map(|e| e["actor"].as_str().unwrap()).collect();
+    assert_eq!(actors[1], format!("executor:{}", dear.id));
+    assert_eq!(actors[4], format!("executor:{}", cheap.id));
+    assert_eq!(vms_at(&app, "CHEAP").await, 1, "big runs at CHEAP now");
+    cheap.call(&app, id, "complete", json!({"state": "done"})).await.assert_error(409, "is done");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_lost_executor_is_recovered_and_a_cancel_reaches_the_source(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, cheap, id) = under_way(&app).await;
+    assert_eq!(dear.claim(&app).await.status, 200);
+    // The source stops reporting: its lease runs out, and the next claim anywhere finds it.
+    sqlx::query("update migration_job set lease_expires = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    cheap.claim(&app).await;
+    let detail = app.get(&format!("/v1/migrations/{id}")).await.body;
+    assert_eq!(detail["state"], "recovering");
+    assert_eq!(detail["events"].as_array().unwrap().last().unwrap()["actor"], "scheduler");
+    cheap.call(&app, id, "recover", json!({"runs_at": "source"})).await.assert_error(409, "at its source site");
+
+    // Back, the source finds the VM still there: the migration is scheduled again.
+    let recovered = dear.call(&app, id, "recover", json!({"runs_at": "source"})).await;
+    assert_eq!(recovered.status, 200, "{}", recovered.body);
+    assert_eq!(recovered.body["state"], "scheduled");
+    let again = dear.claim(&app).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body["migration"]["attempts"], 2);
+
+    // A planner cancels: the source's next report says stop; the VM stays where it was.
+    let planner = app.token(Role::Planner).await;
+    let cancelled = app.send(Method::POST, &format!("/v1/migrations/{id}/cancel"), Some(&planner), None).await;
+    assert_eq!(cancelled.body["state"], "cancelled", "{}", cancelled.body);
+    let answer = dear.call(&app, id, "progress", json!({"raw_bytes": 10, "wire_bytes": 10})).await;
+    assert_eq!((answer.status.as_u16(), answer.body["cancelled"].as_bool()), (200, Some(true)), "{}", answer.body);
+    assert_eq!(vms_at(&app, "DEAR").await, 2);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_migration_is_claimed_once_however_many_executors_race_for_it(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    two_sites(&app).await;
+    let mut sources = Vec::new();
+    for n in 0..4 {
+        sources.push(register(&app, "DEAR", &format!("dear-{n}:7070")).await);
+    }
+    register(&app, "CHEAP", "cheap:7070").await;
+    app.post("/v1/plans", json!({"dry_run": false})).await;
+    let claims = claim_together(&app, &sources).await;
+    assert_eq!(claims.iter().filter(|&&s| s == 200).count(), 1, "{claims:?}");
+    assert_eq!(claims.iter().filter(|&&s| s == 204).count(), 3, "{claims:?}");
+}
+
+async fn claim_together(app: &TestApp, executors: &[Executor]) -> Vec<u16> {
+    let mut tasks = Vec::new();
+    for e in executors {
+        let (app, token, id) = (app.clone(), e.token.clone(), e.id);
+        tasks.push(tokio::spawn(async move {
+            app.send(Method::POST, &format!("/v1/executors/{id}/claim"), Some(&token), None).await.status.as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    statuses
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn executors_act_only_as_themselves_and_reports_are_checked(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, cheap, id) = under_way(&app).await;
+    let path = format!("/v1/executors/{}/heartbeat", dear.id);
+    assert_eq!(app.send(Method::POST, &path, Some(&dear.token), None).await.status, 204);
+    app.send(Method::POST, &path, Some(&cheap.token), None).await.assert_error(404, "of this token");
+    let bad = json!({"site": "DEAR", "address": "no-port", "driver": "sim", "capacity": 1});
+    app.send(Method::POST, "/v1/executors/register", Some(&dear.token), Some(&bad)).await.assert_error(422, "address");
+    let unknown = json!({"site": "MARS", "address": "m:1", "driver": "sim", "capacity": 1});
+    app.send(Method::POST, "/v1/executors/register", Some(&dear.token), Some(&unknown)).await.assert_error(422, "MARS");
+    let path = format!("/v1/executors/{}/claim?wait_s=31", dear.id);
+    app.send(Method::POST, &path, Some(&dear.token), None).await.assert_error(422, "wait_s");
+    assert_eq!(dear.claim(&app).await.status, 200);
+    let negative = json!({"raw_bytes": 1, "wire_bytes": 1, "dirty_bytes_per_s": -1.0});
+    dear.call(&app, id, "progress", negative).await.assert_error(422, "dirty_bytes_per_s");
+    let backwards = json!({"state": "done", "raw_bytes": 1, "wire_bytes": 1});
+    dear.call(&app, id, "progress", backwards).await.assert_error(422, "transferring or cutover");
+    dear.call(&app, id, "complete", json!({"state": "cancelled"})).await.assert_error(422, "done or failed");
+    let failed = dear.call(&app, id, "complete", json!({"state": "failed", "detail": "disk full"})).await;
+    assert_eq!((failed.body["state"].as_str(), failed.body["failure"].as_str()), (Some("failed"), Some("disk full")));
+}
