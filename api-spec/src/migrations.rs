@@ -109,10 +109,21 @@ pub enum JobRole {
     Destination,
 }
 
+/// The VM a claimed migration moves, as its driver needs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AssignedVm {
+    pub memory_gib: f64,
+    pub disk_gib: f64,
+    pub dirty_rate_mbps: f64,
+    pub max_downtime_ms: u32,
+    pub driver: crate::Driver,
+}
+
 /// A migration handed to an executor by a claim.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Assignment {
     pub migration: Migration,
+    pub vm: AssignedVm,
     pub role: JobRole,
     /// For the source: where the destination executor listens.
     pub peer_address: Option<String>,
@@ -153,7 +164,8 @@ pub struct ProgressAnswer {
     pub state: MigrationState,
     /// The cap to send at now, megabits per second (the schedule may change it).
     pub cap_mbps: Option<f64>,
-    /// Stop: the migration was cancelled; the VM keeps running at the source.
+    /// Stop: the migration ended without the VM moving (cancelled, failed,
+    /// rolled back); it keeps running at the source.
     pub cancelled: bool,
     pub lease_expires: Option<DateTime<Utc>>,
 }

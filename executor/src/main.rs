@@ -2,13 +2,14 @@
 //!
 //! It holds no database credentials: it talks to the scheduler over HTTP
 //! with an executor token, using the wire types in `heliotrope-api-spec`.
-//! The transfer stack is the library beside this file; the binary runs
+//! The transfer stack is the library beside this file; the binary works as
+//! a site's executor (`run`: registers, claims migrations, moves VMs), runs
 //! one migration by hand (`receive` at the destination, `migrate` at the
-//! source) and the benchmark. Registration and job claims arrive with the
-//! dispatch issue.
+//! source), and the benchmark.
 
 mod bench;
 mod by_hand;
+mod run;
 
 use clap::{Parser, Subcommand};
 
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Work as a site's executor: register with the scheduler, claim migrations, move VMs.
+    Run(Box<run::RunArgs>),
     /// Receive one migration (the job's secret from HELIOTROPE_JOB_SECRET); prints its address first.
     Receive(by_hand::ReceiveArgs),
     /// Send images to a receiving executor (the job's secret from HELIOTROPE_JOB_SECRET).
@@ -42,7 +45,12 @@ enum BenchCommand {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     match Cli::parse().command {
+        Command::Run(args) => run::run(*args).await,
         Command::Receive(args) => by_hand::receive_one(&args).await,
         Command::Migrate(args) => by_hand::migrate(&args).await,
         Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,

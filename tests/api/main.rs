@@ -6,6 +6,7 @@ mod auth;
 mod dispatch;
 mod executors;
 mod feeds;
+mod fleet;
 mod groups;
 mod links;
 mod migrations;

@@ -67,6 +67,7 @@ async fn an_applied_plan_turns_into_scheduled_migrations_with_their_logs(pool: P
         assert_eq!(items(&filtered.body).len(), expected, "{query}");
     }
     app.get("/v1/migrations?state=lost").await.assert_error(400, "state");
+    app.get("/v1/migrations?vm=%C3%97").await.assert_error(422, "vm");
     app.get("/v1/migrations/999999").await.assert_error(404, "migration 999999");
 }
 

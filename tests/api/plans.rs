@@ -16,13 +16,13 @@ fn this_hour() -> DateTime<Utc> {
 }
 
 /// Creates a site; returns its id.
-async fn site_at(app: &TestApp, name: &str, state: &str) -> i64 {
+pub(crate) async fn site_at(app: &TestApp, name: &str, state: &str) -> i64 {
     app.create("/v1/sites", with(site(name), "/state", json!(state))).await["id"].as_i64().unwrap()
 }
 
 /// Pushes a flat price and carbon for the day before this hour and this
 /// hour itself: the rest of the horizon is filled by persistence.
-async fn flat_signals(app: &TestApp, site_id: i64, price: f64, carbon: f64, currency: &str) {
+pub(crate) async fn flat_signals(app: &TestApp, site_id: i64, price: f64, carbon: f64, currency: &str) {
     let rows: Vec<Value> = (-24..=0)
         .map(|h| {
             json!({"timestamp_utc": this_hour() + Duration::hours(h), "carbon_g_per_kwh": carbon,
@@ -34,7 +34,7 @@ async fn flat_signals(app: &TestApp, site_id: i64, price: f64, carbon: f64, curr
 }
 
 /// A big VM (64 vCPUs, 256 GiB): moving it from a 300/MWh site to a 20/MWh one saves about 6 a day.
-fn big_vm(name: &str, at: &str) -> Value {
+pub(crate) fn big_vm(name: &str, at: &str) -> Value {
     with(with(vm(name, at), "/vcpus", json!(64)), "/memory_gib", json!(256.0))
 }
 

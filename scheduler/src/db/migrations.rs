@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{
-    Assignment, Completion, JobRole, Migration, MigrationDetail, MigrationEvent, MigrationFilter, MigrationState,
-    ProgressAnswer, ProgressReport, VmRunsAt,
+    AssignedVm, Assignment, Completion, JobRole, Migration, MigrationDetail, MigrationEvent, MigrationFilter,
+    MigrationState, ProgressAnswer, ProgressReport, VmRunsAt,
 };
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
@@ -279,14 +279,7 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     .await?;
     if let Some((id, secret)) = destination {
         tx.commit().await?;
-        let migration = get(pool, id).await?.migration;
-        return Ok(Some(Assignment {
-            migration,
-            role: JobRole::Destination,
-            peer_address: None,
-            secret: hex(&secret),
-            lease_expires: None,
-        }));
+        return Ok(Some(assignment(pool, id, JobRole::Destination, None, &secret, None).await?));
     }
     let (busy, capacity): (i64, i32) = sqlx::query_as(&format!(
         "select (select count(*) from migration_job where lease_holder = $1 and {ACTIVE}), capacity \
@@ -328,14 +321,43 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     move_to(&mut tx, id, MigrationState::Scheduled, MigrationState::Claimed, &executor_actor(executor_id), &detail)
         .await?;
     tx.commit().await?;
+    Ok(Some(assignment(pool, id, JobRole::Source, Some(peer_address), &secret, Some(lease_expires)).await?))
+}
+
+#[derive(sqlx::FromRow)]
+struct VmRow {
+    memory_gib: f64,
+    disk_gib: f64,
+    dirty_rate_mbps: f64,
+    max_downtime_ms: i32,
+    driver: String,
+}
+
+/// Migration `id` as handed to an executor.
+async fn assignment(
+    pool: &PgPool,
+    id: i64,
+    role: JobRole,
+    peer_address: Option<String>,
+    secret: &[u8],
+    lease_expires: Option<DateTime<Utc>>,
+) -> Result<Assignment> {
     let migration = get(pool, id).await?.migration;
-    Ok(Some(Assignment {
-        migration,
-        role: JobRole::Source,
-        peer_address: Some(peer_address),
-        secret: hex(&secret),
-        lease_expires: Some(lease_expires),
-    }))
+    let vm: VmRow = sqlx::query_as(
+        "select v.memory_gib, v.disk_gib, v.dirty_rate_mbps, v.max_downtime_ms, v.driver \
+         from migration_job j join vm v on v.vm_id = j.vm_id where j.job_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await?;
+    let vm = AssignedVm {
+        memory_gib: vm.memory_gib,
+        disk_gib: vm.disk_gib,
+        dirty_rate_mbps: vm.dirty_rate_mbps,
+        max_downtime_ms: u32::try_from(vm.max_downtime_ms).unwrap_or(0),
+        driver: enum_from_text(vm.driver)?,
+    };
+    Ok(Assignment { migration, vm, role, peer_address, secret: hex(secret), lease_expires })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -358,12 +380,15 @@ pub async fn progress(
     if job.lease_holder != Some(executor_id) {
         return Err(StoreError::Conflict(format!("migration {id} is not held by executor {executor_id}")));
     }
-    if state == MigrationState::Cancelled {
+    // An ended migration tells its source how it ended: stop (cancelled,
+    // failed, rolled back) or let go of the VM (done).
+    if !is_active(state) {
         tx.commit().await?;
-        return Ok(ProgressAnswer { state, cap_mbps: job.cap_mbps, cancelled: true, lease_expires: None });
+        let cancelled = state != MigrationState::Done;
+        return Ok(ProgressAnswer { state, cap_mbps: job.cap_mbps, cancelled, lease_expires: None });
     }
-    if !matches!(state, MigrationState::Claimed | MigrationState::Transferring | MigrationState::Cutover) {
-        return Err(StoreError::Conflict(format!("migration {id} is {}: no progress to report", enum_to_text(&state))));
+    if state == MigrationState::Recovering {
+        return Err(StoreError::Conflict(format!("migration {id} is recovering: say where the VM runs first")));
     }
     if let Some(to) = report.state.filter(|&to| to != state) {
         move_to(&mut tx, id, state, to, &executor_actor(executor_id), "reported by the source").await?;

@@ -10,6 +10,7 @@ use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
+use crate::domain::inventory::check_filter_names;
 use crate::domain::page::PageRequest;
 
 pub fn router() -> Router<AppState> {
@@ -27,6 +28,7 @@ pub async fn list_migrations(
     ApiQuery(page): ApiQuery<PageParams>,
     ApiQuery(filter): ApiQuery<MigrationFilter>,
 ) -> Result<Json<MigrationPage>, ApiError> {
+    check_filter_names(&[("site", filter.site.as_deref()), ("vm", filter.vm.as_deref())])?;
     let page = db::migrations::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
     Ok(Json(MigrationPage { items: page.items, next_cursor: page.next_cursor }))
 }

@@ -1,0 +1,394 @@
+//! `heliotrope-executor run`: the executor as a site's worker. It
+//! registers with the scheduler, heartbeats, takes transfers for the jobs
+//! it is the destination of, and claims migrations by long poll: as the
+//! source it migrates the VM live and reports progress under its lease; as
+//! the destination it starts the VM once its images are sealed and
+//! confirms the cutover. `sim` VMs (real bytes, simulated guests) are made
+//! from the inventory's sizes, scaled (`--sim-mib-per-gib`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use heliotrope_api_spec::{
+    Assignment, Completion, Driver, Executor, ExecutorRegistration, JobRole, MigrationState, ProgressAnswer,
+    ProgressReport,
+};
+use heliotrope_executor::destination::Destination;
+use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, DISK_IMAGE, MEMORY_IMAGE};
+use heliotrope_executor::shaping::Shaper;
+use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload};
+use heliotrope_executor::source::{SendOptions, Session};
+use heliotrope_executor::tls::{self, Connection, Tls, TlsFiles};
+use heliotrope_executor::transfer::{Progress, TransferError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// The scheduler's base URL.
+    #[arg(long, env = "HELIOTROPE_SCHEDULER")]
+    pub scheduler: String,
+    /// An executor token (from the environment: never a flag `ps` shows).
+    #[arg(long, env = "HELIOTROPE_TOKEN", hide_env_values = true)]
+    pub token: String,
+    /// The site this executor serves, by name.
+    #[arg(long)]
+    pub site: String,
+    /// Where VMs, received images, replicas and the chunk index live.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "sim")]
+    pub driver: DriverArg,
+    /// Address to listen on for transfers (`host:port`; it is what peers are told unless `--advertise`).
+    #[arg(long)]
+    pub listen: String,
+    /// Address peers reach this executor at, if not `--listen`.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Migrations it sends at once.
+    #[arg(long, default_value_t = 2)]
+    pub capacity: u32,
+    /// Parallel streams per image.
+    #[arg(long, default_value_t = 4)]
+    pub streams: u16,
+    /// Sim VMs get this many MiB of memory and disk per GiB the inventory says (their dirty rate scales alike).
+    #[arg(long, default_value_t = 1.0)]
+    pub sim_mib_per_gib: f64,
+    #[command(flatten)]
+    pub tls: TlsFiles,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum DriverArg {
+    Sim,
+    Qemu,
+}
+
+/// The scheduler, as this executor speaks to it.
+#[derive(Clone)]
+struct Scheduler {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Scheduler {
+    /// POSTs `body` to `path`; `None` for 204.
+    async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: Option<&B>) -> anyhow::Result<Option<R>> {
+        let mut request = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.with_context(|| format!("POST {path}"))?;
+        let status = response.status();
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            anyhow::bail!("POST {path}: {status}: {text}");
+        }
+        Ok(Some(response.json().await.with_context(|| format!("POST {path}: the answer"))?))
+    }
+}
+
+/// VMs running here, by name.
+type Running = Arc<Mutex<HashMap<String, Arc<SimVm>>>>;
+
+struct Worker {
+    scheduler: Scheduler,
+    executor: i64,
+    destination: Arc<Destination>,
+    tls: Option<Tls>,
+    running: Running,
+    args: Arc<RunArgs>,
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if args.driver == DriverArg::Qemu {
+        anyhow::bail!("the qemu driver is not built yet: run with --driver sim");
+    }
+    let tls = Tls::from_files(&args.tls)?;
+    let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
+    let scheduler = Scheduler {
+        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        base: args.scheduler.trim_end_matches('/').to_owned(),
+        token: args.token.clone(),
+    };
+    let registration =
+        ExecutorRegistration { site: args.site.clone(), address, driver: Driver::Sim, capacity: args.capacity };
+    let me: Executor = scheduler
+        .post("/v1/executors/register", Some(&registration))
+        .await?
+        .context("registration answered nothing")?;
+    tracing::info!(executor = me.id, site = %me.site, address = %me.address, "registered");
+    let destination = Destination::open(&args.data_dir, 64 << 30)?;
+    let worker = Arc::new(Worker {
+        scheduler,
+        executor: me.id,
+        destination,
+        tls,
+        running: Arc::default(),
+        args: Arc::new(args),
+    });
+    tokio::spawn(worker.clone().heartbeat());
+    tokio::spawn(worker.clone().accept(listener));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let claim_path = format!("/v1/executors/{}/claim?wait_s=10", me.id);
+    loop {
+        let claim = worker.scheduler.post::<(), Assignment>(&claim_path, None);
+        tokio::select! {
+            _ = &mut shutdown => return Ok(()),
+            claimed = claim => match claimed {
+                Ok(Some(assignment)) => {
+                    tokio::spawn(worker.clone().handle(assignment));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "claiming failed; trying again");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            },
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+impl Worker {
+    async fn heartbeat(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let path = format!("/v1/executors/{}/heartbeat", self.executor);
+            if let Err(e) = self.scheduler.post::<(), serde_json::Value>(&path, None).await {
+                tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
+            }
+        }
+    }
+
+    async fn accept(self: Arc<Self>, listener: TcpListener) {
+        while let Ok((tcp, peer)) = listener.accept().await {
+            let worker = self.clone();
+            tokio::spawn(async move {
+                let served = match tls::accept(tcp, worker.tls.as_ref()).await {
+                    Ok(connection) => worker.destination.serve(connection).await.map_err(anyhow::Error::from),
+                    Err(e) => Err(e.into()),
+                };
+                if let Err(e) = served {
+                    tracing::warn!(%peer, error = %format!("{e:#}"), "a transfer connection failed");
+                }
+            });
+        }
+    }
+
+    fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.args.data_dir.join("vms").join(vm)
+    }
+
+    async fn handle(self: Arc<Self>, a: Assignment) {
+        let span = tracing::info_span!("migration", id = a.migration.id, vm = %a.migration.vm, role = ?a.role);
+        self.handle_in_span(a).instrument(span).await
+    }
+
+    async fn handle_in_span(&self, a: Assignment) {
+        let (id, role) = (a.migration.id, a.role);
+        let outcome = match role {
+            JobRole::Source => self.send(&a).await,
+            JobRole::Destination => self.receive(&a).await,
+        };
+        if let Err(e) = outcome {
+            tracing::warn!(error = %format!("{e:#}"), "the migration failed here");
+            if role == JobRole::Source {
+                let failed = Completion { state: MigrationState::Failed, detail: format!("{e:#}") };
+                let path = format!("/v1/migrations/{id}/complete?executor={}", self.executor);
+                if let Err(e) = self.scheduler.post::<_, serde_json::Value>(&path, Some(&failed)).await {
+                    tracing::warn!(error = %format!("{e:#}"), "reporting the failure failed");
+                }
+            }
+        }
+    }
+
+    /// The running VM `name`, booted from its images here (made from the inventory's sizes if it has none).
+    fn vm(&self, a: &Assignment) -> anyhow::Result<Arc<SimVm>> {
+        let name = &a.migration.vm;
+        if let Some(vm) = self.running.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(vm.clone());
+        }
+        let dir = self.vm_dir(name);
+        let scale = self.args.sim_mib_per_gib;
+        let mib = |gib: f64| ((gib * scale).ceil().max(1.0) as usize) << 20;
+        let images = if dir.join(MEMORY_IMAGE).exists() {
+            SimImages { memory: dir.join(MEMORY_IMAGE), disk: dir.join(DISK_IMAGE) }
+        } else {
+            let seed = a.migration.id as u64;
+            generate(&dir, mib(a.vm.memory_gib), mib(a.vm.disk_gib), &ContentMix::default(), 1, seed)?
+        };
+        let vm = Arc::new(SimVm::start(images, self.workload(a))?);
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), vm.clone());
+        Ok(vm)
+    }
+
+    fn workload(&self, a: &Assignment) -> Workload {
+        let dirty = a.vm.dirty_rate_mbps * 1e6 / 8.0 * self.args.sim_mib_per_gib / 1024.0;
+        Workload { memory_bytes_per_s: dirty, disk_bytes_per_s: dirty / 20.0, seed: a.migration.id as u64 }
+    }
+
+    async fn session(
+        &self,
+        a: &Assignment,
+        options: &Arc<SendOptions>,
+    ) -> anyhow::Result<Session<Box<dyn Connection>>> {
+        let peer = a.peer_address.as_deref().context("a source assignment names its peer")?;
+        let secret = decode_hex(&a.secret)?;
+        // The destination learns the job's secret when it claims its side: until then it refuses.
+        let mut last = None;
+        for _ in 0..60 {
+            let mut streams = Vec::new();
+            for _ in 0..self.args.streams {
+                streams.push(
+                    tls::connect(peer, self.tls.as_ref()).await.with_context(|| format!("connecting to {peer}"))?,
+                );
+            }
+            match Session::open(streams, a.migration.id as u64, &secret, options.clone()).await {
+                Ok(session) => return Ok(session),
+                Err(TransferError::Refused(why)) if why.contains("no job") => {
+                    last = Some(why);
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("the destination never took job {}: {}", a.migration.id, last.unwrap_or_default())
+    }
+
+    async fn report(&self, id: i64, state: Option<MigrationState>, p: &Progress) -> anyhow::Result<ProgressAnswer> {
+        let report = ProgressReport {
+            state,
+            raw_bytes: p.counters.raw_bytes,
+            wire_bytes: p.counters.wire_bytes,
+            round: p.round,
+            dirty_bytes_per_s: p.dirty_bytes_per_s,
+            expected_downtime_s: p.expected_downtime_s,
+            eta_s: p.eta_s,
+        };
+        let path = format!("/v1/migrations/{id}/progress?executor={}", self.executor);
+        self.scheduler.post(&path, Some(&report)).await?.context("a progress report answered nothing")
+    }
+
+    /// The source's side: migrate the VM live, reporting progress; let go of it once the destination confirms.
+    async fn send(&self, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let vm = self.vm(a)?;
+        let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
+        let (progress, watch) = tokio::sync::watch::channel(Progress::default());
+        let shaper = Arc::new(Shaper::new(cap));
+        let options = Arc::new(SendOptions { level: 1, shapers: vec![shaper.clone()], progress: Some(progress) });
+        self.report(id, Some(MigrationState::Transferring), &Progress::default()).await?;
+        let mut memory = self.session(a, &options).await?;
+        let mut disk =
+            self.session(a, &Arc::new(SendOptions { level: 1, shapers: vec![shaper.clone()], progress: None })).await?;
+        let precopy = PrecopyOptions { max_downtime_s: f64::from(a.vm.max_downtime_ms) / 1000.0, budget_s: 600.0 };
+        let moved = {
+            let migrating = migrate_vm(&mut memory, Some(&mut disk), &vm, &precopy);
+            tokio::pin!(migrating);
+            // Progress every second; an answer may change the cap or say stop.
+            loop {
+                tokio::select! {
+                    moved = &mut migrating => break moved,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let answer = self.report(id, None, &progress_now(&watch)).await?;
+                        if answer.cancelled {
+                            vm.resume();
+                            tracing::info!("cancelled: the VM runs on here");
+                            return Ok(());
+                        }
+                        shaper.set_rate(answer.cap_mbps.map(|mbps| mbps * 1e6 / 8.0));
+                    }
+                }
+            }
+        };
+        let report = moved?;
+        tracing::info!(downtime_ms = report.downtime_s * 1000.0, rounds = report.rounds, "moved; cutover");
+        self.report(id, Some(MigrationState::Cutover), &progress_now(&watch)).await?;
+        // The destination confirms once the VM runs there; until then the paused VM stays here.
+        loop {
+            let answer = self.report(id, None, &progress_now(&watch)).await?;
+            match answer.state {
+                MigrationState::Done => break,
+                _ if answer.cancelled => {
+                    vm.resume();
+                    anyhow::bail!("the migration ended as {:?} after cutover", answer.state);
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+        drop(vm);
+        let vm = self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&a.migration.vm);
+        if let Some(vm) = vm.and_then(Arc::into_inner) {
+            vm.destroy()?;
+        }
+        Ok(())
+    }
+
+    /// The destination's side: expect the job; once both images are sealed, start the VM and confirm.
+    async fn receive(&self, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        self.destination.expect(id as u64, decode_hex(&a.secret)?);
+        let (memory, disk) =
+            (self.destination.image_path(id as u64, MEMORY_IMAGE), self.destination.image_path(id as u64, DISK_IMAGE));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        while !(memory.exists() && disk.exists()) {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the images never arrived");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let dir = self.vm_dir(&a.migration.vm);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::rename(&memory, dir.join(MEMORY_IMAGE))?;
+        std::fs::rename(&disk, dir.join(DISK_IMAGE))?;
+        let vm = self.vm(a)?;
+        tracing::info!("the VM runs here now");
+        let done = Completion { state: MigrationState::Done, detail: format!("runs at executor {}", self.executor) };
+        let path = format!("/v1/migrations/{id}/complete?executor={}", self.executor);
+        // The source reports cutover just after the seal: confirm once it has.
+        for _ in 0..120 {
+            match self.scheduler.post::<_, serde_json::Value>(&path, Some(&done)).await {
+                Ok(_) => return Ok(()),
+                Err(e) if format!("{e:#}").contains("only after cutover") => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    vm.pause();
+                    return Err(e);
+                }
+            }
+        }
+        vm.pause();
+        anyhow::bail!("the source never reported the cutover")
+    }
+}
+
+/// The progress as of now (copied: a watch's borrow must not live across an await).
+fn progress_now(watch: &tokio::sync::watch::Receiver<Progress>) -> Progress {
+    *watch.borrow()
+}
+
+fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
+    anyhow::ensure!(text.len() == 64 && text.is_ascii(), "a job secret is 64 hex digits");
+    (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("a job secret is hex")).collect()
+}
