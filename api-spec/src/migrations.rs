@@ -107,6 +107,9 @@ pub enum JobRole {
     Source,
     /// Receives it; confirms the cutover.
     Destination,
+    /// At the source site, after its executor was lost: say where the VM
+    /// runs (`POST /v1/migrations/{id}/recover`).
+    Recover,
 }
 
 /// The VM a claimed migration moves, as its driver needs it.

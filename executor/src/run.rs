@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use heliotrope_api_spec::{
-    Assignment, Completion, Driver, Executor, ExecutorRegistration, JobRole, MigrationState, ProgressAnswer,
-    ProgressReport,
+    Assignment, Completion, Driver, Executor, ExecutorRegistration, JobRole, MigrationDetail, MigrationState,
+    ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
 };
 use heliotrope_executor::destination::Destination;
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, DISK_IMAGE, MEMORY_IMAGE};
@@ -106,6 +106,8 @@ struct Worker {
     destination: Arc<Destination>,
     tls: Option<Tls>,
     running: Running,
+    /// Migrations this executor receives now (a retry's claim of the same one is the same work).
+    receiving: Mutex<std::collections::HashSet<i64>>,
     args: Arc<RunArgs>,
 }
 
@@ -135,6 +137,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         destination,
         tls,
         running: Arc::default(),
+        receiving: Mutex::default(),
         args: Arc::new(args),
     });
     tokio::spawn(worker.clone().heartbeat());
@@ -211,6 +214,7 @@ impl Worker {
         let outcome = match role {
             JobRole::Source => self.send(&a).await,
             JobRole::Destination => self.receive(&a).await,
+            JobRole::Recover => self.recover(&a).await,
         };
         if let Err(e) = outcome {
             tracing::warn!(error = %format!("{e:#}"), "the migration failed here");
@@ -325,6 +329,9 @@ impl Worker {
         };
         let report = moved?;
         tracing::info!(downtime_ms = report.downtime_s * 1000.0, rounds = report.rounds, "moved; cutover");
+        // Remembered across a crash: from here on the destination holds the VM.
+        let marker = self.cutover_marker(id);
+        std::fs::write(&marker, b"")?;
         self.report(id, Some(MigrationState::Cutover), &progress_now(&watch)).await?;
         // The destination confirms once the VM runs there; until then the paused VM stays here.
         loop {
@@ -333,6 +340,7 @@ impl Worker {
                 MigrationState::Done => break,
                 _ if answer.cancelled => {
                     vm.resume();
+                    std::fs::remove_file(&marker)?;
                     anyhow::bail!("the migration ended as {:?} after cutover", answer.state);
                 }
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
@@ -343,43 +351,88 @@ impl Worker {
         if let Some(vm) = vm.and_then(Arc::into_inner) {
             vm.destroy()?;
         }
+        std::fs::remove_file(&marker)?;
         Ok(())
     }
 
-    /// The destination's side: expect the job; once both images are sealed, start the VM and confirm.
+    fn cutover_marker(&self, id: i64) -> PathBuf {
+        self.args.data_dir.join(format!("cutover-{id}"))
+    }
+
+    /// After a crash here, say where a recovering migration's VM runs: at
+    /// the destination if this executor had reported its cutover (it holds
+    /// the sealed images and the VM paused here was let go), else here.
+    async fn recover(&self, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let marker = self.cutover_marker(id);
+        let runs_at = if marker.exists() { VmRunsAt::Destination } else { VmRunsAt::Source };
+        let path = format!("/v1/migrations/{id}/recover?executor={}", self.executor);
+        let detail: MigrationDetail = self
+            .scheduler
+            .post(&path, Some(&RecoveryReport { runs_at }))
+            .await?
+            .context("recovery answered nothing")?;
+        tracing::info!(?runs_at, state = ?detail.migration.state, "recovered");
+        match runs_at {
+            VmRunsAt::Destination => {
+                let _ = std::fs::remove_dir_all(self.vm_dir(&a.migration.vm));
+                std::fs::remove_file(&marker)?;
+            }
+            VmRunsAt::Source => {
+                self.vm(a)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The destination's side: expect the job; once both images are sealed
+    /// and the scheduler records the migration done (after the source's
+    /// cutover), start the VM here. Never before: a migration that ends
+    /// otherwise leaves the VM at the source, and the images are dropped.
     async fn receive(&self, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         self.destination.expect(id as u64, decode_hex(&a.secret)?);
+        if !self.receiving.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+            return Ok(());
+        }
+        let outcome = self.confirm_and_start(a).await;
+        self.receiving.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        outcome
+    }
+
+    async fn confirm_and_start(&self, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
         let (memory, disk) =
             (self.destination.image_path(id as u64, MEMORY_IMAGE), self.destination.image_path(id as u64, DISK_IMAGE));
+        let done = Completion { state: MigrationState::Done, detail: format!("runs at executor {}", self.executor) };
+        let path = format!("/v1/migrations/{id}/complete?executor={}", self.executor);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-        while !(memory.exists() && disk.exists()) {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the images never arrived");
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        loop {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the migration never completed");
+            if !(memory.exists() && disk.exists()) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            match self.scheduler.post::<_, serde_json::Value>(&path, Some(&done)).await {
+                Ok(_) => break,
+                // The source has not reported its cutover yet (or is being recovered, or retries).
+                Err(e) if format!("{e:#}").contains("only after cutover") => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    let _ = std::fs::remove_file(&memory);
+                    let _ = std::fs::remove_file(&disk);
+                    return Err(e.context("the VM stays at the source"));
+                }
+            }
         }
         let dir = self.vm_dir(&a.migration.vm);
         std::fs::create_dir_all(&dir)?;
         std::fs::rename(&memory, dir.join(MEMORY_IMAGE))?;
         std::fs::rename(&disk, dir.join(DISK_IMAGE))?;
-        let vm = self.vm(a)?;
+        self.vm(a)?;
         tracing::info!("the VM runs here now");
-        let done = Completion { state: MigrationState::Done, detail: format!("runs at executor {}", self.executor) };
-        let path = format!("/v1/migrations/{id}/complete?executor={}", self.executor);
-        // The source reports cutover just after the seal: confirm once it has.
-        for _ in 0..120 {
-            match self.scheduler.post::<_, serde_json::Value>(&path, Some(&done)).await {
-                Ok(_) => return Ok(()),
-                Err(e) if format!("{e:#}").contains("only after cutover") => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => {
-                    vm.pause();
-                    return Err(e);
-                }
-            }
-        }
-        vm.pause();
-        anyhow::bail!("the source never reported the cutover")
+        Ok(())
     }
 }
 

@@ -40,14 +40,25 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn start_executor(app: &TestApp, site: &str, data: &std::path::Path) -> Child {
-    let token = app.token(Role::Executor).await;
+/// An executor process for `site`, as `heliotrope-executor run` starts (again, after a crash, with the same `how`).
+struct How {
+    site: &'static str,
+    token: String,
+    port: u16,
+    mib_per_gib: &'static str,
+}
+
+async fn executor(app: &TestApp, site: &'static str, mib_per_gib: &'static str) -> How {
+    How { site, token: app.token(Role::Executor).await, port: free_port(), mib_per_gib }
+}
+
+fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
     Command::new(executor_binary())
-        .args(["run", "--site", site, "--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--sim-mib-per-gib", "0.25", "--streams", "2", "--data-dir"])
-        .arg(data.join(site))
+        .args(["run", "--site", how.site, "--listen", &format!("127.0.0.1:{}", how.port)])
+        .args(["--sim-mib-per-gib", how.mib_per_gib, "--streams", "2", "--data-dir"])
+        .arg(data.join(how.site))
         .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
-        .env("HELIOTROPE_TOKEN", token)
+        .env("HELIOTROPE_TOKEN", &how.token)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .spawn()
@@ -55,12 +66,12 @@ async fn start_executor(app: &TestApp, site: &str, data: &std::path::Path) -> Ch
 }
 
 async fn wait_for(app: &TestApp, what: &str, mut done: impl FnMut(&Value) -> bool, path: &str) -> Value {
-    for _ in 0..240 {
+    for _ in 0..480 {
         let answer = app.get(path).await;
         if done(&answer.body) {
             return answer.body;
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     panic!("{what}: never; last {}", app.get(path).await.body);
 }
@@ -81,7 +92,7 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
     let data = tempfile::tempdir().unwrap();
     let mut fleet = Fleet(Vec::new());
     for site in ["A", "B", "C"] {
-        fleet.0.push(start_executor(&app, site, data.path()).await);
+        fleet.0.push(start(&app, &executor(&app, site, "0.25").await, data.path()));
     }
     let online = |page: &Value| {
         page["items"].as_array().is_some_and(|e| e.len() == 3 && e.iter().all(|e| e["state"] == "online"))
@@ -124,4 +135,51 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
         assert!(!left.exists(), "{vm} gone from {from}");
     }
     drop(fleet);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
+        let id = site_at(&app, name, "active").await;
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    app.create("/v1/links", with(link("A", "C"), "/symmetric", json!(true))).await;
+    app.create("/v1/vms", big_vm("web", "A")).await;
+    let data = tempfile::tempdir().unwrap();
+    // 1 MiB per GiB: 256 MiB of memory, long enough to be caught mid-transfer.
+    let (a, c) = (executor(&app, "A", "1").await, executor(&app, "C", "1").await);
+    let mut fleet = Fleet(vec![start(&app, &a, data.path()), start(&app, &c, data.path())]);
+    let online = |page: &Value| {
+        page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
+    };
+    wait_for(&app, "two executors online", online, "/v1/executors").await;
+    app.post("/v1/plans", json!({"dry_run": false})).await;
+    let transferring = |page: &Value| page["items"][0]["state"] == "transferring";
+    let migration = wait_for(&app, "the transfer under way", transferring, "/v1/migrations").await;
+    let id = migration["items"][0]["id"].as_i64().unwrap();
+
+    // kill -9 the source; its lease runs out, and once back it says the VM is still there.
+    fleet.0[0].kill().unwrap();
+    fleet.0[0].wait().unwrap();
+    wait_for(&app, "recovering", |m: &Value| m["state"] == "recovering", &format!("/v1/migrations/{id}")).await;
+    fleet.0[0] = start(&app, &a, data.path());
+    let ended = |m: &Value| ["done", "rolled_back", "failed"].contains(&m["state"].as_str().unwrap_or(""));
+    let detail = wait_for(&app, "the migration ended", ended, &format!("/v1/migrations/{id}")).await;
+    assert_eq!(detail["state"], "done", "{detail}");
+    assert_eq!(detail["attempts"], 2, "retried once: {detail}");
+    let states: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
+    assert!(states.starts_with(&["scheduled", "claimed", "transferring", "recovering", "scheduled"]), "{states:?}");
+
+    // Exactly once: at C in the inventory and on disk, gone from A.
+    assert_eq!(app.get("/v1/vms?site=C").await.body["items"].as_array().map(Vec::len), Some(1));
+    assert!(data.path().join("C/vms/web/memory.img").exists());
+    let left = data.path().join("A/vms/web/memory.img");
+    for _ in 0..40 {
+        if !left.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(!left.exists(), "web gone from A");
 }

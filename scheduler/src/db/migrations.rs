@@ -260,9 +260,11 @@ fn executor_actor(id: i64) -> String {
 const ONLINE_WITHIN: &str = "interval '60 seconds'";
 
 /// The next piece of work for executor `executor_id`: first its side of a
-/// migration it is the destination of and has not taken yet, else (within
-/// its capacity) the earliest scheduled migration from its site whose
-/// start time has come and whose destination site has an online executor.
+/// migration it is the destination of and has not taken yet; then a
+/// recovering migration from its site, to say where the VM runs (handed
+/// out again only once its lease runs out); else (within its capacity) the
+/// earliest scheduled migration from its site whose start time has come
+/// and whose destination site has an online executor.
 /// A source claim is taken under `FOR UPDATE SKIP LOCKED`, so concurrent
 /// claims never take one migration twice.
 pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Option<Assignment>> {
@@ -280,6 +282,23 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     if let Some((id, secret)) = destination {
         tx.commit().await?;
         return Ok(Some(assignment(pool, id, JobRole::Destination, None, &secret, None).await?));
+    }
+    let lease_expires = Utc::now() + lease();
+    let recovering: Option<(i64, Vec<u8>)> = sqlx::query_as(
+        "update migration_job set lease_holder = $2, lease_expires = $3 \
+         where job_id = (select job_id from migration_job where state = 'recovering' and from_site_id = $1 \
+                         and (lease_expires is null or lease_expires < now()) order by job_id limit 1 \
+                         for update skip locked) \
+         returning job_id, secret",
+    )
+    .bind(site_id)
+    .bind(executor_id)
+    .bind(lease_expires)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((id, secret)) = recovering {
+        tx.commit().await?;
+        return Ok(Some(assignment(pool, id, JobRole::Recover, None, &secret, Some(lease_expires)).await?));
     }
     let (busy, capacity): (i64, i32) = sqlx::query_as(&format!(
         "select (select count(*) from migration_job where lease_holder = $1 and {ACTIVE}), capacity \
@@ -304,18 +323,20 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     .fetch_optional(&mut *tx)
     .await?;
     let Some((id, destination_executor, peer_address)) = found else { return Ok(None) };
-    let secret: [u8; 32] = rand::random();
-    let lease_expires = Utc::now() + lease();
-    sqlx::query(
+    // One secret per migration, kept across its attempts: a destination that
+    // took an earlier attempt's side proves the same one.
+    let fresh: [u8; 32] = rand::random();
+    let secret: Vec<u8> = sqlx::query_scalar(
         "update migration_job set lease_holder = $2, lease_expires = $3, destination_executor = $4, \
-         destination_ready = false, secret = $5, attempts = attempts + 1 where job_id = $1",
+         destination_ready = false, secret = coalesce(secret, $5), attempts = attempts + 1 where job_id = $1 \
+         returning secret",
     )
     .bind(id)
     .bind(executor_id)
     .bind(lease_expires)
     .bind(destination_executor)
-    .bind(&secret[..])
-    .execute(&mut *tx)
+    .bind(&fresh[..])
+    .fetch_one(&mut *tx)
     .await?;
     let detail = format!("claimed; destination executor {destination_executor} at {peer_address}");
     move_to(&mut tx, id, MigrationState::Scheduled, MigrationState::Claimed, &executor_actor(executor_id), &detail)
@@ -423,6 +444,11 @@ pub async fn complete(
         MigrationState::Done => {
             if job.destination_executor != Some(executor_id) {
                 return Err(StoreError::Conflict(format!("only migration {id}'s destination executor confirms it")));
+            }
+            // Confirmed already (a recovery found the VM at the destination): the same answer again.
+            if state == MigrationState::Done {
+                tx.commit().await?;
+                return get(pool, id).await;
             }
             if state != MigrationState::Cutover {
                 return Err(StoreError::Conflict(format!(
