@@ -77,6 +77,8 @@ pub enum BenchCommand {
     Planner(crate::bench::PlannerBenchArgs),
     /// Migration scheduling on seeded scenarios, against all-at-once, one-at-a-time and 2-per-link.
     Schedule(crate::bench::ScheduleBenchArgs),
+    /// Migration claims by concurrent executors against one database, against one executor alone.
+    Claims(crate::bench::ClaimsBenchArgs),
 }
 
 /// Settings shared by every command.

@@ -310,19 +310,28 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     if busy >= i64::from(capacity) {
         return Ok(None);
     }
-    let found: Option<(i64, i64, String)> = sqlx::query_as(&format!(
-        "select j.job_id, d.executor_id, d.address from migration_job j \
-         cross join lateral (select e.executor_id, e.address from executor e \
-             where e.site_id = j.to_site_id and e.state = 'online' and e.last_heartbeat > now() - {ONLINE_WITHIN} \
-             order by (select count(*) from migration_job o where o.destination_executor = e.executor_id and o.{ACTIVE}), \
-               e.executor_id limit 1) d \
+    // The migration first (the next one nobody else is taking), then its
+    // destination's least busy online executor: choosing the executor for
+    // every candidate would cost a count per scheduled migration.
+    let online = format!("e.state = 'online' and e.last_heartbeat > now() - {ONLINE_WITHIN}");
+    let found: Option<(i64, i64)> = sqlx::query_as(&format!(
+        "select j.job_id, j.to_site_id from migration_job j \
          where j.state = 'scheduled' and j.from_site_id = $1 and j.start_at <= now() \
+         and exists (select 1 from executor e where e.site_id = j.to_site_id and {online}) \
          order by j.start_at, j.job_id limit 1 for update of j skip locked"
     ))
     .bind(site_id)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, destination_executor, peer_address)) = found else { return Ok(None) };
+    let Some((id, to_site_id)) = found else { return Ok(None) };
+    let (destination_executor, peer_address): (i64, String) = sqlx::query_as(&format!(
+        "select e.executor_id, e.address from executor e where e.site_id = $1 and {online} \
+         order by (select count(*) from migration_job o where o.destination_executor = e.executor_id and o.{ACTIVE}), \
+           e.executor_id limit 1"
+    ))
+    .bind(to_site_id)
+    .fetch_one(&mut *tx)
+    .await?;
     // One secret per migration, kept across its attempts: a destination that
     // took an earlier attempt's side proves the same one.
     let fresh: [u8; 32] = rand::random();
