@@ -77,10 +77,7 @@ impl Site {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (destination, done) = (serving.clone(), done.clone());
                 tokio::spawn(async move {
-                    let served = match tls::accept(tcp, None).await {
-                        Ok(connection) => destination.serve(connection).await.map(drop).map_err(anyhow::Error::from),
-                        Err(e) => Err(e.into()),
-                    };
+                    let served = destination.serve_tcp(tcp, None).await.map(drop).map_err(anyhow::Error::from);
                     let _ = done.send(served);
                 });
             }

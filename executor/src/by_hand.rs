@@ -118,10 +118,7 @@ pub async fn receive_one(args: &ReceiveArgs) -> anyhow::Result<()> {
             counting.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let (destination, tls, done) = (destination.clone(), tls.clone(), done.clone());
             tokio::spawn(async move {
-                let outcome = match tls::accept(tcp, tls.as_ref()).await {
-                    Ok(connection) => destination.serve(connection).await.map_err(anyhow::Error::from),
-                    Err(e) => Err(anyhow::Error::from(e).context("TLS handshake")),
-                };
+                let outcome = destination.serve_tcp(tcp, tls.as_ref()).await.map_err(anyhow::Error::from);
                 let _ = done.send((peer, outcome));
             });
         }

@@ -18,9 +18,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 
 use crate::content::{hash, hex, image_digest, zero_page_hash, ByHash, Hash, PAGE};
 use crate::index::{ChunkIndex, Holding};
+use crate::tls::{self, Tls};
 use crate::transfer::{same, TransferError, BATCH, MAX_IMAGE_PAGES, MAX_STREAMS, WINDOW};
 use crate::wire::{
     nonce, proof, read_frame_with, read_payload, write_frame, ByteBuf, Frame, ImageKind, Origin, WireError, VERSION,
@@ -111,6 +113,14 @@ impl Destination {
     /// Where the replica `name` is cached.
     pub fn replica_path(&self, name: &str) -> PathBuf {
         self.data_dir.join("replicas").join(name)
+    }
+
+    /// Serves one accepted TCP connection to its end, after its TLS
+    /// handshake when TLS is configured (a failed handshake is refused).
+    pub async fn serve_tcp(&self, tcp: TcpStream, tls: Option<&Tls>) -> Result<Served, TransferError> {
+        let connection =
+            tls::accept(tcp, tls).await.map_err(|e| TransferError::Refused(format!("TLS handshake: {e}")))?;
+        self.serve(connection).await
     }
 
     /// Serves one connection of a session to its end.

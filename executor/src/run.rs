@@ -189,15 +189,16 @@ impl Worker {
         while let Ok((tcp, peer)) = listener.accept().await {
             let worker = self.clone();
             tokio::spawn(async move {
-                let served = match tls::accept(tcp, worker.tls.as_ref()).await {
-                    Ok(connection) => worker.destination.serve(connection).await.map_err(anyhow::Error::from),
-                    Err(e) => Err(e.into()),
-                };
-                if let Err(e) = served {
-                    tracing::warn!(%peer, error = %format!("{e:#}"), "a transfer connection failed");
+                if let Err(e) = worker.destination.serve_tcp(tcp, worker.tls.as_ref()).await {
+                    tracing::warn!(%peer, error = %e, "a transfer connection failed");
                 }
             });
         }
+    }
+
+    /// Where this executor speaks of migration `id` (`what`: progress, complete, recover).
+    fn migration_path(&self, id: i64, what: &str) -> String {
+        format!("/v1/migrations/{id}/{what}?executor={}", self.executor)
     }
 
     fn vm_dir(&self, vm: &str) -> PathBuf {
@@ -220,7 +221,7 @@ impl Worker {
             tracing::warn!(error = %format!("{e:#}"), "the migration failed here");
             if role == JobRole::Source {
                 let failed = Completion { state: MigrationState::Failed, detail: format!("{e:#}") };
-                let path = format!("/v1/migrations/{id}/complete?executor={}", self.executor);
+                let path = self.migration_path(id, "complete");
                 if let Err(e) = self.scheduler.post::<_, serde_json::Value>(&path, Some(&failed)).await {
                     tracing::warn!(error = %format!("{e:#}"), "reporting the failure failed");
                 }
@@ -291,7 +292,7 @@ impl Worker {
             expected_downtime_s: p.expected_downtime_s,
             eta_s: p.eta_s,
         };
-        let path = format!("/v1/migrations/{id}/progress?executor={}", self.executor);
+        let path = self.migration_path(id, "progress");
         self.scheduler.post(&path, Some(&report)).await?.context("a progress report answered nothing")
     }
 
@@ -366,7 +367,7 @@ impl Worker {
         let id = a.migration.id;
         let marker = self.cutover_marker(id);
         let runs_at = if marker.exists() { VmRunsAt::Destination } else { VmRunsAt::Source };
-        let path = format!("/v1/migrations/{id}/recover?executor={}", self.executor);
+        let path = self.migration_path(id, "recover");
         let detail: MigrationDetail = self
             .scheduler
             .post(&path, Some(&RecoveryReport { runs_at }))
@@ -405,7 +406,7 @@ impl Worker {
         let (memory, disk) =
             (self.destination.image_path(id as u64, MEMORY_IMAGE), self.destination.image_path(id as u64, DISK_IMAGE));
         let done = Completion { state: MigrationState::Done, detail: format!("runs at executor {}", self.executor) };
-        let path = format!("/v1/migrations/{id}/complete?executor={}", self.executor);
+        let path = self.migration_path(id, "complete");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
         loop {
             anyhow::ensure!(tokio::time::Instant::now() < deadline, "the migration never completed");

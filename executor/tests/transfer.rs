@@ -45,11 +45,7 @@ async fn site(tls: Option<Tls>) -> Site {
         while let Ok((tcp, _)) = listener.accept().await {
             let (destination, tls, done) = (serving.clone(), accepting_tls.clone(), done.clone());
             tokio::spawn(async move {
-                let outcome = match tls::accept(tcp, tls.as_ref()).await {
-                    Ok(connection) => destination.serve(connection).await,
-                    Err(e) => Err(TransferError::Refused(format!("TLS: {e}"))),
-                };
-                let _ = done.send(outcome);
+                let _ = done.send(destination.serve_tcp(tcp, tls.as_ref()).await);
             });
         }
     });

@@ -180,6 +180,17 @@ struct Locked {
     destination_executor: Option<i64>,
 }
 
+impl Locked {
+    /// Only the source executor holding the lease speaks for the migration.
+    fn held_by(&self, executor_id: i64) -> Result<()> {
+        if self.lease_holder == Some(executor_id) {
+            Ok(())
+        } else {
+            Err(StoreError::Conflict(format!("migration {} is not held by executor {executor_id}", self.job_id)))
+        }
+    }
+}
+
 async fn lock(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<(Locked, MigrationState)> {
     let row: Option<Locked> = sqlx::query_as(
         "select job_id, state, vm_id, from_site_id, to_site_id, attempts, cap_mbps, lease_holder, \
@@ -407,9 +418,7 @@ pub async fn progress(
     let mut tx = pool.begin().await?;
     super::executors::owned(&mut *tx, executor_id, token_id).await?;
     let (job, mut state) = lock(&mut tx, id).await?;
-    if job.lease_holder != Some(executor_id) {
-        return Err(StoreError::Conflict(format!("migration {id} is not held by executor {executor_id}")));
-    }
+    job.held_by(executor_id)?;
     // An ended migration tells its source how it ended: stop (cancelled,
     // failed, rolled back) or let go of the VM (done).
     if !is_active(state) {
@@ -468,9 +477,7 @@ pub async fn complete(
             finish_at_destination(&mut tx, &job, state, &actor, &completion.detail).await?;
         }
         _ => {
-            if job.lease_holder != Some(executor_id) {
-                return Err(StoreError::Conflict(format!("migration {id} is not held by executor {executor_id}")));
-            }
+            job.held_by(executor_id)?;
             move_to(&mut tx, id, state, MigrationState::Failed, &actor, &completion.detail).await?;
         }
     }

@@ -74,8 +74,9 @@ pub async fn claim(
         return Err(ValidationError::new("wait_s", message).into());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait_s));
+    // Once per claim, not per poll: the server's own sweep runs every few seconds too.
+    db::migrations::expire_leases(&state.pool).await?;
     loop {
-        db::migrations::expire_leases(&state.pool).await?;
         if let Some(assignment) = db::migrations::claim(&state.pool, id, caller.token_id).await? {
             return Ok(Json(assignment).into_response());
         }
