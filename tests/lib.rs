@@ -31,14 +31,105 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 
 /// Starts one scheduler replica on `pool`; several may share one database.
 pub async fn spawn_replica(pool: PgPool, read_cache: bool) -> TestApp {
+    // Tests drive feed polls (`poller::poll_once`) and rebalancing themselves.
+    spawn_with(pool, Services { read_cache, ..Services::driven() }).await
+}
+
+/// Starts a scheduler replica on `pool` running `services`.
+pub async fn spawn_with(pool: PgPool, services: Services) -> TestApp {
     db::tokens::ensure_admin(&pool, Some(ADMIN)).await.expect("bootstrap admin token");
-    // Tests drive feed polls themselves (`poller::poll_once`), never on a timer.
-    let services = Services { read_cache, poll_feeds: false, ..Services::default() };
     let app = Application::build(pool.clone(), "127.0.0.1:0".parse().unwrap(), services).await.expect("bind");
     let addr = app.local_addr();
     // Nobody cancels this token: the server lives as long as the test's runtime.
     tokio::spawn(app.run_until_stopped(CancellationToken::new()));
-    TestApp { addr, pool, client: reqwest::Client::new() }
+    TestApp::at(addr, pool)
+}
+
+impl TestApp {
+    /// A scheduler already serving at `addr` (a process of its own) over `pool`'s database.
+    pub fn at(addr: SocketAddr, pool: PgPool) -> TestApp {
+        TestApp { addr, pool, client: reqwest::Client::new() }
+    }
+
+    /// The URL of the database under `pool` (for processes of their own).
+    pub fn database_url(&self) -> String {
+        let server = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");
+        db::with_database(&server, self.pool.connect_options().get_database().expect("a test database"))
+    }
+
+    /// Whether it answers `/readyz` with 200 (false while it does not listen yet).
+    pub async fn ready(&self) -> bool {
+        let answer = self.client.get(self.url("/readyz")).send().await;
+        answer.is_ok_and(|r| r.status() == StatusCode::OK)
+    }
+
+    /// Follows `GET {path}` (server-sent events) as the admin.
+    pub async fn events(&self, path: &str) -> Events {
+        let response = self.client.get(self.url(path)).bearer_auth(ADMIN).send().await.expect("events");
+        assert_eq!(response.status(), 200);
+        Events { response, buffer: String::new() }
+    }
+}
+
+/// A stream of server-sent events as it arrives.
+pub struct Events {
+    response: reqwest::Response,
+    buffer: String,
+}
+
+impl Events {
+    /// The next event's name and JSON data (panics after 20 s without one).
+    pub async fn next(&mut self) -> (String, Value) {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let (mut name, mut data) = (String::new(), String::new());
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        name = v.trim().to_owned();
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        data.push_str(v.trim_start());
+                    }
+                }
+                // Comment lines (keep-alives) carry no data.
+                if !data.is_empty() {
+                    return (name, serde_json::from_str(&data).expect("event data is JSON"));
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), self.response.chunk())
+                .await
+                .expect("an event within 20 s")
+                .expect("the stream")
+                .expect("the stream is still open");
+            self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
+        }
+    }
+}
+
+/// A workspace binary (`heliotrope`, `heliotrope-executor`) beside this test's (test binaries sit one level below).
+pub fn workspace_binary(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join(name);
+    assert!(bin.exists(), "{} is not built: cargo build --workspace --bins", bin.display());
+    bin
+}
+
+/// Child processes killed when the test ends, however it ends.
+#[derive(Default)]
+pub struct Processes(pub Vec<std::process::Child>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A response as the tests look at it.

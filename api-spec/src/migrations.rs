@@ -83,6 +83,24 @@ pub struct MigrationFilter {
     pub vm: Option<String>,
 }
 
+/// A planner's change to a migration under way (`PATCH /v1/migrations/{id}`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationChange {
+    /// The bandwidth cap from now on, megabits per second; `null` lifts
+    /// it. The source executor picks it up with its next progress report.
+    #[schema(exclusive_minimum = 0, maximum = 1000000)]
+    pub cap_mbps: Option<f64>,
+}
+
+/// Filters of `GET /v1/events`.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct NewsFilter {
+    /// Only this migration's news.
+    pub migration: Option<i64>,
+}
+
 /// What an executor says of itself when it registers (`POST /v1/executors/register`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -213,4 +231,97 @@ pub struct ClaimParams {
 #[into_params(parameter_in = Query)]
 pub struct ExecutorParam {
     pub executor: i64,
+}
+
+/// What `GET /v1/events` streams (server-sent events; the SSE `event`
+/// field is `kind`): a migration's change of state, or its source's
+/// latest progress report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MigrationNews {
+    State(StateChange),
+    Progress(ProgressNews),
+}
+
+impl MigrationNews {
+    /// The migration it is about.
+    pub fn migration(&self) -> i64 {
+        match self {
+            MigrationNews::State(change) => change.migration,
+            MigrationNews::Progress(news) => news.migration,
+        }
+    }
+
+    /// Its `kind`, which is also the SSE event name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            MigrationNews::State(_) => "state",
+            MigrationNews::Progress(_) => "progress",
+        }
+    }
+}
+
+/// A migration moved from one state to another (one entry of its log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StateChange {
+    pub migration: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    /// Absent when the migration was recorded.
+    pub from: Option<MigrationState>,
+    pub to: MigrationState,
+    pub detail: String,
+}
+
+/// A source executor's progress report, as the scheduler received it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProgressNews {
+    pub migration: i64,
+    pub at: DateTime<Utc>,
+    pub state: MigrationState,
+    pub report: ProgressReport,
+}
+
+/// What the last rebalancing run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RebalanceOutcome {
+    /// The plan saved more than `auto_apply_min_saving` and auto-apply is on: applied.
+    Applied,
+    /// Left proposed for a planner to approve.
+    Proposed,
+    /// The best placement is where the VMs already are.
+    NoMoves,
+    /// Planning or applying failed (see `last_detail`).
+    Failed,
+}
+
+/// `GET /v1/rebalancer`: the background loop that plans every
+/// `interval_s`, and which scheduler replica runs it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RebalancerStatus {
+    /// The replica that answered this request.
+    pub replica: String,
+    /// Whether that replica takes part in the election (`--rebalance`).
+    pub replica_rebalances: bool,
+    /// The replica running the loop (absent: none has yet).
+    pub leader: Option<String>,
+    pub leader_since: Option<DateTime<Utc>>,
+    /// When the leader last confirmed it still holds the lead.
+    pub leader_seen_at: Option<DateTime<Utc>>,
+    /// Whether the leader confirmed it recently (a dead leader's lead passes to another replica).
+    pub leader_alive: bool,
+    /// The leader's settings.
+    pub interval_s: Option<f64>,
+    pub auto_apply: Option<bool>,
+    pub auto_apply_min_saving: Option<f64>,
+    /// Simulated seconds per real second: 1, except an accelerated demo clock (then times are simulated too).
+    pub clock_speed: Option<f64>,
+    pub last_run_at: Option<DateTime<Utc>>,
+    /// The (possibly simulated) time the last run planned from.
+    pub last_run_clock: Option<DateTime<Utc>>,
+    pub next_run_at: Option<DateTime<Utc>>,
+    pub last_plan: Option<i64>,
+    pub last_outcome: Option<RebalanceOutcome>,
+    pub last_detail: Option<String>,
 }

@@ -130,12 +130,9 @@ async fn api_on(pool: PgPool, args: &ApiBenchArgs) -> anyhow::Result<()> {
     let mut bases = Vec::new();
     let mut servers = Vec::new();
     for read_cache in [true, false] {
-        let app = Application::build(
-            pool.clone(),
-            "127.0.0.1:0".parse()?,
-            Services { read_cache, poll_feeds: false, ..Services::default() },
-        )
-        .await?;
+        let app =
+            Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services { read_cache, ..Services::driven() })
+                .await?;
         bases.push(format!("http://{}", app.local_addr()));
         servers.push(tokio::spawn(app.run_until_stopped(stop.clone())));
     }
@@ -268,9 +265,7 @@ async fn ingest_on(pool: PgPool, args: &IngestBenchArgs) -> anyhow::Result<()> {
         .map_err(|r| anyhow::anyhow!("{}: {}", r.location, r.message))?;
     let secret = generate_secret();
     db::tokens::insert(&pool, "bench", Role::Admin, &secret_digest(&secret)).await?;
-    let app =
-        Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services { poll_feeds: false, ..Services::default() })
-            .await?;
+    let app = Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services::driven()).await?;
     let base = format!("http://{}", app.local_addr());
     let stop = CancellationToken::new();
     let server = tokio::spawn(app.run_until_stopped(stop.clone()));

@@ -3,6 +3,7 @@
 //! value is hidden from `--help` and from `Debug`.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -107,6 +108,79 @@ pub struct Config {
     pub db_max_connections: u32,
     #[command(flatten)]
     pub planner: PlannerConfig,
+    #[command(flatten)]
+    pub rebalancer: RebalancerConfig,
+}
+
+/// The hourly rebalancer: how often the leading replica plans, how it
+/// plans and whether it applies what it finds.
+#[derive(Args, Debug, Clone, PartialEq)]
+pub struct RebalancerConfig {
+    /// Take part in electing the one replica that rebalances (`false`: never lead).
+    #[arg(long = "rebalance", global = true, env = "HELIOTROPE_REBALANCE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub enabled: bool,
+    /// How often the leader plans, in the rebalancer clock's time (`1h`, `15m`, `90s`).
+    #[arg(long, global = true, env = "HELIOTROPE_REBALANCE_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub rebalance_interval: Duration,
+    /// Apply a rebalancing plan without a planner's approval when it saves enough.
+    #[arg(long, global = true, env = "HELIOTROPE_AUTO_APPLY", default_value_t = false, action = clap::ArgAction::Set)]
+    pub auto_apply: bool,
+    /// Least net saving (the baseline's objective minus the plan's, in the price currency) a plan needs to be applied automatically.
+    #[arg(long, global = true, env = "HELIOTROPE_AUTO_APPLY_MIN_SAVING", default_value_t = 10.0)]
+    pub auto_apply_min_saving: f64,
+    /// What the rebalancer minimises: cost, carbon or blend.
+    #[arg(long, global = true, env = "HELIOTROPE_REBALANCE_MODE", default_value = "blend", value_parser = parse_mode)]
+    pub rebalance_mode: heliotrope_api_spec::PlanMode,
+    /// The rebalancer's price of a tonne of CO2eq.
+    #[arg(long, global = true, env = "HELIOTROPE_REBALANCE_CARBON_PRICE", default_value_t = 100.0)]
+    pub rebalance_carbon_price: f64,
+    /// Simulated seconds per real second on the rebalancer's clock (the demo runs 60: an hour a minute).
+    #[arg(long, global = true, env = "HELIOTROPE_CLOCK_SPEED", default_value_t = 1.0)]
+    pub clock_speed: f64,
+    /// How often the leader confirms its lead and the others try to take it.
+    #[arg(long, global = true, env = "HELIOTROPE_LEADER_CHECK", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub leader_check: Duration,
+    /// This replica's name in `GET /v1/rebalancer` (default: host, process id and listen address).
+    #[arg(long, global = true, env = "HELIOTROPE_REPLICA")]
+    pub replica: Option<String>,
+}
+
+impl Default for RebalancerConfig {
+    fn default() -> Self {
+        RebalancerConfig {
+            enabled: true,
+            rebalance_interval: Duration::from_secs(3600),
+            auto_apply: false,
+            auto_apply_min_saving: 10.0,
+            rebalance_mode: Default::default(),
+            rebalance_carbon_price: 100.0,
+            clock_speed: 1.0,
+            leader_check: Duration::from_secs(5),
+            replica: None,
+        }
+    }
+}
+
+impl RebalancerConfig {
+    /// Refuses settings the loop cannot run with.
+    pub fn check(&self) -> Result<(), String> {
+        if self.rebalance_interval < Duration::from_secs(1) {
+            return Err("--rebalance-interval must be at least 1s".into());
+        }
+        if !(self.clock_speed.is_finite() && self.clock_speed > 0.0 && self.clock_speed <= 3600.0) {
+            return Err(format!("--clock-speed must be above 0 and at most 3600, got {}", self.clock_speed));
+        }
+        if !self.auto_apply_min_saving.is_finite() {
+            return Err("--auto-apply-min-saving must be a number".into());
+        }
+        if !(self.rebalance_carbon_price.is_finite() && (0.0..=100_000.0).contains(&self.rebalance_carbon_price)) {
+            return Err("--rebalance-carbon-price must be 0 to 100000".into());
+        }
+        if self.leader_check < Duration::from_millis(100) {
+            return Err("--leader-check must be at least 100ms".into());
+        }
+        Ok(())
+    }
 }
 
 /// How the planner prices moves and how long it may solve.
@@ -160,6 +234,7 @@ impl std::fmt::Debug for Config {
             .field("poll_feeds", &self.poll_feeds)
             .field("db_max_connections", &self.db_max_connections)
             .field("planner", &self.planner)
+            .field("rebalancer", &self.rebalancer)
             .finish()
     }
 }
@@ -167,7 +242,12 @@ impl std::fmt::Debug for Config {
 impl Config {
     /// The background services these settings ask for.
     pub fn services(&self) -> crate::startup::Services {
-        crate::startup::Services { read_cache: self.read_cache, poll_feeds: self.poll_feeds, planner: self.planner }
+        crate::startup::Services {
+            read_cache: self.read_cache,
+            poll_feeds: self.poll_feeds,
+            planner: self.planner,
+            rebalancer: self.rebalancer.clone(),
+        }
     }
 
     /// The database URL from `--database-url`, `HELIOTROPE_DATABASE_URL` or `DATABASE_URL`.

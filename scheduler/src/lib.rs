@@ -7,6 +7,7 @@
 //! - [`db`]: all SQL, one module per aggregate, and the embedded migrations.
 //! - [`http`]: axum routes, authentication, metrics, the error mapping, OpenAPI.
 //! - [`planning`]: the plans service (inventory and signals in, a stored plan out).
+//! - [`rebalancer`]: the hourly loop one replica at a time runs (plan, maybe apply).
 //! - [`feeds`]: polling the carbon and price providers.
 //! - [`startup`]: building and running the server; [`config`] and [`telemetry`].
 //! - [`demo`]: the one-command demo (fleet, private Postgres); [`bench`]: benchmarks.
@@ -19,5 +20,6 @@ pub mod domain;
 pub mod feeds;
 pub mod http;
 pub mod planning;
+pub mod rebalancer;
 pub mod startup;
 pub mod telemetry;

@@ -8,24 +8,45 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::PlannerConfig;
-use crate::db::changes::watch_inventory;
+use chrono::Utc;
+
+use crate::config::{PlannerConfig, RebalancerConfig};
+use crate::db::changes::{watch_inventory, watch_migrations};
+use crate::domain::rebalance::Clock;
 use crate::feeds::poller;
 use crate::http::{app, AppState};
+use crate::rebalancer::{replica_name, Rebalancer};
 
 /// The background work a server runs beside the API, and how it plans.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Services {
     /// Cache inventory reads (see `http::cache`).
     pub read_cache: bool,
     /// Poll the provider feeds (see `feeds::poller`).
     pub poll_feeds: bool,
     pub planner: PlannerConfig,
+    /// The rebalancing loop (see `rebalancer`); `enabled: false` keeps this replica out of it.
+    pub rebalancer: RebalancerConfig,
 }
 
 impl Default for Services {
     fn default() -> Self {
-        Services { read_cache: true, poll_feeds: true, planner: PlannerConfig::default() }
+        Services {
+            read_cache: true,
+            poll_feeds: true,
+            planner: PlannerConfig::default(),
+            rebalancer: RebalancerConfig::default(),
+        }
+    }
+}
+
+impl Services {
+    /// For tests and benchmarks, which poll feeds and rebalance themselves
+    /// when they mean to: neither runs on a timer.
+    pub fn driven() -> Services {
+        let mut services = Services { poll_feeds: false, ..Services::default() };
+        services.rebalancer.enabled = false;
+        services
     }
 }
 
@@ -34,19 +55,30 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     services: Services,
+    /// The rebalancer's clock (accelerated in the demo), started at build.
+    clock: Clock,
 }
 
 impl Application {
     /// Binds `listen`; the database must already be migrated.
     pub async fn build(pool: PgPool, listen: SocketAddr, services: Services) -> anyhow::Result<Application> {
+        services.rebalancer.check().map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
-        Ok(Application { listener, state: AppState::new(pool, services.planner), services })
+        let bound = listener.local_addr()?;
+        let replica = services.rebalancer.replica.clone().unwrap_or_else(|| replica_name(bound));
+        let state = AppState::new(pool, services.planner, &replica, services.rebalancer.enabled);
+        let clock = Clock::new(services.rebalancer.clock_speed, Utc::now());
+        Ok(Application { listener, state, services, clock })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         // A bound TCP listener always has a local address.
         self.listener.local_addr().expect("bound listener has an address")
+    }
+
+    pub fn clock(&self) -> Clock {
+        self.clock
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
@@ -62,8 +94,24 @@ impl Application {
         }
         let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
         background.spawn(expire_leases(pool, stop));
+        let (pool, news, stop) = (self.state.pool.clone(), self.state.news.clone(), shutdown.clone());
+        background.spawn(async move { watch_migrations(pool, stop, |item| drop(news.send(item))).await });
+        if self.services.rebalancer.enabled {
+            let rebalancer = Rebalancer {
+                pool: self.state.pool.clone(),
+                planner: self.services.planner,
+                config: self.services.rebalancer.clone(),
+                clock: self.clock,
+                replica: self.state.replica.to_string(),
+            };
+            background.spawn(rebalancer.run(shutdown.clone()));
+        }
+        let stopping = self.state.stopping.clone();
         let served = axum::serve(self.listener, app(self.state))
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .with_graceful_shutdown(async move {
+                shutdown.cancelled().await;
+                stopping.cancel();
+            })
             .await;
         // They stop on the same token; a panic in one would already have been logged.
         while background.join_next().await.is_some() {}

@@ -129,6 +129,10 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::GET, "/v1/migrations", 0, None, view),
         r(Method::GET, "/v1/migrations/{id}", 999_999, None, view),
         r(Method::POST, "/v1/migrations/{id}/cancel", 999_999, None, plan),
+        r(Method::PATCH, "/v1/migrations/{id}", 999_999, Some(json!({"cap_mbps": 10})), plan),
+        // A bad filter answers 400 after the role check, instead of a stream that never ends.
+        Route { query: "?migration=not-a-number", ..r(Method::GET, "/v1/events", 0, None, view) },
+        r(Method::GET, "/v1/rebalancer", 0, None, view),
         r(
             Method::POST,
             "/v1/executors/register",

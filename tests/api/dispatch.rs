@@ -193,3 +193,61 @@ async fn executors_act_only_as_themselves_and_reports_are_checked(pool: PgPool) 
     let failed = dear.call(&app, id, "complete", json!({"state": "failed", "detail": "disk full"})).await;
     assert_eq!((failed.body["state"].as_str(), failed.body["failure"].as_str()), (Some("failed"), Some("disk full")));
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_planner_changes_a_running_cap_and_the_events_stream_shows_it_all(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, _cheap, id) = under_way(&app).await;
+    let mut all = app.events("/v1/events").await;
+    let mut this_one = app.events(&format!("/v1/events?migration={id}")).await;
+    assert_eq!(dear.claim(&app).await.status, 200);
+    let (kind, claimed) = all.next().await;
+    assert_eq!((kind.as_str(), &claimed["kind"], &claimed["migration"]), ("state", &json!("state"), &json!(id)));
+    assert_eq!((claimed["from"].as_str(), claimed["to"].as_str()), (Some("scheduled"), Some("claimed")));
+    assert_eq!(claimed["actor"], format!("executor:{}", dear.id));
+
+    // The cap: checked, logged, and answered to the source's next report.
+    let path = format!("/v1/migrations/{id}");
+    let planner = app.token(Role::Planner).await;
+    let patch = |body: Value| {
+        let (app, path, planner) = (&app, &path, &planner);
+        async move { app.send(Method::PATCH, path, Some(planner), Some(&body)).await }
+    };
+    patch(json!({"cap_mbps": 0})).await.assert_error(422, "cap_mbps");
+    patch(json!({"cap_mbps": 250, "x": 1})).await.assert_error(422, "x");
+    let viewer = app.token(Role::Viewer).await;
+    let refused = app.send(Method::PATCH, &path, Some(&viewer), Some(&json!({"cap_mbps": 250}))).await;
+    assert_eq!(refused.status, 403);
+    let changed = patch(json!({"cap_mbps": 250})).await;
+    assert_eq!((changed.status.as_u16(), changed.body["cap_mbps"].as_f64()), (200, Some(250.0)), "{}", changed.body);
+    let (_, capped) = all.next().await;
+    assert_eq!((capped["from"].as_str(), capped["to"].as_str()), (Some("claimed"), Some("claimed")));
+    assert!(capped["detail"].as_str().unwrap().starts_with("cap set to 250 Mbit/s by token:"), "{capped}");
+    let report = json!({"state": "transferring", "raw_bytes": 1000, "wire_bytes": 100, "round": 1, "eta_s": 5.0});
+    let answer = dear.call(&app, id, "progress", report).await;
+    assert_eq!(answer.body["cap_mbps"], 250.0, "{}", answer.body);
+    let (_, transferring) = all.next().await;
+    assert_eq!(transferring["to"], "transferring");
+    let (kind, progress) = all.next().await;
+    assert_eq!(kind, "progress");
+    assert_eq!((progress["state"].as_str(), &progress["report"]["raw_bytes"]), (Some("transferring"), &json!(1000)));
+    let lifted = patch(json!({"cap_mbps": null})).await;
+    assert!(lifted.body["cap_mbps"].is_null(), "{}", lifted.body);
+
+    // The filtered stream saw the same migration's news, in order.
+    let mut kinds = Vec::new();
+    for _ in 0..5 {
+        let (kind, news) = this_one.next().await;
+        assert_eq!(news["migration"], id);
+        kinds.push(kind);
+    }
+    assert_eq!(kinds, ["state", "state", "state", "progress", "state"]);
+
+    // Cancelled: the end is news too, and an ended migration's cap stays.
+    app.post(&format!("/v1/migrations/{id}/cancel"), json!({})).await;
+    let (_, lifted_news) = all.next().await;
+    assert!(lifted_news["detail"].as_str().unwrap().starts_with("cap lifted"));
+    let (_, cancelled) = all.next().await;
+    assert_eq!(cancelled["to"], "cancelled");
+    patch(json!({"cap_mbps": 100})).await.assert_error(409, "ended");
+}

@@ -4,41 +4,16 @@
 //! the executors over TCP and reaches `done`, and the inventory shows the
 //! VMs at their new site.
 
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
 use heliotrope_api_spec::Role;
-use heliotrope_tests::{link, spawn_app, with, TestApp};
+use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, Processes, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::plans::{big_vm, flat_signals, site_at};
-
-/// The executor binary beside this test's (workspace binaries sit one level above test binaries).
-fn executor_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|deps| deps.parent()).unwrap().join("heliotrope-executor");
-    assert!(bin.exists(), "{} is not built: cargo build -p heliotrope-executor", bin.display());
-    bin
-}
-
-/// Child processes killed when the test ends, however it ends.
-struct Fleet(Vec<Child>);
-
-impl Drop for Fleet {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// An executor process for `site`, as `heliotrope-executor run` starts (again, after a crash, with the same `how`).
 struct How {
@@ -53,7 +28,7 @@ async fn executor(app: &TestApp, site: &'static str, mib_per_gib: &'static str) 
 }
 
 fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
-    Command::new(executor_binary())
+    Command::new(workspace_binary("heliotrope-executor"))
         .args(["run", "--site", how.site, "--listen", &format!("127.0.0.1:{}", how.port)])
         .args(["--sim-mib-per-gib", how.mib_per_gib, "--streams", "2", "--data-dir"])
         .arg(data.join(how.site))
@@ -90,7 +65,7 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
     app.create("/v1/vms", big_vm("db", "B")).await;
 
     let data = tempfile::tempdir().unwrap();
-    let mut fleet = Fleet(Vec::new());
+    let mut fleet = Processes::default();
     for site in ["A", "B", "C"] {
         fleet.0.push(start(&app, &executor(&app, site, "0.25").await, data.path()));
     }
@@ -149,7 +124,7 @@ async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: Pg
     let data = tempfile::tempdir().unwrap();
     // 1 MiB per GiB: 256 MiB of memory, long enough to be caught mid-transfer.
     let (a, c) = (executor(&app, "A", "1").await, executor(&app, "C", "1").await);
-    let mut fleet = Fleet(vec![start(&app, &a, data.path()), start(&app, &c, data.path())]);
+    let mut fleet = Processes(vec![start(&app, &a, data.path()), start(&app, &c, data.path())]);
     let online = |page: &Value| {
         page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
     };

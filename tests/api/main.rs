@@ -3,6 +3,7 @@
 //! `#[sqlx::test]` makes those databases.
 
 mod auth;
+mod crashes;
 mod dispatch;
 mod executors;
 mod feeds;
@@ -14,6 +15,7 @@ mod ops;
 mod pagination;
 mod plans;
 mod read_cache;
+mod rebalancer;
 mod signals;
 mod sites;
 mod tokens;

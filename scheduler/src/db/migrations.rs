@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{
     AssignedVm, Assignment, Completion, JobRole, Migration, MigrationDetail, MigrationEvent, MigrationFilter,
-    MigrationState, ProgressAnswer, ProgressReport, VmRunsAt,
+    MigrationNews, MigrationState, ProgressAnswer, ProgressNews, ProgressReport, VmRunsAt,
 };
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
@@ -234,6 +234,18 @@ async fn move_to(
     .bind(!is_active(to))
     .execute(&mut **tx)
     .await?;
+    log(tx, id, actor, from, to, detail).await
+}
+
+/// Adds an entry to a migration's log (and so to `GET /v1/events`).
+async fn log(
+    tx: &mut Transaction<'_, Postgres>,
+    id: i64,
+    actor: &str,
+    from: MigrationState,
+    to: MigrationState,
+    detail: &str,
+) -> Result<()> {
     sqlx::query(
         "insert into migration_event (job_id, actor, from_state, to_state, detail) values ($1, $2, $3, $4, $5)",
     )
@@ -245,6 +257,29 @@ async fn move_to(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Changes a migration's bandwidth cap (`None` lifts it) while it has not
+/// ended; its source picks the cap up with its next progress report. The
+/// change is logged (the state stays what it was).
+pub async fn set_cap(pool: &PgPool, id: i64, cap_mbps: Option<f64>, actor: &str) -> Result<MigrationDetail> {
+    let mut tx = pool.begin().await?;
+    let (_, state) = lock(&mut tx, id).await?;
+    if !is_active(state) {
+        return Err(StoreError::Conflict(format!("migration {id} is {}: it has ended", enum_to_text(&state))));
+    }
+    sqlx::query("update migration_job set cap_mbps = $2 where job_id = $1")
+        .bind(id)
+        .bind(cap_mbps)
+        .execute(&mut *tx)
+        .await?;
+    let detail = match cap_mbps {
+        Some(cap) => format!("cap set to {cap} Mbit/s by {actor}"),
+        None => format!("cap lifted by {actor}"),
+    };
+    log(&mut tx, id, actor, state, state, &detail).await?;
+    tx.commit().await?;
+    get(pool, id).await
 }
 
 /// Moves migration `id` to `to`, as `actor` says and why (`detail`), if
@@ -438,6 +473,13 @@ pub async fn progress(
         .bind(id)
         .bind(sqlx::types::Json(&**report))
         .bind(lease_expires)
+        .execute(&mut *tx)
+        .await?;
+    let news =
+        MigrationNews::Progress(ProgressNews { migration: id, at: Utc::now(), state, report: (**report).clone() });
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(super::changes::NEWS_CHANNEL)
+        .bind(serde_json::to_string(&news).map_err(|e| sqlx::Error::Encode(Box::new(e)))?)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

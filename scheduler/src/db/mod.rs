@@ -13,6 +13,7 @@ pub mod groups;
 pub mod links;
 pub mod migrations;
 pub mod plans;
+pub mod rebalancer;
 pub mod signals;
 pub mod sites;
 pub mod tokens;

@@ -3,7 +3,9 @@
 //! migration becomes once its executor says where the VM runs.
 
 use chrono::Duration;
-use heliotrope_api_spec::{Completion, ExecutorRegistration, MigrationState, ProgressReport, VmRunsAt};
+use heliotrope_api_spec::{
+    Completion, ExecutorRegistration, MigrationChange, MigrationState, ProgressReport, VmRunsAt,
+};
 
 use super::inventory::check_name;
 use super::{Valid, ValidationError};
@@ -34,6 +36,14 @@ pub fn parse_registration(r: ExecutorRegistration) -> Result<Valid<ExecutorRegis
         return Err(ValidationError::new("capacity", format!("must be between 1 and 64, got {}", r.capacity)));
     }
     Ok(Valid(r))
+}
+
+/// A cap must be a positive rate no WAN link exceeds (1 Tbit/s).
+pub fn parse_change(change: MigrationChange) -> Result<Valid<MigrationChange>> {
+    if change.cap_mbps.is_some_and(|cap| !(cap.is_finite() && cap > 0.0 && cap <= 1_000_000.0)) {
+        return Err(ValidationError::new("cap_mbps", "must be above 0 and at most 1000000 Mbit/s, or null"));
+    }
+    Ok(Valid(change))
 }
 
 pub fn parse_progress(p: ProgressReport) -> Result<Valid<ProgressReport>> {

@@ -12,6 +12,7 @@ pub mod inventory;
 pub mod migration;
 pub mod page;
 pub mod planner;
+pub mod rebalance;
 pub mod schedule;
 pub mod signals;
 pub mod token;

@@ -3,20 +3,23 @@
 
 use axum::routing::{get, post};
 use axum::{extract::State, Extension, Json, Router};
-use heliotrope_api_spec::{MigrationDetail, MigrationFilter, MigrationPage, MigrationState, PageParams};
+use heliotrope_api_spec::{
+    MigrationChange, MigrationDetail, MigrationFilter, MigrationPage, MigrationState, PageParams,
+};
 
 use super::auth::Principal;
 use super::error::{ApiError, ErrorResponses};
-use super::extract::{ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
+use crate::domain::dispatch::parse_change;
 use crate::domain::inventory::check_filter_names;
 use crate::domain::page::PageRequest;
 
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/migrations", get(list_migrations))
-        .route("/v1/migrations/{id}", get(get_migration))
+        .route("/v1/migrations/{id}", get(get_migration).patch(change_migration))
         .route("/v1/migrations/{id}/cancel", post(cancel_migration))
 }
 
@@ -55,4 +58,18 @@ pub async fn cancel_migration(
     let actor = caller.actor();
     let detail = format!("cancelled by {actor}");
     Ok(Json(db::migrations::transition(&state.pool, id, MigrationState::Cancelled, &actor, &detail).await?))
+}
+
+/// Change a migration's bandwidth cap while it has not ended (`null`
+/// lifts it); its source picks it up with its next progress report.
+#[utoipa::path(patch, path = "/v1/migrations/{id}", tag = "migrations", params(("id" = i64, Path)),
+    request_body = MigrationChange, responses((status = 200, body = MigrationDetail), ErrorResponses))]
+pub async fn change_migration(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(change): ApiJson<MigrationChange>,
+) -> Result<Json<MigrationDetail>, ApiError> {
+    let change = parse_change(change)?;
+    Ok(Json(db::migrations::set_cap(&state.pool, id, change.cap_mbps, &caller.actor()).await?))
 }

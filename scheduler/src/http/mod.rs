@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cache;
 pub mod dispatch;
 pub mod error;
+pub mod events;
 pub mod executors;
 pub mod extract;
 pub mod feeds;
@@ -18,6 +19,7 @@ pub mod migrations;
 pub mod openapi;
 pub mod ops;
 pub mod plans;
+pub mod rebalancer;
 pub mod signals;
 pub mod sites;
 pub mod tokens;
@@ -29,7 +31,10 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::middleware::{from_fn_with_state, map_response};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
+use heliotrope_api_spec::MigrationNews;
 use sqlx::PgPool;
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
 use self::auth::{Access, TokenCache};
@@ -49,11 +54,28 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub read_cache: Arc<ReadCache>,
     pub planner: PlannerConfig,
+    /// Migration news from every replica (see `db::changes::watch_migrations`), for `GET /v1/events`.
+    pub news: broadcast::Sender<MigrationNews>,
+    /// This replica's name, and whether it takes part in leading the rebalancer.
+    pub replica: Arc<str>,
+    pub rebalances: bool,
+    /// Cancelled when the server begins to shut down (ends open event streams).
+    pub stopping: CancellationToken,
 }
 
 impl AppState {
-    pub fn new(pool: PgPool, planner: PlannerConfig) -> Self {
-        AppState { pool, tokens: Arc::default(), metrics: Arc::default(), read_cache: Arc::default(), planner }
+    pub fn new(pool: PgPool, planner: PlannerConfig, replica: &str, rebalances: bool) -> Self {
+        AppState {
+            pool,
+            tokens: Arc::default(),
+            metrics: Arc::default(),
+            read_cache: Arc::default(),
+            planner,
+            news: broadcast::channel(events::BACKLOG).0,
+            replica: replica.into(),
+            rebalances,
+            stopping: CancellationToken::new(),
+        }
     }
 }
 
@@ -78,6 +100,8 @@ pub fn app(state: AppState) -> Router {
         // Plans change with every proposal: never cached.
         .merge(guarded(plans::router(), Access::PLANS))
         .merge(guarded(migrations::router(), Access::PLANS))
+        .merge(guarded(events::router(), Access::PLANS))
+        .merge(guarded(rebalancer::router(), Access::PLANS))
         .merge(guarded(dispatch::router(), Access::EXECUTOR))
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

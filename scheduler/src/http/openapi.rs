@@ -5,7 +5,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{dispatch, executors, feeds, groups, links, migrations, ops, plans, signals, sites, tokens, vms};
+use super::{
+    dispatch, events, executors, feeds, groups, links, migrations, ops, plans, rebalancer, signals, sites, tokens, vms,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,6 +26,7 @@ use super::{dispatch, executors, feeds, groups, links, migrations, ops, plans, s
         plans::create_plan, plans::list_plans, plans::get_plan, plans::get_schedule, plans::approve_plan, plans::apply_plan,
         plans::evacuate_site,
         migrations::list_migrations, migrations::get_migration, migrations::cancel_migration,
+        migrations::change_migration, events::stream_events, rebalancer::get_rebalancer,
         dispatch::register_executor, dispatch::heartbeat, dispatch::claim, dispatch::report_progress,
         dispatch::complete_migration, dispatch::recover_migration,
         ops::healthz, ops::readyz, ops::metrics,
@@ -47,7 +50,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 15] = [
+const CLOSED_SCHEMAS: [&str; 16] = [
     "SiteSpec",
     "Capacity",
     "PowerModel",
@@ -63,6 +66,7 @@ const CLOSED_SCHEMAS: [&str; 15] = [
     "ProgressReport",
     "Completion",
     "RecoveryReport",
+    "MigrationChange",
 ];
 
 /// The document as committed: pretty JSON with a trailing newline.
