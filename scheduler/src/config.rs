@@ -39,12 +39,27 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// How many VMs to seed into an empty database.
-    #[arg(long, default_value_t = 320)]
-    pub vms: usize,
+    /// Regions to seed as sites into an empty database (zone ids, comma-separated, or `all` for the 16).
+    #[arg(long, value_delimiter = ',', default_value = "GB,DE-LU,US-CAL-CISO")]
+    pub sites: Vec<String>,
+    /// How many VMs to seed into an empty database (default: 20 per site).
+    #[arg(long)]
+    pub vms: Option<usize>,
     /// Always start the private PostgreSQL cluster, even if one answers on localhost:5432.
     #[arg(long)]
     pub private_postgres: bool,
+    /// Simulated hours per real minute on the rebalancer's clock (it plans every simulated hour).
+    #[arg(long, default_value_t = 1.0)]
+    pub hours_per_minute: f64,
+    /// The demo's churn charge: least net saving a move must bring (the demo's VMs save cents a day).
+    #[arg(long, default_value_t = 0.01)]
+    pub min_net_saving: f64,
+    /// The executor binary (default: `heliotrope-executor` beside this one).
+    #[arg(long)]
+    pub executor_bin: Option<std::path::PathBuf>,
+    /// Sim VMs' MiB of memory and disk per GiB the inventory says (real bytes move between the executors).
+    #[arg(long, default_value_t = 0.25)]
+    pub sim_mib_per_gib: f64,
 }
 
 #[derive(Args)]

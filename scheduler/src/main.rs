@@ -7,6 +7,7 @@ use heliotrope::config::{BenchCommand, Cli, Command, Config, DemoArgs, PlanArgs}
 use heliotrope::demo::local_pg::{localhost_answers, LocalPostgres};
 use heliotrope::startup::{shutdown_on_signal, Application};
 use heliotrope::{bench, db, demo, http, telemetry};
+use heliotrope_api_spec::Role;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -131,10 +132,21 @@ async fn demo_with_database(
     url: &str,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.hours_per_minute.is_finite() && args.hours_per_minute > 0.0 && args.hours_per_minute <= 60.0,
+        "--hours-per-minute must be above 0 and at most 60"
+    );
+    anyhow::ensure!(
+        args.sim_mib_per_gib.is_finite() && args.sim_mib_per_gib > 0.0 && args.sim_mib_per_gib <= 16.0,
+        "--sim-mib-per-gib must be above 0 and at most 16"
+    );
+    let executor_bin = demo::executors::binary(args.executor_bin.as_deref())?;
     let pool = connect(config, url).await?;
     if demo::is_empty(&pool).await? {
-        tracing::info!(vms = args.vms, "seeding the demo fleet");
-        demo::store_fleet(&pool, demo::inventory::fleet(args.vms, 2026)).await?;
+        let regions = demo::regions_named(&args.sites)?;
+        let vms = args.vms.unwrap_or(20 * regions.len());
+        tracing::info!(sites = regions.len(), vms, "seeding the demo fleet");
+        demo::store_fleet(&pool, demo::inventory::fleet_in(&regions, vms, 2026)).await?;
     }
     let points = demo::store_synthetic_signals(&pool, chrono::Utc::now(), chrono::Duration::days(7)).await?;
     tracing::info!(points, "stored synthetic signals (basis and source 'synthetic'): a week back, two days ahead");
@@ -143,25 +155,62 @@ async fn demo_with_database(
             db::tokens::ensure_admin(&pool, Some(secret)).await?;
             secret.to_owned()
         }
-        None => {
-            let secret = heliotrope::domain::token::generate_secret();
-            let digest = heliotrope::domain::token::secret_digest(&secret);
-            db::tokens::insert(&pool, "demo-admin", heliotrope_api_spec::Role::Admin, &digest).await?;
-            secret
-        }
+        None => new_token(&pool, "demo-admin", Role::Admin).await?,
     };
-    let app = Application::build(pool.clone(), config.listen, config.services()).await?;
+    let executor_token = new_token(&pool, "demo-executors", Role::Executor).await?;
+    // The demo rebalances by itself, an hour of its clock every minute (by default), applying every plan that saves.
+    let mut services = config.services();
+    services.rebalancer.enabled = true;
+    services.rebalancer.auto_apply = true;
+    services.rebalancer.auto_apply_min_saving = 0.0;
+    services.rebalancer.clock_speed = 60.0 * args.hours_per_minute;
+    // A demo VM draws tens to hundreds of watts: a day's saving is cents, which the default churn charge would refuse.
+    services.planner.min_net_saving = args.min_net_saving;
+    let app = Application::build(pool.clone(), config.listen, services).await?;
     let addr = app.local_addr();
-    println!("Heliotrope demo: 16 real grid regions as sites, links between them, a seeded fleet of sim VMs,");
-    println!("and SYNTHETIC carbon and price signals generated from real per-region profiles (labelled 'synthetic').");
+    let clock = app.clock();
+    let sites = demo::site_names(&pool).await?;
+    let executors = demo::executors::Executors::start(
+        &executor_bin,
+        &format!("http://{addr}"),
+        &executor_token,
+        &sites,
+        args.sim_mib_per_gib,
+    )?;
+    println!(
+        "Heliotrope demo: {} real grid regions as sites ({}), links between them, a seeded fleet of",
+        sites.len(),
+        sites.join(", ")
+    );
+    println!("SIMULATED VMs (sim driver: real bytes move between the executors, the guests are simulated), and");
+    println!("SYNTHETIC carbon and price signals generated from real per-region profiles (labelled 'synthetic').");
+    println!(
+        "{} executors (sim driver) run as child processes, one per site. The rebalancer plans every hour of a",
+        executors.len()
+    );
+    println!(
+        "SIMULATED clock running {}x real time and applies every plan that saves; watch the VMs move:",
+        clock.speed()
+    );
     println!("  API          http://{addr}/v1/sites");
     println!("  admin token  {secret}");
-    println!("  try          curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/vms?limit=5'");
+    println!("  rebalancer   curl -H 'Authorization: Bearer {secret}' http://{addr}/v1/rebalancer");
+    println!("  migrations   curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/migrations?state=done'");
+    println!("  live news    curl -N -H 'Authorization: Bearer {secret}' http://{addr}/v1/events");
     println!("  signals      curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/signals/current'");
     println!("  OpenAPI      api-spec/openapi.json; metrics at http://{addr}/metrics");
     println!("Ctrl-C stops the demo.");
-    let replay = tokio::spawn(demo::replay_synthetic_signals(pool, stop.clone()));
+    let replay = tokio::spawn(demo::replay_synthetic_signals(pool, clock, stop.clone()));
     let served = app.run_until_stopped(stop).await.context("serving");
     replay.await.context("the signal replay panicked")?;
+    drop(executors);
     served
+}
+
+/// Makes a token and returns its secret.
+async fn new_token(pool: &sqlx::PgPool, name: &str, role: Role) -> anyhow::Result<String> {
+    let secret = heliotrope::domain::token::generate_secret();
+    let digest = heliotrope::domain::token::secret_digest(&secret);
+    db::tokens::insert(pool, name, role, &digest).await?;
+    Ok(secret)
 }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod crashes;
+mod demo;
 mod dispatch;
 mod executors;
 mod feeds;

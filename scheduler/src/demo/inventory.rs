@@ -33,10 +33,17 @@ fn continent(r: &Region) -> &'static str {
     }
 }
 
-/// Sites, links and `vm_count` VMs, the same for the same `seed`.
+/// All 16 regions as sites, links and `vm_count` VMs, the same for the same `seed`.
 pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
+    fleet_in(&REGIONS, vm_count, seed)
+}
+
+/// `regions` (at least one) as sites, links between every pair and
+/// `vm_count` VMs spread round them, the same for the same `seed`.
+pub fn fleet_in(regions: &[Region], vm_count: usize, seed: u64) -> Fleet {
     let mut rng = StdRng::seed_from_u64(seed);
-    let sites: Vec<SiteSpec> = REGIONS
+    let share = regions.len().max(1);
+    let sites: Vec<SiteSpec> = regions
         .iter()
         .map(|r| SiteSpec {
             name: r.zone.to_owned(),
@@ -46,9 +53,9 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
             timezone: r.timezone.to_owned(),
             // Room for the fleet at about 60-85% utilisation once spread out.
             capacity: Capacity {
-                vcpus: (vm_count as u32 * 6 / 16).max(64) * rng.random_range(10..14) / 10,
-                memory_gib: ((vm_count * 24 / 16).max(256) as f64 * rng.random_range(1.0..1.4)).round(),
-                disk_gib: ((vm_count * 200 / 16).max(4096) as f64 * rng.random_range(1.0..1.4)).round(),
+                vcpus: (vm_count * 6 / share).max(64) as u32 * rng.random_range(10..14) / 10,
+                memory_gib: ((vm_count * 24 / share).max(256) as f64 * rng.random_range(1.0..1.4)).round(),
+                disk_gib: ((vm_count * 200 / share).max(4096) as f64 * rng.random_range(1.0..1.4)).round(),
             },
             pue: (rng.random_range(1.1..1.5_f64) * 100.0).round() / 100.0,
             power_model: PowerModel {
@@ -63,8 +70,8 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
         .collect();
 
     let mut links = Vec::new();
-    for a in &REGIONS {
-        for b in &REGIONS {
+    for a in regions {
+        for b in regions {
             if a.zone == b.zone {
                 continue;
             }
@@ -84,7 +91,10 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
     }
 
     let groups = vec![
-        GroupSpec { name: "db-cluster".into(), policy: GroupPolicy::Spread { min_sites: 3, max_per_site: 1 } },
+        GroupSpec {
+            name: "db-cluster".into(),
+            policy: GroupPolicy::Spread { min_sites: regions.len().min(3) as u32, max_per_site: 1 },
+        },
         GroupSpec { name: "analytics".into(), policy: GroupPolicy::Colocate { max_rtt_ms: 40.0 } },
     ];
 
@@ -103,19 +113,22 @@ pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
                     }
                 })
                 .unwrap_or(&SHAPES[0]);
-            // The colocated group starts together (Great Britain and Germany are
-            // within its RTT); everything else spreads round the regions.
+            // The colocated group starts together at one region; everything
+            // else spreads round the regions.
             let home = match i {
-                3..=6 => &REGIONS[7 + i % 2],
-                _ => &REGIONS[i % REGIONS.len()],
+                3..=6 => &regions[0],
+                _ => &regions[i % regions.len()],
             };
             let (group, pinned, allowed_regions) = match i {
-                0..=2 => (Some("db-cluster".to_owned()), false, None),
+                // One member per site, as its spread policy asks.
+                0..=2 if i < regions.len() => (Some("db-cluster".to_owned()), false, None),
+                0..=2 => (None, false, None),
                 3..=6 => (Some("analytics".to_owned()), false, None),
                 _ if i % 23 == 0 => (None, true, None),
                 // Data-residency: some European VMs must stay in Europe.
                 _ if i % 17 == 0 && continent(home) == "europe" => {
-                    (None, false, Some(vec!["GB".to_owned(), "DE-LU".to_owned()]))
+                    let europe = regions.iter().filter(|r| continent(r) == "europe").map(|r| r.zone.to_owned());
+                    (None, false, Some(europe.collect()))
                 }
                 _ => (None, false, None),
             };
@@ -190,6 +203,18 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn a_fleet_on_some_regions_uses_only_those() {
+        let three: Vec<Region> =
+            REGIONS.iter().filter(|r| ["GB", "DE-LU", "US-CAL-CISO"].contains(&r.zone)).copied().collect();
+        let fleet = fleet_in(&three, 60, 7);
+        assert_eq!((fleet.sites.len(), fleet.links.len(), fleet.vms.len()), (3, 6, 60));
+        assert!(fleet.vms.iter().all(|v| three.iter().any(|r| r.zone == v.site)));
+        for v in fleet.vms {
+            parse_vm(v).unwrap();
         }
     }
 

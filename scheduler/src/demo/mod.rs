@@ -2,8 +2,10 @@
 //!
 //! Finds a database (the configured one, else a server on localhost:5432,
 //! else a private throwaway cluster it starts itself), seeds the demo
-//! fleet when the database is empty, makes an admin token and serves.
+//! fleet when the database is empty, makes an admin token, starts an
+//! executor per site and serves, rebalancing on an accelerated clock.
 
+pub mod executors;
 pub mod inventory;
 pub mod local_pg;
 pub mod profiles;
@@ -16,6 +18,7 @@ use sqlx::PgPool;
 use self::inventory::Fleet;
 use crate::db;
 use crate::domain::inventory::{parse_group, parse_link, parse_site, parse_vm};
+use crate::domain::rebalance::Clock;
 
 /// Stores a fleet: sites, then links and groups, then VMs (several at a time).
 pub async fn store_fleet(pool: &PgPool, fleet: Fleet) -> anyhow::Result<()> {
@@ -70,22 +73,47 @@ pub async fn store_synthetic_signals(
     Ok(stored)
 }
 
-/// Keeps the synthetic signals moving while the demo runs: every hour, the
-/// hour just past becomes an actual and a fresh two-day forecast is issued.
-pub async fn replay_synthetic_signals(pool: PgPool, stop: tokio_util::sync::CancellationToken) {
+/// Keeps the synthetic signals moving while the demo runs: every hour on
+/// `clock` (simulated, in an accelerated demo), the hour just past becomes
+/// an actual and a fresh two-day forecast is issued.
+pub async fn replay_synthetic_signals(pool: PgPool, clock: Clock, stop: tokio_util::sync::CancellationToken) {
     loop {
-        let now = chrono::Utc::now();
-        let into_hour = now.timestamp().rem_euclid(3600) as u64;
-        let next = std::time::Duration::from_secs(3600 - into_hour + 5);
+        let into_hour = clock.now().timestamp().rem_euclid(3600) as u64;
+        let next = clock.real(std::time::Duration::from_secs(3600 - into_hour + 5));
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(next) => {}
         }
-        match store_synthetic_signals(&pool, chrono::Utc::now(), chrono::Duration::hours(1)).await {
-            Ok(points) => tracing::info!(points, "replayed an hour of synthetic signals"),
+        match store_synthetic_signals(&pool, clock.now(), chrono::Duration::hours(1)).await {
+            Ok(points) => tracing::info!(points, clock = %clock.now(), "replayed an hour of synthetic signals"),
             Err(error) => tracing::warn!(error = format!("{error:#}"), "cannot store synthetic signals"),
         }
     }
+}
+
+/// The regions named (zone ids, or `all`), in the order given.
+pub fn regions_named(names: &[String]) -> anyhow::Result<Vec<regions::Region>> {
+    if names.iter().any(|n| n == "all") {
+        return Ok(regions::REGIONS.to_vec());
+    }
+    let mut picked = Vec::with_capacity(names.len());
+    for name in names {
+        let region = regions::REGIONS.iter().find(|r| r.zone == name.as_str()).with_context(|| {
+            let known: Vec<&str> = regions::REGIONS.iter().map(|r| r.zone).collect();
+            format!("no demo region '{name}': one of {} or all", known.join(", "))
+        })?;
+        if !picked.iter().any(|r: &regions::Region| r.zone == region.zone) {
+            picked.push(*region);
+        }
+    }
+    anyhow::ensure!(!picked.is_empty(), "name at least one region");
+    Ok(picked)
+}
+
+/// Every site's name.
+pub async fn site_names(pool: &PgPool) -> anyhow::Result<Vec<String>> {
+    let page = crate::domain::page::PageRequest { limit: 1000, after_id: 0 };
+    Ok(db::sites::list(pool, page, &Default::default()).await?.items.into_iter().map(|s| s.spec.name).collect())
 }
 
 /// Whether the inventory holds no site yet.
