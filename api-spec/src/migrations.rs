@@ -195,7 +195,10 @@ pub struct ProgressAnswer {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Completion {
-    /// `done` (only the destination says so, once the VM runs there) or `failed` (the VM runs on at the source).
+    /// `done` (only the destination says so, once the VM runs there),
+    /// `failed` (the source, before cutover: the VM runs on there) or
+    /// `rolled_back` (the source, in cutover, when the destination never
+    /// confirmed: it resumes the VM, and the destination's `done` is refused).
     pub state: MigrationState,
     #[serde(default)]
     #[schema(max_length = 1000)]

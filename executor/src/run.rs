@@ -22,7 +22,7 @@ use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload};
 use heliotrope_executor::source::{SendOptions, Session};
 use heliotrope_executor::tls::{self, Connection, Tls, TlsFiles};
-use heliotrope_executor::transfer::{Progress, TransferError};
+use heliotrope_executor::transfer::{choose_level, Progress, TransferError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -96,6 +96,10 @@ impl Scheduler {
         Ok(Some(response.json().await.with_context(|| format!("POST {path}: the answer"))?))
     }
 }
+
+/// How long a source waits after its cutover for the destination to
+/// confirm the VM runs there, before it rolls back and resumes the VM.
+const CONFIRM_WAIT: Duration = Duration::from_secs(120);
 
 /// VMs running here, by name.
 type Running = Arc<Mutex<HashMap<String, Arc<SimVm>>>>;
@@ -301,13 +305,17 @@ impl Worker {
         let id = a.migration.id;
         let vm = self.vm(a)?;
         let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
-        let (progress, watch) = tokio::sync::watch::channel(Progress::default());
+        // Compression as strong as keeps ahead of the cap, measured on this VM's memory.
+        let level = choose_level(&self.sample(&a.migration.vm)?, cap);
         let shaper = Arc::new(Shaper::new(cap));
-        let options = Arc::new(SendOptions { level: 1, shapers: vec![shaper.clone()], progress: Some(progress) });
+        let (memory_progress, memory_watch) = tokio::sync::watch::channel(Progress::default());
+        let (disk_progress, disk_watch) = tokio::sync::watch::channel(Progress::default());
+        let progress_now = || memory_watch.borrow().and(&disk_watch.borrow());
+        let options =
+            |progress| Arc::new(SendOptions { level, shapers: vec![shaper.clone()], progress: Some(progress) });
         self.report(id, Some(MigrationState::Transferring), &Progress::default()).await?;
-        let mut memory = self.session(a, &options).await?;
-        let mut disk =
-            self.session(a, &Arc::new(SendOptions { level: 1, shapers: vec![shaper.clone()], progress: None })).await?;
+        let mut memory = self.session(a, &options(memory_progress)).await?;
+        let mut disk = self.session(a, &options(disk_progress)).await?;
         let precopy = PrecopyOptions { max_downtime_s: f64::from(a.vm.max_downtime_ms) / 1000.0, budget_s: 600.0 };
         let moved = {
             let migrating = migrate_vm(&mut memory, Some(&mut disk), &vm, &precopy);
@@ -317,7 +325,7 @@ impl Worker {
                 tokio::select! {
                     moved = &mut migrating => break moved,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        let answer = self.report(id, None, &progress_now(&watch)).await?;
+                        let answer = self.report(id, None, &progress_now()).await?;
                         if answer.cancelled {
                             vm.resume();
                             tracing::info!("cancelled: the VM runs on here");
@@ -333,16 +341,34 @@ impl Worker {
         // Remembered across a crash: from here on the destination holds the VM.
         let marker = self.cutover_marker(id);
         std::fs::write(&marker, b"")?;
-        self.report(id, Some(MigrationState::Cutover), &progress_now(&watch)).await?;
-        // The destination confirms once the VM runs there; until then the paused VM stays here.
+        self.report(id, Some(MigrationState::Cutover), &progress_now()).await?;
+        // The destination confirms once the VM runs there; until then the
+        // paused VM stays here. If it never does, the VM resumes here: the
+        // scheduler records the roll-back, after which it refuses the
+        // destination's confirmation, so only one copy ever runs.
+        let confirm_by = tokio::time::Instant::now() + CONFIRM_WAIT;
         loop {
-            let answer = self.report(id, None, &progress_now(&watch)).await?;
+            let answer = self.report(id, None, &progress_now()).await?;
             match answer.state {
                 MigrationState::Done => break,
                 _ if answer.cancelled => {
                     vm.resume();
                     std::fs::remove_file(&marker)?;
                     anyhow::bail!("the migration ended as {:?} after cutover", answer.state);
+                }
+                _ if tokio::time::Instant::now() >= confirm_by => {
+                    let back = Completion {
+                        state: MigrationState::RolledBack,
+                        detail: format!("the destination did not confirm within {} s", CONFIRM_WAIT.as_secs()),
+                    };
+                    // Refused if the confirmation came in meanwhile: the next report says done.
+                    let path = self.migration_path(id, "complete");
+                    if self.scheduler.post::<_, serde_json::Value>(&path, Some(&back)).await.is_ok() {
+                        vm.resume();
+                        std::fs::remove_file(&marker)?;
+                        tracing::warn!("{}; the VM runs on here", back.detail);
+                        return Ok(());
+                    }
                 }
                 _ => tokio::time::sleep(Duration::from_millis(500)).await,
             }
@@ -354,6 +380,14 @@ impl Worker {
         }
         std::fs::remove_file(&marker)?;
         Ok(())
+    }
+
+    /// The first MiB of a VM's memory here, to measure compression on.
+    fn sample(&self, vm: &str) -> anyhow::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut sample = Vec::with_capacity(1 << 20);
+        std::fs::File::open(self.vm_dir(vm).join(MEMORY_IMAGE))?.take(1 << 20).read_to_end(&mut sample)?;
+        Ok(sample)
     }
 
     fn cutover_marker(&self, id: i64) -> PathBuf {
@@ -435,11 +469,6 @@ impl Worker {
         tracing::info!("the VM runs here now");
         Ok(())
     }
-}
-
-/// The progress as of now (copied: a watch's borrow must not live across an await).
-fn progress_now(watch: &tokio::sync::watch::Receiver<Progress>) -> Progress {
-    *watch.borrow()
 }
 
 fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {

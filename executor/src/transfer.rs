@@ -122,6 +122,28 @@ pub struct Progress {
     pub elapsed_s: f64,
 }
 
+impl Progress {
+    /// One tally for a migration whose images travel in several sessions
+    /// (memory, disk): bytes add up; the round, dirty rate and expected
+    /// downtime are `self`'s (the live memory); the time left is the longest.
+    pub fn and(&self, other: &Progress) -> Progress {
+        let mut counters = self.counters;
+        counters.add(&other.counters);
+        let eta_s = match (self.eta_s, other.eta_s) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        Progress {
+            counters,
+            saved: counters.savings(),
+            planned_bytes: self.planned_bytes + other.planned_bytes,
+            eta_s,
+            elapsed_s: self.elapsed_s.max(other.elapsed_s),
+            ..*self
+        }
+    }
+}
+
 /// A session's running totals, shared by its streams; each change is
 /// passed on to whoever watches the progress.
 pub(crate) struct Tally {
@@ -213,4 +235,41 @@ pub(crate) fn runs(numbers: &[u64]) -> Vec<(u64, u32)> {
         }
     }
     runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migrations_sessions_make_one_tally() {
+        let memory = Progress {
+            counters: Counters {
+                raw_bytes: 100,
+                wire_bytes: 40,
+                sent_pages: 1,
+                compressed_bytes: 1000,
+                ..Default::default()
+            },
+            round: 3,
+            dirty_bytes_per_s: 5e6,
+            expected_downtime_s: Some(0.2),
+            eta_s: Some(4.0),
+            elapsed_s: 10.0,
+            planned_bytes: 200,
+            ..Default::default()
+        };
+        let disk = Progress {
+            counters: Counters { raw_bytes: 1000, wire_bytes: 10, zero_pages: 2, ..Default::default() },
+            eta_s: Some(9.0),
+            elapsed_s: 9.5,
+            planned_bytes: 2000,
+            ..Default::default()
+        };
+        let both = memory.and(&disk);
+        assert_eq!((both.counters.raw_bytes, both.counters.wire_bytes, both.planned_bytes), (1100, 50, 2200));
+        assert_eq!((both.round, both.dirty_bytes_per_s, both.expected_downtime_s), (3, 5e6, Some(0.2)));
+        assert_eq!((both.eta_s, both.elapsed_s), (Some(9.0), 10.0));
+        assert_eq!((both.saved.zero, both.saved.compression), (2 * PAGE as u64, PAGE as u64 - 1000));
+    }
 }

@@ -189,7 +189,9 @@ async fn executors_act_only_as_themselves_and_reports_are_checked(pool: PgPool) 
     dear.call(&app, id, "progress", negative).await.assert_error(422, "dirty_bytes_per_s");
     let backwards = json!({"state": "done", "raw_bytes": 1, "wire_bytes": 1});
     dear.call(&app, id, "progress", backwards).await.assert_error(422, "transferring or cutover");
-    dear.call(&app, id, "complete", json!({"state": "cancelled"})).await.assert_error(422, "done or failed");
+    dear.call(&app, id, "complete", json!({"state": "cancelled"}))
+        .await
+        .assert_error(422, "done, failed or rolled_back");
     let failed = dear.call(&app, id, "complete", json!({"state": "failed", "detail": "disk full"})).await;
     assert_eq!((failed.body["state"].as_str(), failed.body["failure"].as_str()), (Some("failed"), Some("disk full")));
 }
@@ -250,4 +252,36 @@ async fn a_planner_changes_a_running_cap_and_the_events_stream_shows_it_all(pool
     let (_, cancelled) = all.next().await;
     assert_eq!(cancelled["to"], "cancelled");
     patch(json!({"cap_mbps": 100})).await.assert_error(409, "ended");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_restarted_destination_takes_its_side_again_and_an_unconfirmed_cutover_rolls_back(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, cheap, id) = under_way(&app).await;
+    assert_eq!(dear.claim(&app).await.status, 200);
+    assert_eq!(cheap.claim(&app).await.body["role"], "destination");
+    let cutover = json!({"state": "cutover", "raw_bytes": 2000, "wire_bytes": 150});
+    assert_eq!(
+        dear.call(&app, id, "progress", json!({"state": "transferring", "raw_bytes": 1, "wire_bytes": 1})).await.status,
+        200
+    );
+    assert_eq!(dear.call(&app, id, "progress", cutover).await.body["state"], "cutover");
+
+    // The destination restarts (registers again at its address): its side is handed to it again.
+    let body = json!({"site": "CHEAP", "address": "cheap-exec:7070", "driver": "sim", "capacity": 1});
+    let again = app.send(Method::POST, "/v1/executors/register", Some(&cheap.token), Some(&body)).await;
+    assert_eq!(again.body["id"].as_i64(), Some(cheap.id), "the same executor");
+    let retaken = cheap.claim(&app).await;
+    assert_eq!(
+        (retaken.body["role"].as_str(), retaken.body["migration"]["id"].as_i64()),
+        (Some("destination"), Some(id))
+    );
+
+    // Only the source rolls back, and only in cutover; then the destination's confirmation is refused.
+    cheap.call(&app, id, "complete", json!({"state": "rolled_back"})).await.assert_error(409, "not held by executor");
+    let back = dear.call(&app, id, "complete", json!({"state": "rolled_back", "detail": "no confirmation"})).await;
+    assert_eq!(back.body["state"], "rolled_back", "{}", back.body);
+    cheap.call(&app, id, "complete", json!({"state": "done"})).await.assert_error(409, "only after cutover");
+    assert_eq!((vms_at(&app, "DEAR").await, vms_at(&app, "CHEAP").await), (2, 0), "big stays at DEAR");
+    dear.call(&app, id, "complete", json!({"state": "paused"})).await.assert_error(422, "state");
 }

@@ -158,3 +158,43 @@ async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: Pg
     }
     assert!(!left.exists(), "web gone from A");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_destination_killed_mid_transfer_leaves_the_vm_running_once_at_the_source(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
+        let id = site_at(&app, name, "active").await;
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    app.create("/v1/links", with(link("A", "C"), "/symmetric", json!(true))).await;
+    app.create("/v1/vms", big_vm("web", "A")).await;
+    let data = tempfile::tempdir().unwrap();
+    let (a, c) = (executor(&app, "A", "1").await, executor(&app, "C", "1").await);
+    let mut fleet = Processes(vec![start(&app, &a, data.path()), start(&app, &c, data.path())]);
+    let online = |page: &Value| {
+        page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
+    };
+    wait_for(&app, "two executors online", online, "/v1/executors").await;
+    app.post("/v1/plans", json!({"dry_run": false})).await;
+    let transferring = |page: &Value| page["items"][0]["state"] == "transferring";
+    let migration = wait_for(&app, "the transfer under way", transferring, "/v1/migrations").await;
+    let id = migration["items"][0]["id"].as_i64().unwrap();
+
+    // kill -9 the destination: the source's streams break, it gives up and the VM runs on at A.
+    fleet.0[1].kill().unwrap();
+    fleet.0[1].wait().unwrap();
+    let ended = |m: &Value| ["done", "rolled_back", "failed"].contains(&m["state"].as_str().unwrap_or(""));
+    let detail = wait_for(&app, "the migration ended", ended, &format!("/v1/migrations/{id}")).await;
+    assert_eq!(detail["state"], "failed", "{detail}");
+    fleet.0[1] = start(&app, &c, data.path());
+    wait_for(&app, "C back", online, "/v1/executors").await;
+    assert_eq!(app.get("/v1/vms?site=A").await.body["items"].as_array().map(Vec::len), Some(1));
+    assert!(data.path().join("A/vms/web/memory.img").exists(), "web's images stay at A");
+    assert!(!data.path().join("C/vms/web").exists(), "no second copy at C");
+    // A later plan moves it after all, through the restarted destination.
+    let again = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(again.body["status"], "applied", "{}", again.body);
+    let done = |page: &Value| page["items"].as_array().is_some_and(|m| m.iter().any(|m| m["state"] == "done"));
+    wait_for(&app, "moved at the second try", done, "/v1/migrations").await;
+    assert_eq!(app.get("/v1/vms?site=C").await.body["items"].as_array().map(Vec::len), Some(1));
+}

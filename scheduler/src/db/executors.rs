@@ -73,6 +73,15 @@ pub async fn register(pool: &PgPool, token_id: i64, r: &Valid<ExecutorRegistrati
     .bind(token_id)
     .fetch_one(&mut *tx)
     .await?;
+    // Registering again means a restart: what it was receiving is handed to it
+    // again (it keeps sealed images on disk, so a cutover can still be confirmed).
+    sqlx::query(
+        "update migration_job set destination_ready = false \
+         where destination_executor = $1 and state in ('claimed', 'transferring', 'cutover')",
+    )
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     get(pool, id).await
 }

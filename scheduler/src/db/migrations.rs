@@ -319,7 +319,7 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     let destination: Option<(i64, Vec<u8>)> = sqlx::query_as(
         "update migration_job set destination_ready = true \
          where job_id = (select job_id from migration_job where destination_executor = $1 and not destination_ready \
-                         and state in ('claimed', 'transferring') order by job_id limit 1 for update skip locked) \
+                         and state in ('claimed', 'transferring', 'cutover') order by job_id limit 1 for update skip locked) \
          returning job_id, secret",
     )
     .bind(executor_id)
@@ -488,7 +488,9 @@ pub async fn progress(
 
 /// Ends a migration as its executors say: `done` only from the
 /// destination executor once in cutover, moving the VM's site in the same
-/// transaction; `failed` from the source holding the lease, before cutover.
+/// transaction; `failed` from the source holding the lease, before
+/// cutover; `rolled_back` from it in cutover, when the destination never
+/// confirmed (it resumes the VM; the destination's `done` is then refused).
 pub async fn complete(
     pool: &PgPool,
     id: i64,
@@ -518,9 +520,10 @@ pub async fn complete(
             }
             finish_at_destination(&mut tx, &job, state, &actor, &completion.detail).await?;
         }
-        _ => {
+        // `failed` before cutover, `rolled_back` after it (`can_move` says which).
+        to => {
             job.held_by(executor_id)?;
-            move_to(&mut tx, id, state, MigrationState::Failed, &actor, &completion.detail).await?;
+            move_to(&mut tx, id, state, to, &actor, &completion.detail).await?;
         }
     }
     tx.commit().await?;

@@ -69,8 +69,8 @@ pub fn parse_progress(p: ProgressReport) -> Result<Valid<ProgressReport>> {
 }
 
 pub fn parse_completion(c: Completion) -> Result<Valid<Completion>> {
-    if !matches!(c.state, MigrationState::Done | MigrationState::Failed) {
-        return Err(ValidationError::new("state", "a migration completes as done or failed"));
+    if !matches!(c.state, MigrationState::Done | MigrationState::Failed | MigrationState::RolledBack) {
+        return Err(ValidationError::new("state", "a migration completes as done, failed or rolled_back"));
     }
     if c.detail.len() > 1000 || c.detail.contains('\0') {
         return Err(ValidationError::new("detail", "at most 1000 characters, no NUL"));

@@ -22,6 +22,9 @@ pub fn can_move(from: MigrationState, to: MigrationState) -> bool {
             // Before cutover the VM still runs at the source: it can stop there.
             | (Pending | Scheduled | Claimed | Transferring, Cancelled)
             | (Claimed | Transferring, Failed)
+            // The destination never confirmed: the source resumes the VM (the
+            // destination starts it only once `done` is recorded, which this excludes).
+            | (Cutover, RolledBack)
             // An executor lost mid-way: where the VM runs is asked, then the
             // job retries, rolls back, or completes.
             | (Claimed | Transferring | Cutover, Recovering)
