@@ -24,6 +24,7 @@ use crate::content::{hash, hex, image_digest, zero_page_hash, ByHash, Hash, PAGE
 use crate::index::{ChunkIndex, Holding};
 use crate::tls::{self, Tls};
 use crate::transfer::{same, TransferError, BATCH, MAX_IMAGE_PAGES, MAX_STREAMS, WINDOW};
+use crate::tunnel::TunnelCounters;
 use crate::wire::{
     nonce, proof, read_frame_with, read_payload, write_frame, ByteBuf, Frame, ImageKind, Origin, WireError, VERSION,
 };
@@ -39,7 +40,13 @@ pub struct Destination {
     /// Secrets of the jobs expected here.
     jobs: Mutex<HashMap<u64, Vec<u8>>>,
     landings: Mutex<HashMap<(u64, String), Arc<Landing>>>,
+    /// Local sockets a job's tunnels lead to, by end (`migration`, `nbd`),
+    /// and what they carried.
+    tunnels: Mutex<HashMap<(u64, String), TunnelEnd>>,
 }
+
+/// Where a job's tunnel of one end leads here, and what such tunnels carried.
+type TunnelEnd = (PathBuf, Arc<TunnelCounters>);
 
 /// What one connection did.
 #[derive(Debug)]
@@ -92,12 +99,26 @@ impl Destination {
             indexing: Arc::new(tokio::sync::RwLock::new(())),
             jobs: Mutex::new(HashMap::new()),
             landings: Mutex::new(HashMap::new()),
+            tunnels: Mutex::new(HashMap::new()),
         }))
     }
 
     /// Takes sessions of `job` proven with `secret` from now on.
     pub fn expect(&self, job: u64, secret: Vec<u8>) {
         lock(&self.jobs).insert(job, secret);
+    }
+
+    /// Lets `job`'s tunnels named `end` through to the unix socket `path`
+    /// (where the local hypervisor listens); returns what they will carry.
+    pub fn expect_tunnel(&self, job: u64, end: &str, path: &Path) -> Arc<TunnelCounters> {
+        let counters = Arc::new(TunnelCounters::default());
+        lock(&self.tunnels).insert((job, end.to_owned()), (path.to_owned(), counters.clone()));
+        counters
+    }
+
+    /// Lets no more of `job`'s tunnels through (open ones run on to their end).
+    pub fn forget_tunnels(&self, job: u64) {
+        lock(&self.tunnels).retain(|(j, _), _| *j != job);
     }
 
     /// Indexes a file this site holds (a replica placed by hand, an image it hosts).
@@ -137,6 +158,11 @@ impl Destination {
         let mut sealed = Vec::new();
         loop {
             match connection.read().await {
+                Ok(Frame::Tunnel { end }) if sealed.is_empty() => {
+                    let Connection { mut stream, .. } = connection;
+                    self.tunnel(&mut stream, job, &end).await?;
+                    return Ok(Served { job, stream: number, sealed });
+                }
                 Ok(Frame::Image { name, kind, pages, first, count }) => {
                     connection.receive_part(&name, kind, pages, first, count).await?;
                 }
@@ -151,6 +177,26 @@ impl Destination {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Carries a tunnel to `end`'s local socket until either side closes.
+    async fn tunnel<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        job: u64,
+        end: &str,
+    ) -> Result<(), TransferError> {
+        let Some((path, counters)) = lock(&self.tunnels).get(&(job, end.to_owned())).cloned() else {
+            return refuse(stream, format!("no tunnel end '{end}' for job {job} here")).await;
+        };
+        let local = match tokio::net::UnixStream::connect(&path).await {
+            Ok(local) => local,
+            Err(e) => return refuse(stream, format!("tunnel end '{end}': {e}")).await,
+        };
+        write_frame(stream, &Frame::Accepted).await?;
+        crate::tunnel::relay(local, stream, None, &counters, false)
+            .await
+            .map_err(|e| TransferError::Wire(WireError::Io(e)))
     }
 
     /// Checks a connection's claim to be a job's source; returns the job and stream number.

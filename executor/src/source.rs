@@ -99,6 +99,23 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Opens a tunnel of `job` to the destination's `end` over `stream`
+/// (see `tunnel`): proves the secret, asks for the end, and returns once
+/// the destination reached it; the stream then carries raw bytes.
+pub async fn open_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    job: u64,
+    secret: &[u8],
+    end: &str,
+) -> Result<(), TransferError> {
+    handshake(stream, job, secret, 0, 1).await?;
+    write_frame(stream, &Frame::Tunnel { end: end.to_owned() }).await?;
+    match read_frame_with(stream, &mut Vec::new()).await? {
+        Frame::Accepted => Ok(()),
+        other => Err(unexpected("the tunnel's acceptance", other)),
+    }
+}
+
 /// Splits `pages` into `parts` contiguous ranges, cut at 64 KiB blocks.
 fn parts(pages: u64, parts: usize) -> Vec<Range<u64>> {
     const BLOCK: u64 = 16;

@@ -15,7 +15,9 @@
 //! rounds, only its pages written since; then `End` with the part's digest,
 //! answered by `Verified`, or `Abort`. Once every part is verified, the
 //! first stream sends `Seal` with the whole image's digest, answered by
-//! `Verified`: only then does the destination keep the image.
+//! `Verified`: only then does the destination keep the image. A stream may
+//! instead open a tunnel (`Tunnel`, answered `Accepted`), after which it
+//! carries a hypervisor's raw bytes both ways.
 
 use std::io::IoSlice;
 
@@ -25,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::content::Hash;
 
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -92,6 +94,11 @@ pub enum Frame {
     Verified {
         ok: bool,
         reason: String,
+    },
+    /// Instead of images, this stream carries raw bytes to the local socket
+    /// the destination registered as `end` for the job (see `tunnel`).
+    Tunnel {
+        end: String,
     },
 }
 

@@ -38,24 +38,23 @@ pub fn check_filter_names(filters: &[(&str, Option<&str>)]) -> Result<()> {
 
 /// Postgres text and jsonb cannot hold NUL characters, so a JSON value
 /// that has one anywhere (in a key or a string) is refused up front.
-fn check_no_nul(field: &str, value: &serde_json::Value) -> Result<()> {
+/// Free-form JSON that is stored and read back must hold no NUL (Postgres
+/// text refuses it) and no number beyond ±2^53 (such numbers do not survive
+/// the round trip through Postgres' exact decimals to a double).
+fn check_storable_json(field: &str, value: &serde_json::Value) -> Result<()> {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
     let has_nul = |s: &str| s.contains('\0');
-    let bad = match value {
-        serde_json::Value::String(s) => has_nul(s),
-        serde_json::Value::Array(items) => return items.iter().try_for_each(|v| check_no_nul(field, v)),
-        serde_json::Value::Object(map) => {
-            if map.keys().any(|k| has_nul(k)) {
-                true
-            } else {
-                return map.values().try_for_each(|v| check_no_nul(field, v));
-            }
+    let why = match value {
+        serde_json::Value::String(s) if has_nul(s) => "must not contain NUL characters",
+        serde_json::Value::Number(n) if n.as_f64().is_none_or(|x| x.abs() > EXACT) => {
+            "numbers must be within ±2^53 (9007199254740992)"
         }
-        _ => false,
+        serde_json::Value::Array(items) => return items.iter().try_for_each(|v| check_storable_json(field, v)),
+        serde_json::Value::Object(map) if map.keys().any(|k| has_nul(k)) => "must not contain NUL characters",
+        serde_json::Value::Object(map) => return map.values().try_for_each(|v| check_storable_json(field, v)),
+        _ => return Ok(()),
     };
-    if bad {
-        return Err(ValidationError::new(field, "must not contain NUL characters"));
-    }
-    Ok(())
+    Err(ValidationError::new(field, why))
 }
 
 pub(crate) fn check_range(field: &str, value: f64, min: f64, max: f64) -> Result<()> {
@@ -148,7 +147,7 @@ pub fn parse_vm(spec: VmSpec) -> Result<Valid<VmSpec>> {
     if !spec.driver_spec.is_object() {
         return Err(ValidationError::new("driver_spec", "must be a JSON object"));
     }
-    check_no_nul("driver_spec", &spec.driver_spec)?;
+    check_storable_json("driver_spec", &spec.driver_spec)?;
     Ok(Valid(spec))
 }
 
@@ -257,6 +256,10 @@ mod tests {
         assert_eq!(field_of(parse_vm(VmSpec { driver_spec: nul, ..vm() })), "driver_spec");
         let nul_key = serde_json::json!({"a\u{0}": 1});
         assert_eq!(field_of(parse_vm(VmSpec { driver_spec: nul_key, ..vm() })), "driver_spec");
+        let huge = serde_json::json!({"size": 1.7976931348623157e308});
+        assert_eq!(field_of(parse_vm(VmSpec { driver_spec: huge, ..vm() })), "driver_spec");
+        let fine = serde_json::json!({"size_bytes": 268435456u64, "ratio": -0.5});
+        assert!(parse_vm(VmSpec { driver_spec: fine, ..vm() }).is_ok());
     }
 
     #[test]

@@ -1,0 +1,188 @@
+//! A QEMU process an executor runs (or adopts) for a `qemu` VM: started
+//! from the VM's spec, with its QMP and serial in the VM's directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::qmp::{Qmp, QmpError};
+
+/// What a `qemu` VM is, as its inventory record's `driver_spec` says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuSpec {
+    #[serde(default = "default_machine")]
+    pub machine: String,
+    /// `tcg` (no KVM needed) or `kvm`.
+    #[serde(default = "default_accel")]
+    pub accel: String,
+    pub memory_mib: u64,
+    /// Disks that move with the VM (mirrored over NBD).
+    #[serde(default)]
+    pub disks: Vec<DiskSpec>,
+    /// A read-only raw boot image both sites hold (shared storage, never mirrored).
+    #[serde(default)]
+    pub boot_image: Option<PathBuf>,
+}
+
+/// One disk: its file here and its block node name (the same at both ends).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskSpec {
+    pub node: String,
+    pub path: PathBuf,
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Its virtual size, for the empty target disk at the destination.
+    pub size_bytes: u64,
+}
+
+fn default_machine() -> String {
+    "q35".into()
+}
+
+fn default_accel() -> String {
+    "tcg".into()
+}
+
+fn default_format() -> String {
+    "qcow2".into()
+}
+
+impl QemuSpec {
+    /// Refuses what would make a bad command line.
+    pub fn check(&self) -> Result<(), String> {
+        let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !word(&self.machine) || !["tcg", "kvm"].contains(&self.accel.as_str()) {
+            return Err(format!("machine '{}' with accel '{}'", self.machine, self.accel));
+        }
+        if !(16..=1 << 20).contains(&self.memory_mib) {
+            return Err(format!("memory_mib {} is not 16 MiB to 1 TiB", self.memory_mib));
+        }
+        for disk in &self.disks {
+            if !word(&disk.node) || !["qcow2", "raw"].contains(&disk.format.as_str()) {
+                return Err(format!("disk node '{}' format '{}'", disk.node, disk.format));
+            }
+            if disk.path.to_string_lossy().contains(',') {
+                return Err(format!("disk path {} holds a comma", disk.path.display()));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    #[error("the QEMU spec: {0}")]
+    Spec(String),
+    #[error("starting QEMU: {0}")]
+    Start(std::io::Error),
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("qemu-img: {0}")]
+    Image(String),
+}
+
+/// A running QEMU and its QMP session; killed when dropped unless it quit.
+pub struct Machine {
+    child: Option<tokio::process::Child>,
+    pub qmp: Qmp,
+    pub dir: PathBuf,
+}
+
+/// The QEMU binary (`HELIOTROPE_QEMU` overrides).
+fn qemu_binary() -> String {
+    std::env::var("HELIOTROPE_QEMU").unwrap_or_else(|_| "qemu-system-x86_64".into())
+}
+
+impl Machine {
+    /// Starts QEMU for `spec` with its sockets and serial log in `dir`;
+    /// `incoming` starts it paused, waiting for a migration (`-incoming defer -S`).
+    pub async fn start(spec: &QemuSpec, dir: &Path, incoming: bool) -> Result<Machine, MachineError> {
+        spec.check().map_err(MachineError::Spec)?;
+        std::fs::create_dir_all(dir).map_err(MachineError::Start)?;
+        let qmp_socket = dir.join("qmp.sock");
+        let _ = std::fs::remove_file(&qmp_socket);
+        let mut command = tokio::process::Command::new(qemu_binary());
+        command
+            .arg("-machine")
+            .arg(format!("{},accel={}", spec.machine, spec.accel))
+            .args(["-m", &spec.memory_mib.to_string(), "-display", "none", "-nodefaults", "-serial"])
+            .arg(format!("file:{}", dir.join("serial.log").display()))
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()));
+        if let Some(boot) = &spec.boot_image {
+            command
+                .arg("-drive")
+                .arg(format!("file={},format=raw,if=none,id=boot,readonly=on", boot.display()))
+                .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+        }
+        for disk in &spec.disks {
+            command
+                .arg("-drive")
+                .arg(format!(
+                    "file={},format={},if=none,id=drive-{node},node-name={node}",
+                    disk.path.display(),
+                    disk.format,
+                    node = disk.node
+                ))
+                .arg("-device")
+                .arg(format!("virtio-blk-pci,drive=drive-{}", disk.node));
+        }
+        if incoming {
+            command.args(["-incoming", "defer", "-S"]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.join("qemu.log")).map_err(MachineError::Start)?))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(MachineError::Start)?;
+        let qmp = Qmp::connect(&qmp_socket, Duration::from_secs(20)).await?;
+        Ok(Machine { child: Some(child), qmp, dir: dir.to_owned() })
+    }
+
+    /// Takes over a QEMU already running with its QMP socket at `socket` (it is not killed when dropped).
+    pub async fn adopt(socket: &Path, dir: &Path) -> Result<Machine, MachineError> {
+        let qmp = Qmp::connect(socket, Duration::from_secs(5)).await?;
+        Ok(Machine { child: None, qmp, dir: dir.to_owned() })
+    }
+
+    /// The guest's serial output so far.
+    pub fn serial(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("serial.log")).unwrap_or_default()
+    }
+
+    /// The process id, if this executor started it.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Asks QEMU to quit and waits for it (killing it after 10 s).
+    pub async fn quit(mut self) {
+        let _ = self.qmp.execute("quit", serde_json::json!({})).await;
+        if let Some(mut child) = self.child.take() {
+            if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Makes an empty disk of `size_bytes` at `path` (the destination's target).
+pub async fn create_disk(path: &Path, format: &str, size_bytes: u64) -> Result<(), MachineError> {
+    let output = tokio::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", format])
+        .arg(path)
+        .arg(size_bytes.to_string())
+        .output()
+        .await
+        .map_err(|e| MachineError::Image(e.to_string()))?;
+    if !output.status.success() {
+        return Err(MachineError::Image(String::from_utf8_lossy(&output.stderr).into_owned()));
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! The `qemu` driver: real QEMU VMs, driven over QMP, migrated live with
+//! all of QEMU's traffic carried by the executors' tunnels.
+
+pub mod machine;
+pub mod migrate;
+pub mod qmp;
