@@ -13,9 +13,16 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::path::Path;
+use std::sync::Arc;
+
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
 
 use crate::shaping::Shaper;
+use crate::source::open_tunnel;
+use crate::tls::{self, Tls};
+use crate::transfer::TransferError;
 
 /// Bytes a job's tunnels carried, each way.
 #[derive(Debug, Default)]
@@ -80,6 +87,63 @@ where
     let outward = pump(local_read, remote_write, if upload { shaper } else { None }, out);
     let inward = pump(remote_read, local_write, if upload { None } else { shaper }, back);
     tokio::try_join!(outward, inward).map(|_| ())
+}
+
+/// The source's end of a job's tunnels of one kind: a unix socket the
+/// local hypervisor connects to, each connection carried to the peer
+/// executor's `end` (shaped by `shaper`, counted in `counters`). It stops
+/// taking connections when dropped; open ones run on to their end.
+pub struct Forwarder {
+    accepting: tokio::task::JoinHandle<()>,
+    pub counters: Arc<TunnelCounters>,
+}
+
+/// Where a job's tunnels go: the peer executor, how to reach it, the job and its secret.
+#[derive(Clone)]
+pub struct Peer {
+    pub address: String,
+    pub tls: Option<Tls>,
+    pub job: u64,
+    pub secret: Arc<[u8]>,
+}
+
+impl Forwarder {
+    /// Listens at `path` for the hypervisor's connections to `end`.
+    pub fn listen(path: &Path, peer: Peer, end: &str, shaper: Arc<Shaper>) -> io::Result<Forwarder> {
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)?;
+        let counters = Arc::new(TunnelCounters::default());
+        let (end, totals) = (end.to_owned(), counters.clone());
+        let accepting = tokio::spawn(async move {
+            while let Ok((local, _)) = listener.accept().await {
+                let (peer, end, shaper, totals) = (peer.clone(), end.clone(), shaper.clone(), totals.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = forward(local, &peer, &end, &shaper, &totals).await {
+                        tracing::warn!(job = peer.job, end, error = %e, "a tunnel failed");
+                    }
+                });
+            }
+        });
+        Ok(Forwarder { accepting, counters })
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.accepting.abort();
+    }
+}
+
+async fn forward(
+    local: UnixStream,
+    peer: &Peer,
+    end: &str,
+    shaper: &Shaper,
+    counters: &TunnelCounters,
+) -> Result<(), TransferError> {
+    let mut remote = tls::connect(&peer.address, peer.tls.as_ref()).await.map_err(|e| TransferError::Wire(e.into()))?;
+    open_tunnel(&mut remote, peer.job, &peer.secret, end).await?;
+    relay(local, remote, Some(shaper), counters, true).await.map_err(|e| TransferError::Wire(e.into()))
 }
 
 #[cfg(test)]
