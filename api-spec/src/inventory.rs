@@ -144,6 +144,60 @@ pub enum Driver {
     Qemu,
 }
 
+/// A `qemu` VM's `driver_spec`: what QEMU it is, so that the destination
+/// executor can start the matching one to migrate into.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QemuSpec {
+    /// Machine type (default `q35`).
+    #[serde(default = "default_machine")]
+    pub machine: String,
+    /// `tcg` (no KVM needed, the default) or `kvm`.
+    #[serde(default = "default_accel")]
+    pub accel: String,
+    #[schema(minimum = 16, maximum = 1048576)]
+    pub memory_mib: u64,
+    /// Disks that move with the VM (mirrored over NBD). At the destination
+    /// each lands in the VM's directory, named after its node.
+    #[serde(default)]
+    pub disks: Vec<QemuDisk>,
+    /// A read-only raw boot image every site holds at this path (shared storage: never copied).
+    #[serde(default)]
+    pub boot_image: Option<String>,
+    /// The QMP socket of the VM as it runs now, for the executor to adopt
+    /// (default: `qmp.sock` in the VM's directory under the executor's data dir).
+    #[serde(default)]
+    pub qmp_socket: Option<String>,
+}
+
+/// One disk of a `qemu` VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QemuDisk {
+    /// Its block node name, the same at both ends.
+    pub node: String,
+    /// Its file at the VM's current site.
+    pub path: String,
+    /// `qcow2` (the default) or `raw`.
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Its virtual size, for the empty target disk at the destination.
+    #[schema(minimum = 1)]
+    pub size_bytes: u64,
+}
+
+fn default_machine() -> String {
+    "q35".into()
+}
+
+fn default_accel() -> String {
+    "tcg".into()
+}
+
+fn default_format() -> String {
+    "qcow2".into()
+}
+
 /// What a client sends to create or replace a VM.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VmSpec {

@@ -47,6 +47,8 @@ pub struct Migration {
     pub failure: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The source's latest progress report (absent before the first).
+    pub progress: Option<ProgressReport>,
 }
 
 /// A change of a migration's state.
@@ -138,6 +140,8 @@ pub struct AssignedVm {
     pub dirty_rate_mbps: f64,
     pub max_downtime_ms: u32,
     pub driver: crate::Driver,
+    /// The VM's `driver_spec` (for `qemu`, a [`crate::QemuSpec`]).
+    pub driver_spec: serde_json::Value,
 }
 
 /// A migration handed to an executor by a claim.
@@ -177,6 +181,10 @@ pub struct ProgressReport {
     #[serde(default)]
     #[schema(minimum = 0)]
     pub eta_s: Option<f64>,
+    /// The pause the VM took at the cutover, measured (with the cutover report).
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub downtime_s: Option<f64>,
 }
 
 /// The scheduler's answer to a progress report.

@@ -24,7 +24,7 @@ use crate::content::{hash, hex, image_digest, zero_page_hash, ByHash, Hash, PAGE
 use crate::index::{ChunkIndex, Holding};
 use crate::tls::{self, Tls};
 use crate::transfer::{same, TransferError, BATCH, MAX_IMAGE_PAGES, MAX_STREAMS, WINDOW};
-use crate::tunnel::TunnelCounters;
+use crate::tunnel::{TunnelCounters, PROBE};
 use crate::wire::{
     nonce, proof, read_frame_with, read_payload, write_frame, ByteBuf, Frame, ImageKind, Origin, WireError, VERSION,
 };
@@ -186,6 +186,14 @@ impl Destination {
         job: u64,
         end: &str,
     ) -> Result<(), TransferError> {
+        if end == PROBE {
+            // Ready once any end of the job is: say so and close.
+            if lock(&self.tunnels).keys().any(|(j, _)| *j == job) {
+                write_frame(stream, &Frame::Accepted).await?;
+                return Ok(());
+            }
+            return refuse(stream, format!("job {job}'s tunnels are not ready here")).await;
+        }
         let Some((path, counters)) = lock(&self.tunnels).get(&(job, end.to_owned())).cloned() else {
             return refuse(stream, format!("no tunnel end '{end}' for job {job} here")).await;
         };

@@ -24,6 +24,10 @@ use crate::source::open_tunnel;
 use crate::tls::{self, Tls};
 use crate::transfer::TransferError;
 
+/// The end a source asks for to learn whether the destination lets the
+/// job's tunnels through yet (accepted, then closed).
+pub const PROBE: &str = "probe";
+
 /// Bytes a job's tunnels carried, each way.
 #[derive(Debug, Default)]
 pub struct TunnelCounters {

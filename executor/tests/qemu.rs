@@ -10,10 +10,12 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
+use heliotrope_api_spec::{QemuDisk, QemuSpec};
 use heliotrope_executor::destination::Destination;
-use heliotrope_executor::qemu::machine::{create_disk, DiskSpec, Machine, QemuSpec};
+use heliotrope_executor::qemu::guest::boot_image;
+use heliotrope_executor::qemu::machine::{create_disk, Machine};
 use heliotrope_executor::qemu::migrate::{
-    incoming_done, migrate_out, mirror_disks, prepare_incoming, start, MigrateError, MigrationOptions,
+    incoming_done, migrate_out, mirror_disks, prepare_incoming, start, MigrateError, MigrationOptions, Steer,
 };
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::tunnel::{Forwarder, Peer, TunnelCounters};
@@ -27,15 +29,6 @@ fn run(program: &str, args: &[&str], dir: &Path) {
         .output()
         .unwrap_or_else(|e| panic!("{program} is needed for the qemu tests (scripts/test installs it): {e}"));
     assert!(out.status.success(), "{program} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Assembles the test guest (executor/tests/guest/boot.S) into a 1 MiB raw image.
-fn guest(dir: &Path) -> PathBuf {
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/guest/boot.S");
-    run("as", &["--32", source.to_str().unwrap(), "-o", "boot.o"], dir);
-    run("ld", &["-m", "elf_i386", "-Ttext=0x7c00", "--oformat", "binary", "boot.o", "-o", "boot.img"], dir);
-    std::fs::File::options().write(true).open(dir.join("boot.img")).unwrap().set_len(1 << 20).unwrap();
-    dir.join("boot.img")
 }
 
 const DISK: u64 = 256 << 20;
@@ -58,8 +51,14 @@ fn spec(boot: &Path, disk: &Path) -> QemuSpec {
         machine: "q35".into(),
         accel: "tcg".into(),
         memory_mib: 128,
-        disks: vec![DiskSpec { node: "disk0".into(), path: disk.to_owned(), format: "qcow2".into(), size_bytes: DISK }],
-        boot_image: Some(boot.to_owned()),
+        disks: vec![QemuDisk {
+            node: "disk0".into(),
+            path: disk.display().to_string(),
+            format: "qcow2".into(),
+            size_bytes: DISK,
+        }],
+        boot_image: Some(boot.display().to_string()),
+        qmp_socket: None,
     }
 }
 
@@ -80,10 +79,13 @@ struct Sites {
 
 const JOB: u64 = 42;
 
+/// No cap, no stop.
+const FULL: Steer = Steer { cap_bytes_per_s: None, stop: false };
+
 async fn sites(cap: Option<f64>) -> Sites {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let (boot, disk) = (guest(&root), disk(&root));
+    let (boot, disk) = (boot_image(&root).unwrap(), disk(&root));
     let spec = spec(&boot, &disk);
     let source = Machine::start(&spec, &root.join("source"), false).await.unwrap();
 
@@ -92,7 +94,7 @@ async fn sites(cap: Option<f64>) -> Sites {
     let target_disk = root.join("destination/disk.qcow2");
     create_disk(&target_disk, "qcow2", DISK).await.unwrap();
     let mut target = spec.clone();
-    target.disks[0].path = target_disk;
+    target.disks[0].path = target_disk.display().to_string();
     let destination = Machine::start(&target, &root.join("destination"), true).await.unwrap();
     let (dst_migration, dst_nbd) = (root.join("destination/migration.sock"), root.join("destination/nbd.sock"));
     prepare_incoming(&destination, &target.disks, 2, &dst_migration, &dst_nbd).await.unwrap();
@@ -154,7 +156,7 @@ async fn a_busy_guest_and_its_disk_migrate_live_through_the_executors() {
         step: Duration::from_secs(15),
         multifd_channels: 2,
     };
-    let migrated = migrate_out(&s.source, &s.spec.disks, options, &s.root.join("source/migration.sock"), |_| None)
+    let migrated = migrate_out(&s.source, &s.spec.disks, options, &s.root.join("source/migration.sock"), |_| FULL)
         .await
         .expect("migrated");
     assert_eq!(s.source.qmp.status().await.unwrap(), "postmigrate", "the source is paused for good");
@@ -190,7 +192,7 @@ async fn a_cap_too_low_to_converge_runs_the_policy_and_leaves_the_vm_at_the_sour
     let mut polls = 0;
     let outcome = migrate_out(&s.source, &s.spec.disks, options, &s.root.join("source/migration.sock"), |_| {
         polls += 1;
-        Some(20.0 * 1048576.0)
+        Steer { cap_bytes_per_s: Some(20.0 * 1048576.0), stop: false }
     })
     .await;
     match outcome {
@@ -220,7 +222,7 @@ async fn a_destination_qemu_killed_mid_migration_leaves_the_vm_running_at_the_so
         tokio::time::sleep(Duration::from_secs(2)).await;
         Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
     });
-    let outcome = migrate_out(&s.source, &s.spec.disks, options, &s.root.join("source/migration.sock"), |_| None).await;
+    let outcome = migrate_out(&s.source, &s.spec.disks, options, &s.root.join("source/migration.sock"), |_| FULL).await;
     killer.await.unwrap();
     assert!(outcome.is_err(), "{outcome:?}");
     assert_eq!(s.source.qmp.status().await.unwrap(), "running", "the VM runs on at the source");

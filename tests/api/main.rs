@@ -15,6 +15,7 @@ mod migrations;
 mod ops;
 mod pagination;
 mod plans;
+mod qemu;
 mod read_cache;
 mod rebalancer;
 mod signals;

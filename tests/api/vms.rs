@@ -2,7 +2,7 @@
 
 use heliotrope::db::MIGRATOR;
 use heliotrope_tests::{site, spawn_app, vm, with, without, TestApp};
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 
 async fn fleet(app: &TestApp) {
@@ -151,7 +151,9 @@ async fn filters(pool: PgPool) {
     let app = spawn_app(pool).await;
     fleet(&app).await;
     app.create("/v1/vms", vm("a1", "A")).await;
-    app.create("/v1/vms", with(vm("a2", "A"), "/driver", json!("qemu"))).await;
+    let qemu = with(vm("a2", "A"), "/driver", json!("qemu"));
+    let memory_mib = (vm("a2", "A")["memory_gib"].as_f64().unwrap() * 1024.0) as u64;
+    app.create("/v1/vms", with(qemu, "/driver_spec", json!({"memory_mib": memory_mib}))).await;
     let mut grouped = vm("b1", "B");
     grouped["group"] = json!("db");
     grouped["pinned"] = json!(true);
@@ -175,4 +177,38 @@ async fn filters(pool: PgPool) {
     assert_eq!(names("/v1/vms?pinned=true").await, ["b1"]);
     assert_eq!(names("/v1/vms?pinned=false&site=A&driver=sim").await, ["a1"]);
     assert_eq!(names("/v1/vms?site=Nowhere").await, Vec::<String>::new());
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_qemu_vms_spec_is_checked_field_by_field(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create("/v1/sites", site("A")).await;
+    let qemu = |spec: Value| {
+        with(with(with(vm("q", "A"), "/driver", json!("qemu")), "/memory_gib", json!(2.0)), "/driver_spec", spec)
+    };
+    let disk = json!({"node": "disk0", "path": "/srv/vms/q/disk0.qcow2", "size_bytes": 1_073_741_824u64});
+    for (spec, field) in [
+        (json!({}), "driver_spec"),
+        (json!({"memory_mib": 2048, "cpus": 2}), "driver_spec"),
+        (json!({"memory_mib": 512}), "driver_spec.memory_mib"),
+        (json!({"memory_mib": 2048, "accel": "hvf"}), "driver_spec.accel"),
+        (
+            json!({"memory_mib": 2048, "disks": [with(disk.clone(), "/path", json!("/a,b.qcow2"))]}),
+            "driver_spec.disks[0].path",
+        ),
+        (
+            json!({"memory_mib": 2048, "disks": [with(disk.clone(), "/format", json!("vmdk"))]}),
+            "driver_spec.disks[0].format",
+        ),
+        (json!({"memory_mib": 2048, "disks": [disk.clone(), disk.clone()]}), "driver_spec.disks"),
+        (json!({"memory_mib": 2048, "boot_image": "relative.img"}), "driver_spec.boot_image"),
+    ] {
+        let answer = app.post("/v1/vms", qemu(spec.clone())).await;
+        assert_eq!(answer.status, 422, "{spec}: {}", answer.body);
+        assert!(answer.message().starts_with(&format!("{field}:")), "{spec}: {}", answer.message());
+    }
+    assert_eq!(app.count("vm").await, 0);
+    let fine = json!({"memory_mib": 2048, "disks": [disk], "boot_image": "/srv/images/boot.img"});
+    let created = app.create("/v1/vms", qemu(fine)).await;
+    assert_eq!(created["driver_spec"]["machine"], json!(null), "stored as sent: {created}");
 }

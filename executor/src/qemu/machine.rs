@@ -5,72 +5,25 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use heliotrope_api_spec::QemuSpec;
 
 use super::qmp::{Qmp, QmpError};
 
-/// What a `qemu` VM is, as its inventory record's `driver_spec` says.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QemuSpec {
-    #[serde(default = "default_machine")]
-    pub machine: String,
-    /// `tcg` (no KVM needed) or `kvm`.
-    #[serde(default = "default_accel")]
-    pub accel: String,
-    pub memory_mib: u64,
-    /// Disks that move with the VM (mirrored over NBD).
-    #[serde(default)]
-    pub disks: Vec<DiskSpec>,
-    /// A read-only raw boot image both sites hold (shared storage, never mirrored).
-    #[serde(default)]
-    pub boot_image: Option<PathBuf>,
-}
-
-/// One disk: its file here and its block node name (the same at both ends).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiskSpec {
-    pub node: String,
-    pub path: PathBuf,
-    #[serde(default = "default_format")]
-    pub format: String,
-    /// Its virtual size, for the empty target disk at the destination.
-    pub size_bytes: u64,
-}
-
-fn default_machine() -> String {
-    "q35".into()
-}
-
-fn default_accel() -> String {
-    "tcg".into()
-}
-
-fn default_format() -> String {
-    "qcow2".into()
-}
-
-impl QemuSpec {
-    /// Refuses what would make a bad command line.
-    pub fn check(&self) -> Result<(), String> {
-        let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-        if !word(&self.machine) || !["tcg", "kvm"].contains(&self.accel.as_str()) {
-            return Err(format!("machine '{}' with accel '{}'", self.machine, self.accel));
-        }
-        if !(16..=1 << 20).contains(&self.memory_mib) {
-            return Err(format!("memory_mib {} is not 16 MiB to 1 TiB", self.memory_mib));
-        }
-        for disk in &self.disks {
-            if !word(&disk.node) || !["qcow2", "raw"].contains(&disk.format.as_str()) {
-                return Err(format!("disk node '{}' format '{}'", disk.node, disk.format));
-            }
-            if disk.path.to_string_lossy().contains(',') {
-                return Err(format!("disk path {} holds a comma", disk.path.display()));
-            }
-        }
-        Ok(())
+/// Refuses what would make a bad command line (the scheduler checked the
+/// spec; an executor checks again what reaches its command line).
+fn check(spec: &QemuSpec) -> Result<(), String> {
+    let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    if !word(&spec.machine) || !["tcg", "kvm"].contains(&spec.accel.as_str()) {
+        return Err(format!("machine '{}' with accel '{}'", spec.machine, spec.accel));
     }
+    let paths = spec.disks.iter().map(|d| d.path.as_str()).chain(spec.boot_image.as_deref());
+    if let Some(bad) = paths.into_iter().find(|p| p.contains(',')) {
+        return Err(format!("path {bad} holds a comma"));
+    }
+    if let Some(disk) = spec.disks.iter().find(|d| !word(&d.node) || !["qcow2", "raw"].contains(&d.format.as_str())) {
+        return Err(format!("disk node '{}' format '{}'", disk.node, disk.format));
+    }
+    Ok(())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,47 +54,8 @@ impl Machine {
     /// Starts QEMU for `spec` with its sockets and serial log in `dir`;
     /// `incoming` starts it paused, waiting for a migration (`-incoming defer -S`).
     pub async fn start(spec: &QemuSpec, dir: &Path, incoming: bool) -> Result<Machine, MachineError> {
-        spec.check().map_err(MachineError::Spec)?;
-        std::fs::create_dir_all(dir).map_err(MachineError::Start)?;
-        let qmp_socket = dir.join("qmp.sock");
-        let _ = std::fs::remove_file(&qmp_socket);
-        let mut command = tokio::process::Command::new(qemu_binary());
-        command
-            .arg("-machine")
-            .arg(format!("{},accel={}", spec.machine, spec.accel))
-            .args(["-m", &spec.memory_mib.to_string(), "-display", "none", "-nodefaults", "-serial"])
-            .arg(format!("file:{}", dir.join("serial.log").display()))
-            .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()));
-        if let Some(boot) = &spec.boot_image {
-            command
-                .arg("-drive")
-                .arg(format!("file={},format=raw,if=none,id=boot,readonly=on", boot.display()))
-                .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
-        }
-        for disk in &spec.disks {
-            command
-                .arg("-drive")
-                .arg(format!(
-                    "file={},format={},if=none,id=drive-{node},node-name={node}",
-                    disk.path.display(),
-                    disk.format,
-                    node = disk.node
-                ))
-                .arg("-device")
-                .arg(format!("virtio-blk-pci,drive=drive-{}", disk.node));
-        }
-        if incoming {
-            command.args(["-incoming", "defer", "-S"]);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(dir.join("qemu.log")).map_err(MachineError::Start)?))
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(MachineError::Start)?;
-        let qmp = Qmp::connect(&qmp_socket, Duration::from_secs(20)).await?;
+        let child = command(spec, dir, incoming)?.kill_on_drop(true).spawn().map_err(MachineError::Start)?;
+        let qmp = Qmp::connect(&dir.join("qmp.sock"), Duration::from_secs(20)).await?;
         Ok(Machine { child: Some(child), qmp, dir: dir.to_owned() })
     }
 
@@ -170,6 +84,48 @@ impl Machine {
             }
         }
     }
+}
+
+/// The command that runs QEMU for `spec` with its QMP socket (`qmp.sock`),
+/// serial log and QEMU's own log in `dir` (made if missing); `incoming`
+/// waits paused for a migration (`-incoming defer -S`).
+pub fn command(spec: &QemuSpec, dir: &Path, incoming: bool) -> Result<tokio::process::Command, MachineError> {
+    check(spec).map_err(MachineError::Spec)?;
+    std::fs::create_dir_all(dir).map_err(MachineError::Start)?;
+    let qmp_socket = dir.join("qmp.sock");
+    let _ = std::fs::remove_file(&qmp_socket);
+    let mut command = tokio::process::Command::new(qemu_binary());
+    command
+        .arg("-machine")
+        .arg(format!("{},accel={}", spec.machine, spec.accel))
+        .args(["-m", &spec.memory_mib.to_string(), "-display", "none", "-nodefaults", "-serial"])
+        .arg(format!("file:{}", dir.join("serial.log").display()))
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qmp_socket.display()));
+    if let Some(boot) = &spec.boot_image {
+        command
+            .arg("-drive")
+            .arg(format!("file={boot},format=raw,if=none,id=boot,readonly=on"))
+            .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+    }
+    for disk in &spec.disks {
+        command
+            .arg("-drive")
+            .arg(format!(
+                "file={},format={},if=none,id=drive-{node},node-name={node}",
+                disk.path,
+                disk.format,
+                node = disk.node
+            ))
+            .arg("-device")
+            .arg(format!("virtio-blk-pci,drive=drive-{}", disk.node));
+    }
+    if incoming {
+        command.args(["-incoming", "defer", "-S"]);
+    }
+    let log = std::fs::File::create(dir.join("qemu.log")).map_err(MachineError::Start)?;
+    command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+    Ok(command)
 }
 
 /// Makes an empty disk of `size_bytes` at `path` (the destination's target).

@@ -23,7 +23,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::machine::{DiskSpec, Machine};
+use heliotrope_api_spec::QemuDisk;
+
+use super::machine::Machine;
 use super::qmp::{Qmp, QmpError};
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,8 @@ pub struct QemuProgress {
     pub dirty_bytes_per_s: f64,
     pub expected_downtime_ms: Option<u64>,
     pub dirty_syncs: u64,
+    /// The memory stream's rate now, bytes/s.
+    pub bytes_per_s: f64,
     /// Once completed: the pause the guest took, ms.
     pub downtime_ms: Option<u64>,
 }
@@ -77,9 +81,18 @@ impl QemuProgress {
             dirty_bytes_per_s: ram["dirty-pages-rate"].as_f64().unwrap_or(0.0) * page,
             expected_downtime_ms: q["expected-downtime"].as_u64(),
             dirty_syncs: ram["dirty-sync-count"].as_u64().unwrap_or(0),
+            bytes_per_s: ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0,
             downtime_ms: q["downtime"].as_u64(),
         }
     }
+}
+
+/// What the executor says at each poll: the cap from now on, and whether
+/// to stop (the migration was cancelled: the VM runs on at the source).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Steer {
+    pub cap_bytes_per_s: Option<f64>,
+    pub stop: bool,
 }
 
 /// How the migration ended at the source.
@@ -122,7 +135,7 @@ fn unix_uri(path: &Path) -> String {
 /// the memory at `migration_socket`. The machine was started `incoming`.
 pub async fn prepare_incoming(
     machine: &Machine,
-    disks: &[DiskSpec],
+    disks: &[QemuDisk],
     multifd_channels: u8,
     migration_socket: &Path,
     nbd_socket: &Path,
@@ -146,7 +159,7 @@ pub async fn prepare_incoming(
 
 /// Destination: waits until the memory has all arrived, then closes the
 /// exports. The VM stays paused until [`start`].
-pub async fn incoming_done(machine: &Machine, disks: &[DiskSpec], timeout: Duration) -> Result<(), MigrateError> {
+pub async fn incoming_done(machine: &Machine, disks: &[QemuDisk], timeout: Duration) -> Result<(), MigrateError> {
     let qmp = &machine.qmp;
     let deadline = Instant::now() + timeout;
     loop {
@@ -186,7 +199,7 @@ pub async fn start(machine: &Machine) -> Result<(), MigrateError> {
 /// and waits until every mirror is ready (in step with the guest's writes).
 pub async fn mirror_disks(
     machine: &Machine,
-    disks: &[DiskSpec],
+    disks: &[QemuDisk],
     nbd_socket: &Path,
     timeout: Duration,
 ) -> Result<(), MigrateError> {
@@ -215,7 +228,7 @@ pub async fn mirror_disks(
 
 /// Source: ends the mirrors (finished without a pivot when ready, dropped
 /// otherwise) and detaches the NBD targets.
-async fn end_mirrors(qmp: &Qmp, disks: &[DiskSpec], force: bool) -> Result<(), MigrateError> {
+async fn end_mirrors(qmp: &Qmp, disks: &[QemuDisk], force: bool) -> Result<(), MigrateError> {
     for disk in disks {
         let job = format!("mirror-{}", disk.node);
         if qmp.execute("block-job-cancel", json!({"device": job, "force": force})).await.is_ok() {
@@ -238,20 +251,20 @@ async fn end_mirrors(qmp: &Qmp, disks: &[DiskSpec], force: bool) -> Result<(), M
 /// the policy, finishing the mirrors of `disks` at the switchover. On
 /// success the source VM is paused (`postmigrate`); on any failure the
 /// migration is cancelled, the mirrors dropped and the VM runs on.
-/// `report` sees every poll; `cap` is read at every poll (the cap may change).
+/// `steer` sees every poll's progress and answers the cap and whether to stop.
 pub async fn migrate_out(
     machine: &Machine,
-    disks: &[DiskSpec],
+    disks: &[QemuDisk],
     options: MigrationOptions,
     migration_socket: &Path,
-    mut report: impl FnMut(&QemuProgress) -> Option<f64>,
+    mut steer: impl FnMut(&QemuProgress) -> Steer,
 ) -> Result<Migrated, MigrateError> {
     let qmp = &machine.qmp;
     let started = Instant::now();
     let outcome = async {
         let mut auto_converge = false;
         loop {
-            match attempt(qmp, disks, options, migration_socket, auto_converge, &mut report).await {
+            match attempt(qmp, disks, options, migration_socket, auto_converge, &mut steer).await {
                 Err(MigrateError::NotConverged(why)) if !auto_converge => {
                     tracing::info!(%why, "migrating again with auto-converge");
                     auto_converge = true;
@@ -294,11 +307,11 @@ async fn wait_until_not_active(qmp: &Qmp) {
 /// One migration of the memory; `NotConverged` once the downtime steps ran out.
 async fn attempt(
     qmp: &Qmp,
-    disks: &[DiskSpec],
+    disks: &[QemuDisk],
     options: MigrationOptions,
     migration_socket: &Path,
     auto_converge: bool,
-    report: &mut impl FnMut(&QemuProgress) -> Option<f64>,
+    steer: &mut impl FnMut(&QemuProgress) -> Steer,
 ) -> Result<(QemuProgress, u64), MigrateError> {
     let multifd = set_capabilities(qmp, options.multifd_channels > 1, true, auto_converge).await?;
     // Steps of the downtime limit: 300 ms (or the maximum, if lower), doubling up to the maximum.
@@ -321,9 +334,12 @@ async fn attempt(
         tokio::time::sleep(POLL).await;
         let q = qmp.execute("query-migrate", json!({})).await?;
         let progress = QemuProgress::from_query(&q);
-        let wanted = report(&progress);
-        if wanted != cap && progress.status == "active" {
-            cap = wanted;
+        let wanted = steer(&progress);
+        if wanted.stop {
+            return Err(MigrateError::Cancelled);
+        }
+        if wanted.cap_bytes_per_s != cap && progress.status == "active" {
+            cap = wanted.cap_bytes_per_s;
             qmp.execute("migrate-set-parameters", json!({"max-bandwidth": bandwidth(cap)})).await?;
         }
         match progress.status.as_str() {

@@ -89,6 +89,7 @@ struct MigrationRow {
     failure: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    progress: Option<sqlx::types::Json<ProgressReport>>,
 }
 
 impl TryFrom<MigrationRow> for Migration {
@@ -108,6 +109,7 @@ impl TryFrom<MigrationRow> for Migration {
             failure: r.failure,
             created_at: r.created_at,
             updated_at: r.updated_at,
+            progress: r.progress.map(|p| p.0),
         })
     }
 }
@@ -135,7 +137,7 @@ impl TryFrom<EventRow> for MigrationEvent {
 }
 
 const SELECT: &str = "select j.job_id, j.plan_id, v.name as vm, f.name as from_site, t.name as to_site, j.state, \
-    j.start_at, j.cap_mbps, j.attempts, j.predicted_bytes, j.failure, j.created_at, j.updated_at \
+    j.start_at, j.cap_mbps, j.attempts, j.predicted_bytes, j.failure, j.created_at, j.updated_at, j.progress \
     from migration_job j join vm v on v.vm_id = j.vm_id \
     join site f on f.site_id = j.from_site_id join site t on t.site_id = j.to_site_id";
 
@@ -407,6 +409,7 @@ struct VmRow {
     dirty_rate_mbps: f64,
     max_downtime_ms: i32,
     driver: String,
+    driver_spec: sqlx::types::Json<serde_json::Value>,
 }
 
 /// Migration `id` as handed to an executor.
@@ -420,7 +423,7 @@ async fn assignment(
 ) -> Result<Assignment> {
     let migration = get(pool, id).await?.migration;
     let vm: VmRow = sqlx::query_as(
-        "select v.memory_gib, v.disk_gib, v.dirty_rate_mbps, v.max_downtime_ms, v.driver \
+        "select v.memory_gib, v.disk_gib, v.dirty_rate_mbps, v.max_downtime_ms, v.driver, v.driver_spec \
          from migration_job j join vm v on v.vm_id = j.vm_id where j.job_id = $1",
     )
     .bind(id)
@@ -432,6 +435,7 @@ async fn assignment(
         dirty_rate_mbps: vm.dirty_rate_mbps,
         max_downtime_ms: u32::try_from(vm.max_downtime_ms).unwrap_or(0),
         driver: enum_from_text(vm.driver)?,
+        driver_spec: vm.driver_spec.0,
     };
     Ok(Assignment { migration, vm, role, peer_address, secret: hex(secret), lease_expires })
 }

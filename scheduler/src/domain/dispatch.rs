@@ -57,7 +57,9 @@ pub fn parse_progress(p: ProgressReport) -> Result<Valid<ProgressReport>> {
     if !fine(p.dirty_bytes_per_s) {
         return Err(ValidationError::new("dirty_bytes_per_s", "must be a finite number, at least 0"));
     }
-    for (field, value) in [("expected_downtime_s", p.expected_downtime_s), ("eta_s", p.eta_s)] {
+    for (field, value) in
+        [("expected_downtime_s", p.expected_downtime_s), ("eta_s", p.eta_s), ("downtime_s", p.downtime_s)]
+    {
         if value.is_some_and(|v| !fine(v)) {
             return Err(ValidationError::new(field, "must be a finite number, at least 0"));
         }

@@ -4,7 +4,7 @@
 //! the persistence layer.
 
 use chrono_tz::Tz;
-use heliotrope_api_spec::{GroupPolicy, GroupSpec, LinkSpec, NewToken, SiteSpec, VmSpec};
+use heliotrope_api_spec::{Driver, GroupPolicy, GroupSpec, LinkSpec, NewToken, QemuSpec, SiteSpec, VmSpec};
 
 use super::{Valid, ValidationError};
 
@@ -148,7 +148,58 @@ pub fn parse_vm(spec: VmSpec) -> Result<Valid<VmSpec>> {
         return Err(ValidationError::new("driver_spec", "must be a JSON object"));
     }
     check_storable_json("driver_spec", &spec.driver_spec)?;
+    if spec.driver == Driver::Qemu {
+        check_qemu_spec(&spec.driver_spec, spec.memory_gib)?;
+    }
     Ok(Valid(spec))
+}
+
+/// A `qemu` VM's `driver_spec` must be a [`QemuSpec`] an executor can
+/// start: names QEMU takes, paths without the commas its options split on,
+/// and as much memory as the inventory says the VM has.
+fn check_qemu_spec(value: &serde_json::Value, memory_gib: f64) -> Result<()> {
+    let spec: QemuSpec = serde_json::from_value(value.clone())
+        .map_err(|e| ValidationError::new("driver_spec", format!("not a qemu spec: {e}")))?;
+    let word =
+        |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+    let path = |s: &str| !s.is_empty() && s.starts_with('/') && !s.contains(',') && !s.contains('\0');
+    if !word(&spec.machine) {
+        return Err(ValidationError::new("driver_spec.machine", "a QEMU machine type, like q35"));
+    }
+    if !["tcg", "kvm"].contains(&spec.accel.as_str()) {
+        return Err(ValidationError::new("driver_spec.accel", "tcg or kvm"));
+    }
+    check_range("driver_spec.memory_mib", spec.memory_mib as f64, 16.0, 1_048_576.0)?;
+    if (spec.memory_mib as f64 / 1024.0 - memory_gib).abs() > 0.5 {
+        return Err(ValidationError::new(
+            "driver_spec.memory_mib",
+            format!("must match memory_gib ({memory_gib} GiB)"),
+        ));
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
+        if !word(&disk.node) {
+            return Err(ValidationError::new(format!("driver_spec.disks[{i}].node"), "letters, digits, '-', '_', '.'"));
+        }
+        if !path(&disk.path) {
+            return Err(ValidationError::new(
+                format!("driver_spec.disks[{i}].path"),
+                "an absolute path without commas",
+            ));
+        }
+        if !["qcow2", "raw"].contains(&disk.format.as_str()) {
+            return Err(ValidationError::new(format!("driver_spec.disks[{i}].format"), "qcow2 or raw"));
+        }
+        check_range(&format!("driver_spec.disks[{i}].size_bytes"), disk.size_bytes as f64, 1.0, 2f64.powi(50))?;
+    }
+    if spec.disks.iter().enumerate().any(|(i, d)| spec.disks[..i].iter().any(|e| e.node == d.node)) {
+        return Err(ValidationError::new("driver_spec.disks", "node names must differ"));
+    }
+    for (field, value) in [("driver_spec.boot_image", &spec.boot_image), ("driver_spec.qmp_socket", &spec.qmp_socket)] {
+        if value.as_deref().is_some_and(|p| !path(p)) {
+            return Err(ValidationError::new(field, "an absolute path without commas"));
+        }
+    }
+    Ok(())
 }
 
 pub fn parse_group(spec: GroupSpec) -> Result<Valid<GroupSpec>> {

@@ -4,9 +4,8 @@
 # rewriting ~99 MiB, so a live migration converges only with bandwidth to
 # spare, and its serial output shows it runs on after a migration.
 #
-# Build: as --32 boot.S -o boot.o
-#        ld -m elf_i386 -Ttext=0x7c00 --oformat binary boot.o -o boot.img
-#        truncate -s 1M boot.img   (SeaBIOS will not boot a 512-byte disk)
+# Built by `guest::boot_image`: as --32, then ld -m elf_i386
+# -Ttext=0x7c00 --oformat binary, padded to 1 MiB.
 
     .code16
     .globl _start

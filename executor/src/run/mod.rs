@@ -28,6 +28,8 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+mod qemu;
+
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
     /// The scheduler's base URL.
@@ -112,13 +114,12 @@ struct Worker {
     running: Running,
     /// Migrations this executor receives now (a retry's claim of the same one is the same work).
     receiving: Mutex<std::collections::HashSet<i64>>,
+    /// QEMU VMs this executor runs or adopted, by name.
+    machines: qemu::Machines,
     args: Arc<RunArgs>,
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
-    if args.driver == DriverArg::Qemu {
-        anyhow::bail!("the qemu driver is not built yet: run with --driver sim");
-    }
     let tls = Tls::from_files(&args.tls)?;
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
@@ -127,8 +128,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         base: args.scheduler.trim_end_matches('/').to_owned(),
         token: args.token.clone(),
     };
-    let registration =
-        ExecutorRegistration { site: args.site.clone(), address, driver: Driver::Sim, capacity: args.capacity };
+    let driver = match args.driver {
+        DriverArg::Sim => Driver::Sim,
+        DriverArg::Qemu => Driver::Qemu,
+    };
+    let registration = ExecutorRegistration { site: args.site.clone(), address, driver, capacity: args.capacity };
     let me: Executor = scheduler
         .post("/v1/executors/register", Some(&registration))
         .await?
@@ -142,6 +146,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tls,
         running: Arc::default(),
         receiving: Mutex::default(),
+        machines: Mutex::default(),
         args: Arc::new(args),
     });
     tokio::spawn(worker.clone().heartbeat());
@@ -216,10 +221,15 @@ impl Worker {
 
     async fn handle_in_span(&self, a: Assignment) {
         let (id, role) = (a.migration.id, a.role);
-        let outcome = match role {
-            JobRole::Source => self.send(&a).await,
-            JobRole::Destination => self.receive(&a).await,
-            JobRole::Recover => self.recover(&a).await,
+        let outcome = match (role, a.vm.driver) {
+            (_, Driver::Qemu) if self.args.driver != DriverArg::Qemu => {
+                Err(anyhow::anyhow!("this executor runs sim VMs only (--driver sim), and this VM is a qemu one"))
+            }
+            (JobRole::Source, Driver::Sim) => self.send(&a).await,
+            (JobRole::Destination, Driver::Sim) => self.receive(&a).await,
+            (JobRole::Source, Driver::Qemu) => self.send_qemu(&a).await,
+            (JobRole::Destination, Driver::Qemu) => self.receive_qemu(&a).await,
+            (JobRole::Recover, _) => self.recover(&a).await,
         };
         if let Err(e) = outcome {
             tracing::warn!(error = %format!("{e:#}"), "the migration failed here");
@@ -286,18 +296,55 @@ impl Worker {
         anyhow::bail!("the destination never took job {}: {}", a.migration.id, last.unwrap_or_default())
     }
 
-    async fn report(&self, id: i64, state: Option<MigrationState>, p: &Progress) -> anyhow::Result<ProgressAnswer> {
-        let report = ProgressReport {
-            state,
-            raw_bytes: p.counters.raw_bytes,
-            wire_bytes: p.counters.wire_bytes,
-            round: p.round,
-            dirty_bytes_per_s: p.dirty_bytes_per_s,
-            expected_downtime_s: p.expected_downtime_s,
-            eta_s: p.eta_s,
-        };
+    async fn report(&self, id: i64, report: &ProgressReport) -> anyhow::Result<ProgressAnswer> {
         let path = self.migration_path(id, "progress");
-        self.scheduler.post(&path, Some(&report)).await?.context("a progress report answered nothing")
+        self.scheduler.post(&path, Some(report)).await?.context("a progress report answered nothing")
+    }
+
+    /// After the cutover: reports until the destination has confirmed (the
+    /// scheduler records `done`). If it never does within `CONFIRM_WAIT`,
+    /// rolls the migration back: the scheduler records it, after which it
+    /// refuses the destination's confirmation, so only one copy ever runs.
+    async fn await_confirmation(&self, id: i64, progress: impl Fn() -> ProgressReport) -> anyhow::Result<Confirmed> {
+        let confirm_by = tokio::time::Instant::now() + CONFIRM_WAIT;
+        loop {
+            let answer = self.report(id, &progress()).await?;
+            match answer.state {
+                MigrationState::Done => return Ok(Confirmed::Done),
+                other if answer.cancelled => return Ok(Confirmed::Ended(other)),
+                _ if tokio::time::Instant::now() >= confirm_by => {
+                    let back = Completion {
+                        state: MigrationState::RolledBack,
+                        detail: format!("the destination did not confirm within {} s", CONFIRM_WAIT.as_secs()),
+                    };
+                    // Refused if the confirmation came in meanwhile: the next report says done.
+                    let path = self.migration_path(id, "complete");
+                    if self.scheduler.post::<_, serde_json::Value>(&path, Some(&back)).await.is_ok() {
+                        tracing::warn!("{}; the VM runs on here", back.detail);
+                        return Ok(Confirmed::Ended(MigrationState::RolledBack));
+                    }
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    /// The destination's confirmation that the VM is here (once the source
+    /// reported its cutover): `Ok` once the scheduler recorded `done`.
+    async fn confirm_done(&self, id: i64) -> anyhow::Result<()> {
+        let done = Completion { state: MigrationState::Done, detail: format!("runs at executor {}", self.executor) };
+        let path = self.migration_path(id, "complete");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
+        loop {
+            match self.scheduler.post::<_, serde_json::Value>(&path, Some(&done)).await {
+                Ok(_) => return Ok(()),
+                // The source has not reported its cutover yet (or is being recovered, or retries).
+                Err(e) if format!("{e:#}").contains("only after cutover") && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => return Err(e.context("the VM stays at the source")),
+            }
+        }
     }
 
     /// The source's side: migrate the VM live, reporting progress; let go of it once the destination confirms.
@@ -310,10 +357,14 @@ impl Worker {
         let shaper = Arc::new(Shaper::new(cap));
         let (memory_progress, memory_watch) = tokio::sync::watch::channel(Progress::default());
         let (disk_progress, disk_watch) = tokio::sync::watch::channel(Progress::default());
-        let progress_now = || memory_watch.borrow().and(&disk_watch.borrow());
+        let progress_now = || sim_report(&memory_watch.borrow().and(&disk_watch.borrow()));
         let options =
             |progress| Arc::new(SendOptions { level, shapers: vec![shaper.clone()], progress: Some(progress) });
-        self.report(id, Some(MigrationState::Transferring), &Progress::default()).await?;
+        self.report(
+            id,
+            &ProgressReport { state: Some(MigrationState::Transferring), ..sim_report(&Progress::default()) },
+        )
+        .await?;
         let mut memory = self.session(a, &options(memory_progress)).await?;
         let mut disk = self.session(a, &options(disk_progress)).await?;
         let precopy = PrecopyOptions { max_downtime_s: f64::from(a.vm.max_downtime_ms) / 1000.0, budget_s: 600.0 };
@@ -325,7 +376,7 @@ impl Worker {
                 tokio::select! {
                     moved = &mut migrating => break moved,
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        let answer = self.report(id, None, &progress_now()).await?;
+                        let answer = self.report(id, &progress_now()).await?;
                         if answer.cancelled {
                             vm.resume();
                             tracing::info!("cancelled: the VM runs on here");
@@ -341,37 +392,19 @@ impl Worker {
         // Remembered across a crash: from here on the destination holds the VM.
         let marker = self.cutover_marker(id);
         std::fs::write(&marker, b"")?;
-        self.report(id, Some(MigrationState::Cutover), &progress_now()).await?;
-        // The destination confirms once the VM runs there; until then the
-        // paused VM stays here. If it never does, the VM resumes here: the
-        // scheduler records the roll-back, after which it refuses the
-        // destination's confirmation, so only one copy ever runs.
-        let confirm_by = tokio::time::Instant::now() + CONFIRM_WAIT;
-        loop {
-            let answer = self.report(id, None, &progress_now()).await?;
-            match answer.state {
-                MigrationState::Done => break,
-                _ if answer.cancelled => {
-                    vm.resume();
-                    std::fs::remove_file(&marker)?;
-                    anyhow::bail!("the migration ended as {:?} after cutover", answer.state);
-                }
-                _ if tokio::time::Instant::now() >= confirm_by => {
-                    let back = Completion {
-                        state: MigrationState::RolledBack,
-                        detail: format!("the destination did not confirm within {} s", CONFIRM_WAIT.as_secs()),
-                    };
-                    // Refused if the confirmation came in meanwhile: the next report says done.
-                    let path = self.migration_path(id, "complete");
-                    if self.scheduler.post::<_, serde_json::Value>(&path, Some(&back)).await.is_ok() {
-                        vm.resume();
-                        std::fs::remove_file(&marker)?;
-                        tracing::warn!("{}; the VM runs on here", back.detail);
-                        return Ok(());
-                    }
-                }
-                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+        let at_cutover = ProgressReport {
+            state: Some(MigrationState::Cutover),
+            downtime_s: Some(report.downtime_s),
+            ..progress_now()
+        };
+        self.report(id, &at_cutover).await?;
+        if let Confirmed::Ended(state) = self.await_confirmation(id, progress_now).await? {
+            vm.resume();
+            std::fs::remove_file(&marker)?;
+            if state == MigrationState::RolledBack {
+                return Ok(());
             }
+            anyhow::bail!("the migration ended as {state:?} after cutover");
         }
         drop(vm);
         let vm = self.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&a.migration.vm);
@@ -408,14 +441,18 @@ impl Worker {
             .await?
             .context("recovery answered nothing")?;
         tracing::info!(?runs_at, state = ?detail.migration.state, "recovered");
-        match runs_at {
-            VmRunsAt::Destination => {
+        match (runs_at, a.vm.driver) {
+            (VmRunsAt::Destination, Driver::Sim) => {
                 let _ = std::fs::remove_dir_all(self.vm_dir(&a.migration.vm));
-                std::fs::remove_file(&marker)?;
             }
-            VmRunsAt::Source => {
+            (VmRunsAt::Destination, Driver::Qemu) => self.let_go_qemu(a).await,
+            (VmRunsAt::Source, Driver::Sim) => {
                 self.vm(a)?;
             }
+            (VmRunsAt::Source, Driver::Qemu) => self.resume_qemu(a).await?,
+        }
+        if marker.exists() {
+            std::fs::remove_file(&marker)?;
         }
         Ok(())
     }
@@ -439,27 +476,15 @@ impl Worker {
         let id = a.migration.id;
         let (memory, disk) =
             (self.destination.image_path(id as u64, MEMORY_IMAGE), self.destination.image_path(id as u64, DISK_IMAGE));
-        let done = Completion { state: MigrationState::Done, detail: format!("runs at executor {}", self.executor) };
-        let path = self.migration_path(id, "complete");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
-        loop {
-            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the migration never completed");
-            if !(memory.exists() && disk.exists()) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                continue;
-            }
-            match self.scheduler.post::<_, serde_json::Value>(&path, Some(&done)).await {
-                Ok(_) => break,
-                // The source has not reported its cutover yet (or is being recovered, or retries).
-                Err(e) if format!("{e:#}").contains("only after cutover") => {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
-                Err(e) => {
-                    let _ = std::fs::remove_file(&memory);
-                    let _ = std::fs::remove_file(&disk);
-                    return Err(e.context("the VM stays at the source"));
-                }
-            }
+        while !(memory.exists() && disk.exists()) {
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the images never arrived");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if let Err(e) = self.confirm_done(id).await {
+            let _ = std::fs::remove_file(&memory);
+            let _ = std::fs::remove_file(&disk);
+            return Err(e);
         }
         let dir = self.vm_dir(&a.migration.vm);
         std::fs::create_dir_all(&dir)?;
@@ -474,4 +499,26 @@ impl Worker {
 fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
     anyhow::ensure!(text.len() == 64 && text.is_ascii(), "a job secret is 64 hex digits");
     (0..text.len()).step_by(2).map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("a job secret is hex")).collect()
+}
+
+/// A sim migration's progress as the scheduler is told it.
+fn sim_report(p: &Progress) -> ProgressReport {
+    ProgressReport {
+        state: None,
+        raw_bytes: p.counters.raw_bytes,
+        wire_bytes: p.counters.wire_bytes,
+        round: p.round,
+        dirty_bytes_per_s: p.dirty_bytes_per_s,
+        expected_downtime_s: p.expected_downtime_s,
+        eta_s: p.eta_s,
+        downtime_s: None,
+    }
+}
+
+/// How a migration ended after its cutover, as the source hears it.
+enum Confirmed {
+    /// The destination confirmed: the VM runs there.
+    Done,
+    /// It ended otherwise (rolled back, ...): the VM must run on here.
+    Ended(MigrationState),
 }

@@ -1,0 +1,32 @@
+//! The test guest (`guest.S`): a boot sector of our own that keeps
+//! rewriting ~99 MiB of its memory and prints a marker per pass, so that a
+//! migration converges only with bandwidth to spare and a migrated guest
+//! visibly runs on. Assembled with binutils where it is needed (tests, the
+//! benchmark); nothing in a deployment uses it.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SOURCE: &str = include_str!("guest.S");
+
+fn run(dir: &Path, program: &str, args: &[&str]) -> io::Result<()> {
+    let out = Command::new(program).args(args).current_dir(dir).output().map_err(|e| {
+        io::Error::new(e.kind(), format!("{program} (binutils) is needed to build the test guest: {e}"))
+    })?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!("{program}: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    Ok(())
+}
+
+/// Builds the guest in `dir` as a 1 MiB raw boot image (SeaBIOS will not
+/// boot a 512-byte one) and returns its path.
+pub fn boot_image(dir: &Path) -> io::Result<PathBuf> {
+    std::fs::write(dir.join("guest.S"), SOURCE)?;
+    run(dir, "as", &["--32", "guest.S", "-o", "guest.o"])?;
+    run(dir, "ld", &["-m", "elf_i386", "-Ttext=0x7c00", "--oformat", "binary", "guest.o", "-o", "guest.img"])?;
+    let image = dir.join("guest.img");
+    std::fs::File::options().write(true).open(&image)?.set_len(1 << 20)?;
+    Ok(image)
+}

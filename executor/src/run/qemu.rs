@@ -1,0 +1,257 @@
+//! The run worker's `qemu` side: a source adopts the VM's QEMU (or uses
+//! the one it started when the VM migrated in), forwards QEMU's NBD and
+//! memory connections through tunnels to the destination executor, and
+//! drives the migration (`heliotrope_executor::qemu::migrate`) under the
+//! job's cap, reporting `query-migrate` as progress; a destination starts
+//! QEMU paused for the incoming migration with empty disks in the VM's
+//! directory, and runs it once the scheduler has recorded the cutover.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use heliotrope_api_spec::{Assignment, MigrationState, ProgressReport, QemuSpec};
+use heliotrope_executor::qemu::machine::{create_disk, Machine};
+use heliotrope_executor::qemu::migrate::{
+    incoming_done, migrate_out, mirror_disks, prepare_incoming, start, MigrateError, MigrationOptions, QemuProgress,
+    Steer,
+};
+use heliotrope_executor::shaping::Shaper;
+use heliotrope_executor::source::open_tunnel;
+use heliotrope_executor::tls;
+use heliotrope_executor::tunnel::{Forwarder, Peer, PROBE};
+
+use super::{decode_hex, Confirmed, Worker};
+
+/// QEMU VMs an executor runs, by VM name.
+pub(super) type Machines = Mutex<HashMap<String, Arc<Machine>>>;
+
+/// Memory channels of every qemu migration (both ends must agree).
+const MULTIFD_CHANNELS: u8 = 2;
+
+/// How long each step of the convergence policy gets.
+const POLICY_STEP: Duration = Duration::from_secs(30);
+
+fn spec_of(a: &Assignment) -> anyhow::Result<QemuSpec> {
+    serde_json::from_value(a.vm.driver_spec.clone()).context("the VM's driver_spec is not a qemu spec")
+}
+
+fn lock(machines: &Machines) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Machine>>> {
+    machines.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Worker {
+    /// Where a job's sockets live.
+    fn job_dir(&self, id: i64) -> anyhow::Result<PathBuf> {
+        let dir = self.args.data_dir.join("jobs").join(id.to_string());
+        std::fs::create_dir_all(&dir)?;
+        Ok(dir)
+    }
+
+    /// The VM's QEMU: the one this executor runs, else adopted by its QMP socket.
+    async fn machine(&self, a: &Assignment, spec: &QemuSpec) -> anyhow::Result<Arc<Machine>> {
+        let name = &a.migration.vm;
+        if let Some(machine) = lock(&self.machines).get(name).filter(|m| !m.qmp.is_closed()) {
+            return Ok(machine.clone());
+        }
+        let dir = self.vm_dir(name);
+        let socket = spec.qmp_socket.as_ref().map_or_else(|| dir.join("qmp.sock"), PathBuf::from);
+        let machine = Arc::new(Machine::adopt(&socket, &dir).await.with_context(|| format!("adopting {name}"))?);
+        lock(&self.machines).insert(name.clone(), machine.clone());
+        Ok(machine)
+    }
+
+    /// Waits until the destination executor lets this job's tunnels through.
+    async fn destination_ready(&self, peer: &Peer) -> anyhow::Result<()> {
+        let mut last = String::new();
+        for _ in 0..120 {
+            let mut probe = tls::connect(&peer.address, peer.tls.as_ref()).await?;
+            match open_tunnel(&mut probe, peer.job, &peer.secret, PROBE).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        anyhow::bail!("the destination never readied job {}: {last}", peer.job)
+    }
+
+    /// The source's side of a qemu migration.
+    pub(super) async fn send_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let spec = spec_of(a)?;
+        let machine = self.machine(a, &spec).await?;
+        let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
+        let shaper = Arc::new(Shaper::new(cap));
+        let peer = Peer {
+            address: a.peer_address.clone().context("a source assignment names its peer")?,
+            tls: self.tls.clone(),
+            job: id as u64,
+            secret: decode_hex(&a.secret)?.into(),
+        };
+        self.report(
+            id,
+            &ProgressReport { state: Some(MigrationState::Transferring), ..qemu_report(&Default::default(), 0, 0) },
+        )
+        .await?;
+        self.destination_ready(&peer).await?;
+        let dir = self.job_dir(id)?;
+        let (nbd_socket, migration_socket) = (dir.join("nbd.sock"), dir.join("migration.sock"));
+        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), "nbd", shaper.clone())?;
+        let memory = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone())?;
+        let wire = || nbd.counters.up() + nbd.counters.down() + memory.counters.up() + memory.counters.down();
+        mirror_disks(&machine, &spec.disks, &nbd_socket, Duration::from_secs(3600)).await?;
+
+        // QEMU is polled every 250 ms; the scheduler hears every second, in a task of its own.
+        let (progress_tx, progress_rx) = tokio::sync::watch::channel(QemuProgress::default());
+        let steer = Arc::new(Mutex::new(Steer { cap_bytes_per_s: cap, stop: false }));
+        let reporting = {
+            let steer = steer.clone();
+            let (mut progress_rx, wire_total) = (progress_rx.clone(), (nbd.counters.clone(), memory.counters.clone()));
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let wire = wire_total.0.up() + wire_total.0.down() + wire_total.1.up() + wire_total.1.down();
+                    let report = qemu_report(&progress_rx.borrow_and_update(), wire_total.0.up(), wire);
+                    match self.report(id, &report).await {
+                        Ok(answer) => {
+                            let mut steer = steer.lock().unwrap_or_else(|e| e.into_inner());
+                            steer.cap_bytes_per_s = answer.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
+                            steer.stop = answer.cancelled;
+                            shaper.set_rate(steer.cap_bytes_per_s);
+                        }
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "a progress report failed"),
+                    }
+                }
+            }
+        };
+        let options = MigrationOptions {
+            cap_bytes_per_s: cap,
+            max_downtime_ms: u64::from(a.vm.max_downtime_ms),
+            step: POLICY_STEP,
+            multifd_channels: MULTIFD_CHANNELS,
+        };
+        let migrating = migrate_out(&machine, &spec.disks, options, &migration_socket, |p| {
+            progress_tx.send_replace(p.clone());
+            *steer.lock().unwrap_or_else(|e| e.into_inner())
+        });
+        let migrated = tokio::select! {
+            migrated = migrating => migrated,
+            () = reporting => unreachable!("reporting never ends"),
+        };
+        let migrated = match migrated {
+            Err(MigrateError::Cancelled) => {
+                tracing::info!("cancelled: the VM runs on here");
+                return Ok(());
+            }
+            other => other?,
+        };
+        let downtime_s = migrated.progress.downtime_ms.map(|ms| ms as f64 / 1000.0);
+        tracing::info!(?downtime_s, elapsed_s = migrated.elapsed.as_secs_f64(), "moved; cutover");
+        let marker = self.cutover_marker(id);
+        std::fs::write(&marker, b"")?;
+        let final_progress = migrated.progress.clone();
+        let progress_now = || qemu_report(&final_progress, nbd.counters.up(), wire());
+        self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
+        match self.await_confirmation(id, progress_now).await? {
+            Confirmed::Done => {
+                lock(&self.machines).remove(&a.migration.vm);
+                if let Some(machine) = Arc::into_inner(machine) {
+                    machine.quit().await;
+                }
+            }
+            Confirmed::Ended(state) => {
+                start(&machine).await?;
+                tracing::info!(?state, "the migration did not end in a cutover: the VM runs on here");
+            }
+        }
+        std::fs::remove_file(&marker)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// The destination's side: QEMU paused for the incoming migration, its
+    /// disks exported to the source's mirrors; run once `done` is recorded.
+    pub(super) async fn receive_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        if !self.receiving.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
+            return Ok(());
+        }
+        let outcome = self.receive_qemu_once(a).await;
+        self.receiving.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        self.destination.forget_tunnels(id as u64);
+        outcome
+    }
+
+    async fn receive_qemu_once(&self, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let mut spec = spec_of(a)?;
+        let dir = self.vm_dir(&a.migration.vm);
+        std::fs::create_dir_all(&dir)?;
+        for disk in &mut spec.disks {
+            let path = dir.join(format!("{}.{}", disk.node, disk.format));
+            create_disk(&path, &disk.format, disk.size_bytes).await?;
+            disk.path = path.display().to_string();
+        }
+        spec.qmp_socket = None;
+        let machine = Machine::start(&spec, &dir, true).await?;
+        let job = self.job_dir(id)?;
+        let (nbd_socket, migration_socket) = (job.join("nbd.sock"), job.join("migration.sock"));
+        prepare_incoming(&machine, &spec.disks, MULTIFD_CHANNELS, &migration_socket, &nbd_socket).await?;
+        let secret = decode_hex(&a.secret)?;
+        self.destination.expect(id as u64, secret);
+        self.destination.expect_tunnel(id as u64, "nbd", &nbd_socket);
+        self.destination.expect_tunnel(id as u64, "migration", &migration_socket);
+        let received = async {
+            incoming_done(&machine, &spec.disks, Duration::from_secs(3600)).await?;
+            self.confirm_done(id).await
+        };
+        if let Err(e) = received.await {
+            // Never started: the VM runs on at the source; what arrived is dropped.
+            machine.quit().await;
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+        start(&machine).await?;
+        tracing::info!("the VM runs here now");
+        lock(&self.machines).insert(a.migration.vm.clone(), Arc::new(machine));
+        let _ = std::fs::remove_dir_all(&job);
+        Ok(())
+    }
+
+    /// After a crash: the VM runs at the destination, so the paused QEMU here goes.
+    pub(super) async fn let_go_qemu(&self, a: &Assignment) {
+        if let Ok(spec) = spec_of(a) {
+            if let Ok(machine) = self.machine(a, &spec).await {
+                lock(&self.machines).remove(&a.migration.vm);
+                if let Some(machine) = Arc::into_inner(machine) {
+                    machine.quit().await;
+                }
+            }
+        }
+    }
+
+    /// After a crash: the VM runs here; it resumes if the migration left it paused.
+    pub(super) async fn resume_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
+        let machine = self.machine(a, &spec_of(a)?).await?;
+        start(&machine).await?;
+        Ok(())
+    }
+}
+
+/// `query-migrate` as the scheduler is told it: `disk` is what the mirrors
+/// sent, `wire` every tunnel byte both ways.
+fn qemu_report(p: &QemuProgress, disk: u64, wire: u64) -> ProgressReport {
+    let eta_s = (p.bytes_per_s > 0.0).then(|| p.remaining as f64 / p.bytes_per_s);
+    ProgressReport {
+        state: None,
+        raw_bytes: p.transferred + disk,
+        wire_bytes: wire,
+        round: u32::try_from(p.dirty_syncs).unwrap_or(u32::MAX),
+        dirty_bytes_per_s: p.dirty_bytes_per_s,
+        expected_downtime_s: p.expected_downtime_ms.map(|ms| ms as f64 / 1000.0),
+        eta_s,
+        downtime_s: p.downtime_ms.map(|ms| ms as f64 / 1000.0),
+    }
+}

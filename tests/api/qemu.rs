@@ -1,0 +1,128 @@
+//! The qemu driver end to end: a scheduler, two `heliotrope-executor run
+//! --driver qemu` processes and a real QEMU guest (the test guest, busy
+//! rewriting its memory) with a 256 MiB qcow2 disk. Signals make the other
+//! site cheaper; the plan's migration moves the VM live through the
+//! executors; the scheduler records it `done` with its downtime, the guest
+//! runs on at the destination, the source QEMU is gone and the disks are
+//! identical. Needs QEMU and binutils (`scripts/test` installs them).
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use heliotrope::db::MIGRATOR;
+use heliotrope_api_spec::{QemuDisk, QemuSpec, Role};
+use heliotrope_executor::qemu::guest::boot_image;
+use heliotrope_executor::qemu::machine::command;
+use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, Processes, TestApp};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::plans::{flat_signals, site_at};
+
+fn qemu_img(args: &[&str], dir: &Path) {
+    let out =
+        Command::new("qemu-img").args(args).current_dir(dir).output().expect("qemu-img (scripts/test installs it)");
+    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+async fn executor(app: &TestApp, site: &str, data: &Path) -> std::process::Child {
+    let token = app.token(Role::Executor).await;
+    Command::new(workspace_binary("heliotrope-executor"))
+        .args(["run", "--driver", "qemu", "--site", site, "--listen", &format!("127.0.0.1:{}", free_port())])
+        .arg("--data-dir")
+        .arg(data.join(site))
+        .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
+        .env("HELIOTROPE_TOKEN", token)
+        .env("RUST_LOG", std::env::var("EXECUTOR_LOG").unwrap_or_else(|_| "warn".into()))
+        .spawn()
+        .unwrap()
+}
+
+async fn wait_for(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool, path: &str) -> Value {
+    for _ in 0..480 {
+        let answer = app.get(path).await.body;
+        if done(&answer) {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what}: never; last {}", app.get(path).await.body);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
+        let id = site_at(&app, name, "active").await;
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    // 10 Gbit/s: a cap the busy guest converges under within 300 ms (at 1 Gbit/s the policy has to step in).
+    let fast = with(link("A", "C"), "/bandwidth_mbps", json!(10_000.0));
+    app.create("/v1/links", with(fast, "/symmetric", json!(true))).await;
+
+    // The VM as an operator runs it at A: QEMU with the test guest and a disk holding data.
+    let data = tempfile::tempdir().unwrap();
+    let vm_dir = data.path().join("A/vms/web");
+    std::fs::create_dir_all(&vm_dir).unwrap();
+    let boot = boot_image(data.path()).unwrap();
+    qemu_img(&["create", "-q", "-f", "qcow2", "disk0.qcow2", "256M"], &vm_dir);
+    let io = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x5a 64M 8M", "disk0.qcow2"])
+        .current_dir(&vm_dir)
+        .output()
+        .unwrap();
+    assert!(io.status.success());
+    let spec = QemuSpec {
+        machine: "q35".into(),
+        accel: "tcg".into(),
+        memory_mib: 128,
+        disks: vec![QemuDisk {
+            node: "disk0".into(),
+            path: vm_dir.join("disk0.qcow2").display().to_string(),
+            format: "qcow2".into(),
+            size_bytes: 256 << 20,
+        }],
+        boot_image: Some(boot.display().to_string()),
+        qmp_socket: None,
+    };
+    let mut source = command(&spec, &vm_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
+    // 64 vCPUs in the inventory (what it would cost to run), 128 MiB as QEMU runs it.
+    let vm = json!({"name": "web", "site": "A", "vcpus": 64, "memory_gib": 0.125, "disk_gib": 0.25,
+        "dirty_rate_mbps": 100.0, "max_downtime_ms": 2000, "driver": "qemu", "driver_spec": spec});
+    app.create("/v1/vms", vm).await;
+
+    let _executors = Processes(vec![executor(&app, "A", data.path()).await, executor(&app, "C", data.path()).await]);
+    let online = |page: &Value| {
+        page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["driver"] == "qemu"))
+    };
+    wait_for(&app, "two qemu executors", online, "/v1/executors").await;
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["moves"].as_array().map(Vec::len), Some(1), "{}", applied.body);
+
+    let ended = |page: &Value| {
+        page["items"][0]["state"].as_str().is_some_and(|s| ["done", "failed", "rolled_back", "cancelled"].contains(&s))
+    };
+    let migrations = wait_for(&app, "the migration ended", ended, "/v1/migrations").await;
+    let migration = &migrations["items"][0];
+    assert_eq!(migration["state"], "done", "{migration}");
+    let downtime = migration["progress"]["downtime_s"].as_f64().expect("the measured downtime");
+    assert!(downtime > 0.0 && downtime <= 2.0, "{migration}");
+    assert!(migration["progress"]["wire_bytes"].as_u64().unwrap() > 128 << 20, "{migration}");
+    assert_eq!(app.get("/v1/vms?site=C").await.body["items"][0]["name"], "web");
+
+    // The source QEMU quit; the guest runs on at C; the disks are the same.
+    let exited = tokio::time::timeout(Duration::from_secs(20), source.wait()).await;
+    assert!(exited.is_ok(), "the source QEMU is gone");
+    let serial = data.path().join("C/vms/web/serial.log");
+    let before = std::fs::metadata(&serial).unwrap().len();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(std::fs::metadata(&serial).unwrap().len() > before, "the guest runs on at C");
+    let compared = Command::new("qemu-img")
+        .args(["compare", "-U"])
+        .arg(vm_dir.join("disk0.qcow2"))
+        .arg(data.path().join("C/vms/web/disk0.qcow2"))
+        .output()
+        .unwrap();
+    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stdout));
+}
