@@ -12,19 +12,13 @@ use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
 use heliotrope_api_spec::{QemuDisk, QemuSpec, Role};
-use heliotrope_executor::qemu::guest::boot_image;
+use heliotrope_executor::qemu::guest::{boot_image, disk_with_data};
 use heliotrope_executor::qemu::machine::command;
 use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, Processes, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::plans::{flat_signals, site_at};
-
-fn qemu_img(args: &[&str], dir: &Path) {
-    let out =
-        Command::new("qemu-img").args(args).current_dir(dir).output().expect("qemu-img (scripts/test installs it)");
-    assert!(out.status.success(), "qemu-img {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
 
 async fn executor(app: &TestApp, site: &str, data: &Path) -> std::process::Child {
     let token = app.token(Role::Executor).await;
@@ -66,13 +60,7 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
     let vm_dir = data.path().join("A/vms/web");
     std::fs::create_dir_all(&vm_dir).unwrap();
     let boot = boot_image(data.path()).unwrap();
-    qemu_img(&["create", "-q", "-f", "qcow2", "disk0.qcow2", "256M"], &vm_dir);
-    let io = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c", "write -P 0x5a 64M 8M", "disk0.qcow2"])
-        .current_dir(&vm_dir)
-        .output()
-        .unwrap();
-    assert!(io.status.success());
+    disk_with_data(&vm_dir.join("disk0.qcow2"), 256).unwrap();
     let spec = QemuSpec {
         machine: "q35".into(),
         accel: "tcg".into(),

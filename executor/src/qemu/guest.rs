@@ -1,8 +1,9 @@
 //! The test guest (`guest.S`): a boot sector of our own that keeps
 //! rewriting ~99 MiB of its memory and prints a marker per pass, so that a
 //! migration converges only with bandwidth to spare and a migrated guest
-//! visibly runs on. Assembled with binutils where it is needed (tests, the
-//! benchmark); nothing in a deployment uses it.
+//! visibly runs on; and disks holding data for it. Built with binutils and
+//! qemu-utils where they are needed (tests, the benchmark); nothing in a
+//! deployment uses them.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -29,4 +30,17 @@ pub fn boot_image(dir: &Path) -> io::Result<PathBuf> {
     let image = dir.join("guest.img");
     std::fs::File::options().write(true).open(&image)?.set_len(1 << 20)?;
     Ok(image)
+}
+
+/// A qcow2 disk of `size_mib` at `path` holding some data (a pattern and a
+/// few extents of others), written with `qemu-io`.
+pub fn disk_with_data(path: &Path, size_mib: u64) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.display().to_string();
+    run(dir, "qemu-img", &["create", "-q", "-f", "qcow2", &name, &format!("{size_mib}M")])?;
+    let writes = (0..6u64).map(|i| format!("write -P 0x{:x} {}M 2M", 0x50 + i, i * size_mib / 6));
+    for write in writes {
+        run(dir, "qemu-io", &["-f", "qcow2", "-c", &write, &name])?;
+    }
+    Ok(())
 }

@@ -4,4 +4,5 @@
 pub mod guest;
 pub mod machine;
 pub mod migrate;
+pub mod pair;
 pub mod qmp;
