@@ -8,6 +8,10 @@
 //! while its guest writes, with its downtime. The last line is one JSON
 //! object.
 
+mod qemu;
+
+pub use qemu::{qemu, QemuBenchArgs};
+
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;

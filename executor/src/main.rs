@@ -41,6 +41,8 @@ enum Command {
 enum BenchCommand {
     /// A sim VM moved to a cold and a warm destination over loopback TCP, against a plain copy.
     Transfer(bench::TransferBenchArgs),
+    /// A busy QEMU guest and its disk migrated live QEMU to QEMU and through the executors, same cap.
+    Qemu(bench::QemuBenchArgs),
 }
 
 #[tokio::main]
@@ -54,5 +56,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Receive(args) => by_hand::receive_one(&args).await,
         Command::Migrate(args) => by_hand::migrate(&args).await,
         Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,
+        Command::Bench(BenchCommand::Qemu(args)) => bench::qemu(&args).await,
     }
 }

@@ -96,17 +96,20 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
     }
     let at_c = app.get("/v1/vms?site=C").await.body;
     assert_eq!(at_c["items"].as_array().map(Vec::len), Some(2), "{at_c}");
-    // The bytes moved: the VMs' images are at C's executor, and (once each
-    // source hears the migration is done) gone from their sources.
+    // The bytes moved: the VMs' images are at C's executor (once it heard
+    // its confirmation recorded), and gone from their sources (once each heard the same).
     for (vm, from) in [("web", "A"), ("db", "B")] {
-        assert!(data.path().join(format!("C/vms/{vm}/memory.img")).exists(), "{vm} at C");
-        let left = data.path().join(format!("{from}/vms/{vm}/memory.img"));
+        let (arrived, left) = (
+            data.path().join(format!("C/vms/{vm}/memory.img")),
+            data.path().join(format!("{from}/vms/{vm}/memory.img")),
+        );
         for _ in 0..40 {
-            if !left.exists() {
+            if arrived.exists() && !left.exists() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
+        assert!(arrived.exists(), "{vm} at C");
         assert!(!left.exists(), "{vm} gone from {from}");
     }
     drop(fleet);
