@@ -285,3 +285,34 @@ async fn a_restarted_destination_takes_its_side_again_and_an_unconfirmed_cutover
     assert_eq!((vms_at(&app, "DEAR").await, vms_at(&app, "CHEAP").await), (2, 0), "big stays at DEAR");
     dear.call(&app, id, "complete", json!({"state": "paused"})).await.assert_error(422, "state");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_qemu_vm_goes_only_to_executors_that_run_qemu(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, _cheap, id) = under_way(&app).await;
+    sqlx::query("update vm set driver = 'qemu', driver_spec = '{\"memory_mib\": 262144}' where name = 'big'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let refused = dear.claim(&app).await;
+    assert_eq!(refused.status, 204, "a sim executor does not take a qemu VM: {}", refused.body);
+    let qemu = |site: &str, address: &str| {
+        let body = json!({"site": site, "address": address, "driver": "qemu", "capacity": 1});
+        let app = &app;
+        async move {
+            let token = app.token(Role::Executor).await;
+            let registered = app.send(Method::POST, "/v1/executors/register", Some(&token), Some(&body)).await;
+            Executor { id: registered.body["id"].as_i64().unwrap(), token }
+        }
+    };
+    let dear_qemu = qemu("DEAR", "dear-qemu:7070").await;
+    assert_eq!(dear_qemu.claim(&app).await.status, 204, "no executor at CHEAP runs qemu yet");
+    qemu("CHEAP", "cheap-qemu:7070").await;
+    let claimed = dear_qemu.claim(&app).await;
+    assert_eq!(
+        (claimed.body["migration"]["id"].as_i64(), claimed.body["vm"]["driver"].as_str()),
+        (Some(id), Some("qemu"))
+    );
+    assert_eq!(claimed.body["peer_address"], "cheap-qemu:7070", "the destination runs qemu too");
+    assert_eq!(claimed.body["vm"]["driver_spec"]["memory_mib"], 262144);
+}

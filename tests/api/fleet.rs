@@ -34,7 +34,7 @@ fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
         .arg(data.join(how.site))
         .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
         .env("HELIOTROPE_TOKEN", &how.token)
-        .env("RUST_LOG", "warn")
+        .env("RUST_LOG", std::env::var("EXECUTOR_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
         .spawn()
         .unwrap()

@@ -6,7 +6,7 @@
 //! runs on at the destination, the source QEMU is gone and the disks are
 //! identical. Needs QEMU and binutils (`scripts/test` installs them).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -44,18 +44,26 @@ async fn wait_for(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool, path
     panic!("{what}: never; last {}", app.get(path).await.body);
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPool) {
+/// The fleet of these tests: sites A (dear) and C (cheap) linked at
+/// `link_mbps`, the VM `web` running at A as an operator runs it (QEMU with
+/// the test guest and a disk holding data), and a qemu executor per site.
+struct Fleet {
+    app: TestApp,
+    data: tempfile::TempDir,
+    vm_dir: PathBuf,
+    source: tokio::process::Child,
+    _executors: Processes,
+}
+
+async fn fleet(pool: PgPool, link_mbps: f64) -> Fleet {
     let app = spawn_app(pool).await;
     for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
         let id = site_at(&app, name, "active").await;
         flat_signals(&app, id, price, carbon, "EUR").await;
     }
-    // 10 Gbit/s: a cap the busy guest converges under within 300 ms (at 1 Gbit/s the policy has to step in).
-    let fast = with(link("A", "C"), "/bandwidth_mbps", json!(10_000.0));
-    app.create("/v1/links", with(fast, "/symmetric", json!(true))).await;
+    let link = with(link("A", "C"), "/bandwidth_mbps", json!(link_mbps));
+    app.create("/v1/links", with(link, "/symmetric", json!(true))).await;
 
-    // The VM as an operator runs it at A: QEMU with the test guest and a disk holding data.
     let data = tempfile::tempdir().unwrap();
     let vm_dir = data.path().join("A/vms/web");
     std::fs::create_dir_all(&vm_dir).unwrap();
@@ -74,23 +82,38 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
         boot_image: Some(boot.display().to_string()),
         qmp_socket: None,
     };
-    let mut source = command(&spec, &vm_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
+    let source = command(&spec, &vm_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
     // 64 vCPUs in the inventory (what it would cost to run), 128 MiB as QEMU runs it.
     let vm = json!({"name": "web", "site": "A", "vcpus": 64, "memory_gib": 0.125, "disk_gib": 0.25,
         "dirty_rate_mbps": 100.0, "max_downtime_ms": 2000, "driver": "qemu", "driver_spec": spec});
     app.create("/v1/vms", vm).await;
 
-    let _executors = Processes(vec![executor(&app, "A", data.path()).await, executor(&app, "C", data.path()).await]);
+    let executors = Processes(vec![executor(&app, "A", data.path()).await, executor(&app, "C", data.path()).await]);
     let online = |page: &Value| {
         page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["driver"] == "qemu"))
     };
     wait_for(&app, "two qemu executors", online, "/v1/executors").await;
     let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
     assert_eq!(applied.body["moves"].as_array().map(Vec::len), Some(1), "{}", applied.body);
+    Fleet { app, data, vm_dir, source, _executors: executors }
+}
 
-    let ended = |page: &Value| {
-        page["items"][0]["state"].as_str().is_some_and(|s| ["done", "failed", "rolled_back", "cancelled"].contains(&s))
-    };
+/// Whether the guest's serial output at `dir` grows.
+async fn runs_on(dir: &Path) -> bool {
+    let serial = dir.join("serial.log");
+    let before = std::fs::metadata(&serial).map_or(0, |m| m.len());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    std::fs::metadata(&serial).map_or(0, |m| m.len()) > before
+}
+
+fn ended(page: &Value) -> bool {
+    page["items"][0]["state"].as_str().is_some_and(|s| ["done", "failed", "rolled_back", "cancelled"].contains(&s))
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPool) {
+    // 10 Gbit/s: a cap the busy guest converges under within 300 ms (at 1 Gbit/s the policy has to step in).
+    let Fleet { app, data, vm_dir, mut source, _executors } = fleet(pool, 10_000.0).await;
     let migrations = wait_for(&app, "the migration ended", ended, "/v1/migrations").await;
     let migration = &migrations["items"][0];
     assert_eq!(migration["state"], "done", "{migration}");
@@ -102,10 +125,7 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
     // The source QEMU quit; the guest runs on at C; the disks are the same.
     let exited = tokio::time::timeout(Duration::from_secs(20), source.wait()).await;
     assert!(exited.is_ok(), "the source QEMU is gone");
-    let serial = data.path().join("C/vms/web/serial.log");
-    let before = std::fs::metadata(&serial).unwrap().len();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(std::fs::metadata(&serial).unwrap().len() > before, "the guest runs on at C");
+    assert!(runs_on(&data.path().join("C/vms/web")).await, "the guest runs on at C");
     let compared = Command::new("qemu-img")
         .args(["compare", "-U"])
         .arg(vm_dir.join("disk0.qcow2"))
@@ -113,4 +133,25 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
         .output()
         .unwrap();
     assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stdout));
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_destination_qemu_killed_mid_migration_fails_the_job_and_the_vm_runs_on_at_the_source(pool: PgPool) {
+    // 1 Gbit/s: the busy guest does not converge at first, so the migration is caught under way.
+    let Fleet { app, data, vm_dir, mut source, _executors } = fleet(pool, 1_000.0).await;
+    let transferring = |page: &Value| {
+        page["items"][0]["state"] == "transferring"
+            && page["items"][0]["progress"]["raw_bytes"].as_u64() > Some(64 << 20)
+    };
+    wait_for(&app, "the memory on its way", transferring, "/v1/migrations").await;
+    let destination_qmp = data.path().join("C/vms/web/qmp.sock").display().to_string();
+    let killed = Command::new("pkill").args(["-9", "-f", &destination_qmp]).status().unwrap();
+    assert!(killed.success(), "the destination QEMU was running");
+
+    let migrations = wait_for(&app, "the migration ended", ended, "/v1/migrations").await;
+    let migration = &migrations["items"][0];
+    assert_eq!(migration["state"], "failed", "{migration}");
+    assert_eq!(app.get("/v1/vms?site=A").await.body["items"][0]["name"], "web");
+    assert!(source.try_wait().unwrap().is_none(), "the source QEMU still runs");
+    assert!(runs_on(&vm_dir).await, "the guest runs on at A");
 }

@@ -58,6 +58,9 @@ pub struct RunArgs {
     /// Parallel streams per image.
     #[arg(long, default_value_t = 4)]
     pub streams: u16,
+    /// How long each step of a qemu migration's convergence policy gets, seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub qemu_policy_step_s: f64,
     /// Sim VMs get this many MiB of memory and disk per GiB the inventory says (their dirty rate scales alike).
     #[arg(long, default_value_t = 1.0)]
     pub sim_mib_per_gib: f64,
@@ -120,6 +123,10 @@ struct Worker {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.qemu_policy_step_s.is_finite() && args.qemu_policy_step_s >= 1.0,
+        "--qemu-policy-step-s must be at least 1"
+    );
     let tls = Tls::from_files(&args.tls)?;
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
@@ -256,7 +263,10 @@ impl Worker {
             SimImages { memory: dir.join(MEMORY_IMAGE), disk: dir.join(DISK_IMAGE) }
         } else {
             let seed = a.migration.id as u64;
-            generate(&dir, mib(a.vm.memory_gib), mib(a.vm.disk_gib), &ContentMix::default(), 1, seed)?
+            // Writing the images takes a while: the runtime's other work (the lease) goes on meanwhile.
+            tokio::task::block_in_place(|| {
+                generate(&dir, mib(a.vm.memory_gib), mib(a.vm.disk_gib), &ContentMix::default(), 1, seed)
+            })?
         };
         let vm = Arc::new(SimVm::start(images, self.workload(a))?);
         self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), vm.clone());
@@ -299,6 +309,21 @@ impl Worker {
     async fn report(&self, id: i64, report: &ProgressReport) -> anyhow::Result<ProgressAnswer> {
         let path = self.migration_path(id, "progress");
         self.scheduler.post(&path, Some(report)).await?.context("a progress report answered nothing")
+    }
+
+    /// Keeps migration `id`'s lease with a report every 5 s until dropped,
+    /// while the source prepares (it reports progress itself from then on).
+    fn hold_lease(&self, id: i64) -> AbortOnDrop {
+        let (scheduler, path) = (self.scheduler.clone(), self.migration_path(id, "progress"));
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let report = sim_report(&Progress::default());
+                if let Err(e) = scheduler.post::<_, ProgressAnswer>(&path, Some(&report)).await {
+                    tracing::warn!(error = %format!("{e:#}"), "holding the lease failed");
+                }
+            }
+        }))
     }
 
     /// After the cutover: reports until the destination has confirmed (the
@@ -350,7 +375,10 @@ impl Worker {
     /// The source's side: migrate the VM live, reporting progress; let go of it once the destination confirms.
     async fn send(&self, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
+        // Making a sim VM's images may take a while on a busy machine: the lease must not run out meanwhile.
+        let holding = self.hold_lease(id);
         let vm = self.vm(a)?;
+        drop(holding);
         let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
         // Compression as strong as keeps ahead of the cap, measured on this VM's memory.
         let level = choose_level(&self.sample(&a.migration.vm)?, cap);
@@ -512,6 +540,15 @@ fn sim_report(p: &Progress) -> ProgressReport {
         expected_downtime_s: p.expected_downtime_s,
         eta_s: p.eta_s,
         downtime_s: None,
+    }
+}
+
+/// A task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

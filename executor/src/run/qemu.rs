@@ -31,9 +31,6 @@ pub(super) type Machines = Mutex<HashMap<String, Arc<Machine>>>;
 /// Memory channels of every qemu migration (both ends must agree).
 const MULTIFD_CHANNELS: u8 = 2;
 
-/// How long each step of the convergence policy gets.
-const POLICY_STEP: Duration = Duration::from_secs(30);
-
 fn spec_of(a: &Assignment) -> anyhow::Result<QemuSpec> {
     serde_json::from_value(a.vm.driver_spec.clone()).context("the VM's driver_spec is not a qemu spec")
 }
@@ -81,6 +78,7 @@ impl Worker {
     pub(super) async fn send_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         let spec = spec_of(a)?;
+        let holding = self.hold_lease(id);
         let machine = self.machine(a, &spec).await?;
         let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
         let shaper = Arc::new(Shaper::new(cap));
@@ -102,6 +100,7 @@ impl Worker {
         let memory = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone())?;
         let wire = || nbd.counters.up() + nbd.counters.down() + memory.counters.up() + memory.counters.down();
         mirror_disks(&machine, &spec.disks, &nbd_socket, Duration::from_secs(3600)).await?;
+        drop(holding);
 
         // QEMU is polled every 250 ms; the scheduler hears every second, in a task of its own.
         let (progress_tx, progress_rx) = tokio::sync::watch::channel(QemuProgress::default());
@@ -129,7 +128,7 @@ impl Worker {
         let options = MigrationOptions {
             cap_bytes_per_s: cap,
             max_downtime_ms: u64::from(a.vm.max_downtime_ms),
-            step: POLICY_STEP,
+            step: Duration::from_secs_f64(self.args.qemu_policy_step_s),
             multifd_channels: MULTIFD_CHANNELS,
         };
         let migrating = migrate_out(&machine, &spec.disks, options, &migration_socket, |p| {

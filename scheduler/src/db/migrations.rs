@@ -311,8 +311,9 @@ const ONLINE_WITHIN: &str = "interval '60 seconds'";
 /// migration it is the destination of and has not taken yet; then a
 /// recovering migration from its site, to say where the VM runs (handed
 /// out again only once its lease runs out); else (within its capacity) the
-/// earliest scheduled migration from its site whose start time has come
-/// and whose destination site has an online executor.
+/// earliest scheduled migration from its site whose start time has come,
+/// whose VM's driver it runs, and whose destination site has an online
+/// executor that runs it too.
 /// A source claim is taken under `FOR UPDATE SKIP LOCKED`, so concurrent
 /// claims never take one migration twice.
 pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Option<Assignment>> {
@@ -348,8 +349,8 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
         tx.commit().await?;
         return Ok(Some(assignment(pool, id, JobRole::Recover, None, &secret, Some(lease_expires)).await?));
     }
-    let (busy, capacity): (i64, i32) = sqlx::query_as(&format!(
-        "select (select count(*) from migration_job where lease_holder = $1 and {ACTIVE}), capacity \
+    let (busy, capacity, driver): (i64, i32, String) = sqlx::query_as(&format!(
+        "select (select count(*) from migration_job where lease_holder = $1 and {ACTIVE}), capacity, driver \
          from executor where executor_id = $1"
     ))
     .bind(executor_id)
@@ -360,24 +361,30 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     }
     // The migration first (the next one nobody else is taking), then its
     // destination's least busy online executor: choosing the executor for
-    // every candidate would cost a count per scheduled migration.
+    // every candidate would cost a count per scheduled migration. Both ends
+    // must run the VM's driver (a `qemu` executor runs `sim` VMs too).
     let online = format!("e.state = 'online' and e.last_heartbeat > now() - {ONLINE_WITHIN}");
-    let found: Option<(i64, i64)> = sqlx::query_as(&format!(
-        "select j.job_id, j.to_site_id from migration_job j \
+    let runs = "(v.driver = 'sim' or e.driver = 'qemu')";
+    let found: Option<(i64, i64, i64)> = sqlx::query_as(&format!(
+        "select j.job_id, j.to_site_id, j.vm_id from migration_job j join vm v on v.vm_id = j.vm_id \
          where j.state = 'scheduled' and j.from_site_id = $1 and j.start_at <= now() \
-         and exists (select 1 from executor e where e.site_id = j.to_site_id and {online}) \
+         and (v.driver = 'sim' or $2 = 'qemu') \
+         and exists (select 1 from executor e where e.site_id = j.to_site_id and {online} and {runs}) \
          order by j.start_at, j.job_id limit 1 for update of j skip locked"
     ))
     .bind(site_id)
+    .bind(&driver)
     .fetch_optional(&mut *tx)
     .await?;
-    let Some((id, to_site_id)) = found else { return Ok(None) };
+    let Some((id, to_site_id, vm_id)) = found else { return Ok(None) };
     let (destination_executor, peer_address): (i64, String) = sqlx::query_as(&format!(
-        "select e.executor_id, e.address from executor e where e.site_id = $1 and {online} \
+        "select e.executor_id, e.address from executor e join vm v on v.vm_id = $2 \
+         where e.site_id = $1 and {online} and {runs} \
          order by (select count(*) from migration_job o where o.destination_executor = e.executor_id and o.{ACTIVE}), \
            e.executor_id limit 1"
     ))
     .bind(to_site_id)
+    .bind(vm_id)
     .fetch_one(&mut *tx)
     .await?;
     // One secret per migration, kept across its attempts: a destination that
