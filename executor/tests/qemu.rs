@@ -9,8 +9,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use heliotrope_api_spec::{QemuDisk, QemuSpec};
-use heliotrope_executor::qemu::guest::{boot_image, disk_with_data};
+use heliotrope_api_spec::QemuSpec;
+use heliotrope_executor::qemu::guest::{self, boot_image, disk_with_data};
 use heliotrope_executor::qemu::machine::Machine;
 use heliotrope_executor::qemu::migrate::{
     incoming_done, migrate_out, mirror_disks, start, MigrateError, MigrationOptions, Steer,
@@ -22,19 +22,7 @@ use serde_json::json;
 fn spec(root: &Path) -> QemuSpec {
     let disk = root.join("disk0.qcow2");
     disk_with_data(&disk, 256).unwrap();
-    QemuSpec {
-        machine: "q35".into(),
-        accel: "tcg".into(),
-        memory_mib: 128,
-        disks: vec![QemuDisk {
-            node: "disk0".into(),
-            path: disk.display().to_string(),
-            format: "qcow2".into(),
-            size_bytes: 256 << 20,
-        }],
-        boot_image: Some(boot_image(root).unwrap().display().to_string()),
-        qmp_socket: None,
-    }
+    guest::spec(&boot_image(root).unwrap(), &disk)
 }
 
 /// No cap, no stop.

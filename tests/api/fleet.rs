@@ -115,8 +115,22 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
     drop(fleet);
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: PgPool) {
+/// Sites A (dear) and C (cheap), `web` at A, an executor at each, and
+/// `web`'s migration applied and caught transferring.
+struct UnderWay {
+    app: TestApp,
+    data: tempfile::TempDir,
+    a: How,
+    c: How,
+    fleet: Processes,
+    id: i64,
+}
+
+fn two_online(page: &Value) -> bool {
+    page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
+}
+
+async fn under_way(pool: PgPool) -> UnderWay {
     let app = spawn_app(pool).await;
     for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
         let id = site_at(&app, name, "active").await;
@@ -127,15 +141,18 @@ async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: Pg
     let data = tempfile::tempdir().unwrap();
     // 1 MiB per GiB: 256 MiB of memory, long enough to be caught mid-transfer.
     let (a, c) = (executor(&app, "A", "1").await, executor(&app, "C", "1").await);
-    let mut fleet = Processes(vec![start(&app, &a, data.path()), start(&app, &c, data.path())]);
-    let online = |page: &Value| {
-        page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
-    };
-    wait_for(&app, "two executors online", online, "/v1/executors").await;
+    let fleet = Processes(vec![start(&app, &a, data.path()), start(&app, &c, data.path())]);
+    wait_for(&app, "two executors online", two_online, "/v1/executors").await;
     app.post("/v1/plans", json!({"dry_run": false})).await;
     let transferring = |page: &Value| page["items"][0]["state"] == "transferring";
     let migration = wait_for(&app, "the transfer under way", transferring, "/v1/migrations").await;
     let id = migration["items"][0]["id"].as_i64().unwrap();
+    UnderWay { app, data, a, c, fleet, id }
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: PgPool) {
+    let UnderWay { app, data, a, mut fleet, id, .. } = under_way(pool).await;
 
     // kill -9 the source; its lease runs out, and once back it says the VM is still there.
     fleet.0[0].kill().unwrap();
@@ -164,24 +181,7 @@ async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: Pg
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_destination_killed_mid_transfer_leaves_the_vm_running_once_at_the_source(pool: PgPool) {
-    let app = spawn_app(pool).await;
-    for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
-        let id = site_at(&app, name, "active").await;
-        flat_signals(&app, id, price, carbon, "EUR").await;
-    }
-    app.create("/v1/links", with(link("A", "C"), "/symmetric", json!(true))).await;
-    app.create("/v1/vms", big_vm("web", "A")).await;
-    let data = tempfile::tempdir().unwrap();
-    let (a, c) = (executor(&app, "A", "1").await, executor(&app, "C", "1").await);
-    let mut fleet = Processes(vec![start(&app, &a, data.path()), start(&app, &c, data.path())]);
-    let online = |page: &Value| {
-        page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
-    };
-    wait_for(&app, "two executors online", online, "/v1/executors").await;
-    app.post("/v1/plans", json!({"dry_run": false})).await;
-    let transferring = |page: &Value| page["items"][0]["state"] == "transferring";
-    let migration = wait_for(&app, "the transfer under way", transferring, "/v1/migrations").await;
-    let id = migration["items"][0]["id"].as_i64().unwrap();
+    let UnderWay { app, data, c, mut fleet, id, .. } = under_way(pool).await;
 
     // kill -9 the destination: the source's streams break, it gives up and the VM runs on at A.
     fleet.0[1].kill().unwrap();
@@ -190,7 +190,7 @@ async fn a_destination_killed_mid_transfer_leaves_the_vm_running_once_at_the_sou
     let detail = wait_for(&app, "the migration ended", ended, &format!("/v1/migrations/{id}")).await;
     assert_eq!(detail["state"], "failed", "{detail}");
     fleet.0[1] = start(&app, &c, data.path());
-    wait_for(&app, "C back", online, "/v1/executors").await;
+    wait_for(&app, "C back", two_online, "/v1/executors").await;
     assert_eq!(app.get("/v1/vms?site=A").await.body["items"].as_array().map(Vec::len), Some(1));
     assert!(data.path().join("A/vms/web/memory.img").exists(), "web's images stay at A");
     assert!(!data.path().join("C/vms/web").exists(), "no second copy at C");

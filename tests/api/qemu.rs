@@ -11,8 +11,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
-use heliotrope_api_spec::{QemuDisk, QemuSpec, Role};
-use heliotrope_executor::qemu::guest::{boot_image, disk_with_data};
+use heliotrope_api_spec::Role;
+use heliotrope_executor::qemu::guest::{self, boot_image, disk_with_data};
 use heliotrope_executor::qemu::machine::command;
 use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, Processes, TestApp};
 use serde_json::{json, Value};
@@ -69,19 +69,7 @@ async fn fleet(pool: PgPool, link_mbps: f64) -> Fleet {
     std::fs::create_dir_all(&vm_dir).unwrap();
     let boot = boot_image(data.path()).unwrap();
     disk_with_data(&vm_dir.join("disk0.qcow2"), 256).unwrap();
-    let spec = QemuSpec {
-        machine: "q35".into(),
-        accel: "tcg".into(),
-        memory_mib: 128,
-        disks: vec![QemuDisk {
-            node: "disk0".into(),
-            path: vm_dir.join("disk0.qcow2").display().to_string(),
-            format: "qcow2".into(),
-            size_bytes: 256 << 20,
-        }],
-        boot_image: Some(boot.display().to_string()),
-        qmp_socket: None,
-    };
+    let spec = guest::spec(&boot, &vm_dir.join("disk0.qcow2"));
     let source = command(&spec, &vm_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
     // 64 vCPUs in the inventory (what it would cost to run), 128 MiB as QEMU runs it.
     let vm = json!({"name": "web", "site": "A", "vcpus": 64, "memory_gib": 0.125, "disk_gib": 0.25,

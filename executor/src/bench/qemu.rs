@@ -7,8 +7,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use heliotrope_api_spec::{QemuDisk, QemuSpec};
-use heliotrope_executor::qemu::guest::{boot_image, disk_with_data};
+use heliotrope_api_spec::QemuSpec;
+use heliotrope_executor::qemu::guest::{self, boot_image, disk_with_data};
 use heliotrope_executor::qemu::migrate::{incoming_done, migrate_out, mirror_disks, MigrationOptions, Steer};
 use heliotrope_executor::qemu::pair::{Pair, Route, CHANNELS};
 use serde_json::json;
@@ -68,19 +68,7 @@ pub async fn qemu(args: &QemuBenchArgs) -> anyhow::Result<()> {
     let files = tempfile::tempdir()?;
     let disk = files.path().join("disk0.qcow2");
     disk_with_data(&disk, 256).context("making the disk")?;
-    let spec = QemuSpec {
-        machine: "q35".into(),
-        accel: "tcg".into(),
-        memory_mib: 128,
-        disks: vec![QemuDisk {
-            node: "disk0".into(),
-            path: disk.display().to_string(),
-            format: "qcow2".into(),
-            size_bytes: 256 << 20,
-        }],
-        boot_image: Some(boot_image(files.path()).context("building the test guest")?.display().to_string()),
-        qmp_socket: None,
-    };
+    let spec = guest::spec(&boot_image(files.path()).context("building the test guest")?, &disk);
     let (mut direct, mut relay) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         let d = migrate(&spec, Route::Direct, args).await.context("the direct migration")?;

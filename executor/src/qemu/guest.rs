@@ -9,6 +9,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use heliotrope_api_spec::{QemuDisk, QemuSpec};
+
 const SOURCE: &str = include_str!("guest.S");
 
 fn run(dir: &Path, program: &str, args: &[&str]) -> io::Result<()> {
@@ -43,4 +45,22 @@ pub fn disk_with_data(path: &Path, size_mib: u64) -> io::Result<()> {
         run(dir, "qemu-io", &["-f", "qcow2", "-c", &write, &name])?;
     }
     Ok(())
+}
+
+/// The test guest as a `qemu` VM: 128 MiB under TCG, booting `boot` (from
+/// [`boot_image`]) with `disk` (from [`disk_with_data`], 256 MiB) as `disk0`.
+pub fn spec(boot: &Path, disk: &Path) -> QemuSpec {
+    QemuSpec {
+        machine: "q35".into(),
+        accel: "tcg".into(),
+        memory_mib: 128,
+        disks: vec![QemuDisk {
+            node: "disk0".into(),
+            path: disk.display().to_string(),
+            format: "qcow2".into(),
+            size_bytes: 256 << 20,
+        }],
+        boot_image: Some(boot.display().to_string()),
+        qmp_socket: None,
+    }
 }
