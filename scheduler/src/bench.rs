@@ -427,7 +427,7 @@ pub fn planner(args: &PlannerBenchArgs) -> anyhow::Result<()> {
     let input = planner_instance(args)?;
     let planned = plan(&input)?;
     let started = Instant::now();
-    let greedy_objective = greedy(&input);
+    let greedy_objective = greedy(&input).objective;
     let greedy_s = started.elapsed().as_secs_f64();
     let s = &planned.stats;
     eprintln!(

@@ -18,10 +18,39 @@ pub struct Fleet {
     pub vms: Vec<VmSpec>,
 }
 
-/// VM shapes (vcpus, memory GiB) and how common each is, after the general
-/// purpose / memory-optimised mix typical of cloud fleets.
-const SHAPES: [(u32, f64, u32); 6] =
-    [(1, 2.0, 10), (2, 4.0, 25), (2, 8.0, 20), (4, 16.0, 20), (8, 32.0, 15), (16, 64.0, 10)];
+/// What a generated fleet is made of. The default is the demo's fleet.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mix {
+    /// VM shapes (vcpus, memory GiB) and how common each is (weights).
+    pub shapes: Vec<(u32, f64, u32)>,
+    /// Disk sizes, equally likely.
+    pub disk_gib: Vec<f64>,
+    /// Dirty rates are drawn uniformly from this range, Mbit/s.
+    pub dirty_rate_mbps: (f64, f64),
+    /// Downtime limits, equally likely.
+    pub max_downtime_ms: Vec<u32>,
+    /// Share of VMs pinned to their site (every round(1/share)-th VM).
+    pub pinned_share: f64,
+    /// With the demo's two groups: a spread database cluster and a colocated analytics job.
+    pub groups: bool,
+    /// One bandwidth for every link, Mbit/s; `None`: 10 Gbit/s within a continent, 2.5 across.
+    pub link_mbps: Option<f64>,
+}
+
+impl Default for Mix {
+    /// The general purpose / memory-optimised mix typical of cloud fleets.
+    fn default() -> Self {
+        Mix {
+            shapes: vec![(1, 2.0, 10), (2, 4.0, 25), (2, 8.0, 20), (4, 16.0, 20), (8, 32.0, 15), (16, 64.0, 10)],
+            disk_gib: vec![20.0, 40.0, 80.0, 160.0, 500.0],
+            dirty_rate_mbps: (5.0, 400.0),
+            max_downtime_ms: vec![100, 300, 1000],
+            pinned_share: 1.0 / 23.0,
+            groups: true,
+            link_mbps: None,
+        }
+    }
+}
 
 fn continent(r: &Region) -> &'static str {
     match r.zone.split('-').next().unwrap_or_default() {
@@ -33,24 +62,38 @@ fn continent(r: &Region) -> &'static str {
     }
 }
 
+/// Round-trip time between two regions, estimated: light in fibre covers
+/// about 100 km per ms of round trip; routes are longer than great
+/// circles, hence the stretch and a fixed overhead.
+pub fn rtt_estimate_ms(a: &Region, b: &Region) -> f64 {
+    (distance_km(a, b) / 100.0 * 1.3 + 2.0).round()
+}
+
 /// All 16 regions as sites, links and `vm_count` VMs, the same for the same `seed`.
 pub fn fleet(vm_count: usize, seed: u64) -> Fleet {
     fleet_in(&REGIONS, vm_count, seed)
 }
 
 /// `regions` (at least one) as sites, links between every pair and
-/// `vm_count` VMs spread round them, the same for the same `seed`.
+/// `vm_count` VMs of the demo's mix spread round them, the same for the same `seed`.
 pub fn fleet_in(regions: &[Region], vm_count: usize, seed: u64) -> Fleet {
+    fleet_of(regions, vm_count, &Mix::default(), seed)
+}
+
+/// `regions` (at least one) as sites, links between every pair and
+/// `vm_count` VMs of `mix` (shapes, disks, downtimes: at least one each)
+/// spread round them, the same for the same `seed`.
+pub fn fleet_of(regions: &[Region], vm_count: usize, mix: &Mix, seed: u64) -> Fleet {
     let mut rng = StdRng::seed_from_u64(seed);
     let share = regions.len().max(1);
-    let sites: Vec<SiteSpec> = regions
+    let mut sites: Vec<SiteSpec> = regions
         .iter()
         .map(|r| SiteSpec {
-            name: r.zone.to_owned(),
-            region: r.zone.to_owned(),
+            name: r.zone.to_string(),
+            region: r.zone.to_string(),
             latitude: r.latitude,
             longitude: r.longitude,
-            timezone: r.timezone.to_owned(),
+            timezone: r.timezone.to_string(),
             // Room for the fleet at about 60-85% utilisation once spread out.
             capacity: Capacity {
                 vcpus: (vm_count * 6 / share).max(64) as u32 * rng.random_range(10..14) / 10,
@@ -77,12 +120,10 @@ pub fn fleet_in(regions: &[Region], vm_count: usize, seed: u64) -> Fleet {
             }
             let same_continent = continent(a) == continent(b);
             links.push(LinkSpec {
-                from_site: a.zone.to_owned(),
-                to_site: b.zone.to_owned(),
-                bandwidth_mbps: if same_continent { 10_000.0 } else { 2_500.0 },
-                // Light in fibre covers about 100 km per ms of round trip; routes are
-                // longer than great circles, hence the stretch and a fixed overhead.
-                rtt_ms: (distance_km(a, b) / 100.0 * 1.3 + 2.0).round(),
+                from_site: a.zone.to_string(),
+                to_site: b.zone.to_string(),
+                bandwidth_mbps: mix.link_mbps.unwrap_or(if same_continent { 10_000.0 } else { 2_500.0 }),
+                rtt_ms: rtt_estimate_ms(a, b),
                 background_reserve_pct: 30.0,
                 egress_cost_per_gb: 0.0,
                 symmetric: false,
@@ -90,19 +131,25 @@ pub fn fleet_in(regions: &[Region], vm_count: usize, seed: u64) -> Fleet {
         }
     }
 
-    let groups = vec![
-        GroupSpec {
-            name: "db-cluster".into(),
-            policy: GroupPolicy::Spread { min_sites: regions.len().min(3) as u32, max_per_site: 1 },
-        },
-        GroupSpec { name: "analytics".into(), policy: GroupPolicy::Colocate { max_rtt_ms: 40.0 } },
-    ];
+    let groups = if mix.groups {
+        vec![
+            GroupSpec {
+                name: "db-cluster".into(),
+                policy: GroupPolicy::Spread { min_sites: regions.len().min(3) as u32, max_per_site: 1 },
+            },
+            GroupSpec { name: "analytics".into(), policy: GroupPolicy::Colocate { max_rtt_ms: 40.0 } },
+        ]
+    } else {
+        Vec::new()
+    };
+    let pinned_every = if mix.pinned_share > 0.0 { (1.0 / mix.pinned_share).round().max(1.0) as usize } else { 0 };
 
-    let total_weight: u32 = SHAPES.iter().map(|s| s.2).sum();
-    let vms = (0..vm_count)
+    let total_weight: u32 = mix.shapes.iter().map(|s| s.2).sum();
+    let vms: Vec<VmSpec> = (0..vm_count)
         .map(|i| {
-            let mut pick = rng.random_range(0..total_weight);
-            let &(vcpus, memory_gib, _) = SHAPES
+            let mut pick = rng.random_range(0..total_weight.max(1));
+            let &(vcpus, memory_gib, _) = mix
+                .shapes
                 .iter()
                 .find(|s| {
                     if pick < s.2 {
@@ -112,44 +159,55 @@ pub fn fleet_in(regions: &[Region], vm_count: usize, seed: u64) -> Fleet {
                         false
                     }
                 })
-                .unwrap_or(&SHAPES[0]);
+                .unwrap_or(&mix.shapes[0]);
             // The colocated group starts together at one region; everything
             // else spreads round the regions.
             let home = match i {
-                3..=6 => &regions[0],
+                3..=6 if mix.groups => &regions[0],
                 _ => &regions[i % regions.len()],
             };
             let (group, pinned, allowed_regions) = match i {
                 // One member per site, as its spread policy asks.
-                0..=2 if i < regions.len() => (Some("db-cluster".to_owned()), false, None),
-                0..=2 => (None, false, None),
-                3..=6 => (Some("analytics".to_owned()), false, None),
-                _ if i % 23 == 0 => (None, true, None),
+                0..=2 if mix.groups && i < regions.len() => (Some("db-cluster".to_owned()), false, None),
+                3..=6 if mix.groups => (Some("analytics".to_owned()), false, None),
+                0..=6 => (None, false, None),
+                _ if pinned_every > 0 && i % pinned_every == 0 => (None, true, None),
                 // Data-residency: some European VMs must stay in Europe.
                 _ if i % 17 == 0 && continent(home) == "europe" => {
-                    let europe = regions.iter().filter(|r| continent(r) == "europe").map(|r| r.zone.to_owned());
+                    let europe = regions.iter().filter(|r| continent(r) == "europe").map(|r| r.zone.to_string());
                     (None, false, Some(europe.collect()))
                 }
                 _ => (None, false, None),
             };
+            let (low, high) = mix.dirty_rate_mbps;
             VmSpec {
                 name: format!("vm-{i:05}"),
                 vcpus,
                 memory_gib,
-                disk_gib: [20.0, 40.0, 80.0, 160.0, 500.0][rng.random_range(0..5)],
-                dirty_rate_mbps: (rng.random_range(5.0..400.0_f64)).round(),
-                site: home.zone.to_owned(),
+                disk_gib: mix.disk_gib[rng.random_range(0..mix.disk_gib.len())],
+                dirty_rate_mbps: if high > low { rng.random_range(low..high).round() } else { low },
+                site: home.zone.to_string(),
                 allowed_sites: None,
                 allowed_regions,
                 pinned,
                 group,
                 priority: rng.random_range(0..=100),
-                max_downtime_ms: [100, 300, 1000][rng.random_range(0..3)],
+                max_downtime_ms: mix.max_downtime_ms[rng.random_range(0..mix.max_downtime_ms.len())],
                 driver: Driver::Sim,
                 driver_spec: serde_json::json!({}),
             }
         })
         .collect();
+    // A small fleet's draws may crowd a site: each starts at most 85% full.
+    for site in &mut sites {
+        let here = vms.iter().filter(|v: &&VmSpec| v.site == site.name);
+        let (vcpus, memory, disk) =
+            here.fold((0, 0.0, 0.0), |(c, m, d), v| (c + v.vcpus, m + v.memory_gib, d + v.disk_gib));
+        let c = &mut site.capacity;
+        c.vcpus = c.vcpus.max((f64::from(vcpus) / 0.85).ceil() as u32);
+        c.memory_gib = c.memory_gib.max((memory / 0.85).ceil());
+        c.disk_gib = c.disk_gib.max((disk / 0.85).ceil());
+    }
     Fleet { sites, links, groups, vms }
 }
 
@@ -209,7 +267,7 @@ mod tests {
     #[test]
     fn a_fleet_on_some_regions_uses_only_those() {
         let three: Vec<Region> =
-            REGIONS.iter().filter(|r| ["GB", "DE-LU", "US-CAL-CISO"].contains(&r.zone)).copied().collect();
+            REGIONS.iter().filter(|r| ["GB", "DE-LU", "US-CAL-CISO"].contains(&r.zone.as_ref())).cloned().collect();
         let fleet = fleet_in(&three, 60, 7);
         assert_eq!((fleet.sites.len(), fleet.links.len(), fleet.vms.len()), (3, 6, 60));
         assert!(fleet.vms.iter().all(|v| three.iter().any(|r| r.zone == v.site)));

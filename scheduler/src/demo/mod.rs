@@ -99,11 +99,11 @@ pub fn regions_named(names: &[String]) -> anyhow::Result<Vec<regions::Region>> {
     let mut picked = Vec::with_capacity(names.len());
     for name in names {
         let region = regions::REGIONS.iter().find(|r| r.zone == name.as_str()).with_context(|| {
-            let known: Vec<&str> = regions::REGIONS.iter().map(|r| r.zone).collect();
+            let known: Vec<&str> = regions::REGIONS.iter().map(|r| r.zone.as_ref()).collect();
             format!("no demo region '{name}': one of {} or all", known.join(", "))
         })?;
         if !picked.iter().any(|r: &regions::Region| r.zone == region.zone) {
-            picked.push(*region);
+            picked.push(region.clone());
         }
     }
     anyhow::ensure!(!picked.is_empty(), "name at least one region");

@@ -5,80 +5,131 @@
 //! in `shared/data/regions.csv` (green-dcc, MIT; Electricity Maps zone ids).
 //! Built into the binary so that the demo needs nothing at run time.
 
-/// One grid region.
-#[derive(Debug, Clone, Copy)]
+use std::borrow::Cow;
+
+/// One grid region: one of these built in, or one read from a regions
+/// file (the simulator's `--regions`).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Region {
     /// Electricity Maps zone id, used as the site name and region label.
-    pub zone: &'static str,
+    pub zone: Cow<'static, str>,
     /// A name for people.
-    pub name: &'static str,
-    pub timezone: &'static str,
+    pub name: Cow<'static, str>,
+    pub timezone: Cow<'static, str>,
     pub latitude: f64,
     pub longitude: f64,
 }
 
 pub const REGIONS: [Region; 16] = [
     Region {
-        zone: "US-CAL-CISO",
-        name: "California (CAISO)",
-        timezone: "America/Los_Angeles",
+        zone: Cow::Borrowed("US-CAL-CISO"),
+        name: Cow::Borrowed("California (CAISO)"),
+        timezone: Cow::Borrowed("America/Los_Angeles"),
         latitude: 37.77,
         longitude: -122.42,
     },
     Region {
-        zone: "US-TEX-ERCO",
-        name: "Texas (ERCOT)",
-        timezone: "America/Chicago",
+        zone: Cow::Borrowed("US-TEX-ERCO"),
+        name: Cow::Borrowed("Texas (ERCOT)"),
+        timezone: Cow::Borrowed("America/Chicago"),
         latitude: 32.78,
         longitude: -96.8,
     },
     Region {
-        zone: "US-MIDA-PJM",
-        name: "PJM / N. Virginia",
-        timezone: "America/New_York",
+        zone: Cow::Borrowed("US-MIDA-PJM"),
+        name: Cow::Borrowed("PJM / N. Virginia"),
+        timezone: Cow::Borrowed("America/New_York"),
         latitude: 38.95,
         longitude: -77.45,
     },
     Region {
-        zone: "US-NY-NYIS",
-        name: "New York (NYISO)",
-        timezone: "America/New_York",
+        zone: Cow::Borrowed("US-NY-NYIS"),
+        name: Cow::Borrowed("New York (NYISO)"),
+        timezone: Cow::Borrowed("America/New_York"),
         latitude: 42.65,
         longitude: -73.76,
     },
-    Region { zone: "CA-ON", name: "Ontario (IESO)", timezone: "America/Toronto", latitude: 43.65, longitude: -79.38 },
     Region {
-        zone: "BR-SP",
-        name: "Brazil South-East / Sao Paulo",
-        timezone: "America/Sao_Paulo",
+        zone: Cow::Borrowed("CA-ON"),
+        name: Cow::Borrowed("Ontario (IESO)"),
+        timezone: Cow::Borrowed("America/Toronto"),
+        latitude: 43.65,
+        longitude: -79.38,
+    },
+    Region {
+        zone: Cow::Borrowed("BR-SP"),
+        name: Cow::Borrowed("Brazil South-East / Sao Paulo"),
+        timezone: Cow::Borrowed("America/Sao_Paulo"),
         latitude: -23.55,
         longitude: -46.63,
     },
     Region {
-        zone: "CL-SIC",
-        name: "Chile (SEN, central)",
-        timezone: "America/Santiago",
+        zone: Cow::Borrowed("CL-SIC"),
+        name: Cow::Borrowed("Chile (SEN, central)"),
+        timezone: Cow::Borrowed("America/Santiago"),
         latitude: -33.45,
         longitude: -70.67,
     },
-    Region { zone: "GB", name: "Great Britain", timezone: "Europe/London", latitude: 51.51, longitude: -0.13 },
-    Region { zone: "DE-LU", name: "Germany-Luxembourg", timezone: "Europe/Berlin", latitude: 50.11, longitude: 8.68 },
-    Region { zone: "ZA", name: "South Africa", timezone: "Africa/Johannesburg", latitude: -26.2, longitude: 28.05 },
-    Region { zone: "IN-WE", name: "India West", timezone: "Asia/Kolkata", latitude: 19.08, longitude: 72.88 },
-    Region { zone: "SG", name: "Singapore", timezone: "Asia/Singapore", latitude: 1.35, longitude: 103.82 },
-    Region { zone: "KR", name: "South Korea", timezone: "Asia/Seoul", latitude: 37.57, longitude: 126.98 },
-    Region { zone: "JP-TK", name: "Japan Tokyo area", timezone: "Asia/Tokyo", latitude: 35.68, longitude: 139.69 },
     Region {
-        zone: "AU-NSW",
-        name: "Australia New South Wales",
-        timezone: "Australia/Sydney",
+        zone: Cow::Borrowed("GB"),
+        name: Cow::Borrowed("Great Britain"),
+        timezone: Cow::Borrowed("Europe/London"),
+        latitude: 51.51,
+        longitude: -0.13,
+    },
+    Region {
+        zone: Cow::Borrowed("DE-LU"),
+        name: Cow::Borrowed("Germany-Luxembourg"),
+        timezone: Cow::Borrowed("Europe/Berlin"),
+        latitude: 50.11,
+        longitude: 8.68,
+    },
+    Region {
+        zone: Cow::Borrowed("ZA"),
+        name: Cow::Borrowed("South Africa"),
+        timezone: Cow::Borrowed("Africa/Johannesburg"),
+        latitude: -26.2,
+        longitude: 28.05,
+    },
+    Region {
+        zone: Cow::Borrowed("IN-WE"),
+        name: Cow::Borrowed("India West"),
+        timezone: Cow::Borrowed("Asia/Kolkata"),
+        latitude: 19.08,
+        longitude: 72.88,
+    },
+    Region {
+        zone: Cow::Borrowed("SG"),
+        name: Cow::Borrowed("Singapore"),
+        timezone: Cow::Borrowed("Asia/Singapore"),
+        latitude: 1.35,
+        longitude: 103.82,
+    },
+    Region {
+        zone: Cow::Borrowed("KR"),
+        name: Cow::Borrowed("South Korea"),
+        timezone: Cow::Borrowed("Asia/Seoul"),
+        latitude: 37.57,
+        longitude: 126.98,
+    },
+    Region {
+        zone: Cow::Borrowed("JP-TK"),
+        name: Cow::Borrowed("Japan Tokyo area"),
+        timezone: Cow::Borrowed("Asia/Tokyo"),
+        latitude: 35.68,
+        longitude: 139.69,
+    },
+    Region {
+        zone: Cow::Borrowed("AU-NSW"),
+        name: Cow::Borrowed("Australia New South Wales"),
+        timezone: Cow::Borrowed("Australia/Sydney"),
         latitude: -33.85,
         longitude: 151.21,
     },
     Region {
-        zone: "AU-VIC",
-        name: "Australia Victoria",
-        timezone: "Australia/Melbourne",
+        zone: Cow::Borrowed("AU-VIC"),
+        name: Cow::Borrowed("Australia Victoria"),
+        timezone: Cow::Borrowed("Australia/Melbourne"),
         latitude: -37.81,
         longitude: 144.96,
     },
@@ -102,7 +153,7 @@ mod tests {
     fn regions_are_well_formed() {
         for r in REGIONS {
             assert!(r.timezone.parse::<chrono_tz::Tz>().is_ok(), "{}", r.zone);
-            assert!(crate::domain::inventory::check_name("zone", r.zone).is_ok());
+            assert!(crate::domain::inventory::check_name("zone", &r.zone).is_ok());
         }
         let london_frankfurt = distance_km(&REGIONS[7], &REGIONS[8]);
         assert!((600.0..700.0).contains(&london_frankfurt), "{london_frankfurt}");

@@ -142,7 +142,7 @@ mod tests {
         let (start, now) = (at(2025, 3, 3, 0, 0), at(2025, 3, 10, 0, 0));
         for r in REGIONS {
             for seed in 0..5 {
-                let points = synthetic_points(r.zone, tz(r.zone), start, 14 * 24, now, seed);
+                let points = synthetic_points(&r.zone, tz(&r.zone), start, 14 * 24, now, seed);
                 assert_eq!(points.len(), 2 * 14 * 24);
                 for p in points {
                     assert_eq!(check_value(p.signal, p.value), Ok(()), "{} {}", r.zone, p.ts);
@@ -201,7 +201,7 @@ mod tests {
     fn every_region_has_a_profile_in_region_order() {
         for (r, p) in REGIONS.iter().zip(profiles::PROFILES.iter()) {
             assert_eq!(p.zone, r.zone);
-            assert_eq!(profiles::profile(r.zone).map(|p| p.zone), Some(r.zone));
+            assert_eq!(profiles::profile(&r.zone).map(|p| p.zone), Some(r.zone.as_ref()));
         }
         assert_eq!(profiles::PROFILES.len(), REGIONS.len());
         assert!(synthetic_points("XX", chrono_tz::UTC, at(2025, 1, 1, 0, 0), 24, at(2025, 1, 1, 0, 0), 0).is_empty());

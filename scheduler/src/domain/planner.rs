@@ -594,12 +594,20 @@ fn breakdown(input: &PlanInput, moves: &[Move]) -> Breakdown {
     totals
 }
 
+/// What the greedy baseline does.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Greedy {
+    pub moves: Vec<Move>,
+    /// Comparable with [`Breakdown::objective`].
+    pub objective: f64,
+}
+
 /// The baseline planners are measured against: each VM in turn goes to
 /// its cheapest choice (cost plus churn charge) that still fits capacity
-/// and the link's bytes; group members stay where they are. Returns the
-/// objective of the result, comparable with [`Breakdown::objective`].
-pub fn greedy(input: &PlanInput) -> f64 {
+/// and the link's bytes; group members stay where they are.
+pub fn greedy(input: &PlanInput) -> Greedy {
     let classes = classes(input);
+    let mut moves = Vec::new();
     let mut taken = Taken::none(input);
     for vm in &input.vms {
         taken.load[vm.site].iter_mut().zip(demand(vm)).for_each(|(l, d)| *l += d);
@@ -610,7 +618,7 @@ pub fn greedy(input: &PlanInput) -> f64 {
         let need = demand(vm);
         let mut choices: Vec<&Choice> = class.options.iter().collect();
         choices.sort_by(|a, b| (a.cost + a.hurdle).total_cmp(&(b.cost + b.hurdle)));
-        for _ in &class.members {
+        for &member in &class.members {
             let fits = |c: &&&Choice| match c.migration {
                 None => true,
                 Some(m) => {
@@ -629,11 +637,13 @@ pub fn greedy(input: &PlanInput) -> f64 {
                 taken.load[vm.site].iter_mut().zip(need).for_each(|(l, d)| *l -= d);
                 taken.load[choice.site].iter_mut().zip(need).for_each(|(l, d)| *l += d);
                 taken.link_bytes[m.link] += m.estimate.wire_bytes;
+                moves.push(explain(input, member, choice.site, &m));
             }
             total += choice.cost + choice.hurdle;
         }
     }
-    total
+    moves.sort_by_key(|m| m.vm);
+    Greedy { moves, objective: total }
 }
 
 /// Bytes a link may carry in the first slot.
@@ -1145,7 +1155,7 @@ mod tests {
         let vms: Vec<PlanVm> =
             (0..5).map(|i| PlanVm { dirty_bytes_per_s: 1e5 * f64::from(i + 1), ..vm(&format!("v{i}"), 0) }).collect();
         let i = input(sites, vms, vec![link(0, 1), link(0, 2)]);
-        let (planned, greedy) = (plan(&i).unwrap(), greedy(&i));
+        let (planned, greedy) = (plan(&i).unwrap(), greedy(&i).objective);
         assert!(greedy + 1e-9 >= planned.totals.objective, "greedy {greedy} < planned {}", planned.totals.objective);
         assert_eq!(planned.placement.iter().filter(|&&s| s == 1).count(), 2, "B takes two");
         assert_eq!(planned.placement.iter().filter(|&&s| s == 2).count(), 3, "C takes the rest");
@@ -1353,7 +1363,11 @@ mod tests {
                     }
                     let greedy = greedy(&i);
                     if baseline_legal {
-                        proptest::prop_assert!(greedy + 1e-6 >= p.totals.objective);
+                        proptest::prop_assert!(greedy.objective + 1e-6 >= p.totals.objective);
+                        let mut placement = stay.clone();
+                        greedy.moves.iter().for_each(|m| placement[m.vm] = m.to);
+                        let broken = violations(&i, &placement, &greedy.moves);
+                        proptest::prop_assert!(broken.is_empty(), "greedy: {broken:?}");
                     }
                 }
                 Err(PlanError::Infeasible(why)) => {

@@ -235,6 +235,20 @@ pub fn simulate(network: &Network, migrations: &[Migration], policy: Policy) -> 
 /// its cap for the next, or for those running. Running migrations report
 /// a start of 0 and finished ones a start and finish of 0.
 pub fn resume(network: &Network, migrations: &[Migration], policy: Policy, now: &[(Progress, f64)]) -> Schedule {
+    advance(network, migrations, policy, now, f64::INFINITY).0
+}
+
+/// [`resume`] for `for_s` seconds only: the schedule so far (bytes and
+/// downtime of this stretch; those still running have no finish) and
+/// where each migration stands at its end, with its rate: what the next
+/// stretch resumes from. The simulator runs its hours this way.
+pub fn advance(
+    network: &Network,
+    migrations: &[Migration],
+    policy: Policy,
+    now: &[(Progress, f64)],
+    for_s: f64,
+) -> (Schedule, Vec<(Progress, f64)>) {
     let n = migrations.len();
     let capacity = capacities(network);
     let uses: Vec<Vec<usize>> = migrations.iter().map(|m| resources(network, m)).collect();
@@ -361,6 +375,9 @@ pub fn resume(network: &Network, migrations: &[Migration], policy: Policy, now: 
                 _ => f64::INFINITY,
             })
             .fold(f64::INFINITY, f64::min);
+        if now >= for_s {
+            break;
+        }
         if !step.is_finite() {
             // Everything live is starved: those migrations cannot finish.
             for &i in &live {
@@ -369,6 +386,7 @@ pub fn resume(network: &Network, migrations: &[Migration], policy: Policy, now: 
             }
             continue;
         }
+        let step = step.min(for_s - now);
         now += step;
         for &i in &live {
             let m = &migrations[i];
@@ -417,7 +435,8 @@ pub fn resume(network: &Network, migrations: &[Migration], policy: Policy, now: 
         .filter(|&i| least[i].is_some() && outcomes[i].start_s.is_some())
         .filter_map(|i| outcomes[i].finish_s.or(outcomes[i].failed_s))
         .collect();
-    Schedule {
+    let state = phase.into_iter().zip(rate).collect();
+    let schedule = Schedule {
         makespan_s: outcomes.iter().filter_map(|o| o.finish_s).fold(0.0, f64::max),
         mean_completion_s: if ends.is_empty() { 0.0 } else { ends.iter().sum::<f64>() / ends.len() as f64 },
         started_not_converging: outcomes.iter().filter(|o| o.failed_s.is_some()).count(),
@@ -425,7 +444,8 @@ pub fn resume(network: &Network, migrations: &[Migration], policy: Policy, now: 
         least_share_over_dirty,
         cannot_converge,
         outcomes,
-    }
+    };
+    (schedule, state)
 }
 
 /// Disk first (none to send is a disk phase that ends at once).
@@ -801,6 +821,33 @@ mod tests {
                 let lb = lower_bound(&network, &migrations, 40, s.makespan_s);
                 proptest::prop_assert!(lb <= s.makespan_s * (1.0 + 1e-6), "bound {lb} above the makespan {}", s.makespan_s);
             }
+        }
+    }
+
+    #[test]
+    fn a_schedule_run_in_stretches_is_the_schedule_run_at_once() {
+        // Three migrations sharing a link for about a minute, advanced 7 s at a time.
+        let net = one_link(100e6);
+        let three = [migration("a", 0, 2.0, 10.0), migration("b", 0, 1.0, 5.0), migration("c", 0, 3.0, 20.0)];
+        let policy = Policy::Heliotrope(Goal::MeanCompletion);
+        let whole = simulate(&net, &three, policy);
+        let mut state = vec![(Progress::Waiting, 0.0); 3];
+        let (mut bytes, mut finish, mut downtime) = ([0.0; 3], [None; 3], [0.0; 3]);
+        for stretch in 0..100 {
+            let (ran, next) = advance(&net, &three, policy, &state, 7.0);
+            for (i, o) in ran.outcomes.iter().enumerate() {
+                bytes[i] += o.bytes;
+                downtime[i] += o.downtime_s;
+                if state[i].0 != Progress::Finished && next[i].0 == Progress::Finished {
+                    finish[i] = o.finish_s.map(|f| f + 7.0 * f64::from(stretch));
+                }
+            }
+            state = next;
+        }
+        for (i, o) in whole.outcomes.iter().enumerate() {
+            assert!(close(bytes[i], o.bytes), "{i}: {} vs {}", bytes[i], o.bytes);
+            assert!(close(finish[i].unwrap(), o.finish_s.unwrap()), "{i}: {finish:?} vs {o:?}");
+            assert!(close(downtime[i], o.downtime_s));
         }
     }
 

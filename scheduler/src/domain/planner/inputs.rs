@@ -49,38 +49,47 @@ pub fn slot_values(
     slots: u32,
 ) -> Result<(Vec<f64>, Coverage), DateTime<Utc>> {
     let by_hour: HashMap<DateTime<Utc>, &SignalPoint> = points.iter().map(|p| (p.timestamp, p)).collect();
-    let mut values: Vec<f64> = Vec::with_capacity(slots as usize);
     let mut coverage = Coverage::default();
-    for slot in 0..i64::from(slots) {
-        let hour = start + Duration::hours(slot);
-        if let Some(point) = by_hour.get(&hour) {
-            coverage.synthetic |= point.basis == Basis::Synthetic;
+    let values = persist(slots as usize, |slot| {
+        let point = by_hour.get(&(start + Duration::hours(slot)))?;
+        coverage.synthetic |= point.basis == Basis::Synthetic;
+        if slot >= 0 {
             match point.kind {
                 PointKind::Actual => coverage.actual += 1,
                 PointKind::Forecast => coverage.forecast += 1,
             }
-            values.push(point.value);
+        }
+        Some(point.value)
+    })
+    .map_err(|slot| start + Duration::hours(slot as i64))?;
+    coverage.persistence = slots - coverage.actual - coverage.forecast;
+    Ok((values, coverage))
+}
+
+/// The persistence rule on its own: one value per slot, `known(slot)`
+/// where there is one, else the same hour on the nearest earlier day
+/// within [`PERSISTENCE_DAYS`] (slots already filled first, then
+/// `known` of slots before the first). `Err` names the first slot left
+/// without a value. The plans service and the simulator's persistence
+/// forecast both fill with it.
+pub fn persist<T: Copy>(slots: usize, mut known: impl FnMut(i64) -> Option<T>) -> Result<Vec<T>, usize> {
+    let mut values: Vec<T> = Vec::with_capacity(slots);
+    for slot in 0..slots {
+        if let Some(value) = known(slot as i64) {
+            values.push(value);
             continue;
         }
         let earlier = (1..=PERSISTENCE_DAYS).find_map(|day| {
-            let back = slot - 24 * day;
+            let back = slot as i64 - 24 * day;
             if back >= 0 {
                 Some(values[back as usize])
             } else {
-                let point = by_hour.get(&(hour - Duration::days(day)))?;
-                coverage.synthetic |= point.basis == Basis::Synthetic;
-                Some(point.value)
+                known(back)
             }
         });
-        match earlier {
-            Some(value) => {
-                coverage.persistence += 1;
-                values.push(value);
-            }
-            None => return Err(hour),
-        }
+        values.push(earlier.ok_or(slot)?);
     }
-    Ok((values, coverage))
+    Ok(values)
 }
 
 /// Checks an evacuation request: a deadline of 1 s to 7 days, and target
