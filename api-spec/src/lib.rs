@@ -12,7 +12,8 @@
 //! [`auth`] (roles and tokens), [`error`] (the one error shape), and
 //! [`page`] (cursor pagination), [`signals`] (carbon and price series),
 //! [`plans`] (placement plans and their moves), [`migrations`] (the
-//! jobs applied plans turn into).
+//! jobs applied plans turn into), [`simulations`] (what-if replays of
+//! past signals).
 
 pub mod auth;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod migrations;
 pub mod page;
 pub mod plans;
 pub mod signals;
+pub mod simulations;
 
 pub use auth::*;
 pub use error::*;
@@ -29,3 +31,4 @@ pub use migrations::*;
 pub use page::*;
 pub use plans::*;
 pub use signals::*;
+pub use simulations::*;

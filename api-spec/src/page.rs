@@ -51,3 +51,5 @@ page_type!(/// One page of plans.
     PlanPage, crate::PlanSummary);
 page_type!(/// One page of migrations.
     MigrationPage, crate::Migration);
+page_type!(/// One page of simulations (without their reports), newest first.
+    SimulationPage, crate::Simulation);

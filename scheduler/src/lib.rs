@@ -8,6 +8,7 @@
 //! - [`http`]: axum routes, authentication, metrics, the error mapping, OpenAPI.
 //! - [`planning`]: the plans service (inventory and signals in, a stored plan out).
 //! - [`rebalancer`]: the hourly loop one replica at a time runs (plan, maybe apply).
+//! - [`simulation`]: what-if replays of carbon and price traces through the policies, and their reports.
 //! - [`feeds`]: polling the carbon and price providers.
 //! - [`startup`]: building and running the server; [`config`] and [`telemetry`].
 //! - [`demo`]: the one-command demo (fleet, private Postgres); [`bench`]: benchmarks.
@@ -21,5 +22,6 @@ pub mod feeds;
 pub mod http;
 pub mod planning;
 pub mod rebalancer;
+pub mod simulation;
 pub mod startup;
 pub mod telemetry;

@@ -27,6 +27,7 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plan(args) => plan(&cli.config, &args).await,
+        Command::Simulate(args) => heliotrope::simulation::command::run(&cli.config.planner, &args),
         Command::Bench(BenchCommand::Api(args)) => bench::api(&cli.config, &args).await,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(&cli.config, &args).await,
         Command::Bench(BenchCommand::Planner(args)) => bench::planner(&args),

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use heliotrope_api_spec::{
-    AppliedPlan, BaselineSchedule, EvacuationReport, EvacuationRequest, Evacuee, PlanCosts, PlanInputs, PlanMode,
-    PlanRequest, PlanSchedule, PlannedMove, ScheduleGoal, ScheduledMigration, Signal, SignalCoverage, SolverReport,
+    AppliedPlan, BaselineSchedule, EvacuationReport, EvacuationRequest, Evacuee, Group, Link, PlanCosts, PlanInputs,
+    PlanMode, PlanRequest, PlanSchedule, PlannedMove, ScheduleGoal, ScheduledMigration, Signal, SignalCoverage, Site,
+    SolverReport, Vm,
 };
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -57,6 +58,55 @@ pub async fn propose(
     Ok(make(pool, config, request, now, goal, |_| {}).await?.applied)
 }
 
+/// The inventory in one consistent read, with each VM's moves since
+/// `since` and whether one is under way (by VM id).
+pub(crate) struct Snapshot {
+    pub sites: Vec<Site>,
+    pub links: Vec<Link>,
+    pub vms: Vec<Vm>,
+    pub groups: Vec<Group>,
+    pub recent: HashMap<i64, (u32, bool)>,
+}
+
+pub(crate) async fn snapshot(pool: &PgPool, since: DateTime<Utc>) -> Result<Snapshot, PlanningError> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    let snapshot = Snapshot {
+        sites: db::sites::all(&mut *tx).await?,
+        links: db::links::all(&mut *tx).await?,
+        vms: db::vms::all(&mut *tx).await?,
+        groups: db::groups::all(&mut *tx).await?,
+        recent: db::migrations::recent(&mut *tx, since).await?,
+    };
+    tx.commit().await?;
+    Ok(snapshot)
+}
+
+/// The planner's settings for `mode`: what the plans service, the
+/// rebalancer and the simulator plan with.
+pub fn settings(config: &PlannerConfig, mode: PlanMode, carbon_price_per_tonne: f64, currency: String) -> Settings {
+    let weights = match mode {
+        PlanMode::Cost => Weights { money: 1.0, carbon_price_per_tonne: 0.0 },
+        PlanMode::Carbon => Weights { money: 0.0, carbon_price_per_tonne },
+        PlanMode::Blend => Weights::blend(carbon_price_per_tonne),
+    };
+    Settings {
+        slot_hours: 1.0,
+        currency,
+        weights,
+        prices: MigrationPrices {
+            network_kwh_per_gb: config.network_kwh_per_gb,
+            egress_per_gb: 0.0,
+            downtime_penalty_per_s: config.downtime_penalty_per_s,
+        },
+        min_net_saving: config.min_net_saving,
+        max_moves_per_day: config.max_moves_per_day,
+        wire_fraction: config.wire_fraction,
+        time_limit_s: config.plan_time_limit_s,
+        mip_gap: config.plan_mip_gap,
+    }
+}
+
 /// A plan as stored, with what it was made from and its schedule's outcomes.
 struct Made {
     applied: AppliedPlan,
@@ -78,14 +128,7 @@ async fn make(
 ) -> Result<Made, PlanningError> {
     // The slot under way is the first: it is what gets executed.
     let start = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
-    let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
-    let sites = db::sites::all(&mut *tx).await?;
-    let links = db::links::all(&mut *tx).await?;
-    let vms = db::vms::all(&mut *tx).await?;
-    let groups = db::groups::all(&mut *tx).await?;
-    let recent = db::migrations::recent(&mut *tx, now - Duration::hours(24)).await?;
-    tx.commit().await?;
+    let Snapshot { sites, links, vms, groups, recent } = snapshot(pool, now - Duration::hours(24)).await?;
 
     let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
     let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();
@@ -102,26 +145,7 @@ async fn make(
         .collect();
     let group_specs: Vec<_> = groups.iter().map(|g| g.spec.clone()).collect();
     let inventory = Inventory { sites: &site_specs, links: &link_specs, vms: &vm_specs, groups: &group_specs };
-    let weights = match request.mode {
-        PlanMode::Cost => Weights { money: 1.0, carbon_price_per_tonne: 0.0 },
-        PlanMode::Carbon => Weights { money: 0.0, carbon_price_per_tonne: request.carbon_price_per_tonne },
-        PlanMode::Blend => Weights::blend(request.carbon_price_per_tonne),
-    };
-    let settings = Settings {
-        slot_hours: 1.0,
-        currency: currency.clone(),
-        weights,
-        prices: MigrationPrices {
-            network_kwh_per_gb: config.network_kwh_per_gb,
-            egress_per_gb: 0.0,
-            downtime_penalty_per_s: config.downtime_penalty_per_s,
-        },
-        min_net_saving: config.min_net_saving,
-        max_moves_per_day: config.max_moves_per_day,
-        wire_fraction: config.wire_fraction,
-        time_limit_s: config.plan_time_limit_s,
-        mip_gap: config.plan_mip_gap,
-    };
+    let settings = settings(config, request.mode, request.carbon_price_per_tonne, currency.clone());
     let inputs = PlanInputs {
         sites: site_specs.len() as u64,
         links: link_specs.len() as u64,
@@ -285,11 +309,11 @@ fn digest(inventory: &Inventory) -> String {
     hash.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-type SiteSlots = (Vec<Vec<SlotSignal>>, Vec<Coverage>, String);
+pub(crate) type SiteSlots = (Vec<Vec<SlotSignal>>, Vec<Coverage>, String);
 
 /// Per site, a carbon and price value for each slot, where they came from,
 /// and the one currency of the prices.
-async fn horizon_signals(
+pub(crate) async fn horizon_signals(
     pool: &PgPool,
     sites: &[heliotrope_api_spec::Site],
     start: DateTime<Utc>,

@@ -19,6 +19,7 @@ mod qemu;
 mod read_cache;
 mod rebalancer;
 mod signals;
+mod simulations;
 mod sites;
 mod tokens;
 mod vms;

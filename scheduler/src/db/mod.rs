@@ -15,6 +15,7 @@ pub mod migrations;
 pub mod plans;
 pub mod rebalancer;
 pub mod signals;
+pub mod simulations;
 pub mod sites;
 pub mod tokens;
 pub mod vms;

@@ -15,6 +15,7 @@ pub mod planner;
 pub mod rebalance;
 pub mod schedule;
 pub mod signals;
+pub mod simulation;
 pub mod token;
 
 use std::ops::Deref;

@@ -21,6 +21,7 @@ pub mod ops;
 pub mod plans;
 pub mod rebalancer;
 pub mod signals;
+pub mod simulations;
 pub mod sites;
 pub mod tokens;
 pub mod vms;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub rebalances: bool,
     /// Cancelled when the server begins to shut down (ends open event streams).
     pub stopping: CancellationToken,
+    /// One simulation at a time per replica (the others wait their turn).
+    pub simulation_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -75,6 +78,7 @@ impl AppState {
             replica: replica.into(),
             rebalances,
             stopping: CancellationToken::new(),
+            simulation_slots: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
@@ -102,6 +106,7 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded(migrations::router(), Access::PLANS))
         .merge(guarded(events::router(), Access::PLANS))
         .merge(guarded(rebalancer::router(), Access::PLANS))
+        .merge(guarded(simulations::router(), Access::PLANS))
         .merge(guarded(dispatch::router(), Access::EXECUTOR))
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })

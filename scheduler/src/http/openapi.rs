@@ -6,7 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    dispatch, events, executors, feeds, groups, links, migrations, ops, plans, rebalancer, signals, sites, tokens, vms,
+    dispatch, events, executors, feeds, groups, links, migrations, ops, plans, rebalancer, signals, simulations, sites,
+    tokens, vms,
 };
 
 #[derive(OpenApi)]
@@ -27,6 +28,8 @@ use super::{
         plans::evacuate_site,
         migrations::list_migrations, migrations::get_migration, migrations::cancel_migration,
         migrations::change_migration, events::stream_events, rebalancer::get_rebalancer,
+        simulations::create_simulation, simulations::list_simulations, simulations::get_simulation,
+        simulations::get_plot,
         dispatch::register_executor, dispatch::heartbeat, dispatch::claim, dispatch::report_progress,
         dispatch::complete_migration, dispatch::recover_migration,
         ops::healthz, ops::readyz, ops::metrics,
@@ -50,7 +53,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 16] = [
+const CLOSED_SCHEMAS: [&str; 17] = [
     "SiteSpec",
     "Capacity",
     "PowerModel",
@@ -67,6 +70,7 @@ const CLOSED_SCHEMAS: [&str; 16] = [
     "Completion",
     "RecoveryReport",
     "MigrationChange",
+    "SimulationRequest",
 ];
 
 /// The document as committed: pretty JSON with a trailing newline.
