@@ -51,5 +51,5 @@ page_type!(/// One page of plans.
     PlanPage, crate::PlanSummary);
 page_type!(/// One page of migrations.
     MigrationPage, crate::Migration);
-page_type!(/// One page of simulations (without their reports), newest first.
+page_type!(/// One page of simulations (without their reports).
     SimulationPage, crate::Simulation);

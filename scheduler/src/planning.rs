@@ -32,6 +32,9 @@ pub enum PlanningError {
     /// The solver gave up.
     #[error("{0}")]
     Unsolved(String),
+    /// This server is busy with the same kind of work (a simulation).
+    #[error("{0}")]
+    Busy(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -58,8 +61,8 @@ pub async fn propose(
     Ok(make(pool, config, request, now, goal, |_| {}).await?.applied)
 }
 
-/// The inventory in one consistent read, with each VM's moves since
-/// `since` and whether one is under way (by VM id).
+/// The inventory in one consistent read, with (if asked, since when) each
+/// VM's moves and whether one is under way (by VM id).
 pub(crate) struct Snapshot {
     pub sites: Vec<Site>,
     pub links: Vec<Link>,
@@ -68,7 +71,7 @@ pub(crate) struct Snapshot {
     pub recent: HashMap<i64, (u32, bool)>,
 }
 
-pub(crate) async fn snapshot(pool: &PgPool, since: DateTime<Utc>) -> Result<Snapshot, PlanningError> {
+pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Result<Snapshot, PlanningError> {
     let mut tx = pool.begin().await?;
     sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
     let snapshot = Snapshot {
@@ -76,7 +79,10 @@ pub(crate) async fn snapshot(pool: &PgPool, since: DateTime<Utc>) -> Result<Snap
         links: db::links::all(&mut *tx).await?,
         vms: db::vms::all(&mut *tx).await?,
         groups: db::groups::all(&mut *tx).await?,
-        recent: db::migrations::recent(&mut *tx, since).await?,
+        recent: match since {
+            Some(since) => db::migrations::recent(&mut *tx, since).await?,
+            None => HashMap::new(),
+        },
     };
     tx.commit().await?;
     Ok(snapshot)
@@ -128,7 +134,7 @@ async fn make(
 ) -> Result<Made, PlanningError> {
     // The slot under way is the first: it is what gets executed.
     let start = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
-    let Snapshot { sites, links, vms, groups, recent } = snapshot(pool, now - Duration::hours(24)).await?;
+    let Snapshot { sites, links, vms, groups, recent } = snapshot(pool, Some(now - Duration::hours(24))).await?;
 
     let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
     let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();

@@ -9,6 +9,7 @@ use sqlx::PgPool;
 
 use super::{enum_from_text, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
+use crate::domain::Valid;
 
 /// How long a running simulation's runner may stay silent.
 pub const SILENT: &str = "2 minutes";
@@ -55,9 +56,9 @@ fn columns(report: &str) -> String {
     )
 }
 
-pub async fn insert(pool: &PgPool, request: &SimulationRequest) -> Result<Simulation> {
+pub async fn insert(pool: &PgPool, request: &Valid<SimulationRequest>) -> Result<Simulation> {
     let id: i64 = sqlx::query_scalar("insert into simulation (request) values ($1) returning simulation_id")
-        .bind(Json(request))
+        .bind(Json(&**request))
         .fetch_one(pool)
         .await?;
     get(pool, id).await

@@ -65,7 +65,7 @@ fn continent(r: &Region) -> &'static str {
 /// Round-trip time between two regions, estimated: light in fibre covers
 /// about 100 km per ms of round trip; routes are longer than great
 /// circles, hence the stretch and a fixed overhead.
-pub fn rtt_estimate_ms(a: &Region, b: &Region) -> f64 {
+fn rtt_estimate_ms(a: &Region, b: &Region) -> f64 {
     (distance_km(a, b) / 100.0 * 1.3 + 2.0).round()
 }
 

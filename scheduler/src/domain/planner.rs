@@ -720,11 +720,12 @@ impl Solved {
 /// Resource amounts in a fixed order: vCPUs, memory (GiB), disk (GiB).
 const RESOURCE_NAMES: [(&str, &str); 3] = [("vcpus", ""), ("memory", " GiB"), ("disk", " GiB")];
 
-fn amounts(r: &Resources) -> [f64; 3] {
+/// A site's capacity or a VM's demand: vCPUs, memory GiB, disk GiB.
+pub(crate) fn amounts(r: &Resources) -> [f64; 3] {
     [r.vcpus, r.memory_gib, r.disk_gib]
 }
 
-fn demand(vm: &PlanVm) -> [f64; 3] {
+pub(crate) fn demand(vm: &PlanVm) -> [f64; 3] {
     amounts(&Resources { vcpus: f64::from(vm.shape.vcpus), memory_gib: vm.shape.memory_gib, disk_gib: vm.disk_gib })
 }
 

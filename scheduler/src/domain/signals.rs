@@ -300,6 +300,56 @@ pub fn points_from_csv(
     region: &str,
     now: DateTime<Utc>,
 ) -> Result<CsvPush, Rejection> {
+    let mut collectors = vec![Collector::new()];
+    let mut skipped_other_region = 0;
+    let rows = read_csv(body, options, now, &mut collectors, |row_region, _| match row_region {
+        Some(other) if other != region => {
+            skipped_other_region += 1;
+            None
+        }
+        _ => Some(0),
+    })?;
+    let points = collectors.pop().map(|c| c.points).unwrap_or_default();
+    Ok(CsvPush { points, rows: rows - skipped_other_region, skipped_other_region })
+}
+
+/// Every region's points from a trace file (which has a `region` column),
+/// read in one pass, by the rules of a push; regions in the order they
+/// first appear.
+pub fn points_by_region(
+    body: &[u8],
+    options: &IngestOptions,
+    now: DateTime<Utc>,
+) -> Result<Vec<(String, Vec<Point>)>, Rejection> {
+    let (mut names, mut collectors): (Vec<String>, Vec<Collector>) = (Vec::new(), Vec::new());
+    let mut missing = false;
+    read_csv(body, options, now, &mut collectors, |region, collectors| {
+        let Some(region) = region else {
+            missing = true;
+            return None;
+        };
+        Some(names.iter().position(|r| r == region).unwrap_or_else(|| {
+            names.push(region.to_owned());
+            collectors.push(Collector::new());
+            collectors.len() - 1
+        }))
+    })?;
+    if missing {
+        return Err(Rejection::new("missing_column", "line 1", "every row of a trace file needs a region"));
+    }
+    Ok(names.into_iter().zip(collectors).map(|(region, c)| (region, c.points)).collect())
+}
+
+/// Reads a CSV body row by row; `route` says, from a row's region, which
+/// of `collectors` its points go to (`None` skips the row). Returns the
+/// rows read.
+fn read_csv(
+    body: &[u8],
+    options: &IngestOptions,
+    now: DateTime<Utc>,
+    collectors: &mut Vec<Collector>,
+    mut route: impl FnMut(Option<&str>, &mut Vec<Collector>) -> Option<usize>,
+) -> Result<u64, Rejection> {
     let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(body);
     let unreadable = |e: csv::Error| {
         let line = e.position().map_or(0, |p| p.line());
@@ -323,16 +373,13 @@ pub fn points_from_csv(
     if carbon.is_none() && price.is_none() {
         return Err(Rejection::new("missing_column", "line 1", "needs carbon_g_per_kwh or price_per_mwh"));
     }
-    let mut collector = Collector::new();
-    let (mut rows, mut skipped_other_region) = (0, 0);
+    let mut rows = 0;
     let mut record = csv::StringRecord::new();
     while reader.read_record(&mut record).map_err(unreadable)? {
+        rows += 1;
         let location = format!("line {}", record.position().map_or(0, |p| p.line()));
         let field = |i: Option<usize>| i.and_then(|i| record.get(i)).filter(|v| !v.is_empty());
-        if field(row_region).is_some_and(|r| r != region) {
-            skipped_other_region += 1;
-            continue;
-        }
+        let Some(into) = route(field(row_region), collectors) else { continue };
         let bad = |column: &str, value: &str, expected: &str| {
             Rejection::new(
                 "unparseable",
@@ -367,10 +414,9 @@ pub fn points_from_csv(
             issued_at: time("issued_at", issued_at)?,
             estimated: flag("estimated", estimated)? || flag("ci_estimated", ci_estimated)?,
         };
-        collector.add_row(&row, options, now, &location)?;
-        rows += 1;
+        collectors[into].add_row(&row, options, now, &location)?;
     }
-    Ok(CsvPush { points: collector.points, rows, skipped_other_region })
+    Ok(rows)
 }
 
 #[cfg(test)]

@@ -31,10 +31,11 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::cost::{energy_cost, power_kw, running_cost, Cost, SlotSignal};
+use super::cost::{energy_cost, power_kw, running_cost, Cost, MigrationCost, SlotSignal};
 use super::inventory::check_range;
+use super::planner::inputs::check_horizon;
 use super::planner::inputs::persist;
-use super::planner::{self, PlanInput, Resources};
+use super::planner::{self, amounts, demand, PlanInput, Resources};
 use super::schedule::{self, advance, Goal, Progress};
 use super::{Valid, ValidationError};
 
@@ -122,8 +123,16 @@ impl std::fmt::Display for Forecast {
 
 /// The oracle plans at least this far ahead.
 pub const ORACLE_HORIZON_H: usize = 48;
-/// Hours of traces a persistence forecast needs before the first simulated hour.
-pub const PERSISTENCE_HISTORY_H: usize = 24;
+impl Forecast {
+    /// Hours of traces the forecast needs before the first hour simulated:
+    /// persistence looks a day back.
+    pub fn history_h(self) -> usize {
+        match self {
+            Forecast::Persistence => 24,
+            Forecast::Noisy { .. } | Forecast::Perfect => 0,
+        }
+    }
+}
 const HOUR_S: f64 = 3600.0;
 
 /// What to simulate.
@@ -167,18 +176,19 @@ impl Scenario {
         if self.fleet.vms.is_empty() {
             return fail("the fleet has no VMs".into());
         }
-        if !(1..=168).contains(&self.horizon_h) {
-            return fail(format!("the horizon must be 1 to 168 hours, got {}", self.horizon_h));
-        }
+        check_horizon("horizon", u32::try_from(self.horizon_h).unwrap_or(u32::MAX))
+            .map_err(|e| ScenarioError(e.to_string()))?;
         if self.from >= self.to || self.to > hours {
             return fail(format!(
                 "the window (hours {}..{}) is not within the {hours} hours of traces",
                 self.from, self.to
             ));
         }
-        if self.forecast == Forecast::Persistence && self.from < PERSISTENCE_HISTORY_H {
+        if self.from < self.forecast.history_h() {
             return fail(format!(
-                "a persistence forecast needs {PERSISTENCE_HISTORY_H} hours of traces before the first hour simulated"
+                "a {} forecast needs {} hours of traces before the first hour simulated",
+                self.forecast,
+                self.forecast.history_h()
             ));
         }
         Ok(())
@@ -192,9 +202,8 @@ pub struct Hour {
     pub cost: Cost,
     /// Everything weighted as the planner weighs it (egress and downtime included).
     pub objective: f64,
-    /// vCPUs running at each site at the hour's end.
+    /// vCPUs running at each site at the hour's end (a VM on the move runs at its source).
     pub vcpus_at: Vec<f64>,
-    pub migrated_bytes: f64,
 }
 
 /// A run's totals.
@@ -228,44 +237,45 @@ pub struct Run {
     pub hours: Vec<Hour>,
 }
 
-/// A migration under way: its VM, and where it stands in the fluid model.
-struct Flight {
+/// A migration decided and not yet ended: its VM, and where it stands in
+/// the fluid model.
+struct Underway {
     vm: usize,
     from: usize,
     to: usize,
     egress_per_gb: f64,
+    /// In the fluid model's terms.
+    flow: schedule::Migration,
+    progress: Progress,
+    /// Its bandwidth while it runs, bytes/s.
+    rate: f64,
     downtime_s: f64,
-    /// The hour it was decided.
-    decided: usize,
+    /// The first hour it waited for room at its destination.
+    held_since: Option<usize>,
+}
+
+impl Underway {
+    fn running(&self) -> bool {
+        matches!(self.progress, Progress::Disk { .. } | Progress::Round { .. } | Progress::Final { .. })
+    }
 }
 
 /// A migration that has waited this many hours for room at its
 /// destination (VMs there leaving later than planned) is given up.
 pub const MAX_WAIT_FOR_ROOM_H: usize = 24;
 
-/// vCPUs, memory and disk a VM takes.
-fn demand(fleet: &PlanInput, vm: usize) -> [f64; 3] {
-    let v = &fleet.vms[vm];
-    [f64::from(v.shape.vcpus), v.shape.memory_gib, v.disk_gib]
-}
-
-/// What each site holds: the VMs running there and those under way to it.
-fn load(fleet: &PlanInput, site: &[usize], flights: &[Flight], states: &[(Progress, f64)]) -> Vec<[f64; 3]> {
+/// What each site holds: the VMs running there and those on their way to it.
+fn load(fleet: &PlanInput, site: &[usize], underway: &[Underway]) -> Vec<[f64; 3]> {
     let mut load = vec![[0.0_f64; 3]; fleet.sites.len()];
-    for (vm, &at) in site.iter().enumerate() {
-        load[at].iter_mut().zip(demand(fleet, vm)).for_each(|(l, d)| *l += d);
-    }
-    for (flight, (progress, _)) in flights.iter().zip(states) {
-        if matches!(progress, Progress::Disk { .. } | Progress::Round { .. } | Progress::Final { .. }) {
-            load[flight.to].iter_mut().zip(demand(fleet, flight.vm)).for_each(|(l, d)| *l += d);
-        }
+    let arriving = underway.iter().filter(|u| u.running()).map(|u| (u.vm, u.to));
+    for (vm, at) in site.iter().copied().enumerate().chain(arriving) {
+        load[at].iter_mut().zip(demand(&fleet.vms[vm])).for_each(|(l, d)| *l += d);
     }
     load
 }
 
 fn fits(fleet: &PlanInput, load: &[f64; 3], at: usize) -> bool {
-    let c = fleet.sites[at].capacity;
-    load.iter().zip([c.vcpus, c.memory_gib, c.disk_gib]).all(|(l, c)| *l <= c + 1e-6)
+    load.iter().zip(amounts(&fleet.sites[at].capacity)).all(|(l, c)| *l <= c + 1e-6)
 }
 
 /// Runs `policy` over the scenario's window; `tick` is called after every
@@ -275,10 +285,9 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
     let fleet = &scenario.fleet;
     let settings = &fleet.settings;
     let (network, _) = schedule::for_moves(fleet, &[]);
-    let n_sites = fleet.sites.len();
     let mut site: Vec<usize> = fleet.vms.iter().map(|v| v.site).collect();
     let mut moved_at: Vec<Vec<usize>> = vec![Vec::new(); fleet.vms.len()];
-    let (mut flights, mut flows, mut states) = (Vec::<Flight>::new(), Vec::new(), Vec::<(Progress, f64)>::new());
+    let mut underway: Vec<Underway> = Vec::new();
     let mut totals = Totals::default();
     let mut hours = Vec::with_capacity(scenario.to - scenario.from);
     let power = |vm: usize, at: usize| power_kw(&fleet.sites[at].energy, &fleet.vms[vm].shape);
@@ -287,7 +296,7 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
         // What the policy sees, and what it decides.
         if policy != Policy::Static {
             let started = std::time::Instant::now();
-            let input = policy_input(scenario, policy, h, &site, &flights, &moved_at)?;
+            let input = policy_input(scenario, policy, h, &site, &underway, &moved_at)?;
             let moves = match policy {
                 Policy::Greedy => planner::greedy(&input).moves,
                 _ => match planner::plan(&input) {
@@ -298,13 +307,22 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
                     }
                 },
             };
-            let (_, new_flows) = schedule::for_moves(&input, &moves);
-            for (m, flow) in moves.iter().zip(new_flows) {
-                let egress_per_gb =
-                    input.links.iter().find(|l| (l.from, l.to) == (m.from, m.to)).map_or(0.0, |l| l.egress_per_gb);
-                flights.push(Flight { vm: m.vm, from: m.from, to: m.to, egress_per_gb, downtime_s: 0.0, decided: h });
-                flows.push(flow);
-                states.push((Progress::Waiting, 0.0));
+            let (_, flows) = schedule::for_moves(&input, &moves);
+            if flows.len() != moves.len() {
+                return Err(ScenarioError(format!("hour {h}: a move has no link to travel")));
+            }
+            for (m, flow) in moves.iter().zip(flows) {
+                underway.push(Underway {
+                    vm: m.vm,
+                    from: m.from,
+                    to: m.to,
+                    egress_per_gb: input.links[flow.link].egress_per_gb,
+                    flow,
+                    progress: Progress::Waiting,
+                    rate: 0.0,
+                    downtime_s: 0.0,
+                    held_since: None,
+                });
                 moved_at[m.vm].push(h);
             }
             totals.decide_s += started.elapsed().as_secs_f64();
@@ -312,92 +330,94 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
 
         // A migration starts only once its destination has room for the VM
         // (the plan's departures from there may not have ended yet); the
-        // others wait this hour out, marked skipped for the fluid model.
-        let mut room = load(fleet, &site, &flights, &states);
-        let mut held = vec![false; flights.len()];
-        for (i, flight) in flights.iter().enumerate() {
-            if states[i].0 == Progress::Waiting {
-                let mut with = room[flight.to];
-                with.iter_mut().zip(demand(fleet, flight.vm)).for_each(|(l, d)| *l += d);
-                if fits(fleet, &with, flight.to) {
-                    room[flight.to] = with;
-                } else {
-                    held[i] = true;
-                    states[i].0 = Progress::Skipped;
-                }
+        // others sit this hour out, marked skipped for the fluid model.
+        let mut room = load(fleet, &site, &underway);
+        let mut held = vec![false; underway.len()];
+        for (i, u) in underway.iter_mut().enumerate() {
+            if u.progress != Progress::Waiting {
+                continue;
+            }
+            let mut with = room[u.to];
+            with.iter_mut().zip(demand(&fleet.vms[u.vm])).for_each(|(l, d)| *l += d);
+            if fits(fleet, &with, u.to) {
+                room[u.to] = with;
+                u.held_since = None;
+            } else {
+                held[i] = true;
+                u.held_since.get_or_insert(h);
             }
         }
         // The hour's migrations, in the scheduler's fluid model.
-        let (ran, mut next) =
-            advance(&network, &flows, schedule::Policy::Heliotrope(Goal::MeanCompletion), &states, HOUR_S);
-        for (i, flight) in flights.iter().enumerate() {
-            if held[i] && h + 1 - flight.decided < MAX_WAIT_FOR_ROOM_H {
-                next[i] = (Progress::Waiting, 0.0);
-            }
-        }
+        let flows: Vec<schedule::Migration> = underway.iter().map(|u| u.flow.clone()).collect();
+        let now: Vec<(Progress, f64)> = underway
+            .iter()
+            .zip(&held)
+            .map(|(u, &held)| (if held { Progress::Skipped } else { u.progress }, u.rate))
+            .collect();
+        let (ran, next) = advance(&network, &flows, schedule::Policy::Heliotrope(Goal::MeanCompletion), &now, HOUR_S);
+
         let actual = |s: usize| &scenario.actuals[s][h];
-        let mut cost = Cost::default();
-        let (mut egress, mut penalty, mut bytes) = (0.0, 0.0, 0.0);
-        // Per VM, when in the hour it left its source (its migration ended).
-        let mut left_at: Vec<Option<(f64, usize)>> = vec![None; fleet.vms.len()];
-        for (i, (flight, outcome)) in flights.iter_mut().zip(&ran.outcomes).enumerate() {
-            bytes += outcome.bytes;
-            cost = cost + energy_cost(outcome.bytes / 1e9 * settings.prices.network_kwh_per_gb, actual(flight.from));
-            egress += outcome.bytes / 1e9 * flight.egress_per_gb;
-            flight.downtime_s += outcome.downtime_s;
+        let (mut running, mut migrating) = (Cost::default(), Cost::default());
+        let (mut egress, mut penalty) = (0.0, 0.0);
+        // Per VM whose migration ended this hour: when, and where it went.
+        let mut arrived: Vec<Option<(f64, usize)>> = vec![None; fleet.vms.len()];
+        for ((u, outcome), (progress, rate)) in underway.iter_mut().zip(&ran.outcomes).zip(next) {
+            totals.migrated_bytes += outcome.bytes;
+            let gb = outcome.bytes / 1e9;
+            migrating = migrating + energy_cost(gb * settings.prices.network_kwh_per_gb, actual(u.from));
+            egress += gb * u.egress_per_gb;
+            u.downtime_s += outcome.downtime_s;
             if let Some(start) = outcome.start_s {
-                let end = outcome.finish_s.or(outcome.failed_s).unwrap_or(HOUR_S).min(HOUR_S);
                 // The destination's copy runs while the VM moves.
-                cost = cost
-                    + running_cost(power(flight.vm, flight.to), (end - start).max(0.0) / HOUR_S, actual(flight.to));
+                let end = outcome.finish_s.or(outcome.failed_s).unwrap_or(HOUR_S).min(HOUR_S);
+                migrating = migrating + running_cost(power(u.vm, u.to), (end - start).max(0.0) / HOUR_S, actual(u.to));
             }
-            match next[i].0 {
+            (u.progress, u.rate) = (progress, rate);
+            match progress {
                 Progress::Finished => {
                     totals.migrations += 1;
-                    totals.downtime_s += flight.downtime_s;
-                    penalty += flight.downtime_s * settings.prices.downtime_penalty_per_s;
-                    left_at[flight.vm] = Some((outcome.finish_s.unwrap_or(HOUR_S), flight.to));
+                    totals.downtime_s += u.downtime_s;
+                    penalty += u.downtime_s * settings.prices.downtime_penalty_per_s;
+                    arrived[u.vm] = Some((outcome.finish_s.unwrap_or(HOUR_S), u.to));
+                }
+                Progress::Skipped if u.held_since.is_some_and(|since| h + 1 - since < MAX_WAIT_FOR_ROOM_H) => {
+                    u.progress = Progress::Waiting;
                 }
                 Progress::Failed | Progress::Skipped => totals.failed_migrations += 1,
                 _ => {}
             }
         }
-        for (vm, &at) in site.iter().enumerate() {
-            cost = cost
-                + match left_at[vm] {
+        for (vm, at) in site.iter_mut().enumerate() {
+            running = running
+                + match arrived[vm] {
                     Some((finish, to)) => {
-                        running_cost(power(vm, at), finish / HOUR_S, actual(at))
-                            + running_cost(power(vm, to), 1.0 - finish / HOUR_S, actual(to))
+                        let before = running_cost(power(vm, *at), finish / HOUR_S, actual(*at));
+                        *at = to;
+                        before + running_cost(power(vm, to), 1.0 - finish / HOUR_S, actual(to))
                     }
-                    None => running_cost(power(vm, at), 1.0, actual(at)),
+                    None => running_cost(power(vm, *at), 1.0, actual(*at)),
                 };
         }
-        for (vm, left) in left_at.iter().enumerate() {
-            if let Some((_, to)) = left {
-                site[vm] = *to;
-            }
-        }
         // Those still under way (or waiting for room) carry over.
-        let kept: Vec<bool> =
-            next.iter().map(|(p, _)| !matches!(p, Progress::Finished | Progress::Failed | Progress::Skipped)).collect();
-        let mut keep = kept.iter().copied();
-        flights.retain(|_| keep.next().unwrap_or(false));
-        let mut keep = kept.iter().copied();
-        flows.retain(|_| keep.next().unwrap_or(false));
-        states = next.into_iter().zip(kept).filter(|&(_, keep)| keep).map(|(state, _)| state).collect();
+        underway.retain(|u| !matches!(u.progress, Progress::Finished | Progress::Failed | Progress::Skipped));
 
         // Capacity at the hour's end: what runs at a site, and what is on its way there.
-        let load = load(fleet, &site, &flights, &states);
-        totals.capacity_violations += (0..n_sites).filter(|&s| !fits(fleet, &load[s], s)).count() as u64;
+        let load = load(fleet, &site, &underway);
+        totals.capacity_violations += (0..fleet.sites.len()).filter(|&s| !fits(fleet, &load[s], s)).count() as u64;
 
-        let objective = cost.weighted(settings.weights) + settings.weights.money * egress + penalty;
+        let migration = MigrationCost { energy: migrating, egress_cost: egress, downtime_penalty: penalty };
+        let objective = running.weighted(settings.weights) + migration.weighted(settings.weights);
+        let cost = running + migrating;
         totals.energy_cost += cost.energy_cost;
         totals.emissions_kg += cost.emissions_kg;
         totals.egress_cost += egress;
         totals.downtime_penalty += penalty;
         totals.objective += objective;
-        totals.migrated_bytes += bytes;
-        hours.push(Hour { cost, objective, vcpus_at: load.iter().map(|l| l[0]).collect(), migrated_bytes: bytes });
+        let mut vcpus_at = vec![0.0; fleet.sites.len()];
+        for (vm, &at) in site.iter().enumerate() {
+            vcpus_at[at] += f64::from(fleet.vms[vm].shape.vcpus);
+        }
+        hours.push(Hour { cost, objective, vcpus_at });
         if !tick() {
             return Err(ScenarioError(format!(
                 "stopped after {} of {} hours",
@@ -406,26 +426,19 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
             )));
         }
     }
-    // Arrivals still under way at the end count where they run: their source.
-    if let Some(last) = hours.last_mut() {
-        last.vcpus_at = vec![0.0; n_sites];
-        for (vm, &at) in site.iter().enumerate() {
-            last.vcpus_at[at] += f64::from(fleet.vms[vm].shape.vcpus);
-        }
-    }
     Ok(Run { policy, totals, hours })
 }
 
 /// What `policy` is shown at hour `h`: the fleet as it stands (VMs on the
-/// move pinned at their source, their room held at their destination, the
-/// moves of the last 24 hours counted) and each site's signals for its
-/// horizon (cut at the traces' end).
+/// move pinned at their source, and room held at the destination of those
+/// under way; the moves of the last 24 hours counted) and each site's
+/// signals for its horizon (cut at the traces' end).
 fn policy_input(
     scenario: &Scenario,
     policy: Policy,
     h: usize,
     site: &[usize],
-    flights: &[Flight],
+    underway: &[Underway],
     moved_at: &[Vec<usize>],
 ) -> Result<PlanInput, ScenarioError> {
     let mut input = scenario.fleet.clone();
@@ -440,27 +453,29 @@ fn policy_input(
     };
     let slots = horizon.min(scenario.actuals[0].len() - h);
     for (s, plan_site) in input.sites.iter_mut().enumerate() {
-        plan_site.signals = shown(scenario, forecast, s, h, slots)?;
+        plan_site.signals = forecast_view(scenario, forecast, s, h, slots)?;
     }
     for (vm, v) in input.vms.iter_mut().enumerate() {
         v.site = site[vm];
         v.moves_today = moved_at[vm].iter().filter(|&&at| at + 24 > h).count() as u32;
     }
-    for flight in flights {
-        let v = &mut input.vms[flight.vm];
-        v.pinned = true;
-        let room = &mut input.sites[flight.to].capacity;
-        *room = Resources {
-            vcpus: room.vcpus - f64::from(v.shape.vcpus),
-            memory_gib: room.memory_gib - v.shape.memory_gib,
-            disk_gib: room.disk_gib - v.disk_gib,
-        };
+    for u in underway {
+        input.vms[u.vm].pinned = true;
+        if u.running() {
+            let [vcpus, memory_gib, disk_gib] = demand(&input.vms[u.vm]);
+            let room = &mut input.sites[u.to].capacity;
+            *room = Resources {
+                vcpus: room.vcpus - vcpus,
+                memory_gib: room.memory_gib - memory_gib,
+                disk_gib: room.disk_gib - disk_gib,
+            };
+        }
     }
     Ok(input)
 }
 
 /// The signals of `site` for `slots` hours from `h` as `forecast` shows them.
-fn shown(
+fn forecast_view(
     scenario: &Scenario,
     forecast: Forecast,
     site: usize,
@@ -499,7 +514,7 @@ pub const MAX_WINDOW_DAYS: i64 = 62;
 
 /// A simulation request, checked, with its policies and forecast parsed.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Asked {
+pub struct CheckedRequest {
     pub request: Valid<SimulationRequest>,
     pub policies: Vec<Policy>,
     pub forecast: Forecast,
@@ -508,7 +523,7 @@ pub struct Asked {
 /// Checks a simulation request against `now`: a past window of whole
 /// hours, at most [`MAX_WINDOW_DAYS`] long; known policies and forecast;
 /// a horizon of 1 to 168 hours; a finite carbon price.
-pub fn parse_request(request: SimulationRequest, now: DateTime<Utc>) -> Result<Asked, ValidationError> {
+pub fn parse_request(request: SimulationRequest, now: DateTime<Utc>) -> Result<CheckedRequest, ValidationError> {
     for (field, t) in [("from", request.from), ("to", request.to)] {
         if t.timestamp() % 3600 != 0 || t.timestamp_subsec_nanos() != 0 {
             return Err(ValidationError::new(field, "must lie on the hour"));
@@ -533,11 +548,9 @@ pub fn parse_request(request: SimulationRequest, now: DateTime<Utc>) -> Result<A
         .map(|(i, p)| p.parse::<Policy>().map_err(|e| ValidationError::new(format!("policies[{i}]"), e)))
         .collect::<Result<Vec<_>, _>>()?;
     let forecast = request.forecast.parse::<Forecast>().map_err(|e| ValidationError::new("forecast", e))?;
-    if !(1..=168).contains(&request.horizon_h) {
-        return Err(ValidationError::new("horizon_h", "must be 1 to 168 hours"));
-    }
+    check_horizon("horizon_h", request.horizon_h)?;
     check_range("carbon_price_per_tonne", request.carbon_price_per_tonne, 0.0, 100_000.0)?;
-    Ok(Asked { request: Valid(request), policies, forecast })
+    Ok(CheckedRequest { request: Valid(request), policies, forecast })
 }
 
 /// The share of the oracle's saving over static that `policy` captured,
@@ -649,13 +662,13 @@ mod tests {
         let mut s = scenario(0.0, 0.001, vec![actual.clone(), actual]);
         let price = |v: Vec<SlotSignal>| v.iter().map(|x| x.price_per_mwh).collect::<Vec<_>>();
         // Persistence at hour 30: yesterday's hours 6, 7, ...
-        assert_eq!(price(shown(&s, Forecast::Persistence, 0, 30, 3).unwrap()), [6.0, 7.0, 8.0]);
-        assert_eq!(price(shown(&s, Forecast::Perfect, 0, 30, 2).unwrap()), [30.0, 31.0]);
-        let noisy = shown(&s, Forecast::Noisy { sigma: 0.2 }, 0, 30, 24).unwrap();
-        assert_eq!(noisy, shown(&s, Forecast::Noisy { sigma: 0.2 }, 0, 30, 24).unwrap(), "seeded");
-        assert_ne!(price(noisy), price(shown(&s, Forecast::Perfect, 0, 30, 24).unwrap()));
+        assert_eq!(price(forecast_view(&s, Forecast::Persistence, 0, 30, 3).unwrap()), [6.0, 7.0, 8.0]);
+        assert_eq!(price(forecast_view(&s, Forecast::Perfect, 0, 30, 2).unwrap()), [30.0, 31.0]);
+        let noisy = forecast_view(&s, Forecast::Noisy { sigma: 0.2 }, 0, 30, 24).unwrap();
+        assert_eq!(noisy, forecast_view(&s, Forecast::Noisy { sigma: 0.2 }, 0, 30, 24).unwrap(), "seeded");
+        assert_ne!(price(noisy), price(forecast_view(&s, Forecast::Perfect, 0, 30, 24).unwrap()));
         s.from = 10;
-        assert!(s.check().unwrap_err().0.contains("persistence forecast needs 24 hours"));
+        assert!(s.check().unwrap_err().0.contains("a persistence forecast needs 24 hours"));
     }
 
     #[test]

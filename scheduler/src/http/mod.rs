@@ -62,7 +62,7 @@ pub struct AppState {
     pub rebalances: bool,
     /// Cancelled when the server begins to shut down (ends open event streams).
     pub stopping: CancellationToken,
-    /// One simulation at a time per replica (the others wait their turn).
+    /// One simulation at a time per replica (another is refused meanwhile).
     pub simulation_slots: Arc<tokio::sync::Semaphore>,
 }
 

@@ -33,6 +33,7 @@ impl From<PlanningError> for ApiError {
             PlanningError::Inputs(why) => ApiError::Validation(why),
             PlanningError::Infeasible(why) => ApiError::Infeasible(why),
             PlanningError::Unsolved(why) => ApiError::Unsolved(why),
+            PlanningError::Busy(why) => ApiError::Conflict(why),
             PlanningError::Store(e) => e.into(),
         }
     }

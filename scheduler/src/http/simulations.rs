@@ -29,7 +29,8 @@ pub fn router() -> Router<AppState> {
 /// stored signals of `from` to `to` by each policy asked for (static and
 /// the oracle always run). It runs in the background: poll it by id.
 /// Signals missing for the window (nor found a day earlier), or an empty
-/// inventory, answer 422 at once.
+/// inventory, answer 422 at once; another simulation running on this
+/// server, 409.
 #[utoipa::path(post, path = "/v1/simulations", tag = "simulations", request_body = SimulationRequest,
     responses((status = 202, body = Simulation, headers(("Location" = String))), ErrorResponses))]
 pub async fn create_simulation(

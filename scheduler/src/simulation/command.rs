@@ -10,13 +10,15 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::fleet::{plan_fleet, regions_from_csv, FleetSpec};
-use super::{plots, policies_with_references, replay, report, table, Setting};
+use super::{plots, policies_with_references, replay, report, table, Provenance};
 use crate::config::{PlannerConfig, SimulateArgs};
+use crate::domain::inventory::check_range;
 use crate::domain::simulation::traces::Traces;
-use crate::domain::simulation::{Forecast, Policy, Scenario, PERSISTENCE_HISTORY_H};
+use crate::domain::simulation::{Policy, Scenario};
 
 pub fn run(planner: &PlannerConfig, args: &SimulateArgs) -> anyhow::Result<()> {
     let started = Instant::now();
+    check_range("--carbon-price", args.carbon_price, 0.0, 100_000.0)?;
     let body = std::fs::read(&args.traces).with_context(|| format!("reading {}", args.traces.display()))?;
     let traces = Traces::from_csv(&body).with_context(|| format!("traces {}", args.traces.display()))?;
     let mut spec = match &args.fleet {
@@ -38,7 +40,7 @@ pub fn run(planner: &PlannerConfig, args: &SimulateArgs) -> anyhow::Result<()> {
     let fleet = plan_fleet(&spec, &traces.regions, regions.as_deref(), settings)?;
 
     // By default the window starts once the persistence forecast has a day behind it.
-    let history = if args.forecast == Forecast::Persistence { PERSISTENCE_HISTORY_H } else { 0 };
+    let history = args.forecast.history_h();
     let from = match &args.from {
         Some(text) => hour_in(&traces, text, "--from")?,
         None => history,
@@ -70,7 +72,7 @@ pub fn run(planner: &PlannerConfig, args: &SimulateArgs) -> anyhow::Result<()> {
         true
     })?;
     bar.finish_and_clear();
-    let setting = Setting {
+    let setting = Provenance {
         from: traces.hour(from),
         to: traces.hour(to),
         sites: traces.regions.clone(),

@@ -110,6 +110,18 @@ impl FleetSpec {
         if self.shapes.is_empty() || self.shapes.iter().all(|s| s.weight == 0) {
             return fail("shapes: name at least one, with a weight above 0");
         }
+        // The inventory's rules check every VM drawn; these keep the draws themselves in range.
+        for (i, shape) in self.shapes.iter().enumerate() {
+            let drawable = (1..=1024).contains(&shape.vcpus)
+                && shape.memory_gib > 0.0
+                && shape.memory_gib <= 65_536.0
+                && shape.weight <= 1_000_000;
+            if !drawable {
+                return Err(FleetError(format!(
+                    "fleet spec: shapes[{i}]: vcpus 1 to 1024, memory_gib above 0 and at most 65536, weight at most 1000000"
+                )));
+            }
+        }
         if self.disk_gib.is_empty() || self.max_downtime_ms.is_empty() {
             return fail("disk_gib and max_downtime_ms: name at least one value each");
         }
@@ -188,12 +200,22 @@ pub fn plan_fleet(
         link_mbps: Some(spec.link_mbps),
     };
     let Fleet { mut sites, mut links, groups, vms } = fleet_of(&regions, spec.vms, &mix, spec.seed);
-    for o in &spec.sites {
+    for (i, o) in spec.sites.iter().enumerate() {
         let site = sites
             .iter_mut()
             .find(|s| s.name == o.name)
-            .ok_or_else(|| FleetError(format!("fleet spec: sites: no region {} in the traces", o.name)))?;
+            .ok_or_else(|| FleetError(format!("fleet spec: sites[{i}]: no region {} in the traces", o.name)))?;
         if let Some(capacity) = &o.capacity {
+            let here = vms.iter().filter(|v| v.site == o.name);
+            let (vcpus, memory, disk) =
+                here.fold((0u64, 0.0, 0.0), |(c, m, d), v| (c + u64::from(v.vcpus), m + v.memory_gib, d + v.disk_gib));
+            if u64::from(capacity.vcpus) < vcpus || capacity.memory_gib < memory || capacity.disk_gib < disk {
+                return Err(FleetError(format!(
+                    "fleet spec: sites[{i}].capacity: the VMs placed at {} to start with need {vcpus} vCPUs, \
+                     {memory} GiB of memory and {disk} GiB of disk",
+                    o.name
+                )));
+            }
             site.capacity = capacity.clone();
         }
         site.pue = o.pue.unwrap_or(site.pue);

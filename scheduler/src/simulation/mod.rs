@@ -44,8 +44,8 @@ pub fn replay(
     })
 }
 
-/// What the report says about where the replay came from.
-pub struct Setting {
+/// Where a replay came from, as its report says.
+pub struct Provenance {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub sites: Vec<String>,
@@ -59,7 +59,7 @@ pub struct Setting {
 }
 
 /// The report of `runs` (which hold static and the oracle).
-pub fn report(setting: Setting, scenario: &Scenario, runs: &[Run], started: Instant) -> SimulationReport {
+pub fn report(setting: Provenance, scenario: &Scenario, runs: &[Run], started: Instant) -> SimulationReport {
     let find = |p: Policy| runs.iter().find(|r| r.policy == p).map(|r| r.totals);
     let (fixed, oracle) = (find(Policy::Static), find(Policy::Oracle));
     let mut policies = BTreeMap::new();

@@ -1,6 +1,7 @@
 //! SVG plots of a simulation report: emissions per hour by policy, where
-//! the fleet sits over time, and cumulative savings over static. The
-//! command writes them into `--out`; the API serves them.
+//! the fleet sits over time, and cumulative savings over static. They are
+//! drawn from the report alone, so the command (into `--out`) and the API
+//! (from a stored report) serve the same pictures.
 
 use heliotrope_api_spec::SimulationReport;
 use plotters::prelude::*;
@@ -8,8 +9,8 @@ use plotters::prelude::*;
 /// The plots, by file name.
 pub const PLOTS: [&str; 3] = ["emissions.svg", "placement.svg", "savings.svg"];
 
-/// The policy whose placement is drawn: the planner if it ran, else the
-/// first policy that moves anything.
+/// The policy whose placement is drawn: the planner if it ran, else
+/// greedy, the oracle or static, the first that ran.
 fn placement_policy(report: &SimulationReport) -> Option<&str> {
     ["planner", "greedy", "oracle", "static"].into_iter().find(|p| report.series.vcpus_at.contains_key(*p))
 }

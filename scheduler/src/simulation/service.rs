@@ -1,7 +1,8 @@
 //! Simulations through the API: the server's inventory (as it stands) and
 //! its stored signals for a past window, replayed in the background by the
 //! replica that accepted the request, one simulation at a time per
-//! replica. What can be checked before it runs (the request, the
+//! replica (another is refused while one runs: a replay holds its whole
+//! scenario in memory, and a queue would hold many). What can be checked before it runs (the request, the
 //! inventory, the signals covering the window) is answered at once; the
 //! run itself writes its progress, then its report or why it failed.
 
@@ -9,17 +10,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use chrono::{Duration, Utc};
+use chrono::{Duration, DurationRound, Utc};
 use heliotrope_api_spec::Simulation;
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{policies_with_references, replay, report, Setting};
+use super::{policies_with_references, replay, report, Provenance};
 use crate::config::PlannerConfig;
 use crate::db;
 use crate::domain::planner::inputs::{plan_input, Inventory};
-use crate::domain::simulation::{Asked, Forecast, Scenario, PERSISTENCE_HISTORY_H};
+use crate::domain::simulation::{CheckedRequest, Scenario, ORACLE_HORIZON_H};
 use crate::planning::{horizon_signals, settings, snapshot, PlanningError};
 
 /// How often a running simulation writes its progress.
@@ -38,17 +39,25 @@ pub struct Runner {
 
 /// Checks that the inventory and stored signals cover the request,
 /// records the simulation and starts it in the background.
-pub async fn start(runner: &Runner, asked: Asked) -> Result<Simulation, PlanningError> {
+pub async fn start(runner: &Runner, asked: CheckedRequest) -> Result<Simulation, PlanningError> {
+    // Taken now and held to the end, so that a refused request leaves nothing behind.
+    let slot = runner.slots.clone().try_acquire_owned().map_err(|_| {
+        PlanningError::Busy("a simulation is running on this server; start another when it has finished".into())
+    })?;
     let request = &*asked.request;
-    let history = if asked.forecast == Forecast::Persistence { PERSISTENCE_HISTORY_H } else { 0 };
+    let history = asked.forecast.history_h();
     let hours = (request.to - request.from).num_hours() as usize;
-    let inventory = snapshot(&runner.pool, Utc::now()).await?;
+    let inventory = snapshot(&runner.pool, None).await?;
     if inventory.vms.is_empty() {
         return Err(PlanningError::Inputs("the inventory has no VMs to simulate".into()));
     }
+    // Signals after the window, where there are some, are the horizon of its last hours.
+    let this_hour = Utc::now().duration_trunc(Duration::hours(1)).unwrap_or(request.to);
+    let ahead = ((this_hour - request.to).num_hours().max(0) as usize)
+        .min(asked.request.horizon_h.max(ORACLE_HORIZON_H as u32) as usize);
     let first = request.from - Duration::hours(history as i64);
     let (actuals, coverage, currency) =
-        horizon_signals(&runner.pool, &inventory.sites, first, (history + hours) as u32).await?;
+        horizon_signals(&runner.pool, &inventory.sites, first, (history + hours + ahead) as u32).await?;
     let sites: Vec<_> = inventory.sites.iter().map(|s| s.spec.clone()).collect();
     let links: Vec<_> = inventory.links.iter().map(|l| l.spec.clone()).collect();
     let vms: Vec<_> = inventory.vms.iter().map(|v| (v.spec.clone(), 0)).collect();
@@ -68,7 +77,7 @@ pub async fn start(runner: &Runner, asked: Asked) -> Result<Simulation, Planning
         seed: request.seed,
     };
     scenario.check().map_err(|e| PlanningError::Inputs(e.to_string()))?;
-    let setting = Setting {
+    let setting = Provenance {
         from: request.from,
         to: request.to,
         sites: sites.iter().map(|s| s.name.clone()).collect(),
@@ -80,24 +89,24 @@ pub async fn start(runner: &Runner, asked: Asked) -> Result<Simulation, Planning
         filled_values: coverage.iter().map(|c| u64::from(c.persistence)).sum(),
         synthetic: coverage.iter().any(|c| c.synthetic),
     };
-    let simulation = db::simulations::insert(&runner.pool, request).await?;
+    let simulation = db::simulations::insert(&runner.pool, &asked.request).await?;
     let policies = policies_with_references(&asked.policies);
-    tokio::spawn(run(runner.clone(), simulation.id, scenario, setting, policies));
+    tokio::spawn(run(runner.clone(), slot, simulation.id, scenario, setting, policies));
     Ok(simulation)
 }
 
 /// Runs a recorded simulation to its end and stores how it ended.
-#[tracing::instrument(name = "simulation", skip(runner, scenario, setting, policies))]
+#[tracing::instrument(name = "simulation", skip(runner, _slot, scenario, setting, policies))]
 async fn run(
     runner: Runner,
+    _slot: OwnedSemaphorePermit,
     id: i64,
     scenario: Scenario,
-    setting: Setting,
+    setting: Provenance,
     policies: Vec<crate::domain::simulation::Policy>,
 ) {
     let hours = Arc::new(AtomicU64::new(0));
     let outcome = async {
-        let _slot = runner.slots.acquire().await.map_err(|_| "the server is shutting down".to_owned())?;
         let started = Instant::now();
         let (done, stopping) = (hours.clone(), runner.stopping.clone());
         let mut running = tokio::task::spawn_blocking(move || {
@@ -107,14 +116,21 @@ async fn run(
             });
             runs.map(|runs| report(setting, &scenario, &runs, started))
         });
+        // Progress is written as hours pass: a run that stops advancing
+        // falls silent, and reads as failed once silent for long.
+        let mut written = 0;
         loop {
             tokio::select! {
                 finished = &mut running => {
                     return finished.map_err(|e| format!("the run stopped: {e}"))?.map_err(|e| e.to_string());
                 }
                 () = tokio::time::sleep(PROGRESS_EVERY) => {
-                    if let Err(e) = db::simulations::progress(&runner.pool, id, hours.load(Ordering::Relaxed)).await {
-                        tracing::warn!(error = %e, "could not record the simulation's progress");
+                    let done = hours.load(Ordering::Relaxed);
+                    if done > written {
+                        written = done;
+                        if let Err(e) = db::simulations::progress(&runner.pool, id, done).await {
+                            tracing::warn!(error = %e, "could not record the simulation's progress");
+                        }
                     }
                 }
             }

@@ -15,11 +15,20 @@ use crate::domain::cost::{usable_bytes_per_s, SiteEnergy, SlotSignal, VmShape};
 use crate::domain::inventory::check_range;
 use crate::domain::{Valid, ValidationError};
 
+/// Longest horizon a plan may look over, hours (a week).
+pub const MAX_HORIZON_H: u32 = 168;
+
+/// Checks a planning horizon: 1 to [`MAX_HORIZON_H`] hours.
+pub fn check_horizon(field: &str, horizon_h: u32) -> Result<(), ValidationError> {
+    if !(1..=MAX_HORIZON_H).contains(&horizon_h) {
+        return Err(ValidationError::new(field, format!("must be 1 to {MAX_HORIZON_H} hours, got {horizon_h}")));
+    }
+    Ok(())
+}
+
 /// Checks a plan request: horizon 1 to 168 hours, a finite carbon price.
 pub fn parse_request(request: PlanRequest) -> Result<Valid<PlanRequest>, ValidationError> {
-    if !(1..=168).contains(&request.horizon_h) {
-        return Err(ValidationError::new("horizon_h", format!("must be 1 to 168 hours, got {}", request.horizon_h)));
-    }
+    check_horizon("horizon_h", request.horizon_h)?;
     check_range("carbon_price_per_tonne", request.carbon_price_per_tonne, 0.0, 100_000.0)?;
     Ok(Valid(request))
 }

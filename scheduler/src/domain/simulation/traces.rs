@@ -1,7 +1,10 @@
 //! Hourly traces of carbon intensity and price per region, in the CSV
 //! format of the real traces (`region,timestamp_utc,carbon_g_per_kwh,
-//! price_per_mwh,currency,...`), read with the signal push's own parser
-//! and rules, onto one hourly grid.
+//! price_per_mwh,currency,...`), onto one hourly grid: the simulator's
+//! truth. They are read with the signal push's own parser and rules, so
+//! that a file the service would refuse is refused here, for the same
+//! reasons; a gap takes the same hour of an earlier day, as the planner
+//! fills one.
 
 use std::collections::HashMap;
 
@@ -10,8 +13,9 @@ use heliotrope_api_spec::{IngestParams, Signal};
 
 use super::ScenarioError;
 use crate::domain::cost::SlotSignal;
+use crate::domain::inventory::check_name;
 use crate::domain::planner::inputs::persist;
-use crate::domain::signals::{points_from_csv, IngestOptions, Point};
+use crate::domain::signals::{points_by_region, IngestOptions, Point};
 
 /// Most regions and hours a trace file may hold (two years of 200 regions).
 pub const MAX_REGIONS: usize = 200;
@@ -53,46 +57,20 @@ impl Traces {
     /// error names the line. Each region needs both signals every hour of
     /// the file's span, but for gaps the same hour of an earlier day fills.
     pub fn from_csv(body: &[u8]) -> Result<Traces, ScenarioError> {
-        let regions = regions_in(body)?;
         let options = IngestOptions::parse(&IngestParams::default()).map_err(|e| ScenarioError(e.to_string()))?;
         // Traces are history; the push's "not too far ahead" rule has no present to hold to here.
         let far_future: DateTime<Utc> = DateTime::<Utc>::MAX_UTC - Duration::days(30);
-        let mut per_region = Vec::with_capacity(regions.len());
-        for region in &regions {
-            let push = points_from_csv(body, &options, region, far_future)
-                .map_err(|r| ScenarioError(format!("{}: {}", r.location, r.message)))?;
-            per_region.push(push.points);
+        let by_region = points_by_region(body, &options, far_future)
+            .map_err(|r| ScenarioError(format!("{}: {}", r.location, r.message)))?;
+        if by_region.len() > MAX_REGIONS {
+            return Err(ScenarioError(format!("more than {MAX_REGIONS} regions")));
         }
+        for (region, _) in &by_region {
+            check_name("region", region).map_err(|e| ScenarioError(format!("region '{region}': {}", e.message)))?;
+        }
+        let (regions, per_region) = by_region.into_iter().unzip();
         on_grid(regions, per_region)
     }
-}
-
-/// The regions of the `region` column, in order of first appearance.
-fn regions_in(body: &[u8]) -> Result<Vec<String>, ScenarioError> {
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(body);
-    let header = reader.headers().map_err(|e| ScenarioError(format!("not CSV: {e}")))?.clone();
-    let column = header
-        .iter()
-        .position(|h| h == "region")
-        .ok_or_else(|| ScenarioError("line 1: traces need a region column".into()))?;
-    let mut regions: Vec<String> = Vec::new();
-    let mut record = csv::StringRecord::new();
-    while reader.read_record(&mut record).map_err(|e| ScenarioError(format!("not CSV: {e}")))? {
-        let line = record.position().map_or(0, |p| p.line());
-        let region = record.get(column).unwrap_or_default();
-        crate::domain::inventory::check_name("region", region)
-            .map_err(|e| ScenarioError(format!("line {line}: {}", e.message)))?;
-        if !regions.iter().any(|r| r == region) {
-            if regions.len() == MAX_REGIONS {
-                return Err(ScenarioError(format!("more than {MAX_REGIONS} regions")));
-            }
-            regions.push(region.to_owned());
-        }
-    }
-    if regions.is_empty() {
-        return Err(ScenarioError("the traces have no rows".into()));
-    }
-    Ok(regions)
 }
 
 /// Points per region onto one hourly grid from the earliest to the latest hour.
@@ -191,7 +169,8 @@ mod tests {
         assert!(Traces::from_csv(off_hour.as_bytes()).unwrap_err().0.contains("on the hour"));
         let first_missing = format!("{HEADER}A,2023-06-05T00:00:00Z,5,,USD,1,0\nA,2023-06-05T01:00:00Z,5,4,USD,1,0\n");
         assert!(Traces::from_csv(first_missing.as_bytes()).unwrap_err().0.contains("no price"));
-        assert!(Traces::from_csv(b"timestamp_utc,carbon_g_per_kwh\n").unwrap_err().0.contains("region column"));
+        let no_region = b"timestamp_utc,carbon_g_per_kwh\n2023-06-05T00:00:00Z,5\n";
+        assert!(Traces::from_csv(no_region).unwrap_err().0.contains("needs a region"));
         let two = format!("{HEADER}A,2023-06-05T00:00:00Z,5,4,USD,1,0\nB,2023-06-05T00:00:00Z,5,4,EUR,1,0\n");
         assert!(Traces::from_csv(two.as_bytes()).unwrap_err().0.contains("more than one currency"));
     }
