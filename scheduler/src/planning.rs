@@ -17,7 +17,9 @@ use crate::config::PlannerConfig;
 use crate::db::plans::NewPlan;
 use crate::db::{self, enum_to_text, StoreError};
 use crate::domain::cost::{MigrationPrices, SlotSignal, Weights};
-use crate::domain::planner::inputs::{evacuation, plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS};
+use crate::domain::planner::inputs::{
+    evacuation, hold_room, plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS,
+};
 use crate::domain::planner::{self, Breakdown, Move, PlanError, PlanInput, Settings};
 use crate::domain::schedule::{self, lower_bound, simulate, Goal, Policy, BASELINES};
 use crate::domain::Valid;
@@ -68,7 +70,7 @@ pub(crate) struct Snapshot {
     pub links: Vec<Link>,
     pub vms: Vec<Vm>,
     pub groups: Vec<Group>,
-    pub recent: HashMap<i64, (u32, bool)>,
+    pub recent: HashMap<i64, (u32, Option<i64>)>,
 }
 
 pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Result<Snapshot, PlanningError> {
@@ -139,16 +141,8 @@ async fn make(
     let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
     let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();
     let link_specs: Vec<_> = links.iter().map(|l| l.spec.clone()).collect();
-    // A VM with a migration under way stays put until it has ended.
-    let vm_specs: Vec<_> = vms
-        .iter()
-        .map(|v| {
-            let (moves_today, moving) = recent.get(&v.id).copied().unwrap_or((0, false));
-            let mut spec = v.spec.clone();
-            spec.pinned |= moving;
-            (spec, moves_today)
-        })
-        .collect();
+    let vm_specs: Vec<_> =
+        vms.iter().map(|v| (v.spec.clone(), recent.get(&v.id).map_or(0, |&(moves, _)| moves))).collect();
     let group_specs: Vec<_> = groups.iter().map(|g| g.spec.clone()).collect();
     let inventory = Inventory { sites: &site_specs, links: &link_specs, vms: &vm_specs, groups: &group_specs };
     let settings = settings(config, request.mode, request.carbon_price_per_tonne, currency.clone());
@@ -165,6 +159,12 @@ async fn make(
         downtime_penalty_per_s: config.downtime_penalty_per_s,
     };
     let mut input = plan_input(&inventory, signals, settings);
+    for v in &vms {
+        let to = recent.get(&v.id).and_then(|&(_, to)| to).and_then(|id| sites.iter().position(|s| s.id == id));
+        if let (Some(to), Some(vm)) = (to, input.vms.iter().position(|p| p.name == v.spec.name)) {
+            hold_room(&mut input, vm, to);
+        }
+    }
     let solved = tokio::task::spawn_blocking(move || {
         adjust(&mut input);
         planner::plan(&input).map(|plan| {

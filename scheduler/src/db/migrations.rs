@@ -21,16 +21,17 @@ use crate::domain::Valid;
 /// SQL: a migration not yet ended (see `domain::migration::is_active`).
 pub(crate) const ACTIVE: &str = "state not in ('done', 'failed', 'cancelled', 'rolled_back')";
 
-/// Per VM id: migrations created since `since`, and whether one is still under way.
-pub async fn recent(db: impl PgExecutor<'_>, since: DateTime<Utc>) -> Result<HashMap<i64, (u32, bool)>> {
-    let rows: Vec<(i64, i64, bool)> = sqlx::query_as(&format!(
-        "select vm_id, count(*) filter (where created_at >= $1), bool_or({ACTIVE}) from migration_job \
-         where created_at >= $1 or {ACTIVE} group by vm_id"
+/// Per VM id: migrations created since `since`, and the destination site
+/// id of the one still under way, if any.
+pub async fn recent(db: impl PgExecutor<'_>, since: DateTime<Utc>) -> Result<HashMap<i64, (u32, Option<i64>)>> {
+    let rows: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(&format!(
+        "select vm_id, count(*) filter (where created_at >= $1), max(to_site_id) filter (where {ACTIVE}) \
+         from migration_job where created_at >= $1 or {ACTIVE} group by vm_id"
     ))
     .bind(since)
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(|(vm, count, open)| (vm, (u32::try_from(count).unwrap_or(u32::MAX), open))).collect())
+    Ok(rows.into_iter().map(|(vm, count, to)| (vm, (u32::try_from(count).unwrap_or(u32::MAX), to))).collect())
 }
 
 /// A move to record: VM, source and destination site ids, predicted

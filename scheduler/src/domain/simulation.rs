@@ -33,9 +33,9 @@ use rand_distr::{Distribution, StandardNormal};
 
 use super::cost::{energy_cost, power_kw, running_cost, Cost, MigrationCost, SlotSignal};
 use super::inventory::check_range;
-use super::planner::inputs::check_horizon;
 use super::planner::inputs::persist;
-use super::planner::{self, amounts, demand, PlanInput, Resources};
+use super::planner::inputs::{check_horizon, hold_room};
+use super::planner::{self, amounts, demand, PlanInput};
 use super::schedule::{self, advance, Goal, Progress};
 use super::{Valid, ValidationError};
 
@@ -430,9 +430,9 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
 }
 
 /// What `policy` is shown at hour `h`: the fleet as it stands (VMs on the
-/// move pinned at their source, and room held at the destination of those
-/// under way; the moves of the last 24 hours counted) and each site's
-/// signals for its horizon (cut at the traces' end).
+/// move pinned at their source, and room held at their destination; the
+/// moves of the last 24 hours counted) and each site's signals for its
+/// horizon (cut at the traces' end).
 fn policy_input(
     scenario: &Scenario,
     policy: Policy,
@@ -459,17 +459,10 @@ fn policy_input(
         v.site = site[vm];
         v.moves_today = moved_at[vm].iter().filter(|&&at| at + 24 > h).count() as u32;
     }
+    // Room is held for every migration decided, started or not, as the
+    // plans service holds it for every migration job not yet ended.
     for u in underway {
-        input.vms[u.vm].pinned = true;
-        if u.running() {
-            let [vcpus, memory_gib, disk_gib] = demand(&input.vms[u.vm]);
-            let room = &mut input.sites[u.to].capacity;
-            *room = Resources {
-                vcpus: room.vcpus - vcpus,
-                memory_gib: room.memory_gib - memory_gib,
-                disk_gib: room.disk_gib - disk_gib,
-            };
-        }
+        hold_room(&mut input, u.vm, u.to);
     }
     Ok(input)
 }
@@ -564,7 +557,7 @@ pub fn oracle_share(policy: &Totals, static_: &Totals, oracle: &Totals) -> Optio
 mod tests {
     use super::*;
     use crate::domain::cost::{MigrationPrices, SiteEnergy, VmShape, Weights};
-    use crate::domain::planner::{Admission, PlanLink, PlanSite, PlanVm, Settings};
+    use crate::domain::planner::{Admission, PlanLink, PlanSite, PlanVm, Resources, Settings};
 
     const CLEAN: SlotSignal = SlotSignal { price_per_mwh: 20.0, carbon_g_per_kwh: 50.0 };
     const DIRTY: SlotSignal = SlotSignal { price_per_mwh: 200.0, carbon_g_per_kwh: 600.0 };

@@ -223,11 +223,19 @@ pub fn plan_fleet(
             site.power_model = power_model.clone();
         }
     }
-    let given: HashMap<(&str, &str), &LinkSpec> =
-        spec.links.iter().map(|l| ((l.from_site.as_str(), l.to_site.as_str()), l)).collect();
+    // A symmetric link stands for both directions, as when it is created through the API.
+    let given: HashMap<(String, String), LinkSpec> = spec
+        .links
+        .iter()
+        .flat_map(|l| {
+            let back = LinkSpec { from_site: l.to_site.clone(), to_site: l.from_site.clone(), ..l.clone() };
+            std::iter::once(l.clone()).chain(l.symmetric.then_some(back))
+        })
+        .map(|l| ((l.from_site.clone(), l.to_site.clone()), LinkSpec { symmetric: false, ..l }))
+        .collect();
     for link in &mut links {
         link.egress_cost_per_gb = spec.egress_per_gb;
-        if let Some(&known) = given.get(&(link.from_site.as_str(), link.to_site.as_str())) {
+        if let Some(known) = given.get(&(link.from_site.clone(), link.to_site.clone())) {
             *link = known.clone();
         }
     }
@@ -255,4 +263,70 @@ pub fn plan_fleet(
     let vms: Vec<_> = vms.into_iter().map(|v| (v, 0)).collect();
     let inventory = Inventory { sites: &sites, links: &links, vms: &vms, groups: &groups };
     Ok(plan_input(&inventory, vec![Vec::new(); sites.len()], settings))
+}
+
+#[cfg(test)]
+mod tests {
+    use heliotrope_api_spec::PlanMode;
+
+    use super::*;
+    use crate::config::PlannerConfig;
+
+    fn settings() -> Settings {
+        crate::planning::settings(&PlannerConfig::default(), PlanMode::Blend, 100.0, "USD".into())
+    }
+
+    fn zones(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn a_spec_shapes_the_fleet_on_the_traces_regions() {
+        let spec = FleetSpec::from_json(
+            r#"{"vms": 30, "groups": false, "sites": [{"name": "GB", "pue": 1.05}],
+                "links": [{"from_site": "GB", "to_site": "DE-LU", "bandwidth_mbps": 40000, "rtt_ms": 9,
+                           "background_reserve_pct": 10, "symmetric": true}]}"#,
+        )
+        .unwrap();
+        let input = plan_fleet(&spec, &zones(&["GB", "DE-LU"]), None, settings()).unwrap();
+        assert_eq!((input.sites.len(), input.vms.len(), input.groups.len()), (2, 30, 0));
+        assert_eq!((input.sites[0].name.as_str(), input.sites[0].energy.pue), ("GB", 1.05));
+        assert_eq!(input.links.len(), 2);
+        for link in &input.links {
+            assert_eq!((link.usable_bytes_per_s, link.rtt_ms), (40_000e6 / 8.0 * 0.9, 9.0), "both ways");
+        }
+        // A region from a regions file.
+        let regions = regions_from_csv(b"region,name,iana_tz,lat,lon\nXX,Nowhere,Europe/Oslo,60.0,10.0\n").unwrap();
+        let input = plan_fleet(&FleetSpec::default(), &zones(&["XX", "GB"]), Some(&regions), settings());
+        assert!(input.unwrap_err().0.contains("region GB of the traces is not in the regions table"));
+    }
+
+    #[test]
+    fn bad_specs_say_what_is_wrong() {
+        let refused = |json: &str, needle: &str| {
+            let why = FleetSpec::from_json(json)
+                .and_then(|spec| plan_fleet(&spec, &zones(&["GB", "DE-LU"]), None, settings()))
+                .unwrap_err()
+                .0;
+            assert!(why.contains(needle), "{json}: {why}");
+        };
+        refused(r#"{"vm_count": 3}"#, "unknown field `vm_count`");
+        refused(r#"{"vms": 0}"#, "vms: must be 1 to 200000");
+        refused(r#"{"shapes": [{"vcpus": 0, "memory_gib": 2, "weight": 1}]}"#, "shapes[0]");
+        refused(r#"{"dirty_rate_mbps": [50, 5]}"#, "dirty_rate_mbps");
+        refused(r#"{"sites": [{"name": "ZZ"}]}"#, "sites[0]: no region ZZ");
+        refused(
+            r#"{"vms": 100, "sites": [{"name": "GB", "capacity": {"vcpus": 4, "memory_gib": 8, "disk_gib": 100}}]}"#,
+            "sites[0].capacity",
+        );
+        refused(
+            r#"{"links": [{"from_site": "GB", "to_site": "ZZ", "bandwidth_mbps": 1, "rtt_ms": 1, "background_reserve_pct": 0}]}"#,
+            "GB -> ZZ joins no two regions",
+        );
+        refused(
+            r#"{"links": [{"from_site": "GB", "to_site": "DE-LU", "bandwidth_mbps": -1, "rtt_ms": 1, "background_reserve_pct": 0}]}"#,
+            "link GB -> DE-LU",
+        );
+        assert!(regions_from_csv(b"region,name,iana_tz,lat,lon\nXX,Nowhere,Mars/Olympus,0,0\n").is_err());
+    }
 }

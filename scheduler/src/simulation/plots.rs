@@ -94,7 +94,8 @@ fn lines(
     series: Vec<(String, Vec<f64>)>,
 ) -> Result<(), String> {
     let values = || series.iter().flat_map(|(_, v)| v.iter().copied());
-    let (low, high) = (values().fold(0.0_f64, f64::min), values().fold(0.0_f64, f64::max));
+    let (low, high) = (values().fold(f64::INFINITY, f64::min), values().fold(f64::NEG_INFINITY, f64::max));
+    let (low, high) = if low <= high { (low, high) } else { (0.0, 1.0) };
     let pad = ((high - low) * 0.05).max(1e-9);
     let days = report.hours as f64 / 24.0;
     area.fill(&WHITE).map_err(|e| e.to_string())?;

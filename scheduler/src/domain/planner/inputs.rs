@@ -135,6 +135,20 @@ pub fn evacuation(input: &mut PlanInput, site: usize, targets: Option<&[usize]>)
     }
 }
 
+/// A VM with a migration under way to site `to`: it stays put until the
+/// migration has ended, and its room at `to` is taken (a plan that filled
+/// it would leave the migration nowhere to land).
+pub fn hold_room(input: &mut PlanInput, vm: usize, to: usize) {
+    let v = &mut input.vms[vm];
+    v.pinned = true;
+    let room = &mut input.sites[to].capacity;
+    *room = Resources {
+        vcpus: room.vcpus - f64::from(v.shape.vcpus),
+        memory_gib: room.memory_gib - v.shape.memory_gib,
+        disk_gib: room.disk_gib - v.disk_gib,
+    };
+}
+
 /// The inventory, as stored.
 pub struct Inventory<'a> {
     pub sites: &'a [SiteSpec],
