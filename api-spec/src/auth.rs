@@ -84,3 +84,21 @@ pub struct CreatedToken {
 pub struct TokenFilter {
     pub role: Option<Role>,
 }
+
+/// What `POST /v1/session` takes: an API token to sign a browser in with.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SignIn {
+    /// An API token's secret.
+    #[schema(min_length = 1, max_length = 256)]
+    pub token: String,
+}
+
+/// A browser session: who is signed in, and the CSRF token its writes
+/// must carry (header `X-CSRF-Token`). The session itself travels in an
+/// HttpOnly, SameSite=Strict cookie, out of the page's reach.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Session {
+    pub token_id: i64,
+    pub role: Role,
+    pub csrf_token: String,
+}

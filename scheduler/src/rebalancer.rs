@@ -127,6 +127,7 @@ impl Rebalancer {
 
     async fn plan_and_decide(&self, clock: DateTime<Utc>) -> (Option<i64>, RebalanceOutcome, String) {
         let request = PlanRequest {
+            horizon_h: self.config.rebalance_horizon_h,
             mode: self.config.rebalance_mode,
             carbon_price_per_tonne: self.config.rebalance_carbon_price,
             dry_run: true,

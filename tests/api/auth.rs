@@ -104,6 +104,10 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::POST, "/v1/tokens", 0, Some(json!({"name": "new-t", "role": "viewer"})), admin),
         r(Method::GET, "/v1/tokens/{id}", t, None, admin),
         r(Method::DELETE, "/v1/tokens/{id}", 999_999, None, admin),
+        // The body carries the token that signs in; the header plays no part.
+        r(Method::POST, "/v1/session", 0, Some(json!({"token": ADMIN})), Need::Nobody),
+        r(Method::GET, "/v1/session", 0, None, view),
+        r(Method::DELETE, "/v1/session", 0, None, Need::Nobody),
         Route { query: "?signal=carbon", ..r(Method::GET, "/v1/sites/{id}/signals", s, None, view) },
         r(Method::POST, "/v1/sites/{id}/signals", s, Some(json!([])), admin),
         r(Method::GET, "/v1/signals/current", 0, None, view),

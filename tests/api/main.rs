@@ -18,6 +18,7 @@ mod plans;
 mod qemu;
 mod read_cache;
 mod rebalancer;
+mod session;
 mod signals;
 mod simulations;
 mod sites;

@@ -1,5 +1,10 @@
 //! Bearer-token authentication and role checks.
 //!
+//! Browsers sign in once (`POST /v1/session`) and then present the token
+//! in an HttpOnly, SameSite=Strict cookie instead of a header; their
+//! writes must also carry a CSRF token, so that a page elsewhere cannot
+//! make one on their behalf.
+//!
 //! Every router is wrapped in [`require`] with the [`Access`] it needs, so
 //! no route can be added without a role check. Verified tokens are cached
 //! for a few seconds: authentication is then free for busy clients, and a
@@ -11,7 +16,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use axum::extract::{Request, State};
-use axum::http::{header::AUTHORIZATION, Method};
+use axum::http::header::{AUTHORIZATION, COOKIE};
+use axum::http::{HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::Response;
 use heliotrope_api_spec::Role;
@@ -20,6 +26,7 @@ use super::error::ApiError;
 use super::AppState;
 use crate::db;
 use crate::domain::token::secret_digest;
+use sha2::{Digest, Sha256};
 
 /// How long a verified token is trusted without asking the database again.
 pub const CACHE_TTL: Duration = Duration::from_secs(10);
@@ -94,34 +101,65 @@ impl TokenCache {
     }
 }
 
-/// Middleware: 401 without a known token, 403 when its role falls short.
+/// The browser session's cookie: it carries an API token's secret.
+pub const SESSION_COOKIE: &str = "heliotrope_session";
+/// The header a write from a browser session must carry.
+pub const CSRF_HEADER: &str = "x-csrf-token";
+
+/// The secret a request presents: its bearer token, else its session
+/// cookie (`true`: it came from the cookie).
+pub(super) fn presented(headers: &HeaderMap) -> Option<(&str, bool)> {
+    let bearer = headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|s| (s.trim(), false));
+    let cookie = || {
+        headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name == SESSION_COOKIE).then(|| (value.trim(), true))
+        })
+    };
+    bearer.or_else(cookie).filter(|(s, _)| !s.is_empty() && s.len() <= 256)
+}
+
+/// Who a secret belongs to: from the cache, else the database.
+pub(super) async fn principal(state: &AppState, secret: &str) -> Result<Principal, ApiError> {
+    let digest = secret_digest(secret);
+    if let Some(p) = state.tokens.get(&digest) {
+        return Ok(p);
+    }
+    let (token_id, role) = db::tokens::authenticate(&state.pool, &digest).await?.ok_or(ApiError::Unauthorized)?;
+    let p = Principal { token_id, role };
+    state.tokens.put(digest, p);
+    Ok(p)
+}
+
+/// The CSRF token of a session: derived from its secret, so that any
+/// replica can check it, and revealing nothing of the secret.
+pub fn csrf_token(secret: &str) -> String {
+    Sha256::digest(format!("heliotrope-csrf:{secret}").as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Middleware: 401 without a known token, 403 when its role falls short
+/// or when a write from a browser session lacks its CSRF token.
 pub async fn require(
     State((state, access)): State<(AppState, Access)>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let secret = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(str::trim)
-        .filter(|s| !s.is_empty() && s.len() <= 256)
-        .ok_or(ApiError::Unauthorized)?;
-    let digest = secret_digest(secret);
-    let principal = match state.tokens.get(&digest) {
-        Some(p) => p,
-        None => {
-            let (token_id, role) =
-                db::tokens::authenticate(&state.pool, &digest).await?.ok_or(ApiError::Unauthorized)?;
-            let p = Principal { token_id, role };
-            state.tokens.put(digest, p);
-            p
-        }
-    };
+    let (secret, from_cookie) = presented(request.headers()).ok_or(ApiError::Unauthorized)?;
+    let principal = principal(&state, secret).await?;
     let need = access.needs(request.method());
     if !principal.role.grants(need) {
         return Err(ApiError::Forbidden { have: principal.role.as_str(), need: need.as_str() });
+    }
+    let read = matches!(*request.method(), Method::GET | Method::HEAD);
+    if from_cookie && !read {
+        let csrf = request.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+        if csrf != Some(csrf_token(secret).as_str()) {
+            return Err(ApiError::MissingCsrf);
+        }
     }
     tracing::Span::current().record("token_id", principal.token_id);
     request.extensions_mut().insert(principal);

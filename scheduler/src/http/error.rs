@@ -23,6 +23,8 @@ pub enum ApiError {
     Unauthorized,
     #[error("this token's role ({have}) may not do this; it needs {need}")]
     Forbidden { have: &'static str, need: &'static str },
+    #[error("a write from a browser session needs the X-CSRF-Token header GET /v1/session gives")]
+    MissingCsrf,
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -51,7 +53,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
             ApiError::Unauthorized => ErrorCode::Unauthorized,
-            ApiError::Forbidden { .. } => ErrorCode::Forbidden,
+            ApiError::Forbidden { .. } | ApiError::MissingCsrf => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::Conflict(_) => ErrorCode::Conflict,

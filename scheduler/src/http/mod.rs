@@ -20,6 +20,7 @@ pub mod openapi;
 pub mod ops;
 pub mod plans;
 pub mod rebalancer;
+pub mod session;
 pub mod signals;
 pub mod simulations;
 pub mod sites;
@@ -108,6 +109,7 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded(rebalancer::router(), Access::PLANS))
         .merge(guarded(simulations::router(), Access::PLANS))
         .merge(guarded(dispatch::router(), Access::EXECUTOR))
+        .merge(session::router())
         .merge(ops::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(map_response(json_method_not_allowed))

@@ -6,8 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    dispatch, events, executors, feeds, groups, links, migrations, ops, plans, rebalancer, signals, simulations, sites,
-    tokens, vms,
+    dispatch, events, executors, feeds, groups, links, migrations, ops, plans, rebalancer, session, signals,
+    simulations, sites, tokens, vms,
 };
 
 #[derive(OpenApi)]
@@ -22,6 +22,7 @@ use super::{
         groups::list_groups, groups::create_group, groups::get_group, groups::replace_group, groups::delete_group,
         executors::list_executors, executors::get_executor,
         tokens::list_tokens, tokens::create_token, tokens::get_token, tokens::revoke_token,
+        session::sign_in, session::get_session, session::sign_out,
         feeds::list_feeds, feeds::create_feed, feeds::get_feed, feeds::replace_feed, feeds::delete_feed,
         signals::push_signals, signals::get_series, signals::current_signals,
         plans::create_plan, plans::list_plans, plans::get_plan, plans::get_schedule, plans::approve_plan, plans::apply_plan,
@@ -53,7 +54,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 17] = [
+const CLOSED_SCHEMAS: [&str; 18] = [
     "SiteSpec",
     "Capacity",
     "PowerModel",
@@ -71,6 +72,7 @@ const CLOSED_SCHEMAS: [&str; 17] = [
     "RecoveryReport",
     "MigrationChange",
     "SimulationRequest",
+    "SignIn",
 ];
 
 /// The document as committed: pretty JSON with a trailing newline.
