@@ -124,6 +124,27 @@ async fn propose_supersede_approve_apply(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn a_migration_under_way_holds_its_room_at_the_destination(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let dear = site_at(&app, "DEAR", "active").await;
+    let cheap =
+        app.create("/v1/sites", with(site("CHEAP"), "/capacity/vcpus", json!(64))).await["id"].as_i64().unwrap();
+    app.create("/v1/links", with(link("DEAR", "CHEAP"), "/symmetric", json!(true))).await;
+    flat_signals(&app, dear, 300.0, 400.0, "EUR").await;
+    flat_signals(&app, cheap, 20.0, 50.0, "EUR").await;
+    app.create("/v1/vms", big_vm("big-1", "DEAR")).await;
+    app.create("/v1/vms", big_vm("big-2", "DEAR")).await;
+    // CHEAP has room for one of them: the first plan moves one, and its migration is recorded.
+    let first = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(first.body["moves"].as_array().map(Vec::len), Some(1), "{}", first.body);
+    // While it is under way the VM still runs at DEAR, yet its room at CHEAP is taken:
+    // the next plan does not send the other one there too.
+    let second = app.post("/v1/plans", json!({})).await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    assert_eq!(second.body["moves"], json!([]), "{}", second.body);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn applying_at_once_and_a_plan_the_inventory_moved_on_from(pool: PgPool) {
     let app = spawn_app(pool).await;
     two_sites(&app).await;
