@@ -128,6 +128,26 @@ impl Drop for Processes {
     }
 }
 
+/// Kills, when dropped, every process whose command line mentions `dir`:
+/// the QEMU guests executors started under a test's data directory (a
+/// guest outlives its executor, as it must in production, so killing the
+/// executors leaves it running).
+pub struct KillUnder(pub std::path::PathBuf);
+
+impl Drop for KillUnder {
+    fn drop(&mut self) {
+        let needle = self.0.to_string_lossy().into_owned();
+        let Ok(entries) = std::fs::read_dir("/proc") else { return };
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            if pid != std::process::id() as i32 && String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -14,7 +14,7 @@ use heliotrope::db::MIGRATOR;
 use heliotrope_api_spec::Role;
 use heliotrope_executor::qemu::guest::{self, boot_image, disk_with_data};
 use heliotrope_executor::qemu::machine::command;
-use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, Processes, TestApp};
+use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, KillUnder, Processes, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -53,6 +53,8 @@ struct Fleet {
     vm_dir: PathBuf,
     source: tokio::process::Child,
     _executors: Processes,
+    /// Dropped after the executors: the guests they started.
+    _guests: KillUnder,
 }
 
 async fn fleet(pool: PgPool, link_mbps: f64) -> Fleet {
@@ -83,7 +85,8 @@ async fn fleet(pool: PgPool, link_mbps: f64) -> Fleet {
     wait_for(&app, "two qemu executors", online, "/v1/executors").await;
     let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
     assert_eq!(applied.body["moves"].as_array().map(Vec::len), Some(1), "{}", applied.body);
-    Fleet { app, data, vm_dir, source, _executors: executors }
+    let guests = KillUnder(data.path().to_owned());
+    Fleet { app, data, vm_dir, source, _executors: executors, _guests: guests }
 }
 
 /// Whether the guest's serial output at `dir` grows.
@@ -101,7 +104,7 @@ fn ended(page: &Value) -> bool {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPool) {
     // 10 Gbit/s: a cap the busy guest converges under within 300 ms (at 1 Gbit/s the policy has to step in).
-    let Fleet { app, data, vm_dir, mut source, _executors } = fleet(pool, 10_000.0).await;
+    let Fleet { app, data, vm_dir, mut source, _executors, _guests } = fleet(pool, 10_000.0).await;
     let migrations = wait_for(&app, "the migration ended", ended, "/v1/migrations").await;
     let migration = &migrations["items"][0];
     assert_eq!(migration["state"], "done", "{migration}");
@@ -126,7 +129,7 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_destination_qemu_killed_mid_migration_fails_the_job_and_the_vm_runs_on_at_the_source(pool: PgPool) {
     // 1 Gbit/s: the busy guest does not converge at first, so the migration is caught under way.
-    let Fleet { app, data, vm_dir, mut source, _executors } = fleet(pool, 1_000.0).await;
+    let Fleet { app, data, vm_dir, mut source, _executors, _guests } = fleet(pool, 1_000.0).await;
     let transferring = |page: &Value| {
         page["items"][0]["state"] == "transferring"
             && page["items"][0]["progress"]["raw_bytes"].as_u64() > Some(64 << 20)
