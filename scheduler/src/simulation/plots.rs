@@ -4,7 +4,10 @@
 //! (from a stored report) serve the same pictures.
 
 use heliotrope_api_spec::SimulationReport;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+
+use crate::domain::simulation::Policy;
 
 /// The plots, by file name.
 pub const PLOTS: [&str; 3] = ["emissions.svg", "placement.svg", "savings.svg"];
@@ -12,7 +15,10 @@ pub const PLOTS: [&str; 3] = ["emissions.svg", "placement.svg", "savings.svg"];
 /// The policy whose placement is drawn: the planner if it ran, else
 /// greedy, the oracle or static, the first that ran.
 fn placement_policy(report: &SimulationReport) -> Option<&str> {
-    ["planner", "greedy", "oracle", "static"].into_iter().find(|p| report.series.vcpus_at.contains_key(*p))
+    [Policy::Planner, Policy::Greedy, Policy::Oracle, Policy::Static]
+        .into_iter()
+        .map(Policy::name)
+        .find(|p| report.series.vcpus_at.contains_key(*p))
 }
 
 /// Draws plot `name` (one of [`PLOTS`]); `None` for an unknown name.
@@ -97,37 +103,17 @@ fn lines(
     let (low, high) = (values().fold(f64::INFINITY, f64::min), values().fold(f64::NEG_INFINITY, f64::max));
     let (low, high) = if low <= high { (low, high) } else { (0.0, 1.0) };
     let pad = ((high - low) * 0.05).max(1e-9);
-    let days = report.hours as f64 / 24.0;
-    area.fill(&WHITE).map_err(|e| e.to_string())?;
-    let mut chart = ChartBuilder::on(area)
-        .caption(format!("{title} ({})", subtitle(report)), ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..days.max(1.0 / 24.0), (low - pad)..(high + pad))
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(format!("days from {}", report.from.format("%Y-%m-%d")))
-        .y_desc(unit)
-        .draw()
-        .map_err(|e| e.to_string())?;
+    let mut chart = frame(area, report, title, (low - pad)..(high + pad), unit)?;
     for (name, v) in &series {
         // One colour per policy, the same in every plot.
-        let c = colour(["static", "greedy", "planner", "oracle"].iter().position(|p| p == name).unwrap_or(4));
+        let c = colour(Policy::ALL.iter().position(|p| p.name() == name).unwrap_or(Policy::ALL.len()));
         chart
             .draw_series(LineSeries::new(v.iter().enumerate().map(|(h, &y)| (h as f64 / 24.0, y)), c.stroke_width(1)))
             .map_err(|e| e.to_string())?
             .label(name.as_str())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], c.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| e.to_string())
+    legend(&mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// vCPUs per site over time, stacked, for one policy.
@@ -136,22 +122,8 @@ fn placement(area: &Area, report: &SimulationReport) -> Result<(), String> {
     let per_site = &report.series.vcpus_at[policy];
     let hours = report.hours as usize;
     let total: f64 = per_site.iter().map(|s| s.first().copied().unwrap_or(0.0)).sum();
-    let days = report.hours as f64 / 24.0;
-    area.fill(&WHITE).map_err(|e| e.to_string())?;
-    let mut chart = ChartBuilder::on(area)
-        .caption(format!("Where the fleet runs: {policy} ({})", subtitle(report)), ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0.0..days.max(1.0 / 24.0), 0.0..(total * 1.02).max(1.0))
-        .map_err(|e| e.to_string())?;
-    chart
-        .configure_mesh()
-        .x_desc(format!("days from {}", report.from.format("%Y-%m-%d")))
-        .y_desc("vCPUs, stacked by site")
-        .draw()
-        .map_err(|e| e.to_string())?;
-    // Each site's band is drawn as the area under the sum of it and those below it, top band first.
+    let title = format!("Where the fleet runs: {policy}");
+    let mut chart = frame(area, report, &title, 0.0..(total * 1.02).max(1.0), "vCPUs, stacked by site")?;
     let mut stacked: Vec<Vec<f64>> = Vec::with_capacity(per_site.len());
     for site in per_site {
         let below = stacked.last().cloned().unwrap_or_else(|| vec![0.0; hours]);
@@ -166,11 +138,43 @@ fn placement(area: &Area, report: &SimulationReport) -> Result<(), String> {
             .label(report.sites[s].as_str())
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], c.filled()));
     }
+    legend(&mut chart, SeriesLabelPosition::UpperRight)
+}
+
+type Chart<'a, 'b> = ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// A white chart over the report's days, titled, with `y` on its axis.
+fn frame<'a, 'b>(
+    area: &'a Area<'b>,
+    report: &SimulationReport,
+    title: &str,
+    y: std::ops::Range<f64>,
+    y_desc: &str,
+) -> Result<Chart<'a, 'b>, String> {
+    let days = report.hours as f64 / 24.0;
+    area.fill(&WHITE).map_err(|e| e.to_string())?;
+    let mut chart = ChartBuilder::on(area)
+        .caption(format!("{title} ({})", subtitle(report)), ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(36)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.0..days.max(1.0 / 24.0), y)
+        .map_err(|e| e.to_string())?;
+    chart
+        .configure_mesh()
+        .x_desc(format!("days from {}", report.from.format("%Y-%m-%d")))
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(chart)
+}
+
+fn legend<'a, 'b: 'a>(chart: &mut Chart<'a, 'b>, position: SeriesLabelPosition) -> Result<(), String> {
     chart
         .configure_series_labels()
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
+        .position(position)
         .draw()
         .map_err(|e| e.to_string())
 }
