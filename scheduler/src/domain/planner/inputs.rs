@@ -137,16 +137,22 @@ pub fn evacuation(input: &mut PlanInput, site: usize, targets: Option<&[usize]>)
 
 /// A VM with a migration under way to site `to`: it stays put until the
 /// migration has ended, and its room at `to` is taken (a plan that filled
-/// it would leave the migration nowhere to land).
+/// it would leave the migration nowhere to land). Its room at the source is
+/// given back: counted at both ends, a swap under way (a plan that moved
+/// VMs out of a site to make room for others) would leave the next plan
+/// no placement at all.
 pub fn hold_room(input: &mut PlanInput, vm: usize, to: usize) {
     let v = &mut input.vms[vm];
     v.pinned = true;
-    let room = &mut input.sites[to].capacity;
-    *room = Resources {
-        vcpus: room.vcpus - f64::from(v.shape.vcpus),
-        memory_gib: room.memory_gib - v.shape.memory_gib,
-        disk_gib: room.disk_gib - v.disk_gib,
-    };
+    let (from, vcpus, memory_gib, disk_gib) = (v.site, f64::from(v.shape.vcpus), v.shape.memory_gib, v.disk_gib);
+    for (site, sign) in [(to, -1.0), (from, 1.0)] {
+        let room = &mut input.sites[site].capacity;
+        *room = Resources {
+            vcpus: room.vcpus + sign * vcpus,
+            memory_gib: room.memory_gib + sign * memory_gib,
+            disk_gib: room.disk_gib + sign * disk_gib,
+        };
+    }
 }
 
 /// The inventory, as stored.
@@ -174,11 +180,7 @@ pub fn plan_input(inventory: &Inventory, signals: Vec<Vec<SlotSignal>>, settings
                 memory_gib: s.capacity.memory_gib,
                 disk_gib: s.capacity.disk_gib,
             },
-            energy: SiteEnergy {
-                pue: s.pue,
-                watts_per_vcpu: s.power_model.watts_per_vcpu,
-                watts_per_gib: s.power_model.watts_per_gib,
-            },
+            energy: SiteEnergy::of(s),
             admission: match s.state {
                 SiteState::Active => Admission::Open,
                 SiteState::Draining => Admission::Draining,
