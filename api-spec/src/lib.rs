@@ -9,7 +9,7 @@
 //! `openapi.json`; a test fails when that file is stale.
 //!
 //! Layout: [`inventory`] (sites, links, VMs, groups, executors),
-//! [`auth`] (roles and tokens), [`error`] (the one error shape), and
+//! [`auth`] (roles and tokens), [`fleet`] (the dashboard's overview and savings), [`error`] (the one error shape), and
 //! [`page`] (cursor pagination), [`signals`] (carbon and price series),
 //! [`plans`] (placement plans and their moves), [`migrations`] (the
 //! jobs applied plans turn into), [`simulations`] (what-if replays of
@@ -17,6 +17,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod fleet;
 pub mod inventory;
 pub mod migrations;
 pub mod page;
@@ -26,6 +27,7 @@ pub mod simulations;
 
 pub use auth::*;
 pub use error::*;
+pub use fleet::*;
 pub use inventory::*;
 pub use migrations::*;
 pub use page::*;

@@ -185,6 +185,25 @@ pub struct ProgressReport {
     #[serde(default)]
     #[schema(minimum = 0)]
     pub downtime_s: Option<f64>,
+    /// Bytes kept off the wire so far, by mechanism (executors whose transfer stack counts them).
+    #[serde(default)]
+    pub saved_bytes: Option<SavedBytes>,
+}
+
+/// Bytes a transfer kept off the wire, by mechanism.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SavedBytes {
+    /// Pages that were all zero: never sent.
+    pub zero: u64,
+    /// Repeats within the image and pages of the destination's chunk index.
+    pub dedup: u64,
+    /// Pages of the disk replica cached at the destination.
+    pub disk_cache: u64,
+    /// Pages an earlier connection brought, or that the replica holds unchanged.
+    pub in_place: u64,
+    /// What compressing the pages that were sent saved.
+    pub compression: u64,
 }
 
 /// The scheduler's answer to a progress report.

@@ -288,6 +288,10 @@ pub struct EvacuationRequest {
     #[serde(default)]
     #[schema(max_items = 256)]
     pub target_sites: Option<Vec<String>>,
+    /// Only predict: plan and report without draining the site or applying
+    /// (the plan is stored as `proposed`). Default false.
+    #[serde(default)]
+    pub dry_run: bool,
 }
 
 /// One VM of an evacuated site.
@@ -307,7 +311,7 @@ pub struct Evacuee {
 pub struct EvacuationReport {
     pub site: String,
     pub deadline_s: f64,
-    /// The applied plan holding the moves (its schedule: `GET /v1/plans/{id}/schedule`).
+    /// The plan holding the moves: applied, or proposed for a dry run (its schedule: `GET /v1/plans/{id}/schedule`).
     pub plan_id: i64,
     /// Out before the deadline, soonest first.
     pub out_in_time: Vec<Evacuee>,

@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
+use heliotrope_api_spec::SavedBytes;
 use heliotrope_executor::content::{ImageFile, PageSource, PAGE};
 use heliotrope_executor::destination::Destination;
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, PrecopyReport};
@@ -26,7 +27,7 @@ use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload, BLOCK_PAGES};
 use heliotrope_executor::source::{SendOptions, Session};
 use heliotrope_executor::tls::{self, Connection};
-use heliotrope_executor::transfer::{choose_level, Counters, Savings};
+use heliotrope_executor::transfer::{choose_level, Counters};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -179,7 +180,7 @@ async fn plain_copy(vm: &SimImages) -> anyhow::Result<f64> {
 }
 
 /// Each mechanism's share of the bytes saved.
-fn shares(s: &Savings) -> serde_json::Value {
+fn shares(s: &SavedBytes) -> serde_json::Value {
     let total = (s.zero + s.dedup + s.disk_cache + s.in_place + s.compression).max(1) as f64;
     json!({
         "zero": s.zero as f64 / total,

@@ -13,6 +13,7 @@ use std::io;
 use std::sync::Mutex;
 use std::time::Instant;
 
+use heliotrope_api_spec::SavedBytes;
 use serde::Serialize;
 
 use crate::content::PAGE;
@@ -78,9 +79,9 @@ impl Counters {
     }
 
     /// Bytes kept off the wire, by mechanism.
-    pub fn savings(&self) -> Savings {
+    pub fn savings(&self) -> SavedBytes {
         let bytes = |pages: u64| pages * PAGE as u64;
-        Savings {
+        SavedBytes {
             zero: bytes(self.zero_pages),
             dedup: bytes(self.repeat_pages + self.index_pages),
             disk_cache: bytes(self.cache_pages),
@@ -90,25 +91,12 @@ impl Counters {
     }
 }
 
-/// Bytes saved by each mechanism.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct Savings {
-    pub zero: u64,
-    /// Repeats within the image and pages of the destination's chunk index.
-    pub dedup: u64,
-    /// Pages of the disk replica cached at the destination.
-    pub disk_cache: u64,
-    /// Pages an earlier connection brought, or that the replica holds unchanged.
-    pub in_place: u64,
-    pub compression: u64,
-}
-
 /// A transfer's progress, as the scheduler is told it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Progress {
     #[serde(flatten)]
     pub counters: Counters,
-    pub saved: Savings,
+    pub saved: SavedBytes,
     /// Bytes to offer in all (grows as a live image's rounds add pages).
     pub planned_bytes: u64,
     /// Pre-copy round (0: the first pass over every page).

@@ -56,6 +56,9 @@ pub struct DemoArgs {
     /// The demo's churn charge: least net saving a move must bring (the demo's VMs save cents a day).
     #[arg(long, default_value_t = 0.01)]
     pub min_net_saving: f64,
+    /// Leave rebalancing to the planners: no hourly plans, plans are made and applied by hand (the dashboard's Plan view).
+    #[arg(long)]
+    pub no_rebalance: bool,
     /// The executor binary (default: `heliotrope-executor` beside this one).
     #[arg(long)]
     pub executor_bin: Option<std::path::PathBuf>,

@@ -6,6 +6,7 @@
 //! - [`domain`]: the rules, free of HTTP and SQL (validation, pagination, tokens).
 //! - [`db`]: all SQL, one module per aggregate, and the embedded migrations.
 //! - [`http`]: axum routes, authentication, metrics, the error mapping, OpenAPI.
+//! - [`fleet`]: the fleet at a glance for the dashboard (overview, savings to date).
 //! - [`planning`]: the plans service (inventory and signals in, a stored plan out).
 //! - [`rebalancer`]: the hourly loop one replica at a time runs (plan, maybe apply).
 //! - [`simulation`]: what-if replays of carbon and price traces through the policies, and their reports.
@@ -19,6 +20,7 @@ pub mod db;
 pub mod demo;
 pub mod domain;
 pub mod feeds;
+pub mod fleet;
 pub mod http;
 pub mod planning;
 pub mod rebalancer;

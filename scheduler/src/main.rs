@@ -161,7 +161,7 @@ async fn demo_with_database(
     let executor_token = new_token(&pool, "demo-executors", Role::Executor).await?;
     // The demo rebalances by itself, an hour of its clock every minute (by default), applying every plan that saves.
     let mut services = config.services();
-    services.rebalancer.enabled = true;
+    services.rebalancer.enabled = !args.no_rebalance;
     services.rebalancer.auto_apply = true;
     services.rebalancer.auto_apply_min_saving = 0.0;
     services.rebalancer.clock_speed = 60.0 * args.hours_per_minute;
@@ -189,12 +189,20 @@ async fn demo_with_database(
         "{} executors (sim driver) run as child processes, one per site. The rebalancer plans every hour of a",
         executors.len()
     );
-    println!(
-        "SIMULATED clock running {}x real time and applies every plan that saves; watch the VMs move:",
-        clock.speed()
-    );
-    println!("  API          http://{addr}/v1/sites");
+    if args.no_rebalance {
+        println!(
+            "SIMULATED clock running {}x real time, but only when a planner asks (--no-rebalance):",
+            clock.speed()
+        );
+    } else {
+        println!(
+            "SIMULATED clock running {}x real time and applies every plan that saves; watch the VMs move:",
+            clock.speed()
+        );
+    }
+    println!("  dashboard    http://{addr}/  (sign in with the admin token)");
     println!("  admin token  {secret}");
+    println!("  API          http://{addr}/v1/sites");
     println!("  rebalancer   curl -H 'Authorization: Bearer {secret}' http://{addr}/v1/rebalancer");
     println!("  migrations   curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/migrations?state=done'");
     println!("  live news    curl -N -H 'Authorization: Bearer {secret}' http://{addr}/v1/events");

@@ -469,6 +469,7 @@ pub fn table(made: &AppliedPlan) -> String {
 /// VMs (the rest of the fleet stays put), schedules the moves for the most
 /// priority-weighted VMs out before the deadline, stores and applies the
 /// plan, and says which VMs make it, which are late and which stay, and why.
+/// A dry run only predicts: the site stays open and the plan is proposed.
 pub async fn evacuate(
     pool: &PgPool,
     config: &PlannerConfig,
@@ -493,10 +494,13 @@ pub async fn evacuate(
                 .collect::<Result<Vec<usize>, _>>()?,
         ),
     };
-    db::sites::drain(pool, site_id).await?;
+    // A preview leaves the site open; the plan it stores is only proposed.
+    if !request.dry_run {
+        db::sites::drain(pool, site_id).await?;
+    }
     let deadline_s = request.deadline_s;
     let plan_request =
-        crate::domain::planner::inputs::parse_request(PlanRequest { dry_run: false, ..Default::default() })
+        crate::domain::planner::inputs::parse_request(PlanRequest { dry_run: request.dry_run, ..Default::default() })
             .map_err(|e| PlanningError::Inputs(e.to_string()))?;
     let name = site.spec.name.clone();
     let made = make(pool, config, &plan_request, now, Goal::Deadline { deadline_s }, move |input| {

@@ -137,6 +137,8 @@ async fn route_by_role_matrix(pool: PgPool) {
         // A bad filter answers 400 after the role check, instead of a stream that never ends.
         Route { query: "?migration=not-a-number", ..r(Method::GET, "/v1/events", 0, None, view) },
         r(Method::GET, "/v1/rebalancer", 0, None, view),
+        r(Method::GET, "/v1/overview", 0, None, view),
+        r(Method::GET, "/v1/savings", 0, None, view),
         // No signals for that window in the fixture: refused (422) after the role check, nothing runs.
         r(
             Method::POST,

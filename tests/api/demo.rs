@@ -14,20 +14,7 @@ use crate::crashes::ready_at;
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn the_demo_moves_vms_by_itself_and_stops_on_sigterm(pool: PgPool) {
-    let port = free_port();
-    let url = TestApp::at(([127, 0, 0, 1], port).into(), pool.clone()).database_url();
-    let demo = Command::new(workspace_binary("heliotrope"))
-        .args(["demo", "--vms", "30", "--hours-per-minute", "30"])
-        .env("HELIOTROPE_DATABASE_URL", url)
-        .env("HELIOTROPE_ADMIN_TOKEN", ADMIN)
-        .env("HELIOTROPE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HELIOTROPE_POLL_FEEDS", "false")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut demo = Processes(vec![demo]);
-    let app = ready_at(port, &pool).await;
+    let (mut demo, app) = start_demo(&pool, &["--vms", "30", "--hours-per-minute", "30"]).await;
 
     let mut moved = Value::Null;
     for _ in 0..480 {
@@ -50,6 +37,31 @@ async fn the_demo_moves_vms_by_itself_and_stops_on_sigterm(pool: PgPool) {
     let there = app.get(&format!("/v1/vms?site={to}&limit=100")).await.body;
     assert!(there["items"].as_array().unwrap().iter().any(|v| &v["name"] == vm), "{vm} at {to}: {there}");
 
+    stop_demo(&mut demo);
+}
+
+/// `heliotrope demo ARGS` on a free port over `pool`'s database (admin token
+/// `ADMIN`, feeds not polled), once it answers.
+pub(crate) async fn start_demo(pool: &PgPool, args: &[&str]) -> (Processes, TestApp) {
+    let port = free_port();
+    let url = TestApp::at(([127, 0, 0, 1], port).into(), pool.clone()).database_url();
+    let demo = Command::new(workspace_binary("heliotrope"))
+        .arg("demo")
+        .args(args)
+        .env("HELIOTROPE_DATABASE_URL", url)
+        .env("HELIOTROPE_ADMIN_TOKEN", ADMIN)
+        .env("HELIOTROPE_LISTEN", format!("127.0.0.1:{port}"))
+        .env("HELIOTROPE_POLL_FEEDS", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let demo = Processes(vec![demo]);
+    (demo, ready_at(port, pool).await)
+}
+
+/// SIGTERM stops the demo with its executors (a kill would leave them running), cleanly.
+pub(crate) fn stop_demo(demo: &mut Processes) {
     let pid = nix::unistd::Pid::from_raw(demo.0[0].id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     let status = demo.0[0].wait().unwrap();

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::plans::two_sites;
-use heliotrope_tests::{spawn_app, Answer, TestApp};
+use heliotrope_tests::{site, spawn_app, Answer, TestApp};
 
 /// An executor: its token and registered id.
 struct Executor {
@@ -315,4 +315,64 @@ async fn a_qemu_vm_goes_only_to_executors_that_run_qemu(pool: PgPool) {
     );
     assert_eq!(claimed.body["peer_address"], "cheap-qemu:7070", "the destination runs qemu too");
     assert_eq!(claimed.body["vm"]["driver_spec"]["memory_mib"], 262144);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_since(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, cheap, id) = under_way(&app).await;
+    app.create("/v1/sites", site("QUIET")).await;
+    let overview = app.get("/v1/overview").await;
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    let by_name = |body: &Value, name: &str| {
+        body["sites"].as_array().unwrap().iter().find(|s| s["name"] == name).cloned().unwrap()
+    };
+    let at_dear = by_name(&overview.body, "DEAR");
+    assert_eq!((at_dear["vms"].as_u64(), at_dear["migrations_out"].as_u64()), (Some(2), Some(1)), "{at_dear}");
+    assert_eq!(at_dear["vcpus_used"], 66);
+    assert_eq!((at_dear["stale"].as_bool(), at_dear["price"]["value"].as_f64()), (Some(false), Some(300.0)));
+    assert_eq!(by_name(&overview.body, "CHEAP")["migrations_in"], 1);
+    assert_eq!(by_name(&overview.body, "QUIET")["stale"], true, "no signals at all: stale");
+
+    dear.claim(&app).await;
+    cheap.claim(&app).await;
+    let going = json!({"state": "transferring", "raw_bytes": 0, "wire_bytes": 0});
+    assert_eq!(dear.call(&app, id, "progress", going).await.status, 200);
+    let report = json!({"state": "cutover", "raw_bytes": 2_000_000_000u64, "wire_bytes": 1_000_000_000u64,
+        "saved_bytes": {"zero": 500_000_000u64, "dedup": 400_000_000u64, "disk_cache": 0, "in_place": 0, "compression": 100_000_000u64}});
+    assert_eq!(dear.call(&app, id, "progress", report).await.status, 200);
+    let migration = app.get(&format!("/v1/migrations/{id}")).await.body;
+    assert_eq!(migration["progress"]["saved_bytes"]["zero"], 500_000_000u64, "{migration}");
+    assert_eq!(cheap.call(&app, id, "complete", json!({"state": "done"})).await.status, 200);
+    let after = app.get("/v1/overview").await.body;
+    assert_eq!(
+        (by_name(&after, "CHEAP")["vms"].as_u64(), by_name(&after, "CHEAP")["migrations_in"].as_u64()),
+        (Some(1), Some(0))
+    );
+
+    // Just done: only the move's network energy counts yet (1 GB at 0.01 kWh/GB, 300/MWh and 400 g/kWh at DEAR).
+    let now = app.get("/v1/savings?days=2").await;
+    assert_eq!(now.status, 200, "{}", now.body);
+    assert_eq!((now.body["currency"].as_str(), now.body["days"].as_array().map(Vec::len)), (Some("EUR"), Some(2)));
+    assert_eq!(now.body["days"][1]["migrations"], 1);
+    assert!((now.body["total_cost_saved"].as_f64().unwrap() + 0.003).abs() < 1e-9, "{}", now.body);
+    assert!((now.body["total_kg_saved"].as_f64().unwrap() + 0.004).abs() < 1e-9, "{}", now.body);
+
+    // Five hours on: big (0.89088 kW with PUE) ran at 20 rather than 300/MWh, 50 rather than 400 g/kWh,
+    // for each whole hour since (the signals persist; this hour is not over).
+    sqlx::query("update migration_event set at = at - interval '5 hours' where to_state = 'done'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let later = app.get("/v1/savings?days=2").await.body;
+    let hours: u64 = later["days"].as_array().unwrap().iter().map(|d| d["vm_hours"].as_u64().unwrap()).sum();
+    assert!((4..=5).contains(&hours), "{later}");
+    let kw = (10.0 * 64.0 + 0.4 * 256.0) * 1.2 / 1000.0;
+    let cost = later["total_cost_saved"].as_f64().unwrap();
+    assert!((cost - (hours as f64 * kw * 0.280 - 0.003)).abs() < 1e-6, "{later}");
+    let kg = later["total_kg_saved"].as_f64().unwrap();
+    assert!((kg - (hours as f64 * kw * 0.350 - 0.004)).abs() < 1e-6, "{later}");
+
+    app.get("/v1/savings?days=0").await.assert_error(422, "days");
+    app.get("/v1/savings?days=400").await.assert_error(422, "days");
 }

@@ -4,6 +4,7 @@
 
 mod auth;
 mod crashes;
+mod dashboard;
 mod demo;
 mod dispatch;
 mod executors;

@@ -145,6 +145,34 @@ async fn a_migration_under_way_holds_its_room_at_the_destination(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn a_swap_under_way_counts_each_vm_once_in_the_next_plan(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let dear = site_at(&app, "DEAR", "active").await;
+    let mid = site_at(&app, "MID", "active").await;
+    let cheap =
+        app.create("/v1/sites", with(site("CHEAP"), "/capacity/vcpus", json!(64))).await["id"].as_i64().unwrap();
+    for (id, price, carbon) in [(dear, 300.0, 400.0), (mid, 100.0, 200.0), (cheap, 20.0, 50.0)] {
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    for (a, b) in [("DEAR", "CHEAP"), ("CHEAP", "MID")] {
+        app.create("/v1/links", with(link(a, b), "/symmetric", json!(true))).await;
+    }
+    app.create("/v1/vms", big_vm("big", "DEAR")).await;
+    app.create("/v1/vms", vm("small", "CHEAP")).await;
+    // CHEAP holds big only if small makes room: the plan moves both.
+    let first = app.post("/v1/plans", json!({"dry_run": false})).await;
+    let mut moved: Vec<&str> =
+        first.body["moves"].as_array().unwrap().iter().map(|m| m["vm"].as_str().unwrap()).collect();
+    moved.sort();
+    assert_eq!(moved, ["big", "small"], "{}", first.body);
+    // Both under way: small still runs at CHEAP and big's room there is held. Counted at
+    // both ends, CHEAP would be 2 vCPUs over and no plan possible; each counts once, at its destination.
+    let second = app.post("/v1/plans", json!({})).await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    assert_eq!(second.body["moves"], json!([]), "{}", second.body);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn applying_at_once_and_a_plan_the_inventory_moved_on_from(pool: PgPool) {
     let app = spawn_app(pool).await;
     two_sites(&app).await;
@@ -302,6 +330,12 @@ async fn evacuation_reports_who_makes_the_deadline(pool: PgPool) {
     let path = format!("/v1/sites/{src}/evacuate");
     let viewer = app.token(Role::Viewer).await;
     app.send(Method::POST, &path, Some(&viewer), Some(&json!({"deadline_s": 100}))).await.assert_error(403, "planner");
+    // A dry run predicts the same outcome and changes nothing but a proposed plan.
+    let preview = app.post(&path, json!({"deadline_s": 100, "target_sites": ["A"], "dry_run": true})).await;
+    assert_eq!(preview.status, 200, "{}", preview.body);
+    assert_eq!(app.get(&format!("/v1/sites/{src}")).await.body["state"], "active", "a dry run drains nothing");
+    assert_eq!(app.get(&format!("/v1/plans/{}", preview.body["plan_id"])).await.body["status"], "proposed");
+    assert_eq!(app.count("migration_job").await, 0);
     // Only A may receive, and 100 s holds one of the two movers: the higher priority goes.
     let report = app.post(&path, json!({"deadline_s": 100, "target_sites": ["A"]})).await;
     assert_eq!(report.status, 200, "{}", report.body);
@@ -319,6 +353,9 @@ async fn evacuation_reports_who_makes_the_deadline(pool: PgPool) {
     assert_eq!(staying, ["huge", "p"]);
     let why_huge = r["staying"].as_array().unwrap().iter().find(|e| e["vm"] == "huge").unwrap()["why"].clone();
     assert!(why_huge.as_str().unwrap().starts_with("no room"), "{why_huge}");
+    for list in ["out_in_time", "late", "staying"] {
+        assert_eq!(preview.body[list].as_array().map(Vec::len), r[list].as_array().map(Vec::len), "{list}");
+    }
 
     assert_eq!(app.get(&format!("/v1/sites/{src}")).await.body["state"], "draining");
     let plan = app.get(&format!("/v1/plans/{}", r["plan_id"])).await;
@@ -331,5 +368,5 @@ async fn evacuation_reports_who_makes_the_deadline(pool: PgPool) {
     app.post(&path, json!({"deadline_s": 60, "target_sites": ["nowhere"]})).await.assert_error(422, "no site named");
     app.post(&path, json!({"deadline_s": 60, "target_sites": ["SRC"]})).await.assert_error(422, "being evacuated");
     app.post("/v1/sites/999/evacuate", json!({"deadline_s": 60})).await.assert_error(404, "site 999");
-    assert_eq!(app.count("plan").await, 1);
+    assert_eq!(app.count("plan").await, 2, "the dry run's and the evacuation's");
 }

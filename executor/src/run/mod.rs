@@ -540,6 +540,7 @@ fn sim_report(p: &Progress) -> ProgressReport {
         expected_downtime_s: p.expected_downtime_s,
         eta_s: p.eta_s,
         downtime_s: None,
+        saved_bytes: Some(p.counters.savings()),
     }
 }
 

@@ -252,5 +252,7 @@ fn qemu_report(p: &QemuProgress, disk: u64, wire: u64) -> ProgressReport {
         expected_downtime_s: p.expected_downtime_ms.map(|ms| ms as f64 / 1000.0),
         eta_s,
         downtime_s: p.downtime_ms.map(|ms| ms as f64 / 1000.0),
+        // QEMU's own stream counts no savings by mechanism.
+        saved_bytes: None,
     }
 }

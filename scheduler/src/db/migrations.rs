@@ -614,3 +614,48 @@ pub async fn expire_leases(pool: &PgPool) -> Result<u64> {
     .await?;
     Ok(done.rows_affected())
 }
+
+/// Per site id: migrations under way into it and out of it.
+pub async fn active_by_site(db: impl PgExecutor<'_>) -> Result<HashMap<i64, (u64, u64)>> {
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(&format!(
+        "select site, count(*) filter (where inbound), count(*) filter (where not inbound) from ( \
+             select to_site_id as site, true as inbound from migration_job where {ACTIVE} \
+             union all select from_site_id, false from migration_job where {ACTIVE}) ends group by site"
+    ))
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(|(site, into, out)| (site, (into.max(0) as u64, out.max(0) as u64))).collect())
+}
+
+/// A migration that finished: VM, source and destination site ids, when,
+/// bytes on the wire (its last progress report's), and its link's egress price.
+#[derive(Debug, sqlx::FromRow)]
+pub struct Finished {
+    pub vm_id: i64,
+    pub from_site_id: i64,
+    pub to_site_id: i64,
+    pub done_at: DateTime<Utc>,
+    pub wire_bytes: f64,
+    pub egress_cost_per_gb: f64,
+}
+
+/// Migrations that finished (`done`) between `from` and `to`.
+pub async fn finished_between(
+    db: impl PgExecutor<'_>,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<Finished>> {
+    Ok(sqlx::query_as(
+        "select j.vm_id, j.from_site_id, j.to_site_id, e.at as done_at, \
+                coalesce((j.progress->>'wire_bytes')::float8, j.predicted_bytes) as wire_bytes, \
+                coalesce(l.egress_cost_per_gb, 0) as egress_cost_per_gb \
+         from migration_job j \
+         join migration_event e on e.job_id = j.job_id and e.to_state = 'done' \
+         left join link l on l.from_site_id = j.from_site_id and l.to_site_id = j.to_site_id \
+         where j.state = 'done' and e.at >= $1 and e.at < $2 order by e.at",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_all(db)
+    .await?)
+}

@@ -1,6 +1,8 @@
 //! VMs, with their allowed sites (rows of `vm_allowed_site`, so that a
 //! site named there cannot vanish under them).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Vm, VmFilter, VmSpec};
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
@@ -201,4 +203,22 @@ pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
         return Err(StoreError::NotFound(format!("VM {id}")));
     }
     Ok(())
+}
+
+/// Per site id: VMs it hosts and the vCPUs they hold.
+pub async fn load_by_site(db: impl PgExecutor<'_>) -> Result<HashMap<i64, (u64, u64)>> {
+    let rows: Vec<(i64, i64, i64)> =
+        sqlx::query_as("select site_id, count(*), coalesce(sum(vcpus), 0)::int8 from vm group by site_id")
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(site, vms, vcpus)| (site, (vms.max(0) as u64, vcpus.max(0) as u64))).collect())
+}
+
+/// Per VM id: what it holds (the shapes of the cost model).
+pub async fn shapes(db: impl PgExecutor<'_>) -> Result<HashMap<i64, crate::domain::cost::VmShape>> {
+    let rows: Vec<(i64, i32, f64)> = sqlx::query_as("select vm_id, vcpus, memory_gib from vm").fetch_all(db).await?;
+    Ok(rows
+        .into_iter()
+        .map(|(vm, vcpus, memory_gib)| (vm, crate::domain::cost::VmShape { vcpus: vcpus.max(0) as u32, memory_gib }))
+        .collect())
 }

@@ -14,6 +14,17 @@ pub struct SiteEnergy {
     pub watts_per_gib: f64,
 }
 
+impl SiteEnergy {
+    /// A site's energy model as the inventory describes it.
+    pub fn of(site: &heliotrope_api_spec::SiteSpec) -> SiteEnergy {
+        SiteEnergy {
+            pue: site.pue,
+            watts_per_vcpu: site.power_model.watts_per_vcpu,
+            watts_per_gib: site.power_model.watts_per_gib,
+        }
+    }
+}
+
 /// What a VM holds.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct VmShape {

@@ -13,6 +13,7 @@ pub mod migration;
 pub mod page;
 pub mod planner;
 pub mod rebalance;
+pub mod savings;
 pub mod schedule;
 pub mod signals;
 pub mod simulation;

@@ -6,12 +6,14 @@
 
 pub mod auth;
 pub mod cache;
+pub mod dashboard;
 pub mod dispatch;
 pub mod error;
 pub mod events;
 pub mod executors;
 pub mod extract;
 pub mod feeds;
+pub mod fleet;
 pub mod groups;
 pub mod links;
 pub mod metrics;
@@ -107,10 +109,12 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded(migrations::router(), Access::PLANS))
         .merge(guarded(events::router(), Access::PLANS))
         .merge(guarded(rebalancer::router(), Access::PLANS))
+        .merge(guarded(fleet::router(), Access::PLANS))
         .merge(guarded(simulations::router(), Access::PLANS))
         .merge(guarded(dispatch::router(), Access::EXECUTOR))
         .merge(session::router())
         .merge(ops::router())
+        .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .layer(map_response(json_method_not_allowed))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

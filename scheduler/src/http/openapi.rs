@@ -6,15 +6,15 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    dispatch, events, executors, feeds, groups, links, migrations, ops, plans, rebalancer, session, signals,
+    dispatch, events, executors, feeds, fleet, groups, links, migrations, ops, plans, rebalancer, session, signals,
     simulations, sites, tokens, vms,
 };
 
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Heliotrope", description = "Moves VMs between datacenters to follow cheap, low-carbon electricity. \
-        Every /v1 route needs `Authorization: Bearer <token>`; roles nest viewer < planner < admin, and executor \
-        stands apart."),
+        Every /v1 route needs `Authorization: Bearer <token>` (or a browser session's cookie from `POST /v1/session`, \
+        whose writes also carry `X-CSRF-Token`); roles nest viewer < planner < admin, and executor stands apart."),
     paths(
         sites::list_sites, sites::create_site, sites::get_site, sites::replace_site, sites::delete_site,
         links::list_links, links::create_link, links::get_link, links::replace_link, links::delete_link,
@@ -33,6 +33,7 @@ use super::{
         simulations::get_plot,
         dispatch::register_executor, dispatch::heartbeat, dispatch::claim, dispatch::report_progress,
         dispatch::complete_migration, dispatch::recover_migration,
+        fleet::get_overview, fleet::get_savings,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(heliotrope_api_spec::GroupPolicyKind)),
@@ -54,7 +55,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 18] = [
+const CLOSED_SCHEMAS: [&str; 19] = [
     "SiteSpec",
     "Capacity",
     "PowerModel",
@@ -68,6 +69,7 @@ const CLOSED_SCHEMAS: [&str; 18] = [
     "EvacuationRequest",
     "ExecutorRegistration",
     "ProgressReport",
+    "SavedBytes",
     "Completion",
     "RecoveryReport",
     "MigrationChange",

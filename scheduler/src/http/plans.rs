@@ -107,7 +107,8 @@ pub async fn apply_plan(
 /// Evacuate a site: marks it `draining`, plans destinations for its VMs
 /// within capacity and constraints (optionally only to `target_sites`),
 /// schedules the moves to get the most (priority-weighted) VMs out before
-/// the deadline, and applies the plan. A deadline that cannot be met is an
+/// the deadline, and applies the plan; with `dry_run` it only predicts
+/// (the site stays open, the plan is proposed). A deadline that cannot be met is an
 /// answer, not an error: the report lists which VMs make it, which are
 /// late and which stay, and why.
 #[utoipa::path(post, path = "/v1/sites/{id}/evacuate", tag = "plans", params(("id" = i64, Path)),
