@@ -5,7 +5,9 @@
 
 const HOUR = 3600e3;
 const ACTIVE = ["pending", "scheduled", "claimed", "transferring", "cutover", "recovering"];
-const state = { session: null, overview: null, plan: null, migrations: new Map(), ganttPlan: null, charts: {} };
+const state = {
+  session: null, overview: null, plan: null, migrations: new Map(), ganttPlan: null, appliedCursor: null, charts: {},
+};
 
 // ---- the API -------------------------------------------------------------
 
@@ -29,18 +31,21 @@ async function api(method, path, body) {
   return json;
 }
 
-/// Every page of a list.
-async function all(path) {
+/// Every page of a list from `cursor` on (the start when null), and the
+/// cursor of its last page (to read only what is new next time).
+async function pages(path, cursor = null) {
   const items = [];
-  let cursor = null;
-  do {
+  let last = cursor;
+  for (;;) {
     const sep = path.includes("?") ? "&" : "?";
     const page = await api("GET", `${path}${sep}limit=1000${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ""}`);
     items.push(...page.items);
-    cursor = page.next_cursor;
-  } while (cursor);
-  return items;
+    if (!page.next_cursor) return { items, last };
+    last = cursor = page.next_cursor;
+  }
 }
+
+const all = async (path) => (await pages(path)).items;
 
 const $ = (id) => document.getElementById(id);
 const canWrite = () => state.session && ["planner", "admin"].includes(state.session.role);
@@ -132,12 +137,14 @@ async function refresh() {
     api("GET", "/v1/overview"),
     api("GET", "/v1/plans?status=proposed&limit=1000"),
     api("GET", "/v1/plans?status=approved&limit=1000"),
-    all("/v1/plans?status=applied"),
+    // Applied plans pile up (one an hour): read only the pages not seen yet.
+    pages("/v1/plans?status=applied", state.appliedCursor),
   ]);
+  state.appliedCursor = applied.last;
   state.overview = overview;
   const waiting = [...approved.items, ...proposed.items].sort((a, b) => b.id - a.id)[0];
   state.plan = waiting ? await api("GET", `/v1/plans/${waiting.id}`) : null;
-  const lastApplied = applied.sort((a, b) => b.id - a.id)[0];
+  const lastApplied = applied.items.sort((a, b) => b.id - a.id)[0];
   if (lastApplied && lastApplied.id !== state.ganttPlan) {
     state.ganttPlan = lastApplied.id;
     const [migrations, schedule] = await Promise.all([
@@ -397,8 +404,8 @@ function drawPlan() {
       el("td", { class: "num" }, `${fmt(m.migration_cost)} ${c}`),
       el("td", { class: "num" }, `${seconds(m.predicted_duration_s)}, ${bytes(m.predicted_bytes)}`),
       el("td", { class: "num" }, `${fmt(m.predicted_downtime_ms, 0)} ms`), el("td", {}, m.reason))),
-      plan.moves.length > shown.length ? el("tr", {}, el("td", { colspan: 9, class: "hint" },
-        `… and ${plan.moves.length - shown.length} more moves (GET /v1/plans/${plan.id})`)) : null);
+      ...(plan.moves.length > shown.length ? [el("tr", {}, el("td", { colspan: 9, class: "hint" },
+        `… and ${plan.moves.length - shown.length} more moves (GET /v1/plans/${plan.id})`))] : []));
   }
   $("placement").tBodies[0].replaceChildren(...[...placement].map(([name, p]) => el("tr", {},
     el("td", {}, name), el("td", { class: "num" }, String(p.now)), el("td", { class: "num" }, String(p.then)),
@@ -426,13 +433,15 @@ function drawGantt() {
     $("mechanisms").tBodies[0].replaceChildren();
     return;
   }
+  // A migration spans its start to its predicted end, or to when it finished or to now if later.
   const span = (m) => {
     const start = Date.parse(m.start_at || m.created_at);
     const planned = (m.predicted_s || 0) * 1000;
-    return [start, Math.max(start + planned, m.finished_at || 0, start + 1000)];
+    const running = ACTIVE.includes(m.state) && Date.now() > start ? Date.now() : 0;
+    return [start, Math.max(start + planned, m.finished_at || 0, running, start + 1000)];
   };
   const t0 = Math.min(...rows.map((m) => span(m)[0]));
-  const t1 = Math.max(Date.now(), ...rows.map((m) => span(m)[1]));
+  const t1 = Math.max(...rows.map((m) => span(m)[1]));
   const x = (t) => `${(100 * (t - t0)) / Math.max(1, t1 - t0)}%`;
   const bar = (cls, from, to) => {
     const node = el("div", { class: `bar ${cls}` });
@@ -464,16 +473,17 @@ function drawGantt() {
       el("span", { class: "lane-label" }, `${m.vm} ${m.from}→${m.to}`), track,
       el("span", { class: `badge ${kind === "done" ? "ok" : kind === "active" ? "warn" : "bad"}` }, m.state), el("span", {}, cancel));
   });
-  const now = el("div", { class: "now-line" });
-  now.style.left = x(Date.now());
+  const now = Date.now() >= t0 && Date.now() <= t1 ? el("div", { class: "now-line", title: "now" }) : null;
+  if (now) now.style.left = x(Date.now());
   const axis = el("div", { class: "lane axis" }, el("span", {}, `plan ${state.ganttPlan}`),
     el("div", { class: "track" }, ...[0, 0.25, 0.5, 0.75, 1].map((f) => {
       const tick = el("span", { class: "tick" }, new Date(t0 + f * (t1 - t0)).toISOString().slice(11, 19));
       tick.style.left = `${100 * f}%`;
+      tick.style.transform = `translateX(${-100 * f}%)`;
       return tick;
     }), now), el("span", {}, "state"), el("span", {}));
   $("gantt").replaceChildren(axis, ...lanes,
-    rows.length > 400 ? el("p", { class: "hint" }, `… and ${rows.length - 400} more`) : "");
+    ...(rows.length > 400 ? [el("p", { class: "hint" }, `… and ${rows.length - 400} more`)] : []));
   $("gantt-legend").replaceChildren(
     ...[["planned", "scheduled (start to predicted end)"], ["done", "done"], ["active", "moving: share of predicted bytes sent"], ["ended", "failed, cancelled or rolled back"]]
       .map(([cls, label]) => el("span", {}, el("span", { class: `swatch ${cls}` }), ` ${label}`)), el("span", {}, "times UTC"));
