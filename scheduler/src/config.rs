@@ -198,7 +198,7 @@ pub struct RebalancerConfig {
     #[arg(long, global = true, env = "HELIOTROPE_REBALANCE_CARBON_PRICE", default_value_t = 100.0)]
     pub rebalance_carbon_price: f64,
     /// Hours the rebalancer plans over (1 to 168). On the June-July 2023 traces a 48-hour
-    /// horizon captured 83% of the oracle's saving, a 24-hour one 70% (README, simulator).
+    /// horizon captured 83% of the oracle's saving, a 24-hour one 69% (README, simulator).
     #[arg(long, global = true, env = "HELIOTROPE_REBALANCE_HORIZON_H", default_value_t = 48)]
     pub rebalance_horizon_h: u32,
     /// Simulated seconds per real second on the rebalancer's clock (the demo runs 60: an hour a minute).
