@@ -644,7 +644,7 @@ pub struct ClaimsBenchArgs {
 
 /// Claim throughput: `executors` executors at one site claim `migrations`
 /// scheduled migrations at once (each released as soon as it is claimed,
-/// so that capacity never limits), against one executor claiming as many
+/// so that capacity never limits, to a destination with room for all), against one executor claiming as many
 /// alone. Checks that no migration was claimed twice.
 pub async fn claims(config: &Config, args: &ClaimsBenchArgs) -> anyhow::Result<()> {
     with_scratch_database(config, |pool| claims_on(pool, args)).await
@@ -663,6 +663,14 @@ async fn claims_on(pool: PgPool, args: &ClaimsBenchArgs) -> anyhow::Result<()> {
     )
     .bind(from)
     .bind(args.migrations as i64)
+    .execute(&pool)
+    .await?;
+    // Room at the destination never limits either (a claim waits for room).
+    sqlx::query(
+        "update site set capacity_vcpus = 100000000, capacity_memory_gib = 1e9, capacity_disk_gib = 1e12 \
+         where site_id = $1",
+    )
+    .bind(to)
     .execute(&pool)
     .await?;
     let executor = |site: i64, n: usize| {
@@ -756,5 +764,10 @@ async fn claim_run(pool: &PgPool, executors: &[i64], from: i64, to: i64, token: 
     while let Some(done) = tasks.join_next().await {
         claimed += done??;
     }
+    let left: i64 = sqlx::query_scalar("select count(*) from migration_job where plan_id = $1 and state = 'scheduled'")
+        .bind(plan)
+        .fetch_one(pool)
+        .await?;
+    anyhow::ensure!(left == 0, "{claimed} migrations claimed, {left} left unclaimed");
     Ok((claimed, started.elapsed().as_secs_f64()))
 }

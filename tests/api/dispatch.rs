@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::plans::two_sites;
-use heliotrope_tests::{site, spawn_app, Answer, TestApp};
+use crate::plans::{big_vm, flat_signals, site_at, two_sites};
+use heliotrope_tests::{link, site, spawn_app, vm, with, Answer, TestApp};
 
 /// An executor: its token and registered id.
 struct Executor {
@@ -375,4 +375,48 @@ async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_sin
 
     app.get("/v1/savings?days=0").await.assert_error(422, "days");
     app.get("/v1/savings?days=400").await.assert_error(422, "days");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_arrival_waits_until_its_destination_has_room(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let dear = site_at(&app, "DEAR", "active").await;
+    let mid = site_at(&app, "MID", "active").await;
+    let cheap =
+        app.create("/v1/sites", with(site("CHEAP"), "/capacity/vcpus", json!(64))).await["id"].as_i64().unwrap();
+    for (id, price, carbon) in [(dear, 300.0, 400.0), (mid, 100.0, 200.0), (cheap, 20.0, 50.0)] {
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    for (a, b) in [("DEAR", "CHEAP"), ("CHEAP", "MID")] {
+        app.create("/v1/links", with(link(a, b), "/symmetric", json!(true))).await;
+    }
+    app.create("/v1/vms", big_vm("big", "DEAR")).await;
+    app.create("/v1/vms", vm("small", "CHEAP")).await;
+    let executors = [
+        register(&app, "DEAR", "dear-exec:7070").await,
+        register(&app, "CHEAP", "cheap-exec:7070").await,
+        register(&app, "MID", "mid-exec:7070").await,
+    ];
+    // A swap: big can land at CHEAP only once small has left for MID.
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["moves"].as_array().map(Vec::len), Some(2), "{}", applied.body);
+    sqlx::query("update migration_job set start_at = now() - interval '1 second'").execute(&app.pool).await.unwrap();
+    let [dear, cheap, mid] = &executors;
+    assert_eq!(dear.claim(&app).await.status, 204, "CHEAP has no room for big while small is there");
+
+    let small = cheap.claim(&app).await;
+    assert_eq!(small.status, 200, "{}", small.body);
+    let id = small.body["migration"]["id"].as_i64().unwrap();
+    assert_eq!(small.body["migration"]["vm"], "small");
+    assert_eq!(mid.claim(&app).await.status, 200, "MID takes its side");
+    for state in ["transferring", "cutover"] {
+        let report = cheap.call(&app, id, "progress", json!({"state": state, "raw_bytes": 1, "wire_bytes": 1})).await;
+        assert_eq!(report.status, 200, "{}", report.body);
+    }
+    assert_eq!(dear.claim(&app).await.status, 204, "still there until its destination confirms");
+    assert_eq!(mid.call(&app, id, "complete", json!({"state": "done"})).await.status, 200);
+
+    let big = dear.claim(&app).await;
+    assert_eq!(big.status, 200, "small has left: {}", big.body);
+    assert_eq!(big.body["migration"]["vm"], "big");
 }

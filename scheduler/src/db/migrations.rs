@@ -364,20 +364,42 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     // destination's least busy online executor: choosing the executor for
     // every candidate would cost a count per scheduled migration. Both ends
     // must run the VM's driver (a `qemu` executor runs `sim` VMs too).
+    // An arrival waits until its destination has room for it beside what
+    // runs there and what is arriving (a plan counts a VM under way at its
+    // destination only, so a swap's arrivals wait for its departures); the
+    // destination's row is locked so that two claims cannot both take its
+    // last room.
     let online = format!("e.state = 'online' and e.last_heartbeat > now() - {ONLINE_WITHIN}");
     let runs = "(v.driver = 'sim' or e.driver = 'qemu')";
     let found: Option<(i64, i64, i64)> = sqlx::query_as(&format!(
-        "select j.job_id, j.to_site_id, j.vm_id from migration_job j join vm v on v.vm_id = j.vm_id \
+        "with {} \
+         select j.job_id, j.to_site_id, j.vm_id from migration_job j join vm v on v.vm_id = j.vm_id \
+         join room r on r.site_id = j.to_site_id \
          where j.state = 'scheduled' and j.from_site_id = $1 and j.start_at <= now() \
-         and (v.driver = 'sim' or $2 = 'qemu') \
+         and (v.driver = 'sim' or $2 = 'qemu') and {FITS} \
          and exists (select 1 from executor e where e.site_id = j.to_site_id and {online} and {runs}) \
-         order by j.start_at, j.job_id limit 1 for update of j skip locked"
+         order by j.start_at, j.job_id limit 1 for update of j skip locked",
+        room("select to_site_id from migration_job where state = 'scheduled' and from_site_id = $1")
     ))
     .bind(site_id)
     .bind(&driver)
     .fetch_optional(&mut *tx)
     .await?;
     let Some((id, to_site_id, vm_id)) = found else { return Ok(None) };
+    // Claims for one destination take its row in turn, then look again: the
+    // room seen above may have gone to a claim that committed meanwhile.
+    sqlx::query("select 1 from site where site_id = $1 for no key update").bind(to_site_id).execute(&mut *tx).await?;
+    let fits: bool = sqlx::query_scalar(&format!(
+        "with {} select {FITS} from migration_job j join vm v on v.vm_id = j.vm_id \
+         join room r on r.site_id = j.to_site_id where j.job_id = $1",
+        room("select to_site_id from migration_job where job_id = $1")
+    ))
+    .bind(id)
+    .fetch_one(&mut *tx)
+    .await?;
+    if !fits {
+        return Ok(None);
+    }
     let (destination_executor, peer_address): (i64, String) = sqlx::query_as(&format!(
         "select e.executor_id, e.address from executor e join vm v on v.vm_id = $2 \
          where e.site_id = $1 and {online} and {runs} \
@@ -409,6 +431,24 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     tx.commit().await?;
     Ok(Some(assignment(pool, id, JobRole::Source, Some(peer_address), &secret, Some(lease_expires)).await?))
 }
+
+/// A CTE `room`: what each site of `sites` (a subquery of site ids) has left
+/// beside the VMs it runs and those arriving (a migration claimed and not
+/// yet ended).
+fn room(sites: &str) -> String {
+    format!(
+        "room as (select s.site_id, s.capacity_vcpus - coalesce(sum(x.vcpus), 0) as vcpus, \
+             s.capacity_memory_gib - coalesce(sum(x.memory_gib), 0) as memory_gib, \
+             s.capacity_disk_gib - coalesce(sum(x.disk_gib), 0) as disk_gib \
+         from site s left join (select site_id, vcpus, memory_gib, disk_gib from vm \
+             union all select o.to_site_id, a.vcpus, a.memory_gib, a.disk_gib from migration_job o \
+             join vm a on a.vm_id = o.vm_id where o.state in ('claimed', 'transferring', 'cutover', 'recovering')) x \
+           on x.site_id = s.site_id where s.site_id in ({sites}) group by s.site_id)"
+    )
+}
+
+/// Whether VM `v` fits in its destination's `r`oom.
+const FITS: &str = "(r.vcpus >= v.vcpus and r.memory_gib >= v.memory_gib - 1e-9 and r.disk_gib >= v.disk_gib - 1e-9)";
 
 #[derive(sqlx::FromRow)]
 struct VmRow {
