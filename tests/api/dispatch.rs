@@ -9,8 +9,8 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::plans::{big_vm, flat_signals, site_at, two_sites};
-use heliotrope_tests::{link, site, spawn_app, vm, with, Answer, TestApp};
+use crate::plans::{swap_fleet, two_sites};
+use heliotrope_tests::{site, spawn_app, Answer, TestApp};
 
 /// An executor: its token and registered id.
 struct Executor {
@@ -380,18 +380,7 @@ async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_sin
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn an_arrival_waits_until_its_destination_has_room(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let dear = site_at(&app, "DEAR", "active").await;
-    let mid = site_at(&app, "MID", "active").await;
-    let cheap =
-        app.create("/v1/sites", with(site("CHEAP"), "/capacity/vcpus", json!(64))).await["id"].as_i64().unwrap();
-    for (id, price, carbon) in [(dear, 300.0, 400.0), (mid, 100.0, 200.0), (cheap, 20.0, 50.0)] {
-        flat_signals(&app, id, price, carbon, "EUR").await;
-    }
-    for (a, b) in [("DEAR", "CHEAP"), ("CHEAP", "MID")] {
-        app.create("/v1/links", with(link(a, b), "/symmetric", json!(true))).await;
-    }
-    app.create("/v1/vms", big_vm("big", "DEAR")).await;
-    app.create("/v1/vms", vm("small", "CHEAP")).await;
+    swap_fleet(&app).await;
     let executors = [
         register(&app, "DEAR", "dear-exec:7070").await,
         register(&app, "CHEAP", "cheap-exec:7070").await,

@@ -144,21 +144,27 @@ async fn a_migration_under_way_holds_its_room_at_the_destination(pool: PgPool) {
     assert_eq!(second.body["moves"], json!([]), "{}", second.body);
 }
 
-#[sqlx::test(migrator = "MIGRATOR")]
-async fn a_swap_under_way_counts_each_vm_once_in_the_next_plan(pool: PgPool) {
-    let app = spawn_app(pool).await;
-    let dear = site_at(&app, "DEAR", "active").await;
-    let mid = site_at(&app, "MID", "active").await;
+/// DEAR (300/MWh), MID (100) and CHEAP (20, only 64 vCPUs), linked DEAR-CHEAP-MID;
+/// big (64 vCPUs) at DEAR, small at CHEAP: big can go to CHEAP only if small makes room.
+pub(crate) async fn swap_fleet(app: &TestApp) {
+    let dear = site_at(app, "DEAR", "active").await;
+    let mid = site_at(app, "MID", "active").await;
     let cheap =
         app.create("/v1/sites", with(site("CHEAP"), "/capacity/vcpus", json!(64))).await["id"].as_i64().unwrap();
     for (id, price, carbon) in [(dear, 300.0, 400.0), (mid, 100.0, 200.0), (cheap, 20.0, 50.0)] {
-        flat_signals(&app, id, price, carbon, "EUR").await;
+        flat_signals(app, id, price, carbon, "EUR").await;
     }
     for (a, b) in [("DEAR", "CHEAP"), ("CHEAP", "MID")] {
         app.create("/v1/links", with(link(a, b), "/symmetric", json!(true))).await;
     }
     app.create("/v1/vms", big_vm("big", "DEAR")).await;
     app.create("/v1/vms", vm("small", "CHEAP")).await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_swap_under_way_counts_each_vm_once_in_the_next_plan(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    swap_fleet(&app).await;
     // CHEAP holds big only if small makes room: the plan moves both.
     let first = app.post("/v1/plans", json!({"dry_run": false})).await;
     let mut moved: Vec<&str> =
