@@ -245,6 +245,12 @@ pub struct VmSpec {
     #[serde(default = "empty_object")]
     #[schema(value_type = Object)]
     pub driver_spec: serde_json::Value,
+    /// The VM's own IP addresses (each an IPv4 /32 or IPv6 /128), which
+    /// follow it from site to site; stored in canonical form, each held by
+    /// one VM at most.
+    #[serde(default)]
+    #[schema(max_items = 16, example = json!(["192.0.2.10", "2001:db8::10"]))]
+    pub addresses: Vec<String>,
 }
 
 fn default_priority() -> u8 {

@@ -212,3 +212,35 @@ async fn a_qemu_vms_spec_is_checked_field_by_field(pool: PgPool) {
     let created = app.create("/v1/vms", qemu(fine)).await;
     assert_eq!(created["driver_spec"]["machine"], json!(null), "stored as sent: {created}");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_vm_owns_its_addresses(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    fleet(&app).await;
+    let with_addresses = |name: &str, addresses: Value| with(vm(name, "A"), "/addresses", addresses);
+    let web = app.create("/v1/vms", with_addresses("web", json!(["192.0.2.10", "2001:0DB8::0010"]))).await;
+    assert_eq!(web["addresses"], json!(["192.0.2.10", "2001:db8::10"]), "kept in canonical form: {web}");
+    assert_eq!(app.create("/v1/vms", vm("plain", "A")).await["addresses"], json!([]), "none by default");
+
+    // An address is one VM's: another claiming it is a conflict, and stores nothing.
+    app.post("/v1/vms", with_addresses("thief", json!(["2001:db8:0::10"]))).await.assert_error(409, "another VM");
+    assert_eq!(app.count("vm").await, 2);
+    for (addresses, needle) in [
+        (json!(["10.0.0.300"]), "addresses[0]"),
+        (json!(["::1"]), "cannot be a VM's own address"),
+        (json!(["224.0.0.5"]), "cannot be a VM's own address"),
+        (json!(["192.0.2.11", "192.0.2.11"]), "listed twice"),
+        (json!((0..17).map(|i| format!("192.0.2.{i}")).collect::<Vec<_>>()), "at most 16"),
+    ] {
+        app.post("/v1/vms", with_addresses("bad", addresses)).await.assert_error(422, needle);
+    }
+
+    // Replacing sets them anew; the address given up is free for another VM.
+    let id = web["id"].as_i64().unwrap();
+    let replaced = app.put(&format!("/v1/vms/{id}"), with_addresses("web", json!(["192.0.2.10"]))).await;
+    assert_eq!(replaced.status, 200, "{}", replaced.body);
+    assert_eq!(replaced.body["addresses"], json!(["192.0.2.10"]));
+    app.create("/v1/vms", with_addresses("next", json!(["2001:db8::10"]))).await;
+    app.delete(&format!("/v1/vms/{id}")).await;
+    app.create("/v1/vms", with_addresses("after", json!(["192.0.2.10"]))).await;
+}

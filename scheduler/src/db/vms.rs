@@ -28,6 +28,7 @@ struct VmRow {
     max_downtime_ms: i32,
     driver: String,
     driver_spec: serde_json::Value,
+    addresses: Vec<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -53,6 +54,7 @@ impl TryFrom<VmRow> for Vm {
                 max_downtime_ms: r.max_downtime_ms.try_into().map_err(decode)?,
                 driver: enum_from_text(r.driver)?,
                 driver_spec: r.driver_spec,
+                addresses: r.addresses,
             },
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -65,6 +67,7 @@ const SELECT: &str = "select v.vm_id, v.name, v.vcpus, v.memory_gib, v.disk_gib,
     (select array_agg(x.name order by a.position) from vm_allowed_site a join site x on x.site_id = a.site_id \
      where a.vm_id = v.vm_id) as allowed_sites, \
     v.allowed_regions, v.pinned, g.name as group_name, v.priority, v.max_downtime_ms, v.driver, v.driver_spec, \
+    array(select d.address from vm_address d where d.vm_id = v.vm_id order by d.position) as addresses, \
     v.created_at, v.updated_at \
     from vm v join site s on s.site_id = v.site_id left join vm_group g on g.group_id = v.group_id";
 
@@ -125,7 +128,7 @@ pub async fn insert(pool: &PgPool, spec: &Valid<VmSpec>) -> Result<Vm> {
     );
     let vm_id: i64 =
         bind_columns(insert, spec, &refs).fetch_one(&mut *tx).await.map_err(|e| on_constraint(e, name_taken(spec)))?;
-    finish(tx, vm_id, &refs).await
+    finish(tx, vm_id, &refs, &spec.addresses).await
 }
 
 pub async fn update(pool: &PgPool, id: i64, spec: &Valid<VmSpec>) -> Result<Vm> {
@@ -142,7 +145,7 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<VmSpec>) -> Result<Vm> 
         .await
         .map_err(|e| on_constraint(e, name_taken(spec)))?;
     let vm_id = updated.ok_or_else(|| StoreError::NotFound(format!("VM {id}")))?;
-    finish(tx, vm_id, &refs).await
+    finish(tx, vm_id, &refs, &spec.addresses).await
 }
 
 type ScalarQuery<'q> = sqlx::query::QueryScalar<'q, Postgres, i64, sqlx::postgres::PgArguments>;
@@ -166,9 +169,29 @@ fn bind_columns<'q>(query: ScalarQuery<'q>, spec: &'q VmSpec, refs: &Refs) -> Sc
         .bind(&spec.driver_spec)
 }
 
-/// Stores the allowed sites, reads the VM back and commits.
-async fn finish(mut tx: Transaction<'_, Postgres>, vm_id: i64, refs: &Refs) -> Result<Vm> {
+/// Stores the VM's addresses in place of those it had; one another VM holds is a conflict.
+async fn store_addresses(tx: &mut Transaction<'_, Postgres>, vm_id: i64, addresses: &[String]) -> Result<()> {
+    sqlx::query("delete from vm_address where vm_id = $1").bind(vm_id).execute(&mut **tx).await?;
+    for (position, address) in addresses.iter().enumerate() {
+        sqlx::query("insert into vm_address (address, vm_id, position) values ($1, $2, $3)")
+            .bind(address)
+            .bind(vm_id)
+            .bind(position as i16)
+            .execute(&mut **tx)
+            .await
+            .map_err(|e| {
+                on_constraint(e, |c| {
+                    (c == "vm_address_pkey").then(|| format!("address {address} belongs to another VM"))
+                })
+            })?;
+    }
+    Ok(())
+}
+
+/// Stores the allowed sites and addresses, reads the VM back and commits.
+async fn finish(mut tx: Transaction<'_, Postgres>, vm_id: i64, refs: &Refs, addresses: &[String]) -> Result<Vm> {
     store_allowed_sites(&mut tx, vm_id, &refs.allowed_sites).await?;
+    store_addresses(&mut tx, vm_id, addresses).await?;
     let vm = get(&mut *tx, vm_id).await?;
     tx.commit().await?;
     Ok(vm)

@@ -195,6 +195,7 @@ pub fn fleet_of(regions: &[Region], vm_count: usize, mix: &Mix, seed: u64) -> Fl
                 max_downtime_ms: mix.max_downtime_ms[rng.random_range(0..mix.max_downtime_ms.len())],
                 driver: Driver::Sim,
                 driver_spec: serde_json::json!({}),
+                addresses: Vec::new(),
             }
         })
         .collect();

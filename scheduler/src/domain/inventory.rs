@@ -109,8 +109,9 @@ pub fn parse_link(spec: LinkSpec) -> Result<Valid<LinkSpec>> {
     Ok(Valid(spec))
 }
 
-pub fn parse_vm(spec: VmSpec) -> Result<Valid<VmSpec>> {
+pub fn parse_vm(mut spec: VmSpec) -> Result<Valid<VmSpec>> {
     check_name("name", &spec.name)?;
+    spec.addresses = parse_addresses(&spec.addresses)?;
     check_range("vcpus", f64::from(spec.vcpus), 1.0, 1024.0)?;
     check_positive("memory_gib", spec.memory_gib, 65_536.0)?;
     check_range("disk_gib", spec.disk_gib, 0.0, 1.0e6)?;
@@ -152,6 +153,33 @@ pub fn parse_vm(spec: VmSpec) -> Result<Valid<VmSpec>> {
         check_qemu_spec(&spec.driver_spec, spec.memory_gib)?;
     }
     Ok(Valid(spec))
+}
+
+/// The most addresses one VM may carry.
+const MAX_ADDRESSES: usize = 16;
+
+/// A VM's addresses in canonical form: host addresses a guest can own
+/// (not unspecified, loopback or multicast), each listed once.
+fn parse_addresses(addresses: &[String]) -> Result<Vec<String>> {
+    if addresses.len() > MAX_ADDRESSES {
+        return Err(ValidationError::new("addresses", format!("at most {MAX_ADDRESSES}")));
+    }
+    let mut canonical: Vec<String> = Vec::with_capacity(addresses.len());
+    for (i, text) in addresses.iter().enumerate() {
+        let field = format!("addresses[{i}]");
+        let ip: std::net::IpAddr = text
+            .parse()
+            .map_err(|_| ValidationError::new(&field, format!("'{text}' is not an IPv4 or IPv6 address")))?;
+        if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
+            return Err(ValidationError::new(&field, format!("{ip} cannot be a VM's own address")));
+        }
+        let ip = ip.to_string();
+        if canonical.contains(&ip) {
+            return Err(ValidationError::new(&field, format!("{ip} is listed twice")));
+        }
+        canonical.push(ip);
+    }
+    Ok(canonical)
 }
 
 /// A `qemu` VM's `driver_spec` must be a [`QemuSpec`] an executor can
@@ -303,6 +331,12 @@ mod tests {
         assert_eq!(field_of(parse_vm(VmSpec { priority: 101, ..vm() })), "priority");
         assert_eq!(field_of(parse_vm(VmSpec { driver_spec: serde_json::json!([1]), ..vm() })), "driver_spec");
         assert_eq!(field_of(parse_vm(VmSpec { memory_gib: 0.0, ..vm() })), "memory_gib");
+        let addresses = |list: &[&str]| VmSpec { addresses: list.iter().map(|a| a.to_string()).collect(), ..vm() };
+        assert_eq!(field_of(parse_vm(addresses(&["10.0.0.1", "10.0.0.x"]))), "addresses[1]");
+        assert_eq!(field_of(parse_vm(addresses(&["127.0.0.1"]))), "addresses[0]");
+        assert_eq!(field_of(parse_vm(addresses(&["2001:db8::1", "2001:0db8::0001"]))), "addresses[1]");
+        let canonical = parse_vm(addresses(&["2001:0DB8:0:0::10", "192.0.2.7"])).unwrap();
+        assert_eq!(canonical.addresses, ["2001:db8::10", "192.0.2.7"]);
         let nul = serde_json::json!({"disks": [{"path": "a\u{0}b"}]});
         assert_eq!(field_of(parse_vm(VmSpec { driver_spec: nul, ..vm() })), "driver_spec");
         let nul_key = serde_json::json!({"a\u{0}": 1});
