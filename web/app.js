@@ -7,6 +7,7 @@ const HOUR = 3600e3;
 const ACTIVE = ["pending", "scheduled", "claimed", "transferring", "cutover", "recovering"];
 const state = {
   session: null, overview: null, plan: null, migrations: new Map(), ganttPlan: null, appliedCursor: null, charts: {},
+  signalsShown: null, savingsAt: 0,
 };
 
 // ---- the API -------------------------------------------------------------
@@ -159,7 +160,13 @@ async function refresh() {
   drawFeedHealth();
   drawPlan();
   drawGantt();
-  await Promise.all([drawSignals(), drawSavings(), drawFeeds()]);
+  // Hourly figures are fetched again only when they can have changed (a
+  // redraw would also drop the chart a reader is hovering over).
+  await Promise.all([
+    signalsShown($("signal-site").value) === state.signalsShown ? null : drawSignals(),
+    Date.now() - state.savingsAt < 60_000 ? null : drawSavings(),
+    drawFeeds(),
+  ]);
 }
 
 async function activeFlows() {
@@ -278,9 +285,13 @@ function fillSiteSelects() {
   }
 }
 
+/// What the signal charts show: a site's series as of this hour.
+const signalsShown = (site) => `${site}|${Math.floor(Date.now() / HOUR)}`;
+
 async function drawSignals() {
   const site = state.overview.sites.find((s) => s.name === $("signal-site").value) || state.overview.sites[0];
   if (!site) return;
+  state.signalsShown = signalsShown(site.name);
   const now = Date.now();
   const from = new Date(now - 48 * HOUR).toISOString(), to = new Date(now + 24 * HOUR).toISOString();
   const [carbon, price] = await Promise.all(["carbon", "price"].map((signal) =>
@@ -527,6 +538,7 @@ function follow() {
 // ---- savings -------------------------------------------------------------
 
 async function drawSavings() {
+  state.savingsAt = Date.now();
   const savings = await api("GET", "/v1/savings?days=14");
   const c = savings.currency;
   $("savings-total").replaceChildren(

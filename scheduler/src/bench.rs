@@ -644,8 +644,9 @@ pub struct ClaimsBenchArgs {
 
 /// Claim throughput: `executors` executors at one site claim `migrations`
 /// scheduled migrations at once (each released as soon as it is claimed,
-/// so that capacity never limits, to a destination with room for all), against one executor claiming as many
-/// alone. Checks that no migration was claimed twice.
+/// so that capacity never limits, to a destination with room for all),
+/// against one executor claiming as many alone. Checks that every
+/// migration was claimed, and none twice.
 pub async fn claims(config: &Config, args: &ClaimsBenchArgs) -> anyhow::Result<()> {
     with_scratch_database(config, |pool| claims_on(pool, args)).await
 }
