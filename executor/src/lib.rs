@@ -11,11 +11,13 @@
 //! buckets to the schedule's caps; replication yielding to migrations),
 //! [`precopy`] (live migration of a running VM in rounds, with
 //! auto-converge and measured downtime), [`replica`] (proactive disk
-//! caching at standby sites).
+//! caching at standby sites), [`network`] (the VM's addresses follow it
+//! to the new site: network continuity after the cutover).
 
 pub mod content;
 pub mod destination;
 pub mod index;
+pub mod network;
 pub mod precopy;
 pub mod qemu;
 pub mod replica;

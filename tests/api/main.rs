@@ -13,6 +13,7 @@ mod fleet;
 mod groups;
 mod links;
 mod migrations;
+mod network;
 mod ops;
 mod pagination;
 mod plans;

@@ -1,0 +1,143 @@
+//! Network continuity: after its cutover a VM keeps answering on its
+//! addresses at the new site, with nothing installed in the guest (the
+//! idea of Kagemusha's host-side forwarding, with today's tools).
+//!
+//! The executors call a [`Network`] driver at the cutover. The old site
+//! [forwards away](Network::forward_away) what still arrives there for
+//! the VM's addresses; the new site [routes them here](Network::route_here)
+//! to the VM's local link before the VM starts, and
+//! [announces](Network::announce) it once it runs. After a hold time (or
+//! an explicit call) both [release](Network::release) what only bridged
+//! the time until the operator's routing converged. A migration rolled
+//! back after its cutover [takes the VM's addresses back](Network::take_back).
+//!
+//! Drivers: `linux` (VXLAN tunnels and routes through netlink, [`linux`]),
+//! `webhook` (the operator's SDN controller is told the move and
+//! acknowledges it, [`webhook`]) and `none`.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+pub mod linux;
+pub mod webhook;
+
+/// One VM's move, as the network sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkMove {
+    pub migration: i64,
+    pub vm: String,
+    pub addresses: Vec<IpAddr>,
+    pub from_site: String,
+    pub to_site: String,
+    /// The other end's tunnel endpoint: the new site's, for the old site's
+    /// forwarding (the new site needs none to receive).
+    pub peer: Option<IpAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("netlink, {what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: rtnetlink::Error,
+    },
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("there is no interface {0} here")]
+    NoInterface(String),
+    #[error("forwarding needs the new site's tunnel endpoint, and none is known")]
+    NoPeer,
+    #[error("the SDN controller at {url}: {why}")]
+    Controller { url: String, why: String },
+}
+
+/// What a step did, said for the migration's log.
+pub type Done = String;
+
+/// The network driver an executor runs with.
+pub enum Network {
+    /// The operator moves the VM's network by other means.
+    None,
+    Linux(linux::Linux),
+    Webhook(webhook::Webhook),
+}
+
+impl Network {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Network::None => "none",
+            Network::Linux(_) => "linux",
+            Network::Webhook(_) => "webhook",
+        }
+    }
+
+    /// At the old site, at the cutover: what still arrives here for the
+    /// VM's addresses goes on to the new site.
+    pub async fn forward_away(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
+        match self {
+            Network::Linux(linux) => linux.forward_away(m).await,
+            Network::None | Network::Webhook(_) => Ok(nothing()),
+        }
+    }
+
+    /// At the new site, before the VM starts: its addresses lead to it here.
+    pub async fn route_here(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
+        match self {
+            Network::Linux(linux) => linux.route_here(m).await,
+            Network::Webhook(webhook) => webhook.tell(m).await,
+            Network::None => Ok(nothing()),
+        }
+    }
+
+    /// At the new site, once the VM runs: the network learns where it is now.
+    pub async fn announce(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
+        match self {
+            Network::Linux(linux) => linux.announce(m).await,
+            Network::None | Network::Webhook(_) => Ok(nothing()),
+        }
+    }
+
+    /// At the old site, when the migration ended without the VM leaving
+    /// after all (rolled back after its cutover): the forwarding goes and
+    /// the addresses lead to the VM here again.
+    pub async fn take_back(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
+        match self {
+            Network::Linux(linux) => linux.take_back(m).await,
+            Network::None | Network::Webhook(_) => Ok(nothing()),
+        }
+    }
+
+    /// At either site, once the operator's routing has converged: what
+    /// only bridged the move goes (the new site keeps its routes).
+    pub async fn release(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
+        match self {
+            Network::Linux(linux) => linux.release(m).await,
+            Network::None | Network::Webhook(_) => Ok(nothing()),
+        }
+    }
+
+    /// Whether this driver leaves something to [release](Self::release) after a move.
+    pub fn holds(&self) -> bool {
+        matches!(self, Network::Linux(_))
+    }
+}
+
+fn nothing() -> Done {
+    "nothing to do".to_owned()
+}
+
+/// A step's outcome and how long it took.
+pub struct Timed {
+    pub outcome: Result<Done, NetworkError>,
+    pub duration: Duration,
+}
+
+/// Runs `step`, timing it.
+pub async fn timed(step: impl std::future::Future<Output = Result<Done, NetworkError>>) -> Timed {
+    let started = Instant::now();
+    let outcome = step.await;
+    Timed { outcome, duration: started.elapsed() }
+}

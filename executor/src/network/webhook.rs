@@ -1,0 +1,84 @@
+//! The `webhook` network driver: the operator's SDN controller moves the
+//! VM's addresses. The new site POSTs the move to it before the VM starts
+//! and waits for its acknowledgement (a 2xx answer), trying again while
+//! the controller is unreachable or answers 5xx, until the timeout.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::{Done, NetworkError, NetworkMove};
+
+#[derive(Debug, Clone)]
+pub struct WebhookOptions {
+    pub url: String,
+    /// Sent as a bearer token, if any.
+    pub token: Option<String>,
+    /// How long the controller gets to acknowledge, all tries together.
+    pub timeout: Duration,
+}
+
+pub struct Webhook {
+    http: reqwest::Client,
+    options: WebhookOptions,
+}
+
+/// What the controller is told.
+#[derive(Debug, Serialize)]
+pub struct MoveNotice<'a> {
+    pub migration: i64,
+    pub vm: &'a str,
+    pub addresses: &'a [std::net::IpAddr],
+    /// The old site's name.
+    pub from: &'a str,
+    /// The new site's name.
+    pub to: &'a str,
+}
+
+impl Webhook {
+    pub fn new(options: WebhookOptions) -> Self {
+        Webhook { http: reqwest::Client::new(), options }
+    }
+
+    pub(super) async fn tell(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
+        let notice = MoveNotice {
+            migration: m.migration,
+            vm: &m.vm,
+            addresses: &m.addresses,
+            from: &m.from_site,
+            to: &m.to_site,
+        };
+        let deadline = tokio::time::Instant::now() + self.options.timeout;
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let mut request = self.http.post(&self.options.url).json(&notice).timeout(left);
+            if let Some(token) = &self.options.token {
+                request = request.bearer_auth(token);
+            }
+            let why = match request.send().await {
+                Ok(answer) if answer.status().is_success() => {
+                    return Ok(format!("the SDN controller acknowledged ({}, try {tries})", answer.status()));
+                }
+                Ok(answer) if answer.status().is_client_error() => {
+                    let status = answer.status();
+                    let text = answer.text().await.unwrap_or_default();
+                    return Err(self.refused(format!("{status}: {}", text.chars().take(300).collect::<String>())));
+                }
+                Ok(answer) => answer.status().to_string(),
+                Err(e) => e.to_string(),
+            };
+            if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
+                return Err(
+                    self.refused(format!("no acknowledgement in {:?} ({tries} tries): {why}", self.options.timeout))
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn refused(&self, why: String) -> NetworkError {
+        NetworkError::Controller { url: self.options.url.clone(), why }
+    }
+}

@@ -1,0 +1,395 @@
+//! Network continuity measured in network namespaces: a client, two site
+//! routers joined by a WAN link, and a VM whose NIC plugs into a site's VM
+//! bridge. The `linux` driver moves the VM's addresses from site A to site
+//! B the way an executor does at the cutover, while a TCP connection and a
+//! stream of UDP probes (one per millisecond) run from the client to the
+//! VM. The VM's own state (its sockets) lives in its namespace, as a
+//! migrated guest's does in its memory: what is tested is the network.
+//!
+//! ```text
+//! client 10.0.1.2 ── 10.0.1.1 site A 10.0.12.1 ── 10.0.12.2 site B
+//!                          br-vms                       br-vms
+//!                             └──── VM 10.200.0.10 ─ ─ ─ ┘ (after the move)
+//! ```
+//!
+//! Both sites' VM bridges carry the same gateway (169.254.0.1, one MAC),
+//! as datacenter fabrics' anycast gateways do, so the guest needs nothing.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use heliotrope_executor::network::linux::{Linux, LinuxOptions};
+use heliotrope_executor::network::{timed, Network, NetworkMove};
+use nix::sched::{setns, CloneFlags};
+use rtnetlink::LinkUnspec;
+
+const VM_V4: &str = "10.200.0.10";
+const VM_V6: &str = "fd00:200::10";
+
+/// A named network namespace, deleted when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn add(role: &str) -> Result<Netns, String> {
+        let name = format!("hvt{}-{role}", std::process::id());
+        let out = Command::new("ip").args(["netns", "add", &name]).output().map_err(|e| format!("running ip: {e}"))?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).trim().to_owned());
+        }
+        let ns = Netns(name);
+        ns.ip("link set lo up");
+        Ok(ns)
+    }
+
+    /// `ip -n <this> <args>`; panics if it fails (the topology is the test's own).
+    fn ip(&self, args: &str) {
+        let out = Command::new("ip").args(["-n", &self.0]).args(args.split_whitespace()).output().expect("ip runs");
+        assert!(out.status.success(), "ip -n {} {args}: {}", self.0, String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn ip_output(&self, args: &str) -> String {
+        let out = Command::new("ip").args(["-n", &self.0]).args(args.split_whitespace()).output().expect("ip runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn sysctl(&self, key: &str, value: &str) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.0, "sysctl", "-qw", &format!("{key}={value}")])
+            .output()
+            .expect("ip netns exec runs");
+        assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    fn file(&self) -> File {
+        File::open(format!("/run/netns/{}", self.0)).expect("the namespace's file")
+    }
+
+    /// Runs `f` on a thread inside this namespace: the sockets it makes live there.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = self.file();
+        std::thread::spawn(move || {
+            setns(&file, CloneFlags::CLONE_NEWNET).expect("entering the namespace");
+            f()
+        })
+        .join()
+        .expect("the thread in the namespace")
+    }
+
+    /// A netlink handle into this namespace, its connection on the current runtime.
+    fn netlink(&self) -> rtnetlink::Handle {
+        let runtime = tokio::runtime::Handle::current();
+        self.run(move || {
+            let _entered = runtime.enter();
+            let (connection, handle, _) = rtnetlink::new_connection().expect("a netlink socket");
+            tokio::spawn(connection);
+            handle
+        })
+    }
+
+    /// The `linux` network driver as this site's executor runs it.
+    fn driver(&self, local: &str) -> Network {
+        let runtime = tokio::runtime::Handle::current();
+        let options = LinuxOptions {
+            vm_link: "br-vms".into(),
+            local: Some(local.parse().expect("an address")),
+            vxlan_port: 4789,
+        };
+        Network::Linux(self.run(move || {
+            let _entered = runtime.enter();
+            Linux::connect(options).expect("the linux driver")
+        }))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct Topology {
+    client: Netns,
+    a: Netns,
+    b: Netns,
+    vm: Netns,
+}
+
+fn topology() -> Result<Topology, String> {
+    let t = Topology { client: Netns::add("c")?, a: Netns::add("a")?, b: Netns::add("b")?, vm: Netns::add("v")? };
+    let (a, b) = (&t.a.0, &t.b.0);
+    t.client.ip(&format!("link add c0 type veth peer name a-c netns {a}"));
+    t.a.ip(&format!("link add a-w type veth peer name b-w netns {b}"));
+    t.vm.ip(&format!("link add eth0 type veth peer name vport netns {a}"));
+    t.client.ip("addr add 10.0.1.2/24 dev c0");
+    t.client.ip("link set c0 up");
+    t.client.ip("route add default via 10.0.1.1");
+    t.a.ip("addr add 10.0.1.1/24 dev a-c");
+    t.a.ip("link set a-c up");
+    t.a.ip("addr add 10.0.12.1/24 dev a-w");
+    t.a.ip("link set a-w up");
+    t.b.ip("addr add 10.0.12.2/24 dev b-w");
+    t.b.ip("link set b-w up");
+    t.b.ip("route add 10.0.1.0/24 via 10.0.12.1");
+    for site in [&t.a, &t.b] {
+        site.sysctl("net.ipv4.ip_forward", "1");
+        // As most distributions set it.
+        site.sysctl("net.ipv4.conf.all.rp_filter", "2");
+        site.ip("link add br-vms type bridge");
+        site.ip("link set br-vms address 02:00:5e:00:01:01 up");
+        site.ip("addr add 169.254.0.1/32 dev br-vms");
+    }
+    t.a.ip("link set vport master br-vms up");
+    t.a.ip(&format!("route add {VM_V4}/32 dev br-vms"));
+    t.vm.ip(&format!("addr add {VM_V4}/32 dev eth0"));
+    t.vm.ip(&format!("addr add {VM_V6}/128 dev eth0 nodad"));
+    t.vm.ip("link set eth0 up");
+    t.vm.ip("route add 169.254.0.1 dev eth0 scope link");
+    t.vm.ip("route add default via 169.254.0.1");
+    Ok(t)
+}
+
+/// Probes sent once a millisecond, and when each came back.
+struct Probes {
+    stop: Arc<AtomicBool>,
+    sent: Arc<Mutex<Vec<Instant>>>,
+    answered: Arc<Mutex<Vec<(u32, Instant)>>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Probes {
+    fn start(socket: UdpSocket) -> Probes {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent: Arc<Mutex<Vec<Instant>>> = Arc::default();
+        let answered: Arc<Mutex<Vec<(u32, Instant)>>> = Arc::default();
+        socket.set_read_timeout(Some(Duration::from_millis(20))).expect("a read timeout");
+        let receiver = socket.try_clone().expect("the socket again");
+        let sending = {
+            let (stop, sent) = (Arc::clone(&stop), Arc::clone(&sent));
+            std::thread::spawn(move || {
+                let (start, mut seq) = (Instant::now(), 0u32);
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = socket.send(&seq.to_be_bytes());
+                    sent.lock().unwrap().push(Instant::now());
+                    seq += 1;
+                    let next = start + Duration::from_millis(u64::from(seq));
+                    std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                }
+            })
+        };
+        let receiving = {
+            let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(4) = receiver.recv(&mut buf) {
+                        let seq = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                        answered.lock().unwrap().push((seq, Instant::now()));
+                    }
+                }
+            })
+        };
+        Probes { stop, sent, answered, threads: vec![sending, receiving] }
+    }
+
+    fn answered(&self) -> usize {
+        self.answered.lock().unwrap().len()
+    }
+
+    /// Probes sent and answered, and the longest time without an answer
+    /// beyond the probes' own interval (the interruption).
+    fn finish(self) -> (usize, usize, Duration) {
+        std::thread::sleep(Duration::from_millis(100));
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads {
+            thread.join().expect("a probe thread");
+        }
+        let sent = self.sent.lock().unwrap().clone();
+        let mut answered = self.answered.lock().unwrap().clone();
+        answered.sort_by_key(|&(seq, _)| seq);
+        answered.dedup_by_key(|&mut (seq, _)| seq);
+        // The last 100 ms of probes may be in flight: they do not count.
+        let counted = sent.len().saturating_sub(100);
+        let answered_of_counted = answered.iter().filter(|&&(seq, _)| (seq as usize) < counted).count();
+        let gap = answered
+            .windows(2)
+            .map(|w| sent[w[1].0 as usize].duration_since(sent[w[0].0 as usize]))
+            .max()
+            .unwrap_or_default()
+            .saturating_sub(Duration::from_millis(1));
+        (counted, answered_of_counted, gap)
+    }
+}
+
+/// Echoes every datagram and every byte of every TCP connection to the VM.
+fn serve_vm(udp: UdpSocket, tcp: TcpListener) {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 64];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let _ = udp.send_to(&buf[..n], from);
+        }
+    });
+    std::thread::spawn(move || {
+        while let Ok((mut stream, _)) = tcp.accept() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 256];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if stream.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Writes a counter over `stream` every 5 ms and checks each echo (counted
+/// in `echoes`), until stopped; the first error, if any.
+fn talk(
+    mut stream: TcpStream,
+    echoes: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Option<String>> {
+    std::thread::spawn(move || {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let mut echo = [0u8; 8];
+            let outcome = stream.write_all(&n.to_be_bytes()).and_then(|()| stream.read_exact(&mut echo));
+            match outcome {
+                Ok(()) if echo == n.to_be_bytes() => {
+                    n += 1;
+                    echoes.store(n, Ordering::Relaxed);
+                }
+                Ok(()) => return Some(format!("echo {echo:?} for {n}")),
+                Err(e) => return Some(e.to_string()),
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    })
+}
+
+async fn index(handle: &rtnetlink::Handle, name: &str) -> Option<u32> {
+    handle.link().get().match_name(name.to_owned()).execute().try_next().await.ok().flatten().map(|l| l.header.index)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
+    let t = match topology() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipping: network namespaces cannot be created here ({why})");
+            return;
+        }
+    };
+    // The VM serves; the client connects to it and probes it, all through site A.
+    let (udp, tcp) =
+        t.vm.run(|| (UdpSocket::bind("0.0.0.0:7000").expect("udp"), TcpListener::bind("0.0.0.0:7001").expect("tcp")));
+    serve_vm(udp, tcp);
+    let (probe, stream) = t.client.run(|| {
+        let probe = UdpSocket::bind("0.0.0.0:0").expect("udp");
+        probe.connect((VM_V4, 7000)).expect("the probe's peer");
+        let stream =
+            TcpStream::connect_timeout(&(VM_V4.parse::<IpAddr>().unwrap(), 7001).into(), Duration::from_secs(5))
+                .expect("a TCP connection to the VM through site A");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+        (probe, stream)
+    });
+    let probes = Probes::start(probe);
+    let stop_talking = Arc::new(AtomicBool::new(false));
+    let echoes = Arc::new(AtomicU64::new(0));
+    let talking = talk(stream, Arc::clone(&echoes), Arc::clone(&stop_talking));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(probes.answered() > 100, "the VM answers at site A before the move");
+
+    let (site_a, site_b) = (t.a.netlink(), t.b.netlink());
+    let (at_a, at_b) = (t.a.driver("10.0.12.1"), t.b.driver("10.0.12.2"));
+    let m = NetworkMove {
+        migration: 4242,
+        vm: "web-1".into(),
+        addresses: vec![VM_V4.parse().unwrap(), VM_V6.parse().unwrap()],
+        from_site: "a".into(),
+        to_site: "b".into(),
+        peer: Some("10.0.12.2".parse().unwrap()),
+    };
+    let b_file = t.b.file();
+    let vport = index(&site_a, "vport").await.expect("the VM's port at site A");
+
+    // The cutover, in the executors' order: the VM pauses at A, A forwards,
+    // B routes, the VM starts at B (its NIC now plugs into B's bridge), B announces.
+    let paused = Instant::now();
+    site_a.link().set(LinkUnspec::new_with_index(vport).down().build()).execute().await.expect("pausing");
+    let forwarded = timed(at_a.forward_away(&m)).await;
+    let routed = timed(at_b.route_here(&m)).await;
+    site_a
+        .link()
+        .set(LinkUnspec::new_with_index(vport).setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&b_file)).build())
+        .execute()
+        .await
+        .expect("the VM's NIC to site B");
+    let (vport, bridge) = (
+        index(&site_b, "vport").await.expect("the VM's port at B"),
+        index(&site_b, "br-vms").await.expect("B's bridge"),
+    );
+    site_b
+        .link()
+        .set(LinkUnspec::new_with_index(vport).controller(bridge).up().build())
+        .execute()
+        .await
+        .expect("starting the VM at B");
+    let announced = timed(at_b.announce(&m)).await;
+    let cutover = paused.elapsed();
+    for (step, timed) in [("forward", &forwarded), ("route", &routed), ("announce", &announced)] {
+        if let Err(e) = &timed.outcome {
+            panic!("{step}: {e}");
+        }
+    }
+
+    // The VM answers again, through A's tunnel to B.
+    let (answered_at_move, echoes_at_move) = (probes.answered(), echoes.load(Ordering::Relaxed));
+    let resumed = Instant::now() + Duration::from_secs(10);
+    while probes.answered() < answered_at_move + 200 || echoes.load(Ordering::Relaxed) < echoes_at_move + 10 {
+        assert!(Instant::now() < resumed, "the VM never answered again at site B, over UDP and TCP both");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop_talking.store(true, Ordering::Relaxed);
+    let broken = talking.join().expect("the TCP client");
+    let echoes = echoes.load(Ordering::Relaxed);
+    assert_eq!(broken, None, "the TCP connection survives the move ({echoes} echoes)");
+    let (sent, answered, interruption) = probes.finish();
+    let lost = sent - answered;
+
+    // Where the addresses lead now.
+    let tunnel = "hvx4243";
+    assert!(t.a.ip_output("route show").contains(&format!("{VM_V4} dev {tunnel}")), "A forwards into the tunnel");
+    assert!(t.a.ip_output("-6 route show").contains(&format!("{VM_V6} dev {tunnel}")), "the /128 as well");
+    assert!(t.b.ip_output("route show").contains(&format!("{VM_V4} dev br-vms")), "B routes to the VM's link");
+    assert!(t.b.ip_output("-6 route show").contains(&format!("{VM_V6} dev br-vms")));
+
+    // The operator's routing converged: both ends let go of the tunnel; B keeps its routes.
+    for site in [&at_a, &at_b] {
+        site.release(&m).await.expect("releasing");
+    }
+    assert!(index(&site_a, tunnel).await.is_none() && index(&site_b, tunnel).await.is_none(), "the tunnels are gone");
+    assert!(!t.a.ip_output("route show").contains(VM_V4), "A's forwarding went with its tunnel");
+    assert!(t.b.ip_output("route show").contains(&format!("{VM_V4} dev br-vms")));
+
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e4).round() / 10.0;
+    let report = serde_json::json!({
+        "probes_sent": sent,
+        "probes_lost": lost,
+        "interruption_ms": ms(interruption),
+        "cutover_ms": ms(cutover),
+        "forward_away_ms": ms(forwarded.duration),
+        "route_here_ms": ms(routed.duration),
+        "announce_ms": ms(announced.duration),
+        "tcp_echoes": echoes,
+    });
+    println!("{report}");
+    assert!(lost < sent, "the VM answered probes");
+}
