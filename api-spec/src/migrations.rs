@@ -61,6 +61,46 @@ pub struct MigrationEvent {
     pub from: Option<MigrationState>,
     pub to: MigrationState,
     pub detail: String,
+    /// For a network step (the state stays what it was): what the executor reported.
+    #[serde(default)]
+    pub network: Option<NetworkReport>,
+}
+
+/// A step of the network's move after a cutover (see the executor's network drivers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkStep {
+    /// At the old site, at the cutover: what still arrives there goes on to the new site.
+    ForwardAway,
+    /// At the new site, before the VM starts: its addresses lead to it there.
+    RouteHere,
+    /// At the new site, once the VM runs: the network learns where it is
+    /// (for `qemu`, its `announce-self`).
+    Announce,
+    /// At the old site, after a rollback: the addresses lead to the VM there again.
+    TakeBack,
+    /// At either site, after the hold time or an explicit call: what only
+    /// bridged the move is removed.
+    Release,
+}
+
+/// A network step as an executor reports it (`POST /v1/migrations/{id}/network`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkReport {
+    pub step: NetworkStep,
+    /// The executor's network driver: `linux`, `webhook` or `none`.
+    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")]
+    pub driver: String,
+    /// How long the step took, milliseconds.
+    #[schema(minimum = 0, maximum = 3600000)]
+    pub duration_ms: f64,
+    /// Whether it worked (a failed step leaves the VM where the migration
+    /// put it; the detail says what is wrong).
+    pub ok: bool,
+    #[serde(default)]
+    #[schema(max_length = 1000)]
+    pub detail: String,
 }
 
 /// A migration with its log of events, oldest first.
@@ -139,6 +179,9 @@ pub struct AssignedVm {
     pub disk_gib: f64,
     pub dirty_rate_mbps: f64,
     pub max_downtime_ms: u32,
+    /// The addresses it answers on (they follow it: the executors' network drivers).
+    #[serde(default)]
+    pub addresses: Vec<String>,
     pub driver: crate::Driver,
     /// The VM's `driver_spec` (for `qemu`, a [`crate::QemuSpec`]).
     pub driver_spec: serde_json::Value,

@@ -5,7 +5,8 @@
 //! The transfer stack is the library beside this file; the binary works as
 //! a site's executor (`run`: registers, claims migrations, moves VMs), runs
 //! one migration by hand (`receive` at the destination, `migrate` at the
-//! source), and the benchmark.
+//! source), releases a site's network forwarding by hand (`network
+//! release`), and the benchmark.
 
 mod bench;
 mod by_hand;
@@ -35,6 +36,28 @@ enum Command {
     /// Measure the transfer stack; the last line of output is one JSON object.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// The network this site holds for moved VMs.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+}
+
+#[derive(Subcommand)]
+enum NetworkCommand {
+    /// Release now what bridges moves at this site (the operator's routing
+    /// has converged), instead of after the hold time.
+    Release(ReleaseArgs),
+}
+
+#[derive(clap::Args)]
+struct ReleaseArgs {
+    /// The site executor's data directory.
+    #[arg(long)]
+    data_dir: std::path::PathBuf,
+    /// Only this migration's move (else every move held here).
+    #[arg(long)]
+    migration: Option<i64>,
+    #[command(flatten)]
+    network: run::NetworkArgs,
 }
 
 #[derive(Subcommand)]
@@ -57,5 +80,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => by_hand::migrate(&args).await,
         Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,
         Command::Bench(BenchCommand::Qemu(args)) => bench::qemu(&args).await,
+        Command::Network(NetworkCommand::Release(args)) => {
+            run::release_now(&args.data_dir, &args.network, args.migration).await
+        }
     }
 }

@@ -177,6 +177,16 @@ async fn route_by_role_matrix(pool: PgPool) {
             query: "?executor=999999",
             ..r(Method::POST, "/v1/migrations/{id}/recover", 999_999, Some(json!({"runs_at": "source"})), exec)
         },
+        Route {
+            query: "?executor=999999",
+            ..r(
+                Method::POST,
+                "/v1/migrations/{id}/network",
+                999_999,
+                Some(json!({"step": "release", "driver": "linux", "duration_ms": 1.0, "ok": true})),
+                exec,
+            )
+        },
         r(Method::GET, "/healthz", 0, None, Need::Nobody),
         r(Method::GET, "/readyz", 0, None, Need::Nobody),
         r(Method::GET, "/metrics", 0, None, Need::Nobody),

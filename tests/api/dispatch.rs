@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::plans::{swap_fleet, two_sites};
-use heliotrope_tests::{site, spawn_app, Answer, TestApp};
+use heliotrope_tests::{site, spawn_app, with, Answer, TestApp};
 
 /// An executor: its token and registered id.
 struct Executor {
@@ -192,6 +192,15 @@ async fn executors_act_only_as_themselves_and_reports_are_checked(pool: PgPool) 
     dear.call(&app, id, "complete", json!({"state": "cancelled"}))
         .await
         .assert_error(422, "done, failed or rolled_back");
+    // Network steps: from the cutover on, only from the migration's executors, and checked.
+    let step = json!({"step": "forward_away", "driver": "linux", "duration_ms": 2.5, "ok": true, "detail": "tunnel"});
+    dear.call(&app, id, "network", step.clone()).await.assert_error(409, "from the cutover on");
+    let slow = with(step.clone(), "/duration_ms", json!(-1.0));
+    dear.call(&app, id, "network", slow).await.assert_error(422, "duration_ms");
+    let odd = with(step.clone(), "/driver", json!("Linux!"));
+    dear.call(&app, id, "network", odd).await.assert_error(422, "driver");
+    let stranger = register(&app, "DEAR", "other-exec:7070").await;
+    stranger.call(&app, id, "network", step).await.assert_error(409, "neither end");
     let failed = dear.call(&app, id, "complete", json!({"state": "failed", "detail": "disk full"})).await;
     assert_eq!((failed.body["state"].as_str(), failed.body["failure"].as_str()), (Some("failed"), Some("disk full")));
 }

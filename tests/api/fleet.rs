@@ -5,6 +5,7 @@
 //! VMs at their new site.
 
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
@@ -21,10 +22,12 @@ struct How {
     token: String,
     port: u16,
     mib_per_gib: &'static str,
+    /// More flags for `heliotrope-executor run`.
+    flags: Vec<String>,
 }
 
 async fn executor(app: &TestApp, site: &'static str, mib_per_gib: &'static str) -> How {
-    How { site, token: app.token(Role::Executor).await, port: free_port(), mib_per_gib }
+    How { site, token: app.token(Role::Executor).await, port: free_port(), mib_per_gib, flags: Vec::new() }
 }
 
 fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
@@ -32,6 +35,7 @@ fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
         .args(["run", "--site", how.site, "--listen", &format!("127.0.0.1:{}", how.port)])
         .args(["--sim-mib-per-gib", how.mib_per_gib, "--streams", "2", "--data-dir"])
         .arg(data.join(how.site))
+        .args(&how.flags)
         .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
         .env("HELIOTROPE_TOKEN", &how.token)
         .env("RUST_LOG", std::env::var("EXECUTOR_LOG").unwrap_or_else(|_| "warn".into()))
@@ -112,6 +116,64 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
         assert!(arrived.exists(), "{vm} at C");
         assert!(!left.exists(), "{vm} gone from {from}");
     }
+    drop(fleet);
+}
+
+/// An SDN controller as the `webhook` network driver meets it: it records
+/// each move POSTed to the URL returned and acknowledges it.
+async fn sdn_controller() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let moves: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let recorded = moves.clone();
+    let router = axum::Router::new().route(
+        "/moves",
+        axum::routing::post(move |axum::Json(notice): axum::Json<Value>| async move {
+            recorded.lock().unwrap().push(notice);
+            axum::http::StatusCode::NO_CONTENT
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/moves", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, moves)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_sdn_controller_hears_the_move_and_the_log_times_the_network_step(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
+        let id = site_at(&app, name, "active").await;
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    app.create("/v1/links", with(link("A", "C"), "/symmetric", json!(true))).await;
+    app.create("/v1/vms", with(big_vm("web", "A"), "/addresses", json!(["10.200.0.10", "fd00::10"]))).await;
+    let (url, moves) = sdn_controller().await;
+    let data = tempfile::tempdir().unwrap();
+    let mut fleet = Processes::default();
+    for site in ["A", "C"] {
+        let mut how = executor(&app, site, "0.25").await;
+        how.flags = vec!["--network".into(), "webhook".into(), "--network-webhook".into(), url.clone()];
+        fleet.0.push(start(&app, &how, data.path()));
+    }
+    wait_for(&app, "two executors online", two_online, "/v1/executors").await;
+    app.post("/v1/plans", json!({"dry_run": false})).await;
+    let done = |page: &Value| page["items"][0]["state"] == "done";
+    let id = wait_for(&app, "the move done", done, "/v1/migrations").await["items"][0]["id"].as_i64().unwrap();
+
+    let told = moves.lock().unwrap().clone();
+    let expected =
+        json!({"migration": id, "vm": "web", "addresses": ["10.200.0.10", "fd00::10"], "from": "A", "to": "C"});
+    assert_eq!(told, [expected], "the controller heard the move once, before the VM ran at C");
+    let detail = app.get(&format!("/v1/migrations/{id}")).await.body;
+    let network: Vec<&Value> =
+        detail["events"].as_array().unwrap().iter().filter(|e| !e["network"].is_null()).collect();
+    assert_eq!(network.len(), 1, "only the step the webhook driver takes: {detail}");
+    let step = &network[0]["network"];
+    assert_eq!(
+        (step["step"].as_str(), step["driver"].as_str(), step["ok"].as_bool()),
+        (Some("route_here"), Some("webhook"), Some(true))
+    );
+    assert!(step["duration_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{step}");
+    assert!(network[0]["detail"].as_str().unwrap().contains("acknowledged"), "{}", network[0]);
     drop(fleet);
 }
 

@@ -117,6 +117,17 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
     let exited = tokio::time::timeout(Duration::from_secs(20), source.wait()).await;
     assert!(exited.is_ok(), "the source QEMU is gone");
     assert!(runs_on(&data.path().join("C/vms/web")).await, "the guest runs on at C");
+    // QEMU announced the guest at C, and the migration's log says so.
+    let announced = |detail: &Value| {
+        detail["events"].as_array().is_some_and(|events| {
+            events.iter().any(|e| {
+                e["network"]["step"] == "announce"
+                    && e["network"]["ok"] == true
+                    && e["detail"].as_str().is_some_and(|d| d.contains("announce-self"))
+            })
+        })
+    };
+    wait_for(&app, "the announcement logged", announced, &format!("/v1/migrations/{}", migration["id"])).await;
     let compared = Command::new("qemu-img")
         .args(["compare", "-U"])
         .arg(vm_dir.join("disk0.qcow2"))

@@ -74,7 +74,7 @@ impl Linux {
                 .await
                 .map_err(netlink(format!("the neighbour entry of {address} on {name}")))?;
         }
-        Ok(format!("{} forwarded to {peer} through VXLAN {name} (VNI {vni})", count(&m.addresses)))
+        Ok(Some(format!("{} forwarded to {peer} through VXLAN {name} (VNI {vni})", count(&m.addresses))))
     }
 
     pub(super) async fn route_here(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
@@ -82,10 +82,10 @@ impl Linux {
         self.add_tunnel(m.migration, End::New, None).await?;
         let link = self.vm_link(m);
         self.route_to_link(&m.addresses, &link).await?;
-        Ok(format!(
+        Ok(Some(format!(
             "{} routed to {link}; VXLAN {name} (VNI {vni}) takes what the old site forwards",
             count(&m.addresses)
-        ))
+        )))
     }
 
     pub(super) async fn announce(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
@@ -100,23 +100,23 @@ impl Linux {
                 Err(e) => return Err(netlink(format!("flushing the neighbour entry of {address}"))(e)),
             }
         }
-        Ok(format!("the neighbour entries of {} on {link} flushed", count(&m.addresses)))
+        Ok(Some(format!("the neighbour entries of {} on {link} flushed", count(&m.addresses))))
     }
 
     pub(super) async fn take_back(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         self.remove_tunnel(m.migration).await?;
         let link = self.vm_link(m);
         self.route_to_link(&m.addresses, &link).await?;
-        Ok(format!("forwarding removed; {} routed to {link} again", count(&m.addresses)))
+        Ok(Some(format!("forwarding removed; {} routed to {link} again", count(&m.addresses))))
     }
 
     pub(super) async fn release(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         let name = tunnel_name(m.migration);
-        Ok(if self.remove_tunnel(m.migration).await? {
+        Ok(Some(if self.remove_tunnel(m.migration).await? {
             format!("VXLAN {name} removed")
         } else {
             format!("VXLAN {name} was gone already")
-        })
+        }))
     }
 
     /// Creates this end of `migration`'s tunnel (afresh, if a retry left one); its index.

@@ -54,8 +54,8 @@ pub enum NetworkError {
     Controller { url: String, why: String },
 }
 
-/// What a step did, said for the migration's log.
-pub type Done = String;
+/// What a step did, said for the migration's log; `None` when the driver has nothing to do in it.
+pub type Done = Option<String>;
 
 /// The network driver an executor runs with.
 pub enum Network {
@@ -79,7 +79,7 @@ impl Network {
     pub async fn forward_away(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         match self {
             Network::Linux(linux) => linux.forward_away(m).await,
-            Network::None | Network::Webhook(_) => Ok(nothing()),
+            Network::None | Network::Webhook(_) => Ok(None),
         }
     }
 
@@ -88,7 +88,7 @@ impl Network {
         match self {
             Network::Linux(linux) => linux.route_here(m).await,
             Network::Webhook(webhook) => webhook.tell(m).await,
-            Network::None => Ok(nothing()),
+            Network::None => Ok(None),
         }
     }
 
@@ -96,7 +96,7 @@ impl Network {
     pub async fn announce(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         match self {
             Network::Linux(linux) => linux.announce(m).await,
-            Network::None | Network::Webhook(_) => Ok(nothing()),
+            Network::None | Network::Webhook(_) => Ok(None),
         }
     }
 
@@ -106,7 +106,7 @@ impl Network {
     pub async fn take_back(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         match self {
             Network::Linux(linux) => linux.take_back(m).await,
-            Network::None | Network::Webhook(_) => Ok(nothing()),
+            Network::None | Network::Webhook(_) => Ok(None),
         }
     }
 
@@ -115,7 +115,7 @@ impl Network {
     pub async fn release(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         match self {
             Network::Linux(linux) => linux.release(m).await,
-            Network::None | Network::Webhook(_) => Ok(nothing()),
+            Network::None | Network::Webhook(_) => Ok(None),
         }
     }
 
@@ -123,10 +123,6 @@ impl Network {
     pub fn holds(&self) -> bool {
         matches!(self, Network::Linux(_))
     }
-}
-
-fn nothing() -> Done {
-    "nothing to do".to_owned()
 }
 
 /// A step's outcome and how long it took.

@@ -59,7 +59,7 @@ impl Webhook {
             }
             let why = match request.send().await {
                 Ok(answer) if answer.status().is_success() => {
-                    return Ok(format!("the SDN controller acknowledged ({}, try {tries})", answer.status()));
+                    return Ok(Some(format!("the SDN controller acknowledged ({}, try {tries})", answer.status())));
                 }
                 Ok(answer) if answer.status().is_client_error() => {
                     let status = answer.status();

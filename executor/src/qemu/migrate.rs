@@ -190,8 +190,13 @@ pub async fn start(machine: &Machine) -> Result<(), MigrateError> {
     if qmp.status().await? != "running" {
         qmp.execute("cont", json!({})).await?;
     }
-    // Tell the network where the guest is now (harmless at the source).
-    let _ = qmp.execute("announce-self", json!({"initial": 50, "max": 550, "rounds": 5, "step": 100})).await;
+    Ok(())
+}
+
+/// Has QEMU announce the guest's NICs (RARP from each MAC, 5 rounds over
+/// about a second), so switches and overlays learn where it runs now.
+pub async fn announce(machine: &Machine) -> Result<(), MigrateError> {
+    machine.qmp.execute("announce-self", json!({"initial": 50, "max": 550, "rounds": 5, "step": 100})).await?;
     Ok(())
 }
 

@@ -14,9 +14,10 @@ use std::time::Duration;
 use anyhow::Context;
 use heliotrope_api_spec::{
     Assignment, Completion, Driver, Executor, ExecutorRegistration, JobRole, MigrationDetail, MigrationState,
-    ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
+    NetworkStep, ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
 };
 use heliotrope_executor::destination::Destination;
+use heliotrope_executor::network::timed;
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, DISK_IMAGE, MEMORY_IMAGE};
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload};
@@ -28,7 +29,10 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+mod network;
 mod qemu;
+
+pub use network::{release_now, NetworkArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -66,6 +70,8 @@ pub struct RunArgs {
     pub sim_mib_per_gib: f64,
     #[command(flatten)]
     pub tls: TlsFiles,
+    #[command(flatten)]
+    pub network: NetworkArgs,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -119,6 +125,8 @@ struct Worker {
     receiving: Mutex<std::collections::HashSet<i64>>,
     /// QEMU VMs this executor runs or adopted, by name.
     machines: qemu::Machines,
+    /// How moved VMs' addresses follow them.
+    network: heliotrope_executor::network::Network,
     args: Arc<RunArgs>,
 }
 
@@ -128,6 +136,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         "--qemu-policy-step-s must be at least 1"
     );
     let tls = Tls::from_files(&args.tls)?;
+    let network = args.network.open()?;
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
     let scheduler = Scheduler {
@@ -154,8 +163,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         running: Arc::default(),
         receiving: Mutex::default(),
         machines: Mutex::default(),
+        network,
         args: Arc::new(args),
     });
+    worker.resume_holds();
     tokio::spawn(worker.clone().heartbeat());
     tokio::spawn(worker.clone().accept(listener));
     let shutdown = shutdown_signal();
@@ -226,7 +237,7 @@ impl Worker {
         self.handle_in_span(a).instrument(span).await
     }
 
-    async fn handle_in_span(&self, a: Assignment) {
+    async fn handle_in_span(self: &Arc<Self>, a: Assignment) {
         let (id, role) = (a.migration.id, a.role);
         let outcome = match (role, a.vm.driver) {
             (_, Driver::Qemu) if self.args.driver != DriverArg::Qemu => {
@@ -373,7 +384,7 @@ impl Worker {
     }
 
     /// The source's side: migrate the VM live, reporting progress; let go of it once the destination confirms.
-    async fn send(&self, a: &Assignment) -> anyhow::Result<()> {
+    async fn send(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         // Making a sim VM's images may take a while on a busy machine: the lease must not run out meanwhile.
         let holding = self.hold_lease(id);
@@ -420,14 +431,18 @@ impl Worker {
         // Remembered across a crash: from here on the destination holds the VM.
         let marker = self.cutover_marker(id);
         std::fs::write(&marker, b"")?;
+        let network_move = self.network_move(a).await;
+        let forwarded = timed(self.network.forward_away(&network_move)).await;
         let at_cutover = ProgressReport {
             state: Some(MigrationState::Cutover),
             downtime_s: Some(report.downtime_s),
             ..progress_now()
         };
         self.report(id, &at_cutover).await?;
+        self.log_network(id, NetworkStep::ForwardAway, forwarded).await;
         if let Confirmed::Ended(state) = self.await_confirmation(id, progress_now).await? {
             vm.resume();
+            self.log_network(id, NetworkStep::TakeBack, timed(self.network.take_back(&network_move)).await).await;
             std::fs::remove_file(&marker)?;
             if state == MigrationState::RolledBack {
                 return Ok(());
@@ -440,7 +455,36 @@ impl Worker {
             vm.destroy()?;
         }
         std::fs::remove_file(&marker)?;
-        Ok(())
+        self.hold(network_move)
+    }
+
+    /// The destination's network steps around starting the VM: its
+    /// addresses are routed here before `start`, announced after (by the
+    /// hypervisor's `announce`, which says what it did, and the network driver).
+    async fn start_with_network(
+        self: &Arc<Self>,
+        a: &Assignment,
+        start: impl std::future::Future<Output = anyhow::Result<()>>,
+        announce: impl std::future::Future<Output = anyhow::Result<Option<String>>>,
+    ) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let network_move = self.network_move(a).await;
+        let routed = timed(self.network.route_here(&network_move)).await;
+        start.await?;
+        let announced = timed(async {
+            let announced = announce.await;
+            let hypervisor = match announced {
+                Ok(said) => said,
+                Err(e) => Some(format!("the hypervisor's announcement failed: {e:#}")),
+            };
+            let network = self.network.announce(&network_move).await?;
+            let said: Vec<String> = hypervisor.into_iter().chain(network).collect();
+            Ok((!said.is_empty()).then(|| said.join("; ")))
+        })
+        .await;
+        self.log_network(id, NetworkStep::RouteHere, routed).await;
+        self.log_network(id, NetworkStep::Announce, announced).await;
+        self.hold(network_move)
     }
 
     /// The first MiB of a VM's memory here, to measure compression on.
@@ -489,7 +533,7 @@ impl Worker {
     /// and the scheduler records the migration done (after the source's
     /// cutover), start the VM here. Never before: a migration that ends
     /// otherwise leaves the VM at the source, and the images are dropped.
-    async fn receive(&self, a: &Assignment) -> anyhow::Result<()> {
+    async fn receive(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         self.destination.expect(id as u64, decode_hex(&a.secret)?);
         if !self.receiving.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
@@ -500,7 +544,7 @@ impl Worker {
         outcome
     }
 
-    async fn confirm_and_start(&self, a: &Assignment) -> anyhow::Result<()> {
+    async fn confirm_and_start(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         let (memory, disk) =
             (self.destination.image_path(id as u64, MEMORY_IMAGE), self.destination.image_path(id as u64, DISK_IMAGE));
@@ -518,7 +562,8 @@ impl Worker {
         std::fs::create_dir_all(&dir)?;
         std::fs::rename(&memory, dir.join(MEMORY_IMAGE))?;
         std::fs::rename(&disk, dir.join(DISK_IMAGE))?;
-        self.vm(a)?;
+        // A sim guest has no NIC of its own to announce.
+        self.start_with_network(a, async { self.vm(a).map(drop) }, async { Ok(None) }).await?;
         tracing::info!("the VM runs here now");
         Ok(())
     }

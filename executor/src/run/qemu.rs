@@ -12,11 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use heliotrope_api_spec::{Assignment, MigrationState, ProgressReport, QemuSpec};
+use heliotrope_api_spec::{Assignment, MigrationState, NetworkStep, ProgressReport, QemuSpec};
+use heliotrope_executor::network::timed;
 use heliotrope_executor::qemu::machine::{create_disk, Machine};
 use heliotrope_executor::qemu::migrate::{
-    incoming_done, migrate_out, mirror_disks, prepare_incoming, start, MigrateError, MigrationOptions, QemuProgress,
-    Steer,
+    announce, incoming_done, migrate_out, mirror_disks, prepare_incoming, start, MigrateError, MigrationOptions,
+    QemuProgress, Steer,
 };
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::source::open_tunnel;
@@ -75,7 +76,7 @@ impl Worker {
     }
 
     /// The source's side of a qemu migration.
-    pub(super) async fn send_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
+    pub(super) async fn send_qemu(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         let spec = spec_of(a)?;
         let holding = self.hold_lease(id);
@@ -152,16 +153,23 @@ impl Worker {
         std::fs::write(&marker, b"")?;
         let final_progress = migrated.progress.clone();
         let progress_now = || qemu_report(&final_progress, nbd.counters.up(), wire());
+        let network_move = self.network_move(a).await;
+        let forwarded = timed(self.network.forward_away(&network_move)).await;
         self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
+        self.log_network(id, NetworkStep::ForwardAway, forwarded).await;
         match self.await_confirmation(id, progress_now).await? {
             Confirmed::Done => {
                 lock(&self.machines).remove(&a.migration.vm);
                 if let Some(machine) = Arc::into_inner(machine) {
                     machine.quit().await;
                 }
+                self.hold(network_move)?;
             }
             Confirmed::Ended(state) => {
                 start(&machine).await?;
+                let taken_back = timed(self.network.take_back(&network_move)).await;
+                self.log_network(id, NetworkStep::TakeBack, taken_back).await;
+                let _ = announce(&machine).await;
                 tracing::info!(?state, "the migration did not end in a cutover: the VM runs on here");
             }
         }
@@ -172,7 +180,7 @@ impl Worker {
 
     /// The destination's side: QEMU paused for the incoming migration, its
     /// disks exported to the source's mirrors; run once `done` is recorded.
-    pub(super) async fn receive_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
+    pub(super) async fn receive_qemu(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         if !self.receiving.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
             return Ok(());
@@ -183,7 +191,7 @@ impl Worker {
         outcome
     }
 
-    async fn receive_qemu_once(&self, a: &Assignment) -> anyhow::Result<()> {
+    async fn receive_qemu_once(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         let mut spec = spec_of(a)?;
         let dir = self.vm_dir(&a.migration.vm);
@@ -212,7 +220,11 @@ impl Worker {
             let _ = std::fs::remove_dir_all(&dir);
             return Err(e);
         }
-        start(&machine).await?;
+        let announce = async {
+            announce(&machine).await?;
+            Ok(Some("QEMU announce-self (5 rounds, 50 to 550 ms apart)".to_owned()))
+        };
+        self.start_with_network(a, async { Ok(start(&machine).await?) }, announce).await?;
         tracing::info!("the VM runs here now");
         lock(&self.machines).insert(a.migration.vm.clone(), Arc::new(machine));
         let _ = std::fs::remove_dir_all(&job);
@@ -235,6 +247,7 @@ impl Worker {
     pub(super) async fn resume_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
         let machine = self.machine(a, &spec_of(a)?).await?;
         start(&machine).await?;
+        let _ = announce(&machine).await;
         Ok(())
     }
 }

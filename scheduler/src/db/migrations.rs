@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{
     AssignedVm, Assignment, Completion, JobRole, Migration, MigrationDetail, MigrationEvent, MigrationFilter,
-    MigrationNews, MigrationState, ProgressAnswer, ProgressNews, ProgressReport, VmRunsAt,
+    MigrationNews, MigrationState, NetworkReport, ProgressAnswer, ProgressNews, ProgressReport, VmRunsAt,
 };
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
@@ -122,6 +122,7 @@ struct EventRow {
     from_state: Option<String>,
     to_state: String,
     detail: String,
+    network: Option<sqlx::types::Json<NetworkReport>>,
 }
 
 impl TryFrom<EventRow> for MigrationEvent {
@@ -133,6 +134,7 @@ impl TryFrom<EventRow> for MigrationEvent {
             from: r.from_state.map(enum_from_text).transpose()?,
             to: enum_from_text(r.to_state)?,
             detail: r.detail,
+            network: r.network.map(|n| n.0),
         })
     }
 }
@@ -160,7 +162,8 @@ pub async fn get(db: impl PgExecutor<'_> + Copy, id: i64) -> Result<MigrationDet
         sqlx::query_as(&format!("{SELECT} where j.job_id = $1")).bind(id).fetch_optional(db).await?;
     let migration: Migration = row.ok_or_else(|| StoreError::NotFound(format!("migration {id}")))?.try_into()?;
     let events: Vec<EventRow> = sqlx::query_as(
-        "select at, actor, from_state, to_state, detail from migration_event where job_id = $1 order by event_id",
+        "select at, actor, from_state, to_state, detail, network from migration_event where job_id = $1 \
+         order by event_id",
     )
     .bind(id)
     .fetch_all(db)
@@ -260,6 +263,54 @@ async fn log(
     .execute(&mut **tx)
     .await?;
     Ok(())
+}
+
+/// Logs a network step `executor_id` took for migration `id`: it must be
+/// one of its two executors, and the migration must have reached its
+/// cutover (the network moves only from then on). The state stays.
+pub async fn record_network(
+    pool: &PgPool,
+    id: i64,
+    executor_id: i64,
+    token_id: i64,
+    report: &Valid<NetworkReport>,
+) -> Result<MigrationDetail> {
+    let mut tx = pool.begin().await?;
+    super::executors::owned(&mut *tx, executor_id, token_id).await?;
+    let (job, state) = lock(&mut tx, id).await?;
+    if job.lease_holder != Some(executor_id) && job.destination_executor != Some(executor_id) {
+        return Err(StoreError::Conflict(format!("executor {executor_id} is neither end of migration {id}")));
+    }
+    if !matches!(
+        state,
+        MigrationState::Cutover | MigrationState::Done | MigrationState::RolledBack | MigrationState::Recovering
+    ) {
+        return Err(StoreError::Conflict(format!(
+            "migration {id} is {}: its network moves only from the cutover on",
+            enum_to_text(&state)
+        )));
+    }
+    let outcome = if report.ok { "" } else { " FAILED" };
+    let detail = format!(
+        "network {} ({}){outcome} in {:.1} ms: {}",
+        enum_to_text(&report.step),
+        report.driver,
+        report.duration_ms,
+        report.detail
+    );
+    sqlx::query(
+        "insert into migration_event (job_id, actor, from_state, to_state, detail, network) \
+         values ($1, $2, $3, $3, $4, $5)",
+    )
+    .bind(id)
+    .bind(executor_actor(executor_id))
+    .bind(enum_to_text(&state))
+    .bind(&detail)
+    .bind(sqlx::types::Json(&**report))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    get(pool, id).await
 }
 
 /// Changes a migration's bandwidth cap (`None` lifts it) while it has not
@@ -477,7 +528,15 @@ async fn assignment(
     .bind(id)
     .fetch_one(pool)
     .await?;
+    let addresses: Vec<String> = sqlx::query_scalar(
+        "select a.address from vm_address a join migration_job j on j.vm_id = a.vm_id where j.job_id = $1 \
+         order by a.position",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
     let vm = AssignedVm {
+        addresses,
         memory_gib: vm.memory_gib,
         disk_gib: vm.disk_gib,
         dirty_rate_mbps: vm.dirty_rate_mbps,

@@ -4,7 +4,7 @@
 
 use chrono::Duration;
 use heliotrope_api_spec::{
-    Completion, ExecutorRegistration, MigrationChange, MigrationState, ProgressReport, VmRunsAt,
+    Completion, ExecutorRegistration, MigrationChange, MigrationState, NetworkReport, ProgressReport, VmRunsAt,
 };
 
 use super::inventory::check_name;
@@ -78,6 +78,21 @@ pub fn parse_completion(c: Completion) -> Result<Valid<Completion>> {
         return Err(ValidationError::new("detail", "at most 1000 characters, no NUL"));
     }
     Ok(Valid(c))
+}
+
+pub fn parse_network_report(r: NetworkReport) -> Result<Valid<NetworkReport>> {
+    let driver_ok = (1..=32).contains(&r.driver.len())
+        && r.driver.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if !driver_ok {
+        return Err(ValidationError::new("driver", "1 to 32 of a-z, 0-9, _ and -"));
+    }
+    if !(r.duration_ms.is_finite() && (0.0..=3_600_000.0).contains(&r.duration_ms)) {
+        return Err(ValidationError::new("duration_ms", "0 to 3600000 milliseconds"));
+    }
+    if r.detail.len() > 1000 || r.detail.contains('\0') {
+        return Err(ValidationError::new("detail", "at most 1000 characters, no NUL"));
+    }
+    Ok(Valid(r))
 }
 
 /// What a recovering migration becomes: done if the VM runs at the

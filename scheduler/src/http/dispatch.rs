@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{extract::State, Extension, Json, Router};
 use heliotrope_api_spec::{
-    Assignment, ClaimParams, Completion, Executor, ExecutorParam, ExecutorRegistration, MigrationDetail,
+    Assignment, ClaimParams, Completion, Executor, ExecutorParam, ExecutorRegistration, MigrationDetail, NetworkReport,
     ProgressAnswer, ProgressReport, RecoveryReport,
 };
 
@@ -19,7 +19,9 @@ use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
-use crate::domain::dispatch::{parse_completion, parse_progress, parse_registration, MAX_CLAIM_WAIT_S};
+use crate::domain::dispatch::{
+    parse_completion, parse_network_report, parse_progress, parse_registration, MAX_CLAIM_WAIT_S,
+};
 use crate::domain::ValidationError;
 
 pub fn router() -> Router<AppState> {
@@ -30,6 +32,7 @@ pub fn router() -> Router<AppState> {
         .route("/v1/migrations/{id}/progress", post(report_progress))
         .route("/v1/migrations/{id}/complete", post(complete_migration))
         .route("/v1/migrations/{id}/recover", post(recover_migration))
+        .route("/v1/migrations/{id}/network", post(report_network))
 }
 
 /// Register this executor (or again, after a restart, from the same site
@@ -133,4 +136,20 @@ pub async fn recover_migration(
     ApiJson(report): ApiJson<RecoveryReport>,
 ) -> Result<Json<MigrationDetail>, ApiError> {
     Ok(Json(db::migrations::recover(&state.pool, id, executor.executor, caller.token_id, report.runs_at).await?))
+}
+
+/// Log a network step after the cutover (forwarding away, routing here,
+/// announcing, taking back, releasing), as either executor of the
+/// migration: its driver, duration and outcome join the migration's events.
+#[utoipa::path(post, path = "/v1/migrations/{id}/network", tag = "dispatch", params(("id" = i64, Path), ExecutorParam),
+    request_body = NetworkReport, responses((status = 200, body = MigrationDetail), ErrorResponses))]
+pub async fn report_network(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(executor): ApiQuery<ExecutorParam>,
+    ApiJson(report): ApiJson<NetworkReport>,
+) -> Result<Json<MigrationDetail>, ApiError> {
+    let report = parse_network_report(report)?;
+    Ok(Json(db::migrations::record_network(&state.pool, id, executor.executor, caller.token_id, &report).await?))
 }

@@ -32,7 +32,7 @@ use super::{
         simulations::create_simulation, simulations::list_simulations, simulations::get_simulation,
         simulations::get_plot,
         dispatch::register_executor, dispatch::heartbeat, dispatch::claim, dispatch::report_progress,
-        dispatch::complete_migration, dispatch::recover_migration,
+        dispatch::complete_migration, dispatch::recover_migration, dispatch::report_network,
         fleet::get_overview, fleet::get_savings,
         ops::healthz, ops::readyz, ops::metrics,
     ),
@@ -55,7 +55,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 19] = [
+const CLOSED_SCHEMAS: [&str; 20] = [
     "SiteSpec",
     "Capacity",
     "PowerModel",
@@ -72,6 +72,7 @@ const CLOSED_SCHEMAS: [&str; 19] = [
     "SavedBytes",
     "Completion",
     "RecoveryReport",
+    "NetworkReport",
     "MigrationChange",
     "SimulationRequest",
     "SignIn",
