@@ -37,8 +37,13 @@ pub async fn spawn_replica(pool: PgPool, read_cache: bool) -> TestApp {
 
 /// Starts a scheduler replica on `pool` running `services`.
 pub async fn spawn_with(pool: PgPool, services: Services) -> TestApp {
+    spawn_on(pool, services, "127.0.0.1:0".parse().unwrap()).await
+}
+
+/// Starts a scheduler replica on `pool` running `services`, listening at `listen`.
+pub async fn spawn_on(pool: PgPool, services: Services, listen: SocketAddr) -> TestApp {
     db::tokens::ensure_admin(&pool, Some(ADMIN)).await.expect("bootstrap admin token");
-    let app = Application::build(pool.clone(), "127.0.0.1:0".parse().unwrap(), services).await.expect("bind");
+    let app = Application::build(pool.clone(), listen, services).await.expect("bind");
     let addr = app.local_addr();
     // Nobody cancels this token: the server lives as long as the test's runtime.
     tokio::spawn(app.run_until_stopped(CancellationToken::new()));

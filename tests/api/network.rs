@@ -14,6 +14,12 @@
 //!
 //! Both sites' VM bridges carry the same gateway (169.254.0.1, one MAC),
 //! as datacenter fabrics' anycast gateways do, so the guest needs nothing.
+//!
+//! The first test drives the driver in-process, step by step as the
+//! executors do, and measures the interruption; the second runs the real
+//! loop: a scheduler, and an executor in each site's namespace (reached
+//! over a management network) that moves a `sim` VM and, at its cutover,
+//! the network.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -24,10 +30,18 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
+use heliotrope::db::MIGRATOR;
+use heliotrope::startup::Services;
+use heliotrope_api_spec::Role;
 use heliotrope_executor::network::linux::{Linux, LinuxOptions};
 use heliotrope_executor::network::{timed, Network, NetworkMove};
+use heliotrope_tests::{link, spawn_on, with, workspace_binary, Processes, TestApp};
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::LinkUnspec;
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::plans::{big_vm, flat_signals, site_at};
 
 const VM_V4: &str = "10.200.0.10";
 const VM_V6: &str = "fd00:200::10";
@@ -53,17 +67,25 @@ impl Netns {
         assert!(out.status.success(), "ip -n {} {args}: {}", self.0, String::from_utf8_lossy(&out.stderr));
     }
 
+    /// `ip <args>` in the test's own namespace.
+    fn host_ip(args: &str) -> Result<(), String> {
+        let out = Command::new("ip").args(args.split_whitespace()).output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {args}: {}", String::from_utf8_lossy(&out.stderr).trim()))
+        }
+    }
+
     fn ip_output(&self, args: &str) -> String {
         let out = Command::new("ip").args(["-n", &self.0]).args(args.split_whitespace()).output().expect("ip runs");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    fn sysctl(&self, key: &str, value: &str) {
-        let out = Command::new("ip")
-            .args(["netns", "exec", &self.0, "sysctl", "-qw", &format!("{key}={value}")])
-            .output()
-            .expect("ip netns exec runs");
-        assert!(out.status.success(), "sysctl {key}: {}", String::from_utf8_lossy(&out.stderr));
+    /// Sets `key` (`net/ipv4/...`) in this namespace: `/proc/sys/net` is the opening thread's namespace's.
+    fn sysctl(&self, key: &'static str, value: &'static str) {
+        let written = self.run(move || std::fs::write(format!("/proc/sys/{key}"), value));
+        written.unwrap_or_else(|e| panic!("{key}: {e}"));
     }
 
     fn file(&self) -> File {
@@ -137,9 +159,9 @@ fn topology() -> Result<Topology, String> {
     t.b.ip("link set b-w up");
     t.b.ip("route add 10.0.1.0/24 via 10.0.12.1");
     for site in [&t.a, &t.b] {
-        site.sysctl("net.ipv4.ip_forward", "1");
+        site.sysctl("net/ipv4/ip_forward", "1");
         // As most distributions set it.
-        site.sysctl("net.ipv4.conf.all.rp_filter", "2");
+        site.sysctl("net/ipv4/conf/all/rp_filter", "2");
         site.ip("link add br-vms type bridge");
         site.ip("link set br-vms address 02:00:5e:00:01:01 up");
         site.ip("addr add 169.254.0.1/32 dev br-vms");
@@ -152,6 +174,27 @@ fn topology() -> Result<Topology, String> {
     t.vm.ip("route add 169.254.0.1 dev eth0 scope link");
     t.vm.ip("route add default via 169.254.0.1");
     Ok(t)
+}
+
+/// Where the scheduler listens on the management network.
+const SCHEDULER_HOST: &str = "10.99.1.1";
+
+impl Topology {
+    /// The sites' management network: a veth from each site to the test's
+    /// own namespace, where the scheduler listens at `SCHEDULER_HOST`
+    /// (site B reaches it through its own veth: the host answers for all its addresses).
+    fn management(&self) -> Result<(), String> {
+        for (site, n) in [(&self.a, 1), (&self.b, 2)] {
+            let host_end = format!("hvt{}m{n}", std::process::id());
+            Netns::host_ip(&format!("link add {host_end} type veth peer name mgmt netns {}", site.0))?;
+            Netns::host_ip(&format!("addr add 10.99.{n}.1/30 dev {host_end}"))?;
+            Netns::host_ip(&format!("link set {host_end} up"))?;
+            site.ip(&format!("addr add 10.99.{n}.2/30 dev mgmt"));
+            site.ip("link set mgmt up");
+        }
+        self.b.ip(&format!("route add {SCHEDULER_HOST}/32 via 10.99.2.1"));
+        Ok(())
+    }
 }
 
 /// Probes sent once a millisecond, and when each came back.
@@ -392,4 +435,122 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
     });
     println!("{report}");
     assert!(lost < sent, "the VM answered probes");
+}
+
+/// `heliotrope-executor run` for `site`, inside its namespace, with the `linux` network driver.
+async fn executor(app: &TestApp, ns: &Netns, site: &str, wan: &str, data: &std::path::Path) -> std::process::Child {
+    let token = app.token(Role::Executor).await;
+    Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(workspace_binary("heliotrope-executor"))
+        .args(["run", "--site", site, "--listen", &format!("{wan}:7070"), "--sim-mib-per-gib", "0.25"])
+        .args(["--streams", "2", "--network", "linux", "--network-tunnel-local", wan, "--network-hold-s", "3"])
+        .arg("--data-dir")
+        .arg(data.join(site))
+        .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
+        .env("HELIOTROPE_TOKEN", token)
+        .env("RUST_LOG", std::env::var("EXECUTOR_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("an executor")
+}
+
+async fn wait_for(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool, path: &str) -> Value {
+    for _ in 0..240 {
+        let answer = app.get(path).await.body;
+        if done(&answer) {
+            return answer;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    panic!("{what}: never; last {}", app.get(path).await.body);
+}
+
+/// The migration's network steps as logged: (step, driver, ok).
+fn network_steps(detail: &Value) -> Vec<(String, String, bool)> {
+    let events = detail["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+    events
+        .iter()
+        .filter(|e| !e["network"].is_null())
+        .map(|e| {
+            let n = &e["network"];
+            (n["step"].as_str().unwrap_or("").into(), n["driver"].as_str().unwrap_or("").into(), n["ok"] == true)
+        })
+        .collect()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold(pool: PgPool) {
+    let t = match topology().and_then(|t| t.management().map(|()| t)) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipping: network namespaces cannot be created here ({why})");
+            return;
+        }
+    };
+    let app = spawn_on(pool, Services::driven(), format!("{SCHEDULER_HOST}:0").parse().unwrap()).await;
+    for (name, price, carbon) in [("A", 300.0, 400.0), ("B", 20.0, 50.0)] {
+        let id = site_at(&app, name, "active").await;
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    app.create("/v1/links", with(link("A", "B"), "/symmetric", json!(true))).await;
+    app.create("/v1/vms", with(big_vm("web", "A"), "/addresses", json!([VM_V4, VM_V6]))).await;
+    let (udp, tcp) =
+        t.vm.run(|| (UdpSocket::bind("0.0.0.0:7000").expect("udp"), TcpListener::bind("0.0.0.0:7001").expect("tcp")));
+    serve_vm(udp, tcp);
+    let probe = t.client.run(|| {
+        let probe = UdpSocket::bind("0.0.0.0:0").expect("udp");
+        probe.connect((VM_V4, 7000)).expect("the probe's peer");
+        probe
+    });
+    let probes = Probes::start(probe);
+
+    let data = tempfile::tempdir().unwrap();
+    let _fleet = Processes(vec![
+        executor(&app, &t.a, "A", "10.0.12.1", data.path()).await,
+        executor(&app, &t.b, "B", "10.0.12.2", data.path()).await,
+    ]);
+    let online = |page: &Value| {
+        page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
+    };
+    wait_for(&app, "both executors online", online, "/v1/executors").await;
+    assert!(probes.answered() > 0, "the VM answers at site A");
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["status"], "applied", "{}", applied.body);
+    let done = |page: &Value| page["items"][0]["state"] == "done";
+    let id = wait_for(&app, "the move done", done, "/v1/migrations").await["items"][0]["id"].as_i64().unwrap();
+    let path = format!("/v1/migrations/{id}");
+    let moved = |detail: &Value| network_steps(detail).len() >= 3;
+    let detail = wait_for(&app, "the network moved", moved, &path).await;
+    let linux = |step: &str| (step.to_owned(), "linux".to_owned(), true);
+    assert_eq!(
+        network_steps(&detail)[..3],
+        [linux("forward_away"), linux("route_here"), linux("announce")],
+        "{detail}"
+    );
+    let tunnel = format!("hvx{}", id + 1);
+    assert!(t.a.ip_output("route show").contains(&format!("{VM_V4} dev {tunnel}")), "A forwards into the tunnel");
+    assert!(t.b.ip_output("-6 route show").contains(&format!("{VM_V6} dev br-vms")), "B routes the /128 to the VM");
+
+    // The hypervisor's part (a sim VM has no NIC): the VM's NIC now plugs into B's bridge.
+    t.a.ip(&format!("link set vport netns {}", t.b.0));
+    t.b.ip("link set vport master br-vms up");
+    t.b.ip(&format!("neigh flush {VM_V4}"));
+    let answered = probes.answered();
+    let back = Instant::now() + Duration::from_secs(10);
+    while probes.answered() < answered + 100 {
+        assert!(Instant::now() < back, "the VM never answered at B through A's tunnel");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // After the hold (3 s) both executors release their tunnel ends, and log it.
+    let released = |detail: &Value| network_steps(detail).iter().filter(|(step, ..)| step == "release").count() == 2;
+    let detail = wait_for(&app, "both ends released", released, &path).await;
+    assert!(network_steps(&detail).iter().all(|(_, driver, ok)| driver == "linux" && *ok), "{detail}");
+    for site in [&t.a, &t.b] {
+        assert!(!site.ip_output("link show").contains(&tunnel), "{} let go of {tunnel}", site.0);
+    }
+    assert!(t.b.ip_output("route show").contains(&format!("{VM_V4} dev br-vms")), "B keeps its route");
+    let (sent, answered, _) = probes.finish();
+    assert!(answered < sent, "the move cost some probes: the test saw it happen");
 }
