@@ -62,6 +62,19 @@ impl TestApp {
         db::with_database(&server, self.pool.connect_options().get_database().expect("a test database"))
     }
 
+    /// `GET {path}` as the admin every 250 ms until `done` holds for its body
+    /// (at most 2 minutes: then it panics, saying `what` never happened).
+    pub async fn wait_for(&self, what: &str, mut done: impl FnMut(&Value) -> bool, path: &str) -> Value {
+        for _ in 0..480 {
+            let answer = self.get(path).await.body;
+            if done(&answer) {
+                return answer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        }
+        panic!("{what}: never; last {}", self.get(path).await.body);
+    }
+
     /// Whether it answers `/readyz` with 200 (false while it does not listen yet).
     pub async fn ready(&self) -> bool {
         let answer = self.client.get(self.url("/readyz")).send().await;

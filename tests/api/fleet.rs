@@ -44,17 +44,6 @@ fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
         .unwrap()
 }
 
-async fn wait_for(app: &TestApp, what: &str, mut done: impl FnMut(&Value) -> bool, path: &str) -> Value {
-    for _ in 0..480 {
-        let answer = app.get(path).await;
-        if done(&answer.body) {
-            return answer.body;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{what}: never; last {}", app.get(path).await.body);
-}
-
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
     let app = spawn_app(pool).await;
@@ -76,7 +65,7 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
     let online = |page: &Value| {
         page["items"].as_array().is_some_and(|e| e.len() == 3 && e.iter().all(|e| e["state"] == "online"))
     };
-    wait_for(&app, "three executors online", online, "/v1/executors").await;
+    app.wait_for("three executors online", online, "/v1/executors").await;
 
     let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
     assert_eq!(applied.body["status"], "applied", "{}", applied.body);
@@ -90,7 +79,7 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
                 })
         })
     };
-    let migrations = wait_for(&app, "both migrations ended", ended, "/v1/migrations").await;
+    let migrations = app.wait_for("both migrations ended", ended, "/v1/migrations").await;
     for m in migrations["items"].as_array().unwrap() {
         assert_eq!(m["state"], "done", "{m}");
         let detail = app.get(&format!("/v1/migrations/{}", m["id"])).await.body;
@@ -154,10 +143,10 @@ async fn the_sdn_controller_hears_the_move_and_the_log_times_the_network_step(po
         how.flags = vec!["--network".into(), "webhook".into(), "--network-webhook".into(), url.clone()];
         fleet.0.push(start(&app, &how, data.path()));
     }
-    wait_for(&app, "two executors online", two_online, "/v1/executors").await;
+    app.wait_for("two executors online", two_online, "/v1/executors").await;
     app.post("/v1/plans", json!({"dry_run": false})).await;
     let done = |page: &Value| page["items"][0]["state"] == "done";
-    let id = wait_for(&app, "the move done", done, "/v1/migrations").await["items"][0]["id"].as_i64().unwrap();
+    let id = app.wait_for("the move done", done, "/v1/migrations").await["items"][0]["id"].as_i64().unwrap();
 
     let told = moves.lock().unwrap().clone();
     let expected =
@@ -204,10 +193,10 @@ async fn under_way(pool: PgPool) -> UnderWay {
     // 1 MiB per GiB: 256 MiB of memory, long enough to be caught mid-transfer.
     let (a, c) = (executor(&app, "A", "1").await, executor(&app, "C", "1").await);
     let fleet = Processes(vec![start(&app, &a, data.path()), start(&app, &c, data.path())]);
-    wait_for(&app, "two executors online", two_online, "/v1/executors").await;
+    app.wait_for("two executors online", two_online, "/v1/executors").await;
     app.post("/v1/plans", json!({"dry_run": false})).await;
     let transferring = |page: &Value| page["items"][0]["state"] == "transferring";
-    let migration = wait_for(&app, "the transfer under way", transferring, "/v1/migrations").await;
+    let migration = app.wait_for("the transfer under way", transferring, "/v1/migrations").await;
     let id = migration["items"][0]["id"].as_i64().unwrap();
     UnderWay { app, data, a, c, fleet, id }
 }
@@ -219,10 +208,10 @@ async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: Pg
     // kill -9 the source; its lease runs out, and once back it says the VM is still there.
     fleet.0[0].kill().unwrap();
     fleet.0[0].wait().unwrap();
-    wait_for(&app, "recovering", |m: &Value| m["state"] == "recovering", &format!("/v1/migrations/{id}")).await;
+    app.wait_for("recovering", |m: &Value| m["state"] == "recovering", &format!("/v1/migrations/{id}")).await;
     fleet.0[0] = start(&app, &a, data.path());
     let ended = |m: &Value| ["done", "rolled_back", "failed"].contains(&m["state"].as_str().unwrap_or(""));
-    let detail = wait_for(&app, "the migration ended", ended, &format!("/v1/migrations/{id}")).await;
+    let detail = app.wait_for("the migration ended", ended, &format!("/v1/migrations/{id}")).await;
     assert_eq!(detail["state"], "done", "{detail}");
     assert_eq!(detail["attempts"], 2, "retried once: {detail}");
     let states: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
@@ -249,10 +238,10 @@ async fn a_destination_killed_mid_transfer_leaves_the_vm_running_once_at_the_sou
     fleet.0[1].kill().unwrap();
     fleet.0[1].wait().unwrap();
     let ended = |m: &Value| ["done", "rolled_back", "failed"].contains(&m["state"].as_str().unwrap_or(""));
-    let detail = wait_for(&app, "the migration ended", ended, &format!("/v1/migrations/{id}")).await;
+    let detail = app.wait_for("the migration ended", ended, &format!("/v1/migrations/{id}")).await;
     assert_eq!(detail["state"], "failed", "{detail}");
     fleet.0[1] = start(&app, &c, data.path());
-    wait_for(&app, "C back", two_online, "/v1/executors").await;
+    app.wait_for("C back", two_online, "/v1/executors").await;
     assert_eq!(app.get("/v1/vms?site=A").await.body["items"].as_array().map(Vec::len), Some(1));
     assert!(data.path().join("A/vms/web/memory.img").exists(), "web's images stay at A");
     assert!(!data.path().join("C/vms/web").exists(), "no second copy at C");
@@ -260,6 +249,6 @@ async fn a_destination_killed_mid_transfer_leaves_the_vm_running_once_at_the_sou
     let again = app.post("/v1/plans", json!({"dry_run": false})).await;
     assert_eq!(again.body["status"], "applied", "{}", again.body);
     let done = |page: &Value| page["items"].as_array().is_some_and(|m| m.iter().any(|m| m["state"] == "done"));
-    wait_for(&app, "moved at the second try", done, "/v1/migrations").await;
+    app.wait_for("moved at the second try", done, "/v1/migrations").await;
     assert_eq!(app.get("/v1/vms?site=C").await.body["items"].as_array().map(Vec::len), Some(1));
 }

@@ -455,17 +455,6 @@ async fn executor(app: &TestApp, ns: &Netns, site: &str, wan: &str, data: &std::
         .expect("an executor")
 }
 
-async fn wait_for(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool, path: &str) -> Value {
-    for _ in 0..240 {
-        let answer = app.get(path).await.body;
-        if done(&answer) {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{what}: never; last {}", app.get(path).await.body);
-}
-
 /// The migration's network steps as logged: (step, driver, ok).
 fn network_steps(detail: &Value) -> Vec<(String, String, bool)> {
     let events = detail["events"].as_array().map(Vec::as_slice).unwrap_or_default();
@@ -513,15 +502,15 @@ async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold
     let online = |page: &Value| {
         page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
     };
-    wait_for(&app, "both executors online", online, "/v1/executors").await;
+    app.wait_for("both executors online", online, "/v1/executors").await;
     assert!(probes.answered() > 0, "the VM answers at site A");
     let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
     assert_eq!(applied.body["status"], "applied", "{}", applied.body);
     let done = |page: &Value| page["items"][0]["state"] == "done";
-    let id = wait_for(&app, "the move done", done, "/v1/migrations").await["items"][0]["id"].as_i64().unwrap();
+    let id = app.wait_for("the move done", done, "/v1/migrations").await["items"][0]["id"].as_i64().unwrap();
     let path = format!("/v1/migrations/{id}");
     let moved = |detail: &Value| network_steps(detail).len() >= 3;
-    let detail = wait_for(&app, "the network moved", moved, &path).await;
+    let detail = app.wait_for("the network moved", moved, &path).await;
     let linux = |step: &str| (step.to_owned(), "linux".to_owned(), true);
     assert_eq!(
         network_steps(&detail)[..3],
@@ -545,7 +534,7 @@ async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold
 
     // After the hold (3 s) both executors release their tunnel ends, and log it.
     let released = |detail: &Value| network_steps(detail).iter().filter(|(step, ..)| step == "release").count() == 2;
-    let detail = wait_for(&app, "both ends released", released, &path).await;
+    let detail = app.wait_for("both ends released", released, &path).await;
     assert!(network_steps(&detail).iter().all(|(_, driver, ok)| driver == "linux" && *ok), "{detail}");
     for site in [&t.a, &t.b] {
         assert!(!site.ip_output("link show").contains(&tunnel), "{} let go of {tunnel}", site.0);

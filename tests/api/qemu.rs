@@ -33,17 +33,6 @@ async fn executor(app: &TestApp, site: &str, data: &Path) -> std::process::Child
         .unwrap()
 }
 
-async fn wait_for(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool, path: &str) -> Value {
-    for _ in 0..480 {
-        let answer = app.get(path).await.body;
-        if done(&answer) {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("{what}: never; last {}", app.get(path).await.body);
-}
-
 /// The fleet of these tests: sites A (dear) and C (cheap) linked at
 /// `link_mbps`, the VM `web` running at A as an operator runs it (QEMU with
 /// the test guest and a disk holding data), and a qemu executor per site.
@@ -82,7 +71,7 @@ async fn fleet(pool: PgPool, link_mbps: f64) -> Fleet {
     let online = |page: &Value| {
         page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["driver"] == "qemu"))
     };
-    wait_for(&app, "two qemu executors", online, "/v1/executors").await;
+    app.wait_for("two qemu executors", online, "/v1/executors").await;
     let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
     assert_eq!(applied.body["moves"].as_array().map(Vec::len), Some(1), "{}", applied.body);
     let guests = KillUnder(data.path().to_owned());
@@ -105,7 +94,7 @@ fn ended(page: &Value) -> bool {
 async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPool) {
     // 10 Gbit/s: a cap the busy guest converges under within 300 ms (at 1 Gbit/s the policy has to step in).
     let Fleet { app, data, vm_dir, mut source, _executors, _guests } = fleet(pool, 10_000.0).await;
-    let migrations = wait_for(&app, "the migration ended", ended, "/v1/migrations").await;
+    let migrations = app.wait_for("the migration ended", ended, "/v1/migrations").await;
     let migration = &migrations["items"][0];
     assert_eq!(migration["state"], "done", "{migration}");
     let downtime = migration["progress"]["downtime_s"].as_f64().expect("the measured downtime");
@@ -127,7 +116,7 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
             })
         })
     };
-    wait_for(&app, "the announcement logged", announced, &format!("/v1/migrations/{}", migration["id"])).await;
+    app.wait_for("the announcement logged", announced, &format!("/v1/migrations/{}", migration["id"])).await;
     let compared = Command::new("qemu-img")
         .args(["compare", "-U"])
         .arg(vm_dir.join("disk0.qcow2"))
@@ -145,12 +134,12 @@ async fn a_destination_qemu_killed_mid_migration_fails_the_job_and_the_vm_runs_o
         page["items"][0]["state"] == "transferring"
             && page["items"][0]["progress"]["raw_bytes"].as_u64() > Some(64 << 20)
     };
-    wait_for(&app, "the memory on its way", transferring, "/v1/migrations").await;
+    app.wait_for("the memory on its way", transferring, "/v1/migrations").await;
     let destination_qmp = data.path().join("C/vms/web/qmp.sock").display().to_string();
     let killed = Command::new("pkill").args(["-9", "-f", &destination_qmp]).status().unwrap();
     assert!(killed.success(), "the destination QEMU was running");
 
-    let migrations = wait_for(&app, "the migration ended", ended, "/v1/migrations").await;
+    let migrations = app.wait_for("the migration ended", ended, "/v1/migrations").await;
     let migration = &migrations["items"][0];
     assert_eq!(migration["state"], "failed", "{migration}");
     assert_eq!(app.get("/v1/vms?site=A").await.body["items"][0]["name"], "web");
