@@ -176,6 +176,42 @@ fn topology() -> Result<Topology, String> {
     Ok(t)
 }
 
+impl Topology {
+    /// The VM serves (UDP and TCP echo); the client probes it once a millisecond.
+    fn serve_and_probe(&self) -> Probes {
+        let (udp, tcp) = self
+            .vm
+            .run(|| (UdpSocket::bind("0.0.0.0:7000").expect("udp"), TcpListener::bind("0.0.0.0:7001").expect("tcp")));
+        serve_vm(udp, tcp);
+        Probes::start(self.client.run(|| {
+            let probe = UdpSocket::bind("0.0.0.0:0").expect("udp");
+            probe.connect((VM_V4, 7000)).expect("the probe's peer");
+            probe
+        }))
+    }
+
+    /// Waits until `probes` have had `more` answers beyond `since` (at most 10 s).
+    async fn answered_again(probes: &Probes, since: usize, more: usize, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while probes.answered() < since + more {
+            assert!(Instant::now() < deadline, "{what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The move of the tests' VM from A to B (the migration id names the tunnel).
+fn web_1() -> NetworkMove {
+    NetworkMove {
+        migration: 4242,
+        vm: "web-1".into(),
+        addresses: vec![VM_V4.parse().unwrap(), VM_V6.parse().unwrap()],
+        from_site: "a".into(),
+        to_site: "b".into(),
+        peer: Some("10.0.12.2".parse().unwrap()),
+    }
+}
+
 /// Where the scheduler listens on the management network.
 const SCHEDULER_HOST: &str = "10.99.1.1";
 
@@ -331,19 +367,14 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
         }
     };
     // The VM serves; the client connects to it and probes it, all through site A.
-    let (udp, tcp) =
-        t.vm.run(|| (UdpSocket::bind("0.0.0.0:7000").expect("udp"), TcpListener::bind("0.0.0.0:7001").expect("tcp")));
-    serve_vm(udp, tcp);
-    let (probe, stream) = t.client.run(|| {
-        let probe = UdpSocket::bind("0.0.0.0:0").expect("udp");
-        probe.connect((VM_V4, 7000)).expect("the probe's peer");
+    let probes = t.serve_and_probe();
+    let stream = t.client.run(|| {
         let stream =
             TcpStream::connect_timeout(&(VM_V4.parse::<IpAddr>().unwrap(), 7001).into(), Duration::from_secs(5))
                 .expect("a TCP connection to the VM through site A");
         stream.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
-        (probe, stream)
+        stream
     });
-    let probes = Probes::start(probe);
     let stop_talking = Arc::new(AtomicBool::new(false));
     let echoes = Arc::new(AtomicU64::new(0));
     let talking = talk(stream, Arc::clone(&echoes), Arc::clone(&stop_talking));
@@ -352,14 +383,7 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
 
     let (site_a, site_b) = (t.a.netlink(), t.b.netlink());
     let (at_a, at_b) = (t.a.driver("10.0.12.1"), t.b.driver("10.0.12.2"));
-    let m = NetworkMove {
-        migration: 4242,
-        vm: "web-1".into(),
-        addresses: vec![VM_V4.parse().unwrap(), VM_V6.parse().unwrap()],
-        from_site: "a".into(),
-        to_site: "b".into(),
-        peer: Some("10.0.12.2".parse().unwrap()),
-    };
+    let m = web_1();
     let b_file = t.b.file();
     let vport = index(&site_a, "vport").await.expect("the VM's port at site A");
 
@@ -394,10 +418,11 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
     }
 
     // The VM answers again, through A's tunnel to B.
-    let (answered_at_move, echoes_at_move) = (probes.answered(), echoes.load(Ordering::Relaxed));
+    let echoes_at_move = echoes.load(Ordering::Relaxed);
+    Topology::answered_again(&probes, probes.answered(), 200, "the VM never answered again at site B").await;
     let resumed = Instant::now() + Duration::from_secs(10);
-    while probes.answered() < answered_at_move + 200 || echoes.load(Ordering::Relaxed) < echoes_at_move + 10 {
-        assert!(Instant::now() < resumed, "the VM never answered again at site B, over UDP and TCP both");
+    while echoes.load(Ordering::Relaxed) < echoes_at_move + 10 {
+        assert!(Instant::now() < resumed, "the TCP connection never carried on at site B");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop_talking.store(true, Ordering::Relaxed);
@@ -435,6 +460,33 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
     });
     println!("{report}");
     assert!(lost < sent, "the VM answered probes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_rolled_back_after_its_cutover_gives_the_addresses_back() {
+    let t = match topology() {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("skipping: network namespaces cannot be created here ({why})");
+            return;
+        }
+    };
+    let probes = t.serve_and_probe();
+    Topology::answered_again(&probes, 0, 100, "the VM never answered at A").await;
+    let (at_a, m) = (t.a.driver("10.0.12.1"), web_1());
+    // A forwards at the cutover, but B never confirms: what A forwards is lost ...
+    at_a.forward_away(&m).await.expect("forwarding");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let forwarding = probes.answered();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(probes.answered(), forwarding, "nothing answers while A forwards to a B that never took the VM");
+    // ... until the rollback takes the addresses back: the VM, still at A, answers again.
+    at_a.take_back(&m).await.expect("taking back");
+    Topology::answered_again(&probes, forwarding, 100, "the VM never answered at A again").await;
+    assert!(t.a.ip_output("route show").contains(&format!("{VM_V4} dev br-vms")), "routed to the VM's link");
+    assert!(t.a.ip_output("-6 route show").contains(&format!("{VM_V6} dev br-vms")));
+    assert!(!t.a.ip_output("link show").contains("hvx"), "the tunnel went");
+    probes.finish();
 }
 
 /// `heliotrope-executor run` for `site`, inside its namespace, with the `linux` network driver.
@@ -484,15 +536,7 @@ async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold
     }
     app.create("/v1/links", with(link("A", "B"), "/symmetric", json!(true))).await;
     app.create("/v1/vms", with(big_vm("web", "A"), "/addresses", json!([VM_V4, VM_V6]))).await;
-    let (udp, tcp) =
-        t.vm.run(|| (UdpSocket::bind("0.0.0.0:7000").expect("udp"), TcpListener::bind("0.0.0.0:7001").expect("tcp")));
-    serve_vm(udp, tcp);
-    let probe = t.client.run(|| {
-        let probe = UdpSocket::bind("0.0.0.0:0").expect("udp");
-        probe.connect((VM_V4, 7000)).expect("the probe's peer");
-        probe
-    });
-    let probes = Probes::start(probe);
+    let probes = t.serve_and_probe();
 
     let data = tempfile::tempdir().unwrap();
     let _fleet = Processes(vec![
@@ -525,12 +569,7 @@ async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold
     t.a.ip(&format!("link set vport netns {}", t.b.0));
     t.b.ip("link set vport master br-vms up");
     t.b.ip(&format!("neigh flush {VM_V4}"));
-    let answered = probes.answered();
-    let back = Instant::now() + Duration::from_secs(10);
-    while probes.answered() < answered + 100 {
-        assert!(Instant::now() < back, "the VM never answered at B through A's tunnel");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    Topology::answered_again(&probes, probes.answered(), 100, "the VM never answered at B through A's tunnel").await;
 
     // After the hold (3 s) both executors release their tunnel ends, and log it.
     let released = |detail: &Value| network_steps(detail).iter().filter(|(step, ..)| step == "release").count() == 2;
