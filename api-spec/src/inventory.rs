@@ -345,6 +345,8 @@ pub struct Executor {
     pub driver: Driver,
     /// Migrations it runs at once.
     pub capacity: u32,
+    /// Where its network driver's tunnels end, if it said.
+    pub tunnel_address: Option<String>,
 }
 
 /// Filters of `GET /v1/sites`.

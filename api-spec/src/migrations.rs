@@ -157,6 +157,12 @@ pub struct ExecutorRegistration {
     /// Migrations it runs at once.
     #[schema(minimum = 1, maximum = 64)]
     pub capacity: u32,
+    /// The IP address its network driver's tunnels end at (the VXLAN
+    /// endpoint), if it moves VMs' networks; the old site of a move tunnels
+    /// to it (else to the host of `address`).
+    #[serde(default)]
+    #[schema(min_length = 2, max_length = 45)]
+    pub tunnel_address: Option<String>,
 }
 
 /// Which end of a migration an executor is.
@@ -195,6 +201,9 @@ pub struct Assignment {
     pub role: JobRole,
     /// For the source: where the destination executor listens.
     pub peer_address: Option<String>,
+    /// For the source: where the destination executor's network tunnels end, if it said.
+    #[serde(default)]
+    pub peer_tunnel_address: Option<String>,
     /// The job's secret, hex: both ends prove it to each other; it never travels between them.
     pub secret: String,
     /// The source's claim holds until then; each progress report extends it.

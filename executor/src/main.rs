@@ -45,19 +45,7 @@ enum Command {
 enum NetworkCommand {
     /// Release now what bridges moves at this site (the operator's routing
     /// has converged), instead of after the hold time.
-    Release(ReleaseArgs),
-}
-
-#[derive(clap::Args)]
-struct ReleaseArgs {
-    /// The site executor's data directory.
-    #[arg(long)]
-    data_dir: std::path::PathBuf,
-    /// Only this migration's move (else every move held here).
-    #[arg(long)]
-    migration: Option<i64>,
-    #[command(flatten)]
-    network: run::NetworkArgs,
+    Release(run::ReleaseArgs),
 }
 
 #[derive(Subcommand)]
@@ -80,8 +68,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Migrate(args) => by_hand::migrate(&args).await,
         Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,
         Command::Bench(BenchCommand::Qemu(args)) => bench::qemu(&args).await,
-        Command::Network(NetworkCommand::Release(args)) => {
-            run::release_now(&args.data_dir, &args.network, args.migration).await
-        }
+        Command::Network(NetworkCommand::Release(args)) => run::release_now(&args).await,
     }
 }

@@ -180,6 +180,11 @@ async fn executors_act_only_as_themselves_and_reports_are_checked(pool: PgPool) 
     app.send(Method::POST, &path, Some(&cheap.token), None).await.assert_error(404, "of this token");
     let bad = json!({"site": "DEAR", "address": "no-port", "driver": "sim", "capacity": 1});
     app.send(Method::POST, "/v1/executors/register", Some(&dear.token), Some(&bad)).await.assert_error(422, "address");
+    let tunnel =
+        json!({"site": "DEAR", "address": "d:1", "driver": "sim", "capacity": 1, "tunnel_address": "224.0.0.1"});
+    app.send(Method::POST, "/v1/executors/register", Some(&dear.token), Some(&tunnel))
+        .await
+        .assert_error(422, "tunnel_address");
     let unknown = json!({"site": "MARS", "address": "m:1", "driver": "sim", "capacity": 1});
     app.send(Method::POST, "/v1/executors/register", Some(&dear.token), Some(&unknown)).await.assert_error(422, "MARS");
     let path = format!("/v1/executors/{}/claim?wait_s=31", dear.id);
@@ -353,6 +358,11 @@ async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_sin
     let migration = app.get(&format!("/v1/migrations/{id}")).await.body;
     assert_eq!(migration["progress"]["saved_bytes"]["zero"], 500_000_000u64, "{migration}");
     assert_eq!(cheap.call(&app, id, "complete", json!({"state": "done"})).await.status, 200);
+    // Network steps logged after the move (the state stays done) do not make it count again.
+    for (executor, step) in [(&dear, "forward_away"), (&cheap, "route_here"), (&cheap, "announce")] {
+        let body = json!({"step": step, "driver": "linux", "duration_ms": 1.5, "ok": true});
+        assert_eq!(executor.call(&app, id, "network", body).await.status, 200);
+    }
     let after = app.get("/v1/overview").await.body;
     assert_eq!(
         (by_name(&after, "CHEAP")["vms"].as_u64(), by_name(&after, "CHEAP")["migrations_in"].as_u64()),
@@ -369,7 +379,7 @@ async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_sin
 
     // Five hours on: big (0.89088 kW with PUE) ran at 20 rather than 300/MWh, 50 rather than 400 g/kWh,
     // for each whole hour since (the signals persist; this hour is not over).
-    sqlx::query("update migration_event set at = at - interval '5 hours' where to_state = 'done'")
+    sqlx::query("update migration_event set at = at - interval '5 hours' where to_state = 'done' and network is null")
         .execute(&app.pool)
         .await
         .unwrap();

@@ -24,7 +24,8 @@
 use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{IpAddr, TcpListener, TcpStream, UdpSocket};
-use std::process::Command;
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -489,14 +490,14 @@ async fn a_move_rolled_back_after_its_cutover_gives_the_addresses_back() {
     probes.finish();
 }
 
-/// `heliotrope-executor run` for `site`, inside its namespace, with the `linux` network driver.
-async fn executor(app: &TestApp, ns: &Netns, site: &str, wan: &str, data: &std::path::Path) -> std::process::Child {
-    let token = app.token(Role::Executor).await;
+/// `heliotrope-executor run` for `site` with `token`, inside its namespace,
+/// with the `linux` network driver holding a move's forwarding `hold_s` seconds.
+fn executor(token: &str, app: &TestApp, ns: &Netns, site: &str, wan: &str, hold_s: &str, data: &Path) -> Child {
     Command::new("ip")
         .args(["netns", "exec", &ns.0])
         .arg(workspace_binary("heliotrope-executor"))
         .args(["run", "--site", site, "--listen", &format!("{wan}:7070"), "--sim-mib-per-gib", "0.25"])
-        .args(["--streams", "2", "--network", "linux", "--network-tunnel-local", wan, "--network-hold-s", "3"])
+        .args(["--streams", "2", "--network", "linux", "--network-tunnel-local", wan, "--network-hold-s", hold_s])
         .arg("--data-dir")
         .arg(data.join(site))
         .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
@@ -505,6 +506,23 @@ async fn executor(app: &TestApp, ns: &Netns, site: &str, wan: &str, data: &std::
         .stdout(std::process::Stdio::null())
         .spawn()
         .expect("an executor")
+}
+
+/// `heliotrope-executor network release` at `site`, as its operator runs it (with its executor's `token`).
+async fn release_by_hand(token: &str, app: &TestApp, ns: &Netns, site: &str, data: &Path) -> String {
+    // Not blocking: the scheduler it logs to runs on this test's runtime.
+    let out = tokio::process::Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(workspace_binary("heliotrope-executor"))
+        .args(["network", "release", "--network", "linux", "--data-dir"])
+        .arg(data.join(site))
+        .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
+        .env("HELIOTROPE_TOKEN", token)
+        .output()
+        .await
+        .expect("heliotrope-executor network release");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The migration's network steps as logged: (step, driver, ok).
@@ -521,7 +539,7 @@ fn network_steps(detail: &Value) -> Vec<(String, String, bool)> {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold(pool: PgPool) {
+async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold_or_by_hand(pool: PgPool) {
     let t = match topology().and_then(|t| t.management().map(|()| t)) {
         Ok(t) => t,
         Err(why) => {
@@ -539,14 +557,19 @@ async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold
     let probes = t.serve_and_probe();
 
     let data = tempfile::tempdir().unwrap();
+    let (token_a, token_b) = (app.token(Role::Executor).await, app.token(Role::Executor).await);
     let _fleet = Processes(vec![
-        executor(&app, &t.a, "A", "10.0.12.1", data.path()).await,
-        executor(&app, &t.b, "B", "10.0.12.2", data.path()).await,
+        // A holds its forwarding for an hour: its operator releases it by hand.
+        executor(&token_a, &app, &t.a, "A", "10.0.12.1", "3600", data.path()),
+        executor(&token_b, &app, &t.b, "B", "10.0.12.2", "3", data.path()),
     ]);
     let online = |page: &Value| {
         page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
     };
-    app.wait_for("both executors online", online, "/v1/executors").await;
+    let executors = app.wait_for("both executors online", online, "/v1/executors").await;
+    let tunnels: Vec<&str> =
+        executors["items"].as_array().unwrap().iter().filter_map(|e| e["tunnel_address"].as_str()).collect();
+    assert_eq!(tunnels.len(), 2, "each said where its tunnels end: {executors}");
     assert!(probes.answered() > 0, "the VM answers at site A");
     let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
     assert_eq!(applied.body["status"], "applied", "{}", applied.body);
@@ -571,7 +594,17 @@ async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold
     t.b.ip(&format!("neigh flush {VM_V4}"));
     Topology::answered_again(&probes, probes.answered(), 100, "the VM never answered at B through A's tunnel").await;
 
-    // After the hold (3 s) both executors release their tunnel ends, and log it.
+    // The operator releases A's end by hand (once A heard the move was done
+    // and holds it); after its hold (3 s) B releases its own. Both are logged.
+    let held = data.path().join(format!("A/network/{id}.json"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !held.exists() {
+        assert!(Instant::now() < deadline, "A never held its forwarding");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let said = release_by_hand(&token_a, &app, &t.a, "A", data.path()).await;
+    assert_eq!(said.trim(), format!("migration {id}: VXLAN {tunnel} removed"));
+    assert!(!t.a.ip_output("link show").contains(&tunnel), "A let go of {tunnel}");
     let released = |detail: &Value| network_steps(detail).iter().filter(|(step, ..)| step == "release").count() == 2;
     let detail = app.wait_for("both ends released", released, &path).await;
     assert!(network_steps(&detail).iter().all(|(_, driver, ok)| driver == "linux" && *ok), "{detail}");

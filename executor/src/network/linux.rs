@@ -60,6 +60,9 @@ impl Linux {
 
     pub(super) async fn forward_away(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         let peer = m.peer.ok_or(NetworkError::NoPeer)?;
+        if let Some(local) = self.options.local.filter(|local| local.is_ipv4() != peer.is_ipv4()) {
+            return Err(NetworkError::Family { local, peer });
+        }
         let (vni, name) = (vni(m.migration), tunnel_name(m.migration));
         let tunnel = self.add_tunnel(m.migration, End::Old, Some(peer)).await?;
         for &address in &m.addresses {
@@ -129,11 +132,11 @@ impl Linux {
             Some(IpAddr::V6(remote)) => link.remote6(remote),
             None => link,
         };
-        // The source address must be of the remote's family.
-        link = match (self.options.local, remote) {
-            (Some(IpAddr::V4(local)), None | Some(IpAddr::V4(_))) => link.local(local),
-            (Some(IpAddr::V6(local)), None | Some(IpAddr::V6(_))) => link.local6(local),
-            _ => link,
+        // Of the remote's family (`forward_away` checked it).
+        link = match self.options.local {
+            Some(IpAddr::V4(local)) => link.local(local),
+            Some(IpAddr::V6(local)) => link.local6(local),
+            None => link,
         };
         let message = link.address(mac(vni, end).to_vec()).up().build();
         self.handle.link().add(message).execute().await.map_err(netlink(format!("adding VXLAN {name}")))?;

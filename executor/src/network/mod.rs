@@ -50,6 +50,8 @@ pub enum NetworkError {
     NoInterface(String),
     #[error("forwarding needs the new site's tunnel endpoint, and none is known")]
     NoPeer,
+    #[error("this site's tunnel endpoint {local} and the new site's {peer} are not of one IP family")]
+    Family { local: IpAddr, peer: IpAddr },
     #[error("the SDN controller at {url}: {why}")]
     Controller { url: String, why: String },
 }

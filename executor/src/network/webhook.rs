@@ -1,7 +1,8 @@
 //! The `webhook` network driver: the operator's SDN controller moves the
 //! VM's addresses. The new site POSTs the move to it before the VM starts
 //! and waits for its acknowledgement (a 2xx answer), trying again while
-//! the controller is unreachable or answers 5xx, until the timeout.
+//! the controller is unreachable or answers 5xx, 408 or 429, until the
+//! timeout. Any other answer (a redirect too) is a refusal.
 
 use std::time::Duration;
 
@@ -37,7 +38,9 @@ pub struct MoveNotice<'a> {
 
 impl Webhook {
     pub fn new(options: WebhookOptions) -> Self {
-        Webhook { http: reqwest::Client::new(), options }
+        // A redirect would turn the POST into a GET and its answer into a false acknowledgement.
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build();
+        Webhook { http: http.unwrap_or_default(), options }
     }
 
     pub(super) async fn tell(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
@@ -61,12 +64,12 @@ impl Webhook {
                 Ok(answer) if answer.status().is_success() => {
                     return Ok(Some(format!("the SDN controller acknowledged ({}, try {tries})", answer.status())));
                 }
-                Ok(answer) if answer.status().is_client_error() => {
+                Ok(answer) if answer.status().is_server_error() || busy(answer.status()) => answer.status().to_string(),
+                Ok(answer) => {
                     let status = answer.status();
                     let text = answer.text().await.unwrap_or_default();
                     return Err(self.refused(format!("{status}: {}", text.chars().take(300).collect::<String>())));
                 }
-                Ok(answer) => answer.status().to_string(),
                 Err(e) => e.to_string(),
             };
             if tokio::time::Instant::now() + Duration::from_millis(200) >= deadline {
@@ -81,4 +84,9 @@ impl Webhook {
     fn refused(&self, why: String) -> NetworkError {
         NetworkError::Controller { url: self.options.url.clone(), why }
     }
+}
+
+/// A refusal worth trying again: the controller timed out or is busy.
+fn busy(status: reqwest::StatusCode) -> bool {
+    matches!(status, reqwest::StatusCode::REQUEST_TIMEOUT | reqwest::StatusCode::TOO_MANY_REQUESTS)
 }

@@ -14,10 +14,9 @@ use std::time::Duration;
 use anyhow::Context;
 use heliotrope_api_spec::{
     Assignment, Completion, Driver, Executor, ExecutorRegistration, JobRole, MigrationDetail, MigrationState,
-    NetworkStep, ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
+    ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
 };
 use heliotrope_executor::destination::Destination;
-use heliotrope_executor::network::timed;
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, DISK_IMAGE, MEMORY_IMAGE};
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload};
@@ -32,7 +31,7 @@ use tracing::Instrument;
 mod network;
 mod qemu;
 
-pub use network::{release_now, NetworkArgs};
+pub use network::{release_now, NetworkArgs, ReleaseArgs};
 
 #[derive(clap::Args, Debug)]
 pub struct RunArgs {
@@ -89,6 +88,14 @@ struct Scheduler {
 }
 
 impl Scheduler {
+    fn new(base: &str, token: &str) -> anyhow::Result<Scheduler> {
+        Ok(Scheduler {
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+        })
+    }
+
     /// POSTs `body` to `path`; `None` for 204.
     async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: Option<&B>) -> anyhow::Result<Option<R>> {
         let mut request = self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token);
@@ -139,16 +146,18 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let network = args.network.open()?;
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let address = args.advertise.clone().unwrap_or_else(|| args.listen.clone());
-    let scheduler = Scheduler {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
-        base: args.scheduler.trim_end_matches('/').to_owned(),
-        token: args.token.clone(),
-    };
+    let scheduler = Scheduler::new(&args.scheduler, &args.token)?;
     let driver = match args.driver {
         DriverArg::Sim => Driver::Sim,
         DriverArg::Qemu => Driver::Qemu,
     };
-    let registration = ExecutorRegistration { site: args.site.clone(), address, driver, capacity: args.capacity };
+    let registration = ExecutorRegistration {
+        site: args.site.clone(),
+        address,
+        driver,
+        capacity: args.capacity,
+        tunnel_address: args.network.network_tunnel_local.map(|ip| ip.to_string()),
+    };
     let me: Executor = scheduler
         .post("/v1/executors/register", Some(&registration))
         .await?
@@ -254,8 +263,10 @@ impl Worker {
             if role == JobRole::Source {
                 let failed = Completion { state: MigrationState::Failed, detail: format!("{e:#}") };
                 let path = self.migration_path(id, "complete");
-                if let Err(e) = self.scheduler.post::<_, serde_json::Value>(&path, Some(&failed)).await {
-                    tracing::warn!(error = %format!("{e:#}"), "reporting the failure failed");
+                match self.scheduler.post::<_, serde_json::Value>(&path, Some(&failed)).await {
+                    // Failed: the VM runs on here, so do its addresses.
+                    Ok(_) => self.stay(&self.network_move(&a).await).await,
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "reporting the failure failed"),
                 }
             }
         }
@@ -389,6 +400,8 @@ impl Worker {
         // Making a sim VM's images may take a while on a busy machine: the lease must not run out meanwhile.
         let holding = self.hold_lease(id);
         let vm = self.vm(a)?;
+        // Resolved now: the cutover is no time for a name lookup.
+        let network_move = self.network_move(a).await;
         drop(holding);
         let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
         // Compression as strong as keeps ahead of the cap, measured on this VM's memory.
@@ -431,18 +444,16 @@ impl Worker {
         // Remembered across a crash: from here on the destination holds the VM.
         let marker = self.cutover_marker(id);
         std::fs::write(&marker, b"")?;
-        let network_move = self.network_move(a).await;
-        let forwarded = timed(self.network.forward_away(&network_move)).await;
         let at_cutover = ProgressReport {
             state: Some(MigrationState::Cutover),
             downtime_s: Some(report.downtime_s),
             ..progress_now()
         };
         self.report(id, &at_cutover).await?;
-        self.log_network(id, NetworkStep::ForwardAway, forwarded).await;
+        self.leave(&network_move).await;
         if let Confirmed::Ended(state) = self.await_confirmation(id, progress_now).await? {
+            self.stay(&network_move).await;
             vm.resume();
-            self.log_network(id, NetworkStep::TakeBack, timed(self.network.take_back(&network_move)).await).await;
             std::fs::remove_file(&marker)?;
             if state == MigrationState::RolledBack {
                 return Ok(());
@@ -455,36 +466,7 @@ impl Worker {
             vm.destroy()?;
         }
         std::fs::remove_file(&marker)?;
-        self.hold(network_move)
-    }
-
-    /// The destination's network steps around starting the VM: its
-    /// addresses are routed here before `start`, announced after (by the
-    /// hypervisor's `announce`, which says what it did, and the network driver).
-    async fn start_with_network(
-        self: &Arc<Self>,
-        a: &Assignment,
-        start: impl std::future::Future<Output = anyhow::Result<()>>,
-        announce: impl std::future::Future<Output = anyhow::Result<Option<String>>>,
-    ) -> anyhow::Result<()> {
-        let id = a.migration.id;
-        let network_move = self.network_move(a).await;
-        let routed = timed(self.network.route_here(&network_move)).await;
-        start.await?;
-        let announced = timed(async {
-            let announced = announce.await;
-            let hypervisor = match announced {
-                Ok(said) => said,
-                Err(e) => Some(format!("the hypervisor's announcement failed: {e:#}")),
-            };
-            let network = self.network.announce(&network_move).await?;
-            let said: Vec<String> = hypervisor.into_iter().chain(network).collect();
-            Ok((!said.is_empty()).then(|| said.join("; ")))
-        })
-        .await;
-        self.log_network(id, NetworkStep::RouteHere, routed).await;
-        self.log_network(id, NetworkStep::Announce, announced).await;
-        self.hold(network_move)
+        Ok(())
     }
 
     /// The first MiB of a VM's memory here, to measure compression on.
@@ -502,7 +484,7 @@ impl Worker {
     /// After a crash here, say where a recovering migration's VM runs: at
     /// the destination if this executor had reported its cutover (it holds
     /// the sealed images and the VM paused here was let go), else here.
-    async fn recover(&self, a: &Assignment) -> anyhow::Result<()> {
+    async fn recover(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         let marker = self.cutover_marker(id);
         let runs_at = if marker.exists() { VmRunsAt::Destination } else { VmRunsAt::Source };
@@ -513,6 +495,9 @@ impl Worker {
             .await?
             .context("recovery answered nothing")?;
         tracing::info!(?runs_at, state = ?detail.migration.state, "recovered");
+        if runs_at == VmRunsAt::Source {
+            self.stay(&self.network_move(a).await).await;
+        }
         match (runs_at, a.vm.driver) {
             (VmRunsAt::Destination, Driver::Sim) => {
                 let _ = std::fs::remove_dir_all(self.vm_dir(&a.migration.vm));
@@ -563,7 +548,7 @@ impl Worker {
         std::fs::rename(&memory, dir.join(MEMORY_IMAGE))?;
         std::fs::rename(&disk, dir.join(DISK_IMAGE))?;
         // A sim guest has no NIC of its own to announce.
-        self.start_with_network(a, async { self.vm(a).map(drop) }, async { Ok(None) }).await?;
+        self.arrive(&self.network_move(a).await, async { self.vm(a).map(drop) }, async { Ok(None) }).await?;
         tracing::info!("the VM runs here now");
         Ok(())
     }

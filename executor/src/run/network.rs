@@ -7,16 +7,17 @@
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use heliotrope_api_spec::{Assignment, JobRole, NetworkReport, NetworkStep};
 use heliotrope_executor::network::linux::{Linux, LinuxOptions};
 use heliotrope_executor::network::webhook::{Webhook, WebhookOptions};
-use heliotrope_executor::network::{Network, NetworkMove, Timed};
+use heliotrope_executor::network::{timed, Network, NetworkMove, Timed};
 use serde::{Deserialize, Serialize};
 
-use super::Worker;
+use super::{Scheduler, Worker};
 
 /// How this executor moves a VM's network.
 #[derive(clap::Args, Debug, Clone)]
@@ -61,8 +62,8 @@ impl NetworkArgs {
     /// The driver these flags describe (inside a tokio runtime: the linux one's netlink socket runs on it).
     pub fn open(&self) -> anyhow::Result<Network> {
         anyhow::ensure!(
-            self.network_hold_s.is_finite() && self.network_hold_s >= 0.0,
-            "--network-hold-s must be 0 or more"
+            self.network_hold_s.is_finite() && (0.0..=604_800.0).contains(&self.network_hold_s),
+            "--network-hold-s is 0 to 604800 (a week)"
         );
         Ok(match self.network_driver {
             NetworkDriver::None => Network::None,
@@ -82,8 +83,10 @@ impl NetworkArgs {
                 let parsed = reqwest::Url::parse(&url).with_context(|| format!("--network-webhook {url}"))?;
                 anyhow::ensure!(matches!(parsed.scheme(), "http" | "https"), "--network-webhook is an http(s) URL");
                 anyhow::ensure!(
-                    self.network_webhook_timeout_s.is_finite() && self.network_webhook_timeout_s > 0.0,
-                    "--network-webhook-timeout-s must be more than 0"
+                    self.network_webhook_timeout_s.is_finite()
+                        && self.network_webhook_timeout_s > 0.0
+                        && self.network_webhook_timeout_s <= 600.0,
+                    "--network-webhook-timeout-s is more than 0 and at most 600"
                 );
                 Network::Webhook(Webhook::new(WebhookOptions {
                     url,
@@ -95,11 +98,32 @@ impl NetworkArgs {
     }
 }
 
-/// A move's forwarding held at this site until `release_at` (seconds since the epoch).
+/// A move's forwarding held at this site until `release_at` (seconds since
+/// the epoch), by `executor` (who logs its release).
 #[derive(Debug, Serialize, Deserialize)]
 struct Hold {
     network_move: NetworkMove,
     release_at: u64,
+    executor: i64,
+}
+
+/// `heliotrope-executor network release`.
+#[derive(clap::Args, Debug)]
+pub struct ReleaseArgs {
+    /// The site executor's data directory.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Only this migration's move (else every move held here).
+    #[arg(long)]
+    pub migration: Option<i64>,
+    /// The scheduler, to log the release in the migration's events (with
+    /// the executor's token, `HELIOTROPE_TOKEN`); without it nothing is logged.
+    #[arg(long, env = "HELIOTROPE_SCHEDULER")]
+    pub scheduler: Option<String>,
+    #[arg(long, env = "HELIOTROPE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    #[command(flatten)]
+    pub network: NetworkArgs,
 }
 
 fn holds_dir(data_dir: &Path) -> PathBuf {
@@ -133,33 +157,89 @@ fn holds(data_dir: &Path) -> Vec<Hold> {
 }
 
 /// `heliotrope-executor network release`: releases now what this site
-/// holds for `migration` (or every move), as the hold time would.
-pub async fn release_now(data_dir: &Path, network: &NetworkArgs, migration: Option<i64>) -> anyhow::Result<()> {
-    let network = network.open()?;
+/// holds for `--migration` (or every move), as the hold time would.
+pub async fn release_now(args: &ReleaseArgs) -> anyhow::Result<()> {
+    let network = args.network.open()?;
     anyhow::ensure!(network.holds(), "only --network linux holds forwarding to release");
+    let scheduler = match (&args.scheduler, &args.token) {
+        (Some(base), Some(token)) => Some(Scheduler::new(base, token)?),
+        _ => None,
+    };
     let mut released = 0;
-    for hold in holds(data_dir) {
-        if migration.is_some_and(|id| id != hold.network_move.migration) {
+    for hold in holds(&args.data_dir) {
+        let id = hold.network_move.migration;
+        if args.migration.is_some_and(|wanted| wanted != id) {
             continue;
         }
-        let done = network.release(&hold.network_move).await?.unwrap_or_default();
-        std::fs::remove_file(hold_path(data_dir, hold.network_move.migration))?;
-        println!("migration {}: {done}", hold.network_move.migration);
+        let timed = timed(network.release(&hold.network_move)).await;
+        let done = match &timed.outcome {
+            Ok(done) => done.clone().unwrap_or_default(),
+            Err(e) => anyhow::bail!("migration {id}: {e}"),
+        };
+        std::fs::remove_file(hold_path(&args.data_dir, id))?;
+        println!("migration {id}: {done}");
+        if let Some(scheduler) = &scheduler {
+            log_step(scheduler, hold.executor, network.name(), id, NetworkStep::Release, timed).await;
+        }
         released += 1;
     }
     if released == 0 {
-        anyhow::bail!("nothing is held here{}", migration.map(|id| format!(" for migration {id}")).unwrap_or_default());
+        let which = args.migration.map(|id| format!(" for migration {id}")).unwrap_or_default();
+        anyhow::bail!("nothing is held here{which}");
     }
     Ok(())
 }
 
+/// `text` cut to at most `bytes` bytes, at a character's boundary.
+fn truncate(mut text: String, bytes: usize) -> String {
+    if text.len() > bytes {
+        let cut = (0..=bytes).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+        text.truncate(cut);
+    }
+    text
+}
+
+/// Logs a network step in migration `id`'s events as `executor` (a failed
+/// one also here); one the driver had nothing to do in is not logged.
+async fn log_step(scheduler: &Scheduler, executor: i64, driver: &str, id: i64, step: NetworkStep, timed: Timed) {
+    let (ok, detail) = match timed.outcome {
+        Ok(None) => return,
+        Ok(Some(done)) => (true, done),
+        Err(e) => {
+            tracing::warn!(?step, error = %e, "a network step failed");
+            (false, e.to_string())
+        }
+    };
+    let report = NetworkReport {
+        step,
+        driver: driver.to_owned(),
+        duration_ms: timed.duration.as_secs_f64() * 1000.0,
+        ok,
+        detail: truncate(detail, 1000),
+    };
+    let path = format!("/v1/migrations/{id}/network?executor={executor}");
+    if let Err(e) = scheduler.post::<_, serde_json::Value>(&path, Some(&report)).await {
+        tracing::warn!(error = %format!("{e:#}"), "logging a network step failed");
+    }
+}
+
 impl Worker {
     /// The move migration `a` makes, as this end's network driver needs it:
-    /// the source resolves the destination executor's address as the tunnel's far end.
+    /// the source's tunnel ends where the destination executor said its
+    /// tunnels end, else at its transfer address (resolved, of this end's
+    /// tunnel family if it has one).
     pub(super) async fn network_move(&self, a: &Assignment) -> NetworkMove {
-        let peer = match (a.role, a.peer_address.as_deref()) {
-            (JobRole::Source, Some(address)) => match tokio::net::lookup_host(address).await {
-                Ok(mut found) => found.next().map(|s| s.ip()),
+        let said = a.peer_tunnel_address.as_deref().and_then(|text| text.parse::<IpAddr>().ok());
+        let peer = match (a.role, said, a.peer_address.as_deref()) {
+            (JobRole::Source, Some(ip), _) => Some(ip),
+            (JobRole::Source, None, Some(address)) => match tokio::net::lookup_host(address).await {
+                Ok(found) => {
+                    let mut found = found.map(|s| s.ip());
+                    match self.args.network.network_tunnel_local {
+                        Some(local) => found.find(|ip| ip.is_ipv4() == local.is_ipv4()),
+                        None => found.next(),
+                    }
+                }
                 Err(e) => {
                     tracing::warn!(%address, error = %e, "the destination's address does not resolve");
                     None
@@ -182,68 +262,127 @@ impl Worker {
         }
     }
 
-    /// Logs a network step in the migration's events (a failed one also
-    /// here); one the driver had nothing to do in is not logged.
-    pub(super) async fn log_network(&self, id: i64, step: NetworkStep, timed: Timed) {
-        let (ok, detail) = match timed.outcome {
-            Ok(None) => return,
-            Ok(Some(done)) => (true, done),
-            Err(e) => {
-                tracing::warn!(?step, error = %e, "a network step failed");
-                (false, e.to_string())
-            }
-        };
-        let report = NetworkReport {
-            step,
-            driver: self.network.name().to_owned(),
-            duration_ms: timed.duration.as_secs_f64() * 1000.0,
-            ok,
-            detail: detail.chars().take(1000).collect(),
-        };
-        let path = self.migration_path(id, "network");
-        if let Err(e) = self.scheduler.post::<_, serde_json::Value>(&path, Some(&report)).await {
-            tracing::warn!(error = %format!("{e:#}"), "logging a network step failed");
+    /// Logs a network step in the migration's events.
+    async fn log_network(&self, id: i64, step: NetworkStep, timed: Timed) {
+        log_step(&self.scheduler, self.executor, self.network.name(), id, step, timed).await;
+    }
+
+    /// At the old site, once the cutover is reported: what still arrives
+    /// here for the VM goes on to the new site, held for the hold time.
+    pub(super) async fn leave(self: &Arc<Self>, m: &NetworkMove) {
+        let forwarded = timed(self.network.forward_away(m)).await;
+        self.log_network(m.migration, NetworkStep::ForwardAway, forwarded).await;
+        self.hold(m);
+    }
+
+    /// At the old site, when the VM stays after all (a rollback, a failure
+    /// or a recovery that finds it here): if its addresses were forwarded,
+    /// they lead to it here again.
+    pub(super) async fn stay(&self, m: &NetworkMove) {
+        let path = hold_path(&self.args.data_dir, m.migration);
+        if !path.exists() {
+            return;
+        }
+        let taken = timed(self.network.take_back(m)).await;
+        let ok = taken.outcome.is_ok();
+        self.log_network(m.migration, NetworkStep::TakeBack, taken).await;
+        if ok {
+            let _ = std::fs::remove_file(&path);
         }
     }
 
-    /// Holds what bridged `m` here for the hold time, then releases it.
-    pub(super) fn hold(self: &std::sync::Arc<Self>, m: NetworkMove) -> anyhow::Result<()> {
-        if !self.network.holds() {
-            return Ok(());
+    /// At the new site: the VM's addresses routed here, `start`ed, then
+    /// announced (by the hypervisor's `announce`, which says what it did,
+    /// and the network driver). If it does not start, what was set up for
+    /// it here goes.
+    pub(super) async fn arrive(
+        self: &Arc<Self>,
+        m: &NetworkMove,
+        start: impl std::future::Future<Output = anyhow::Result<()>>,
+        announce: impl std::future::Future<Output = anyhow::Result<Option<String>>>,
+    ) -> anyhow::Result<()> {
+        let routed = timed(self.network.route_here(m)).await;
+        self.hold(m);
+        if let Err(e) = start.await {
+            self.log_network(m.migration, NetworkStep::RouteHere, routed).await;
+            self.release(m).await;
+            return Err(e);
         }
-        let hold_s = self.args.network.network_hold_s;
-        let hold = Hold { network_move: m, release_at: now_s() + hold_s.ceil() as u64 };
-        let path = hold_path(&self.args.data_dir, hold.network_move.migration);
-        std::fs::create_dir_all(holds_dir(&self.args.data_dir))?;
-        std::fs::write(&path, serde_json::to_vec(&hold)?)?;
-        self.release_later(hold);
+        let announced = timed(async {
+            let hypervisor = match announce.await {
+                Ok(said) => said,
+                Err(e) => Some(format!("the hypervisor's announcement failed: {e:#}")),
+            };
+            let network = self.network.announce(m).await?;
+            let said: Vec<String> = hypervisor.into_iter().chain(network).collect();
+            Ok((!said.is_empty()).then(|| said.join("; ")))
+        })
+        .await;
+        self.log_network(m.migration, NetworkStep::RouteHere, routed).await;
+        self.log_network(m.migration, NetworkStep::Announce, announced).await;
         Ok(())
     }
 
-    /// After a restart: the holds this site kept go on to their release.
-    pub(super) fn resume_holds(self: &std::sync::Arc<Self>) {
-        for hold in holds(&self.args.data_dir) {
+    /// Remembers what bridges `m` here and releases it after the hold time
+    /// (a failure to remember is logged: the move itself stands).
+    fn hold(self: &Arc<Self>, m: &NetworkMove) {
+        if !self.network.holds() {
+            return;
+        }
+        let hold_s = self.args.network.network_hold_s;
+        let hold =
+            Hold { network_move: m.clone(), release_at: now_s() + hold_s.ceil() as u64, executor: self.executor };
+        let path = hold_path(&self.args.data_dir, m.migration);
+        let kept = std::fs::create_dir_all(holds_dir(&self.args.data_dir))
+            .map_err(anyhow::Error::from)
+            .and_then(|()| Ok(std::fs::write(&path, serde_json::to_vec(&hold)?)?));
+        if let Err(e) = kept {
+            tracing::warn!(path = %path.display(), error = %e, "the network hold is not remembered: a restart will not release it");
+        }
+        self.release_later(hold);
+    }
+
+    /// After a restart: the holds this site kept go on to their release
+    /// (with a driver that holds nothing they are left for one that does).
+    pub(super) fn resume_holds(self: &Arc<Self>) {
+        let holds = holds(&self.args.data_dir);
+        if !self.network.holds() {
+            if !holds.is_empty() {
+                tracing::warn!(
+                    count = holds.len(),
+                    "network holds are kept here, but --network {} releases nothing",
+                    self.network.name()
+                );
+            }
+            return;
+        }
+        for hold in holds {
             self.release_later(hold);
         }
     }
 
-    fn release_later(self: &std::sync::Arc<Self>, hold: Hold) {
+    /// Releases `hold` when its time comes, trying again every minute
+    /// while the release fails, unless it was released meanwhile.
+    fn release_later(self: &Arc<Self>, hold: Hold) {
         let worker = self.clone();
         tokio::spawn(async move {
             let wait = hold.release_at.saturating_sub(now_s());
             tokio::time::sleep(Duration::from_secs(wait)).await;
             let path = hold_path(&worker.args.data_dir, hold.network_move.migration);
-            // Released by hand meanwhile: nothing left to do.
-            if !path.exists() {
-                return;
-            }
-            let m = &hold.network_move;
-            let released = heliotrope_executor::network::timed(worker.network.release(m)).await;
-            let ok = released.outcome.is_ok();
-            worker.log_network(m.migration, NetworkStep::Release, released).await;
-            if ok {
-                let _ = std::fs::remove_file(&path);
+            while path.exists() && !worker.release(&hold.network_move).await {
+                tokio::time::sleep(Duration::from_secs(60)).await;
             }
         });
+    }
+
+    /// Releases what bridges `m` here now, logged; whether it worked (its hold is then forgotten).
+    async fn release(&self, m: &NetworkMove) -> bool {
+        let released = timed(self.network.release(m)).await;
+        let ok = released.outcome.is_ok();
+        self.log_network(m.migration, NetworkStep::Release, released).await;
+        if ok {
+            let _ = std::fs::remove_file(hold_path(&self.args.data_dir, m.migration));
+        }
+        ok
     }
 }

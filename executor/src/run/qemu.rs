@@ -12,8 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use heliotrope_api_spec::{Assignment, MigrationState, NetworkStep, ProgressReport, QemuSpec};
-use heliotrope_executor::network::timed;
+use heliotrope_api_spec::{Assignment, MigrationState, ProgressReport, QemuSpec};
 use heliotrope_executor::qemu::machine::{create_disk, Machine};
 use heliotrope_executor::qemu::migrate::{
     announce, incoming_done, migrate_out, mirror_disks, prepare_incoming, start, MigrateError, MigrationOptions,
@@ -81,6 +80,8 @@ impl Worker {
         let spec = spec_of(a)?;
         let holding = self.hold_lease(id);
         let machine = self.machine(a, &spec).await?;
+        // Resolved now: the cutover is no time for a name lookup.
+        let network_move = self.network_move(a).await;
         let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
         let shaper = Arc::new(Shaper::new(cap));
         let peer = Peer {
@@ -153,22 +154,18 @@ impl Worker {
         std::fs::write(&marker, b"")?;
         let final_progress = migrated.progress.clone();
         let progress_now = || qemu_report(&final_progress, nbd.counters.up(), wire());
-        let network_move = self.network_move(a).await;
-        let forwarded = timed(self.network.forward_away(&network_move)).await;
         self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
-        self.log_network(id, NetworkStep::ForwardAway, forwarded).await;
+        self.leave(&network_move).await;
         match self.await_confirmation(id, progress_now).await? {
             Confirmed::Done => {
                 lock(&self.machines).remove(&a.migration.vm);
                 if let Some(machine) = Arc::into_inner(machine) {
                     machine.quit().await;
                 }
-                self.hold(network_move)?;
             }
             Confirmed::Ended(state) => {
+                self.stay(&network_move).await;
                 start(&machine).await?;
-                let taken_back = timed(self.network.take_back(&network_move)).await;
-                self.log_network(id, NetworkStep::TakeBack, taken_back).await;
                 let _ = announce(&machine).await;
                 tracing::info!(?state, "the migration did not end in a cutover: the VM runs on here");
             }
@@ -224,7 +221,8 @@ impl Worker {
             announce(&machine).await?;
             Ok(Some("QEMU announce-self (5 rounds, 50 to 550 ms apart)".to_owned()))
         };
-        self.start_with_network(a, async { Ok(start(&machine).await?) }, announce).await?;
+        let starting = async { Ok(start(&machine).await?) };
+        self.arrive(&self.network_move(a).await, starting, announce).await?;
         tracing::info!("the VM runs here now");
         lock(&self.machines).insert(a.migration.vm.clone(), Arc::new(machine));
         let _ = std::fs::remove_dir_all(&job);

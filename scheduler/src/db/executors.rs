@@ -18,6 +18,7 @@ struct ExecutorRow {
     state: String,
     driver: String,
     capacity: i32,
+    tunnel_address: Option<String>,
 }
 
 impl TryFrom<ExecutorRow> for Executor {
@@ -31,12 +32,13 @@ impl TryFrom<ExecutorRow> for Executor {
             state: enum_from_text(r.state)?,
             driver: enum_from_text(r.driver)?,
             capacity: u32::try_from(r.capacity).unwrap_or(1),
+            tunnel_address: r.tunnel_address,
         })
     }
 }
 
 const SELECT: &str = "select e.executor_id, s.name as site, e.address, e.last_heartbeat, e.state, e.driver, \
-    e.capacity from executor e join site s on s.site_id = e.site_id";
+    e.capacity, e.tunnel_address from executor e join site s on s.site_id = e.site_id";
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Executor> {
     let sql = format!("{SELECT} where e.executor_id = $1");
@@ -60,10 +62,11 @@ pub async fn register(pool: &PgPool, token_id: i64, r: &Valid<ExecutorRegistrati
     let mut tx = pool.begin().await?;
     let site_id = site_id_by_name(&mut tx, "site", &r.site).await?;
     let id: i64 = sqlx::query_scalar(
-        "insert into executor (site_id, address, driver, capacity, token_id, state, last_heartbeat) \
-         values ($1, $2, $3, $4, $5, 'online', now()) \
+        "insert into executor (site_id, address, driver, capacity, token_id, state, last_heartbeat, tunnel_address) \
+         values ($1, $2, $3, $4, $5, 'online', now(), $6) \
          on conflict (site_id, address) do update set driver = excluded.driver, capacity = excluded.capacity, \
-           token_id = excluded.token_id, state = 'online', last_heartbeat = now() \
+           token_id = excluded.token_id, state = 'online', last_heartbeat = now(), \
+           tunnel_address = excluded.tunnel_address \
          returning executor_id",
     )
     .bind(site_id)
@@ -71,6 +74,7 @@ pub async fn register(pool: &PgPool, token_id: i64, r: &Valid<ExecutorRegistrati
     .bind(enum_to_text(&r.driver))
     .bind(r.capacity as i32)
     .bind(token_id)
+    .bind(&r.tunnel_address)
     .fetch_one(&mut *tx)
     .await?;
     // Registering again means a restart: what it was receiving is handed to it

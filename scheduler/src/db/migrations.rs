@@ -266,8 +266,9 @@ async fn log(
 }
 
 /// Logs a network step `executor_id` took for migration `id`: it must be
-/// one of its two executors, and the migration must have reached its
-/// cutover (the network moves only from then on). The state stays.
+/// one of its two executors, and the migration must be in or past its
+/// cutover, or recovering (an old site taking the addresses back). The
+/// state stays.
 pub async fn record_network(
     pool: &PgPool,
     id: i64,
@@ -451,16 +452,17 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     if !fits {
         return Ok(None);
     }
-    let (destination_executor, peer_address): (i64, String) = sqlx::query_as(&format!(
-        "select e.executor_id, e.address from executor e join vm v on v.vm_id = $2 \
+    let (destination_executor, peer_address, peer_tunnel_address): (i64, String, Option<String>) =
+        sqlx::query_as(&format!(
+            "select e.executor_id, e.address, e.tunnel_address from executor e join vm v on v.vm_id = $2 \
          where e.site_id = $1 and {online} and {runs} \
          order by (select count(*) from migration_job o where o.destination_executor = e.executor_id and o.{ACTIVE}), \
            e.executor_id limit 1"
-    ))
-    .bind(to_site_id)
-    .bind(vm_id)
-    .fetch_one(&mut *tx)
-    .await?;
+        ))
+        .bind(to_site_id)
+        .bind(vm_id)
+        .fetch_one(&mut *tx)
+        .await?;
     // One secret per migration, kept across its attempts: a destination that
     // took an earlier attempt's side proves the same one.
     let fresh: [u8; 32] = rand::random();
@@ -480,7 +482,8 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     move_to(&mut tx, id, MigrationState::Scheduled, MigrationState::Claimed, &executor_actor(executor_id), &detail)
         .await?;
     tx.commit().await?;
-    Ok(Some(assignment(pool, id, JobRole::Source, Some(peer_address), &secret, Some(lease_expires)).await?))
+    let peer = Peer { address: peer_address, tunnel_address: peer_tunnel_address };
+    Ok(Some(assignment(pool, id, JobRole::Source, Some(peer), &secret, Some(lease_expires)).await?))
 }
 
 /// A CTE `room`: what each site of `sites` (a subquery of site ids) has left
@@ -511,12 +514,18 @@ struct VmRow {
     driver_spec: sqlx::types::Json<serde_json::Value>,
 }
 
+/// The destination executor, as its source is told.
+struct Peer {
+    address: String,
+    tunnel_address: Option<String>,
+}
+
 /// Migration `id` as handed to an executor.
 async fn assignment(
     pool: &PgPool,
     id: i64,
     role: JobRole,
-    peer_address: Option<String>,
+    peer: Option<Peer>,
     secret: &[u8],
     lease_expires: Option<DateTime<Utc>>,
 ) -> Result<Assignment> {
@@ -544,7 +553,11 @@ async fn assignment(
         driver: enum_from_text(vm.driver)?,
         driver_spec: vm.driver_spec.0,
     };
-    Ok(Assignment { migration, vm, role, peer_address, secret: hex(secret), lease_expires })
+    let (peer_address, peer_tunnel_address) = match peer {
+        Some(peer) => (Some(peer.address), peer.tunnel_address),
+        None => (None, None),
+    };
+    Ok(Assignment { migration, vm, role, peer_address, peer_tunnel_address, secret: hex(secret), lease_expires })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -750,6 +763,7 @@ pub async fn finished_between(
                 coalesce(l.egress_cost_per_gb, 0) as egress_cost_per_gb \
          from migration_job j \
          join migration_event e on e.job_id = j.job_id and e.to_state = 'done' \
+           and e.from_state is distinct from 'done' \
          left join link l on l.from_site_id = j.from_site_id and l.to_site_id = j.to_site_id \
          where j.state = 'done' and e.at >= $1 and e.at < $2 order by e.at",
     )

@@ -35,6 +35,14 @@ pub fn parse_registration(r: ExecutorRegistration) -> Result<Valid<ExecutorRegis
     if !(1..=64).contains(&r.capacity) {
         return Err(ValidationError::new("capacity", format!("must be between 1 and 64, got {}", r.capacity)));
     }
+    let mut r = r;
+    if let Some(text) = &r.tunnel_address {
+        let ip = text.parse::<std::net::IpAddr>().ok().filter(|ip| !(ip.is_unspecified() || ip.is_multicast()));
+        let Some(ip) = ip else {
+            return Err(ValidationError::new("tunnel_address", format!("{text:?} is not a unicast IP address")));
+        };
+        r.tunnel_address = Some(ip.to_string());
+    }
     Ok(Valid(r))
 }
 
@@ -112,7 +120,13 @@ mod tests {
     use heliotrope_api_spec::Driver;
 
     fn registration(address: &str, capacity: u32) -> ExecutorRegistration {
-        ExecutorRegistration { site: "DE".into(), address: address.into(), driver: Driver::Sim, capacity }
+        ExecutorRegistration {
+            site: "DE".into(),
+            address: address.into(),
+            driver: Driver::Sim,
+            capacity,
+            tunnel_address: None,
+        }
     }
 
     #[test]
