@@ -234,6 +234,11 @@ impl Topology {
     }
 }
 
+/// The topology, or `None` (saying why the test skips) where network namespaces cannot be made.
+fn or_skip(topology: Result<Topology, String>) -> Option<Topology> {
+    topology.inspect_err(|why| eprintln!("skipping: network namespaces cannot be created here ({why})")).ok()
+}
+
 /// Probes sent once a millisecond, and when each came back.
 struct Probes {
     stop: Arc<AtomicBool>,
@@ -360,13 +365,7 @@ async fn index(handle: &rtnetlink::Handle, name: &str) -> Option<u32> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
-    let t = match topology() {
-        Ok(t) => t,
-        Err(why) => {
-            eprintln!("skipping: network namespaces cannot be created here ({why})");
-            return;
-        }
-    };
+    let Some(t) = or_skip(topology()) else { return };
     // The VM serves; the client connects to it and probes it, all through site A.
     let probes = t.serve_and_probe();
     let stream = t.client.run(|| {
@@ -465,13 +464,7 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_rolled_back_after_its_cutover_gives_the_addresses_back() {
-    let t = match topology() {
-        Ok(t) => t,
-        Err(why) => {
-            eprintln!("skipping: network namespaces cannot be created here ({why})");
-            return;
-        }
-    };
+    let Some(t) = or_skip(topology()) else { return };
     let probes = t.serve_and_probe();
     Topology::answered_again(&probes, 0, 100, "the VM never answered at A").await;
     let (at_a, m) = (t.a.driver("10.0.12.1"), web_1());
@@ -540,13 +533,7 @@ fn network_steps(detail: &Value) -> Vec<(String, String, bool)> {
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold_or_by_hand(pool: PgPool) {
-    let t = match topology().and_then(|t| t.management().map(|()| t)) {
-        Ok(t) => t,
-        Err(why) => {
-            eprintln!("skipping: network namespaces cannot be created here ({why})");
-            return;
-        }
-    };
+    let Some(t) = or_skip(topology().and_then(|t| t.management().map(|()| t))) else { return };
     let app = spawn_on(pool, Services::driven(), format!("{SCHEDULER_HOST}:0").parse().unwrap()).await;
     for (name, price, carbon) in [("A", 300.0, 400.0), ("B", 20.0, 50.0)] {
         let id = site_at(&app, name, "active").await;
