@@ -477,7 +477,8 @@ function drawGantt() {
     const saved = p?.saved_bytes ? Object.entries(p.saved_bytes).filter(([, v]) => v).map(([k, v]) => `${k} ${bytes(v)}`).join(", ") : "";
     track.title = `${m.vm}: ${m.from} → ${m.to}, ${m.state}\n` +
       (p ? `${bytes(p.raw_bytes)} raw, ${bytes(p.wire_bytes)} on the wire, round ${p.round}` +
-        (p.eta_s ? `, ETA ${seconds(p.eta_s)}` : "") + (saved ? `\nsaved: ${saved}` : "") : "no progress yet");
+        (p.eta_s ? `, ETA ${seconds(p.eta_s)}` : "") + (saved ? `\nsaved: ${saved}` : "") : "no progress yet") +
+      (m.network ? `\n${m.network}` : "");
     const cancel = ACTIVE.includes(m.state) && m.state !== "cutover" && canWrite()
       ? el("button", { class: "write cancel", onclick: () => cancelMigration(m.id) }, "Cancel") : "";
     return el("div", { class: "lane", "data-migration": m.id, "data-state": m.state },
@@ -527,6 +528,11 @@ function follow() {
   };
   events.addEventListener("state", (e) => {
     const news = JSON.parse(e.data);
+    if (news.from === news.to) {
+      // The state stays: a cap change, or a network step after the cutover (kept for the lane's tooltip).
+      if (news.detail.startsWith("network ")) update(news.migration, { network: news.detail });
+      return;
+    }
     update(news.migration, { state: news.to, ...(news.to === "done" ? { finished_at: Date.parse(news.at) } : {}) });
   });
   events.addEventListener("progress", (e) => {
