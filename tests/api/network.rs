@@ -381,6 +381,9 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(probes.answered() > 100, "the VM answers at site A before the move");
 
+    let full_size = t.vm.run(|| UdpSocket::bind("0.0.0.0:7002").expect("udp"));
+    full_size.set_read_timeout(Some(Duration::from_secs(2))).expect("a read timeout");
+
     let (site_a, site_b) = (t.a.netlink(), t.b.netlink());
     let (at_a, at_b) = (t.a.driver("10.0.12.1"), t.b.driver("10.0.12.2"));
     let m = web_1();
@@ -438,6 +441,14 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
     assert!(t.a.ip_output("-6 route show").contains(&format!("{VM_V6} dev {tunnel}")), "the /128 as well");
     assert!(t.b.ip_output("route show").contains(&format!("{VM_V4} dev br-vms")), "B routes to the VM's link");
     assert!(t.b.ip_output("-6 route show").contains(&format!("{VM_V6} dev br-vms")));
+
+    // A full-size packet (1500 bytes, don't-fragment: Linux sets it on UDP that fits the path)
+    // gets through the tunnel whole: its outer packet is fragmented on the WAN instead.
+    let sender = t.client.run(|| UdpSocket::bind("0.0.0.0:0").expect("udp"));
+    sender.send_to(&[7u8; 1472], (VM_V4, 7002)).expect("sending a full-size datagram");
+    let mut buf = [0u8; 2048];
+    let (size, _) = full_size.recv_from(&mut buf).expect("a full-size datagram through the tunnel");
+    assert_eq!(size, 1472);
 
     // The operator's routing converged: both ends let go of the tunnel; B keeps its routes.
     for site in [&at_a, &at_b] {

@@ -13,6 +13,12 @@
 //! entries of the VM's addresses there: packets that arrived while the VM
 //! was paused left them unresolved, and the kernel would otherwise retry
 //! only after a second.
+//!
+//! The tunnel keeps the VMs' 1500-byte MTU: a full-size packet leaves the
+//! old site inside 1550 bytes, which the kernel fragments (VXLAN's outer
+//! don't-fragment bit stays clear) unless the WAN carries that much. A
+//! smaller tunnel MTU would instead make established TCP connections
+//! rediscover their path, which fails where ICMP is filtered.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
