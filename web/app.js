@@ -530,7 +530,7 @@ function follow() {
     const news = JSON.parse(e.data);
     if (news.from === news.to) {
       // The state stays: a cap change, or a network step after the cutover (kept for the lane's tooltip).
-      if (news.detail.startsWith("network ")) update(news.migration, { network: news.detail });
+      if (news.network) update(news.migration, { network: news.detail });
       return;
     }
     update(news.migration, { state: news.to, ...(news.to === "done" ? { finished_at: Date.parse(news.at) } : {}) });

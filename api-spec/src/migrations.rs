@@ -343,7 +343,9 @@ impl MigrationNews {
     }
 }
 
-/// A migration moved from one state to another (one entry of its log).
+/// A migration moved from one state to another, or logged something while
+/// it stayed (`from` = `to`: a cap change, a network step): one entry of
+/// its log.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct StateChange {
     pub migration: i64,
@@ -353,6 +355,9 @@ pub struct StateChange {
     pub from: Option<MigrationState>,
     pub to: MigrationState,
     pub detail: String,
+    /// For a network step: what the executor reported (as in the log's `network`).
+    #[serde(default)]
+    pub network: Option<NetworkReport>,
 }
 
 /// A source executor's progress report, as the scheduler received it.

@@ -358,10 +358,18 @@ async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_sin
     let migration = app.get(&format!("/v1/migrations/{id}")).await.body;
     assert_eq!(migration["progress"]["saved_bytes"]["zero"], 500_000_000u64, "{migration}");
     assert_eq!(cheap.call(&app, id, "complete", json!({"state": "done"})).await.status, 200);
-    // Network steps logged after the move (the state stays done) do not make it count again.
+    // Network steps logged after the move (the state stays done) do not make it count again;
+    // the event stream carries each with its report.
+    let mut news = app.events(&format!("/v1/events?migration={id}")).await;
     for (executor, step) in [(&dear, "forward_away"), (&cheap, "route_here"), (&cheap, "announce")] {
         let body = json!({"step": step, "driver": "linux", "duration_ms": 1.5, "ok": true});
         assert_eq!(executor.call(&app, id, "network", body).await.status, 200);
+        let (kind, heard) = news.next().await;
+        assert_eq!(
+            (kind.as_str(), heard["from"].as_str(), heard["to"].as_str()),
+            ("state", Some("done"), Some("done"))
+        );
+        assert_eq!((heard["network"]["step"].as_str(), heard["network"]["ok"].as_bool()), (Some(step), Some(true)));
     }
     let after = app.get("/v1/overview").await.body;
     assert_eq!(

@@ -26,7 +26,8 @@ pub fn router() -> Router<AppState> {
 }
 
 /// Stream migration news (server-sent events, never ending): `state`
-/// events when a migration changes state, `progress` events with each
+/// events with each entry of a migration's log (a change of state, a cap
+/// change, a network step with its report), `progress` events with each
 /// progress report from its source, and `lagged` (`{"missed": n}`) when
 /// this client fell too far behind. A comment line every 15 s keeps the
 /// connection open.
