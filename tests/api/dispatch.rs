@@ -371,6 +371,15 @@ async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_sin
         );
         assert_eq!((heard["network"]["step"].as_str(), heard["network"]["ok"].as_bool()), (Some(step), Some(true)));
     }
+    let failed = json!({"step": "release", "driver": "linux", "duration_ms": 0.5, "ok": false, "detail": "EPERM"});
+    assert_eq!(dear.call(&app, id, "network", failed).await.status, 200);
+    let metrics = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
+    for (step, outcome) in [("forward_away", "ok"), ("route_here", "ok"), ("announce", "ok"), ("release", "failed")] {
+        let line = format!(r#"heliotrope_network_steps_total{{step="{step}",driver="linux",outcome="{outcome}"}} 1"#);
+        assert!(metrics.contains(&line), "{line}");
+    }
+    assert!(metrics
+        .contains(r#"heliotrope_network_step_duration_seconds_count{step="announce",driver="linux",outcome="ok"} 1"#));
     let after = app.get("/v1/overview").await.body;
     assert_eq!(
         (by_name(&after, "CHEAP")["vms"].as_u64(), by_name(&after, "CHEAP")["migrations_in"].as_u64()),

@@ -151,5 +151,7 @@ pub async fn report_network(
     ApiJson(report): ApiJson<NetworkReport>,
 ) -> Result<Json<MigrationDetail>, ApiError> {
     let report = parse_network_report(report)?;
-    Ok(Json(db::migrations::record_network(&state.pool, id, executor.executor, caller.token_id, &report).await?))
+    let logged = db::migrations::record_network(&state.pool, id, executor.executor, caller.token_id, &report).await?;
+    state.metrics.network_step(&report);
+    Ok(Json(logged))
 }

@@ -1,12 +1,14 @@
 //! Request metrics in the Prometheus text format: counts and latencies by
 //! method, route (the matched pattern, never the raw path, so that ids do
-//! not explode the label set) and status.
+//! not explode the label set) and status; and what operators alert on
+//! beside them (read cache, refused signals, executors' network steps).
 
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
+use heliotrope_api_spec::NetworkReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -14,6 +16,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use super::AppState;
+use crate::db::enum_to_text;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
@@ -43,6 +46,13 @@ struct RejectionLabels {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NetworkStepLabels {
+    step: String,
+    driver: String,
+    outcome: &'static str,
+}
+
 /// The registry and the metrics the HTTP layer records.
 pub struct Metrics {
     registry: Registry,
@@ -50,6 +60,8 @@ pub struct Metrics {
     latency: Family<RequestLabels, Histogram, LatencyBuckets>,
     read_cache: Family<CacheLabels, Counter>,
     signal_rejections: Family<RejectionLabels, Counter>,
+    network_steps: Family<NetworkStepLabels, Counter>,
+    network_step_duration: Family<NetworkStepLabels, Histogram, LatencyBuckets>,
 }
 
 impl Default for Metrics {
@@ -71,7 +83,19 @@ impl Default for Metrics {
             "Signal payloads refused, by source (push or feed) and reason",
             signal_rejections.clone(),
         );
-        Metrics { registry, requests, latency, read_cache, signal_rejections }
+        let network_steps = Family::<NetworkStepLabels, Counter>::default();
+        registry.register(
+            "network_steps",
+            "Network steps executors logged after cutovers, by step, driver and outcome (ok or failed)",
+            network_steps.clone(),
+        );
+        let network_step_duration = Family::new_with_constructor(LatencyBuckets);
+        registry.register(
+            "network_step_duration_seconds",
+            "How long executors' network steps took, as they reported",
+            network_step_duration.clone(),
+        );
+        Metrics { registry, requests, latency, read_cache, signal_rejections, network_steps, network_step_duration }
     }
 }
 
@@ -82,6 +106,17 @@ impl Metrics {
 
     pub fn signal_rejected(&self, source: &str, reason: &'static str) {
         self.signal_rejections.get_or_create(&RejectionLabels { source: source.to_owned(), reason }).inc();
+    }
+
+    /// A network step logged in a migration's events.
+    pub fn network_step(&self, report: &NetworkReport) {
+        let labels = NetworkStepLabels {
+            step: enum_to_text(&report.step),
+            driver: report.driver.clone(),
+            outcome: if report.ok { "ok" } else { "failed" },
+        };
+        self.network_steps.get_or_create(&labels).inc();
+        self.network_step_duration.get_or_create(&labels).observe(report.duration_ms / 1000.0);
     }
 
     pub fn render(&self) -> String {
