@@ -123,6 +123,18 @@ impl Events {
             self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8 events"));
         }
     }
+
+    /// The next event whose data is not `passed_over`. News reaches a
+    /// stream some time after its commit, so news from just before the
+    /// stream was opened may still arrive on it.
+    pub async fn next_past(&mut self, passed_over: impl Fn(&Value) -> bool) -> (String, Value) {
+        loop {
+            let event = self.next().await;
+            if !passed_over(&event.1) {
+                return event;
+            }
+        }
+    }
 }
 
 /// A workspace binary (`heliotrope`, `heliotrope-executor`) beside this test's (test binaries sit one level below).
