@@ -251,6 +251,13 @@ pub struct VmSpec {
     #[serde(default)]
     #[schema(max_items = 16, example = json!(["192.0.2.10", "2001:db8::10"]))]
     pub addresses: Vec<String>,
+    /// Sites where the VM's disk should be kept warm (replicated in the
+    /// background), by name, beside those the scheduler chooses from its
+    /// plans: a migration to a standby sends only what was written since
+    /// the last sync. Never the VM's own site while it runs there.
+    #[serde(default)]
+    #[schema(max_items = 8)]
+    pub standby_sites: Vec<String>,
 }
 
 fn default_priority() -> u8 {
@@ -271,8 +278,38 @@ pub struct Vm {
     pub id: i64,
     #[serde(flatten)]
     pub spec: VmSpec,
+    /// The standbys in force: where its disk is replicated now, and how fresh each replica is.
+    #[serde(default)]
+    pub standbys: Vec<Standby>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+}
+
+/// Who made a site a VM's standby.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StandbyChoice {
+    /// Named in the VM's `standby_sites`.
+    Operator,
+    /// Chosen by the scheduler: a destination its recent or forecast plans favour.
+    Plans,
+}
+
+/// A site holding a replica of a VM's disk, as its source executor last reported it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Standby {
+    pub site: String,
+    pub chosen_by: StandbyChoice,
+    pub chosen_at: DateTime<Utc>,
+    /// When the last sync completed: the replica holds the disk as it was then
+    /// (absent until the first full sync completes).
+    pub synced_at: Option<DateTime<Utc>>,
+    /// Bytes of the disk the replica holds as of `synced_at`.
+    pub synced_bytes: u64,
+    /// Bytes the VM wrote since `synced_at` (what a migration there still sends of the disk).
+    pub written_bytes: u64,
+    /// When its source executor last reported a change in it.
+    pub reported_at: Option<DateTime<Utc>>,
 }
 
 /// How the members of a multi-site virtual cluster must be placed.

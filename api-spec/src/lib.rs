@@ -12,7 +12,8 @@
 //! [`auth`] (roles and tokens), [`fleet`] (the dashboard's overview and savings), [`error`] (the one error shape), and
 //! [`page`] (cursor pagination), [`signals`] (carbon and price series),
 //! [`plans`] (placement plans and their moves), [`migrations`] (the
-//! jobs applied plans turn into), [`simulations`] (what-if replays of
+//! jobs applied plans turn into), [`replication`] (keeping VMs' disks
+//! warm at their standby sites), [`simulations`] (what-if replays of
 //! past signals).
 
 pub mod auth;
@@ -22,6 +23,7 @@ pub mod inventory;
 pub mod migrations;
 pub mod page;
 pub mod plans;
+pub mod replication;
 pub mod signals;
 pub mod simulations;
 
@@ -32,5 +34,6 @@ pub use inventory::*;
 pub use migrations::*;
 pub use page::*;
 pub use plans::*;
+pub use replication::*;
 pub use signals::*;
 pub use simulations::*;

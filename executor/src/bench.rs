@@ -237,6 +237,7 @@ pub async fn transfer(args: &TransferBenchArgs) -> anyhow::Result<()> {
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk)?);
     let synced = Instant::now();
     let mut replica = Replica::new("vm-42-disk.img");
+    warm_site.destination.expect_replication(2, SECRET.to_vec(), "vm-42-disk.img");
     replica.sync(&mut warm_site.session(2, args.streams, &unshaped).await?, disk.clone(), &[]).await?;
     let replica_s = synced.elapsed().as_secs_f64();
     let file = std::fs::OpenOptions::new().write(true).open(&vm.disk)?;

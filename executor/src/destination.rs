@@ -39,6 +39,8 @@ pub struct Destination {
     indexing: Arc<tokio::sync::RwLock<()>>,
     /// Secrets of the jobs expected here.
     jobs: Mutex<HashMap<u64, Vec<u8>>>,
+    /// Replication sessions expected here, each with the one replica it may write.
+    replications: Mutex<HashMap<u64, String>>,
     landings: Mutex<HashMap<(u64, String), Arc<Landing>>>,
     /// Local sockets a job's tunnels lead to, by end (`migration`, `nbd`),
     /// and what they carried.
@@ -98,6 +100,7 @@ impl Destination {
             index: Arc::new(RwLock::new(ChunkIndex::open(&data_dir.join("index"), index_bytes)?)),
             indexing: Arc::new(tokio::sync::RwLock::new(())),
             jobs: Mutex::new(HashMap::new()),
+            replications: Mutex::new(HashMap::new()),
             landings: Mutex::new(HashMap::new()),
             tunnels: Mutex::new(HashMap::new()),
         }))
@@ -106,6 +109,41 @@ impl Destination {
     /// Takes sessions of `job` proven with `secret` from now on.
     pub fn expect(&self, job: u64, secret: Vec<u8>) {
         lock(&self.jobs).insert(job, secret);
+    }
+
+    /// Takes replication session `session` proven with `secret` from now
+    /// on: it may write replica `replica` and nothing else.
+    pub fn expect_replication(&self, session: u64, secret: Vec<u8>, replica: &str) {
+        lock(&self.jobs).insert(session, secret);
+        lock(&self.replications).insert(session, replica.to_owned());
+    }
+
+    /// Takes no more sessions of `session` (open ones run to their end).
+    pub fn forget_replication(&self, session: u64) {
+        lock(&self.jobs).remove(&session);
+        lock(&self.replications).remove(&session);
+    }
+
+    /// Drops replica `name` (its standby was dropped): the file goes, and its pages from the index.
+    pub fn drop_replica(&self, name: &str) -> io::Result<()> {
+        check_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let path = self.replica_path(name);
+        self.index.write().unwrap_or_else(|e| e.into_inner()).forget(&path)?;
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The replicas this site keeps, by name.
+    pub fn replicas(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(self.data_dir.join("replicas"))? {
+            if let Some(name) = entry?.file_name().to_str() {
+                names.push(name.to_owned());
+            }
+        }
+        Ok(names)
     }
 
     /// Lets `job`'s tunnels named `end` through to the unix socket `path`
@@ -240,6 +278,18 @@ impl Destination {
     /// The landing of image `name` of `job`, made if this is its first part.
     fn landing(&self, job: u64, name: &str, kind: ImageKind, pages: u64) -> Result<Arc<Landing>, TransferError> {
         check_name(name)?;
+        // A replica is written only by its own replication session, and such a session writes nothing else.
+        let replica = lock(&self.replications).get(&job).cloned();
+        match (kind, replica) {
+            (ImageKind::Replica, Some(allowed)) if allowed == name => {}
+            (ImageKind::Replica, _) => {
+                return Err(TransferError::Protocol(format!("session {job} may not write replica {name}")));
+            }
+            (ImageKind::Migration, Some(_)) => {
+                return Err(TransferError::Protocol(format!("replication session {job} sends replicas only")));
+            }
+            (ImageKind::Migration, None) => {}
+        }
         if pages > MAX_IMAGE_PAGES {
             return Err(TransferError::Protocol(format!("image {name} of {pages} pages is too large")));
         }

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::content::{zero_page_hash, Hash, ImageFile, PageSource};
-use crate::sim::SimVm;
+use crate::content::{zero_page_hash, Hash, ImageFile, PageSource, PAGE};
+use crate::sim::{SimVm, WriteLog};
 use crate::source::Session;
 use crate::transfer::TransferError;
 use crate::wire::ImageKind;
@@ -64,8 +64,35 @@ impl Replica {
 /// A VM's disk being kept in sync at one standby, in the background; stops when dropped.
 pub struct Replicating {
     task: tokio::task::JoinHandle<()>,
-    /// Syncs completed so far.
-    pub synced: tokio::sync::watch::Receiver<u64>,
+    /// Syncs completed so far, and what the last one left at the standby.
+    pub synced: tokio::sync::watch::Receiver<Synced>,
+    /// The disk's blocks written since the last sync began.
+    log: Arc<WriteLog>,
+}
+
+/// What the standby holds after the syncs so far.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Synced {
+    pub count: u64,
+    /// When the last completed sync began: the replica holds every write
+    /// made before it (its recovery point).
+    pub at: Option<std::time::SystemTime>,
+    /// The disk's size as of that sync.
+    pub bytes: u64,
+}
+
+/// How fresh a replica is now.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Freshness {
+    pub synced: Synced,
+    /// Bytes of the disk written since the last sync began (what a migration there still sends).
+    pub written_bytes: u64,
+}
+
+impl Replicating {
+    pub fn freshness(&self) -> Freshness {
+        Freshness { synced: *self.synced.borrow(), written_bytes: self.log.pending() as u64 * PAGE as u64 }
+    }
 }
 
 impl Drop for Replicating {
@@ -88,18 +115,21 @@ where
 {
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.images().disk)?);
     // Opened before the first (full) sync: what is written during it is caught.
-    let log = vm.open_write_log();
+    let log = Arc::new(vm.open_write_log());
     let mut replica = Replica::new(name);
-    let (count, synced) = tokio::sync::watch::channel(0);
+    let (synced, watch) = tokio::sync::watch::channel(Synced::default());
+    let task_log = log.clone();
     let task = tokio::spawn(async move {
         loop {
             match open().await {
                 Ok(mut session) => {
-                    let written = log.take();
+                    let began = std::time::SystemTime::now();
+                    let written = task_log.take();
                     match replica.sync(&mut session, disk.clone(), &written).await {
-                        Ok(()) => {
-                            count.send_modify(|n| *n += 1);
-                        }
+                        Ok(()) => synced.send_modify(|s| {
+                            *s = Synced { count: s.count + 1, at: Some(began), bytes: disk.page_count() * PAGE as u64 }
+                        }),
+                        // The replica forgot its last sync: the next one offers every page.
                         Err(e) => tracing::warn!(replica = %replica.name, error = %e, "a replica sync failed"),
                     }
                 }
@@ -108,5 +138,5 @@ where
             tokio::time::sleep(interval).await;
         }
     });
-    Ok(Replicating { task, synced })
+    Ok(Replicating { task, synced: watch, log })
 }

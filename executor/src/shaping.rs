@@ -121,6 +121,11 @@ impl Link {
         self.replication.set_rate(Some((self.usable - taken).clamp(0.0, self.replication_budget)));
     }
 
+    /// What migrations and replication together may send, bytes/s.
+    pub fn usable(&self) -> f64 {
+        self.usable
+    }
+
     /// What replication may use now, bytes/s.
     pub fn replication_rate(&self) -> f64 {
         self.replication.rate().unwrap_or(0.0)
@@ -133,8 +138,9 @@ impl MigrationSlot {
         vec![self.cap.clone(), self.link.total.clone()]
     }
 
-    /// The schedule changed the job's cap.
+    /// The schedule changed the job's cap (at most the link's usable bandwidth).
     pub fn set_cap(&self, cap: f64) {
+        let cap = cap.min(self.link.usable);
         self.cap.set_rate(Some(cap));
         let mut migrations = self.link.migrations.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = migrations.iter_mut().find(|(id, _)| *id == self.id) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use heliotrope_executor::content::{hash, zero_page_hash, Hash, ImageFile, PageSource, PAGE};
 use heliotrope_executor::destination::{Destination, Served};
 use heliotrope_executor::precopy::{migrate_vm, PrecopyError, PrecopyOptions};
-use heliotrope_executor::replica::{keep_synced, Replica};
+use heliotrope_executor::replica::{keep_synced, Replica, Synced};
 use heliotrope_executor::shaping::{Link, Shaper};
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload, BLOCK_PAGES};
 use heliotrope_executor::source::{send, send_resuming, SendOptions, Session};
@@ -131,7 +131,7 @@ async fn cold_and_warm_destinations_end_with_identical_images() {
 
     // The warm site holds a replica of the disk, synced ahead of time; 2 blocks were written since.
     let warm = site(None).await;
-    warm.destination.expect(8, SECRET.to_vec());
+    warm.destination.expect_replication(8, SECRET.to_vec(), "vm-11-disk.img");
     let mut replica = Replica::new("vm-11-disk.img");
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk).unwrap());
     let mut session = Session::open(warm.streams(2).await, 8, SECRET, options()).await.unwrap();
@@ -153,7 +153,7 @@ async fn a_replica_syncs_only_what_was_written_and_recovers_from_a_lost_copy() {
     let source = tempfile::tempdir().unwrap();
     let vm = vm(source.path(), 1, 16, 31);
     let standby = site(None).await;
-    standby.destination.expect(3, SECRET.to_vec());
+    standby.destination.expect_replication(3, SECRET.to_vec(), "vm-31-disk.img");
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk).unwrap());
     let mut replica = Replica::new("vm-31-disk.img");
     let at = standby.destination.replica_path("vm-31-disk.img");
@@ -186,10 +186,10 @@ async fn a_replica_syncs_only_what_was_written_and_recovers_from_a_lost_copy() {
 }
 
 /// Waits until `synced` counts at least `n` syncs.
-async fn synced_at_least(synced: &mut tokio::sync::watch::Receiver<u64>, n: u64) {
-    let waited = tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|&count| count >= n)).await;
+async fn synced_at_least(synced: &mut tokio::sync::watch::Receiver<Synced>, n: u64) {
+    let waited = tokio::time::timeout(Duration::from_secs(30), synced.wait_for(|s| s.count >= n)).await;
     let reached = waited.is_ok_and(|r| r.is_ok());
-    assert!(reached, "{} syncs, not {n}", *synced.borrow());
+    assert!(reached, "{} syncs, not {n}", synced.borrow().count);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +199,7 @@ async fn a_running_vm_is_replicated_in_the_background_and_yields_to_migrations()
     let vm =
         SimVm::start(images.clone(), Workload { memory_bytes_per_s: 0.0, disk_bytes_per_s: 2e6, seed: 52 }).unwrap();
     let standby = Arc::new(site(None).await);
-    standby.destination.expect(5, SECRET.to_vec());
+    standby.destination.expect_replication(5, SECRET.to_vec(), "vm-51-disk.img");
     let link = Link::new(50e6, 20e6);
     let (opener, shapers) = (standby.clone(), link.replication_shapers());
     let open = move || {
@@ -215,15 +215,15 @@ async fn a_running_vm_is_replicated_in_the_background_and_yields_to_migrations()
     // A migration takes the whole link: replication waits for it.
     let migration = link.start_migration(50e6);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let before = *replicating.synced.borrow();
+    let before = replicating.synced.borrow().count;
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert_eq!(*replicating.synced.borrow(), before, "no sync gets through while migrations take the link");
+    assert_eq!(replicating.synced.borrow().count, before, "no sync gets through while migrations take the link");
     drop(migration);
     synced_at_least(&mut replicating.synced, before + 2).await;
 
     // Once the guest stops writing, the next syncs leave the replica equal to the disk.
     vm.pause();
-    let now = *replicating.synced.borrow();
+    let now = replicating.synced.borrow().count;
     synced_at_least(&mut replicating.synced, now + 2).await;
     assert!(same_file(&standby.destination.replica_path("vm-51-disk.img"), &images.disk));
 }

@@ -278,6 +278,38 @@ pub struct PlannerConfig {
     /// Relative gap to the LP bound at which the integer search may stop.
     #[arg(long, global = true, env = "HELIOTROPE_PLAN_MIP_GAP", default_value_t = 0.005)]
     pub plan_mip_gap: f64,
+    /// Standby sites per VM chosen from the plans (where its disk is kept warm), beside the operator's.
+    #[arg(long, global = true, env = "HELIOTROPE_STANDBYS_PER_VM", default_value_t = 1)]
+    pub standbys_per_vm: usize,
+    /// Share of each site's disk capacity that replicas of other sites' VMs may take.
+    #[arg(long, global = true, env = "HELIOTROPE_REPLICA_BUDGET_SHARE", default_value_t = 0.2)]
+    pub replica_budget_share: f64,
+    /// Share of each link's usable bandwidth that background replication may take when migrations leave it.
+    #[arg(long, global = true, env = "HELIOTROPE_REPLICATION_SHARE", default_value_t = 0.1)]
+    pub replication_share: f64,
+    /// How often each replica is synced, seconds.
+    #[arg(long, global = true, env = "HELIOTROPE_REPLICATION_INTERVAL_S", default_value_t = 60.0)]
+    pub replication_interval_s: f64,
+}
+
+impl PlannerConfig {
+    /// Refuses settings the standby choice cannot work with.
+    pub fn check(&self) -> Result<(), String> {
+        for (flag, share) in
+            [("--replica-budget-share", self.replica_budget_share), ("--replication-share", self.replication_share)]
+        {
+            if !(share.is_finite() && (0.0..=1.0).contains(&share)) {
+                return Err(format!("{flag} must be 0 to 1, got {share}"));
+            }
+        }
+        if !(self.replication_interval_s.is_finite() && (1.0..=86_400.0).contains(&self.replication_interval_s)) {
+            return Err("--replication-interval-s must be 1 to 86400".into());
+        }
+        if self.standbys_per_vm > 8 {
+            return Err("--standbys-per-vm must be at most 8".into());
+        }
+        Ok(())
+    }
 }
 
 impl Default for PlannerConfig {
@@ -290,6 +322,10 @@ impl Default for PlannerConfig {
             downtime_penalty_per_s: 0.1,
             plan_time_limit_s: 30.0,
             plan_mip_gap: 0.005,
+            standbys_per_vm: 1,
+            replica_budget_share: 0.2,
+            replication_share: 0.1,
+            replication_interval_s: 60.0,
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::domain::planner::inputs::{
 };
 use crate::domain::planner::{self, Breakdown, Move, PlanError, PlanInput, Settings};
 use crate::domain::schedule::{self, lower_bound, simulate, Goal, Policy, BASELINES};
+use crate::domain::standby;
 use crate::domain::Valid;
 
 #[derive(Debug, thiserror::Error)]
@@ -60,7 +61,49 @@ pub async fn propose(
         ScheduleGoal::MeanCompletion => Goal::MeanCompletion,
         ScheduleGoal::Makespan => Goal::Makespan,
     };
-    Ok(make(pool, config, request, now, goal, |_| {}).await?.applied)
+    let made = make(pool, config, request, now, goal, |_| {}).await?;
+    choose_standbys(pool, config, &made).await?;
+    Ok(made.applied)
+}
+
+/// Puts in force the standbys this plan and the fleet's recent moves
+/// favour (`domain::standby`): where each VM's disk should be kept warm.
+async fn choose_standbys(pool: &PgPool, config: &PlannerConfig, made: &Made) -> Result<(), PlanningError> {
+    let input = &made.input;
+    let vm_index: HashMap<i64, usize> = made
+        .ids
+        .vms
+        .iter()
+        .filter_map(|(name, &id)| Some((id, input.vms.iter().position(|v| &v.name == name)?)))
+        .collect();
+    let site_index = |id: i64| made.ids.sites.iter().position(|&s| s == id);
+    let mut operator = vec![Vec::new(); input.vms.len()];
+    for &(vm, site) in &made.ids.named {
+        if let (Some(&vm), Some(site)) = (vm_index.get(&vm), site_index(site)) {
+            operator[vm].push(site);
+        }
+    }
+    // A returning VM goes back where it came from: its recent origins are favoured beside the plan's moves.
+    let favoured: Vec<(usize, usize)> = made
+        .plan
+        .moves
+        .iter()
+        .map(|m| (m.vm, m.to))
+        .chain(made.ids.origins.iter().filter_map(|&(vm, site)| Some((*vm_index.get(&vm)?, site_index(site)?))))
+        .collect();
+    let budgets = standby::Budgets {
+        per_vm: config.standbys_per_vm,
+        site_share: config.replica_budget_share,
+        link_share: config.replication_share,
+        full_sync_s: standby::FULL_SYNC_S,
+    };
+    let chosen: Vec<(i64, i64)> = standby::choose(input, &operator, &favoured, budgets)
+        .into_iter()
+        .filter(|c| c.chosen == standby::Chosen::Plans)
+        .filter_map(|c| Some((*made.ids.vms.get(&input.vms[c.vm].name)?, *made.ids.sites.get(c.site)?)))
+        .collect();
+    db::standbys::choose(pool, &chosen).await?;
+    Ok(())
 }
 
 /// The inventory in one consistent read, with (if asked, since when) each
@@ -71,6 +114,12 @@ pub(crate) struct Snapshot {
     pub vms: Vec<Vm>,
     pub groups: Vec<Group>,
     pub recent: HashMap<i64, (u32, Option<i64>)>,
+    /// Standbys in force, with their replicas' freshness.
+    pub standbys: Vec<db::standbys::InForce>,
+    /// Operator-named standby sites (VM id, site id).
+    pub named: Vec<(i64, i64)>,
+    /// Where VMs came from in their moves since `since` (VM id, site id).
+    pub origins: Vec<(i64, i64)>,
 }
 
 pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Result<Snapshot, PlanningError> {
@@ -84,6 +133,12 @@ pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Res
         recent: match since {
             Some(since) => db::migrations::recent(&mut *tx, since).await?,
             None => HashMap::new(),
+        },
+        standbys: db::standbys::in_force(&mut *tx).await?,
+        named: db::standbys::named(&mut *tx).await?,
+        origins: match since {
+            Some(since) => db::standbys::origins(&mut *tx, since).await?,
+            None => Vec::new(),
         },
     };
     tx.commit().await?;
@@ -123,6 +178,17 @@ struct Made {
     /// Per move, in order: what the schedule predicts.
     outcomes: Vec<schedule::Outcome>,
     cannot_converge: Vec<usize>,
+    ids: Ids,
+}
+
+/// The database ids behind a plan's input, and what the standby choice reads.
+struct Ids {
+    /// By site index.
+    sites: Vec<i64>,
+    /// By VM name.
+    vms: HashMap<String, i64>,
+    named: Vec<(i64, i64)>,
+    origins: Vec<(i64, i64)>,
 }
 
 /// Plans, schedules for `goal` and stores; `adjust` changes the input first (an evacuation's rules).
@@ -136,7 +202,8 @@ async fn make(
 ) -> Result<Made, PlanningError> {
     // The slot under way is the first: it is what gets executed.
     let start = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
-    let Snapshot { sites, links, vms, groups, recent } = snapshot(pool, Some(now - Duration::hours(24))).await?;
+    let Snapshot { sites, links, vms, groups, recent, standbys, named, origins } =
+        snapshot(pool, Some(now - Duration::hours(24))).await?;
 
     let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
     let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();
@@ -159,6 +226,18 @@ async fn make(
         downtime_penalty_per_s: config.downtime_penalty_per_s,
     };
     let mut input = plan_input(&inventory, signals, settings);
+    // What standbys hold already: a move there sends only the rest of the disk.
+    for b in &standbys {
+        let vm =
+            vms.iter().find(|v| v.id == b.vm_id).and_then(|v| input.vms.iter().position(|p| p.name == v.spec.name));
+        if let (Some(vm), Some(site)) = (vm, sites.iter().position(|s| s.id == b.site_id)) {
+            let share = standby::cached_share(b.synced, b.synced_bytes.max(0) as u64, b.written_bytes.max(0) as u64);
+            let bytes = share * input.vms[vm].disk_gib * standby::GIB;
+            if bytes > 0.0 {
+                input.vms[vm].cached.push((site, bytes));
+            }
+        }
+    }
     for v in &vms {
         let to = recent.get(&v.id).and_then(|&(_, to)| to).and_then(|id| sites.iter().position(|s| s.id == id));
         if let (Some(to), Some(vm)) = (to, input.vms.iter().position(|p| p.name == v.spec.name)) {
@@ -242,7 +321,13 @@ async fn make(
         let (plan, jobs) = db::plans::apply(pool, stored.id).await?;
         AppliedPlan { plan, jobs }
     };
-    Ok(Made { applied, input, plan, outcomes: run.outcomes, cannot_converge: run.cannot_converge })
+    let ids = Ids {
+        sites: sites.iter().map(|s| s.id).collect(),
+        vms: vms.iter().map(|v| (v.spec.name.clone(), v.id)).collect(),
+        named,
+        origins,
+    };
+    Ok(Made { applied, input, plan, outcomes: run.outcomes, cannot_converge: run.cannot_converge, ids })
 }
 
 /// The moves scheduled by Heliotrope's policy for `goal`, with the
@@ -513,7 +598,7 @@ pub async fn evacuate(
         }
     })
     .await?;
-    let Made { applied, input, plan, outcomes, cannot_converge } = made;
+    let Made { applied, input, plan, outcomes, cannot_converge, .. } = made;
     let at = input.sites.iter().position(|s| s.name == site.spec.name);
     let mut report = EvacuationReport {
         site: site.spec.name.clone(),

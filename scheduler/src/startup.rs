@@ -63,6 +63,7 @@ impl Application {
     /// Binds `listen`; the database must already be migrated.
     pub async fn build(pool: PgPool, listen: SocketAddr, services: Services) -> anyhow::Result<Application> {
         services.rebalancer.check().map_err(anyhow::Error::msg)?;
+        services.planner.check().map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;
         let replica = services.rebalancer.replica.clone().unwrap_or_else(|| replica_name(bound));

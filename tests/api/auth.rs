@@ -159,6 +159,7 @@ async fn route_by_role_matrix(pool: PgPool) {
         ),
         r(Method::POST, "/v1/executors/{id}/heartbeat", 999_999, None, exec),
         r(Method::POST, "/v1/executors/{id}/claim", 999_999, None, exec),
+        r(Method::POST, "/v1/executors/{id}/replication", 999_999, Some(json!({"replicas": []})), exec),
         Route {
             query: "?executor=999999",
             ..r(

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use crate::plans::{big_vm, flat_signals, site_at};
 
 /// An executor process for `site`, as `heliotrope-executor run` starts (again, after a crash, with the same `how`).
-struct How {
+pub(crate) struct How {
     site: &'static str,
     token: String,
     port: u16,
@@ -26,11 +26,11 @@ struct How {
     flags: Vec<String>,
 }
 
-async fn executor(app: &TestApp, site: &'static str, mib_per_gib: &'static str) -> How {
+pub(crate) async fn executor(app: &TestApp, site: &'static str, mib_per_gib: &'static str) -> How {
     How { site, token: app.token(Role::Executor).await, port: free_port(), mib_per_gib, flags: Vec::new() }
 }
 
-fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
+pub(crate) fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
     Command::new(workspace_binary("heliotrope-executor"))
         .args(["run", "--site", how.site, "--listen", &format!("127.0.0.1:{}", how.port)])
         .args(["--sim-mib-per-gib", how.mib_per_gib, "--streams", "2", "--data-dir"])

@@ -24,5 +24,6 @@ mod session;
 mod signals;
 mod simulations;
 mod sites;
+mod standbys;
 mod tokens;
 mod vms;

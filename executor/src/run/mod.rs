@@ -13,8 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use heliotrope_api_spec::{
-    Assignment, Completion, Driver, Executor, ExecutorRegistration, JobRole, MigrationDetail, MigrationState,
-    ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
+    AssignedVm, Assignment, Completion, Driver, Executor, ExecutorRegistration, JobRole, MigrationDetail,
+    MigrationState, ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
 };
 use heliotrope_executor::destination::Destination;
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, DISK_IMAGE, MEMORY_IMAGE};
@@ -30,6 +30,7 @@ use tracing::Instrument;
 
 mod network;
 mod qemu;
+mod replication;
 
 pub use network::{release_now, NetworkArgs, ReleaseArgs};
 
@@ -128,6 +129,9 @@ struct Worker {
     destination: Arc<Destination>,
     tls: Option<Tls>,
     running: Running,
+    booting: Mutex<()>,
+    /// Replicas this executor keeps in sync at other sites, and the links they share with migrations.
+    replication: replication::Replication,
     /// Migrations this executor receives now (a retry's claim of the same one is the same work).
     receiving: Mutex<std::collections::HashSet<i64>>,
     /// QEMU VMs this executor runs or adopted, by name.
@@ -170,6 +174,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         destination,
         tls,
         running: Arc::default(),
+        booting: Mutex::default(),
+        replication: replication::Replication::default(),
         receiving: Mutex::default(),
         machines: Mutex::default(),
         network,
@@ -177,6 +183,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     worker.resume_holds();
     tokio::spawn(worker.clone().heartbeat());
+    tokio::spawn(worker.clone().replicate());
     tokio::spawn(worker.clone().accept(listener));
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
@@ -272,9 +279,16 @@ impl Worker {
         }
     }
 
-    /// The running VM `name`, booted from its images here (made from the inventory's sizes if it has none).
+    /// The running VM a migration moves, booted from its images here (made from the inventory's sizes if it has none).
     fn vm(&self, a: &Assignment) -> anyhow::Result<Arc<SimVm>> {
-        let name = &a.migration.vm;
+        self.sim_vm(&a.migration.vm, &a.vm, a.migration.id as u64)
+    }
+
+    /// The running sim VM `name`, booted from its images here, or made
+    /// from `spec`'s sizes (content and guest seeded by `seed`) if it has none.
+    fn sim_vm(&self, name: &str, spec: &AssignedVm, seed: u64) -> anyhow::Result<Arc<SimVm>> {
+        // One boot at a time: a migration's claim and the replication loop may both ask for the same VM.
+        let _booting = self.booting.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(vm) = self.running.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(vm.clone());
         }
@@ -284,20 +298,16 @@ impl Worker {
         let images = if dir.join(MEMORY_IMAGE).exists() {
             SimImages { memory: dir.join(MEMORY_IMAGE), disk: dir.join(DISK_IMAGE) }
         } else {
-            let seed = a.migration.id as u64;
             // Writing the images takes a while: the runtime's other work (the lease) goes on meanwhile.
             tokio::task::block_in_place(|| {
-                generate(&dir, mib(a.vm.memory_gib), mib(a.vm.disk_gib), &ContentMix::default(), 1, seed)
+                generate(&dir, mib(spec.memory_gib), mib(spec.disk_gib), &ContentMix::default(), 1, seed)
             })?
         };
-        let vm = Arc::new(SimVm::start(images, self.workload(a))?);
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), vm.clone());
+        let dirty = spec.dirty_rate_mbps * 1e6 / 8.0 * scale / 1024.0;
+        let workload = Workload { memory_bytes_per_s: dirty, disk_bytes_per_s: dirty / 20.0, seed };
+        let vm = Arc::new(SimVm::start(images, workload)?);
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_owned(), vm.clone());
         Ok(vm)
-    }
-
-    fn workload(&self, a: &Assignment) -> Workload {
-        let dirty = a.vm.dirty_rate_mbps * 1e6 / 8.0 * self.args.sim_mib_per_gib / 1024.0;
-        Workload { memory_bytes_per_s: dirty, disk_bytes_per_s: dirty / 20.0, seed: a.migration.id as u64 }
     }
 
     async fn session(
@@ -407,11 +417,21 @@ impl Worker {
         // Compression as strong as keeps ahead of the cap, measured on this VM's memory.
         let level = choose_level(&self.sample(&a.migration.vm)?, cap);
         let shaper = Arc::new(Shaper::new(cap));
+        // Where this executor replicates to the same site, the migration takes its share of the link
+        // and replication yields to it.
+        let slot = self.replication.migration_slot(&a.migration.to, cap);
+        let shapers = match &slot {
+            Some(slot) => slot.shapers(),
+            None => vec![shaper.clone()],
+        };
+        let set_cap = |cap: Option<f64>| match &slot {
+            Some(slot) => slot.set_cap(cap.unwrap_or(f64::INFINITY)),
+            None => shaper.set_rate(cap),
+        };
         let (memory_progress, memory_watch) = tokio::sync::watch::channel(Progress::default());
         let (disk_progress, disk_watch) = tokio::sync::watch::channel(Progress::default());
         let progress_now = || sim_report(&memory_watch.borrow().and(&disk_watch.borrow()));
-        let options =
-            |progress| Arc::new(SendOptions { level, shapers: vec![shaper.clone()], progress: Some(progress) });
+        let options = |progress| Arc::new(SendOptions { level, shapers: shapers.clone(), progress: Some(progress) });
         self.report(
             id,
             &ProgressReport { state: Some(MigrationState::Transferring), ..sim_report(&Progress::default()) },
@@ -434,7 +454,7 @@ impl Worker {
                             tracing::info!("cancelled: the VM runs on here");
                             return Ok(());
                         }
-                        shaper.set_rate(answer.cap_mbps.map(|mbps| mbps * 1e6 / 8.0));
+                        set_cap(answer.cap_mbps.map(|mbps| mbps * 1e6 / 8.0));
                     }
                 }
             }

@@ -358,7 +358,7 @@ fn executor_actor(id: i64) -> String {
 }
 
 /// An executor that has not heartbeat for this long is not handed work.
-const ONLINE_WITHIN: &str = "interval '60 seconds'";
+pub(super) const ONLINE_WITHIN: &str = "interval '60 seconds'";
 
 /// The next piece of work for executor `executor_id`: first its side of a
 /// migration it is the destination of and has not taken yet; then a
@@ -560,7 +560,7 @@ async fn assignment(
     Ok(Assignment { migration, vm, role, peer_address, peer_tunnel_address, secret: hex(secret), lease_expires })
 }
 
-fn hex(bytes: &[u8]) -> String {
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

@@ -17,6 +17,7 @@ pub mod rebalancer;
 pub mod signals;
 pub mod simulations;
 pub mod sites;
+pub mod standbys;
 pub mod tokens;
 pub mod vms;
 

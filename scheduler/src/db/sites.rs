@@ -149,6 +149,7 @@ pub async fn delete(pool: &PgPool, id: i64) -> Result<()> {
         on_constraint(e, |constraint| match constraint {
             "vm_site_id_fkey" => Some(format!("site {id} still hosts VMs; move or delete them first")),
             "vm_allowed_site_site_id_fkey" => Some(format!("site {id} is in some VM's allowed_sites")),
+            "vm_standby_site_site_id_fkey" => Some(format!("site {id} is in some VM's standby_sites")),
             "executor_site_id_fkey" => Some(format!("site {id} still has executors registered")),
             _ => None,
         })

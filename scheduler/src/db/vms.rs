@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
-use heliotrope_api_spec::{Vm, VmFilter, VmSpec};
+use heliotrope_api_spec::{Standby, Vm, VmFilter, VmSpec};
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
 use super::{enum_from_text, enum_to_text, on_constraint, site_id_by_name, ListQuery, Result, StoreError};
@@ -29,6 +29,8 @@ struct VmRow {
     driver: String,
     driver_spec: serde_json::Value,
     addresses: Vec<String>,
+    standby_sites: Vec<String>,
+    standbys: sqlx::types::Json<Vec<Standby>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -55,7 +57,9 @@ impl TryFrom<VmRow> for Vm {
                 driver: enum_from_text(r.driver)?,
                 driver_spec: r.driver_spec,
                 addresses: r.addresses,
+                standby_sites: r.standby_sites,
             },
+            standbys: r.standbys.0,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -68,6 +72,13 @@ const SELECT: &str = "select v.vm_id, v.name, v.vcpus, v.memory_gib, v.disk_gib,
      where a.vm_id = v.vm_id) as allowed_sites, \
     v.allowed_regions, v.pinned, g.name as group_name, v.priority, v.max_downtime_ms, v.driver, v.driver_spec, \
     array(select d.address from vm_address d where d.vm_id = v.vm_id order by d.position) as addresses, \
+    array(select x.name from vm_standby_site b join site x on x.site_id = b.site_id where b.vm_id = v.vm_id \
+          order by b.position) as standby_sites, \
+    coalesce((select json_agg(json_build_object('site', x.name, 'chosen_by', b.chosen_by, 'chosen_at', b.chosen_at, \
+              'synced_at', b.synced_at, 'synced_bytes', b.synced_bytes, 'written_bytes', b.written_bytes, \
+              'reported_at', b.reported_at) order by x.name) \
+              from standby b join site x on x.site_id = b.site_id where b.vm_id = v.vm_id and b.site_id <> v.site_id), \
+             '[]') as standbys, \
     v.created_at, v.updated_at \
     from vm v join site s on s.site_id = v.site_id left join vm_group g on g.group_id = v.group_id";
 
@@ -80,6 +91,7 @@ struct Refs {
     site: i64,
     group: Option<i64>,
     allowed_sites: Vec<i64>,
+    standby_sites: Vec<i64>,
 }
 
 async fn resolve(tx: &mut Transaction<'_, Postgres>, spec: &VmSpec) -> Result<Refs> {
@@ -102,7 +114,11 @@ async fn resolve(tx: &mut Transaction<'_, Postgres>, spec: &VmSpec) -> Result<Re
     for (i, name) in spec.allowed_sites.iter().flatten().enumerate() {
         allowed_sites.push(site_id_by_name(tx, &format!("allowed_sites[{i}]"), name).await?);
     }
-    Ok(Refs { site, group, allowed_sites })
+    let mut standby_sites = Vec::new();
+    for (i, name) in spec.standby_sites.iter().enumerate() {
+        standby_sites.push(site_id_by_name(tx, &format!("standby_sites[{i}]"), name).await?);
+    }
+    Ok(Refs { site, group, allowed_sites, standby_sites })
 }
 
 async fn store_allowed_sites(tx: &mut Transaction<'_, Postgres>, vm_id: i64, sites: &[i64]) -> Result<()> {
@@ -192,6 +208,7 @@ async fn store_addresses(tx: &mut Transaction<'_, Postgres>, vm_id: i64, address
 async fn finish(mut tx: Transaction<'_, Postgres>, vm_id: i64, refs: &Refs, addresses: &[String]) -> Result<Vm> {
     store_allowed_sites(&mut tx, vm_id, &refs.allowed_sites).await?;
     store_addresses(&mut tx, vm_id, addresses).await?;
+    super::standbys::name(&mut tx, vm_id, &refs.standby_sites).await?;
     let vm = get(&mut *tx, vm_id).await?;
     tx.commit().await?;
     Ok(vm)

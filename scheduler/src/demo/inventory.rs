@@ -196,6 +196,7 @@ pub fn fleet_of(regions: &[Region], vm_count: usize, mix: &Mix, seed: u64) -> Fl
                 driver: Driver::Sim,
                 driver_spec: serde_json::json!({}),
                 addresses: Vec::new(),
+                standby_sites: Vec::new(),
             }
         })
         .collect();

@@ -2,9 +2,10 @@
 //! report must hold, how long a claim lasts, and what a recovering
 //! migration becomes once its executor says where the VM runs.
 
-use chrono::Duration;
+use chrono::{DateTime, Duration, Utc};
 use heliotrope_api_spec::{
-    Completion, ExecutorRegistration, MigrationChange, MigrationState, NetworkReport, ProgressReport, VmRunsAt,
+    Completion, ExecutorRegistration, MigrationChange, MigrationState, NetworkReport, ProgressReport,
+    ReplicationReport, VmRunsAt, REPLICATION_SESSION_BASE,
 };
 
 use super::inventory::check_name;
@@ -99,6 +100,37 @@ pub fn parse_network_report(r: NetworkReport) -> Result<Valid<NetworkReport>> {
     }
     if r.detail.len() > 1000 || r.detail.contains('\0') {
         return Err(ValidationError::new("detail", "at most 1000 characters, no NUL"));
+    }
+    Ok(Valid(r))
+}
+
+/// The most replicas one report may speak of.
+pub const MAX_REPLICA_REPORTS: usize = 10_000;
+
+/// A replica freshness report: sessions of standbys (each once), byte
+/// counts a database can hold, no sync time in the future.
+pub fn parse_replication_report(r: ReplicationReport, now: DateTime<Utc>) -> Result<Valid<ReplicationReport>> {
+    if r.replicas.len() > MAX_REPLICA_REPORTS {
+        return Err(ValidationError::new("replicas", format!("at most {MAX_REPLICA_REPORTS} entries")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    for (i, replica) in r.replicas.iter().enumerate() {
+        let field = |name: &str| format!("replicas[{i}].{name}");
+        let id = replica.session.checked_sub(REPLICATION_SESSION_BASE).filter(|&id| id > 0 && id <= i64::MAX as u64);
+        if id.is_none() {
+            return Err(ValidationError::new(field("session"), "not a replication session"));
+        }
+        if !seen.insert(replica.session) {
+            return Err(ValidationError::new(field("session"), "reported twice"));
+        }
+        for (name, bytes) in [("synced_bytes", replica.synced_bytes), ("written_bytes", replica.written_bytes)] {
+            if bytes > i64::MAX as u64 {
+                return Err(ValidationError::new(field(name), "too large"));
+            }
+        }
+        if replica.synced_at.is_some_and(|at| at > now + Duration::minutes(5)) {
+            return Err(ValidationError::new(field("synced_at"), "is in the future"));
+        }
     }
     Ok(Valid(r))
 }

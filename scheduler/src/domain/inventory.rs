@@ -143,6 +143,19 @@ pub fn parse_vm(mut spec: VmSpec) -> Result<Valid<VmSpec>> {
     if let Some(group) = &spec.group {
         check_name("group", group)?;
     }
+    if spec.standby_sites.len() > MAX_STANDBY_SITES {
+        return Err(ValidationError::new("standby_sites", format!("may name at most {MAX_STANDBY_SITES} sites")));
+    }
+    for (i, name) in spec.standby_sites.iter().enumerate() {
+        let field = format!("standby_sites[{i}]");
+        check_name(&field, name)?;
+        if spec.standby_sites[..i].contains(name) {
+            return Err(ValidationError::new(field, format!("'{name}' is listed twice")));
+        }
+        if spec.allowed_sites.as_ref().is_some_and(|allowed| !allowed.contains(name)) {
+            return Err(ValidationError::new(field, format!("'{name}' is not among its allowed_sites")));
+        }
+    }
     check_range("priority", f64::from(spec.priority), 0.0, 100.0)?;
     check_range("max_downtime_ms", f64::from(spec.max_downtime_ms), 1.0, 3_600_000.0)?;
     if !spec.driver_spec.is_object() {
@@ -154,6 +167,9 @@ pub fn parse_vm(mut spec: VmSpec) -> Result<Valid<VmSpec>> {
     }
     Ok(Valid(spec))
 }
+
+/// The most standby sites an operator may name for one VM.
+const MAX_STANDBY_SITES: usize = 8;
 
 /// The most addresses one VM may carry.
 const MAX_ADDRESSES: usize = 16;
@@ -322,6 +338,13 @@ mod tests {
         assert_eq!(ok.priority, 50);
         assert_eq!(ok.max_downtime_ms, 300);
         assert_eq!(ok.driver, Driver::Sim);
+        let standbys = |names: &[&str]| VmSpec { standby_sites: names.iter().map(|n| n.to_string()).collect(), ..vm() };
+        assert!(parse_vm(standbys(&["GB", "FR"])).is_ok());
+        assert_eq!(field_of(parse_vm(standbys(&["GB", "GB"]))), "standby_sites[1]");
+        assert_eq!(field_of(parse_vm(standbys(&["G B"]))), "standby_sites[0]");
+        assert_eq!(field_of(parse_vm(standbys(&["a"; 9]))), "standby_sites");
+        let outside = VmSpec { allowed_sites: Some(vec!["DE-LU".into()]), ..standbys(&["GB"]) };
+        assert_eq!(field_of(parse_vm(outside)), "standby_sites[0]");
         let both = VmSpec { allowed_sites: Some(vec!["A".into()]), allowed_regions: Some(vec!["R".into()]), ..vm() };
         assert_eq!(field_of(parse_vm(both)), "allowed_regions");
         let dup = VmSpec { allowed_sites: Some(vec!["DE-LU".into(), "DE-LU".into()]), ..vm() };

@@ -17,6 +17,7 @@ pub mod savings;
 pub mod schedule;
 pub mod signals;
 pub mod simulation;
+pub mod standby;
 pub mod token;
 
 use std::ops::Deref;

@@ -105,6 +105,16 @@ pub struct PlanVm {
     pub moves_today: u32,
     /// 0-100; higher goes first when a site is evacuated.
     pub priority: u8,
+    /// Bytes of its disk that sites already hold (a standby's replica as
+    /// fresh as last reported), by site index: a move there sends the rest.
+    pub cached: Vec<(usize, f64)>,
+}
+
+impl PlanVm {
+    /// Bytes of its disk that `site` holds already.
+    pub fn cached_at(&self, site: usize) -> f64 {
+        self.cached.iter().find(|&&(s, _)| s == site).map_or(0.0, |&(_, bytes)| bytes)
+    }
 }
 
 /// How a group's members must be placed.
@@ -259,6 +269,11 @@ struct Class {
     options: Vec<Choice>,
 }
 
+/// What running `vm` at `site` over the horizon costs, weighted as the planner weighs it.
+pub fn horizon_weighted(input: &PlanInput, vm: &PlanVm, site: usize) -> f64 {
+    horizon_cost(&input.sites[site], vm, input.settings.slot_hours).weighted(input.settings.weights)
+}
+
 fn horizon_cost(site: &PlanSite, vm: &PlanVm, slot_hours: f64) -> Cost {
     let kw = power_kw(&site.energy, &vm.shape);
     site.signals.iter().map(|signal| running_cost(kw, slot_hours, signal)).sum()
@@ -287,7 +302,7 @@ fn classes(input: &PlanInput) -> Vec<Class> {
             continue;
         }
         let key = format!(
-            "{}|{}|{}|{}|{}|{}|{:?}|{}",
+            "{}|{}|{}|{}|{}|{}|{:?}|{}|{:?}",
             vm.shape.vcpus,
             vm.shape.memory_gib.to_bits(),
             vm.disk_gib.to_bits(),
@@ -295,7 +310,8 @@ fn classes(input: &PlanInput) -> Vec<Class> {
             vm.max_downtime_s.to_bits(),
             vm.site,
             vm.allowed,
-            !may_move(input, vm)
+            !may_move(input, vm),
+            vm.cached
         );
         by_key.entry(key).or_default().push(i);
     }
@@ -349,7 +365,7 @@ fn options(input: &PlanInput, vm: &PlanVm) -> Vec<Choice> {
                 max_rounds: 30,
             },
             disk_bytes: vm.disk_gib * GIB,
-            disk_cached_bytes: 0.0,
+            disk_cached_bytes: vm.cached_at(link.to),
             disk_write_bytes_per_s: 0.0,
             wire_fraction: input.settings.wire_fraction,
         };
@@ -962,10 +978,15 @@ fn diagnose(input: &PlanInput, classes: &[Class]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const GB_S: f64 = 125e6;
+
+    /// A dear site (0) and a cheap one (1), linked both ways.
+    pub(crate) fn two_sites() -> PlanInput {
+        input(vec![site("A", 200.0, 0.0, 1000.0), site("B", 50.0, 0.0, 1000.0)], vec![], vec![link(0, 1), link(1, 0)])
+    }
 
     fn site(name: &str, price: f64, carbon: f64, capacity_vcpus: f64) -> PlanSite {
         PlanSite {
@@ -979,7 +1000,7 @@ mod tests {
         }
     }
 
-    fn vm(name: &str, at: usize) -> PlanVm {
+    pub(crate) fn vm(name: &str, at: usize) -> PlanVm {
         PlanVm {
             name: name.into(),
             shape: VmShape { vcpus: 100, memory_gib: 1.0 },
@@ -992,6 +1013,7 @@ mod tests {
             group: None,
             moves_today: 0,
             priority: 50,
+            cached: Vec::new(),
         }
     }
 
@@ -1312,6 +1334,12 @@ mod tests {
                 group: rng.random_bool(0.25).then_some(0),
                 moves_today: rng.random_range(0..=2),
                 priority: rng.random_range(0..=100),
+                // Some disks half held at a random site.
+                cached: if rng.random_bool(0.3) {
+                    vec![(rng.random_range(0..n_sites), rng.random_range(0.0..50.0) * GIB)]
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         let mut i = input(sites, vms, links);

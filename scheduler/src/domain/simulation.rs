@@ -589,6 +589,7 @@ mod tests {
                 group: None,
                 moves_today: 0,
                 priority: 50,
+                cached: Vec::new(),
             })
             .collect();
         let link = |from, to| PlanLink { from, to, usable_bytes_per_s: 1.25e9, egress_per_gb: 0.0, rtt_ms: 20.0 };

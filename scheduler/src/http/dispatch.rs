@@ -11,7 +11,7 @@ use axum::routing::post;
 use axum::{extract::State, Extension, Json, Router};
 use heliotrope_api_spec::{
     Assignment, ClaimParams, Completion, Executor, ExecutorParam, ExecutorRegistration, MigrationDetail, NetworkReport,
-    ProgressAnswer, ProgressReport, RecoveryReport,
+    ProgressAnswer, ProgressReport, RecoveryReport, ReplicationPlan, ReplicationReport,
 };
 
 use super::auth::Principal;
@@ -20,7 +20,8 @@ use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
 use crate::domain::dispatch::{
-    parse_completion, parse_network_report, parse_progress, parse_registration, MAX_CLAIM_WAIT_S,
+    parse_completion, parse_network_report, parse_progress, parse_registration, parse_replication_report,
+    MAX_CLAIM_WAIT_S,
 };
 use crate::domain::ValidationError;
 
@@ -33,6 +34,33 @@ pub fn router() -> Router<AppState> {
         .route("/v1/migrations/{id}/complete", post(complete_migration))
         .route("/v1/migrations/{id}/recover", post(recover_migration))
         .route("/v1/migrations/{id}/network", post(report_network))
+        .route("/v1/executors/{id}/replication", post(replication))
+}
+
+/// Report the freshness of the replicas this executor sends, and hear what
+/// it replicates and keeps now: the disks of the VMs it keeps at its site,
+/// to their standby sites; the replicas its site keeps for VMs elsewhere
+/// (any other replica there may be dropped).
+#[utoipa::path(post, path = "/v1/executors/{id}/replication", tag = "dispatch", params(("id" = i64, Path)),
+    request_body = ReplicationReport, responses((status = 200, body = ReplicationPlan), ErrorResponses))]
+pub async fn replication(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(report): ApiJson<ReplicationReport>,
+) -> Result<Json<ReplicationPlan>, ApiError> {
+    let report = parse_replication_report(report, chrono::Utc::now())?;
+    db::standbys::record(&state.pool, id, caller.token_id, &report).await?;
+    let planner = &state.planner;
+    let plan = db::standbys::plan_for(
+        &state.pool,
+        id,
+        caller.token_id,
+        planner.replication_share,
+        planner.replication_interval_s,
+    )
+    .await?;
+    Ok(Json(plan))
 }
 
 /// Register this executor (or again, after a restart, from the same site

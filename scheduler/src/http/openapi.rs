@@ -32,7 +32,7 @@ use super::{
         simulations::create_simulation, simulations::list_simulations, simulations::get_simulation,
         simulations::get_plot,
         dispatch::register_executor, dispatch::heartbeat, dispatch::claim, dispatch::report_progress,
-        dispatch::complete_migration, dispatch::recover_migration, dispatch::report_network,
+        dispatch::complete_migration, dispatch::recover_migration, dispatch::report_network, dispatch::replication,
         fleet::get_overview, fleet::get_savings,
         ops::healthz, ops::readyz, ops::metrics,
     ),

@@ -234,6 +234,8 @@ pub fn plan_input(inventory: &Inventory, signals: Vec<Vec<SlotSignal>>, settings
                 group: v.group.as_ref().and_then(|g| groups.iter().position(|p| &p.name == g)),
                 moves_today: *moves_today,
                 priority: v.priority,
+                // What standbys hold is the plans service's to add: the inventory does not know it.
+                cached: Vec::new(),
             })
         })
         .collect();

@@ -1,0 +1,84 @@
+//! Proactive disk caching between executors: what a site's executor is
+//! told to replicate (its VMs' disks to their standby sites) and to keep
+//! (replicas of other sites' VMs), and what it reports of each replica's
+//! freshness (`POST /v1/executors/{id}/replication`).
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::AssignedVm;
+
+/// Replication sessions share the transfer protocol's job numbers with
+/// migrations: a standby's session is this plus the standby's id, so the
+/// two never collide at a destination.
+pub const REPLICATION_SESSION_BASE: u64 = 1 << 62;
+
+/// What an executor says of the replicas it keeps up to date.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicationReport {
+    /// One entry per replica this executor sends (unknown or dropped standbys are ignored).
+    #[serde(default)]
+    #[schema(max_items = 10000)]
+    pub replicas: Vec<ReplicaFreshness>,
+}
+
+/// How fresh one replica is, as its source executor knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplicaFreshness {
+    /// The standby's session (from [`OutgoingReplica::session`]).
+    #[schema(minimum = 0)]
+    pub session: u64,
+    /// When the last completed sync began: the replica holds every write before it.
+    #[serde(default)]
+    pub synced_at: Option<DateTime<Utc>>,
+    /// The disk's size as that sync left it at the standby.
+    #[schema(minimum = 0)]
+    pub synced_bytes: u64,
+    /// Bytes written since `synced_at`.
+    #[schema(minimum = 0)]
+    pub written_bytes: u64,
+}
+
+/// What an executor should replicate and keep now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicationPlan {
+    /// Disks of VMs at this executor's site to keep in sync at their standbys.
+    pub outgoing: Vec<OutgoingReplica>,
+    /// Replicas this site keeps for VMs elsewhere; any other replica here may go.
+    pub incoming: Vec<IncomingReplica>,
+    /// How often a replica is synced, seconds.
+    pub interval_s: f64,
+}
+
+/// One VM's disk to replicate to one standby.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OutgoingReplica {
+    /// The session's number on the wire ([`REPLICATION_SESSION_BASE`] + the standby's id).
+    pub session: u64,
+    pub vm: String,
+    pub vm_spec: AssignedVm,
+    /// The standby site, by name.
+    pub standby: String,
+    /// Where the standby's executor listens (absent while none is online there).
+    pub peer_address: Option<String>,
+    /// The replica's file name at the standby.
+    pub replica: String,
+    /// The session's secret, hex (both ends prove it; it never travels between them).
+    pub secret: String,
+    /// What the link to the standby carries for migrations, megabits per second.
+    pub link_usable_mbps: f64,
+    /// What replication may use of it when migrations leave it, megabits per second.
+    pub replication_mbps: f64,
+}
+
+/// A replica this site keeps, and the session that may write it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IncomingReplica {
+    pub session: u64,
+    pub vm: String,
+    pub replica: String,
+    pub secret: String,
+}
