@@ -1,7 +1,8 @@
 //! Proactive disk caching in operation: the running executors keep a VM's
 //! disk replicated at its standby site (no test code touches the replica),
 //! the planner counts what the standby holds, and a migration there sends
-//! only what was written since the last sync.
+//! only what was written since the last sync, and what the replica holds
+//! wrongly (a torn block); without a replica the whole disk crosses.
 
 use heliotrope::config::PlannerConfig;
 use heliotrope::db::MIGRATOR;
@@ -65,7 +66,16 @@ async fn a_running_vm_is_replicated_to_its_standby_and_moves_there_sending_littl
     let shown = app.wait_for("the replica synced", synced, &format!("/v1/vms/{vm}")).await;
     assert_eq!(shown["standbys"][0]["site"], "CHEAP", "{shown}");
     assert_eq!(shown["standbys"][0]["chosen_by"], "operator", "{shown}");
-    assert!(data.path().join(format!("CHEAP/replicas/vm-{vm}-disk.img")).exists());
+    let replica = data.path().join(format!("CHEAP/replicas/vm-{vm}-disk.img"));
+    assert!(replica.exists());
+    // A torn block in the replica (64 KiB at 1 MiB): it must cost bytes, never correctness.
+    let garbage = vec![0xee_u8; 64 << 10];
+    std::os::unix::fs::FileExt::write_all_at(
+        &std::fs::OpenOptions::new().write(true).open(&replica).unwrap(),
+        &garbage,
+        1 << 20,
+    )
+    .unwrap();
 
     let (planned, migration) = move_it(&app).await;
     // The planner counted the replica: less than the disk is predicted on the wire.
@@ -79,6 +89,20 @@ async fn a_running_vm_is_replicated_to_its_standby_and_moves_there_sending_littl
     let wire = progress["wire_bytes"].as_u64().unwrap();
     let raw_sim = progress["raw_bytes"].as_u64().unwrap();
     assert!(wire * 2 < raw_sim, "{progress}");
+
+    // Its disk arrived whole and checked (the image's digest equals the source's): the torn
+    // block was sent again rather than taken from the replica.
+    let at = data.path().join("CHEAP/vms/web/disk.img");
+    // The destination moves the sealed image in place once it hears `done`.
+    for _ in 0..100 {
+        if at.exists() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let arrived = std::fs::read(&at).unwrap();
+    assert_eq!(arrived.len(), 100 << 20);
+    assert_ne!(&arrived[1 << 20..(1 << 20) + garbage.len()], &garbage[..], "the torn block came from the replica");
 
     // At CHEAP now, the VM needs no standby there: it is dropped and its replica freed.
     let gone = |vm: &Value| vm["site"] == "CHEAP" && vm["standbys"].as_array().is_some_and(Vec::is_empty);
