@@ -266,7 +266,7 @@ impl TestApp {
     /// A fresh token's secret for `role`, stored directly.
     pub async fn token(&self, role: Role) -> String {
         let secret = generate_secret();
-        db::tokens::insert(&self.pool, role.as_str(), role, &secret_digest(&secret)).await.unwrap();
+        db::tokens::insert(&self.pool, role.as_str(), role, None, &secret_digest(&secret)).await.unwrap();
         secret
     }
 

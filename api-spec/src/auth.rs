@@ -57,6 +57,11 @@ pub struct NewToken {
     #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9][A-Za-z0-9._-]*$")]
     pub name: String,
     pub role: Role,
+    /// For an executor token (and only for one): the site it serves, by
+    /// name. It registers one executor there and acts for no other site.
+    #[serde(default)]
+    #[schema(min_length = 1, max_length = 64)]
+    pub site: Option<String>,
 }
 
 /// A token as listed: everything but its secret, which is never stored.
@@ -68,6 +73,10 @@ pub struct Token {
     pub created_at: DateTime<Utc>,
     /// Last time the token authenticated a request (updated at most once a minute).
     pub last_used_at: Option<DateTime<Utc>>,
+    /// The site an executor token serves (bound at creation, or by its
+    /// first registration for a token made before sites were named).
+    #[serde(default)]
+    pub site: Option<String>,
 }
 
 /// Answer to `POST /v1/tokens`: the only time the secret is shown.

@@ -384,6 +384,39 @@ pub struct Executor {
     pub capacity: u32,
     /// Where its network driver's tunnels end, if it said.
     pub tunnel_address: Option<String>,
+    /// Its transfer listener's health, as its last heartbeat reported it.
+    #[serde(default)]
+    pub listener: Option<ListenerHealth>,
+}
+
+/// What an executor says with its heartbeat (`POST /v1/executors/{id}/heartbeat`; the body may be left out).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Heartbeat {
+    #[serde(default)]
+    pub listener: Option<ListenerHealth>,
+}
+
+/// The health of an executor's transfer listener. An executor whose
+/// listener is not accepting is handed no migration to receive.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerHealth {
+    /// Whether it accepts connections now (false after a failed accept with no success since).
+    pub accepting: bool,
+    /// Accepts that failed since the executor started (out of descriptors, say).
+    #[schema(minimum = 0)]
+    pub accept_errors: u64,
+    /// Connections closed at once for the caps (overall, per peer address).
+    #[schema(minimum = 0)]
+    pub refused: u64,
+    /// Connections open now.
+    #[schema(minimum = 0)]
+    pub open: u32,
+    /// The last failed accept's error.
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub last_error: Option<String>,
 }
 
 /// Filters of `GET /v1/sites`.

@@ -129,9 +129,9 @@ pub struct MigrationFilter {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationChange {
-    /// The bandwidth cap from now on, megabits per second; `null` lifts
+    /// The bandwidth cap from now on, megabits per second (at least 0.1); `null` lifts
     /// it. The source executor picks it up with its next progress report.
-    #[schema(exclusive_minimum = 0, maximum = 1000000)]
+    #[schema(minimum = 0.1, maximum = 1000000)]
     pub cap_mbps: Option<f64>,
 }
 

@@ -26,8 +26,13 @@ use crate::tls::{self, Tls};
 use crate::transfer::{same, TransferError, BATCH, MAX_IMAGE_PAGES, MAX_STREAMS, WINDOW};
 use crate::tunnel::{TunnelCounters, PROBE};
 use crate::wire::{
-    nonce, proof, read_frame_with, read_payload, write_frame, ByteBuf, Frame, ImageKind, Origin, WireError, VERSION,
+    nonce, proof, read_frame_with, read_frame_within, read_payload, write_frame, ByteBuf, Frame, ImageKind, Origin,
+    WireError, MAX_HANDSHAKE_FRAME, VERSION,
 };
+
+/// How long a peer has to open TLS and prove the job's secret: an idle or
+/// slow connection holds a descriptor and a task no longer than this.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// A site's receiving executor.
 pub struct Destination {
@@ -177,14 +182,18 @@ impl Destination {
     /// Serves one accepted TCP connection to its end, after its TLS
     /// handshake when TLS is configured (a failed handshake is refused).
     pub async fn serve_tcp(&self, tcp: TcpStream, tls: Option<&Tls>) -> Result<Served, TransferError> {
-        let connection =
-            tls::accept(tcp, tls).await.map_err(|e| TransferError::Refused(format!("TLS handshake: {e}")))?;
+        let connection = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls::accept(tcp, tls))
+            .await
+            .map_err(|_| TransferError::Refused("TLS handshake: too slow".into()))?
+            .map_err(|e| TransferError::Refused(format!("TLS handshake: {e}")))?;
         self.serve(connection).await
     }
 
     /// Serves one connection of a session to its end.
     pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, mut stream: S) -> Result<Served, TransferError> {
-        let (job, number) = self.accept(&mut stream).await?;
+        let (job, number) = tokio::time::timeout(HANDSHAKE_TIMEOUT, self.accept(&mut stream))
+            .await
+            .map_err(|_| TransferError::Refused("the peer's handshake was too slow".into()))??;
         let mut connection = Connection {
             destination: self,
             stream,
@@ -248,7 +257,7 @@ impl Destination {
     /// Checks a connection's claim to be a job's source; returns the job and stream number.
     async fn accept<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S) -> Result<(u64, u16), TransferError> {
         let mut buffer = Vec::new();
-        let (job, number, theirs) = match read_frame_with(stream, &mut buffer).await? {
+        let (job, number, theirs) = match read_frame_within(stream, &mut buffer, MAX_HANDSHAKE_FRAME).await? {
             Frame::Hello { version, job, stream: number, streams, nonce } if version == VERSION => {
                 if streams == 0 || streams > MAX_STREAMS || number >= streams {
                     return refuse(stream, format!("stream {number} of {streams} is not a session's")).await;
@@ -266,7 +275,7 @@ impl Destination {
         let mine = nonce();
         let challenge = Frame::Challenge { nonce: mine, proof: proof(&secret, "destination", job, &theirs, &mine) };
         write_frame(stream, &challenge).await?;
-        match read_frame_with(stream, &mut buffer).await? {
+        match read_frame_within(stream, &mut buffer, MAX_HANDSHAKE_FRAME).await? {
             Frame::Proof { proof: given } if same(&given, &proof(&secret, "source", job, &mine, &theirs)) => {
                 write_frame(stream, &Frame::Accepted).await?;
                 Ok((job, number))

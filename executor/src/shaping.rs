@@ -41,29 +41,39 @@ impl Shaper {
     }
 
     /// Takes `bytes`, waiting as long as the rate asks (while it is zero,
-    /// until it is not).
+    /// until it is not). Total over every rate: a rate below [`MIN_RATE`]
+    /// holds the sender as zero does, and no single wait is longer than
+    /// [`MAX_WAIT`], so a rate raised meanwhile takes effect soon.
     pub async fn take(&self, bytes: u64) {
+        let mut owed = Some(bytes);
         loop {
             let wait = {
                 let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
                 b.refill();
                 match b.rate {
                     None => return,
-                    Some(rate) if rate <= 0.0 => None,
+                    Some(rate) if rate.is_nan() || rate < MIN_RATE => PAUSED_POLL,
                     Some(rate) => {
-                        b.tokens -= bytes as f64;
-                        Some((b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / rate)))
+                        if let Some(bytes) = owed.take() {
+                            b.tokens -= bytes as f64;
+                        }
+                        if b.tokens >= 0.0 {
+                            return;
+                        }
+                        Duration::from_secs_f64((-b.tokens / rate).min(MAX_WAIT.as_secs_f64()))
                     }
                 }
             };
-            match wait {
-                Some(Some(wait)) => return tokio::time::sleep(wait).await,
-                Some(None) => return,
-                None => tokio::time::sleep(PAUSED_POLL).await,
-            }
+            tokio::time::sleep(wait).await;
         }
     }
 }
+
+/// Rates below this (bytes/s) hold the sender, as a rate of zero does.
+const MIN_RATE: f64 = 1.0;
+
+/// The longest one wait: a rate raised meanwhile takes effect after it.
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// How often a sender held at rate zero looks again.
 const PAUSED_POLL: Duration = Duration::from_millis(20);
@@ -172,6 +182,31 @@ impl Bucket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn any_rate_is_taken_without_a_panic() {
+        // The least positive float, a NaN, infinity: held, held, unshaped in effect.
+        for rate in [5e-324, f64::NAN] {
+            let shaper = Arc::new(Shaper::new(Some(rate)));
+            let taking = tokio::spawn({
+                let shaper = shaper.clone();
+                async move { shaper.take(1 << 20).await }
+            });
+            tokio::time::sleep(Duration::from_millis(60)).await;
+            assert!(!taking.is_finished(), "a rate of {rate} let bytes through");
+            shaper.set_rate(Some(f64::INFINITY));
+            tokio::time::timeout(Duration::from_secs(1), taking).await.expect("released").unwrap();
+        }
+        // A huge debt at a tiny rate waits at most MAX_WAIT at a time, so a raised rate frees it soon.
+        let shaper = Arc::new(Shaper::new(Some(2.0)));
+        let taking = tokio::spawn({
+            let shaper = shaper.clone();
+            async move { shaper.take(u64::MAX).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        shaper.set_rate(None);
+        tokio::time::timeout(MAX_WAIT * 2, taking).await.expect("released").unwrap();
+    }
 
     #[tokio::test]
     async fn holds_to_the_rate_and_follows_changes() {

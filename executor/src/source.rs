@@ -19,8 +19,8 @@ use crate::content::{hash, image_digest, zero_page_hash, Hash, PageSource, PAGE}
 use crate::shaping::Shaper;
 use crate::transfer::{runs, same, Counters, Progress, Tally, TransferError, BATCH, MAX_STREAMS, WINDOW};
 use crate::wire::{
-    encode, nonce, proof, read_frame_with, write_frame, write_with_payload, Frame, ImageKind, Origin, WireError,
-    VERSION,
+    encode, nonce, proof, read_frame_with, read_frame_within, write_frame, write_with_payload, Frame, ImageKind,
+    Origin, WireError, MAX_HANDSHAKE_FRAME, VERSION,
 };
 
 /// How a source sends.
@@ -83,7 +83,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let mine = nonce();
     let mut wire = write_frame(s, &Frame::Hello { version: VERSION, job, stream, streams, nonce: mine }).await?;
     let mut buffer = Vec::new();
-    let theirs = match read_frame_with(s, &mut buffer).await? {
+    let theirs = match read_frame_within(s, &mut buffer, MAX_HANDSHAKE_FRAME).await? {
         Frame::Challenge { nonce, proof: theirs } => {
             if !same(&theirs, &proof(secret, "destination", job, &mine, &nonce)) {
                 return Err(TransferError::Refused("the destination does not hold this job's secret".into()));
@@ -93,7 +93,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         other => return Err(unexpected("a challenge", other)),
     };
     wire += write_frame(s, &Frame::Proof { proof: proof(secret, "source", job, &theirs, &mine) }).await?;
-    match read_frame_with(s, &mut buffer).await? {
+    match read_frame_within(s, &mut buffer, MAX_HANDSHAKE_FRAME).await? {
         Frame::Accepted => Ok(wire),
         other => Err(unexpected("acceptance", other)),
     }
@@ -110,7 +110,7 @@ pub async fn open_tunnel<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> Result<(), TransferError> {
     handshake(stream, job, secret, 0, 1).await?;
     write_frame(stream, &Frame::Tunnel { end: end.to_owned() }).await?;
-    match read_frame_with(stream, &mut Vec::new()).await? {
+    match read_frame_within(stream, &mut Vec::new(), MAX_HANDSHAKE_FRAME).await? {
         Frame::Accepted => Ok(()),
         other => Err(unexpected("the tunnel's acceptance", other)),
     }

@@ -32,6 +32,14 @@ pub const VERSION: u16 = 3;
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
 
+/// The largest frame before both sides have proven the job's secret
+/// (hello, challenge, proof, verdict): a few hundred bytes in practice, so
+/// that an unauthenticated peer cannot make a destination hold megabytes.
+pub const MAX_HANDSHAKE_FRAME: usize = 4 << 10;
+
+/// A frame or payload buffer grows by at most this much ahead of what has arrived.
+const FILL_STEP: usize = 1 << 20;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Frame {
     /// Stream `stream` (from 0) of the `streams` this job's session opens.
@@ -142,8 +150,8 @@ impl Origin {
 pub enum WireError {
     #[error("connection: {0}")]
     Io(#[from] std::io::Error),
-    #[error("a frame of {0} bytes is larger than the {MAX_FRAME} allowed")]
-    TooLarge(usize),
+    #[error("a frame of {0} bytes is larger than the {1} allowed here")]
+    TooLarge(usize, usize),
     #[error("malformed frame: {0}")]
     Malformed(#[from] postcard::Error),
 }
@@ -155,7 +163,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, WireError> {
     postcard::to_io(frame, &mut bytes)?;
     let len = bytes.len() - 4;
     if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
+        return Err(WireError::TooLarge(len, MAX_FRAME));
     }
     bytes[..4].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(bytes)
@@ -199,16 +207,20 @@ pub async fn read_payload<R: AsyncReadExt + Unpin>(
     buffer: &mut Vec<u8>,
 ) -> Result<(), WireError> {
     if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
+        return Err(WireError::TooLarge(len, MAX_FRAME));
     }
     fill(r, len, buffer).await
 }
 
-/// Reads exactly `len` bytes into `buffer` without zeroing it first.
+/// Reads exactly `len` bytes into `buffer` without zeroing it first. The
+/// buffer grows with what arrives (doubling, at most [`FILL_STEP`] ahead
+/// at first), not by what the peer announced.
 async fn fill<R: AsyncReadExt + Unpin>(r: &mut R, len: usize, buffer: &mut Vec<u8>) -> Result<(), WireError> {
     buffer.clear();
-    buffer.reserve(len);
     while buffer.len() < len {
+        if buffer.len() == buffer.capacity() {
+            buffer.reserve((len - buffer.len()).min(buffer.capacity().max(FILL_STEP)));
+        }
         let mut rest = (&mut *r).take((len - buffer.len()) as u64);
         if rest.read_buf(buffer).await? == 0 {
             return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -231,11 +243,20 @@ pub async fn read_frame<R: AsyncReadExt + Unpin>(r: &mut R) -> Result<Frame, Wir
 /// Reads one frame through `buffer`, which a connection keeps between
 /// frames: a fresh buffer of megabytes per frame costs page faults.
 pub async fn read_frame_with<R: AsyncReadExt + Unpin>(r: &mut R, buffer: &mut Vec<u8>) -> Result<Frame, WireError> {
+    read_frame_within(r, buffer, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` bytes (see [`MAX_HANDSHAKE_FRAME`]).
+pub async fn read_frame_within<R: AsyncReadExt + Unpin>(
+    r: &mut R,
+    buffer: &mut Vec<u8>,
+    max: usize,
+) -> Result<Frame, WireError> {
     let mut len = [0u8; 4];
     r.read_exact(&mut len).await?;
     let len = u32::from_be_bytes(len) as usize;
-    if len > MAX_FRAME {
-        return Err(WireError::TooLarge(len));
+    if len > max {
+        return Err(WireError::TooLarge(len, max));
     }
     fill(r, len, buffer).await?;
     Ok(postcard::from_bytes(buffer)?)

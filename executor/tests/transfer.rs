@@ -462,3 +462,26 @@ async fn executors_speak_mutual_tls_when_certificates_are_configured() {
     let _ = write_frame(&mut plain, &hello).await;
     assert!(read_frame(&mut plain).await.is_err(), "plain TCP gets nothing from a TLS executor");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_has_not_proven_the_secret_cannot_announce_a_large_frame_or_write_a_replica() {
+    use tokio::io::AsyncWriteExt;
+    let mut standby = site(None).await;
+    // A hello announcing 60 MiB is refused at its length, before a byte of it is held.
+    let mut tcp = TcpStream::connect(&standby.addr).await.unwrap();
+    tcp.write_all(&(60u32 << 20).to_be_bytes()).await.unwrap();
+    tcp.write_all(&[0u8; 1024]).await.unwrap();
+    let outcome = tokio::time::timeout(Duration::from_secs(5), standby.outcomes(1)).await.expect("refused at once");
+    assert!(matches!(&outcome[0], Err(e) if e.to_string().contains("larger than the 4096 allowed")), "{outcome:?}");
+
+    // A migration's job may not write a replica, nor a replication session another VM's replica.
+    standby.destination.expect(7, SECRET.to_vec());
+    standby.destination.expect_replication(8, SECRET.to_vec(), "vm-1-disk.img");
+    let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm(standby.dir.path(), 1, 1, 3).disk).unwrap());
+    for (job, name) in [(7, "vm-1-disk.img"), (8, "vm-2-disk.img")] {
+        let mut session = Session::open(standby.streams(1).await, job, SECRET, options()).await.unwrap();
+        let written = Replica::new(name).sync(&mut session, disk.clone(), &[]).await;
+        assert!(written.is_err(), "job {job} wrote replica {name}");
+        assert!(!standby.destination.replica_path(name).exists());
+    }
+}

@@ -122,7 +122,7 @@ async fn api_on(pool: PgPool, args: &ApiBenchArgs) -> anyhow::Result<()> {
     sqlx::query("analyze").execute(&pool).await?;
     eprintln!("seeded {} VMs in {:.1} s", args.vms, seeding.elapsed().as_secs_f64());
     let secret = generate_secret();
-    db::tokens::insert(&pool, "bench", Role::Viewer, &secret_digest(&secret)).await?;
+    db::tokens::insert(&pool, "bench", Role::Viewer, None, &secret_digest(&secret)).await?;
 
     // Two servers in this process on the same database: as configured by
     // default (read cache on), and without the cache, the cost of every miss.
@@ -264,7 +264,7 @@ async fn ingest_on(pool: PgPool, args: &IngestBenchArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()
         .map_err(|r| anyhow::anyhow!("{}: {}", r.location, r.message))?;
     let secret = generate_secret();
-    db::tokens::insert(&pool, "bench", Role::Admin, &secret_digest(&secret)).await?;
+    db::tokens::insert(&pool, "bench", Role::Admin, None, &secret_digest(&secret)).await?;
     let app = Application::build(pool.clone(), "127.0.0.1:0".parse()?, Services::driven()).await?;
     let base = format!("http://{}", app.local_addr());
     let stop = CancellationToken::new();

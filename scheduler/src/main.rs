@@ -156,9 +156,8 @@ async fn demo_with_database(
             db::tokens::ensure_admin(&pool, Some(secret)).await?;
             secret.to_owned()
         }
-        None => new_token(&pool, "demo-admin", Role::Admin).await?,
+        None => new_token(&pool, "demo-admin", Role::Admin, None).await?,
     };
-    let executor_token = new_token(&pool, "demo-executors", Role::Executor).await?;
     // The demo rebalances by itself, an hour of its clock every minute (by default), applying every plan that saves.
     let mut services = config.services();
     services.rebalancer.enabled = !args.no_rebalance;
@@ -171,11 +170,15 @@ async fn demo_with_database(
     let addr = app.local_addr();
     let clock = app.clock();
     let sites = demo::site_names(&pool).await?;
+    // One executor token per site: each serves its own site alone.
+    let mut tokens = Vec::with_capacity(sites.len());
+    for site in &sites {
+        tokens.push(new_token(&pool, &format!("demo-executor-{site}"), Role::Executor, Some(site)).await?);
+    }
     let executors = demo::executors::Executors::start(
         &executor_bin,
         &format!("http://{addr}"),
-        &executor_token,
-        &sites,
+        &sites.iter().cloned().zip(tokens).collect::<Vec<_>>(),
         args.sim_mib_per_gib,
     )?;
     println!(
@@ -216,10 +219,10 @@ async fn demo_with_database(
     served
 }
 
-/// Makes a token and returns its secret.
-async fn new_token(pool: &sqlx::PgPool, name: &str, role: Role) -> anyhow::Result<String> {
+/// Makes a token (an executor's serves `site`) and returns its secret.
+async fn new_token(pool: &sqlx::PgPool, name: &str, role: Role, site: Option<&str>) -> anyhow::Result<String> {
     let secret = heliotrope::domain::token::generate_secret();
     let digest = heliotrope::domain::token::secret_digest(&secret);
-    db::tokens::insert(pool, name, role, &digest).await?;
+    db::tokens::insert(pool, name, role, site, &digest).await?;
     Ok(secret)
 }

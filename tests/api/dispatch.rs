@@ -232,6 +232,9 @@ async fn a_planner_changes_a_running_cap_and_the_events_stream_shows_it_all(pool
         async move { app.send(Method::PATCH, path, Some(planner), Some(&body)).await }
     };
     patch(json!({"cap_mbps": 0})).await.assert_error(422, "cap_mbps");
+    // The least positive float once passed, and panicked the source's shaper (a wait of infinity).
+    patch(json!({"cap_mbps": 5e-324})).await.assert_error(422, "cap_mbps");
+    patch(json!({"cap_mbps": 0.05})).await.assert_error(422, "cap_mbps");
     patch(json!({"cap_mbps": 250, "x": 1})).await.assert_error(422, "x");
     let viewer = app.token(Role::Viewer).await;
     let refused = app.send(Method::PATCH, &path, Some(&viewer), Some(&json!({"cap_mbps": 250}))).await;

@@ -11,6 +11,7 @@ mod executors;
 mod feeds;
 mod fleet;
 mod groups;
+mod hostile;
 mod links;
 mod migrations;
 mod network;

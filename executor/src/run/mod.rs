@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use heliotrope_api_spec::{
-    AssignedVm, Assignment, Completion, Driver, Executor, ExecutorRegistration, JobRole, MigrationDetail,
+    AssignedVm, Assignment, Completion, Driver, Executor, ExecutorRegistration, Heartbeat, JobRole, MigrationDetail,
     MigrationState, ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
 };
 use heliotrope_executor::destination::Destination;
@@ -28,6 +28,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+mod listener;
 mod network;
 mod qemu;
 mod replication;
@@ -130,6 +131,8 @@ struct Worker {
     tls: Option<Tls>,
     running: Running,
     booting: Mutex<()>,
+    /// The transfer listener's health, told with each heartbeat.
+    listener: Arc<listener::Health>,
     /// Replicas this executor keeps in sync at other sites, and the links they share with migrations.
     replication: replication::Replication,
     /// Migrations this executor receives now (a retry's claim of the same one is the same work).
@@ -175,6 +178,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tls,
         running: Arc::default(),
         booting: Mutex::default(),
+        listener: Arc::default(),
         replication: replication::Replication::default(),
         receiving: Mutex::default(),
         machines: Mutex::default(),
@@ -222,20 +226,10 @@ impl Worker {
         loop {
             tokio::time::sleep(Duration::from_secs(10)).await;
             let path = format!("/v1/executors/{}/heartbeat", self.executor);
-            if let Err(e) = self.scheduler.post::<(), serde_json::Value>(&path, None).await {
+            let heartbeat = Heartbeat { listener: Some(self.listener.report()) };
+            if let Err(e) = self.scheduler.post::<_, serde_json::Value>(&path, Some(&heartbeat)).await {
                 tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
             }
-        }
-    }
-
-    async fn accept(self: Arc<Self>, listener: TcpListener) {
-        while let Ok((tcp, peer)) = listener.accept().await {
-            let worker = self.clone();
-            tokio::spawn(async move {
-                if let Err(e) = worker.destination.serve_tcp(tcp, worker.tls.as_ref()).await {
-                    tracing::warn!(%peer, error = %e, "a transfer connection failed");
-                }
-            });
         }
     }
 

@@ -2,10 +2,10 @@
 //! speaks for them alone) and heartbeat; people read them.
 
 use chrono::{DateTime, Utc};
-use heliotrope_api_spec::{Executor, ExecutorFilter, ExecutorRegistration};
+use heliotrope_api_spec::{Executor, ExecutorFilter, ExecutorRegistration, Heartbeat, ListenerHealth};
 use sqlx::PgPool;
 
-use super::{enum_from_text, enum_to_text, site_id_by_name, ListQuery, Result, StoreError};
+use super::{enum_from_text, enum_to_text, on_constraint, site_id_by_name, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 use crate::domain::Valid;
 
@@ -19,6 +19,7 @@ struct ExecutorRow {
     driver: String,
     capacity: i32,
     tunnel_address: Option<String>,
+    listener: Option<sqlx::types::Json<ListenerHealth>>,
 }
 
 impl TryFrom<ExecutorRow> for Executor {
@@ -33,12 +34,13 @@ impl TryFrom<ExecutorRow> for Executor {
             driver: enum_from_text(r.driver)?,
             capacity: u32::try_from(r.capacity).unwrap_or(1),
             tunnel_address: r.tunnel_address,
+            listener: r.listener.map(|l| l.0),
         })
     }
 }
 
 const SELECT: &str = "select e.executor_id, s.name as site, e.address, e.last_heartbeat, e.state, e.driver, \
-    e.capacity, e.tunnel_address from executor e join site s on s.site_id = e.site_id";
+    e.capacity, e.tunnel_address, e.listener from executor e join site s on s.site_id = e.site_id";
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Executor> {
     let sql = format!("{SELECT} where e.executor_id = $1");
@@ -56,27 +58,67 @@ pub async fn list(pool: &PgPool, page: PageRequest, filter: &ExecutorFilter) -> 
     Ok(page.page(executors, |e| e.id))
 }
 
-/// Registers an executor for `token_id`, or updates the one registered
-/// from the same site and address (a restart); it is online from now.
+/// Registers the executor of token `token_id`, or updates it (a restart,
+/// a new address): a token speaks for one executor, at the site it serves
+/// (named when it was made, or bound now by the first registration of a
+/// token made before). Another token's executor is never taken over: its
+/// address is a conflict, unless its token was revoked.
 pub async fn register(pool: &PgPool, token_id: i64, r: &Valid<ExecutorRegistration>) -> Result<Executor> {
     let mut tx = pool.begin().await?;
     let site_id = site_id_by_name(&mut tx, "site", &r.site).await?;
-    let id: i64 = sqlx::query_scalar(
-        "insert into executor (site_id, address, driver, capacity, token_id, state, last_heartbeat, tunnel_address) \
-         values ($1, $2, $3, $4, $5, 'online', now(), $6) \
-         on conflict (site_id, address) do update set driver = excluded.driver, capacity = excluded.capacity, \
-           token_id = excluded.token_id, state = 'online', last_heartbeat = now(), \
-           tunnel_address = excluded.tunnel_address \
-         returning executor_id",
+    let serves: i64 = sqlx::query_scalar(
+        "update api_token set site_id = coalesce(site_id, $2) where token_id = $1 returning site_id",
     )
-    .bind(site_id)
-    .bind(&r.address)
-    .bind(enum_to_text(&r.driver))
-    .bind(r.capacity as i32)
     .bind(token_id)
-    .bind(&r.tunnel_address)
+    .bind(site_id)
     .fetch_one(&mut *tx)
     .await?;
+    if serves != site_id {
+        return Err(StoreError::NotYours(format!("this token serves another site's executor, not one at {}", r.site)));
+    }
+    let taken = |e| {
+        on_constraint(e, |c| {
+            (c == "executor_site_address").then(|| format!("{} at {} is another executor's address", r.address, r.site))
+        })
+    };
+    let mine: Option<i64> =
+        sqlx::query_scalar("select executor_id from executor where token_id = $1 order by executor_id limit 1")
+            .bind(token_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let id: i64 = match mine {
+        Some(id) => sqlx::query_scalar(
+            "update executor set address = $2, driver = $3, capacity = $4, tunnel_address = $5, state = 'online', \
+               last_heartbeat = now() where executor_id = $1 returning executor_id",
+        )
+        .bind(id)
+        .bind(&r.address)
+        .bind(enum_to_text(&r.driver))
+        .bind(r.capacity as i32)
+        .bind(&r.tunnel_address)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(taken)?,
+        // A new executor; or one whose token was revoked, taken over by this one at the same address.
+        None => sqlx::query_scalar(
+            "insert into executor (site_id, address, driver, capacity, token_id, state, last_heartbeat, tunnel_address) \
+             values ($1, $2, $3, $4, $5, 'online', now(), $6) \
+             on conflict (site_id, address) do update set driver = excluded.driver, capacity = excluded.capacity, \
+               token_id = excluded.token_id, state = 'online', last_heartbeat = now(), \
+               tunnel_address = excluded.tunnel_address \
+             where executor.token_id is null \
+             returning executor_id",
+        )
+        .bind(site_id)
+        .bind(&r.address)
+        .bind(enum_to_text(&r.driver))
+        .bind(r.capacity as i32)
+        .bind(token_id)
+        .bind(&r.tunnel_address)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::Conflict(format!("{} at {} is another executor's address", r.address, r.site)))?,
+    };
     // Registering again means a restart: what it was receiving is handed to it
     // again (it keeps sealed images on disk, so a cutover can still be confirmed).
     sqlx::query(
@@ -101,12 +143,16 @@ pub async fn owned(db: impl sqlx::PgExecutor<'_>, id: i64, token_id: i64) -> Res
     site.ok_or_else(|| StoreError::NotFound(format!("executor {id} of this token")))
 }
 
-/// Records a heartbeat: the executor is online.
-pub async fn heartbeat(pool: &PgPool, id: i64, token_id: i64) -> Result<()> {
+/// Records a heartbeat: the executor is online, its listener as it says.
+pub async fn heartbeat(pool: &PgPool, id: i64, token_id: i64, heartbeat: &Valid<Heartbeat>) -> Result<()> {
     owned(pool, id, token_id).await?;
-    sqlx::query("update executor set last_heartbeat = now(), state = 'online' where executor_id = $1")
-        .bind(id)
-        .execute(pool)
-        .await?;
+    sqlx::query(
+        "update executor set last_heartbeat = now(), state = 'online', listener = coalesce($2, listener) \
+         where executor_id = $1",
+    )
+    .bind(id)
+    .bind(heartbeat.listener.as_ref().map(sqlx::types::Json))
+    .execute(pool)
+    .await?;
     Ok(())
 }

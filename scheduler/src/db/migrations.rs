@@ -421,7 +421,11 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
     // destination only, so a swap's arrivals wait for its departures); the
     // destination's row is locked so that two claims cannot both take its
     // last room.
-    let online = format!("e.state = 'online' and e.last_heartbeat > now() - {ONLINE_WITHIN}");
+    // Online, and its transfer listener accepting (as its last heartbeat said).
+    let online = format!(
+        "e.state = 'online' and e.last_heartbeat > now() - {ONLINE_WITHIN} \
+         and coalesce((e.listener->>'accepting')::boolean, true)"
+    );
     let runs = "(v.driver = 'sim' or e.driver = 'qemu')";
     let found: Option<(i64, i64, i64)> = sqlx::query_as(&format!(
         "with {} \

@@ -40,6 +40,9 @@ pub enum StoreError {
     /// A unique name is taken, or a row is still referenced.
     #[error("{0}")]
     Conflict(String),
+    /// The caller's token may not act on this (an executor token for another site).
+    #[error("{0}")]
+    NotYours(String),
     /// A name in the request refers to nothing.
     #[error("{field}: no {kind} named '{name}'")]
     UnknownReference { field: String, kind: &'static str, name: String },

@@ -21,7 +21,8 @@ use crate::domain::Valid;
 fn keeper(site: &str, driver: &str) -> String {
     format!(
         "(select min(k.executor_id) from executor k where k.site_id = {site} and k.state = 'online' \
-         and k.last_heartbeat > now() - {ONLINE_WITHIN} and ({driver} = 'sim' or k.driver = 'qemu'))"
+         and k.last_heartbeat > now() - {ONLINE_WITHIN} and coalesce((k.listener->>'accepting')::boolean, true) \
+         and ({driver} = 'sim' or k.driver = 'qemu'))"
     )
 }
 

@@ -15,6 +15,7 @@ struct TokenRow {
     role: String,
     created_at: DateTime<Utc>,
     last_used_at: Option<DateTime<Utc>>,
+    site: Option<String>,
 }
 
 impl TryFrom<TokenRow> for Token {
@@ -26,17 +27,33 @@ impl TryFrom<TokenRow> for Token {
             role: enum_from_text(r.role)?,
             created_at: r.created_at,
             last_used_at: r.last_used_at,
+            site: r.site,
         })
     }
 }
 
-const COLUMNS: &str = "token_id, name, role, created_at, last_used_at";
+const COLUMNS: &str = "token_id, name, role, created_at, last_used_at, \
+    (select s.name from site s where s.site_id = api_token.site_id) as site";
 
-/// Stores a token whose secret hashes to `digest`.
-pub async fn insert(pool: &PgPool, name: &str, role: Role, digest: &[u8; 32]) -> Result<Token> {
-    let sql = format!("insert into api_token (name, role, secret_sha256) values ($1, $2, $3) returning {COLUMNS}");
-    let row: TokenRow =
-        sqlx::query_as(&sql).bind(name).bind(enum_to_text(&role)).bind(&digest[..]).fetch_one(pool).await?;
+/// Stores a token whose secret hashes to `digest`; an executor token
+/// serves `site` (by name).
+pub async fn insert(pool: &PgPool, name: &str, role: Role, site: Option<&str>, digest: &[u8; 32]) -> Result<Token> {
+    let mut tx = pool.begin().await?;
+    let site_id = match site {
+        Some(site) => Some(super::site_id_by_name(&mut tx, "site", site).await?),
+        None => None,
+    };
+    let sql = format!(
+        "insert into api_token (name, role, secret_sha256, site_id) values ($1, $2, $3, $4) returning {COLUMNS}"
+    );
+    let row: TokenRow = sqlx::query_as(&sql)
+        .bind(name)
+        .bind(enum_to_text(&role))
+        .bind(&digest[..])
+        .bind(site_id)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
     Ok(row.try_into()?)
 }
 

@@ -29,12 +29,13 @@ pub fn binary(explicit: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 impl Executors {
-    /// Starts one executor for each of `sites`, speaking to the scheduler at
-    /// `scheduler` with `token`; sim VMs get `mib_per_gib` MiB per GiB.
-    pub fn start(bin: &Path, scheduler: &str, token: &str, sites: &[String], mib_per_gib: f64) -> anyhow::Result<Self> {
+    /// Starts one executor for each of `sites` (a site and its executor
+    /// token), speaking to the scheduler at `scheduler`; sim VMs get
+    /// `mib_per_gib` MiB per GiB.
+    pub fn start(bin: &Path, scheduler: &str, sites: &[(String, String)], mib_per_gib: f64) -> anyhow::Result<Self> {
         let data = tempfile::Builder::new().prefix("heliotrope-demo-executors-").tempdir()?;
         let mut children = Vec::with_capacity(sites.len());
-        for site in sites {
+        for (site, token) in sites {
             // Each listens where the OS finds room; a port taken in between fails that executor loudly.
             let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
             let child = Command::new(bin)

@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use heliotrope_api_spec::{
-    Completion, ExecutorRegistration, MigrationChange, MigrationState, NetworkReport, ProgressReport,
+    Completion, ExecutorRegistration, Heartbeat, MigrationChange, MigrationState, NetworkReport, ProgressReport,
     ReplicationReport, VmRunsAt, REPLICATION_SESSION_BASE,
 };
 
@@ -49,8 +49,9 @@ pub fn parse_registration(r: ExecutorRegistration) -> Result<Valid<ExecutorRegis
 
 /// A cap must be a positive rate no WAN link exceeds (1 Tbit/s).
 pub fn parse_change(change: MigrationChange) -> Result<Valid<MigrationChange>> {
-    if change.cap_mbps.is_some_and(|cap| !(cap.is_finite() && cap > 0.0 && cap <= 1_000_000.0)) {
-        return Err(ValidationError::new("cap_mbps", "must be above 0 and at most 1000000 Mbit/s, or null"));
+    if change.cap_mbps.is_some_and(|cap| !(cap.is_finite() && (MIN_CAP_MBPS..=1_000_000.0).contains(&cap))) {
+        let message = format!("must be {MIN_CAP_MBPS} to 1000000 Mbit/s, or null");
+        return Err(ValidationError::new("cap_mbps", message));
     }
     Ok(Valid(change))
 }
@@ -103,6 +104,20 @@ pub fn parse_network_report(r: NetworkReport) -> Result<Valid<NetworkReport>> {
     }
     Ok(Valid(r))
 }
+
+/// A heartbeat: the listener's last error is short text.
+pub fn parse_heartbeat(h: Heartbeat) -> Result<Valid<Heartbeat>> {
+    if let Some(error) = h.listener.as_ref().and_then(|l| l.last_error.as_ref()) {
+        if error.chars().count() > 200 || error.contains('\0') {
+            return Err(ValidationError::new("listener.last_error", "at most 200 characters, no NUL"));
+        }
+    }
+    Ok(Valid(h))
+}
+
+/// The least running cap a planner may set: below it no migration converges,
+/// and a sender's waits would overflow.
+pub const MIN_CAP_MBPS: f64 = 0.1;
 
 /// The most replicas one report may speak of.
 pub const MAX_REPLICA_REPORTS: usize = 10_000;

@@ -4,7 +4,7 @@
 //! the persistence layer.
 
 use chrono_tz::Tz;
-use heliotrope_api_spec::{Driver, GroupPolicy, GroupSpec, LinkSpec, NewToken, QemuSpec, SiteSpec, VmSpec};
+use heliotrope_api_spec::{Driver, GroupPolicy, GroupSpec, LinkSpec, NewToken, QemuSpec, Role, SiteSpec, VmSpec};
 
 use super::{Valid, ValidationError};
 
@@ -260,6 +260,14 @@ pub fn parse_group(spec: GroupSpec) -> Result<Valid<GroupSpec>> {
 
 pub fn parse_token(spec: NewToken) -> Result<Valid<NewToken>> {
     check_name("name", &spec.name)?;
+    match (&spec.site, spec.role) {
+        (Some(site), Role::Executor) => check_name("site", site)?,
+        (None, Role::Executor) => {
+            return Err(ValidationError::new("site", "an executor token names the site it serves"));
+        }
+        (Some(_), _) => return Err(ValidationError::new("site", "only an executor token serves a site")),
+        (None, _) => {}
+    }
     Ok(Valid(spec))
 }
 

@@ -10,18 +10,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{extract::State, Extension, Json, Router};
 use heliotrope_api_spec::{
-    Assignment, ClaimParams, Completion, Executor, ExecutorParam, ExecutorRegistration, MigrationDetail, NetworkReport,
-    ProgressAnswer, ProgressReport, RecoveryReport, ReplicationPlan, ReplicationReport,
+    Assignment, ClaimParams, Completion, Executor, ExecutorParam, ExecutorRegistration, Heartbeat, MigrationDetail,
+    NetworkReport, ProgressAnswer, ProgressReport, RecoveryReport, ReplicationPlan, ReplicationReport,
 };
 
 use super::auth::Principal;
 use super::error::{ApiError, ErrorResponses};
-use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::extract::{ApiJson, ApiJsonOrEmpty, ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
 use crate::domain::dispatch::{
-    parse_completion, parse_network_report, parse_progress, parse_registration, parse_replication_report,
-    MAX_CLAIM_WAIT_S,
+    parse_completion, parse_heartbeat, parse_network_report, parse_progress, parse_registration,
+    parse_replication_report, MAX_CLAIM_WAIT_S,
 };
 use crate::domain::ValidationError;
 
@@ -76,15 +76,18 @@ pub async fn register_executor(
     Ok(Json(db::executors::register(&state.pool, caller.token_id, &registration).await?))
 }
 
-/// The executor is alive.
+/// The executor is alive, and its transfer listener as healthy as it says
+/// (the body may be left out: the last report stands).
 #[utoipa::path(post, path = "/v1/executors/{id}/heartbeat", tag = "dispatch", params(("id" = i64, Path)),
-    responses((status = 204), ErrorResponses))]
+    request_body(content = Option<Heartbeat>), responses((status = 204), ErrorResponses))]
 pub async fn heartbeat(
     State(state): State<AppState>,
     Extension(caller): Extension<Principal>,
     ApiPath(id): ApiPath<i64>,
+    ApiJsonOrEmpty(heartbeat): ApiJsonOrEmpty<Heartbeat>,
 ) -> Result<StatusCode, ApiError> {
-    db::executors::heartbeat(&state.pool, id, caller.token_id).await?;
+    let heartbeat = parse_heartbeat(heartbeat)?;
+    db::executors::heartbeat(&state.pool, id, caller.token_id, &heartbeat).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

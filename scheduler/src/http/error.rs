@@ -25,6 +25,9 @@ pub enum ApiError {
     Forbidden { have: &'static str, need: &'static str },
     #[error("a write from a browser session needs the X-CSRF-Token header GET /v1/session gives")]
     MissingCsrf,
+    /// The token may not act so (an executor token for another site's executor).
+    #[error("{0}")]
+    NotYours(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -53,7 +56,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => ErrorCode::BadRequest,
             ApiError::Unauthorized => ErrorCode::Unauthorized,
-            ApiError::Forbidden { .. } | ApiError::MissingCsrf => ErrorCode::Forbidden,
+            ApiError::Forbidden { .. } | ApiError::MissingCsrf | ApiError::NotYours(_) => ErrorCode::Forbidden,
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::Conflict(_) => ErrorCode::Conflict,
@@ -113,6 +116,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::NotYours(message) => ApiError::NotYours(message),
             e @ StoreError::UnknownReference { .. } => ApiError::Validation(e.to_string()),
             StoreError::Database(e) => ApiError::from(e),
         }

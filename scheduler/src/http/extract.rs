@@ -53,6 +53,27 @@ where
     }
 }
 
+/// [`ApiJson`] for a body that may be left out: an empty body is `T::default()`.
+pub struct ApiJsonOrEmpty<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJsonOrEmpty<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Default,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let json = media_type(req.headers()).is_some_and(|m| is_json(&m));
+        let bytes = read_body(req, state).await?;
+        match (bytes.is_empty(), json) {
+            (true, _) => Ok(ApiJsonOrEmpty(T::default())),
+            (false, true) => parse_json(&bytes).map(ApiJsonOrEmpty),
+            (false, false) => Err(ApiError::UnsupportedMediaType),
+        }
+    }
+}
+
 /// The request's media type, lower-cased, without parameters.
 pub fn media_type(headers: &axum::http::HeaderMap) -> Option<String> {
     let value = headers.get(CONTENT_TYPE)?.to_str().ok()?;

@@ -40,7 +40,8 @@ pub async fn create_token(
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     let spec = parse_token(spec)?;
     let secret = generate_secret();
-    let token = db::tokens::insert(&state.pool, &spec.name, spec.role, &secret_digest(&secret)).await?;
+    let token =
+        db::tokens::insert(&state.pool, &spec.name, spec.role, spec.site.as_deref(), &secret_digest(&secret)).await?;
     Ok((StatusCode::CREATED, Json(CreatedToken { token, secret })))
 }
 

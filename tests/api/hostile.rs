@@ -1,0 +1,87 @@
+//! Hostile peers against a live executor process: what a probe of the
+//! release build found, each reproduced through the real listener.
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::Duration;
+
+use heliotrope::db::MIGRATOR;
+use heliotrope_api_spec::Role;
+use heliotrope_executor::wire::{nonce, read_frame, write_frame, Frame, VERSION};
+use heliotrope_tests::{free_port, spawn_app, workspace_binary, Processes};
+use serde_json::Value;
+use sqlx::PgPool;
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::plans::site_at;
+
+/// A connection to `to` from the loopback address `from` (127.0.0.0/8 is all this machine's).
+async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::from((from, 0)))?;
+    socket.connect(to).await
+}
+
+/// Whether the executor at `to` still answers a peer: a hello for a job it does not expect is refused in words.
+async fn answers(to: SocketAddr) -> bool {
+    let Ok(Ok(mut tcp)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(to)).await else {
+        return false;
+    };
+    let hello = Frame::Hello { version: VERSION, job: 424242, stream: 0, streams: 1, nonce: nonce() };
+    if write_frame(&mut tcp, &hello).await.is_err() {
+        return false;
+    }
+    matches!(tokio::time::timeout(Duration::from_secs(5), read_frame(&mut tcp)).await, Ok(Ok(Frame::Refused { .. })))
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_transfer_listener_outlives_running_out_of_descriptors(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    site_at(&app, "A", "active").await;
+    let port = free_port();
+    let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    // 128 descriptors: a few dozen go to the runtime, the database client and the data dir.
+    let executor = Command::new("prlimit")
+        .arg("--nofile=128:128")
+        .arg(workspace_binary("heliotrope-executor"))
+        .args(["run", "--site", "A", "--listen", &to.to_string(), "--data-dir"])
+        .arg(data.path())
+        .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
+        .env("HELIOTROPE_TOKEN", app.token(Role::Executor).await)
+        .env("RUST_LOG", "error")
+        .spawn()
+        .expect("prlimit (util-linux) runs the executor");
+    let _executor = Processes(vec![executor]);
+    let online = |page: &Value| page["items"][0]["state"] == "online";
+    app.wait_for("the executor online", online, "/v1/executors").await;
+    assert!(answers(to).await, "the listener answers at first");
+
+    // Idle connections from four peer addresses, more than the descriptors left.
+    let mut idle = Vec::new();
+    for peer in 2..6u8 {
+        for _ in 0..60 {
+            if let Ok(tcp) = connect_from([127, 0, 0, peer], to).await {
+                idle.push(tcp);
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    drop(idle);
+    // Once they are gone the executor takes connections again (it used to stop accepting for good).
+    let mut answered = false;
+    for _ in 0..20 {
+        if answers(to).await {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(answered, "the listener died");
+    // Its heartbeat told the scheduler what happened.
+    let told = |page: &Value| {
+        let listener = &page["items"][0]["listener"];
+        listener["accept_errors"].as_u64().is_some_and(|n| n > 0) && listener["accepting"] == true
+    };
+    app.wait_for("the heartbeat reports the failed accepts, and accepting again", told, "/v1/executors").await;
+}
