@@ -34,8 +34,9 @@ pub struct SimulationRequest {
     /// End of the window (exclusive, on the hour, in the past); at most 62 days after `from`.
     pub to: DateTime<Utc>,
     /// Any of static, greedy, planner, oracle (default all four; static and oracle are always run,
-    /// as the oracle share needs them).
+    /// as the oracle share needs them), each once.
     #[serde(default = "default_policies")]
+    #[schema(min_items = 1, max_items = 4)]
     pub policies: Vec<String>,
     /// persistence, perfect or noisy:SIGMA (default persistence).
     #[serde(default = "default_forecast")]

@@ -30,6 +30,10 @@ use crate::wire::{
     WireError, MAX_HANDSHAKE_FRAME, VERSION,
 };
 
+/// The refusal of a peer that did not prove an expected job's secret,
+/// whether the job is unknown here or the proof wrong.
+pub const NOT_EXPECTED: &str = "no such job here, or a wrong job secret";
+
 /// How long a peer has to open TLS and prove the job's secret: an idle or
 /// slow connection holds a descriptor and a task no longer than this.
 pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
@@ -269,18 +273,22 @@ impl Destination {
             }
             other => return Err(TransferError::Protocol(format!("expected hello, got {other:?}"))),
         };
-        let Some(secret) = lock(&self.jobs).get(&job).cloned() else {
-            return refuse(stream, format!("no job {job} here")).await;
-        };
+        // An unknown job is challenged with a secret nobody holds: before it proves a
+        // job's secret, a peer cannot tell which jobs this executor expects.
+        let known = lock(&self.jobs).get(&job).cloned();
+        let expected = known.is_some();
+        let secret = known.unwrap_or_else(|| nonce().to_vec());
         let mine = nonce();
         let challenge = Frame::Challenge { nonce: mine, proof: proof(&secret, "destination", job, &theirs, &mine) };
         write_frame(stream, &challenge).await?;
         match read_frame_within(stream, &mut buffer, MAX_HANDSHAKE_FRAME).await? {
-            Frame::Proof { proof: given } if same(&given, &proof(&secret, "source", job, &mine, &theirs)) => {
+            Frame::Proof { proof: given }
+                if expected && same(&given, &proof(&secret, "source", job, &mine, &theirs)) =>
+            {
                 write_frame(stream, &Frame::Accepted).await?;
                 Ok((job, number))
             }
-            _ => refuse(stream, "wrong job secret".to_owned()).await,
+            _ => refuse(stream, NOT_EXPECTED.to_owned()).await,
         }
     }
 

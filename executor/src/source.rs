@@ -86,7 +86,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     let theirs = match read_frame_within(s, &mut buffer, MAX_HANDSHAKE_FRAME).await? {
         Frame::Challenge { nonce, proof: theirs } => {
             if !same(&theirs, &proof(secret, "destination", job, &mine, &nonce)) {
-                return Err(TransferError::Refused("the destination does not hold this job's secret".into()));
+                return Err(TransferError::NotExpected);
             }
             nonce
         }

@@ -173,6 +173,11 @@ pub enum TransferError {
     Wire(#[from] WireError),
     #[error("refused: {0}")]
     Refused(String),
+    /// The destination does not hold the job's secret: it does not expect
+    /// the job (yet: a destination takes its side when it claims it), or it
+    /// is not the executor the job was given to.
+    #[error("refused: the destination does not hold this job's secret")]
+    NotExpected,
     #[error("protocol: {0}")]
     Protocol(String),
     /// A page or image that does not match its hash: nothing is kept.

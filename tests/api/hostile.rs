@@ -22,7 +22,7 @@ async fn connect_from(from: [u8; 4], to: SocketAddr) -> std::io::Result<TcpStrea
     socket.connect(to).await
 }
 
-/// Whether the executor at `to` still answers a peer: a hello for a job it does not expect is refused in words.
+/// Whether the executor at `to` still answers a peer: a hello is challenged (whether or not it expects the job).
 async fn answers(to: SocketAddr) -> bool {
     let Ok(Ok(mut tcp)) = tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(to)).await else {
         return false;
@@ -31,7 +31,7 @@ async fn answers(to: SocketAddr) -> bool {
     if write_frame(&mut tcp, &hello).await.is_err() {
         return false;
     }
-    matches!(tokio::time::timeout(Duration::from_secs(5), read_frame(&mut tcp)).await, Ok(Ok(Frame::Refused { .. })))
+    matches!(tokio::time::timeout(Duration::from_secs(5), read_frame(&mut tcp)).await, Ok(Ok(Frame::Challenge { .. })))
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -84,4 +84,29 @@ async fn the_transfer_listener_outlives_running_out_of_descriptors(pool: PgPool)
         listener["accept_errors"].as_u64().is_some_and(|n| n > 0) && listener["accepting"] == true
     };
     app.wait_for("the heartbeat reports the failed accepts, and accepting again", told, "/v1/executors").await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn unknown_query_parameters_are_refused_and_answers_are_not_stored(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    site_at(&app, "A", "active").await;
+    // A parameter the route does not take would have been a cache key a viewer could vary at will.
+    let answer = app.get("/v1/vms?limit=5&nonce=1").await;
+    answer.assert_error(400, "unknown query parameter 'nonce'");
+    assert!(answer.message().contains("cursor, driver, group, limit, pinned, site"), "{}", answer.body);
+    app.get("/v1/sites/1?x=1").await.assert_error(400, "this route takes: none");
+    assert_eq!(app.get("/v1/vms?limit=5&site=A").await.status, 200);
+    // API answers, a token's secret among them, are for no cache to keep.
+    let client = reqwest::Client::new();
+    let made = client
+        .post(format!("http://{}/v1/tokens", app.addr))
+        .bearer_auth(heliotrope_tests::ADMIN)
+        .json(&serde_json::json!({"name": "grafana", "role": "viewer"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    assert_eq!(made.headers()["cache-control"], "no-store");
+    let health = client.get(format!("http://{}/healthz", app.addr)).send().await.unwrap();
+    assert!(health.headers().get("cache-control").is_none(), "operations endpoints are not the API");
 }

@@ -133,6 +133,12 @@ async fn bad_simulation_requests_are_refused_and_nothing_runs(pool: PgPool) {
     odd["policies"] = json!(["static", "psychic"]);
     app.post("/v1/simulations", odd).await.assert_error(422, "policies[1]");
     let mut odd = window(-3, 0);
+    odd["policies"] = json!(["planner", "planner"]);
+    app.post("/v1/simulations", odd).await.assert_error(422, "policies[1]: is named twice");
+    let mut odd = window(-3, 0);
+    odd["policies"] = json!(vec!["static"; 10_000]);
+    app.post("/v1/simulations", odd).await.assert_error(422, "one to four");
+    let mut odd = window(-3, 0);
     odd["forecast"] = json!("noisy:9");
     app.post("/v1/simulations", odd).await.assert_error(422, "SIGMA must be between 0 and 2");
     let mut odd = window(-3, 0);

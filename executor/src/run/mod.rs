@@ -322,8 +322,8 @@ impl Worker {
             }
             match Session::open(streams, a.migration.id as u64, &secret, options.clone()).await {
                 Ok(session) => return Ok(session),
-                Err(TransferError::Refused(why)) if why.contains("no job") => {
-                    last = Some(why);
+                Err(TransferError::NotExpected) => {
+                    last = Some(TransferError::NotExpected.to_string());
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
                 Err(e) => return Err(e.into()),

@@ -531,8 +531,11 @@ pub fn parse_request(request: SimulationRequest, now: DateTime<Utc>) -> Result<C
     if request.to - request.from > chrono::Duration::days(MAX_WINDOW_DAYS) {
         return Err(ValidationError::new("to", format!("the window may be at most {MAX_WINDOW_DAYS} days")));
     }
-    if request.policies.is_empty() {
-        return Err(ValidationError::new("policies", "name at least one"));
+    if request.policies.is_empty() || request.policies.len() > 4 {
+        return Err(ValidationError::new("policies", "name one to four of static, greedy, planner, oracle"));
+    }
+    if let Some(i) = (1..request.policies.len()).find(|&i| request.policies[..i].contains(&request.policies[i])) {
+        return Err(ValidationError::new(format!("policies[{i}]"), "is named twice"));
     }
     let policies = request
         .policies

@@ -156,8 +156,9 @@ pub async fn require(
     }
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
     if from_cookie && !read {
-        let csrf = request.headers().get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-        if csrf != Some(csrf_token(secret).as_str()) {
+        // Compared in constant time: the time taken says nothing of how much of a guess was right.
+        let csrf = request.headers().get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(csrf, csrf_token(secret).as_bytes())) {
             return Err(ApiError::MissingCsrf);
         }
     }

@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod migrations;
 pub mod openapi;
 pub mod ops;
+pub mod params;
 pub mod plans;
 pub mod rebalancer;
 pub mod session;
@@ -116,7 +117,10 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::router())
         .merge(dashboard::router())
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        // Before the role check and the cache: an unknown parameter is no cache key.
+        .layer(axum::middleware::from_fn(params::refuse_unknown))
         .layer(map_response(json_method_not_allowed))
+        .layer(axum::middleware::from_fn(no_store))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
@@ -125,6 +129,18 @@ pub fn app(state: AppState) -> Router {
                 token_id = tracing::field::Empty)
         }))
         .with_state(state)
+}
+
+/// API answers (tokens' secrets among them) are for their caller alone:
+/// no shared or browser cache keeps them. The dashboard's files may be cached.
+async fn no_store(request: Request, next: axum::middleware::Next) -> Response {
+    let api = request.uri().path().starts_with("/v1/");
+    let mut response = next.run(request).await;
+    if api && !response.headers().contains_key(axum::http::header::CACHE_CONTROL) {
+        let no_store = axum::http::HeaderValue::from_static("no-store");
+        response.headers_mut().insert(axum::http::header::CACHE_CONTROL, no_store);
+    }
+    response
 }
 
 /// axum answers a known path with an unsupported method by an empty 405;

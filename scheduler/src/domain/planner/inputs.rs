@@ -103,15 +103,24 @@ pub fn persist<T: Copy>(slots: usize, mut known: impl FnMut(i64) -> Option<T>) -
 
 /// Checks an evacuation request: a deadline of 1 s to 7 days, and target
 /// site names (whether they exist is for the caller, who knows the sites).
-pub fn parse_evacuation(request: EvacuationRequest) -> Result<Valid<EvacuationRequest>, ValidationError> {
+/// The most target sites an evacuation may name (each VM's choices are copied from them).
+pub const MAX_TARGET_SITES: usize = 256;
+
+pub fn parse_evacuation(mut request: EvacuationRequest) -> Result<Valid<EvacuationRequest>, ValidationError> {
     check_range("deadline_s", request.deadline_s, 1.0, 7.0 * 86_400.0)?;
-    if let Some(targets) = &request.target_sites {
+    if let Some(targets) = &mut request.target_sites {
         if targets.is_empty() {
             return Err(ValidationError::new("target_sites", "name at least one site, or leave it out"));
+        }
+        if targets.len() > MAX_TARGET_SITES {
+            return Err(ValidationError::new("target_sites", format!("at most {MAX_TARGET_SITES} sites")));
         }
         for (i, name) in targets.iter().enumerate() {
             crate::domain::inventory::check_name(&format!("target_sites[{i}]"), name)?;
         }
+        // A site named twice is one target.
+        let mut seen = std::collections::HashSet::new();
+        targets.retain(|name| seen.insert(name.clone()));
     }
     Ok(Valid(request))
 }
