@@ -89,9 +89,8 @@ pub enum NetworkStep {
 #[serde(deny_unknown_fields)]
 pub struct NetworkReport {
     pub step: NetworkStep,
-    /// The executor's network driver: `linux`, `webhook` or `none`.
-    #[schema(min_length = 1, max_length = 32, pattern = "^[a-z0-9_-]+$")]
-    pub driver: String,
+    /// The executor's network driver.
+    pub driver: NetworkDriver,
     /// How long the step took, milliseconds.
     #[schema(minimum = 0, maximum = 3600000)]
     pub duration_ms: f64,
@@ -101,6 +100,18 @@ pub struct NetworkReport {
     #[serde(default)]
     #[schema(max_length = 1000)]
     pub detail: String,
+}
+
+/// How an executor moves VMs' addresses (`heliotrope-executor run --network`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum NetworkDriver {
+    /// The operator moves the network by other means.
+    None,
+    /// VXLAN tunnels and routes through netlink.
+    Linux,
+    /// The operator's SDN controller is told the move.
+    Webhook,
 }
 
 /// A migration with its log of events, oldest first.

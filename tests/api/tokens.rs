@@ -81,3 +81,32 @@ async fn rules(pool: PgPool) {
     app.post("/v1/tokens", json!({"name": "x", "role": "viewer", "secret": "mine"})).await.assert_error(422, "secret");
     assert_eq!(app.count("api_token").await, 1);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_rotated_admin_token_from_the_environment_replaces_the_old_one(pool: PgPool) {
+    use heliotrope::domain::token::secret_digest;
+    // The harness's own admin secret came from the environment path too: it is the first "old" one.
+    let app = spawn_app(pool).await;
+    let new = "htp_rotated-admin-secret-number-two-0002";
+    heliotrope::db::tokens::ensure_admin(&app.pool, Some(new)).await.unwrap();
+    let stored = |secret: &'static str| {
+        let pool = app.pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>("select count(*) from api_token where secret_sha256 = $1")
+                .bind(&secret_digest(secret)[..])
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!((stored(ADMIN).await, stored(new).await), (0, 1), "the old secret is gone, the new one stands");
+    let from_env: i64 = sqlx::query_scalar("select count(*) from api_token where name = 'admin-from-env'")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(from_env, 1);
+    assert_eq!(app.send(Method::GET, "/v1/tokens", Some(new), None).await.status, 200);
+    // Starting again with the same secret changes nothing.
+    heliotrope::db::tokens::ensure_admin(&app.pool, Some(new)).await.unwrap();
+    assert_eq!(stored(new).await, 1);
+}

@@ -15,6 +15,7 @@
 //! `webhook` (the operator's SDN controller is told the move and
 //! acknowledges it, [`webhook`]) and `none`.
 
+use heliotrope_api_spec::NetworkDriver;
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -68,11 +69,11 @@ pub enum Network {
 }
 
 impl Network {
-    pub fn name(&self) -> &'static str {
+    pub fn driver(&self) -> NetworkDriver {
         match self {
-            Network::None => "none",
-            Network::Linux(_) => "linux",
-            Network::Webhook(_) => "webhook",
+            Network::None => NetworkDriver::None,
+            Network::Linux(_) => NetworkDriver::Linux,
+            Network::Webhook(_) => NetworkDriver::Webhook,
         }
     }
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use heliotrope_api_spec::{Assignment, JobRole, NetworkReport, NetworkStep};
+use heliotrope_api_spec::{Assignment, JobRole, NetworkDriver, NetworkReport, NetworkStep};
 use heliotrope_executor::network::linux::{Linux, LinuxOptions};
 use heliotrope_executor::network::webhook::{Webhook, WebhookOptions};
 use heliotrope_executor::network::{timed, Network, NetworkMove, Timed};
@@ -26,7 +26,7 @@ pub struct NetworkArgs {
     /// tunnel from the old site and routes, through netlink) or `webhook`
     /// (the SDN controller is told the move and acknowledges it).
     #[arg(long = "network", value_enum, default_value = "none")]
-    pub network_driver: NetworkDriver,
+    pub network_driver: NetworkArg,
     /// `linux`: where a VM's NIC attaches at this site (`{vm}` stands for the VM's name).
     #[arg(long, default_value = "br-vms")]
     pub network_vm_link: String,
@@ -52,7 +52,7 @@ pub struct NetworkArgs {
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
-pub enum NetworkDriver {
+pub enum NetworkArg {
     None,
     Linux,
     Webhook,
@@ -66,8 +66,8 @@ impl NetworkArgs {
             "--network-hold-s is 0 to 604800 (a week)"
         );
         Ok(match self.network_driver {
-            NetworkDriver::None => Network::None,
-            NetworkDriver::Linux => {
+            NetworkArg::None => Network::None,
+            NetworkArg::Linux => {
                 anyhow::ensure!(
                     !self.network_vm_link.is_empty() && self.network_vm_link.replace("{vm}", "").len() <= 15,
                     "--network-vm-link names an interface (at most 15 characters beside {{vm}})"
@@ -78,7 +78,7 @@ impl NetworkArgs {
                     vxlan_port: self.network_vxlan_port,
                 })?)
             }
-            NetworkDriver::Webhook => {
+            NetworkArg::Webhook => {
                 let url = self.network_webhook.clone().context("--network webhook needs --network-webhook URL")?;
                 let parsed = reqwest::Url::parse(&url).with_context(|| format!("--network-webhook {url}"))?;
                 anyhow::ensure!(matches!(parsed.scheme(), "http" | "https"), "--network-webhook is an http(s) URL");
@@ -179,7 +179,7 @@ pub async fn release_now(args: &ReleaseArgs) -> anyhow::Result<()> {
         std::fs::remove_file(hold_path(&args.data_dir, id))?;
         println!("migration {id}: {done}");
         if let Some(scheduler) = &scheduler {
-            log_step(scheduler, hold.executor, network.name(), id, NetworkStep::Release, timed).await;
+            log_step(scheduler, hold.executor, network.driver(), id, NetworkStep::Release, timed).await;
         }
         released += 1;
     }
@@ -201,7 +201,14 @@ fn truncate(mut text: String, bytes: usize) -> String {
 
 /// Logs a network step in migration `id`'s events as `executor` (a failed
 /// one also here); one the driver had nothing to do in is not logged.
-async fn log_step(scheduler: &Scheduler, executor: i64, driver: &str, id: i64, step: NetworkStep, timed: Timed) {
+async fn log_step(
+    scheduler: &Scheduler,
+    executor: i64,
+    driver: NetworkDriver,
+    id: i64,
+    step: NetworkStep,
+    timed: Timed,
+) {
     let (ok, detail) = match timed.outcome {
         Ok(None) => return,
         Ok(Some(done)) => (true, done),
@@ -212,7 +219,7 @@ async fn log_step(scheduler: &Scheduler, executor: i64, driver: &str, id: i64, s
     };
     let report = NetworkReport {
         step,
-        driver: driver.to_owned(),
+        driver,
         duration_ms: timed.duration.as_secs_f64() * 1000.0,
         ok,
         detail: truncate(detail, 1000),
@@ -264,7 +271,7 @@ impl Worker {
 
     /// Logs a network step in the migration's events.
     async fn log_network(&self, id: i64, step: NetworkStep, timed: Timed) {
-        log_step(&self.scheduler, self.executor, self.network.name(), id, step, timed).await;
+        log_step(&self.scheduler, self.executor, self.network.driver(), id, step, timed).await;
     }
 
     /// At the old site, once the cutover is reported: what still arrives
@@ -350,8 +357,8 @@ impl Worker {
             if !holds.is_empty() {
                 tracing::warn!(
                     count = holds.len(),
-                    "network holds are kept here, but --network {} releases nothing",
-                    self.network.name()
+                    driver = ?self.network.driver(),
+                    "network holds are kept here, but this network driver releases nothing"
                 );
             }
             return;

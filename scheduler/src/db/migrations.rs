@@ -265,6 +265,10 @@ async fn log(
     Ok(())
 }
 
+/// The most network steps one migration's log takes: each end's few steps,
+/// with room for retried releases (a failed one is tried again every minute).
+const MAX_NETWORK_REPORTS: i64 = 64;
+
 /// Logs a network step `executor_id` took for migration `id`: it must be
 /// one of its two executors, and the migration must be in or past its
 /// cutover, or recovering (an old site taking the addresses back). The
@@ -291,11 +295,21 @@ pub async fn record_network(
             enum_to_text(&state)
         )));
     }
+    let logged: i64 =
+        sqlx::query_scalar("select count(*) from migration_event where job_id = $1 and network is not null")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await?;
+    if logged >= MAX_NETWORK_REPORTS {
+        return Err(StoreError::Conflict(format!(
+            "migration {id} has {logged} network steps logged, the most it takes"
+        )));
+    }
     let outcome = if report.ok { "" } else { " FAILED" };
     let detail = format!(
         "network {} ({}){outcome} in {:.1} ms: {}",
         enum_to_text(&report.step),
-        report.driver,
+        enum_to_text(&report.driver),
         report.duration_ms,
         report.detail
     );

@@ -114,7 +114,7 @@ pub async fn authenticate(pool: &PgPool, digest: &[u8; 32]) -> Result<Option<(i6
 
 /// Makes sure an admin can get in. With `configured` (from
 /// `HELIOTROPE_ADMIN_TOKEN`), that secret becomes an admin token if it is
-/// not one yet. Without it, when no admin token exists, a new one is made
+/// not one yet, in place of the previous one from the environment. Without it, when no admin token exists, a new one is made
 /// and its secret returned so that the caller can print it, once.
 pub async fn ensure_admin(pool: &PgPool, configured: Option<&str>) -> Result<Option<String>> {
     let mut tx = pool.begin().await?;
@@ -139,6 +139,10 @@ pub async fn ensure_admin(pool: &PgPool, configured: Option<&str>) -> Result<Opt
     };
     if exists {
         return Ok(None);
+    }
+    if configured.is_some() {
+        // A rotated HELIOTROPE_ADMIN_TOKEN replaces the previous one: the old secret stops working.
+        sqlx::query("delete from api_token where name = 'admin-from-env' and role = 'admin'").execute(&mut *tx).await?;
     }
     sqlx::query("insert into api_token (name, role, secret_sha256) values ($1, 'admin', $2)")
         .bind(name)

@@ -91,11 +91,6 @@ pub fn parse_completion(c: Completion) -> Result<Valid<Completion>> {
 }
 
 pub fn parse_network_report(r: NetworkReport) -> Result<Valid<NetworkReport>> {
-    let driver_ok = (1..=32).contains(&r.driver.len())
-        && r.driver.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if !driver_ok {
-        return Err(ValidationError::new("driver", "1 to 32 of a-z, 0-9, _ and -"));
-    }
     if !(r.duration_ms.is_finite() && (0.0..=3_600_000.0).contains(&r.duration_ms)) {
         return Err(ValidationError::new("duration_ms", "0 to 3600000 milliseconds"));
     }

@@ -112,7 +112,7 @@ impl Metrics {
     pub fn network_step(&self, report: &NetworkReport) {
         let labels = NetworkStepLabels {
             step: enum_to_text(&report.step),
-            driver: report.driver.clone(),
+            driver: enum_to_text(&report.driver),
             outcome: if report.ok { "ok" } else { "failed" },
         };
         self.network_steps.get_or_create(&labels).inc();
