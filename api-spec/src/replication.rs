@@ -79,6 +79,8 @@ pub struct OutgoingReplica {
 pub struct IncomingReplica {
     pub session: u64,
     pub vm: String,
+    /// The VM's disk as the inventory sizes it: the replica is no larger.
+    pub disk_gib: f64,
     pub replica: String,
     pub secret: String,
 }

@@ -20,7 +20,7 @@ use std::time::Instant;
 use anyhow::Context;
 use heliotrope_api_spec::SavedBytes;
 use heliotrope_executor::content::{ImageFile, PageSource, PAGE};
-use heliotrope_executor::destination::Destination;
+use heliotrope_executor::destination::{Allowed, Destination};
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, PrecopyReport};
 use heliotrope_executor::replica::Replica;
 use heliotrope_executor::shaping::Shaper;
@@ -237,7 +237,12 @@ pub async fn transfer(args: &TransferBenchArgs) -> anyhow::Result<()> {
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk)?);
     let synced = Instant::now();
     let mut replica = Replica::new("vm-42-disk.img");
-    warm_site.destination.expect_replication(2, SECRET.to_vec(), "vm-42-disk.img");
+    let allowed = Allowed {
+        name: "vm-42-disk.img".into(),
+        kind: heliotrope_executor::wire::ImageKind::Replica,
+        max_pages: disk.page_count(),
+    };
+    warm_site.destination.expect_images(2, SECRET.to_vec(), vec![allowed]);
     replica.sync(&mut warm_site.session(2, args.streams, &unshaped).await?, disk.clone(), &[]).await?;
     let replica_s = synced.elapsed().as_secs_f64();
     let file = std::fs::OpenOptions::new().write(true).open(&vm.disk)?;

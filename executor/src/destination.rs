@@ -48,8 +48,9 @@ pub struct Destination {
     indexing: Arc<tokio::sync::RwLock<()>>,
     /// Secrets of the jobs expected here.
     jobs: Mutex<HashMap<u64, Vec<u8>>>,
-    /// Replication sessions expected here, each with the one replica it may write.
-    replications: Mutex<HashMap<u64, String>>,
+    /// The images each job may send, where the scheduler's assignment says
+    /// (a job absent here, as by hand, may send migration images of any name).
+    allowed: Mutex<HashMap<u64, Vec<Allowed>>>,
     landings: Mutex<HashMap<(u64, String), Arc<Landing>>>,
     /// Local sockets a job's tunnels lead to, by end (`migration`, `nbd`),
     /// and what they carried.
@@ -58,6 +59,15 @@ pub struct Destination {
 
 /// Where a job's tunnel of one end leads here, and what such tunnels carried.
 type TunnelEnd = (PathBuf, Arc<TunnelCounters>);
+
+/// An image a job may send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Allowed {
+    pub name: String,
+    pub kind: ImageKind,
+    /// Its size at most, in pages.
+    pub max_pages: u64,
+}
 
 /// What one connection did.
 #[derive(Debug)]
@@ -109,7 +119,7 @@ impl Destination {
             index: Arc::new(RwLock::new(ChunkIndex::open(&data_dir.join("index"), index_bytes)?)),
             indexing: Arc::new(tokio::sync::RwLock::new(())),
             jobs: Mutex::new(HashMap::new()),
-            replications: Mutex::new(HashMap::new()),
+            allowed: Mutex::new(HashMap::new()),
             landings: Mutex::new(HashMap::new()),
             tunnels: Mutex::new(HashMap::new()),
         }))
@@ -120,17 +130,18 @@ impl Destination {
         lock(&self.jobs).insert(job, secret);
     }
 
-    /// Takes replication session `session` proven with `secret` from now
-    /// on: it may write replica `replica` and nothing else.
-    pub fn expect_replication(&self, session: u64, secret: Vec<u8>, replica: &str) {
-        lock(&self.jobs).insert(session, secret);
-        lock(&self.replications).insert(session, replica.to_owned());
+    /// Takes sessions of `job` proven with `secret` from now on, which may
+    /// send `images` and nothing else (none: a job whose bytes all go
+    /// through tunnels). A replica is written only by a job allowed it.
+    pub fn expect_images(&self, job: u64, secret: Vec<u8>, images: Vec<Allowed>) {
+        lock(&self.jobs).insert(job, secret);
+        lock(&self.allowed).insert(job, images);
     }
 
-    /// Takes no more sessions of `session` (open ones run to their end).
-    pub fn forget_replication(&self, session: u64) {
-        lock(&self.jobs).remove(&session);
-        lock(&self.replications).remove(&session);
+    /// Takes no more sessions of `job` (open ones run to their end).
+    pub fn forget(&self, job: u64) {
+        lock(&self.jobs).remove(&job);
+        lock(&self.allowed).remove(&job);
     }
 
     /// Drops replica `name` (its standby was dropped): the file goes, and its pages from the index.
@@ -295,17 +306,21 @@ impl Destination {
     /// The landing of image `name` of `job`, made if this is its first part.
     fn landing(&self, job: u64, name: &str, kind: ImageKind, pages: u64) -> Result<Arc<Landing>, TransferError> {
         check_name(name)?;
-        // A replica is written only by its own replication session, and such a session writes nothing else.
-        let replica = lock(&self.replications).get(&job).cloned();
-        match (kind, replica) {
-            (ImageKind::Replica, Some(allowed)) if allowed == name => {}
-            (ImageKind::Replica, _) => {
-                return Err(TransferError::Protocol(format!("session {job} may not write replica {name}")));
+        // Only what the job was assigned, no larger than the VM it moves: an authenticated
+        // peer cannot make this executor hold more than the scheduler gave the job.
+        match lock(&self.allowed).get(&job).map(|allowed| allowed.iter().find(|a| a.name == name && a.kind == kind)) {
+            Some(Some(allowed)) if pages <= allowed.max_pages => {}
+            Some(Some(allowed)) => {
+                let most = allowed.max_pages;
+                return Err(TransferError::Protocol(format!(
+                    "image {name} of {pages} pages: job {job} sends {most} at most"
+                )));
             }
-            (ImageKind::Migration, Some(_)) => {
-                return Err(TransferError::Protocol(format!("replication session {job} sends replicas only")));
+            Some(None) => return Err(TransferError::Protocol(format!("job {job} sends no {kind:?} image {name}"))),
+            None if kind == ImageKind::Replica => {
+                return Err(TransferError::Protocol(format!("job {job} may not write replica {name}")));
             }
-            (ImageKind::Migration, None) => {}
+            None => {}
         }
         if pages > MAX_IMAGE_PAGES {
             return Err(TransferError::Protocol(format!("image {name} of {pages} pages is too large")));

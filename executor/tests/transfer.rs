@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use heliotrope_executor::content::{hash, zero_page_hash, Hash, ImageFile, PageSource, PAGE};
-use heliotrope_executor::destination::{Destination, Served, NOT_EXPECTED};
+use heliotrope_executor::destination::{Allowed, Destination, Served, NOT_EXPECTED};
 use heliotrope_executor::precopy::{migrate_vm, PrecopyError, PrecopyOptions};
 use heliotrope_executor::replica::{keep_synced, Replica, Synced};
 use heliotrope_executor::shaping::{Link, Shaper};
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload, BLOCK_PAGES};
 use heliotrope_executor::source::{send, send_resuming, SendOptions, Session};
 use heliotrope_executor::tls::{self, Connection, Tls};
-use heliotrope_executor::transfer::{Counters, Progress, TransferError};
+use heliotrope_executor::transfer::{Counters, Progress, TransferError, MAX_IMAGE_PAGES};
 use heliotrope_executor::wire::{
     encode, nonce, proof, read_frame, write_frame, write_with_payload, ByteBuf, Frame, ImageKind, VERSION,
 };
@@ -24,6 +24,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 const SECRET: &[u8] = b"job-secret-of-some-length";
+
+/// What a replication session may send: replica `name`.
+fn replica(name: &str) -> Vec<Allowed> {
+    vec![Allowed { name: name.to_owned(), kind: ImageKind::Replica, max_pages: MAX_IMAGE_PAGES }]
+}
 
 /// A site's executor on a free port, serving every connection; what each connection came to arrives on `served`.
 struct Site {
@@ -131,7 +136,7 @@ async fn cold_and_warm_destinations_end_with_identical_images() {
 
     // The warm site holds a replica of the disk, synced ahead of time; 2 blocks were written since.
     let warm = site(None).await;
-    warm.destination.expect_replication(8, SECRET.to_vec(), "vm-11-disk.img");
+    warm.destination.expect_images(8, SECRET.to_vec(), replica("vm-11-disk.img"));
     let mut replica = Replica::new("vm-11-disk.img");
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk).unwrap());
     let mut session = Session::open(warm.streams(2).await, 8, SECRET, options()).await.unwrap();
@@ -153,7 +158,7 @@ async fn a_replica_syncs_only_what_was_written_and_recovers_from_a_lost_copy() {
     let source = tempfile::tempdir().unwrap();
     let vm = vm(source.path(), 1, 16, 31);
     let standby = site(None).await;
-    standby.destination.expect_replication(3, SECRET.to_vec(), "vm-31-disk.img");
+    standby.destination.expect_images(3, SECRET.to_vec(), replica("vm-31-disk.img"));
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.disk).unwrap());
     let mut replica = Replica::new("vm-31-disk.img");
     let at = standby.destination.replica_path("vm-31-disk.img");
@@ -199,7 +204,7 @@ async fn a_running_vm_is_replicated_in_the_background_and_yields_to_migrations()
     let vm =
         SimVm::start(images.clone(), Workload { memory_bytes_per_s: 0.0, disk_bytes_per_s: 2e6, seed: 52 }).unwrap();
     let standby = Arc::new(site(None).await);
-    standby.destination.expect_replication(5, SECRET.to_vec(), "vm-51-disk.img");
+    standby.destination.expect_images(5, SECRET.to_vec(), replica("vm-51-disk.img"));
     let link = Link::new(50e6, 20e6);
     let (opener, shapers) = (standby.clone(), link.replication_shapers());
     let open = move || {
@@ -484,7 +489,7 @@ async fn a_peer_that_has_not_proven_the_secret_cannot_announce_a_large_frame_or_
 
     // A migration's job may not write a replica, nor a replication session another VM's replica.
     standby.destination.expect(7, SECRET.to_vec());
-    standby.destination.expect_replication(8, SECRET.to_vec(), "vm-1-disk.img");
+    standby.destination.expect_images(8, SECRET.to_vec(), replica("vm-1-disk.img"));
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm(standby.dir.path(), 1, 1, 3).disk).unwrap());
     for (job, name) in [(7, "vm-1-disk.img"), (8, "vm-2-disk.img")] {
         let mut session = Session::open(standby.streams(1).await, job, SECRET, options()).await.unwrap();
@@ -492,4 +497,26 @@ async fn a_peer_that_has_not_proven_the_secret_cannot_announce_a_large_frame_or_
         assert!(written.is_err(), "job {job} wrote replica {name}");
         assert!(!standby.destination.replica_path(name).exists());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_sends_only_the_images_it_was_assigned_no_larger_than_its_vm() {
+    let source = tempfile::tempdir().unwrap();
+    let vm = vm(source.path(), 1, 2, 5);
+    let mut dest = site(None).await;
+    let image = |name: &str, max_pages| Allowed { name: name.into(), kind: ImageKind::Migration, max_pages };
+    // The VM was assigned 1 MiB of memory and 1 MiB of disk: its 2 MiB disk is refused.
+    dest.destination.expect_images(9, SECRET.to_vec(), vec![image("memory.img", 256), image("disk.img", 256)]);
+    assert!(send(dest.streams(1).await, 9, SECRET, &images(&vm), options()).await.is_err());
+    let refused = dest.outcomes(1).await;
+    assert!(
+        matches!(&refused[0], Err(e) if e.to_string().contains("512 pages: job 9 sends 256 at most")),
+        "{refused:?}"
+    );
+    // A job whose bytes all go through tunnels takes no image at all, and no replica.
+    dest.destination.expect_images(10, SECRET.to_vec(), Vec::new());
+    assert!(send(dest.streams(1).await, 10, SECRET, &images(&vm), options()).await.is_err());
+    let refused = dest.outcomes(1).await;
+    assert!(matches!(&refused[0], Err(e) if e.to_string().contains("sends no Migration image")), "{refused:?}");
+    assert!(dest.kept(9).is_empty() && dest.kept(10).is_empty());
 }

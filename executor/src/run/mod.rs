@@ -16,13 +16,15 @@ use heliotrope_api_spec::{
     AssignedVm, Assignment, Completion, Driver, Executor, ExecutorRegistration, Heartbeat, JobRole, MigrationDetail,
     MigrationState, ProgressAnswer, ProgressReport, RecoveryReport, VmRunsAt,
 };
-use heliotrope_executor::destination::Destination;
+use heliotrope_executor::content::PAGE;
+use heliotrope_executor::destination::{Allowed, Destination};
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, DISK_IMAGE, MEMORY_IMAGE};
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload};
 use heliotrope_executor::source::{SendOptions, Session};
 use heliotrope_executor::tls::{self, Connection, Tls, TlsFiles};
 use heliotrope_executor::transfer::{choose_level, Progress, TransferError};
+use heliotrope_executor::wire::ImageKind;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -278,6 +280,11 @@ impl Worker {
         self.sim_vm(&a.migration.vm, &a.vm, a.migration.id as u64)
     }
 
+    /// The bytes of a sim VM's image of `gib` GiB in the inventory: whole MiB, scaled.
+    fn sim_bytes(&self, gib: f64) -> u64 {
+        ((gib * self.args.sim_mib_per_gib).ceil().max(1.0) as u64) << 20
+    }
+
     /// The running sim VM `name`, booted from its images here, or made
     /// from `spec`'s sizes (content and guest seeded by `seed`) if it has none.
     fn sim_vm(&self, name: &str, spec: &AssignedVm, seed: u64) -> anyhow::Result<Arc<SimVm>> {
@@ -288,13 +295,13 @@ impl Worker {
         }
         let dir = self.vm_dir(name);
         let scale = self.args.sim_mib_per_gib;
-        let mib = |gib: f64| ((gib * scale).ceil().max(1.0) as usize) << 20;
         let images = if dir.join(MEMORY_IMAGE).exists() {
             SimImages { memory: dir.join(MEMORY_IMAGE), disk: dir.join(DISK_IMAGE) }
         } else {
             // Writing the images takes a while: the runtime's other work (the lease) goes on meanwhile.
             tokio::task::block_in_place(|| {
-                generate(&dir, mib(spec.memory_gib), mib(spec.disk_gib), &ContentMix::default(), 1, seed)
+                let (memory, disk) = (self.sim_bytes(spec.memory_gib), self.sim_bytes(spec.disk_gib));
+                generate(&dir, memory as usize, disk as usize, &ContentMix::default(), 1, seed)
             })?
         };
         let dirty = spec.dirty_rate_mbps * 1e6 / 8.0 * scale / 1024.0;
@@ -534,7 +541,14 @@ impl Worker {
     /// otherwise leaves the VM at the source, and the images are dropped.
     async fn receive(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
-        self.destination.expect(id as u64, decode_hex(&a.secret)?);
+        // The images of the VM the scheduler assigned, no larger.
+        let image = |name: &str, gib: f64| Allowed {
+            name: name.to_owned(),
+            kind: ImageKind::Migration,
+            max_pages: self.sim_bytes(gib) / PAGE as u64,
+        };
+        let images = vec![image(MEMORY_IMAGE, a.vm.memory_gib), image(DISK_IMAGE, a.vm.disk_gib)];
+        self.destination.expect_images(id as u64, decode_hex(&a.secret)?, images);
         if !self.receiving.lock().unwrap_or_else(|e| e.into_inner()).insert(id) {
             return Ok(());
         }

@@ -204,7 +204,8 @@ impl Worker {
         let (nbd_socket, migration_socket) = (job.join("nbd.sock"), job.join("migration.sock"));
         prepare_incoming(&machine, &spec.disks, MULTIFD_CHANNELS, &migration_socket, &nbd_socket).await?;
         let secret = decode_hex(&a.secret)?;
-        self.destination.expect(id as u64, secret);
+        // Every byte of a qemu migration goes through the tunnels: no image is taken.
+        self.destination.expect_images(id as u64, secret, Vec::new());
         self.destination.expect_tunnel(id as u64, "nbd", &nbd_socket);
         self.destination.expect_tunnel(id as u64, "migration", &migration_socket);
         let received = async {

@@ -17,10 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use heliotrope_api_spec::{Driver, OutgoingReplica, ReplicaFreshness, ReplicationPlan, ReplicationReport};
+use heliotrope_executor::content::PAGE;
+use heliotrope_executor::destination::Allowed;
 use heliotrope_executor::replica::{keep_synced, Replicating};
 use heliotrope_executor::shaping::{Link, MigrationSlot};
 use heliotrope_executor::source::{SendOptions, Session};
 use heliotrope_executor::tls;
+use heliotrope_executor::wire::ImageKind;
 
 use super::{decode_hex, Worker};
 
@@ -95,11 +98,18 @@ impl Worker {
         let keep: HashSet<&str> = plan.incoming.iter().map(|r| r.replica.as_str()).collect();
         let listed: HashSet<u64> = plan.incoming.iter().map(|r| r.session).collect();
         for gone in incoming.difference(&listed) {
-            self.destination.forget_replication(*gone);
+            self.destination.forget(*gone);
         }
         for r in &plan.incoming {
             match decode_hex(&r.secret) {
-                Ok(secret) => self.destination.expect_replication(r.session, secret, &r.replica),
+                Ok(secret) => {
+                    let replica = Allowed {
+                        name: r.replica.clone(),
+                        kind: ImageKind::Replica,
+                        max_pages: self.sim_bytes(r.disk_gib) / PAGE as u64,
+                    };
+                    self.destination.expect_images(r.session, secret, vec![replica]);
+                }
                 Err(e) => tracing::warn!(session = r.session, error = %e, "a replica's secret"),
             }
         }

@@ -150,6 +150,7 @@ struct IncomingRow {
     standby_id: i64,
     vm_id: i64,
     vm: String,
+    disk_gib: f64,
     secret: Vec<u8>,
 }
 
@@ -187,7 +188,7 @@ pub async fn plan_for(
     .fetch_all(pool)
     .await?;
     let incoming: Vec<IncomingRow> = sqlx::query_as(&format!(
-        "select b.standby_id, v.vm_id, v.name as vm, b.secret from standby b join vm v on v.vm_id = b.vm_id \
+        "select b.standby_id, v.vm_id, v.name as vm, v.disk_gib, b.secret from standby b join vm v on v.vm_id = b.vm_id \
          where b.site_id = $1 and v.site_id <> $1 and {keeper} = $2 order by b.standby_id",
         keeper = keeper("b.site_id", "v.driver"),
     ))
@@ -226,6 +227,7 @@ pub async fn plan_for(
         .map(|r| IncomingReplica {
             session: session(r.standby_id),
             vm: r.vm,
+            disk_gib: r.disk_gib,
             replica: replica_name(r.vm_id),
             secret: hex(&r.secret),
         })
