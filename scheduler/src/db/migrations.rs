@@ -522,14 +522,29 @@ fn room(sites: &str) -> String {
 /// Whether VM `v` fits in its destination's `r`oom.
 const FITS: &str = "(r.vcpus >= v.vcpus and r.memory_gib >= v.memory_gib - 1e-9 and r.disk_gib >= v.disk_gib - 1e-9)";
 
+/// What an executor is told of a VM it moves or replicates (the columns of `vm` by these names).
 #[derive(sqlx::FromRow)]
-struct VmRow {
+pub(super) struct VmRow {
     memory_gib: f64,
     disk_gib: f64,
     dirty_rate_mbps: f64,
     max_downtime_ms: i32,
     driver: String,
     driver_spec: sqlx::types::Json<serde_json::Value>,
+}
+
+impl VmRow {
+    pub(super) fn assigned(self, addresses: Vec<String>) -> std::result::Result<AssignedVm, sqlx::Error> {
+        Ok(AssignedVm {
+            addresses,
+            memory_gib: self.memory_gib,
+            disk_gib: self.disk_gib,
+            dirty_rate_mbps: self.dirty_rate_mbps,
+            max_downtime_ms: u32::try_from(self.max_downtime_ms).unwrap_or(0),
+            driver: enum_from_text(self.driver)?,
+            driver_spec: self.driver_spec.0,
+        })
+    }
 }
 
 /// The destination executor, as its source is told.
@@ -562,15 +577,7 @@ async fn assignment(
     .bind(id)
     .fetch_all(pool)
     .await?;
-    let vm = AssignedVm {
-        addresses,
-        memory_gib: vm.memory_gib,
-        disk_gib: vm.disk_gib,
-        dirty_rate_mbps: vm.dirty_rate_mbps,
-        max_downtime_ms: u32::try_from(vm.max_downtime_ms).unwrap_or(0),
-        driver: enum_from_text(vm.driver)?,
-        driver_spec: vm.driver_spec.0,
-    };
+    let vm = vm.assigned(addresses)?;
     let (peer_address, peer_tunnel_address) = match peer {
         Some(peer) => (Some(peer.address), peer.tunnel_address),
         None => (None, None),

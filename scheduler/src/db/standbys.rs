@@ -8,12 +8,12 @@
 //! rule names the executor that keeps a standby site's replicas.
 
 use heliotrope_api_spec::{
-    AssignedVm, IncomingReplica, OutgoingReplica, ReplicationPlan, ReplicationReport, REPLICATION_SESSION_BASE,
+    IncomingReplica, OutgoingReplica, ReplicationPlan, ReplicationReport, REPLICATION_SESSION_BASE,
 };
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
 use super::migrations::{hex, ONLINE_WITHIN};
-use super::{enum_from_text, Result};
+use super::Result;
 use crate::domain::Valid;
 
 /// The executor that keeps `site`'s replicas and replicates its VMs of
@@ -29,15 +29,7 @@ fn keeper(site: &str, driver: &str) -> String {
 /// Stores the standbys an operator names for a VM (in spec order) and puts
 /// them in force; a site no longer named stays only if the plans chose it.
 pub(super) async fn name(tx: &mut Transaction<'_, Postgres>, vm_id: i64, sites: &[i64]) -> Result<()> {
-    sqlx::query("delete from vm_standby_site where vm_id = $1").bind(vm_id).execute(&mut **tx).await?;
-    sqlx::query(
-        "insert into vm_standby_site (vm_id, site_id, position) \
-         select $1, site_id, (ord - 1)::smallint from unnest($2::bigint[]) with ordinality as t(site_id, ord)",
-    )
-    .bind(vm_id)
-    .bind(sites)
-    .execute(&mut **tx)
-    .await?;
+    super::vms::store_site_list(tx, super::vms::SiteList::Standby, vm_id, sites).await?;
     sqlx::query("delete from standby where vm_id = $1 and chosen_by = 'operator' and site_id <> all($2)")
         .bind(vm_id)
         .bind(sites)
@@ -135,12 +127,8 @@ struct OutgoingRow {
     peer_address: Option<String>,
     secret: Vec<u8>,
     vm_id: i64,
-    memory_gib: f64,
-    disk_gib: f64,
-    dirty_rate_mbps: f64,
-    max_downtime_ms: i32,
-    driver: String,
-    driver_spec: sqlx::types::Json<serde_json::Value>,
+    #[sqlx(flatten)]
+    spec: super::migrations::VmRow,
     bandwidth_mbps: f64,
     background_reserve_pct: f64,
 }
@@ -204,15 +192,7 @@ pub async fn plan_for(
             Ok(OutgoingReplica {
                 session: session(r.standby_id),
                 vm: r.vm,
-                vm_spec: AssignedVm {
-                    memory_gib: r.memory_gib,
-                    disk_gib: r.disk_gib,
-                    dirty_rate_mbps: r.dirty_rate_mbps,
-                    max_downtime_ms: u32::try_from(r.max_downtime_ms).unwrap_or(0),
-                    addresses: Vec::new(),
-                    driver: enum_from_text(r.driver)?,
-                    driver_spec: r.driver_spec.0,
-                },
+                vm_spec: r.spec.assigned(Vec::new())?,
                 standby: r.standby,
                 peer_address: r.peer_address,
                 replica: replica_name(r.vm_id),

@@ -121,12 +121,22 @@ async fn resolve(tx: &mut Transaction<'_, Postgres>, spec: &VmSpec) -> Result<Re
     Ok(Refs { site, group, allowed_sites, standby_sites })
 }
 
-async fn store_allowed_sites(tx: &mut Transaction<'_, Postgres>, vm_id: i64, sites: &[i64]) -> Result<()> {
-    sqlx::query("delete from vm_allowed_site where vm_id = $1").bind(vm_id).execute(&mut **tx).await?;
-    sqlx::query(
-        "insert into vm_allowed_site (vm_id, site_id, position) \
-         select $1, site_id, (ord - 1)::smallint from unnest($2::bigint[]) with ordinality as t(site_id, ord)",
-    )
+/// Stores a VM's list of sites (`vm_allowed_site` or `vm_standby_site`), in order, in place of the one it had.
+pub(super) async fn store_site_list(
+    tx: &mut Transaction<'_, Postgres>,
+    table: SiteList,
+    vm_id: i64,
+    sites: &[i64],
+) -> Result<()> {
+    let table = match table {
+        SiteList::Allowed => "vm_allowed_site",
+        SiteList::Standby => "vm_standby_site",
+    };
+    sqlx::query(&format!("delete from {table} where vm_id = $1")).bind(vm_id).execute(&mut **tx).await?;
+    sqlx::query(&format!(
+        "insert into {table} (vm_id, site_id, position) \
+         select $1, site_id, (ord - 1)::smallint from unnest($2::bigint[]) with ordinality as t(site_id, ord)"
+    ))
     .bind(vm_id)
     .bind(sites)
     .execute(&mut **tx)
@@ -185,6 +195,12 @@ fn bind_columns<'q>(query: ScalarQuery<'q>, spec: &'q VmSpec, refs: &Refs) -> Sc
         .bind(&spec.driver_spec)
 }
 
+/// A VM's ordered lists of sites.
+pub(super) enum SiteList {
+    Allowed,
+    Standby,
+}
+
 /// Stores the VM's addresses in place of those it had; one another VM holds is a conflict.
 async fn store_addresses(tx: &mut Transaction<'_, Postgres>, vm_id: i64, addresses: &[String]) -> Result<()> {
     sqlx::query("delete from vm_address where vm_id = $1").bind(vm_id).execute(&mut **tx).await?;
@@ -206,7 +222,7 @@ async fn store_addresses(tx: &mut Transaction<'_, Postgres>, vm_id: i64, address
 
 /// Stores the allowed sites and addresses, reads the VM back and commits.
 async fn finish(mut tx: Transaction<'_, Postgres>, vm_id: i64, refs: &Refs, addresses: &[String]) -> Result<Vm> {
-    store_allowed_sites(&mut tx, vm_id, &refs.allowed_sites).await?;
+    store_site_list(&mut tx, SiteList::Allowed, vm_id, &refs.allowed_sites).await?;
     store_addresses(&mut tx, vm_id, addresses).await?;
     super::standbys::name(&mut tx, vm_id, &refs.standby_sites).await?;
     let vm = get(&mut *tx, vm_id).await?;
