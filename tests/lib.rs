@@ -83,7 +83,12 @@ impl TestApp {
 
     /// Follows `GET {path}` (server-sent events) as the admin.
     pub async fn events(&self, path: &str) -> Events {
-        let response = self.client.get(self.url(path)).bearer_auth(ADMIN).send().await.expect("events");
+        self.events_as(path, ADMIN).await
+    }
+
+    /// `GET path` as a server-sent event stream, read with `token`.
+    pub async fn events_as(&self, path: &str, token: &str) -> Events {
+        let response = self.client.get(self.url(path)).bearer_auth(token).send().await.expect("events");
         assert_eq!(response.status(), 200);
         Events { response, buffer: String::new() }
     }
@@ -127,6 +132,20 @@ impl Events {
     /// The next event whose data is not `passed_over`. News reaches a
     /// stream some time after its commit, so news from just before the
     /// stream was opened may still arrive on it.
+    /// Whether the server ends the stream within `within` (news meanwhile is passed over).
+    pub async fn ends_within(&mut self, within: std::time::Duration) -> bool {
+        tokio::time::timeout(within, async {
+            loop {
+                match self.response.chunk().await {
+                    Ok(Some(_)) => {}
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     pub async fn next_past(&mut self, passed_over: impl Fn(&Value) -> bool) -> (String, Value) {
         loop {
             let event = self.next().await;

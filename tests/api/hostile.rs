@@ -110,3 +110,15 @@ async fn unknown_query_parameters_are_refused_and_answers_are_not_stored(pool: P
     let health = client.get(format!("http://{}/healthz", app.addr)).send().await.unwrap();
     assert!(health.headers().get("cache-control").is_none(), "operations endpoints are not the API");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_event_stream_ends_when_its_token_is_revoked(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let made = app.post("/v1/tokens", serde_json::json!({"name": "wallboard", "role": "viewer"})).await;
+    let (id, secret) = (made.body["token"]["id"].as_i64().unwrap(), made.body["secret"].as_str().unwrap().to_owned());
+    let mut stream = app.events_as("/v1/events", &secret).await;
+    assert!(!stream.ends_within(Duration::from_secs(1)).await, "an open stream stays open");
+    assert_eq!(app.delete(&format!("/v1/tokens/{id}")).await.status, 204);
+    // Within the revocation delay (a token's cache lives 10 s on other replicas; streams check every 5 s).
+    assert!(stream.ends_within(Duration::from_secs(10)).await, "the stream outlived its token");
+}

@@ -57,6 +57,14 @@ pub async fn insert(pool: &PgPool, name: &str, role: Role, site: Option<&str>, d
     Ok(row.try_into()?)
 }
 
+/// Whether token `id` stands (it has not been revoked).
+pub async fn exists(pool: &PgPool, id: i64) -> Result<bool> {
+    Ok(sqlx::query_scalar("select exists (select 1 from api_token where token_id = $1)")
+        .bind(id)
+        .fetch_one(pool)
+        .await?)
+}
+
 pub async fn get(pool: &PgPool, id: i64) -> Result<Token> {
     let sql = format!("select {COLUMNS} from api_token where token_id = $1");
     let row: Option<TokenRow> = sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?;

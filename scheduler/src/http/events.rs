@@ -8,15 +8,18 @@ use std::convert::Infallible;
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use futures_util::{Stream, StreamExt};
 use heliotrope_api_spec::{MigrationNews, NewsFilter};
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
+use super::auth::Principal;
 use super::error::ErrorResponses;
 use super::extract::ApiQuery;
 use super::AppState;
+use crate::db;
 
 /// How much news a slow client may fall behind before it misses some (it is then told how much).
 pub const BACKLOG: usize = 1024;
@@ -35,8 +38,17 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, content_type = "text/event-stream", body = MigrationNews), ErrorResponses))]
 pub async fn stream_events(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     ApiQuery(filter): ApiQuery<NewsFilter>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // A stream ends when the server stops, and when its token is revoked (within REVALIDATE).
+    let (stopping, pool) = (state.stopping.clone(), state.pool.clone());
+    let ended = async move {
+        tokio::select! {
+            _ = stopping.cancelled() => {}
+            _ = revoked(pool, caller.token_id) => {}
+        }
+    };
     let news = BroadcastStream::new(state.news.subscribe())
         .filter(move |item| {
             let wanted = match (item, filter.migration) {
@@ -47,8 +59,23 @@ pub async fn stream_events(
         })
         .map(|item| Ok(as_event(item)))
         // An open stream would hold graceful shutdown up forever.
-        .take_until(state.stopping.clone().cancelled_owned());
+        .take_until(ended);
     Sse::new(news).keep_alive(KeepAlive::default())
+}
+
+/// How often an open stream checks that its token still stands.
+const REVALIDATE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Resolves once token `token_id` is revoked (a failed check is not a revocation).
+async fn revoked(pool: sqlx::PgPool, token_id: i64) {
+    loop {
+        tokio::time::sleep(REVALIDATE).await;
+        match db::tokens::exists(&pool, token_id).await {
+            Ok(false) => return,
+            Ok(true) => {}
+            Err(e) => tracing::warn!(error = %e, "checking an event stream's token failed"),
+        }
+    }
 }
 
 fn as_event(item: Result<MigrationNews, BroadcastStreamRecvError>) -> Event {
