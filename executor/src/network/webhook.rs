@@ -66,9 +66,12 @@ impl Webhook {
                 }
                 Ok(answer) if answer.status().is_server_error() || busy(answer.status()) => answer.status().to_string(),
                 Ok(answer) => {
+                    // The reply's text stays in this executor's log: the refusal goes into the
+                    // migration's events, which viewers read.
                     let status = answer.status();
-                    let text = answer.text().await.unwrap_or_default();
-                    return Err(self.refused(format!("{status}: {}", text.chars().take(300).collect::<String>())));
+                    let text: String = answer.text().await.unwrap_or_default().chars().take(300).collect();
+                    tracing::debug!(%status, reply = %text, "the SDN controller refused the move");
+                    return Err(self.refused(format!("it answered {status}")));
                 }
                 Err(e) => e.to_string(),
             };
@@ -89,4 +92,37 @@ impl Webhook {
 /// A refusal worth trying again: the controller timed out or is busy.
 fn busy(status: reqwest::StatusCode) -> bool {
     matches!(status, reqwest::StatusCode::REQUEST_TIMEOUT | reqwest::StatusCode::TOO_MANY_REQUESTS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_refusal_names_the_status_and_keeps_the_reply_out_of_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/moves", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.unwrap();
+            let mut request = vec![0u8; 4096];
+            let _ = tcp.read(&mut request).await;
+            let body = "token=s3cr3t-from-the-controller";
+            let reply =
+                format!("HTTP/1.1 403 Forbidden\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+            tcp.write_all(reply.as_bytes()).await.unwrap();
+        });
+        let webhook = Webhook::new(WebhookOptions { url, token: None, timeout: Duration::from_secs(5) });
+        let change = NetworkMove {
+            migration: 1,
+            vm: "web".into(),
+            addresses: vec!["192.0.2.10".parse().unwrap()],
+            from_site: "A".into(),
+            to_site: "B".into(),
+            peer: None,
+        };
+        let refused = webhook.tell(&change).await.unwrap_err().to_string();
+        assert!(refused.contains("403 Forbidden"), "{refused}");
+        assert!(!refused.contains("s3cr3t"), "{refused}");
+    }
 }
