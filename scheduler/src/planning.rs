@@ -61,47 +61,43 @@ pub async fn propose(
         ScheduleGoal::MeanCompletion => Goal::MeanCompletion,
         ScheduleGoal::Makespan => Goal::Makespan,
     };
-    let made = make(pool, config, request, now, goal, |_| {}).await?;
-    choose_standbys(pool, config, &made).await?;
-    Ok(made.applied)
+    let Made { applied, input, plan, ids, .. } = make(pool, config, request, now, goal, |_| {}).await?;
+    choose_standbys(pool, config, input, plan, ids).await?;
+    Ok(applied)
 }
 
 /// Puts in force the standbys this plan and the fleet's recent moves
 /// favour (`domain::standby`): where each VM's disk should be kept warm.
-async fn choose_standbys(pool: &PgPool, config: &PlannerConfig, made: &Made) -> Result<(), PlanningError> {
-    let input = &made.input;
-    let vm_index: HashMap<i64, usize> = made
-        .ids
-        .vms
-        .iter()
-        .filter_map(|(name, &id)| Some((id, input.vms.iter().position(|v| &v.name == name)?)))
-        .collect();
-    let site_index = |id: i64| made.ids.sites.iter().position(|&s| s == id);
-    let mut operator = vec![Vec::new(); input.vms.len()];
-    for &(vm, site) in &made.ids.named {
-        if let (Some(&vm), Some(site)) = (vm_index.get(&vm), site_index(site)) {
-            operator[vm].push(site);
-        }
-    }
-    // A returning VM goes back where it came from: its recent origins are favoured beside the plan's moves.
-    let favoured: Vec<(usize, usize)> = made
-        .plan
-        .moves
-        .iter()
-        .map(|m| (m.vm, m.to))
-        .chain(made.ids.origins.iter().filter_map(|&(vm, site)| Some((*vm_index.get(&vm)?, site_index(site)?))))
-        .collect();
+/// The choice runs off the async runtime, as the planner does.
+async fn choose_standbys(
+    pool: &PgPool,
+    config: &PlannerConfig,
+    input: PlanInput,
+    plan: planner::Plan,
+    ids: Ids,
+) -> Result<(), PlanningError> {
     let budgets = standby::Budgets {
         per_vm: config.standbys_per_vm,
         site_share: config.replica_budget_share,
         link_share: config.replication_share,
         full_sync_s: standby::FULL_SYNC_S,
     };
-    let chosen: Vec<(i64, i64)> = standby::choose(input, &operator, &favoured, budgets)
-        .into_iter()
-        .filter(|c| c.chosen == standby::Chosen::Plans)
-        .filter_map(|c| Some((*made.ids.vms.get(&input.vms[c.vm].name)?, *made.ids.sites.get(c.site)?)))
-        .collect();
+    let chosen = tokio::task::spawn_blocking(move || {
+        let mut operator = vec![Vec::new(); input.vms.len()];
+        for (vm, site) in ids.indices(&ids.named) {
+            operator[vm].push(site);
+        }
+        // A returning VM goes back where it came from: its recent origins are favoured beside the plan's moves.
+        let favoured: Vec<(usize, usize)> =
+            plan.moves.iter().map(|m| (m.vm, m.to)).chain(ids.indices(&ids.origins)).collect();
+        standby::choose(&input, &operator, &favoured, budgets)
+            .into_iter()
+            .filter(|c| c.chosen == standby::Chosen::Plans)
+            .map(|c| (ids.vms[c.vm], ids.sites[c.site]))
+            .collect::<Vec<(i64, i64)>>()
+    })
+    .await
+    .map_err(|e| PlanningError::Unsolved(format!("choosing standbys stopped: {e}")))?;
     db::standbys::choose(pool, &chosen).await?;
     Ok(())
 }
@@ -183,12 +179,46 @@ struct Made {
 
 /// The database ids behind a plan's input, and what the standby choice reads.
 struct Ids {
-    /// By site index.
+    /// By site index and VM index of the input.
     sites: Vec<i64>,
-    /// By VM name.
-    vms: HashMap<String, i64>,
+    vms: Vec<i64>,
+    /// The input's index of each id.
+    site_index: HashMap<i64, usize>,
+    vm_index: HashMap<i64, usize>,
+    /// Operator-named standbys and recent origins (VM id, site id).
     named: Vec<(i64, i64)>,
     origins: Vec<(i64, i64)>,
+}
+
+impl Ids {
+    /// `input` was made from `sites` (in their order) and `vms` (matched by name).
+    fn of(input: &PlanInput, sites: &[Site], vms: &[Vm], named: Vec<(i64, i64)>, origins: Vec<(i64, i64)>) -> Ids {
+        let by_name: HashMap<&str, usize> = input.vms.iter().enumerate().map(|(i, v)| (v.name.as_str(), i)).collect();
+        let vm_index: HashMap<i64, usize> =
+            vms.iter().filter_map(|v| Some((v.id, *by_name.get(v.spec.name.as_str())?))).collect();
+        let mut vm_ids = vec![0; input.vms.len()];
+        for (&id, &i) in &vm_index {
+            vm_ids[i] = id;
+        }
+        Ids {
+            sites: sites.iter().map(|s| s.id).collect(),
+            vms: vm_ids,
+            site_index: sites.iter().enumerate().map(|(i, s)| (s.id, i)).collect(),
+            vm_index,
+            named,
+            origins,
+        }
+    }
+
+    /// A VM id and a site id as input indices, if the input knows both.
+    fn index(&self, vm: i64, site: i64) -> Option<(usize, usize)> {
+        Some((*self.vm_index.get(&vm)?, *self.site_index.get(&site)?))
+    }
+
+    /// (VM id, site id) pairs as input indices, those the input knows.
+    fn indices<'a>(&'a self, pairs: &'a [(i64, i64)]) -> impl Iterator<Item = (usize, usize)> + 'a {
+        pairs.iter().filter_map(|&(vm, site)| self.index(vm, site))
+    }
 }
 
 /// Plans, schedules for `goal` and stores; `adjust` changes the input first (an evacuation's rules).
@@ -226,21 +256,21 @@ async fn make(
         downtime_penalty_per_s: config.downtime_penalty_per_s,
     };
     let mut input = plan_input(&inventory, signals, settings);
+    let ids = Ids::of(&input, &sites, &vms, named, origins);
     // What standbys hold already: a move there sends only the rest of the disk.
     for b in &standbys {
-        let vm =
-            vms.iter().find(|v| v.id == b.vm_id).and_then(|v| input.vms.iter().position(|p| p.name == v.spec.name));
-        if let (Some(vm), Some(site)) = (vm, sites.iter().position(|s| s.id == b.site_id)) {
+        if let Some((vm, site)) = ids.index(b.vm_id, b.site_id) {
             let share = standby::cached_share(b.synced, b.synced_bytes.max(0) as u64, b.written_bytes.max(0) as u64);
-            let bytes = share * input.vms[vm].disk_gib * standby::GIB;
+            let bytes = share * input.vms[vm].disk_gib * planner::GIB;
             if bytes > 0.0 {
                 input.vms[vm].cached.push((site, bytes));
             }
         }
     }
+    // In id order, so that the sums come out the same every time.
     for v in &vms {
-        let to = recent.get(&v.id).and_then(|&(_, to)| to).and_then(|id| sites.iter().position(|s| s.id == id));
-        if let (Some(to), Some(vm)) = (to, input.vms.iter().position(|p| p.name == v.spec.name)) {
+        let under_way = recent.get(&v.id).and_then(|&(_, to)| to).and_then(|to| ids.index(v.id, to));
+        if let Some((vm, to)) = under_way {
             hold_room(&mut input, vm, to);
         }
     }
@@ -320,12 +350,6 @@ async fn make(
         db::plans::approve(pool, stored.id).await?;
         let (plan, jobs) = db::plans::apply(pool, stored.id).await?;
         AppliedPlan { plan, jobs }
-    };
-    let ids = Ids {
-        sites: sites.iter().map(|s| s.id).collect(),
-        vms: vms.iter().map(|v| (v.spec.name.clone(), v.id)).collect(),
-        named,
-        origins,
     };
     Ok(Made { applied, input, plan, outcomes: run.outcomes, cannot_converge: run.cannot_converge, ids })
 }

@@ -391,7 +391,7 @@ fn first_slot(site: &PlanSite) -> SlotSignal {
     site.signals.first().copied().unwrap_or(SlotSignal { price_per_mwh: 0.0, carbon_g_per_kwh: 0.0 })
 }
 
-const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 /// Plans the placement of every VM.
 pub fn plan(input: &PlanInput) -> Result<Plan, PlanError> {

@@ -28,7 +28,7 @@ use good_lp::solvers::{SolutionStatus, WithTimeLimit};
 use good_lp::{variable, Expression, ProblemVariables, Solution, SolverModel, Variable};
 
 use super::cost::{precopy, PreCopyInput};
-use super::planner::{Move, PlanInput};
+use super::planner::{Move, PlanInput, GIB};
 
 /// A running migration's share must stay at least this many times its dirty rate.
 pub const SAFETY_MARGIN: f64 = 1.5;
@@ -612,8 +612,6 @@ pub fn for_moves(input: &PlanInput, moves: &[Move]) -> (Network, Vec<Migration>)
         .collect();
     (network, migrations)
 }
-
-const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
 
 #[cfg(test)]
 mod tests {

@@ -7,7 +7,9 @@
 //! A replica is a cache: a standby chosen wrongly costs disk space and
 //! background bandwidth, never correctness.
 
-use super::planner::{horizon_weighted, PlanInput, PlanVm};
+use std::collections::HashMap;
+
+use super::planner::{horizon_weighted, PlanInput, PlanVm, GIB};
 
 /// Who made a site a standby.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +39,6 @@ pub struct Choice {
     pub chosen: Chosen,
 }
 
-pub const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
-
 /// A link's standbys must be able to sync in full within a day at its replication budget.
 pub const FULL_SYNC_S: f64 = 86_400.0;
 
@@ -57,39 +57,43 @@ pub fn choose(
     let mut site_room: Vec<f64> = input.sites.iter().map(|s| s.capacity.disk_gib * GIB * budgets.site_share).collect();
     let mut link_room: Vec<f64> =
         input.links.iter().map(|l| l.usable_bytes_per_s * budgets.link_share * budgets.full_sync_s).collect();
-    let link_of = |from: usize, to: usize| input.links.iter().position(|l| l.from == from && l.to == to);
+    let link_of: HashMap<(usize, usize), usize> =
+        input.links.iter().enumerate().map(|(i, l)| ((l.from, l.to), i)).collect();
+    let mut plans: HashMap<(usize, usize), usize> = HashMap::new();
+    for &pair in favoured {
+        *plans.entry(pair).or_default() += 1;
+    }
     let mut chosen = Vec::new();
     for (vm, sites) in operator.iter().enumerate() {
         let disk = input.vms[vm].disk_gib * GIB;
         for &site in sites.iter().filter(|&&s| s != input.vms[vm].site) {
             // Named by the operator: kept whatever the budgets say, and counted against them.
             site_room[site] -= disk;
-            if let Some(link) = link_of(input.vms[vm].site, site) {
+            if let Some(&link) = link_of.get(&(input.vms[vm].site, site)) {
                 link_room[link] -= disk;
             }
             chosen.push(Choice { vm, site, chosen: Chosen::Operator });
         }
     }
-    // Every candidate with its score: plans that moved it there first, then the saving.
-    let mut candidates: Vec<(usize, usize, usize, f64)> = Vec::new();
+    // Every candidate (VM, site, its link) with its score: plans that moved it there first, then the saving.
+    let mut candidates: Vec<(usize, usize, usize, usize, f64)> = Vec::new();
     for (vm, v) in input.vms.iter().enumerate().filter(|(_, v)| !v.pinned) {
         let here = horizon_weighted(input, v, v.site);
-        for link in input.links.iter().filter(|l| l.from == v.site) {
-            if !allowed(v, link.to) || operator[vm].contains(&link.to) {
+        for (link, to) in input.links.iter().enumerate().filter(|(_, l)| l.from == v.site).map(|(i, l)| (i, l.to)) {
+            if !allowed(v, to) || operator[vm].contains(&to) {
                 continue;
             }
-            let plans = favoured.iter().filter(|&&(f, s)| f == vm && s == link.to).count();
-            let saving = here - horizon_weighted(input, v, link.to);
+            let plans = plans.get(&(vm, to)).copied().unwrap_or(0);
+            let saving = here - horizon_weighted(input, v, to);
             if plans > 0 || saving > 0.0 {
-                candidates.push((vm, link.to, plans, saving));
+                candidates.push((vm, to, link, plans, saving));
             }
         }
     }
-    candidates.sort_by(|a, b| b.2.cmp(&a.2).then(b.3.total_cmp(&a.3)).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
+    candidates.sort_by(|a, b| b.3.cmp(&a.3).then(b.4.total_cmp(&a.4)).then(a.0.cmp(&b.0)).then(a.1.cmp(&b.1)));
     let mut per_vm = vec![0usize; input.vms.len()];
-    for (vm, site, _, _) in candidates {
+    for (vm, site, link, _, _) in candidates {
         let disk = input.vms[vm].disk_gib * GIB;
-        let Some(link) = link_of(input.vms[vm].site, site) else { continue };
         if per_vm[vm] >= budgets.per_vm || site_room[site] < disk || link_room[link] < disk {
             continue;
         }
