@@ -99,7 +99,9 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
     assert_eq!(migration["state"], "done", "{migration}");
     let downtime = migration["progress"]["downtime_s"].as_f64().expect("the measured downtime");
     assert!(downtime > 0.0 && downtime <= 2.0, "{migration}");
-    assert!(migration["progress"]["wire_bytes"].as_u64().unwrap() > 128 << 20, "{migration}");
+    // The guest rewrites ~99 MiB of its memory and the disk holds 12 MiB of data: both crossed (more
+    // only when dirty pages are sent again, which a fast convergence may not need).
+    assert!(migration["progress"]["wire_bytes"].as_u64().unwrap() > 100 << 20, "{migration}");
     assert_eq!(app.get("/v1/vms?site=C").await.body["items"][0]["name"], "web");
 
     // The source QEMU quit; the guest runs on at C; the disks are the same.
