@@ -17,6 +17,7 @@
 pub mod content;
 pub mod destination;
 pub mod index;
+pub mod nbd;
 pub mod network;
 pub mod precopy;
 pub mod qemu;
