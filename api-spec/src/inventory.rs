@@ -164,10 +164,28 @@ pub struct QemuSpec {
     /// A read-only raw boot image every site holds at this path (shared storage: never copied).
     #[serde(default)]
     pub boot_image: Option<String>,
+    /// A Linux kernel booted directly (`-kernel`), from files every site holds at these paths.
+    #[serde(default)]
+    pub kernel: Option<QemuKernel>,
     /// The QMP socket of the VM as it runs now, for the executor to adopt
     /// (default: `qmp.sock` in the VM's directory under the executor's data dir).
     #[serde(default)]
     pub qmp_socket: Option<String>,
+}
+
+/// A kernel a `qemu` VM boots directly, without a boot disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QemuKernel {
+    /// The kernel image (`-kernel`).
+    pub path: String,
+    /// Its initramfs (`-initrd`).
+    #[serde(default)]
+    pub initrd: Option<String>,
+    /// Its command line (`-append`): printable ASCII.
+    #[serde(default)]
+    #[schema(max_length = 1024)]
+    pub append: String,
 }
 
 /// One disk of a `qemu` VM.

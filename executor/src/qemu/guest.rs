@@ -61,6 +61,7 @@ pub fn spec(boot: &Path, disk: &Path) -> QemuSpec {
             size_bytes: 256 << 20,
         }],
         boot_image: Some(boot.display().to_string()),
+        kernel: None,
         qmp_socket: None,
     }
 }

@@ -16,7 +16,8 @@ fn check(spec: &QemuSpec) -> Result<(), String> {
     if !word(&spec.machine) || !["tcg", "kvm"].contains(&spec.accel.as_str()) {
         return Err(format!("machine '{}' with accel '{}'", spec.machine, spec.accel));
     }
-    let paths = spec.disks.iter().map(|d| d.path.as_str()).chain(spec.boot_image.as_deref());
+    let kernel = spec.kernel.iter().flat_map(|k| std::iter::once(k.path.as_str()).chain(k.initrd.as_deref()));
+    let paths = spec.disks.iter().map(|d| d.path.as_str()).chain(spec.boot_image.as_deref()).chain(kernel);
     if let Some(bad) = paths.into_iter().find(|p| p.contains(',')) {
         return Err(format!("path {bad} holds a comma"));
     }
@@ -107,6 +108,12 @@ pub fn command(spec: &QemuSpec, dir: &Path, incoming: bool) -> Result<tokio::pro
             .arg("-drive")
             .arg(format!("file={boot},format=raw,if=none,id=boot,readonly=on"))
             .args(["-device", "virtio-blk-pci,drive=boot,bootindex=0"]);
+    }
+    if let Some(kernel) = &spec.kernel {
+        command.arg("-kernel").arg(&kernel.path).arg("-append").arg(&kernel.append);
+        if let Some(initrd) = &kernel.initrd {
+            command.arg("-initrd").arg(initrd);
+        }
     }
     for disk in &spec.disks {
         command

@@ -238,9 +238,24 @@ fn check_qemu_spec(value: &serde_json::Value, memory_gib: f64) -> Result<()> {
     if spec.disks.iter().enumerate().any(|(i, d)| spec.disks[..i].iter().any(|e| e.node == d.node)) {
         return Err(ValidationError::new("driver_spec.disks", "node names must differ"));
     }
-    for (field, value) in [("driver_spec.boot_image", &spec.boot_image), ("driver_spec.qmp_socket", &spec.qmp_socket)] {
-        if value.as_deref().is_some_and(|p| !path(p)) {
+    let kernel = spec.kernel.as_ref();
+    let paths = [
+        ("driver_spec.boot_image", spec.boot_image.as_deref()),
+        ("driver_spec.qmp_socket", spec.qmp_socket.as_deref()),
+        ("driver_spec.kernel.path", kernel.map(|k| k.path.as_str())),
+        ("driver_spec.kernel.initrd", kernel.and_then(|k| k.initrd.as_deref())),
+    ];
+    for (field, value) in paths {
+        if value.is_some_and(|p| !path(p)) {
             return Err(ValidationError::new(field, "an absolute path without commas"));
+        }
+    }
+    if let Some(kernel) = kernel {
+        if kernel.append.len() > 1024 || !kernel.append.chars().all(|c| c.is_ascii_graphic() || c == ' ') {
+            return Err(ValidationError::new("driver_spec.kernel.append", "at most 1024 printable ASCII characters"));
+        }
+        if spec.boot_image.is_some() {
+            return Err(ValidationError::new("driver_spec.kernel", "a VM boots a kernel or a boot image, not both"));
         }
     }
     Ok(())
