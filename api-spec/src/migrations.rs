@@ -251,6 +251,15 @@ pub struct ProgressReport {
     /// Bytes kept off the wire so far, by mechanism (executors whose transfer stack counts them).
     #[serde(default)]
     pub saved_bytes: Option<SavedBytes>,
+    /// Of `wire_bytes`, what the VM's disks took (`qemu`: the mirrors' NBD tunnels, both ways).
+    #[serde(default)]
+    #[schema(minimum = 0)]
+    pub disk_wire_bytes: Option<u64>,
+    /// Why a tunnel relayed a stream whole, without taking it apart (a
+    /// protocol or version it does not understand); absent when none did.
+    #[serde(default)]
+    #[schema(max_length = 200)]
+    pub relayed_raw: Option<String>,
 }
 
 /// Bytes a transfer kept off the wire, by mechanism.

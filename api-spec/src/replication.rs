@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::AssignedVm;
+use crate::{AssignedVm, Driver};
 
 /// Replication sessions share the transfer protocol's job numbers with
 /// migrations: a standby's session is this plus the standby's id, so the
@@ -79,8 +79,11 @@ pub struct OutgoingReplica {
 pub struct IncomingReplica {
     pub session: u64,
     pub vm: String,
-    /// The VM's disk as the inventory sizes it: the replica is no larger.
+    /// The VM's disk as the inventory sizes it: the replica is no larger
+    /// (a `sim` VM's, scaled as the executor scales its images).
     pub disk_gib: f64,
+    /// How the VM runs: a `qemu` VM's replica holds its disks back to back.
+    pub driver: Driver,
     pub replica: String,
     pub secret: String,
 }

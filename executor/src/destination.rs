@@ -264,6 +264,9 @@ impl Destination {
             Err(e) => return refuse(stream, format!("tunnel end '{end}': {e}")).await,
         };
         write_frame(stream, &Frame::Accepted).await?;
+        if end == crate::tunnel::NBD {
+            return crate::tunnel::nbd::receive_nbd(local, stream, &counters, &self.index).await;
+        }
         crate::tunnel::relay(local, stream, None, &counters, false)
             .await
             .map_err(|e| TransferError::Wire(WireError::Io(e)))

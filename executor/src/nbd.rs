@@ -237,7 +237,11 @@ impl Client {
     }
 
     /// Reads the replies to `option` up to its acknowledgement, each given to `each`.
-    fn replies(&mut self, option: u32, mut each: impl FnMut(u32, &[u8]) -> Result<(), NbdError>) -> Result<(), NbdError> {
+    fn replies(
+        &mut self,
+        option: u32,
+        mut each: impl FnMut(u32, &[u8]) -> Result<(), NbdError>,
+    ) -> Result<(), NbdError> {
         loop {
             let mut header = [0u8; 20];
             self.stream.read_exact(&mut header)?;
@@ -268,7 +272,11 @@ impl Client {
     }
 
     /// Reads the reply chunks to request `cookie`, each (type, payload) given to `each`.
-    fn chunks(&mut self, cookie: u64, mut each: impl FnMut(u16, &[u8]) -> Result<(), NbdError>) -> Result<(), NbdError> {
+    fn chunks(
+        &mut self,
+        cookie: u64,
+        mut each: impl FnMut(u16, &[u8]) -> Result<(), NbdError>,
+    ) -> Result<(), NbdError> {
         let mut payload = Vec::new();
         loop {
             let mut magic = [0u8; 4];
@@ -343,7 +351,8 @@ impl Client {
 
     /// The whole disk's extents in meta context `context`, in order.
     pub fn extents(&mut self, context: &str) -> Result<Vec<Extent>, NbdError> {
-        let id = *self.contexts.get(context).ok_or_else(|| protocol(format!("meta context {context} not negotiated")))?;
+        let id =
+            *self.contexts.get(context).ok_or_else(|| protocol(format!("meta context {context} not negotiated")))?;
         let mut extents = Vec::new();
         let mut offset = 0;
         while offset < self.size {

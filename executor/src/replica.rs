@@ -12,7 +12,8 @@
 
 use std::future::Future;
 use std::io;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -40,6 +41,17 @@ impl Replica {
         self.synced.is_some()
     }
 
+    /// Whether the next sync of a disk of `pages` offers every page (the
+    /// standby's copy is unknown) rather than the ones written since.
+    pub fn needs_full(&self, pages: u64) -> bool {
+        self.synced.as_ref().is_none_or(|h| h.len() as u64 != pages)
+    }
+
+    /// The disk's page hashes as the standby holds them since the last sync.
+    pub fn hashes(&self) -> Option<&[Hash]> {
+        self.synced.as_deref()
+    }
+
     /// Brings the standby's replica up to date over `session`: `written`
     /// (increasing) are the disk's pages written since the last sync.
     pub async fn sync<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
@@ -48,10 +60,26 @@ impl Replica {
         disk: Arc<dyn PageSource>,
         written: &[u64],
     ) -> Result<(), TransferError> {
+        self.sync_allocated(session, disk, written, None).await
+    }
+
+    /// As [`Replica::sync`], where a full sync offers only `allocated`
+    /// (increasing; every page if `None`): the rest of the disk reads as zeros.
+    pub async fn sync_allocated<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+        &mut self,
+        session: &mut Session<S>,
+        disk: Arc<dyn PageSource>,
+        written: &[u64],
+        allocated: Option<&[u64]>,
+    ) -> Result<(), TransferError> {
         let pages = disk.page_count();
+        let full = self.needs_full(pages);
         let (baseline, numbers) = match self.synced.take() {
-            Some(hashes) if hashes.len() as u64 == pages => (hashes, written.to_vec()),
-            _ => (vec![zero_page_hash(); pages as usize], (0..pages).collect()),
+            Some(hashes) if !full => (hashes, written.to_vec()),
+            _ => (
+                vec![zero_page_hash(); pages as usize],
+                allocated.map_or_else(|| (0..pages).collect(), <[u64]>::to_vec),
+            ),
         };
         session.begin(&self.name, ImageKind::Replica, baseline).await?;
         session.offer(disk, &numbers).await?;
@@ -66,8 +94,27 @@ pub struct Replicating {
     task: tokio::task::JoinHandle<()>,
     /// Syncs completed so far, and what the last one left at the standby.
     pub synced: tokio::sync::watch::Receiver<Synced>,
-    /// The disk's blocks written since the last sync began.
-    log: Arc<WriteLog>,
+    written: Written,
+    /// The page hashes the standby holds as of the last sync.
+    held: Arc<Mutex<Option<Arc<Vec<Hash>>>>>,
+}
+
+/// What is known of the disk's writes since the last sync began.
+#[derive(Clone)]
+pub enum Written {
+    /// A sim VM's write log.
+    Log(Arc<WriteLog>),
+    /// Bytes, as last counted (a QEMU's dirty bitmaps, queried by the caller).
+    Counted(Arc<AtomicU64>),
+}
+
+impl Written {
+    fn bytes(&self) -> u64 {
+        match self {
+            Written::Log(log) => log.pending() as u64 * PAGE as u64,
+            Written::Counted(bytes) => bytes.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// What the standby holds after the syncs so far.
@@ -91,7 +138,18 @@ pub struct Freshness {
 
 impl Replicating {
     pub fn freshness(&self) -> Freshness {
-        Freshness { synced: *self.synced.borrow(), written_bytes: self.log.pending() as u64 * PAGE as u64 }
+        Freshness { synced: *self.synced.borrow(), written_bytes: self.written.bytes() }
+    }
+
+    /// The page hashes the standby holds, as of the last completed sync.
+    pub fn held(&self) -> Option<Arc<Vec<Hash>>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Stops syncing and waits until the sync under way (if any) is gone.
+    pub async fn stop(mut self) {
+        self.task.abort();
+        let _ = (&mut self.task).await;
     }
 }
 
@@ -107,7 +165,7 @@ impl Drop for Replicating {
 /// should give sessions whose streams take from the link's replication
 /// shapers, so that replication yields to migrations. A sync that fails
 /// is retried at the next interval, in full.
-pub fn keep_synced<S, F, Fut>(vm: &SimVm, name: &str, mut open: F, interval: Duration) -> io::Result<Replicating>
+pub fn keep_synced<S, F, Fut>(vm: &SimVm, name: &str, open: F, interval: Duration) -> io::Result<Replicating>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: FnMut() -> Fut + Send + 'static,
@@ -116,27 +174,68 @@ where
     let disk: Arc<dyn PageSource> = Arc::new(ImageFile::open(&vm.images().disk)?);
     // Opened before the first (full) sync: what is written during it is caught.
     let log = Arc::new(vm.open_write_log());
-    let mut replica = Replica::new(name);
-    let (synced, watch) = tokio::sync::watch::channel(Synced::default());
     let task_log = log.clone();
+    let sync = move |mut replica: Replica, mut session: Session<S>| {
+        let (disk, log) = (disk.clone(), task_log.clone());
+        async move {
+            let written = log.take();
+            let outcome = replica.sync(&mut session, disk.clone(), &written).await;
+            (replica, outcome.map(|()| disk.page_count() * PAGE as u64))
+        }
+    };
+    Ok(keep_synced_by(name, open, interval, Written::Log(log), sync))
+}
+
+/// The loop behind [`keep_synced`], for any disk: every `interval`,
+/// `sync` brings the replica up to date over a session from `open` and
+/// says how large the disk is now.
+pub fn keep_synced_by<S, F, Fut, Y, YFut>(
+    name: &str,
+    mut open: F,
+    interval: Duration,
+    written: Written,
+    mut sync: Y,
+) -> Replicating
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: Future<Output = Result<Session<S>, TransferError>> + Send,
+    Y: FnMut(Replica, Session<S>) -> YFut + Send + 'static,
+    YFut: Future<Output = (Replica, Result<u64, TransferError>)> + Send,
+{
+    let mut replica = Some(Replica::new(name));
+    let (synced, watch) = tokio::sync::watch::channel(Synced::default());
+    let held = Arc::new(Mutex::new(None));
+    let task_held = held.clone();
     let task = tokio::spawn(async move {
         loop {
+            let Some(current) = replica.take() else { return };
+            let name = current.name.clone();
             match open().await {
-                Ok(mut session) => {
+                Ok(session) => {
                     let began = std::time::SystemTime::now();
-                    let written = task_log.take();
-                    match replica.sync(&mut session, disk.clone(), &written).await {
-                        Ok(()) => synced.send_modify(|s| {
-                            *s = Synced { count: s.count + 1, at: Some(began), bytes: disk.page_count() * PAGE as u64 }
-                        }),
+                    let (done, outcome) = sync(current, session).await;
+                    match outcome {
+                        Ok(bytes) => {
+                            let hashes = done.hashes().map(|h| Arc::new(h.to_vec()));
+                            *task_held.lock().unwrap_or_else(|e| e.into_inner()) = hashes;
+                            synced.send_modify(|s| *s = Synced { count: s.count + 1, at: Some(began), bytes });
+                        }
                         // The replica forgot its last sync: the next one offers every page.
-                        Err(e) => tracing::warn!(replica = %replica.name, error = %e, "a replica sync failed"),
+                        Err(e) => {
+                            *task_held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                            tracing::warn!(replica = %name, error = %e, "a replica sync failed");
+                        }
                     }
+                    replica = Some(done);
                 }
-                Err(e) => tracing::warn!(replica = %replica.name, error = %e, "no session to the standby"),
+                Err(e) => {
+                    tracing::warn!(replica = %name, error = %e, "no session to the standby");
+                    replica = Some(current);
+                }
             }
             tokio::time::sleep(interval).await;
         }
     });
-    Ok(Replicating { task, synced: watch, log })
+    Replicating { task, synced: watch, written, held }
 }

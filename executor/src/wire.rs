@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::content::Hash;
 
-pub const VERSION: u16 = 3;
+pub const VERSION: u16 = 4;
 
 /// The largest frame either side accepts.
 pub const MAX_FRAME: usize = 64 << 20;
@@ -107,6 +107,38 @@ pub enum Frame {
     /// the destination registered as `end` for the job (see `tunnel`).
     Tunnel {
         end: String,
+    },
+    /// In an NBD tunnel (`tunnel::nbd`), either way: `len` bytes to pass on as they are follow.
+    Relay {
+        len: u32,
+    },
+    /// In an NBD tunnel, source to destination: write request `seq` (its
+    /// header as the client sent it) whose payload the destination
+    /// rebuilds: each page's hash and [`Origin`] (zero, `Cache`: by hash
+    /// from what the destination holds, or sent); the pages sent follow as
+    /// `len` bytes, zstd-compressed as one frame when `compressed`.
+    NbdWrite {
+        seq: u64,
+        header: ByteBuf,
+        hashes: Vec<Hash>,
+        origins: ByteBuf,
+        compressed: bool,
+        len: u32,
+    },
+    /// Destination to source: write `seq` went on to the hypervisor.
+    Rebuilt {
+        seq: u64,
+    },
+    /// Destination to source: pages (by their place in write `seq`) it could not rebuild.
+    Missing {
+        seq: u64,
+        pages: Vec<u32>,
+    },
+    /// Source to destination: the pages `Missing` asked for, `len` bytes (as in `NbdWrite`).
+    Resend {
+        seq: u64,
+        compressed: bool,
+        len: u32,
     },
 }
 

@@ -10,11 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use heliotrope::config::PlannerConfig;
 use heliotrope::db::MIGRATOR;
+use heliotrope::startup::Services;
 use heliotrope_api_spec::Role;
 use heliotrope_executor::qemu::guest::{self, boot_image, disk_with_data};
 use heliotrope_executor::qemu::machine::command;
-use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, KillUnder, Processes, TestApp};
+use heliotrope_tests::{free_port, link, spawn_app, spawn_with, with, workspace_binary, KillUnder, Processes, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -47,7 +49,14 @@ struct Fleet {
 }
 
 async fn fleet(pool: PgPool, link_mbps: f64) -> Fleet {
-    let app = spawn_app(pool).await;
+    let fleet = fleet_at_rest(spawn_app(pool).await, link_mbps, &[]).await;
+    let applied = fleet.app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["moves"].as_array().map(Vec::len), Some(1), "{}", applied.body);
+    fleet
+}
+
+/// The fleet before any plan: `web` stands by at `standbys`.
+async fn fleet_at_rest(app: TestApp, link_mbps: f64, standbys: &[&str]) -> Fleet {
     for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
         let id = site_at(&app, name, "active").await;
         flat_signals(&app, id, price, carbon, "EUR").await;
@@ -64,7 +73,8 @@ async fn fleet(pool: PgPool, link_mbps: f64) -> Fleet {
     let source = command(&spec, &vm_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
     // 64 vCPUs in the inventory (what it would cost to run), 128 MiB as QEMU runs it.
     let vm = json!({"name": "web", "site": "A", "vcpus": 64, "memory_gib": 0.125, "disk_gib": 0.25,
-        "dirty_rate_mbps": 100.0, "max_downtime_ms": 2000, "driver": "qemu", "driver_spec": spec});
+        "dirty_rate_mbps": 100.0, "max_downtime_ms": 2000, "driver": "qemu", "driver_spec": spec,
+        "standby_sites": standbys});
     app.create("/v1/vms", vm).await;
 
     let executors = Processes(vec![executor(&app, "A", data.path()).await, executor(&app, "C", data.path()).await]);
@@ -72,8 +82,6 @@ async fn fleet(pool: PgPool, link_mbps: f64) -> Fleet {
         page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["driver"] == "qemu"))
     };
     app.wait_for("two qemu executors", online, "/v1/executors").await;
-    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
-    assert_eq!(applied.body["moves"].as_array().map(Vec::len), Some(1), "{}", applied.body);
     let guests = KillUnder(data.path().to_owned());
     Fleet { app, data, vm_dir, source, _executors: executors, _guests: guests }
 }
@@ -99,9 +107,10 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
     assert_eq!(migration["state"], "done", "{migration}");
     let downtime = migration["progress"]["downtime_s"].as_f64().expect("the measured downtime");
     assert!(downtime > 0.0 && downtime <= 2.0, "{migration}");
-    // The guest rewrites ~99 MiB of its memory and the disk holds 12 MiB of data: both crossed (more
-    // only when dirty pages are sent again, which a fast convergence may not need).
-    assert!(migration["progress"]["wire_bytes"].as_u64().unwrap() > 100 << 20, "{migration}");
+    // The guest rewrites ~99 MiB of its memory: it crossed (again only where dirty pages are sent
+    // again, which a fast convergence may not need); the disk's 12 MiB of patterns compress to little.
+    assert!(migration["progress"]["wire_bytes"].as_u64().unwrap() > 90 << 20, "{migration}");
+    assert!(migration["progress"]["saved_bytes"]["compression"].as_u64().unwrap() > 8 << 20, "{migration}");
     assert_eq!(app.get("/v1/vms?site=C").await.body["items"][0]["name"], "web");
 
     // The source QEMU quit; the guest runs on at C; the disks are the same.
@@ -147,4 +156,44 @@ async fn a_destination_qemu_killed_mid_migration_fails_the_job_and_the_vm_runs_o
     assert_eq!(app.get("/v1/vms?site=A").await.body["items"][0]["name"], "web");
     assert!(source.try_wait().unwrap().is_none(), "the source QEMU still runs");
     assert!(runs_on(&vm_dir).await, "the guest runs on at A");
+}
+
+/// Proactive caching for a qemu VM, by the running executors alone: the
+/// source reads the disk through QEMU's dirty bitmap and read-only NBD
+/// export and keeps it replicated at the standby; the mirror's writes then
+/// cross as references to that replica, and the disks end identical.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_qemu_vm_replicated_at_its_standby_moves_there_with_its_disk_from_the_replica(pool: PgPool) {
+    let planner = PlannerConfig { replication_interval_s: 1.0, ..PlannerConfig::default() };
+    let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
+    let Fleet { app, data, vm_dir, source: _source, _executors, _guests } = fleet_at_rest(app, 10_000.0, &["C"]).await;
+    let synced = |vm: &Value| {
+        vm["standbys"][0]["site"] == "C"
+            && vm["standbys"][0]["synced_at"].is_string()
+            && vm["standbys"][0]["synced_bytes"].as_u64() == Some(256 << 20)
+    };
+    let vm = app.wait_for("the replica synced", synced, "/v1/vms/1").await;
+    assert_eq!(vm["standbys"][0]["chosen_by"], "operator", "{vm}");
+
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["moves"][0]["to"], "C", "{}", applied.body);
+    let migrations = app.wait_for("the migration ended", ended, "/v1/migrations").await;
+    let migration = &migrations["items"][0];
+    assert_eq!(migration["state"], "done", "{migration}");
+    let progress = &migration["progress"];
+    // The disk's 12 MiB of data came from the replica: its wire bytes are the
+    // NBD handshake, headers, hashes and replies, a small part of it.
+    let saved = &progress["saved_bytes"];
+    assert!(saved["disk_cache"].as_u64().unwrap() >= 11 << 20, "{migration}");
+    assert!(progress["disk_wire_bytes"].as_u64().unwrap() < 2 << 20, "{migration}");
+    assert!(progress["relayed_raw"].is_null(), "{migration}");
+
+    let compared = Command::new("qemu-img")
+        .args(["compare", "-U"])
+        .arg(vm_dir.join("disk0.qcow2"))
+        .arg(data.path().join("C/vms/web/disk0.qcow2"))
+        .output()
+        .unwrap();
+    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stdout));
+    assert!(runs_on(&data.path().join("C/vms/web")).await, "the guest runs on at C");
 }

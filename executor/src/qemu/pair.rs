@@ -15,7 +15,7 @@ use super::machine::{create_disk, Machine, MachineError};
 use super::migrate::{prepare_incoming, MigrateError};
 use crate::destination::Destination;
 use crate::shaping::Shaper;
-use crate::tunnel::{Forwarder, Peer};
+use crate::tunnel::{Forwarder, Peer, NBD};
 
 /// How the source's QEMU reaches the destination's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -104,7 +104,7 @@ impl Pair {
         let endpoint = Destination::open(&root.join("destination-executor"), 1 << 30)?;
         endpoint.expect(JOB, secret.to_vec());
         endpoint.expect_tunnel(JOB, "migration", &dst_migration);
-        endpoint.expect_tunnel(JOB, "nbd", &dst_nbd);
+        endpoint.expect_tunnel(JOB, NBD, &dst_nbd);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
         let accepting = tokio::spawn(async move {
@@ -117,8 +117,9 @@ impl Pair {
         let peer = Peer { address, tls: None, job: JOB, secret };
         let shaper = Arc::new(Shaper::new(cap));
         let (nbd_socket, migration_socket) = (root.join("source/nbd.sock"), root.join("source/migration.sock"));
-        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), "nbd", shaper.clone())?;
-        let migration = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone())?;
+        // No replica at the destination here: what a write saves is zeros and compression.
+        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), Arc::default())?;
+        let migration = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone(), Arc::default())?;
         let tunnels = Tunnels { nbd, migration, shaper, accepting };
         Ok(Pair { source, destination, target, nbd_socket, migration_socket, tunnels: Some(tunnels) })
     }

@@ -599,6 +599,8 @@ fn sim_report(p: &Progress) -> ProgressReport {
         eta_s: p.eta_s,
         downtime_s: None,
         saved_bytes: Some(p.counters.savings()),
+        disk_wire_bytes: None,
+        relayed_raw: None,
     }
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use heliotrope_api_spec::{Assignment, MigrationState, ProgressReport, QemuSpec};
+use heliotrope_executor::qemu::export::layout;
 use heliotrope_executor::qemu::machine::{create_disk, Machine};
 use heliotrope_executor::qemu::migrate::{
     announce, incoming_done, migrate_out, mirror_disks, prepare_incoming, start, MigrateError, MigrationOptions,
@@ -21,7 +22,8 @@ use heliotrope_executor::qemu::migrate::{
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::source::open_tunnel;
 use heliotrope_executor::tls;
-use heliotrope_executor::tunnel::{Forwarder, Peer, PROBE};
+use heliotrope_executor::tunnel::nbd::Held;
+use heliotrope_executor::tunnel::{Forwarder, Peer, TunnelCounters, NBD, PROBE};
 
 use super::{decode_hex, Confirmed, Worker};
 
@@ -47,17 +49,25 @@ impl Worker {
         Ok(dir)
     }
 
-    /// The VM's QEMU: the one this executor runs, else adopted by its QMP socket.
-    async fn machine(&self, a: &Assignment, spec: &QemuSpec) -> anyhow::Result<Arc<Machine>> {
-        let name = &a.migration.vm;
+    /// VM `name`'s QEMU: the one this executor runs, else adopted by its QMP socket.
+    pub(super) async fn machine(&self, name: &str, spec: &QemuSpec) -> anyhow::Result<Arc<Machine>> {
         if let Some(machine) = lock(&self.machines).get(name).filter(|m| !m.qmp.is_closed()) {
             return Ok(machine.clone());
         }
         let dir = self.vm_dir(name);
         let socket = spec.qmp_socket.as_ref().map_or_else(|| dir.join("qmp.sock"), PathBuf::from);
         let machine = Arc::new(Machine::adopt(&socket, &dir).await.with_context(|| format!("adopting {name}"))?);
-        lock(&self.machines).insert(name.clone(), machine.clone());
+        lock(&self.machines).insert(name.to_owned(), machine.clone());
         Ok(machine)
+    }
+
+    /// What VM `vm`'s replica at `site` holds of each of its disks (nothing
+    /// where it has none, or none synced yet).
+    fn held_at(&self, vm: &str, site: &str, spec: &QemuSpec) -> Held {
+        let Some(hashes) = self.replication.held(vm, site) else { return Held::default() };
+        let (first, _) = layout(&spec.disks);
+        let exports = spec.disks.iter().zip(first).map(|(d, first)| (d.node.clone(), (first, hashes.clone())));
+        Held { exports: exports.collect() }
     }
 
     /// Waits until the destination executor lets this job's tunnels through.
@@ -79,7 +89,7 @@ impl Worker {
         let id = a.migration.id;
         let spec = spec_of(a)?;
         let holding = self.hold_lease(id);
-        let machine = self.machine(a, &spec).await?;
+        let machine = self.machine(&a.migration.vm, &spec).await?;
         // Resolved now: the cutover is no time for a name lookup.
         let network_move = self.network_move(a).await;
         let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
@@ -92,15 +102,18 @@ impl Worker {
         };
         self.report(
             id,
-            &ProgressReport { state: Some(MigrationState::Transferring), ..qemu_report(&Default::default(), 0, 0) },
+            &ProgressReport {
+                state: Some(MigrationState::Transferring),
+                ..qemu_report(&Default::default(), &Default::default(), &Default::default())
+            },
         )
         .await?;
         self.destination_ready(&peer).await?;
         let dir = self.job_dir(id)?;
         let (nbd_socket, migration_socket) = (dir.join("nbd.sock"), dir.join("migration.sock"));
-        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), "nbd", shaper.clone())?;
-        let memory = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone())?;
-        let wire = || nbd.counters.up() + nbd.counters.down() + memory.counters.up() + memory.counters.down();
+        let held = Arc::new(self.held_at(&a.migration.vm, &a.migration.to, &spec));
+        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), held)?;
+        let memory = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone(), Arc::default())?;
         mirror_disks(&machine, &spec.disks, &nbd_socket, Duration::from_secs(3600)).await?;
         drop(holding);
 
@@ -109,12 +122,11 @@ impl Worker {
         let steer = Arc::new(Mutex::new(Steer { cap_bytes_per_s: cap, stop: false }));
         let reporting = {
             let steer = steer.clone();
-            let (mut progress_rx, wire_total) = (progress_rx.clone(), (nbd.counters.clone(), memory.counters.clone()));
+            let (mut progress_rx, tunnels) = (progress_rx.clone(), (nbd.counters.clone(), memory.counters.clone()));
             async move {
                 loop {
                     tokio::time::sleep(Duration::from_secs(1)).await;
-                    let wire = wire_total.0.up() + wire_total.0.down() + wire_total.1.up() + wire_total.1.down();
-                    let report = qemu_report(&progress_rx.borrow_and_update(), wire_total.0.up(), wire);
+                    let report = qemu_report(&progress_rx.borrow_and_update(), &tunnels.0, &tunnels.1);
                     match self.report(id, &report).await {
                         Ok(answer) => {
                             let mut steer = steer.lock().unwrap_or_else(|e| e.into_inner());
@@ -153,11 +165,13 @@ impl Worker {
         let marker = self.cutover_marker(id);
         std::fs::write(&marker, b"")?;
         let final_progress = migrated.progress.clone();
-        let progress_now = || qemu_report(&final_progress, nbd.counters.up(), wire());
+        let progress_now = || qemu_report(&final_progress, &nbd.counters, &memory.counters);
         self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
         self.leave(&network_move).await;
         match self.await_confirmation(id, progress_now).await? {
             Confirmed::Done => {
+                // Its replication holds the machine: it stops first, so that QEMU can be told to quit.
+                self.replication.stop(&a.migration.vm).await;
                 lock(&self.machines).remove(&a.migration.vm);
                 if let Some(machine) = Arc::into_inner(machine) {
                     machine.quit().await;
@@ -206,7 +220,7 @@ impl Worker {
         let secret = decode_hex(&a.secret)?;
         // Every byte of a qemu migration goes through the tunnels: no image is taken.
         self.destination.expect_images(id as u64, secret, Vec::new());
-        self.destination.expect_tunnel(id as u64, "nbd", &nbd_socket);
+        self.destination.expect_tunnel(id as u64, NBD, &nbd_socket);
         self.destination.expect_tunnel(id as u64, "migration", &migration_socket);
         let received = async {
             incoming_done(&machine, &spec.disks, Duration::from_secs(3600)).await?;
@@ -233,7 +247,7 @@ impl Worker {
     /// After a crash: the VM runs at the destination, so the paused QEMU here goes.
     pub(super) async fn let_go_qemu(&self, a: &Assignment) {
         if let Ok(spec) = spec_of(a) {
-            if let Ok(machine) = self.machine(a, &spec).await {
+            if let Ok(machine) = self.machine(&a.migration.vm, &spec).await {
                 lock(&self.machines).remove(&a.migration.vm);
                 if let Some(machine) = Arc::into_inner(machine) {
                     machine.quit().await;
@@ -244,27 +258,33 @@ impl Worker {
 
     /// After a crash: the VM runs here; it resumes if the migration left it paused.
     pub(super) async fn resume_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
-        let machine = self.machine(a, &spec_of(a)?).await?;
+        let machine = self.machine(&a.migration.vm, &spec_of(a)?).await?;
         start(&machine).await?;
         let _ = announce(&machine).await;
         Ok(())
     }
 }
 
-/// `query-migrate` as the scheduler is told it: `disk` is what the mirrors
-/// sent, `wire` every tunnel byte both ways.
-fn qemu_report(p: &QemuProgress, disk: u64, wire: u64) -> ProgressReport {
+/// `query-migrate` as the scheduler is told it, with what the tunnels
+/// carried: `disks` the mirrors' NBD connections, `memory` the migration
+/// stream's. The disks' raw bytes are what crossed plus what was kept off.
+fn qemu_report(p: &QemuProgress, disks: &TunnelCounters, memory: &TunnelCounters) -> ProgressReport {
     let eta_s = (p.bytes_per_s > 0.0).then(|| p.remaining as f64 / p.bytes_per_s);
+    let saved = disks.saved();
+    let disk_wire = disks.up() + disks.down();
+    let disk_raw = disks.up() + saved.zero + saved.disk_cache + saved.compression;
     ProgressReport {
         state: None,
-        raw_bytes: p.transferred + disk,
-        wire_bytes: wire,
+        raw_bytes: p.transferred + disk_raw,
+        wire_bytes: disk_wire + memory.up() + memory.down(),
         round: u32::try_from(p.dirty_syncs).unwrap_or(u32::MAX),
         dirty_bytes_per_s: p.dirty_bytes_per_s,
         expected_downtime_s: p.expected_downtime_ms.map(|ms| ms as f64 / 1000.0),
         eta_s,
         downtime_s: p.downtime_ms.map(|ms| ms as f64 / 1000.0),
-        // QEMU's own stream counts no savings by mechanism.
-        saved_bytes: None,
+        // QEMU's memory stream counts no savings; the disks' tunnels do.
+        saved_bytes: Some(saved),
+        disk_wire_bytes: Some(disk_wire),
+        relayed_raw: disks.raw().or_else(|| memory.raw()),
     }
 }

@@ -7,18 +7,21 @@
 //! replicas its site keeps for others, and drops the replicas whose
 //! standby was dropped.
 //!
-//! Only `sim` VMs are replicated so far: a `qemu` VM's disk is read only
-//! through QEMU's own interfaces (dirty bitmaps, an NBD export), which
-//! this loop does not drive yet; such a standby reports no sync, and the
-//! scheduler credits it nothing.
+//! A `sim` VM's disk is read from its image with its write log; a `qemu`
+//! VM's disks only through QEMU's own interfaces (dirty bitmaps frozen at
+//! each sync, a read-only NBD export: `heliotrope_executor::qemu::export`),
+//! replicated as one image.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use heliotrope_api_spec::{Driver, OutgoingReplica, ReplicaFreshness, ReplicationPlan, ReplicationReport};
-use heliotrope_executor::content::PAGE;
+use anyhow::Context;
+use heliotrope_api_spec::{Driver, OutgoingReplica, QemuSpec, ReplicaFreshness, ReplicationPlan, ReplicationReport};
+use heliotrope_executor::content::{Hash, PAGE};
 use heliotrope_executor::destination::Allowed;
+use heliotrope_executor::qemu::export::{self, Recorded};
 use heliotrope_executor::replica::{keep_synced, Replicating};
 use heliotrope_executor::shaping::{Link, MigrationSlot};
 use heliotrope_executor::source::{SendOptions, Session};
@@ -45,7 +48,10 @@ pub(super) struct Replication {
 
 struct Outgoing {
     vm: String,
+    standby: String,
     replicating: Replicating,
+    /// A `qemu` VM's recorded writes, and their bytes as last counted.
+    recorded: Option<(Arc<tokio::sync::Mutex<Recorded>>, Arc<AtomicU64>)>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,6 +66,36 @@ impl Replication {
         let link = lock(&self.links).get(site).cloned()?;
         let usable = link.usable();
         Some(link.start_migration(cap.unwrap_or(usable).min(usable)))
+    }
+
+    /// The page hashes VM `vm`'s replica at `site` holds, as of its last sync.
+    pub(super) fn held(&self, vm: &str, site: &str) -> Option<Arc<Vec<Hash>>> {
+        lock(&self.outgoing).values().find(|o| o.vm == vm && o.standby == site).and_then(|o| o.replicating.held())
+    }
+
+    /// Stops replicating VM `vm` (it left this site), once the syncs under way are gone.
+    pub(super) async fn stop(&self, vm: &str) {
+        let stopping: Vec<Outgoing> = {
+            let mut outgoing = lock(&self.outgoing);
+            let sessions: Vec<u64> = outgoing.iter().filter(|(_, o)| o.vm == vm).map(|(&s, _)| s).collect();
+            sessions.iter().filter_map(|s| outgoing.remove(s)).collect()
+        };
+        for out in stopping {
+            out.replicating.stop().await;
+        }
+    }
+
+    /// Counts what the `qemu` VMs replicated from here wrote since their last
+    /// sync (a VM whose sync is under way keeps its last count).
+    async fn count_written(&self) {
+        let recorded: Vec<_> = lock(&self.outgoing).values().filter_map(|o| o.recorded.clone()).collect();
+        for (recorded, written) in recorded {
+            let Ok(recorded) = recorded.try_lock() else { continue };
+            match recorded.written_bytes().await {
+                Ok(bytes) => written.store(bytes, Ordering::Relaxed),
+                Err(e) => tracing::warn!(error = %e, "counting a VM's writes since its last sync"),
+            }
+        }
     }
 
     fn freshness(&self) -> Vec<ReplicaFreshness> {
@@ -78,13 +114,18 @@ impl Replication {
     }
 }
 
+fn interval_of(seconds: f64) -> Duration {
+    Duration::from_secs_f64(seconds.clamp(1.0, 86_400.0))
+}
+
 impl Worker {
     pub(super) async fn replicate(self: Arc<Self>) {
         let path = format!("/v1/executors/{}/replication", self.executor);
         loop {
+            self.replication.count_written().await;
             let report = ReplicationReport { replicas: self.replication.freshness() };
             match self.scheduler.post::<_, ReplicationPlan>(&path, Some(&report)).await {
-                Ok(Some(plan)) => self.follow(plan),
+                Ok(Some(plan)) => self.follow(plan).await,
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "replication plan: asking failed"),
             }
@@ -93,7 +134,14 @@ impl Worker {
     }
 
     /// Makes what runs here match the plan.
-    fn follow(self: &Arc<Self>, plan: ReplicationPlan) {
+    async fn follow(self: &Arc<Self>, plan: ReplicationPlan) {
+        self.keep_replicas(&plan);
+        let interval = interval_of(plan.interval_s);
+        self.replicate_disks(plan.outgoing, interval).await;
+    }
+
+    /// Takes the sessions of the replicas kept here, and frees the others.
+    fn keep_replicas(&self, plan: &ReplicationPlan) {
         let mut incoming = lock(&self.replication.incoming);
         let keep: HashSet<&str> = plan.incoming.iter().map(|r| r.replica.as_str()).collect();
         let listed: HashSet<u64> = plan.incoming.iter().map(|r| r.session).collect();
@@ -103,10 +151,14 @@ impl Worker {
         for r in &plan.incoming {
             match decode_hex(&r.secret) {
                 Ok(secret) => {
+                    let bytes = match r.driver {
+                        Driver::Sim => self.sim_bytes(r.disk_gib),
+                        Driver::Qemu => (r.disk_gib * (1u64 << 30) as f64).ceil() as u64,
+                    };
                     let replica = Allowed {
                         name: r.replica.clone(),
                         kind: ImageKind::Replica,
-                        max_pages: self.sim_bytes(r.disk_gib) / PAGE as u64,
+                        max_pages: bytes.div_ceil(PAGE as u64),
                     };
                     self.destination.expect_images(r.session, secret, vec![replica]);
                 }
@@ -126,36 +178,31 @@ impl Worker {
             }
             Err(e) => tracing::warn!(error = %e, "listing the replicas here failed"),
         }
+    }
 
-        let interval = Duration::from_secs_f64(plan.interval_s.clamp(1.0, 86_400.0));
-        let listed: HashMap<u64, &OutgoingReplica> = plan.outgoing.iter().map(|r| (r.session, r)).collect();
-        let running: HashSet<String> = lock(&self.running).keys().cloned().collect();
-        let mut outgoing = lock(&self.replication.outgoing);
-        // A VM that left (or whose standby went) is no longer replicated from here.
-        outgoing.retain(|session, out| listed.contains_key(session) && running.contains(&out.vm));
-        for (session, r) in listed {
-            if outgoing.contains_key(&session) || r.vm_spec.driver != Driver::Sim {
-                continue;
-            }
-            let Some(peer) = r.peer_address.clone() else { continue };
-            match self.start_replica(r, peer, interval) {
-                Ok(replicating) => {
+    /// Replicates the disks of the VMs here as listed, and only those.
+    async fn replicate_disks(self: &Arc<Self>, outgoing: Vec<OutgoingReplica>, interval: Duration) {
+        let listed: HashMap<u64, OutgoingReplica> = outgoing.into_iter().map(|r| (r.session, r)).collect();
+        let running: HashSet<String> = lock(&self.running).keys().chain(lock(&self.machines).keys()).cloned().collect();
+        let starting: Vec<OutgoingReplica> = {
+            let mut outgoing = lock(&self.replication.outgoing);
+            // A VM that left (or whose standby went) is no longer replicated from here.
+            outgoing.retain(|session, out| listed.contains_key(session) && running.contains(&out.vm));
+            listed.into_values().filter(|r| !outgoing.contains_key(&r.session) && r.peer_address.is_some()).collect()
+        };
+        for r in starting {
+            match self.start_replica(&r, interval).await {
+                Ok(out) => {
                     tracing::info!(vm = %r.vm, standby = %r.standby, "replicating its disk");
-                    outgoing.insert(session, Outgoing { vm: r.vm.clone(), replicating });
+                    lock(&self.replication.outgoing).insert(r.session, out);
                 }
                 Err(e) => tracing::warn!(vm = %r.vm, standby = %r.standby, error = %format!("{e:#}"), "replication"),
             }
         }
     }
 
-    fn start_replica(
-        self: &Arc<Self>,
-        r: &OutgoingReplica,
-        peer: String,
-        interval: Duration,
-    ) -> anyhow::Result<Replicating> {
-        // A VM that has not run here yet (a fresh inventory) boots now: its disk is what is replicated.
-        let vm = self.sim_vm(&r.vm, &r.vm_spec, r.session)?;
+    async fn start_replica(self: &Arc<Self>, r: &OutgoingReplica, interval: Duration) -> anyhow::Result<Outgoing> {
+        let peer = r.peer_address.clone().context("no executor at the standby")?;
         let link = lock(&self.replication.links)
             .entry(r.standby.clone())
             .or_insert_with(|| Link::new(r.link_usable_mbps * 1e6 / 8.0, r.replication_mbps * 1e6 / 8.0))
@@ -173,6 +220,23 @@ impl Worker {
                 Session::open(connections, session, &secret, options).await
             }
         };
-        Ok(keep_synced(&vm, &r.replica, open, interval)?)
+        let (replicating, recorded) = match r.vm_spec.driver {
+            Driver::Sim => {
+                // A VM that has not run here yet (a fresh inventory) boots now: its disk is what is replicated.
+                let vm = self.sim_vm(&r.vm, &r.vm_spec, r.session)?;
+                (keep_synced(&vm, &r.replica, open, interval)?, None)
+            }
+            Driver::Qemu => {
+                let spec: QemuSpec =
+                    serde_json::from_value(r.vm_spec.driver_spec.clone()).context("the VM's driver_spec")?;
+                let machine = self.machine(&r.vm, &spec).await?;
+                let socket = self.vm_dir(&r.vm).join(format!("replica-{}.sock", r.session));
+                let recorded = Arc::new(tokio::sync::Mutex::new(Recorded::start(machine, spec.disks, &socket).await?));
+                let written = Arc::new(AtomicU64::new(0));
+                let replicating = export::keep_synced(recorded.clone(), &r.replica, open, interval, written.clone());
+                (replicating, Some((recorded, written)))
+            }
+        };
+        Ok(Outgoing { vm: r.vm.clone(), standby: r.standby.clone(), replicating, recorded })
     }
 }

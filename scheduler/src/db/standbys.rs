@@ -139,6 +139,7 @@ struct IncomingRow {
     vm_id: i64,
     vm: String,
     disk_gib: f64,
+    driver: String,
     secret: Vec<u8>,
 }
 
@@ -176,7 +177,7 @@ pub async fn plan_for(
     .fetch_all(pool)
     .await?;
     let incoming: Vec<IncomingRow> = sqlx::query_as(&format!(
-        "select b.standby_id, v.vm_id, v.name as vm, v.disk_gib, b.secret from standby b join vm v on v.vm_id = b.vm_id \
+        "select b.standby_id, v.vm_id, v.name as vm, v.disk_gib, v.driver, b.secret from standby b join vm v on v.vm_id = b.vm_id \
          where b.site_id = $1 and v.site_id <> $1 and {keeper} = $2 order by b.standby_id",
         keeper = keeper("b.site_id", "v.driver"),
     ))
@@ -204,14 +205,17 @@ pub async fn plan_for(
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
     let incoming = incoming
         .into_iter()
-        .map(|r| IncomingReplica {
-            session: session(r.standby_id),
-            vm: r.vm,
-            disk_gib: r.disk_gib,
-            replica: replica_name(r.vm_id),
-            secret: hex(&r.secret),
+        .map(|r| {
+            Ok(IncomingReplica {
+                session: session(r.standby_id),
+                vm: r.vm,
+                disk_gib: r.disk_gib,
+                driver: super::enum_from_text(r.driver)?,
+                replica: replica_name(r.vm_id),
+                secret: hex(&r.secret),
+            })
         })
-        .collect();
+        .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
     Ok(ReplicationPlan { outgoing, incoming, interval_s })
 }
 

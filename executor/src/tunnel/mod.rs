@@ -8,13 +8,17 @@
 //! On the wire a tunnel is a session of one stream whose first frame after
 //! the handshake is `Tunnel { end }`; once the destination answers
 //! `Accepted` (it reached the local socket registered for that end of the
-//! job), both directions carry raw bytes until either side closes.
+//! job), both directions carry raw bytes until either side closes; an
+//! `nbd` end instead carries frames that send a disk write's pages only
+//! where the destination lacks them ([`nbd`]).
+
+pub mod nbd;
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
@@ -28,16 +32,49 @@ use crate::transfer::TransferError;
 /// job's tunnels through yet (accepted, then closed).
 pub const PROBE: &str = "probe";
 
-/// Bytes a job's tunnels carried, each way.
+/// The end of a disk mirror's NBD connections (see [`nbd`]).
+pub const NBD: &str = "nbd";
+
+/// Bytes a job's tunnels carried, each way, and what the NBD tunnels kept off the wire.
 #[derive(Debug, Default)]
 pub struct TunnelCounters {
     /// Source to destination.
     pub up: AtomicU64,
     /// Destination to source.
     pub down: AtomicU64,
+    /// Write pages that were all zero.
+    pub zero: AtomicU64,
+    /// Write pages the destination rebuilt from its replica of the disk.
+    pub disk_cache: AtomicU64,
+    /// What compressing the pages sent saved.
+    pub compression: AtomicU64,
+    /// Referenced pages the destination could not rebuild, sent after all.
+    pub resent: AtomicU64,
+    /// Why a tunnel relayed a stream whole (a protocol it does not understand).
+    raw: Mutex<Option<String>>,
 }
 
 impl TunnelCounters {
+    /// Bytes kept off the wire, by mechanism.
+    pub fn saved(&self) -> heliotrope_api_spec::SavedBytes {
+        heliotrope_api_spec::SavedBytes {
+            zero: self.zero.load(Ordering::Relaxed),
+            disk_cache: self.disk_cache.load(Ordering::Relaxed),
+            compression: self.compression.load(Ordering::Relaxed),
+            ..Default::default()
+        }
+    }
+
+    /// Says why a stream was relayed whole (the first reason is kept).
+    pub fn note_raw(&self, why: &str) {
+        tracing::warn!(why, "a tunnel relays raw bytes");
+        self.raw.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| why.to_owned());
+    }
+
+    pub fn raw(&self) -> Option<String> {
+        self.raw.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     pub fn up(&self) -> u64 {
         self.up.load(Ordering::Relaxed)
     }
@@ -112,17 +149,25 @@ pub struct Peer {
 }
 
 impl Forwarder {
-    /// Listens at `path` for the hypervisor's connections to `end`.
-    pub fn listen(path: &Path, peer: Peer, end: &str, shaper: Arc<Shaper>) -> io::Result<Forwarder> {
+    /// Listens at `path` for the hypervisor's connections to `end`; an
+    /// `nbd` end's writes reference what `held` says the destination holds.
+    pub fn listen(
+        path: &Path,
+        peer: Peer,
+        end: &str,
+        shaper: Arc<Shaper>,
+        held: Arc<nbd::Held>,
+    ) -> io::Result<Forwarder> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
         let counters = Arc::new(TunnelCounters::default());
         let (end, totals) = (end.to_owned(), counters.clone());
         let accepting = tokio::spawn(async move {
             while let Ok((local, _)) = listener.accept().await {
-                let (peer, end, shaper, totals) = (peer.clone(), end.clone(), shaper.clone(), totals.clone());
+                let (peer, end, shaper, totals, held) =
+                    (peer.clone(), end.clone(), shaper.clone(), totals.clone(), held.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = forward(local, &peer, &end, &shaper, &totals).await {
+                    if let Err(e) = forward(local, &peer, &end, &shaper, &totals, &held).await {
                         tracing::warn!(job = peer.job, end, error = %e, "a tunnel failed");
                     }
                 });
@@ -144,9 +189,13 @@ async fn forward(
     end: &str,
     shaper: &Shaper,
     counters: &TunnelCounters,
+    held: &nbd::Held,
 ) -> Result<(), TransferError> {
     let mut remote = tls::connect(&peer.address, peer.tls.as_ref()).await.map_err(|e| TransferError::Wire(e.into()))?;
     open_tunnel(&mut remote, peer.job, &peer.secret, end).await?;
+    if end == NBD {
+        return nbd::send_nbd(local, remote, shaper, counters, held).await;
+    }
     relay(local, remote, Some(shaper), counters, true).await.map_err(|e| TransferError::Wire(e.into()))
 }
 

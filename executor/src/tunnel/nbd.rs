@@ -1,0 +1,532 @@
+//! The NBD tunnel: a disk mirror's NBD connection carried between two
+//! executors with only what the destination lacks on the wire. QEMU's
+//! `blockdev-mirror` has no bitmap sync, so it copies the whole disk; the
+//! source executor reads the requests passing through and sends each
+//! `NBD_CMD_WRITE` as [`Frame::NbdWrite`]: its header, each payload page's
+//! hash and origin (zero; held by the destination's replica of the disk;
+//! or sent, compressed when that saves). The destination rebuilds the
+//! exact bytes from its chunk index, checks every page against its hash
+//! and passes the request on; a page it cannot rebuild (a torn or stale
+//! replica) it asks for again ([`Frame::Missing`]), and the source, which
+//! keeps each write's referenced pages until [`Frame::Rebuilt`], sends
+//! them. Everything else (the handshake, other requests, the server's
+//! replies) travels as [`Frame::Relay`]; a stream the parser does not
+//! understand is relayed whole, and the counters say so.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use super::TunnelCounters;
+use crate::content::{hash, zero_page_hash, Hash, PAGE};
+use crate::index::ChunkIndex;
+use crate::nbd::{self, Request};
+use crate::shaping::Shaper;
+use crate::transfer::TransferError;
+use crate::wire::{encode, read_frame_with, read_payload, write_with_payload, ByteBuf, Frame, Origin};
+
+/// What the destination holds of the disks behind each export, by export
+/// name: the page hashes of the VM's replica there, and where that disk
+/// starts in it.
+#[derive(Debug, Clone, Default)]
+pub struct Held {
+    pub exports: HashMap<String, (u64, Arc<Vec<Hash>>)>,
+}
+
+/// Bytes of write payload sent as references and not yet rebuilt: the
+/// source keeps them to resend, so this bounds its memory.
+const WINDOW: usize = 64 << 20;
+/// The largest write taken apart; larger ones (QEMU sends at most 32 MiB) are relayed.
+const MAX_WRITE: u64 = 32 << 20;
+/// Relayed bytes go in pieces of at most this.
+const RELAY_PIECE: usize = 256 << 10;
+/// zstd level for the pages sent: the tunnel runs at the migration's pace.
+const LEVEL: i32 = 1;
+
+fn wire(e: impl Into<crate::wire::WireError>) -> TransferError {
+    TransferError::Wire(e.into())
+}
+
+fn io_error(e: std::io::Error) -> TransferError {
+    TransferError::Wire(crate::wire::WireError::Io(e))
+}
+
+type Writer<W> = Arc<tokio::sync::Mutex<W>>;
+
+/// The pages each write sent as references (by their place in it), kept until it is rebuilt.
+type Referenced = HashMap<u64, Vec<(u32, Vec<u8>)>>;
+
+/// Writes a frame and its payload, shaped when `shaper` is given; returns the bytes.
+async fn send<W: AsyncWrite + Unpin>(
+    writer: &Writer<W>,
+    frame: &Frame,
+    payload: &[u8],
+    shaper: Option<&Shaper>,
+) -> Result<u64, TransferError> {
+    let bytes = encode(frame).map_err(wire)?;
+    if let Some(shaper) = shaper {
+        shaper.take((bytes.len() + payload.len()) as u64).await;
+    }
+    let mut w = writer.lock().await;
+    write_with_payload(&mut *w, &bytes, &[payload]).await.map_err(wire)
+}
+
+/// Compresses `data` when that saves; returns (compressed, bytes to send).
+fn squeeze(data: Vec<u8>) -> (bool, Vec<u8>) {
+    match zstd::bulk::compress(&data, LEVEL) {
+        Ok(small) if small.len() < data.len() => (true, small),
+        _ => (false, data),
+    }
+}
+
+fn unsqueeze(compressed: bool, data: &[u8], expected: usize) -> Result<Vec<u8>, TransferError> {
+    let data = if compressed {
+        zstd::bulk::decompress(data, expected).map_err(|e| TransferError::Protocol(format!("pages: {e}")))?
+    } else {
+        data.to_vec()
+    };
+    if data.len() != expected {
+        return Err(TransferError::Protocol(format!("{} bytes of pages where {expected} were due", data.len())));
+    }
+    Ok(data)
+}
+
+/// How the source's reader of the client's stream goes on.
+enum Phase {
+    /// Reading the client's options; `export` is the last one named.
+    Options {
+        export: Option<String>,
+    },
+    Transmission {
+        extended: bool,
+        export: Option<String>,
+    },
+    /// Not understood: everything is relayed.
+    Raw,
+}
+
+/// Source side: carries the NBD client `local` (QEMU's mirror target) to
+/// the destination executor over `remote` (after `Tunnel { end: "nbd" }`).
+pub async fn send_nbd<L, R>(
+    local: L,
+    remote: R,
+    shaper: &Shaper,
+    counters: &TunnelCounters,
+    held: &Held,
+) -> Result<(), TransferError>
+where
+    L: AsyncRead + AsyncWrite,
+    R: AsyncRead + AsyncWrite,
+{
+    let (mut local_read, mut local_write) = tokio::io::split(local);
+    let (mut remote_read, remote_write) = tokio::io::split(remote);
+    let writer: Writer<_> = Arc::new(tokio::sync::Mutex::new(remote_write));
+    let pending: Mutex<Referenced> = Mutex::new(HashMap::new());
+    let window = tokio::sync::Semaphore::new(WINDOW / PAGE);
+
+    let outward = async {
+        let mut phase = Phase::Options { export: None };
+        let mut flags = [0u8; 4];
+        local_read.read_exact(&mut flags).await.map_err(io_error)?;
+        counters.up.fetch_add(send(&writer, &Frame::Relay { len: 4 }, &flags, Some(shaper)).await?, Ordering::Relaxed);
+        let mut seq = 0u64;
+        loop {
+            let mut magic = [0u8; 4];
+            match local_read.read_exact(&mut magic).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(io_error(e)),
+            }
+            phase = match phase {
+                Phase::Options { export } => {
+                    let mut rest = [0u8; 12];
+                    local_read.read_exact(&mut rest).await.map_err(io_error)?;
+                    let whole = [&magic[..], &rest[..]].concat();
+                    let option = u32::from_be_bytes(rest[4..8].try_into().unwrap_or_default());
+                    let len = u32::from_be_bytes(rest[8..12].try_into().unwrap_or_default());
+                    if u64::from_be_bytes(whole[..8].try_into().unwrap_or_default()) != nbd::IHAVEOPT || len > 64 << 10
+                    {
+                        counters.note_raw("an NBD handshake it does not understand");
+                        relay_piece(&writer, &whole, shaper, counters).await?;
+                        Phase::Raw
+                    } else {
+                        let mut data = vec![0u8; len as usize];
+                        local_read.read_exact(&mut data).await.map_err(io_error)?;
+                        relay_piece(&writer, &[whole, data.clone()].concat(), shaper, counters).await?;
+                        let named = match option {
+                            nbd::OPT_EXPORT_NAME => Some(String::from_utf8_lossy(&data).into_owned()),
+                            nbd::OPT_GO if data.len() >= 4 => {
+                                let n = u32::from_be_bytes(data[..4].try_into().unwrap_or_default()) as usize;
+                                data.get(4..4 + n).map(|name| String::from_utf8_lossy(name).into_owned())
+                            }
+                            _ => None,
+                        };
+                        let export = named.or(export);
+                        if option == nbd::OPT_EXPORT_NAME {
+                            Phase::Transmission { extended: false, export }
+                        } else if option == nbd::OPT_GO {
+                            // Once the server agrees, requests follow; else more options.
+                            let mut next = [0u8; 4];
+                            match local_read.read_exact(&mut next).await {
+                                Ok(_) => {}
+                                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                                Err(e) => return Err(io_error(e)),
+                            }
+                            let magic = u32::from_be_bytes(next);
+                            if magic == (nbd::IHAVEOPT >> 32) as u32 {
+                                let mut rest = vec![0u8; 12];
+                                local_read.read_exact(&mut rest).await.map_err(io_error)?;
+                                counters.note_raw("NBD options after the export was chosen");
+                                relay_piece(&writer, &[&next[..], &rest[..]].concat(), shaper, counters).await?;
+                                Phase::Raw
+                            } else {
+                                let extended = magic == nbd::EXTENDED_REQUEST_MAGIC;
+                                seq = request(
+                                    &mut local_read,
+                                    next,
+                                    extended,
+                                    export.as_deref(),
+                                    seq,
+                                    Ctx { writer: &writer, shaper, counters, held, pending: &pending, window: &window },
+                                )
+                                .await?
+                                .unwrap_or(seq);
+                                Phase::Transmission { extended, export }
+                            }
+                        } else {
+                            Phase::Options { export }
+                        }
+                    }
+                }
+                Phase::Transmission { extended, export } => {
+                    let ctx = Ctx { writer: &writer, shaper, counters, held, pending: &pending, window: &window };
+                    match request(&mut local_read, magic, extended, export.as_deref(), seq, ctx).await? {
+                        Some(next) => {
+                            seq = next;
+                            Phase::Transmission { extended, export }
+                        }
+                        None => Phase::Raw,
+                    }
+                }
+                Phase::Raw => {
+                    relay_piece(&writer, &magic, shaper, counters).await?;
+                    let mut buffer = vec![0u8; RELAY_PIECE];
+                    loop {
+                        let n = local_read.read(&mut buffer).await.map_err(io_error)?;
+                        if n == 0 {
+                            break;
+                        }
+                        relay_piece(&writer, &buffer[..n], shaper, counters).await?;
+                    }
+                    break;
+                }
+            };
+        }
+        writer.lock().await.shutdown().await.map_err(io_error)
+    };
+
+    let inward = async {
+        let (mut buffer, mut payload) = (Vec::new(), Vec::new());
+        loop {
+            let frame = match read_frame_with(&mut remote_read, &mut buffer).await {
+                Ok(frame) => frame,
+                Err(crate::wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                Err(e) => return Err(wire(e)),
+            };
+            match frame {
+                Frame::Relay { len } => {
+                    read_payload(&mut remote_read, len as usize, &mut payload).await.map_err(wire)?;
+                    local_write.write_all(&payload).await.map_err(io_error)?;
+                    counters.down.fetch_add(u64::from(len) + 4, Ordering::Relaxed);
+                }
+                Frame::Rebuilt { seq } => {
+                    let kept = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+                    window.add_permits(kept.map_or(0, |k| k.len()));
+                }
+                Frame::Missing { seq, pages } => {
+                    let kept = pending.lock().unwrap_or_else(|e| e.into_inner()).get(&seq).cloned().unwrap_or_default();
+                    let mut data = Vec::with_capacity(pages.len() * PAGE);
+                    for page in &pages {
+                        let found = kept.iter().find(|(i, _)| i == page);
+                        let (_, bytes) = found.ok_or_else(|| {
+                            TransferError::Protocol(format!("page {page} of write {seq} was sent, not referenced"))
+                        })?;
+                        data.extend_from_slice(bytes);
+                    }
+                    counters.disk_cache.fetch_sub((pages.len() * PAGE) as u64, Ordering::Relaxed);
+                    counters.resent.fetch_add((pages.len() * PAGE) as u64, Ordering::Relaxed);
+                    let (compressed, data) = squeeze(data);
+                    let frame = Frame::Resend { seq, compressed, len: data.len() as u32 };
+                    counters.up.fetch_add(send(&writer, &frame, &data, Some(shaper)).await?, Ordering::Relaxed);
+                }
+                other => return Err(TransferError::Protocol(format!("expected relayed bytes, got {other:?}"))),
+            }
+        }
+        local_write.shutdown().await.map_err(io_error)
+    };
+    tokio::try_join!(outward, inward).map(|_| ())
+}
+
+struct Ctx<'a, W> {
+    writer: &'a Writer<W>,
+    shaper: &'a Shaper,
+    counters: &'a TunnelCounters,
+    held: &'a Held,
+    pending: &'a Mutex<Referenced>,
+    window: &'a tokio::sync::Semaphore,
+}
+
+async fn relay_piece<W: AsyncWrite + Unpin>(
+    writer: &Writer<W>,
+    bytes: &[u8],
+    shaper: &Shaper,
+    counters: &TunnelCounters,
+) -> Result<(), TransferError> {
+    for piece in bytes.chunks(RELAY_PIECE) {
+        let frame = Frame::Relay { len: piece.len() as u32 };
+        counters.up.fetch_add(send(writer, &frame, piece, Some(shaper)).await?, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+/// Carries one request whose magic was read; `None` if it is not one
+/// (the stream is relayed raw from here), else the next write's number.
+async fn request<R, W>(
+    local: &mut R,
+    magic: [u8; 4],
+    extended: bool,
+    export: Option<&str>,
+    seq: u64,
+    ctx: Ctx<'_, W>,
+) -> Result<Option<u64>, TransferError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let Some(len) = Request::header_len(u32::from_be_bytes(magic)) else {
+        ctx.counters.note_raw("an NBD request it does not understand");
+        relay_piece(ctx.writer, &magic, ctx.shaper, ctx.counters).await?;
+        return Ok(None);
+    };
+    let mut header = magic.to_vec();
+    header.resize(len, 0);
+    local.read_exact(&mut header[4..]).await.map_err(io_error)?;
+    let request = Request::parse(&header).ok_or_else(|| TransferError::Protocol("an NBD header".into()))?;
+    let payload_len = request.payload_len(extended);
+    let whole_pages = request.offset % PAGE as u64 == 0 && payload_len % PAGE as u64 == 0;
+    if request.command != nbd::CMD_WRITE || !whole_pages || payload_len == 0 || payload_len > MAX_WRITE {
+        relay_piece(ctx.writer, &header, ctx.shaper, ctx.counters).await?;
+        let mut left = payload_len;
+        let mut buffer = vec![0u8; RELAY_PIECE.min(payload_len as usize)];
+        while left > 0 {
+            let n = (left as usize).min(buffer.len());
+            local.read_exact(&mut buffer[..n]).await.map_err(io_error)?;
+            relay_piece(ctx.writer, &buffer[..n], ctx.shaper, ctx.counters).await?;
+            left -= n as u64;
+        }
+        return Ok(Some(seq));
+    }
+    let mut payload = vec![0u8; payload_len as usize];
+    local.read_exact(&mut payload).await.map_err(io_error)?;
+    let held = export.and_then(|e| ctx.held.exports.get(e));
+    let first = request.offset / PAGE as u64;
+    let (mut hashes, mut origins, mut sent, mut kept) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for (i, page) in payload.chunks_exact(PAGE).enumerate() {
+        let h = hash(page);
+        let cached = held.is_some_and(|(start, hashes)| hashes.get((start + first) as usize + i) == Some(&h));
+        let origin = if h == zero_page_hash() {
+            ctx.counters.zero.fetch_add(PAGE as u64, Ordering::Relaxed);
+            Origin::Zero
+        } else if cached {
+            ctx.counters.disk_cache.fetch_add(PAGE as u64, Ordering::Relaxed);
+            kept.push((i as u32, page.to_vec()));
+            Origin::Cache
+        } else {
+            sent.extend_from_slice(page);
+            Origin::Sent
+        };
+        hashes.push(h);
+        origins.push(origin as u8);
+    }
+    let permits = (kept.len() as u32).min((WINDOW / PAGE) as u32);
+    if permits > 0 {
+        ctx.window.acquire_many(permits).await.map_err(|_| TransferError::Protocol("window closed".into()))?.forget();
+        ctx.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, kept);
+    }
+    let raw = sent.len();
+    let (compressed, sent) = squeeze(sent);
+    ctx.counters.compression.fetch_add((raw - sent.len()) as u64, Ordering::Relaxed);
+    let frame = Frame::NbdWrite {
+        seq,
+        header: ByteBuf::from(header),
+        hashes,
+        origins: ByteBuf::from(origins),
+        compressed,
+        len: sent.len() as u32,
+    };
+    let bytes = send(ctx.writer, &frame, &sent, Some(ctx.shaper)).await?;
+    ctx.counters.up.fetch_add(bytes, Ordering::Relaxed);
+    Ok(Some(seq + 1))
+}
+
+/// A write being rebuilt at the destination: its bytes, and the pages still missing.
+struct Rebuilding {
+    seq: u64,
+    bytes: Vec<u8>,
+    header_len: usize,
+    hashes: Vec<Hash>,
+    missing: Vec<u32>,
+}
+
+/// Destination side: carries the tunnel `remote` to the NBD server `local`
+/// (the destination QEMU's export), rebuilding writes from `index`.
+pub async fn receive_nbd<L, R>(
+    local: L,
+    remote: R,
+    counters: &TunnelCounters,
+    index: &RwLock<ChunkIndex>,
+) -> Result<(), TransferError>
+where
+    L: AsyncRead + AsyncWrite,
+    R: AsyncRead + AsyncWrite,
+{
+    let (mut local_read, mut local_write) = tokio::io::split(local);
+    let (mut remote_read, remote_write) = tokio::io::split(remote);
+    let writer: Writer<_> = Arc::new(tokio::sync::Mutex::new(remote_write));
+
+    let inward = async {
+        let (mut buffer, mut payload) = (Vec::new(), Vec::new());
+        // Frames that came while a write waited for its missing pages, in order.
+        let mut queued: VecDeque<(Frame, Vec<u8>)> = VecDeque::new();
+        let mut queued_bytes = 0usize;
+        let mut waiting: Option<Rebuilding> = None;
+        loop {
+            let (frame, data) = match queued.pop_front().filter(|_| waiting.is_none()) {
+                Some((frame, data)) => {
+                    queued_bytes -= data.len();
+                    (frame, data)
+                }
+                None => {
+                    let frame = match read_frame_with(&mut remote_read, &mut buffer).await {
+                        Ok(frame) => frame,
+                        Err(crate::wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+                        Err(e) => return Err(wire(e)),
+                    };
+                    let len = match &frame {
+                        Frame::Relay { len } | Frame::NbdWrite { len, .. } | Frame::Resend { len, .. } => *len,
+                        _ => 0,
+                    };
+                    read_payload(&mut remote_read, len as usize, &mut payload).await.map_err(wire)?;
+                    counters.up.fetch_add(u64::from(len) + 4, Ordering::Relaxed);
+                    (frame, std::mem::take(&mut payload))
+                }
+            };
+            if let Some(mut write) = waiting.take() {
+                match frame {
+                    Frame::Resend { seq, compressed, len: _ } if seq == write.seq => {
+                        let pages = unsqueeze(compressed, &data, write.missing.len() * PAGE)?;
+                        for (page, bytes) in write.missing.iter().zip(pages.chunks_exact(PAGE)) {
+                            if hash(bytes) != write.hashes[*page as usize] {
+                                return Err(TransferError::Protocol(format!(
+                                    "a resent page of write {seq} is corrupt"
+                                )));
+                            }
+                            let at = write.header_len + *page as usize * PAGE;
+                            write.bytes[at..at + PAGE].copy_from_slice(bytes);
+                        }
+                        local_write.write_all(&write.bytes).await.map_err(io_error)?;
+                        send(&writer, &Frame::Rebuilt { seq }, &[], None).await?;
+                    }
+                    other => {
+                        queued_bytes += data.len();
+                        if queued_bytes > 2 * WINDOW {
+                            return Err(TransferError::Protocol("too much arrived while a write waited".into()));
+                        }
+                        queued.push_back((other, data));
+                        waiting = Some(write);
+                    }
+                }
+                continue;
+            }
+            match frame {
+                Frame::Relay { .. } => local_write.write_all(&data).await.map_err(io_error)?,
+                Frame::NbdWrite { seq, header, hashes, origins, compressed, len: _ } => {
+                    let write = rebuild(seq, &header, hashes, &origins, compressed, &data, index)?;
+                    if write.missing.is_empty() {
+                        local_write.write_all(&write.bytes).await.map_err(io_error)?;
+                        send(&writer, &Frame::Rebuilt { seq }, &[], None).await?;
+                    } else {
+                        let missing = Frame::Missing { seq, pages: write.missing.clone() };
+                        counters.down.fetch_add(send(&writer, &missing, &[], None).await?, Ordering::Relaxed);
+                        waiting = Some(write);
+                    }
+                }
+                other => return Err(TransferError::Protocol(format!("expected NBD frames, got {other:?}"))),
+            }
+        }
+        local_write.shutdown().await.map_err(io_error)
+    };
+
+    let outward = async {
+        let mut buffer = vec![0u8; RELAY_PIECE];
+        loop {
+            let n = local_read.read(&mut buffer).await.map_err(io_error)?;
+            if n == 0 {
+                break;
+            }
+            let sent = send(&writer, &Frame::Relay { len: n as u32 }, &buffer[..n], None).await?;
+            counters.down.fetch_add(sent, Ordering::Relaxed);
+        }
+        writer.lock().await.shutdown().await.map_err(io_error)
+    };
+    tokio::try_join!(inward, outward).map(|_| ())
+}
+
+/// Rebuilds a write's bytes (header, then payload) from what was sent and what `index` holds.
+fn rebuild(
+    seq: u64,
+    header: &[u8],
+    hashes: Vec<Hash>,
+    origins: &[u8],
+    compressed: bool,
+    data: &[u8],
+    index: &RwLock<ChunkIndex>,
+) -> Result<Rebuilding, TransferError> {
+    let request = Request::parse(header).ok_or_else(|| TransferError::Protocol("an NBD write header".into()))?;
+    let pages = hashes.len();
+    if request.command != nbd::CMD_WRITE || request.length != (pages * PAGE) as u64 || origins.len() != pages {
+        return Err(TransferError::Protocol(format!("write {seq} does not match its pages")));
+    }
+    let origins: Vec<Origin> = origins
+        .iter()
+        .map(|&b| Origin::from_byte(b).ok_or_else(|| TransferError::Protocol(format!("origin {b}"))))
+        .collect::<Result<_, _>>()?;
+    let sent_count = origins.iter().filter(|&&o| o == Origin::Sent).count();
+    let sent = unsqueeze(compressed, data, sent_count * PAGE)?;
+    let mut bytes = header.to_vec();
+    bytes.resize(header.len() + pages * PAGE, 0);
+    let mut sent_pages = sent.chunks_exact(PAGE);
+    let mut missing = Vec::new();
+    let index = index.read().unwrap_or_else(|e| e.into_inner());
+    for (i, (origin, h)) in origins.iter().zip(&hashes).enumerate() {
+        let at = header.len() + i * PAGE;
+        match origin {
+            Origin::Zero if *h == zero_page_hash() => {}
+            Origin::Sent => {
+                let page = sent_pages.next().unwrap_or_default();
+                if hash(page) != *h {
+                    return Err(TransferError::Protocol(format!("page {i} of write {seq} is corrupt")));
+                }
+                bytes[at..at + PAGE].copy_from_slice(page);
+            }
+            Origin::Cache => match index.get(h) {
+                Ok(Some((page, _))) => bytes[at..at + PAGE].copy_from_slice(&page),
+                _ => missing.push(i as u32),
+            },
+            other => return Err(TransferError::Protocol(format!("page origin {other:?} in an NBD write"))),
+        }
+    }
+    Ok(Rebuilding { seq, bytes, header_len: header.len(), hashes, missing })
+}
