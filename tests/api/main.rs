@@ -19,6 +19,7 @@ mod ops;
 mod pagination;
 mod plans;
 mod qemu;
+mod qemu_linux;
 mod read_cache;
 mod rebalancer;
 mod session;

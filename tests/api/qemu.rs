@@ -23,9 +23,15 @@ use sqlx::PgPool;
 use crate::plans::{flat_signals, site_at};
 
 async fn executor(app: &TestApp, site: &str, data: &Path) -> std::process::Child {
+    executor_with(app, site, data, &[]).await
+}
+
+/// A qemu executor for `site` with its data under `data`, run with `flags` besides.
+pub(crate) async fn executor_with(app: &TestApp, site: &str, data: &Path, flags: &[&str]) -> std::process::Child {
     let token = app.token(Role::Executor).await;
     Command::new(workspace_binary("heliotrope-executor"))
         .args(["run", "--driver", "qemu", "--site", site, "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(flags)
         .arg("--data-dir")
         .arg(data.join(site))
         .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
@@ -87,14 +93,35 @@ async fn fleet_at_rest(app: TestApp, link_mbps: f64, standbys: &[&str]) -> Fleet
 }
 
 /// Whether the guest's serial output at `dir` grows.
-async fn runs_on(dir: &Path) -> bool {
+pub(crate) async fn runs_on(dir: &Path) -> bool {
     let serial = dir.join("serial.log");
     let before = std::fs::metadata(&serial).map_or(0, |m| m.len());
     tokio::time::sleep(Duration::from_millis(500)).await;
     std::fs::metadata(&serial).map_or(0, |m| m.len()) > before
 }
 
-fn ended(page: &Value) -> bool {
+/// Whether the VM's disk at `source` and at `destination` (VM directories)
+/// reads the same (`qemu-img compare`); else what it found.
+pub(crate) fn compare_disks(source: &Path, destination: &Path) -> Result<(), String> {
+    let compared = Command::new("qemu-img")
+        .args(["compare", "-U"])
+        .arg(source.join("disk0.qcow2"))
+        .arg(destination.join("disk0.qcow2"))
+        .output()
+        .map_err(|e| e.to_string())?;
+    let said = String::from_utf8_lossy(&compared.stdout).into_owned() + &String::from_utf8_lossy(&compared.stderr);
+    if compared.status.success() {
+        Ok(())
+    } else {
+        Err(said)
+    }
+}
+
+fn assert_same_disks(source: &Path, destination: &Path) {
+    compare_disks(source, destination).unwrap();
+}
+
+pub(crate) fn ended(page: &Value) -> bool {
     page["items"][0]["state"].as_str().is_some_and(|s| ["done", "failed", "rolled_back", "cancelled"].contains(&s))
 }
 
@@ -128,13 +155,7 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
         })
     };
     app.wait_for("the announcement logged", announced, &format!("/v1/migrations/{}", migration["id"])).await;
-    let compared = Command::new("qemu-img")
-        .args(["compare", "-U"])
-        .arg(vm_dir.join("disk0.qcow2"))
-        .arg(data.path().join("C/vms/web/disk0.qcow2"))
-        .output()
-        .unwrap();
-    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stdout));
+    assert_same_disks(&vm_dir, &data.path().join("C/vms/web"));
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -188,12 +209,6 @@ async fn a_qemu_vm_replicated_at_its_standby_moves_there_with_its_disk_from_the_
     assert!(progress["disk_wire_bytes"].as_u64().unwrap() < 2 << 20, "{migration}");
     assert!(progress["relayed_raw"].is_null(), "{migration}");
 
-    let compared = Command::new("qemu-img")
-        .args(["compare", "-U"])
-        .arg(vm_dir.join("disk0.qcow2"))
-        .arg(data.path().join("C/vms/web/disk0.qcow2"))
-        .output()
-        .unwrap();
-    assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stdout));
+    assert_same_disks(&vm_dir, &data.path().join("C/vms/web"));
     assert!(runs_on(&data.path().join("C/vms/web")).await, "the guest runs on at C");
 }

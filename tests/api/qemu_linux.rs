@@ -1,0 +1,185 @@
+//! Proactive caching with a real Linux guest (`scripts/linux-guest`): a
+//! kernel, an ext4 data disk with 1 GiB of files, a warm page cache and a
+//! steady stream of writes with a heartbeat. The running executors keep its
+//! disk replicated at its standby (no test code touches the replica); a
+//! plan then moves it there while it writes on. The disks are compared at
+//! the cutover (when the new site asks the SDN controller to route the
+//! VM's address to it, before the VM runs there: afterwards the guest
+//! writes on and the disks part), the heartbeat goes on at the
+//! destination, and the disk's bytes on the wire are at most a tenth of
+//! what it holds.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use heliotrope::config::PlannerConfig;
+use heliotrope::db::MIGRATOR;
+use heliotrope::startup::Services;
+use heliotrope_api_spec::{QemuDisk, QemuKernel, QemuSpec};
+use heliotrope_executor::qemu::machine::command;
+use heliotrope_tests::{link, spawn_with, with, KillUnder, Processes};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::plans::{flat_signals, site_at};
+use crate::qemu::{compare_disks, ended, executor_with, runs_on};
+
+/// Where `scripts/linux-guest` left the guest, or `None` (a skip, said why).
+fn guest_dir() -> Option<PathBuf> {
+    let dir =
+        std::env::var_os("HELIOTROPE_GUEST_DIR").map_or_else(|| "/var/tmp/heliotrope-guest".into(), PathBuf::from);
+    if dir.join("stamp").exists() {
+        return Some(dir);
+    }
+    let why = format!("the Linux test guest is not built at {} (scripts/linux-guest builds it)", dir.display());
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("skipped: {why}");
+    None
+}
+
+/// The guest as a qemu VM at `vm_dir`, its data disk a copy of the built one.
+fn linux_vm(guest: &Path, vm_dir: &Path) -> QemuSpec {
+    std::fs::create_dir_all(vm_dir).unwrap();
+    let disk = vm_dir.join("disk0.qcow2");
+    std::fs::copy(guest.join("data.qcow2"), &disk).unwrap();
+    QemuSpec {
+        machine: "q35".into(),
+        accel: "tcg".into(),
+        memory_mib: 384,
+        disks: vec![QemuDisk {
+            node: "disk0".into(),
+            path: disk.display().to_string(),
+            format: "qcow2".into(),
+            size_bytes: 2 << 30,
+        }],
+        boot_image: None,
+        kernel: Some(QemuKernel {
+            path: guest.join("vmlinuz").display().to_string(),
+            initrd: Some(guest.join("initrd.gz").display().to_string()),
+            append: "console=ttyS0 quiet panic=-1 heliotrope.cache_pct=10 heliotrope.write_kib_s=256".into(),
+        }),
+        qmp_socket: None,
+    }
+}
+
+/// The heartbeats in the serial log at `dir`: (n, checksum).
+fn heartbeats(dir: &Path) -> Vec<(u64, String)> {
+    let log = std::fs::read(dir.join("serial.log")).unwrap_or_default();
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.trim().strip_prefix("heartbeat ")?.split_whitespace();
+            Some((words.next()?.parse().ok()?, words.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Bytes of data the qcow2 disk at `path` holds (`qemu-img map`).
+fn allocated(path: &Path) -> u64 {
+    let out = Command::new("qemu-img").args(["map", "-U", "--output=json"]).arg(path).output().unwrap();
+    let extents: Value = serde_json::from_slice(&out.stdout).unwrap();
+    extents.as_array().unwrap().iter().filter(|e| e["data"] == true).map(|e| e["length"].as_u64().unwrap()).sum()
+}
+
+/// An SDN controller that, told of a move, compares the VM's disks at
+/// both sites before it acknowledges (the VM is paused at the new site
+/// until then); each comparison's outcome is recorded.
+async fn comparing_controller(source: PathBuf, destination: PathBuf) -> (String, Arc<Mutex<Vec<Result<(), String>>>>) {
+    let compared: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
+    let record = compared.clone();
+    let router = axum::Router::new().route(
+        "/moves",
+        axum::routing::post(move |_: axum::Json<Value>| async move {
+            let (source, destination) = (source.clone(), destination.clone());
+            let outcome = tokio::task::spawn_blocking(move || compare_disks(&source, &destination)).await.unwrap();
+            record.lock().unwrap().push(outcome);
+            axum::http::StatusCode::NO_CONTENT
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/moves", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, compared)
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_writing_linux_guest_moves_warm_to_its_standby_with_a_tenth_of_its_disk_on_the_wire(pool: PgPool) {
+    let Some(guest) = guest_dir() else { return };
+    let planner = PlannerConfig { replication_interval_s: 5.0, ..PlannerConfig::default() };
+    let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
+    for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
+        let id = site_at(&app, name, "active").await;
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    // A WAN-like link: 1 Gbit/s.
+    let link = with(link("A", "C"), "/bandwidth_mbps", json!(1000.0));
+    app.create("/v1/links", with(link, "/symmetric", json!(true))).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let (source_dir, destination_dir) = (data.path().join("A/vms/linux"), data.path().join("C/vms/linux"));
+    let spec = linux_vm(&guest, &source_dir);
+    let _source = command(&spec, &source_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
+    let _guests = KillUnder(data.path().to_owned());
+    for _ in 0..240 {
+        if heartbeats(&source_dir).len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(heartbeats(&source_dir).len() >= 3, "the guest came up and writes");
+    let allocated = allocated(&source_dir.join("disk0.qcow2"));
+
+    // 64 vCPUs in the inventory (what it would cost to run: worth a move), 384 MiB as QEMU runs it.
+    let vm = json!({"name": "linux", "site": "A", "vcpus": 64, "memory_gib": 0.375, "disk_gib": 2.0,
+        "dirty_rate_mbps": 2.0, "max_downtime_ms": 5000, "driver": "qemu", "driver_spec": spec,
+        "standby_sites": ["C"], "addresses": ["10.200.0.20"]});
+    let id = app.create("/v1/vms", vm).await["id"].as_i64().unwrap();
+    let (url, compared) = comparing_controller(source_dir.clone(), destination_dir.clone()).await;
+    let flags = ["--network", "webhook", "--network-webhook", &url, "--network-webhook-timeout-s", "120"];
+    let _executors = Processes(vec![
+        executor_with(&app, "A", data.path(), &flags).await,
+        executor_with(&app, "C", data.path(), &flags).await,
+    ]);
+
+    // The first sync (full) and a later one (what the guest wrote since).
+    let path = format!("/v1/vms/{id}");
+    let synced = |vm: &Value| vm["standbys"][0]["synced_at"].as_str().map(str::to_owned);
+    let first = synced(&app.wait_for("the first sync", |vm| synced(vm).is_some(), &path).await);
+    let later = |vm: &Value| synced(vm).is_some_and(|at| Some(at) != first);
+    let vm = app.wait_for("a later sync", later, &path).await;
+    assert_eq!(vm["standbys"][0]["synced_bytes"], 2u64 << 30, "{vm}");
+
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["moves"][0]["to"], "C", "{}", applied.body);
+    let before = heartbeats(&source_dir).last().map_or(0, |(n, _)| *n);
+    let migrations = app.wait_for("the migration ended", ended, "/v1/migrations").await;
+    let migration = &migrations["items"][0];
+    assert_eq!(migration["state"], "done", "{migration}");
+
+    // Identical at the cutover (the new site routes the VM's address before it runs the VM, which
+    // is after the scheduler records it done); running on at C.
+    for _ in 0..240 {
+        if !compared.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(compared.lock().unwrap().as_slice(), &[Ok(())], "the disks at the cutover");
+    assert!(runs_on(&destination_dir).await, "the guest runs on at C");
+    let (at_source, at_destination) = (heartbeats(&source_dir), heartbeats(&destination_dir));
+    let last = at_source.last().map_or(0, |(n, _)| *n);
+    assert!(last > before, "the guest wrote on while it moved: heartbeats {before} to {last}");
+    let next = at_destination.first().map(|(n, _)| *n);
+    assert!(next.is_some_and(|n| n > last && n <= last + 3), "heartbeats at C go on from {last}: {next:?}");
+    let serial = std::fs::read_to_string(destination_dir.join("serial.log")).unwrap_or_default();
+    assert!(!serial.contains("FAILED"), "{serial}");
+
+    // The disk crossed mostly as references to the replica.
+    let progress = &migration["progress"];
+    let disk_wire = progress["disk_wire_bytes"].as_u64().unwrap();
+    assert!(disk_wire * 10 <= allocated, "disk on the wire {disk_wire} of {allocated} allocated: {migration}");
+    assert!(progress["saved_bytes"]["disk_cache"].as_u64().unwrap() > allocated / 2, "{migration}");
+    assert!(progress["relayed_raw"].is_null(), "{migration}");
+}
