@@ -125,6 +125,7 @@ where
     let writer: Writer<_> = Arc::new(tokio::sync::Mutex::new(remote_write));
     let pending: Mutex<Referenced> = Mutex::new(HashMap::new());
     let window = tokio::sync::Semaphore::new(WINDOW / PAGE);
+    let inward_ended = std::sync::atomic::AtomicBool::new(false);
 
     let outward = async {
         let mut phase = Phase::Options { export: None };
@@ -224,10 +225,28 @@ where
                 }
             };
         }
+        // The destination may still ask for pages of the last writes: the stream ends once
+        // every write is rebuilt (or the destination is gone).
+        while !inward_ended.load(Ordering::Acquire) && !pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         writer.lock().await.shutdown().await.map_err(io_error)
     };
 
-    let inward = async {
+    // The reader of the destination's frames never waits for the wire: if it did, a source
+    // writing to a destination that writes to its QEMU, whose replies wait for this reader,
+    // would wait on itself. Pages asked for again go out through `resending`.
+    let (resend, mut to_resend) = tokio::sync::mpsc::unbounded_channel::<(Frame, Vec<u8>)>();
+    let resending = async {
+        while let Some((frame, data)) = to_resend.recv().await {
+            counters.up.fetch_add(send(&writer, &frame, &data, Some(shaper)).await?, Ordering::Relaxed);
+        }
+        Ok::<(), TransferError>(())
+    };
+    let (pending_ref, window_ref, ended_ref) = (&pending, &window, &inward_ended);
+    let inward = async move {
+        let (pending, window) = (pending_ref, window_ref);
+        let _ended = SetOnDrop(ended_ref);
         let (mut buffer, mut payload) = (Vec::new(), Vec::new());
         loop {
             let frame = match read_frame_with(&mut remote_read, &mut buffer).await {
@@ -259,14 +278,24 @@ where
                     counters.resent.fetch_add((pages.len() * PAGE) as u64, Ordering::Relaxed);
                     let (compressed, data) = squeeze(data);
                     let frame = Frame::Resend { seq, compressed, len: data.len() as u32 };
-                    counters.up.fetch_add(send(&writer, &frame, &data, Some(shaper)).await?, Ordering::Relaxed);
+                    // Ends only with `resending`, which outlives this reader.
+                    let _ = resend.send((frame, data));
                 }
                 other => return Err(TransferError::Protocol(format!("expected relayed bytes, got {other:?}"))),
             }
         }
         local_write.shutdown().await.map_err(io_error)
     };
-    tokio::try_join!(outward, inward).map(|_| ())
+    tokio::try_join!(outward, inward, resending).map(|_| ())
+}
+
+/// Sets its flag when dropped: a task's end, however it ends.
+struct SetOnDrop<'a>(&'a std::sync::atomic::AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 struct Ctx<'a, W> {
@@ -403,7 +432,9 @@ where
         let mut queued_bytes = 0usize;
         let mut waiting: Option<Rebuilding> = None;
         loop {
-            let (frame, data) = match queued.pop_front().filter(|_| waiting.is_none()) {
+            // While a write waits, what arrives is queued behind what came before it.
+            let next = if waiting.is_none() { queued.pop_front() } else { None };
+            let (frame, data) = match next {
                 Some((frame, data)) => {
                     queued_bytes -= data.len();
                     (frame, data)
@@ -529,4 +560,89 @@ fn rebuild(
         }
     }
     Ok(Rebuilding { seq, bytes, header_len: header.len(), hashes, missing })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Holding;
+
+    fn page(byte: u8) -> Vec<u8> {
+        vec![byte; PAGE]
+    }
+
+    /// A client's option (`OPT_GO` for export `name`) as it goes on the wire.
+    fn go(name: &str) -> Vec<u8> {
+        let mut data = (name.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(name.as_bytes());
+        data.extend_from_slice(&0u16.to_be_bytes());
+        let mut option = nbd::IHAVEOPT.to_be_bytes().to_vec();
+        option.extend_from_slice(&nbd::OPT_GO.to_be_bytes());
+        option.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        option.extend_from_slice(&data);
+        option
+    }
+
+    fn write_request(cookie: u64, offset: u64, payload: &[u8]) -> Vec<u8> {
+        let mut r = nbd::REQUEST_MAGIC.to_be_bytes().to_vec();
+        r.extend_from_slice(&0u16.to_be_bytes());
+        r.extend_from_slice(&nbd::CMD_WRITE.to_be_bytes());
+        r.extend_from_slice(&cookie.to_be_bytes());
+        r.extend_from_slice(&offset.to_be_bytes());
+        r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        r.extend_from_slice(payload);
+        r
+    }
+
+    /// Writes whose pages the destination holds (or is said to hold, but
+    /// lost) cross as references; the server gets exactly the client's bytes.
+    #[tokio::test]
+    async fn writes_are_rebuilt_from_the_index_and_what_it_lacks_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let held_file = dir.path().join("replica.img");
+        std::fs::write(&held_file, [page(0x11), page(0x22)].concat()).unwrap();
+        let mut index = ChunkIndex::open(&dir.path().join("index"), 1 << 30).unwrap();
+        index.register_file(&held_file, Holding::Replica).unwrap();
+        // The replica tears after it was indexed: its page 0x22 no longer reads back.
+        std::fs::write(&held_file, [page(0x11), page(0x99)].concat()).unwrap();
+        let index = RwLock::new(index);
+        let replica = vec![hash(&page(0x11)), hash(&page(0x22)), zero_page_hash(), zero_page_hash()];
+        let held = Held { exports: HashMap::from([("d".to_owned(), (0, Arc::new(replica)))]) };
+
+        let first = [page(0x11), page(0x22), page(0), page(0x33)].concat();
+        let second = [page(0x22), page(0x11)].concat();
+        let mut client_bytes = vec![0, 0, 0, 3];
+        client_bytes.extend(go("d"));
+        client_bytes.extend(write_request(1, 0, &first));
+        client_bytes.extend(write_request(2, 0, &second));
+
+        let (mut client, client_end) = tokio::io::duplex(1 << 20);
+        let (source_end, destination_end) = tokio::io::duplex(1 << 20);
+        let (server_end, mut server) = tokio::io::duplex(1 << 20);
+        let (up, down) = (TunnelCounters::default(), TunnelCounters::default());
+        let shaper = Shaper::new(None);
+        let sending = send_nbd(client_end, source_end, &shaper, &up, &held);
+        let receiving = receive_nbd(server_end, destination_end, &down, &index);
+        let talk = async {
+            client.write_all(&client_bytes).await.unwrap();
+            client.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            server.read_to_end(&mut got).await.unwrap();
+            server.write_all(b"replies").await.unwrap();
+            server.shutdown().await.unwrap();
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.unwrap();
+            (got, back)
+        };
+        let (sent, received, (got, back)) = tokio::join!(sending, receiving, talk);
+        sent.unwrap();
+        received.unwrap();
+        assert!(got == client_bytes, "the server got other bytes than the client sent");
+        assert_eq!(back, b"replies");
+        let (zero, cache, resent) =
+            (up.zero.load(Ordering::Relaxed), up.disk_cache.load(Ordering::Relaxed), up.resent.load(Ordering::Relaxed));
+        // Referenced only where the replica holds that page at that place: 0x11 came from it;
+        // 0x22 was referenced, missing and sent again; the second write's swapped pages were sent.
+        assert_eq!((zero, cache, resent), (PAGE as u64, PAGE as u64, PAGE as u64));
+    }
 }
