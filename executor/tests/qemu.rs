@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Duration;
 
 use heliotrope_api_spec::QemuSpec;
@@ -79,7 +80,7 @@ async fn a_busy_guest_and_its_disk_migrate_live_through_the_executors() {
     assert!(disk.up() + saved.zero + saved.compression > 12 << 20, "disk: {} {saved:?}", disk.up());
     assert!(saved.compression > 8 << 20, "disk: {saved:?}");
     let (a, b) = (spec.disks[0].path.clone(), p.target.disks[0].path.clone());
-    p.source.quit().await;
+    Arc::into_inner(p.source).expect("nothing else holds the source").quit().await;
     p.destination.quit().await;
     let compared = Command::new("qemu-img").args(["compare", "-U", &a, &b]).output().unwrap();
     assert!(compared.status.success(), "{}", String::from_utf8_lossy(&compared.stdout));

@@ -9,15 +9,14 @@
 //! destination, and the disk's bytes on the wire are at most a tenth of
 //! what it holds.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use heliotrope::config::PlannerConfig;
 use heliotrope::db::MIGRATOR;
 use heliotrope::startup::Services;
-use heliotrope_api_spec::{QemuDisk, QemuKernel, QemuSpec};
+use heliotrope_executor::qemu::guest::{self, heartbeats};
 use heliotrope_executor::qemu::machine::command;
 use heliotrope_tests::{link, spawn_with, with, KillUnder, Processes};
 use serde_json::{json, Value};
@@ -28,8 +27,7 @@ use crate::qemu::{compare_disks, ended, executor_with, runs_on};
 
 /// Where `scripts/linux-guest` left the guest, or `None` (a skip, said why).
 fn guest_dir() -> Option<PathBuf> {
-    let dir =
-        std::env::var_os("HELIOTROPE_GUEST_DIR").map_or_else(|| "/var/tmp/heliotrope-guest".into(), PathBuf::from);
+    let dir = guest::linux_dir();
     if dir.join("stamp").exists() {
         return Some(dir);
     }
@@ -37,50 +35,6 @@ fn guest_dir() -> Option<PathBuf> {
     assert!(std::env::var_os("CI").is_none(), "{why}");
     eprintln!("skipped: {why}");
     None
-}
-
-/// The guest as a qemu VM at `vm_dir`, its data disk a copy of the built one.
-fn linux_vm(guest: &Path, vm_dir: &Path) -> QemuSpec {
-    std::fs::create_dir_all(vm_dir).unwrap();
-    let disk = vm_dir.join("disk0.qcow2");
-    std::fs::copy(guest.join("data.qcow2"), &disk).unwrap();
-    QemuSpec {
-        machine: "q35".into(),
-        accel: "tcg".into(),
-        memory_mib: 384,
-        disks: vec![QemuDisk {
-            node: "disk0".into(),
-            path: disk.display().to_string(),
-            format: "qcow2".into(),
-            size_bytes: 2 << 30,
-        }],
-        boot_image: None,
-        kernel: Some(QemuKernel {
-            path: guest.join("vmlinuz").display().to_string(),
-            initrd: Some(guest.join("initrd.gz").display().to_string()),
-            append: "console=ttyS0 quiet panic=-1 heliotrope.cache_pct=10 heliotrope.write_kib_s=256".into(),
-        }),
-        qmp_socket: None,
-    }
-}
-
-/// The heartbeats in the serial log at `dir`: (n, checksum).
-fn heartbeats(dir: &Path) -> Vec<(u64, String)> {
-    let log = std::fs::read(dir.join("serial.log")).unwrap_or_default();
-    String::from_utf8_lossy(&log)
-        .lines()
-        .filter_map(|line| {
-            let mut words = line.trim().strip_prefix("heartbeat ")?.split_whitespace();
-            Some((words.next()?.parse().ok()?, words.next()?.to_owned()))
-        })
-        .collect()
-}
-
-/// Bytes of data the qcow2 disk at `path` holds (`qemu-img map`).
-fn allocated(path: &Path) -> u64 {
-    let out = Command::new("qemu-img").args(["map", "-U", "--output=json"]).arg(path).output().unwrap();
-    let extents: Value = serde_json::from_slice(&out.stdout).unwrap();
-    extents.as_array().unwrap().iter().filter(|e| e["data"] == true).map(|e| e["length"].as_u64().unwrap()).sum()
 }
 
 /// An SDN controller that, told of a move, compares the VM's disks at
@@ -119,7 +73,8 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_with_a_tenth_of_its_dis
 
     let data = tempfile::tempdir().unwrap();
     let (source_dir, destination_dir) = (data.path().join("A/vms/linux"), data.path().join("C/vms/linux"));
-    let spec = linux_vm(&guest, &source_dir);
+    std::fs::create_dir_all(&source_dir).unwrap();
+    let spec = guest::linux_spec(&guest, &source_dir.join("disk0.qcow2")).unwrap();
     let _source = command(&spec, &source_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
     let _guests = KillUnder(data.path().to_owned());
     for _ in 0..240 {
@@ -129,7 +84,7 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_with_a_tenth_of_its_dis
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(heartbeats(&source_dir).len() >= 3, "the guest came up and writes");
-    let allocated = allocated(&source_dir.join("disk0.qcow2"));
+    let allocated = guest::allocated_bytes(&source_dir.join("disk0.qcow2")).unwrap();
 
     // 64 vCPUs in the inventory (what it would cost to run: worth a move), 384 MiB as QEMU runs it.
     let vm = json!({"name": "linux", "site": "A", "vcpus": 64, "memory_gib": 0.375, "disk_gib": 2.0,

@@ -1,7 +1,8 @@
-//! The test guest (`guest.S`): a boot sector of our own that keeps
+//! The test guests. `guest.S`: a boot sector of our own that keeps
 //! rewriting ~99 MiB of its memory and prints a marker per pass, so that a
 //! migration converges only with bandwidth to spare and a migrated guest
-//! visibly runs on; and disks holding data for it. Built with binutils and
+//! visibly runs on; and disks holding data for it. The Linux test guest
+//! (`scripts/linux-guest`) as a VM spec, and what its serial log says. Built with binutils and
 //! qemu-utils where they are needed (tests, the benchmark); nothing in a
 //! deployment uses them.
 
@@ -9,7 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use heliotrope_api_spec::{QemuDisk, QemuSpec};
+use heliotrope_api_spec::{QemuDisk, QemuKernel, QemuSpec};
 
 const SOURCE: &str = include_str!("guest.S");
 
@@ -64,4 +65,63 @@ pub fn spec(boot: &Path, disk: &Path) -> QemuSpec {
         kernel: None,
         qmp_socket: None,
     }
+}
+
+/// Where `scripts/linux-guest` keeps the Linux test guest (`HELIOTROPE_GUEST_DIR`, else its default).
+pub fn linux_dir() -> PathBuf {
+    std::env::var_os("HELIOTROPE_GUEST_DIR").map_or_else(|| "/var/tmp/heliotrope-guest".into(), PathBuf::from)
+}
+
+/// The Linux test guest (built in `guest` by `scripts/linux-guest`) as a
+/// `qemu` VM: 384 MiB under TCG, its 2 GiB data disk a copy made at `disk`,
+/// warming 10% of its files into the page cache and writing 256 KiB/s.
+pub fn linux_spec(guest: &Path, disk: &Path) -> io::Result<QemuSpec> {
+    if !guest.join("stamp").exists() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("the Linux test guest is not built at {} (scripts/linux-guest builds it)", guest.display()),
+        ));
+    }
+    std::fs::copy(guest.join("data.qcow2"), disk)?;
+    Ok(QemuSpec {
+        machine: "q35".into(),
+        accel: "tcg".into(),
+        memory_mib: 384,
+        disks: vec![QemuDisk {
+            node: "disk0".into(),
+            path: disk.display().to_string(),
+            format: "qcow2".into(),
+            size_bytes: 2 << 30,
+        }],
+        boot_image: None,
+        kernel: Some(QemuKernel {
+            path: guest.join("vmlinuz").display().to_string(),
+            initrd: Some(guest.join("initrd.gz").display().to_string()),
+            append: "console=ttyS0 quiet panic=-1 heliotrope.cache_pct=10 heliotrope.write_kib_s=256".into(),
+        }),
+        qmp_socket: None,
+    })
+}
+
+/// The heartbeats the Linux test guest printed to the serial log in `dir`: (n, checksum).
+pub fn heartbeats(dir: &Path) -> Vec<(u64, String)> {
+    let log = std::fs::read(dir.join("serial.log")).unwrap_or_default();
+    String::from_utf8_lossy(&log)
+        .lines()
+        .filter_map(|line| {
+            let mut words = line.trim().strip_prefix("heartbeat ")?.split_whitespace();
+            Some((words.next()?.parse().ok()?, words.next()?.to_owned()))
+        })
+        .collect()
+}
+
+/// Bytes of data the disk at `path` holds, as `qemu-img map` sees it (readable while QEMU runs).
+pub fn allocated_bytes(path: &Path) -> io::Result<u64> {
+    let out = Command::new("qemu-img").args(["map", "-U", "--output=json"]).arg(path).output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!("qemu-img map: {}", String::from_utf8_lossy(&out.stderr))));
+    }
+    let extents: serde_json::Value = serde_json::from_slice(&out.stdout).map_err(io::Error::other)?;
+    let extents = extents.as_array().map(Vec::as_slice).unwrap_or_default();
+    Ok(extents.iter().filter(|e| e["data"] == true).filter_map(|e| e["length"].as_u64()).sum())
 }

@@ -42,6 +42,9 @@ pub struct Tunnels {
     pub nbd: Forwarder,
     pub migration: Forwarder,
     pub shaper: Arc<Shaper>,
+    /// The destination executor's endpoint (replicas may be sent to it too), and how to reach it.
+    pub endpoint: Arc<Destination>,
+    pub peer: Peer,
     accepting: tokio::task::JoinHandle<()>,
 }
 
@@ -59,7 +62,8 @@ impl Tunnels {
 }
 
 pub struct Pair {
-    pub source: Machine,
+    /// Shared with what reads its disks for replication, if anything does.
+    pub source: Arc<Machine>,
     pub destination: Machine,
     /// The destination's spec (its disks are the empty targets).
     pub target: QemuSpec,
@@ -76,7 +80,7 @@ impl Pair {
     /// Starts the source from `spec` in `root/source` and the destination in
     /// `root/destination`, ready for the source to mirror and migrate.
     pub async fn start(root: &Path, spec: &QemuSpec, route: Route) -> Result<Pair, PairError> {
-        let source = Machine::start(spec, &root.join("source"), false).await?;
+        let source = Arc::new(Machine::start(spec, &root.join("source"), false).await?);
         let there = root.join("destination");
         std::fs::create_dir_all(&there)?;
         let mut target = spec.clone();
@@ -101,15 +105,17 @@ impl Pair {
         // The destination executor takes the job's tunnels to those sockets ...
         const JOB: u64 = 1;
         let secret: Arc<[u8]> = Arc::from(&[7u8; 32][..]);
-        let endpoint = Destination::open(&root.join("destination-executor"), 1 << 30)?;
+        // Room in its index for a replica of the largest test disk (2 GiB).
+        let endpoint = Destination::open(&root.join("destination-executor"), 4 << 30)?;
         endpoint.expect(JOB, secret.to_vec());
         endpoint.expect_tunnel(JOB, "migration", &dst_migration);
         endpoint.expect_tunnel(JOB, NBD, &dst_nbd);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
+        let serving = endpoint.clone();
         let accepting = tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let endpoint = endpoint.clone();
+                let endpoint = serving.clone();
                 tokio::spawn(async move { endpoint.serve_tcp(tcp, None).await });
             }
         });
@@ -119,8 +125,9 @@ impl Pair {
         let (nbd_socket, migration_socket) = (root.join("source/nbd.sock"), root.join("source/migration.sock"));
         // No replica at the destination here: what a write saves is zeros and compression.
         let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), Arc::default())?;
-        let migration = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone(), Arc::default())?;
-        let tunnels = Tunnels { nbd, migration, shaper, accepting };
+        let migration =
+            Forwarder::listen(&migration_socket, peer.clone(), "migration", shaper.clone(), Arc::default())?;
+        let tunnels = Tunnels { nbd, migration, shaper, endpoint, peer, accepting };
         Ok(Pair { source, destination, target, nbd_socket, migration_socket, tunnels: Some(tunnels) })
     }
 }
