@@ -56,7 +56,7 @@ async fn a_busy_guest_and_its_disk_migrate_live_through_the_executors() {
     let p = Pair::start(root.path(), &spec, Route::Tunnelled { cap: None }).await.unwrap();
     runs_on(&p.source, 10).await;
     write_disk(&p.source, 0x66, 20).await;
-    mirror_disks(&p.source, &spec.disks, &p.nbd_socket, Duration::from_secs(120)).await.unwrap();
+    mirror_disks(&p.source, &spec.disks, &p.nbd_socket, None, Duration::from_secs(120)).await.unwrap();
     // Written while the mirror is ready: write-blocking carries it across.
     write_disk(&p.source, 0x77, 10).await;
     let options = MigrationOptions {
@@ -93,7 +93,7 @@ async fn a_cap_too_low_to_converge_runs_the_policy_and_leaves_the_vm_at_the_sour
     let spec = spec(root.path());
     let p = Pair::start(root.path(), &spec, Route::Tunnelled { cap: Some(20.0 * MIB) }).await.unwrap();
     runs_on(&p.source, 10).await;
-    mirror_disks(&p.source, &spec.disks, &p.nbd_socket, Duration::from_secs(120)).await.unwrap();
+    mirror_disks(&p.source, &spec.disks, &p.nbd_socket, None, Duration::from_secs(120)).await.unwrap();
     let options = MigrationOptions {
         cap_bytes_per_s: Some(20.0 * MIB),
         max_downtime_ms: 300,
@@ -122,7 +122,7 @@ async fn a_destination_qemu_killed_mid_migration_leaves_the_vm_running_at_the_so
     let spec = spec(root.path());
     let p = Pair::start(root.path(), &spec, Route::Tunnelled { cap: Some(30.0 * MIB) }).await.unwrap();
     runs_on(&p.source, 10).await;
-    mirror_disks(&p.source, &spec.disks, &p.nbd_socket, Duration::from_secs(120)).await.unwrap();
+    mirror_disks(&p.source, &spec.disks, &p.nbd_socket, None, Duration::from_secs(120)).await.unwrap();
     let options = MigrationOptions {
         cap_bytes_per_s: Some(30.0 * MIB),
         max_downtime_ms: 300,

@@ -201,11 +201,13 @@ pub async fn announce(machine: &Machine) -> Result<(), MigrateError> {
 }
 
 /// Source: mirrors `disks` into the destination's exports at `nbd_socket`
-/// and waits until every mirror is ready (in step with the guest's writes).
+/// (each at most `speed_bytes_per_s`, if given) and waits until every
+/// mirror is ready (in step with the guest's writes).
 pub async fn mirror_disks(
     machine: &Machine,
     disks: &[QemuDisk],
     nbd_socket: &Path,
+    speed_bytes_per_s: Option<f64>,
     timeout: Duration,
 ) -> Result<(), MigrateError> {
     let qmp = &machine.qmp;
@@ -217,12 +219,12 @@ pub async fn mirror_disks(
             json!({"driver": "nbd", "node-name": target, "export": disk.node, "server": server}),
         )
         .await?;
-        qmp.execute(
-            "blockdev-mirror",
-            json!({"job-id": format!("mirror-{}", disk.node), "device": disk.node, "target": target,
-                   "sync": "full", "copy-mode": "write-blocking"}),
-        )
-        .await?;
+        let mut mirror = json!({"job-id": format!("mirror-{}", disk.node), "device": disk.node, "target": target,
+               "sync": "full", "copy-mode": "write-blocking"});
+        if let Some(speed) = speed_bytes_per_s {
+            mirror["speed"] = json!(speed as u64);
+        }
+        qmp.execute("blockdev-mirror", mirror).await?;
     }
     for disk in disks {
         let job = format!("mirror-{}", disk.node);

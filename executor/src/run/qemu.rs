@@ -114,7 +114,7 @@ impl Worker {
         let held = Arc::new(self.held_at(&a.migration.vm, &a.migration.to, &spec));
         let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), held)?;
         let memory = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone(), Arc::default())?;
-        mirror_disks(&machine, &spec.disks, &nbd_socket, Duration::from_secs(3600)).await?;
+        mirror_disks(&machine, &spec.disks, &nbd_socket, None, Duration::from_secs(3600)).await?;
         drop(holding);
 
         // QEMU is polled every 250 ms; the scheduler hears every second, in a task of its own.
