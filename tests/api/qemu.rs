@@ -93,7 +93,7 @@ async fn fleet_at_rest(app: TestApp, link_mbps: f64, standbys: &[&str]) -> Fleet
 }
 
 /// Whether the guest's serial output at `dir` grows.
-pub(crate) async fn runs_on(dir: &Path) -> bool {
+async fn runs_on(dir: &Path) -> bool {
     let serial = dir.join("serial.log");
     let before = std::fs::metadata(&serial).map_or(0, |m| m.len());
     tokio::time::sleep(Duration::from_millis(500)).await;
