@@ -17,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::TunnelCounters;
 use crate::content::{hash, zero_page_hash, Hash, PAGE};
@@ -73,6 +73,20 @@ async fn send<W: AsyncWrite + Unpin>(
     write_with_payload(&mut *w, &bytes, &[payload]).await.map_err(wire)
 }
 
+type Ends<L, R> = (ReadHalf<L>, WriteHalf<L>, ReadHalf<R>, Writer<WriteHalf<R>>);
+
+/// Both connections of a tunnel split: the local one's halves, the
+/// remote's reading half, and its writing half shared by what sends.
+fn ends<L, R>(local: L, remote: R) -> Ends<L, R>
+where
+    L: AsyncRead + AsyncWrite,
+    R: AsyncRead + AsyncWrite,
+{
+    let (local_read, local_write) = tokio::io::split(local);
+    let (remote_read, remote_write) = tokio::io::split(remote);
+    (local_read, local_write, remote_read, Arc::new(tokio::sync::Mutex::new(remote_write)))
+}
+
 /// Compresses `data` when that saves; returns (compressed, bytes to send).
 fn squeeze(data: Vec<u8>) -> (bool, Vec<u8>) {
     match zstd::bulk::compress(&data, LEVEL) {
@@ -120,9 +134,7 @@ where
     L: AsyncRead + AsyncWrite,
     R: AsyncRead + AsyncWrite,
 {
-    let (mut local_read, mut local_write) = tokio::io::split(local);
-    let (mut remote_read, remote_write) = tokio::io::split(remote);
-    let writer: Writer<_> = Arc::new(tokio::sync::Mutex::new(remote_write));
+    let (mut local_read, mut local_write, mut remote_read, writer) = ends(local, remote);
     let pending: Mutex<Referenced> = Mutex::new(HashMap::new());
     let window = tokio::sync::Semaphore::new(WINDOW / PAGE);
     let inward_ended = std::sync::atomic::AtomicBool::new(false);
@@ -421,9 +433,7 @@ where
     L: AsyncRead + AsyncWrite,
     R: AsyncRead + AsyncWrite,
 {
-    let (mut local_read, mut local_write) = tokio::io::split(local);
-    let (mut remote_read, remote_write) = tokio::io::split(remote);
-    let writer: Writer<_> = Arc::new(tokio::sync::Mutex::new(remote_write));
+    let (mut local_read, mut local_write, mut remote_read, writer) = ends(local, remote);
 
     let inward = async {
         let (mut buffer, mut payload) = (Vec::new(), Vec::new());
