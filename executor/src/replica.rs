@@ -60,29 +60,28 @@ impl Replica {
         disk: Arc<dyn PageSource>,
         written: &[u64],
     ) -> Result<(), TransferError> {
-        self.sync_allocated(session, disk, written, None).await
+        let pages = disk.page_count();
+        let offered = if self.needs_full(pages) { (0..pages).collect() } else { written.to_vec() };
+        self.sync_offering(session, disk, &offered).await
     }
 
-    /// As [`Replica::sync`], where a full sync offers only `allocated`
-    /// (increasing; every page if `None`): the rest of the disk reads as zeros.
-    pub async fn sync_allocated<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    /// As [`Replica::sync`], offering `offered` (increasing): the pages
+    /// written since the last sync or, when [`Replica::needs_full`], every
+    /// page that may not read as zeros.
+    pub async fn sync_offering<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         &mut self,
         session: &mut Session<S>,
         disk: Arc<dyn PageSource>,
-        written: &[u64],
-        allocated: Option<&[u64]>,
+        offered: &[u64],
     ) -> Result<(), TransferError> {
         let pages = disk.page_count();
         let full = self.needs_full(pages);
-        let (baseline, numbers) = match self.synced.take() {
-            Some(hashes) if !full => (hashes, written.to_vec()),
-            _ => (
-                vec![zero_page_hash(); pages as usize],
-                allocated.map_or_else(|| (0..pages).collect(), <[u64]>::to_vec),
-            ),
+        let baseline = match self.synced.take() {
+            Some(hashes) if !full => hashes,
+            _ => vec![zero_page_hash(); pages as usize],
         };
         session.begin(&self.name, ImageKind::Replica, baseline).await?;
-        session.offer(disk, &numbers).await?;
+        session.offer(disk, offered).await?;
         session.end().await?;
         self.synced = Some(session.seal().await?);
         Ok(())

@@ -286,7 +286,7 @@ async fn sync_once<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         let opened = opened.map_err(|e| TransferError::Protocol(format!("reading the export: {e}")))?;
         let (disks, numbers) = opened.map_err(|e| TransferError::Protocol(e.to_string()))?;
         let bytes = disks.page_count() * PAGE as u64;
-        replica.sync_allocated(session, Arc::new(disks), &numbers, Some(&numbers)).await?;
+        replica.sync_offering(session, Arc::new(disks), &numbers).await?;
         Ok(bytes)
     }
     .await;

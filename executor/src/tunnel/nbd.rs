@@ -140,6 +140,7 @@ where
     let inward_ended = std::sync::atomic::AtomicBool::new(false);
 
     let outward = async {
+        let ctx = Ctx { writer: &writer, shaper, counters, held, pending: &pending, window: &window };
         let mut phase = Phase::Options { export: None };
         let mut flags = [0u8; 4];
         local_read.read_exact(&mut flags).await.map_err(io_error)?;
@@ -196,16 +197,9 @@ where
                                 Phase::Raw
                             } else {
                                 let extended = magic == nbd::EXTENDED_REQUEST_MAGIC;
-                                seq = request(
-                                    &mut local_read,
-                                    next,
-                                    extended,
-                                    export.as_deref(),
-                                    seq,
-                                    Ctx { writer: &writer, shaper, counters, held, pending: &pending, window: &window },
-                                )
-                                .await?
-                                .unwrap_or(seq);
+                                seq = request(&mut local_read, next, extended, export.as_deref(), seq, &ctx)
+                                    .await?
+                                    .unwrap_or(seq);
                                 Phase::Transmission { extended, export }
                             }
                         } else {
@@ -214,8 +208,7 @@ where
                     }
                 }
                 Phase::Transmission { extended, export } => {
-                    let ctx = Ctx { writer: &writer, shaper, counters, held, pending: &pending, window: &window };
-                    match request(&mut local_read, magic, extended, export.as_deref(), seq, ctx).await? {
+                    match request(&mut local_read, magic, extended, export.as_deref(), seq, &ctx).await? {
                         Some(next) => {
                             seq = next;
                             Phase::Transmission { extended, export }
@@ -340,7 +333,7 @@ async fn request<R, W>(
     extended: bool,
     export: Option<&str>,
     seq: u64,
-    ctx: Ctx<'_, W>,
+    ctx: &Ctx<'_, W>,
 ) -> Result<Option<u64>, TransferError>
 where
     R: AsyncRead + Unpin,
