@@ -166,9 +166,24 @@ pub struct Config {
     /// Poll the provider feeds (one replica at a time polls).
     #[arg(long, global = true, env = "HELIOTROPE_POLL_FEEDS", default_value_t = true, action = clap::ArgAction::Set)]
     pub poll_feeds: bool,
+    /// Private, loopback or link-local addresses (CIDR, comma-separated) feeds may reach; public ones need no listing.
+    #[arg(long, global = true, env = "HELIOTROPE_FEED_ALLOW_ADDRESSES", value_delimiter = ',')]
+    pub feed_allow_addresses: Vec<ipnet::IpNet>,
+    /// Fetch `http://` feed URLs (stored only for loopback hosts): for tests against local fakes, never production.
+    #[arg(long, global = true, env = "HELIOTROPE_FEED_PLAIN_HTTP", default_value_t = false, action = clap::ArgAction::Set)]
+    pub feed_plain_http: bool,
     /// Most database connections this process opens.
     #[arg(long, global = true, env = "HELIOTROPE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// Time a client has to send each request's head, and to send the next one on a kept-alive connection.
+    #[arg(long, global = true, env = "HELIOTROPE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body.
+    #[arg(long, global = true, env = "HELIOTROPE_BODY_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub body_timeout: Duration,
+    /// Most API connections open at once (lowered to fit the descriptor limit); more are closed on arrival.
+    #[arg(long, global = true, env = "HELIOTROPE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
     #[command(flatten)]
     pub planner: PlannerConfig,
     #[command(flatten)]
@@ -339,7 +354,12 @@ impl std::fmt::Debug for Config {
             .field("log_format", &self.log_format)
             .field("read_cache", &self.read_cache)
             .field("poll_feeds", &self.poll_feeds)
+            .field("feed_allow_addresses", &self.feed_allow_addresses)
+            .field("feed_plain_http", &self.feed_plain_http)
             .field("db_max_connections", &self.db_max_connections)
+            .field("header_timeout", &self.header_timeout)
+            .field("body_timeout", &self.body_timeout)
+            .field("max_connections", &self.max_connections)
             .field("planner", &self.planner)
             .field("rebalancer", &self.rebalancer)
             .finish()
@@ -352,8 +372,17 @@ impl Config {
         crate::startup::Services {
             read_cache: self.read_cache,
             poll_feeds: self.poll_feeds,
+            feed_reach: crate::feeds::reach::FeedReach {
+                allowed: self.feed_allow_addresses.clone(),
+                plain_http: self.feed_plain_http,
+            },
             planner: self.planner,
             rebalancer: self.rebalancer.clone(),
+            connections: crate::http::server::ConnectionLimits {
+                header_timeout: self.header_timeout,
+                body_timeout: self.body_timeout,
+                max_connections: self.max_connections,
+            },
         }
     }
 

@@ -2,16 +2,18 @@
 //! (`GET /v1/overview`), and what the migrations made so far saved per day
 //! (`GET /v1/savings`, priced by `domain::savings`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
 use heliotrope_api_spec::{DaySavings, Overview, PointKind, Resolution, Savings, Signal, SignalPoint, SiteOverview};
 use sqlx::PgPool;
+use tokio::sync::Semaphore;
 
 use crate::config::PlannerConfig;
+use crate::db::savings::KeptDay;
 use crate::db::{self, StoreError};
 use crate::domain::cost::{SiteEnergy, SlotSignal};
-use crate::domain::savings::{per_day, Relocation, SiteHours};
+use crate::domain::savings::{per_day, Relocation, SiteHours, Whereabouts};
 
 /// A site whose newest actual is older than this has a stale feed.
 const STALE_AFTER: Duration = Duration::hours(2);
@@ -55,24 +57,80 @@ pub async fn overview(pool: &PgPool, now: DateTime<Utc>) -> Result<Overview, Sto
     Ok(Overview { at: now, sites })
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SavingsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("pricing the savings failed")]
+    Pricing(#[from] tokio::task::JoinError),
+}
+
 /// What the migrations that finished in the last `days` UTC days (today
 /// included) saved, per day, against the moved VMs having stayed put.
+/// Finished days are priced once and kept; one pricing runs at a time per
+/// replica (`pricing`), off the async runtime, and those waiting for it
+/// find the days it kept.
 pub async fn savings(
     pool: &PgPool,
     config: &PlannerConfig,
+    pricing: &Semaphore,
     days: u32,
     now: DateTime<Utc>,
-) -> Result<Savings, StoreError> {
-    let from =
-        (now.date_naive() - chrono::Days::new(u64::from(days.max(1)) - 1)).and_time(Default::default()).and_utc();
+) -> Result<Savings, SavingsError> {
+    let today = now.date_naive();
+    let first = today - chrono::Days::new(u64::from(days.max(1)) - 1);
+    // Acquiring fails only on a closed semaphore, which this one never is.
+    let _pricing = pricing.acquire().await;
+    let mut known: BTreeMap<NaiveDate, KeptDay> = match today.pred_opt() {
+        Some(yesterday) => db::savings::kept(pool, first, yesterday).await?,
+        None => Vec::new(),
+    }
+    .into_iter()
+    .map(|d| (d.figures.day, d))
+    .collect();
+    let midnight = |day: NaiveDate| day.and_time(NaiveTime::MIN).and_utc();
+    // Each run of days not kept (today is never kept) is priced in one go.
+    let mut run: Option<NaiveDate> = None;
+    for day in first.iter_days().take_while(|d| *d <= today) {
+        let unknown = !known.contains_key(&day);
+        if unknown && run.is_none() {
+            run = Some(day);
+        }
+        let ends = day == today || known.contains_key(&day.succ_opt().unwrap_or(day));
+        if let (Some(start), true, true) = (run, unknown, ends) {
+            let priced = price(pool, config, midnight(start), now.min(midnight(day) + Duration::days(1))).await?;
+            let finished: Vec<KeptDay> = priced.iter().filter(|d| d.figures.day < today).cloned().collect();
+            db::savings::keep(pool, &finished).await?;
+            known.extend(priced.into_iter().map(|d| (d.figures.day, d)));
+            run = None;
+        }
+    }
+    let days: Vec<KeptDay> = known.into_values().filter(|d| d.figures.day >= first).collect();
+    Ok(Savings {
+        currency: days.iter().find_map(|d| d.currency.clone()).unwrap_or_else(|| "USD".into()),
+        total_cost_saved: days.iter().map(|d| d.figures.cost_saved).sum(),
+        total_kg_saved: days.iter().map(|d| d.figures.kg_saved).sum(),
+        synthetic: days.iter().any(|d| d.synthetic),
+        days: days.into_iter().map(|d| d.figures).collect(),
+    })
+}
+
+/// Prices the days from `from` (the start of a UTC day) to `to`.
+async fn price(
+    pool: &PgPool,
+    config: &PlannerConfig,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<KeptDay>, SavingsError> {
     let sites = db::sites::all(pool).await?;
     let mut currency = None;
-    let mut synthetic = false;
+    let mut synthetic = HashSet::new();
     let mut hours = Vec::with_capacity(sites.len());
     for site in &sites {
-        let series = |signal| db::signals::series(pool, site.id, signal, from, now, Resolution::Hourly);
+        let series = |signal| db::signals::series(pool, site.id, signal, from, to, Resolution::Hourly);
         let (carbon, price) = (series(Signal::Carbon).await?, series(Signal::Price).await?);
-        synthetic |= carbon.iter().chain(&price).any(|p| p.source == "synthetic");
+        synthetic
+            .extend(carbon.iter().chain(&price).filter(|p| p.source == "synthetic").map(|p| p.timestamp.date_naive()));
         currency = currency.or_else(|| price.first().map(|p| p.unit.trim_end_matches("/MWh").to_owned()));
         let carbon: BTreeMap<_, _> = carbon.into_iter().map(|p| (p.timestamp, p.value)).collect();
         let signals = price
@@ -85,7 +143,7 @@ pub async fn savings(
         hours.push(SiteHours { energy: SiteEnergy::of(&site.spec), signals });
     }
     let index: HashMap<i64, usize> = sites.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
-    let relocations: Vec<Relocation> = db::migrations::finished_between(pool, from, now)
+    let relocations: Vec<Relocation> = db::migrations::finished_between(pool, from, to)
         .await?
         .into_iter()
         .filter_map(|f| {
@@ -99,22 +157,32 @@ pub async fn savings(
             })
         })
         .collect();
-    let shapes = db::vms::shapes(pool).await?;
-    let days: Vec<DaySavings> = per_day(&relocations, &hours, &shapes, config.network_kwh_per_gb, from, now)
+    let before: HashMap<i64, Whereabouts> = db::migrations::whereabouts_before(pool, from)
+        .await?
         .into_iter()
-        .map(|d| DaySavings {
-            day: d.day,
-            cost_saved: d.saved.energy_cost,
-            kg_saved: d.saved.emissions_kg,
-            migrations: d.migrations,
-            vm_hours: d.vm_hours,
-        })
+        .filter_map(|(vm, origin, at)| Some((vm, Whereabouts { origin: *index.get(&origin)?, at: *index.get(&at)? })))
         .collect();
-    Ok(Savings {
-        currency: currency.unwrap_or_else(|| "USD".into()),
-        total_cost_saved: days.iter().map(|d| d.cost_saved).sum(),
-        total_kg_saved: days.iter().map(|d| d.kg_saved).sum(),
-        days,
-        synthetic,
+    let shapes = db::vms::shapes(pool).await?;
+    let network_kwh_per_gb = config.network_kwh_per_gb;
+    // Hours of moved VMs times sites: seconds of work for a large fleet over a year, not for the runtime's threads.
+    let days = tokio::task::spawn_blocking(move || {
+        per_day(&relocations, &before, &hours, &shapes, network_kwh_per_gb, from, to)
     })
+    .await?;
+    Ok(days
+        .into_iter()
+        // A range that ends at midnight holds no part of the day that begins there.
+        .filter(|d| d.day.and_time(NaiveTime::MIN).and_utc() < to)
+        .map(|d| KeptDay {
+            synthetic: synthetic.contains(&d.day),
+            currency: currency.clone(),
+            figures: DaySavings {
+                day: d.day,
+                cost_saved: d.saved.energy_cost,
+                kg_saved: d.saved.emissions_kg,
+                migrations: d.migrations,
+                vm_hours: d.vm_hours,
+            },
+        })
+        .collect())
 }

@@ -13,6 +13,7 @@ use heliotrope_api_spec::Role;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     telemetry::init(cli.config.log_format);
+    heliotrope::startup::raise_descriptor_limit();
     match cli.command {
         Command::Serve => serve(&cli.config).await,
         Command::Migrate => {

@@ -14,6 +14,8 @@ use crate::config::{PlannerConfig, RebalancerConfig};
 use crate::db::changes::{watch_inventory, watch_migrations};
 use crate::domain::rebalance::Clock;
 use crate::feeds::poller;
+use crate::feeds::reach::FeedReach;
+use crate::http::server::{self, ConnectionLimits};
 use crate::http::{app, AppState};
 use crate::rebalancer::{replica_name, Rebalancer};
 
@@ -24,9 +26,13 @@ pub struct Services {
     pub read_cache: bool,
     /// Poll the provider feeds (see `feeds::poller`).
     pub poll_feeds: bool,
+    /// Where the feeds may reach beyond the public internet (see `feeds::reach`).
+    pub feed_reach: FeedReach,
     pub planner: PlannerConfig,
     /// The rebalancing loop (see `rebalancer`); `enabled: false` keeps this replica out of it.
     pub rebalancer: RebalancerConfig,
+    /// What one client may hold of the API server (see `http::server`).
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Services {
@@ -34,8 +40,10 @@ impl Default for Services {
         Services {
             read_cache: true,
             poll_feeds: true,
+            feed_reach: FeedReach::default(),
             planner: PlannerConfig::default(),
             rebalancer: RebalancerConfig::default(),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -64,6 +72,7 @@ impl Application {
     pub async fn build(pool: PgPool, listen: SocketAddr, services: Services) -> anyhow::Result<Application> {
         services.rebalancer.check().map_err(anyhow::Error::msg)?;
         services.planner.check().map_err(anyhow::Error::msg)?;
+        services.connections.check().map_err(anyhow::Error::msg)?;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;
         let replica = services.rebalancer.replica.clone().unwrap_or_else(|| replica_name(bound));
@@ -91,7 +100,7 @@ impl Application {
         }
         if self.services.poll_feeds {
             let (pool, metrics, stop) = (self.state.pool.clone(), self.state.metrics.clone(), shutdown.clone());
-            background.spawn(poller::run(pool, metrics, stop));
+            background.spawn(poller::run(pool, metrics, self.services.feed_reach.clone(), stop));
         }
         let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
         background.spawn(expire_leases(pool, stop));
@@ -108,15 +117,50 @@ impl Application {
             background.spawn(rebalancer.run(shutdown.clone()));
         }
         let stopping = self.state.stopping.clone();
-        let served = axum::serve(self.listener, app(self.state))
-            .with_graceful_shutdown(async move {
-                shutdown.cancelled().await;
-                stopping.cancel();
-            })
-            .await;
+        let limits = within_descriptors(self.services.connections);
+        let metrics = self.state.metrics.clone();
+        let served = tokio::spawn(server::serve(self.listener, app(self.state), limits, metrics, shutdown.clone()));
+        shutdown.cancelled().await;
+        // Open event streams end, so that their connections can drain.
+        stopping.cancel();
+        served.await.map_err(std::io::Error::other)?;
         // They stop on the same token; a panic in one would already have been logged.
         while background.join_next().await.is_some() {}
-        served
+        Ok(())
+    }
+}
+
+/// The connection cap lowered, if need be, to leave descriptors for the
+/// database pool, the feeds and the files this process opens.
+fn within_descriptors(mut limits: ConnectionLimits) -> ConnectionLimits {
+    const RESERVED: u64 = 256;
+    if let Ok((soft, _)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let room = usize::try_from(soft.saturating_sub(RESERVED).max(16)).unwrap_or(usize::MAX);
+        if room < limits.max_connections {
+            tracing::warn!(
+                cap = limits.max_connections,
+                room,
+                "too few file descriptors: lowering the API connection cap"
+            );
+            limits.max_connections = room;
+        }
+    }
+    limits
+}
+
+/// Raises this process's descriptor limit to the most it is allowed: each
+/// API connection holds one, and the default soft limit (often 1,024) is
+/// far below what a busy server needs.
+pub fn raise_descriptor_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "cannot raise the file descriptor limit");
+            }
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot read the file descriptor limit"),
     }
 }
 

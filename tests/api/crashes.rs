@@ -14,7 +14,18 @@ use crate::plans::{big_vm, flat_signals, site_at};
 
 /// `heliotrope serve` as a process of its own on the test's database (no rebalancing: the test applies).
 pub(crate) fn serve(app: &TestApp, replica: &str, port: u16, rebalance: bool) -> Child {
-    Command::new(workspace_binary("heliotrope"))
+    serving(&mut Command::new(workspace_binary("heliotrope")), app, replica, port, rebalance).spawn().unwrap()
+}
+
+/// `command`, which runs the scheduler binary, made to `serve` the test's database on `port`.
+pub(crate) fn serving<'c>(
+    command: &'c mut Command,
+    app: &TestApp,
+    replica: &str,
+    port: u16,
+    rebalance: bool,
+) -> &'c mut Command {
+    command
         .arg("serve")
         .env("HELIOTROPE_DATABASE_URL", app.database_url())
         .env("HELIOTROPE_ADMIN_TOKEN", ADMIN)
@@ -25,8 +36,6 @@ pub(crate) fn serve(app: &TestApp, replica: &str, port: u16, rebalance: bool) ->
         .env("HELIOTROPE_REPLICA", replica)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .spawn()
-        .unwrap()
 }
 
 /// A scheduler process's API, once it answers.

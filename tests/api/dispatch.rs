@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::plans::{swap_fleet, two_sites};
+use crate::plans::{signals_over, swap_fleet, two_sites};
 use heliotrope_tests::{site, spawn_app, with, Answer, TestApp};
 
 /// An executor: its token and registered id.
@@ -414,6 +414,8 @@ async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_sin
         .execute(&app.pool)
         .await
         .unwrap();
+    // History rewritten by hand: the days kept since are not what happened any more.
+    sqlx::query("delete from savings_day").execute(&app.pool).await.unwrap();
     let later = app.get("/v1/savings?days=2").await.body;
     let hours: u64 = later["days"].as_array().unwrap().iter().map(|d| d["vm_hours"].as_u64().unwrap()).sum();
     assert!((4..=5).contains(&hours), "{later}");
@@ -425,6 +427,65 @@ async fn the_overview_shows_migrations_under_way_and_savings_count_the_hours_sin
 
     app.get("/v1/savings?days=0").await.assert_error(422, "days");
     app.get("/v1/savings?days=400").await.assert_error(422, "days");
+}
+
+/// The kept days: each with when it was priced.
+async fn kept_days(app: &TestApp) -> Vec<(chrono::NaiveDate, chrono::DateTime<chrono::Utc>)> {
+    sqlx::query_as("select day, priced_at from savings_day order by day").fetch_all(&app.pool).await.unwrap()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn finished_days_are_priced_once_and_again_when_their_signals_change(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, cheap, id) = under_way(&app).await;
+    for (site, price, carbon) in [("DEAR", 300.0, 400.0), ("CHEAP", 20.0, 50.0)] {
+        signals_over(&app, site_id(&app, site).await, -96..=-25, price, carbon, "EUR").await;
+    }
+    dear.claim(&app).await;
+    cheap.claim(&app).await;
+    let going = json!({"state": "transferring", "raw_bytes": 0, "wire_bytes": 0});
+    assert_eq!(dear.call(&app, id, "progress", going).await.status, 200);
+    let cutover = json!({"state": "cutover", "raw_bytes": 0, "wire_bytes": 0});
+    assert_eq!(dear.call(&app, id, "progress", cutover).await.status, 200);
+    assert_eq!(cheap.call(&app, id, "complete", json!({"state": "done"})).await.status, 200);
+    // The move finished two days ago.
+    sqlx::query("update migration_event set at = at - interval '48 hours' where to_state = 'done'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+
+    let first = app.get("/v1/savings?days=4").await.body;
+    let days = first["days"].as_array().unwrap();
+    assert_eq!(days.iter().map(|d| d["migrations"].as_u64().unwrap()).collect::<Vec<_>>(), [0, 1, 0, 0], "{first}");
+    assert_eq!(days[2]["vm_hours"], 24, "yesterday the VM ran at CHEAP all day: {first}");
+    // The three finished days are kept; today is not.
+    let kept = kept_days(&app).await;
+    let finished: Vec<String> = days[..3].iter().map(|d| d["day"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(kept.iter().map(|(day, _)| day.to_string()).collect::<Vec<_>>(), finished);
+    // Asked again (a longer range included), they are read, not priced again.
+    let again = app.get("/v1/savings?days=4").await.body;
+    assert_eq!(again, first);
+    assert_eq!(app.get("/v1/savings?days=30").await.body["total_cost_saved"], first["total_cost_saved"]);
+    let longer = kept_days(&app).await;
+    assert_eq!((longer.len(), &longer[26..]), (29, &kept[..]), "the 26 days before were priced alone");
+
+    // A price for yesterday noon arrives late: CHEAP cost as much as DEAR for that hour.
+    let noon = chrono::NaiveDate::parse_from_str(&finished[2], "%Y-%m-%d").unwrap().and_hms_opt(12, 0, 0).unwrap();
+    let late = json!([{"timestamp_utc": noon.and_utc(), "price_per_mwh": 300.0, "currency": "EUR"}]);
+    let pushed = app.post(&format!("/v1/sites/{}/signals", site_id(&app, "CHEAP").await), late).await;
+    assert_eq!(pushed.status, 200, "{}", pushed.body);
+    assert_eq!(kept_days(&app).await[..], longer[..28], "only yesterday is forgotten");
+    let repriced = app.get("/v1/savings?days=4").await.body;
+    let kw = (10.0 * 64.0 + 0.4 * 256.0) * 1.2 / 1000.0;
+    let (was, is) =
+        (first["days"][2]["cost_saved"].as_f64().unwrap(), repriced["days"][2]["cost_saved"].as_f64().unwrap());
+    assert!((was - is - kw * 0.280).abs() < 1e-6, "{was} then {is}");
+    assert_eq!(repriced["days"][1], first["days"][1]);
+}
+
+async fn site_id(app: &TestApp, name: &str) -> i64 {
+    let sites = app.get("/v1/sites").await.body;
+    sites["items"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["id"].as_i64().unwrap()
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -3,11 +3,18 @@
 
 use heliotrope::db::MIGRATOR;
 use heliotrope::feeds::poller::{next_delay, poll_once, PollOutcome};
+use heliotrope::feeds::reach::FeedReach;
 use heliotrope::feeds::Fetcher;
 use heliotrope::http::metrics::Metrics;
 use heliotrope_tests::{site, spawn_app, FakeProvider, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
+
+/// The fetcher the tests poll with: the local fakes serve plain http on loopback.
+fn fetcher() -> Fetcher {
+    let allowed = vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap()];
+    Fetcher::new(FeedReach { allowed, plain_http: true }).unwrap()
+}
 
 async fn feed(app: &TestApp, body: Value) -> i64 {
     app.create("/v1/feeds", body).await["id"].as_i64().unwrap()
@@ -86,6 +93,10 @@ async fn feed_resource_and_health(pool: PgPool) {
         (bad("credential_env", json!("HELIOTROPE_DATABASE_URL")), "HELIOTROPE_FEED_"),
         (bad("poll_interval_s", json!(5)), "poll_interval_s"),
         (bad("base_url", json!("not a url")), "base_url"),
+        (bad("base_url", json!("https://user:password@web-api.tp.entsoe.eu")), "base_url"),
+        (bad("base_url", json!("https://web-api.tp.entsoe.eu/#")), "base_url"),
+        (bad("base_url", json!("https://169.254.169.254")), "base_url"),
+        (bad("base_url", json!("http://web-api.tp.entsoe.eu")), "https"),
         (bad("site", json!("Nowhere")), "site"),
         (bad("provider", json!("carbonbrief")), "provider"),
         (bad("token", json!("x")), "token"),
@@ -109,7 +120,7 @@ async fn electricitymaps_history_and_forecast(pool: PgPool) {
     serve_electricitymaps(&em, Some("em-key"));
     std::env::set_var("HELIOTROPE_FEED_EM_KEY", "em-key");
     let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY")).await;
-    let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
+    let (fetcher, metrics) = (fetcher(), Metrics::default());
     assert_eq!(poll(&app, &fetcher, &metrics, id).await, PollOutcome::Stored(4));
     assert!(em.requests().iter().all(|r| r.contains("zone=DE")), "{:?}", em.requests());
 
@@ -150,7 +161,7 @@ async fn a_bad_payload_is_rejected_and_counted(pool: PgPool) {
     serve_electricitymaps(&em, None);
     std::env::set_var("HELIOTROPE_FEED_EM_KEY2", "k");
     let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY2")).await;
-    let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
+    let (fetcher, metrics) = (fetcher(), Metrics::default());
     assert_eq!(poll(&app, &fetcher, &metrics, id).await, PollOutcome::Stored(4));
     let before = series(&app, "carbon", "2024-03-05T20:00:00Z", "2024-03-05T23:00:00Z", "raw").await;
 
@@ -201,7 +212,7 @@ async fn watttime_logs_in_converts_and_renews_its_token(pool: PgPool) {
                               "base_url": base, "credential_env": "HELIOTROPE_FEED_WT_LOGIN"}),
     )
     .await;
-    let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
+    let (fetcher, metrics) = (fetcher(), Metrics::default());
     assert_eq!(poll(&app, &fetcher, &metrics, id).await, PollOutcome::Stored(3));
     let raw = series(&app, "carbon", "2024-06-18T18:00:00Z", "2024-06-18T19:00:00Z", "raw").await;
     assert!((raw[0]["value"].as_f64().unwrap() - 881.85 / 2.20462).abs() < 1e-9, "lbs/MWh / 2.20462 = g/kWh");
@@ -223,7 +234,7 @@ async fn watttime_logs_in_converts_and_renews_its_token(pool: PgPool) {
     // Bad credentials come back as nginx's HTML 403 page.
     let html = "<html>\r\n<head><title>403 Forbidden</title></head>\r\n<body>\r\n<center><h1>403 Forbidden</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
     wt.reply("/login", 403, "text/html", html);
-    let fresh = Fetcher::default();
+    let fresh = self::fetcher();
     let PollOutcome::Failed { message, transient, .. } = poll(&app, &fresh, &metrics, id).await else { panic!() };
     assert!(message.contains("login refused") && message.contains("HTML page"), "{message}");
     assert!(!transient);
@@ -241,7 +252,7 @@ async fn rate_limits_are_honoured(pool: PgPool) {
     );
     std::env::set_var("HELIOTROPE_FEED_EM_KEY3", "k");
     let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY3")).await;
-    let outcome = poll(&app, &Fetcher::default(), &Metrics::default(), id).await;
+    let outcome = poll(&app, &fetcher(), &Metrics::default(), id).await;
     let PollOutcome::Failed { retry_in, transient, .. } = &outcome else { panic!("{outcome:?}") };
     assert_eq!((*retry_in, *transient), (Some(std::time::Duration::from_secs(120)), true));
     assert_eq!(next_delay(&outcome, std::time::Duration::from_secs(300), 0), std::time::Duration::from_secs(120));
@@ -271,7 +282,7 @@ async fn gb_national_and_regional(pool: PgPool) {
         json!({"site": "GB", "provider": "gb_carbon_intensity", "signal": "carbon", "area": "13", "base_url": base}),
     )
     .await;
-    let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
+    let (fetcher, metrics) = (fetcher(), Metrics::default());
     // The path holds the minute of the poll: poll as of the `now` the paths were made for.
     assert_eq!(
         poll_at(&app, &fetcher, &metrics, national_id, now).await,
@@ -323,7 +334,7 @@ async fn entsoe_day_ahead_prices_and_no_data(pool: PgPool) {
                               "base_url": base, "credential_env": "HELIOTROPE_FEED_ENTSOE"}),
     )
     .await;
-    let (fetcher, metrics) = (Fetcher::default(), Metrics::default());
+    let (fetcher, metrics) = (fetcher(), Metrics::default());
     assert_eq!(poll(&app, &fetcher, &metrics, id).await, PollOutcome::Stored(4));
     let request = entsoe.requests().pop().unwrap();
     for part in [
@@ -388,7 +399,7 @@ async fn entsoe_mixed_resolutions_on_a_dst_day(pool: PgPool) {
                               "base_url": base, "credential_env": "HELIOTROPE_FEED_ENTSOE_DST"}),
     )
     .await;
-    assert_eq!(poll(&app, &Fetcher::default(), &Metrics::default(), id).await, PollOutcome::Stored(92));
+    assert_eq!(poll(&app, &fetcher(), &Metrics::default(), id).await, PollOutcome::Stored(92));
     let raw = series_of(&app, "2025-03-29T23:00:00Z", "2025-03-30T22:00:00Z", "raw").await;
     assert_eq!(raw.len(), 92, "quarter hours win where both series cover");
     assert!(raw.iter().all(|p| p["resolution_s"] == 900));
@@ -426,6 +437,7 @@ async fn the_poller_polls_due_feeds_until_stopped(pool: PgPool) {
     let poller = tokio::spawn(heliotrope::feeds::poller::run(
         app.pool.clone(),
         std::sync::Arc::new(Metrics::default()),
+        FeedReach { allowed: vec!["127.0.0.0/8".parse().unwrap()], plain_http: true },
         stop.clone(),
     ));
     // The first poll comes within a tick (5 s) plus up to 3 s of spreading.
@@ -444,4 +456,49 @@ async fn the_poller_polls_due_feeds_until_stopped(pool: PgPool) {
         .await
         .expect("the poller stops when told")
         .unwrap();
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_feed_reaches_no_private_address_follows_no_redirect_and_quotes_no_reply(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create("/v1/sites", site("DE-LU")).await;
+    let (em, base) = FakeProvider::start().await;
+    serve_electricitymaps(&em, Some("em-key"));
+    std::env::set_var("HELIOTROPE_FEED_EM_REACH", "em-key");
+    let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_REACH")).await;
+    let metrics = Metrics::default();
+    let failure = |outcome: PollOutcome| match outcome {
+        PollOutcome::Failed { message, .. } => message,
+        other => panic!("{other:?}"),
+    };
+
+    // As a server runs by default: https only, and no loopback address, by literal or by name.
+    let strict = Fetcher::new(FeedReach::default()).unwrap();
+    assert!(failure(poll(&app, &strict, &metrics, id).await).contains("http:// is refused"));
+    let http = Fetcher::new(FeedReach { allowed: vec![], plain_http: true }).unwrap();
+    assert!(failure(poll(&app, &http, &metrics, id).await).contains("127.0.0.1 is not an address feeds may reach"));
+    let path = format!("/v1/feeds/{id}");
+    let by_name = base.replace("http://127.0.0.1", "https://localhost");
+    assert_eq!(app.put(&path, em_feed(&by_name, "HELIOTROPE_FEED_EM_REACH")).await.status, 200);
+    let message = failure(poll(&app, &strict, &metrics, id).await);
+    assert!(message.contains("resolves only to addresses feeds may not reach"), "{message}");
+    assert!(em.requests().is_empty(), "nothing reached the loopback service: {:?}", em.requests());
+
+    // A redirect elsewhere is not followed, so the auth-token goes nowhere else.
+    assert_eq!(app.put(&path, em_feed(&base, "HELIOTROPE_FEED_EM_REACH")).await.status, 200);
+    let (elsewhere, other) = FakeProvider::start().await;
+    serve_electricitymaps(&elsewhere, None);
+    let history = "/v3/carbon-intensity/history";
+    let moved = other.replace("127.0.0.1", "localhost") + history;
+    em.reply(history, 302, "text/plain", "").header(history, "location", &moved);
+    let message = failure(poll(&app, &fetcher(), &metrics, id).await);
+    assert!(message.contains("HTTP 302") && message.contains("redirects are not followed"), "{message}");
+    assert!(elsewhere.requests().is_empty(), "{:?}", elsewhere.requests());
+
+    // What an error reply says stays out of the feed's health, which viewers of the API read.
+    em.reply(history, 500, "text/plain", "root:hunter2");
+    let message = failure(poll(&app, &fetcher(), &metrics, id).await);
+    assert!(message.contains("HTTP 500") && !message.contains("hunter2"), "{message}");
+    let health = app.get(&path).await.body["health"].clone();
+    assert!(!health.to_string().contains("hunter2"), "{health}");
 }

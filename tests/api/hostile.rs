@@ -3,14 +3,17 @@
 
 use std::net::SocketAddr;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use heliotrope::db::MIGRATOR;
 use heliotrope_api_spec::Role;
 use heliotrope_executor::wire::{nonce, read_frame, write_frame, Frame, VERSION};
 use heliotrope_tests::{free_port, spawn_app, workspace_binary, Processes};
+
+use crate::crashes::{ready_at, serving};
 use serde_json::Value;
 use sqlx::PgPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::plans::site_at;
@@ -121,4 +124,79 @@ async fn an_event_stream_ends_when_its_token_is_revoked(pool: PgPool) {
     assert_eq!(app.delete(&format!("/v1/tokens/{id}")).await.status, 204);
     // Within the revocation delay (a token's cache lives 10 s on other replicas; streams check every 5 s).
     assert!(stream.ends_within(Duration::from_secs(10)).await, "the stream outlived its token");
+}
+
+/// A process's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the process runs");
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("VmRSS in /proc/PID/status");
+    line.split_whitespace().nth(1).and_then(|kib| kib.parse().ok()).expect("VmRSS in kB")
+}
+
+/// Whether `GET /healthz` at `to` answers 200 within `within` (asking every 200 ms).
+async fn healthy_within(to: SocketAddr, within: Duration) -> bool {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let started = Instant::now();
+    while started.elapsed() < within {
+        if client.get(format!("http://{to}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    false
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_api_server_cuts_off_slow_and_idle_clients_and_keeps_answering(pool: PgPool) {
+    let seeding = spawn_app(pool.clone()).await;
+    let port = free_port();
+    // 512 descriptors: the server caps its connections below that.
+    let mut command = Command::new("prlimit");
+    command.arg("--nofile=512:512").arg(workspace_binary("heliotrope"));
+    let server = serving(&mut command, &seeding, "hostile", port, false)
+        .env("HELIOTROPE_HEADER_TIMEOUT", "2s")
+        .spawn()
+        .expect("prlimit (util-linux) runs the scheduler");
+    // prlimit executes the scheduler in its own process.
+    let pid = server.id();
+    let _server = Processes(vec![server]);
+    let to = ready_at(port, &pool).await.addr;
+
+    // A header sent a line at a time is cut off at the header timeout (it was held for as long as the client kept sending).
+    let mut slow = TcpStream::connect(to).await.unwrap();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut cut = false;
+    while !cut && started.elapsed() < Duration::from_secs(10) {
+        cut = slow.write_all(b"X-Slow: 1\r\n").await.is_err()
+            || tokio::time::timeout(Duration::from_millis(300), slow.read(&mut [0; 256])).await.is_ok();
+    }
+    assert!(cut, "a slow header was still open after 10 s");
+    assert!(started.elapsed() >= Duration::from_millis(1500), "cut off before its time");
+
+    // 200 clients each 200 KiB into a header that never ends: each is refused once the head outgrows its buffer.
+    let before = rss_kib(pid);
+    let mut big = Vec::new();
+    let line = vec![b'a'; 200 * 1024];
+    for _ in 0..200 {
+        let mut tcp = TcpStream::connect(to).await.unwrap();
+        let _ = tcp.write_all(b"GET /healthz HTTP/1.1\r\nX-Big: ").await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), tcp.write_all(&line)).await;
+        big.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown_kib = rss_kib(pid).saturating_sub(before);
+    assert!(grown_kib < 24 * 1024, "200 unfinished heads grew the server by {grown_kib} KiB");
+    drop(big);
+
+    // More idle sockets than the server has descriptors: it stays reachable (the excess is closed on
+    // arrival, the rest at the header timeout), where it used to stop answering for good.
+    let mut idle = Vec::new();
+    for _ in 0..700 {
+        if let Ok(Ok(tcp)) = tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(to)).await {
+            idle.push(tcp);
+        }
+    }
+    assert!(healthy_within(to, Duration::from_secs(15)).await, "/healthz did not answer beside 700 idle sockets");
+    drop(idle);
 }

@@ -11,7 +11,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-fn this_hour() -> DateTime<Utc> {
+pub(crate) fn this_hour() -> DateTime<Utc> {
     Utc::now().duration_trunc(Duration::hours(1)).unwrap()
 }
 
@@ -23,7 +23,19 @@ pub(crate) async fn site_at(app: &TestApp, name: &str, state: &str) -> i64 {
 /// Pushes a flat price and carbon for the day before this hour and this
 /// hour itself: the rest of the horizon is filled by persistence.
 pub(crate) async fn flat_signals(app: &TestApp, site_id: i64, price: f64, carbon: f64, currency: &str) {
-    let rows: Vec<Value> = (-24..=0)
+    signals_over(app, site_id, -24..=0, price, carbon, currency).await;
+}
+
+/// Pushes flat signals for the hours `hours` from this one.
+pub(crate) async fn signals_over(
+    app: &TestApp,
+    site_id: i64,
+    hours: std::ops::RangeInclusive<i64>,
+    price: f64,
+    carbon: f64,
+    currency: &str,
+) {
+    let rows: Vec<Value> = hours
         .map(|h| {
             json!({"timestamp_utc": this_hour() + Duration::hours(h), "carbon_g_per_kwh": carbon,
                    "price_per_mwh": price, "currency": currency})

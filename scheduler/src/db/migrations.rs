@@ -776,6 +776,23 @@ pub struct Finished {
     pub egress_cost_per_gb: f64,
 }
 
+/// For each VM that finished a migration before `at`: the site it left on
+/// its first, and the site its last took it to.
+pub async fn whereabouts_before(db: impl PgExecutor<'_>, at: DateTime<Utc>) -> Result<Vec<(i64, i64, i64)>> {
+    Ok(sqlx::query_as(
+        "select distinct on (j.vm_id) j.vm_id, \
+                first_value(j.from_site_id) over (partition by j.vm_id order by e.at) as origin, \
+                j.to_site_id \
+         from migration_job j \
+         join migration_event e on e.job_id = j.job_id and e.to_state = 'done' \
+           and e.from_state is distinct from 'done' \
+         where j.state = 'done' and e.at < $1 order by j.vm_id, e.at desc",
+    )
+    .bind(at)
+    .fetch_all(db)
+    .await?)
+}
+
 /// Migrations that finished (`done`) between `from` and `to`.
 pub async fn finished_between(
     db: impl PgExecutor<'_>,

@@ -14,6 +14,7 @@ pub mod links;
 pub mod migrations;
 pub mod plans;
 pub mod rebalancer;
+pub mod savings;
 pub mod signals;
 pub mod simulations;
 pub mod sites;

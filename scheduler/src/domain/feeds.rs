@@ -56,15 +56,36 @@ pub fn parse_feed(mut spec: FeedSpec) -> Result<Valid<FeedSpec>, ValidationError
     }
     if let Some(base_url) = &spec.base_url {
         let parsed = url::Url::parse(base_url).map_err(|e| ValidationError::new("base_url", e.to_string()))?;
-        let ok = matches!(parsed.scheme(), "http" | "https")
+        // Plain http only to this host itself (a local fake in tests; `feeds::reach` refuses it otherwise).
+        let loopback = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(name)) => name == "localhost",
+            None => false,
+        };
+        let ok = (parsed.scheme() == "https" || (parsed.scheme() == "http" && loopback))
             && parsed.host().is_some()
+            && parsed.username().is_empty()
+            && parsed.password().is_none()
             && parsed.query().is_none()
+            && parsed.fragment().is_none()
             && parsed.as_str().len() <= 256;
         if !ok {
             return Err(ValidationError::new(
                 "base_url",
-                "must be an http(s) URL with a host and no query, at most 256 characters",
+                "must be an https URL with a host and no user, password, query or fragment, at most 256 characters",
             ));
+        }
+        // Never a provider: unspecified, multicast and link-local (the cloud metadata service) addresses.
+        let never = match parsed.host() {
+            Some(url::Host::Ipv4(ip)) => ip.is_unspecified() || ip.is_multicast() || ip.is_link_local(),
+            Some(url::Host::Ipv6(ip)) => {
+                ip.is_unspecified() || ip.is_multicast() || (ip.segments()[0] & 0xffc0) == 0xfe80
+            }
+            _ => false,
+        };
+        if never {
+            return Err(ValidationError::new("base_url", "is no address a provider could have"));
         }
         // Stored as parsed: percent-encoded, so nothing a database refuses gets through.
         spec.base_url = Some(parsed.as_str().trim_end_matches('/').to_owned());
@@ -153,6 +174,26 @@ mod tests {
         let ftp =
             FeedSpec { base_url: Some("ftp://x".into()), ..spec(Provider::Electricitymaps, Signal::Carbon, "DE") };
         assert_eq!(field(ftp), "base_url");
+        let em = |url: &str| FeedSpec {
+            base_url: Some(url.into()),
+            ..spec(Provider::Electricitymaps, Signal::Carbon, "DE")
+        };
+        for refused in [
+            "http://api.electricitymap.org",
+            "https://user:pw@api.electricitymap.org",
+            "https://api.electricitymap.org/#",
+            "https://169.254.169.254",
+            "https://[fe80::1]",
+            "https://0.0.0.0",
+            "http://10.0.0.1",
+        ] {
+            assert_eq!(field(em(refused)), "base_url", "{refused}");
+        }
+        for allowed in
+            ["https://api.electricitymap.org", "http://127.0.0.1:8080", "http://[::1]:80", "https://10.0.0.1"]
+        {
+            assert!(parse_feed(em(allowed)).is_ok(), "{allowed}: the reach decides at connect time");
+        }
     }
 
     #[test]

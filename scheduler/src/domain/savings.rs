@@ -2,7 +2,9 @@
 //! put: for every VM that moved, each hour after its first move is priced
 //! where it ran and where it came from, with the cost model the planner
 //! uses, and each migration's network energy and egress count against it.
-//! Figures are per UTC day, for the dashboard and `GET /v1/savings`.
+//! Figures are per UTC day, for the dashboard and `GET /v1/savings`. A
+//! day's figures depend on nothing after its end, so that a finished day
+//! can be kept (see `db::savings`) rather than priced again.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,6 +26,14 @@ pub struct Relocation {
     pub egress_cost_per_gb: f64,
 }
 
+/// Where a VM that had moved before the priced range stood: the site it
+/// left on its first move ever, and the site it was at when the range began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Whereabouts {
+    pub origin: usize,
+    pub at: usize,
+}
+
 /// A site's energy model and hourly signals (keyed by the start of the UTC hour).
 #[derive(Debug, Clone)]
 pub struct SiteHours {
@@ -40,11 +50,13 @@ pub struct Day {
     pub vm_hours: u64,
 }
 
-/// Savings per UTC day from `from` to `to`, every day present (zero when
-/// nothing moved). `relocations` may come in any order; VMs missing from
-/// `shapes` (deleted since) are skipped.
+/// Savings per UTC day from `from` (the start of a UTC day) to `to`, every
+/// day present (zero when nothing moved). `relocations` are those finished
+/// in the range, in any order; `before` says where the VMs that moved
+/// earlier stood. VMs missing from `shapes` (deleted since) are skipped.
 pub fn per_day(
     relocations: &[Relocation],
+    before: &HashMap<i64, Whereabouts>,
     sites: &[SiteHours],
     shapes: &HashMap<i64, VmShape>,
     network_kwh_per_gb: f64,
@@ -67,15 +79,20 @@ pub fn per_day(
             d.saved = d.saved - network - Cost { energy_cost: gb * r.egress_cost_per_gb, emissions_kg: 0.0 };
         }
     }
+    for vm in before.keys() {
+        by_vm.entry(*vm).or_default();
+    }
     for (vm, mut moves) in by_vm {
         let Some(shape) = shapes.get(&vm) else { continue };
         moves.sort_by_key(|r| r.done_at);
-        let origin = moves[0].from;
+        let (origin, mut here, mut at) = match (before.get(&vm), moves.first()) {
+            (Some(earlier), _) => (earlier.origin, earlier.at, hour(from)),
+            // Hours that start after the first move finished: the VM ran elsewhere for all of them.
+            (None, Some(first)) => (first.from, first.from, hour(first.done_at) + Duration::hours(1)),
+            (None, None) => continue,
+        };
         let Some(home) = sites.get(origin) else { continue };
-        // Hours that start after the first move finished: the VM ran elsewhere for all of them.
-        let mut at = hour(moves[0].done_at) + Duration::hours(1);
         let mut next = 0;
-        let mut here = origin;
         while at < to {
             while next < moves.len() && moves[next].done_at <= at {
                 here = moves[next].to;
@@ -137,7 +154,7 @@ mod tests {
             wire_bytes: 2e9,
             egress_cost_per_gb: 0.02,
         };
-        let days = per_day(&[moved], &sites, &shapes, 0.5, t(0), t(48));
+        let days = per_day(&[moved], &HashMap::new(), &sites, &shapes, 0.5, t(0), t(48));
         assert_eq!(days.len(), 3, "day 0, day 1 and the first instant of day 2");
         // Day 0: hours 11..24 = 13 hours x (0.1 - 0.05) money, (0.5 - 0.1) kg; less 1 kWh at the source and 0.04 egress.
         assert_eq!(days[0].vm_hours, 13);
@@ -156,10 +173,24 @@ mod tests {
         let shapes = HashMap::from([(7, VmShape { vcpus: 10, memory_gib: 0.0 })]);
         let go = Relocation { vm: 7, from: 0, to: 1, done_at: t(2), wire_bytes: 0.0, egress_cost_per_gb: 0.0 };
         let back = Relocation { done_at: t(8), from: 1, to: 0, ..go.clone() };
-        let days = per_day(&[back, go], &sites, &shapes, 0.0, t(0), t(24));
+        let days = per_day(&[back.clone(), go.clone()], &HashMap::new(), &sites, &shapes, 0.0, t(0), t(24));
         // Away for hours 3..8 (5 hours), one of them without signals.
         assert_eq!(days[0].vm_hours, 4);
         assert_eq!(days[0].migrations, 2);
         assert!((days[0].saved.energy_cost - 4.0 * 0.05).abs() < 1e-9, "{:?}", days[0]);
+    }
+
+    #[test]
+    fn a_day_priced_alone_is_the_same_day_priced_in_a_longer_range() {
+        let sites = [site(100.0, 500.0), site(50.0, 100.0), site(70.0, 300.0)];
+        let shapes = HashMap::from([(7, VmShape { vcpus: 10, memory_gib: 0.0 })]);
+        let go = Relocation { vm: 7, from: 0, to: 1, done_at: t(5), wire_bytes: 1e9, egress_cost_per_gb: 0.1 };
+        let on = Relocation { done_at: t(30), from: 1, to: 2, ..go.clone() };
+        let whole = per_day(&[go, on.clone()], &HashMap::new(), &sites, &shapes, 0.2, t(0), t(48));
+        // Day 1 alone: the VM had left site 0 and stood at site 1 when the day began.
+        let before = HashMap::from([(7, Whereabouts { origin: 0, at: 1 })]);
+        let alone = per_day(&[on], &before, &sites, &shapes, 0.2, t(24), t(48));
+        assert_eq!(alone[0], whole[1]);
+        assert_eq!(alone[0].vm_hours, 24);
     }
 }

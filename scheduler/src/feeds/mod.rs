@@ -10,14 +10,17 @@ pub mod electricitymaps;
 pub mod entsoe;
 pub mod gb;
 pub mod poller;
+pub mod reach;
 pub mod watttime;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Feed, Provider};
 use reqwest::{RequestBuilder, StatusCode};
 
+use self::reach::{FeedReach, ReachResolver};
 use crate::domain::signals::Point;
 
 /// Why a fetch brought nothing.
@@ -41,6 +44,9 @@ pub enum FeedError {
     /// The provider could not be reached.
     #[error("unreachable: {0}")]
     Transport(String),
+    /// The feed's URL is one feeds may not reach (see `reach`).
+    #[error("refused: {0}")]
+    Refused(String),
 }
 
 impl FeedError {
@@ -54,16 +60,33 @@ impl FeedError {
     }
 }
 
-/// Shared by every fetch: the HTTP client and WattTime's login tokens.
-#[derive(Default)]
+/// Shared by every fetch: the HTTP client, where it may reach, and WattTime's login tokens.
 pub struct Fetcher {
     client: reqwest::Client,
+    reach: Arc<FeedReach>,
     watttime_tokens: watttime::TokenCache,
 }
 
 impl Fetcher {
+    /// A fetcher that reaches what `reach` permits, follows no redirect
+    /// (credentials go to the host named and no other) and sends no
+    /// request to an address the reach refuses.
+    pub fn new(reach: FeedReach) -> Result<Fetcher, FeedError> {
+        let reach = Arc::new(reach);
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(Arc::new(ReachResolver(reach.clone())))
+            .build()
+            .map_err(transport)?;
+        Ok(Fetcher { client, reach, watttime_tokens: Default::default() })
+    }
+
     /// Fetches what `feed` currently offers, as points (not yet validated).
     pub async fn fetch(&self, feed: &Feed, now: DateTime<Utc>) -> Result<Vec<Point>, FeedError> {
+        let url = url::Url::parse(&feed.base_url).map_err(|e| FeedError::Refused(format!("base_url: {e}")))?;
+        if let Some(refused) = self.reach.refuses(&url) {
+            return Err(FeedError::Refused(refused));
+        }
         let base = feed.base_url.trim_end_matches('/');
         match feed.provider {
             Provider::Electricitymaps => {
@@ -95,7 +118,15 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
 /// A transport error's message without its URL: URLs may carry a token
 /// (ENTSO-E's `securityToken`), and messages end up in `last_error` and logs.
 fn transport(error: reqwest::Error) -> FeedError {
-    FeedError::Transport(error.without_url().to_string())
+    let error = error.without_url();
+    let mut message = error.to_string();
+    // The causes say what failed (a refused address, a TLS error); reqwest's own message does not.
+    let mut cause = std::error::Error::source(&error);
+    while let Some(e) = cause {
+        message = format!("{message}: {e}");
+        cause = e.source();
+    }
+    FeedError::Transport(message)
 }
 
 /// Sends a request and returns the body of a success; maps 429 (with its
@@ -121,7 +152,7 @@ async fn send(request: RequestBuilder) -> Result<String, FeedError> {
     }
     let body = String::from_utf8_lossy(&body).into_owned();
     if !status.is_success() {
-        return Err(FeedError::Status { status, message: summarise(&body) });
+        return Err(FeedError::Status { status, message: describe(status, &body) });
     }
     Ok(body)
 }
@@ -138,13 +169,20 @@ fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(wait.min(MAX_RETRY_AFTER))
 }
 
-/// The start of an error body, on one line, for the feed's `last_error`.
-fn summarise(body: &str) -> String {
-    let flat: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
-    if body.trim_start().starts_with('<') && !body.contains("MarketDocument") {
-        return format!("an HTML page, not JSON: {}", flat.chars().take(120).collect::<String>());
+/// What a failed reply was, for the feed's `last_error`: its status and
+/// kind, never its text (which whoever answered chose, and viewers read).
+fn describe(status: StatusCode, body: &str) -> String {
+    if status.is_redirection() {
+        return "redirects are not followed; set base_url to where it points".into();
     }
-    flat.chars().take(300).collect()
+    let kind = match body.trim_start().as_bytes().first() {
+        None => return "an empty reply".into(),
+        Some(b'<') if body.contains("MarketDocument") => "XML",
+        Some(b'<') => "an HTML page, not the API",
+        Some(b'{' | b'[') => "JSON",
+        Some(_) => "text",
+    };
+    format!("a reply of {} bytes ({kind}), not shown", body.len())
 }
 
 /// Parses JSON into `T`, naming the field that does not fit.
@@ -167,7 +205,7 @@ mod tests {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("https://{}/v3/carbon-intensity/latest?zone=DE", listener.local_addr().unwrap());
-        let fetcher = Fetcher::default();
+        let fetcher = Fetcher::new(FeedReach::default()).unwrap();
         let request = tokio::spawn(async move { fetcher.client.get(url).send().await });
         // Without TLS the request fails before it connects, and nothing is accepted.
         let accepted = tokio::time::timeout(Duration::from_secs(10), listener.accept()).await;
@@ -190,8 +228,10 @@ mod tests {
     }
 
     #[test]
-    fn html_error_pages_are_named_as_such() {
-        let page = "<html><head><title>403 Forbidden</title></head><body><center><h1>403 Forbidden</h1></center><hr><center>nginx</center></body></html>";
-        assert!(summarise(page).starts_with("an HTML page, not JSON"));
+    fn error_replies_are_described_not_quoted() {
+        let page = "<html><head><title>403 Forbidden</title></head><body>secret=hunter2</body></html>";
+        let described = describe(StatusCode::FORBIDDEN, page);
+        assert!(described.contains("an HTML page") && !described.contains("hunter2"), "{described}");
+        assert!(describe(StatusCode::FOUND, "").contains("redirects are not followed"));
     }
 }

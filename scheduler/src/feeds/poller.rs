@@ -19,6 +19,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::reach::FeedReach;
 use super::{FeedError, Fetcher};
 use crate::db;
 use crate::domain::signals::{check_point, dedupe};
@@ -103,8 +104,14 @@ pub fn next_delay(outcome: &PollOutcome, interval: Duration, failures: u32) -> D
 }
 
 /// Runs until `stop`: takes the poller lock, then polls due feeds.
-pub async fn run(pool: PgPool, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let fetcher = Arc::new(Fetcher::default());
+pub async fn run(pool: PgPool, metrics: Arc<Metrics>, reach: FeedReach, stop: CancellationToken) {
+    let fetcher = match Fetcher::new(reach) {
+        Ok(fetcher) => Arc::new(fetcher),
+        Err(error) => {
+            tracing::error!(%error, "cannot make the feeds' HTTP client; no feed will be polled");
+            return;
+        }
+    };
     while !stop.is_cancelled() {
         match lead(&pool).await {
             Ok(Some(mut lock)) => {

@@ -111,6 +111,15 @@ impl From<ValidationError> for ApiError {
     }
 }
 
+impl From<crate::fleet::SavingsError> for ApiError {
+    fn from(e: crate::fleet::SavingsError) -> Self {
+        match e {
+            crate::fleet::SavingsError::Store(e) => e.into(),
+            e @ crate::fleet::SavingsError::Pricing(_) => ApiError::Internal(e.into()),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -34,5 +34,5 @@ pub async fn get_savings(
     ApiQuery(params): ApiQuery<SavingsParams>,
 ) -> Result<Json<Savings>, ApiError> {
     let days = parse_days(params.days)?;
-    Ok(Json(fleet::savings(&state.pool, &state.planner, days, Utc::now()).await?))
+    Ok(Json(fleet::savings(&state.pool, &state.planner, &state.savings_pricing, days, Utc::now()).await?))
 }

@@ -1,7 +1,8 @@
 //! Request metrics in the Prometheus text format: counts and latencies by
 //! method, route (the matched pattern, never the raw path, so that ids do
 //! not explode the label set) and status; and what operators alert on
-//! beside them (read cache, refused signals, executors' network steps).
+//! beside them (read cache, refused signals, executors' network steps,
+//! API connections open and refused).
 
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use heliotrope_api_spec::NetworkReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -62,6 +64,9 @@ pub struct Metrics {
     signal_rejections: Family<RejectionLabels, Counter>,
     network_steps: Family<NetworkStepLabels, Counter>,
     network_step_duration: Family<NetworkStepLabels, Histogram, LatencyBuckets>,
+    connections_open: Gauge,
+    connections_refused: Counter,
+    accept_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -95,7 +100,28 @@ impl Default for Metrics {
             "How long executors' network steps took, as they reported",
             network_step_duration.clone(),
         );
-        Metrics { registry, requests, latency, read_cache, signal_rejections, network_steps, network_step_duration }
+        let connections_open = Gauge::default();
+        registry.register("http_connections_open", "API connections open now", connections_open.clone());
+        let connections_refused = Counter::default();
+        registry.register(
+            "http_connections_refused",
+            "API connections closed on arrival because the connection cap was reached",
+            connections_refused.clone(),
+        );
+        let accept_errors = Counter::default();
+        registry.register("http_accept_errors", "Failed accepts on the API listener", accept_errors.clone());
+        Metrics {
+            registry,
+            requests,
+            latency,
+            read_cache,
+            signal_rejections,
+            network_steps,
+            network_step_duration,
+            connections_open,
+            connections_refused,
+            accept_errors,
+        }
     }
 }
 
@@ -117,6 +143,26 @@ impl Metrics {
         };
         self.network_steps.get_or_create(&labels).inc();
         self.network_step_duration.get_or_create(&labels).observe(report.duration_ms / 1000.0);
+    }
+
+    /// A connection opened; it counts as open until the guard is dropped.
+    pub fn connection_opened(&self) -> impl Drop + Send + 'static {
+        struct Open(Gauge);
+        impl Drop for Open {
+            fn drop(&mut self) {
+                self.0.dec();
+            }
+        }
+        self.connections_open.inc();
+        Open(self.connections_open.clone())
+    }
+
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
+    }
+
+    pub fn connection_failed_accept(&self) {
+        self.accept_errors.inc();
     }
 
     pub fn render(&self) -> String {

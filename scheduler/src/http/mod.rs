@@ -23,6 +23,7 @@ pub mod ops;
 pub mod params;
 pub mod plans;
 pub mod rebalancer;
+pub mod server;
 pub mod session;
 pub mod signals;
 pub mod simulations;
@@ -68,6 +69,8 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// One simulation at a time per replica (another is refused meanwhile).
     pub simulation_slots: Arc<tokio::sync::Semaphore>,
+    /// One pricing of `GET /v1/savings` at a time per replica (others wait for it).
+    pub savings_pricing: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -83,6 +86,7 @@ impl AppState {
             rebalances,
             stopping: CancellationToken::new(),
             simulation_slots: Arc::new(tokio::sync::Semaphore::new(1)),
+            savings_pricing: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
