@@ -175,6 +175,9 @@ pub struct Config {
     /// Most database connections this process opens.
     #[arg(long, global = true, env = "HELIOTROPE_DB_MAX_CONNECTIONS", default_value_t = 16)]
     pub db_max_connections: u32,
+    /// The URL browsers reach the API at, when a TLS-terminating proxy stands in front (`https://...` makes session cookies Secure).
+    #[arg(long, global = true, env = "HELIOTROPE_PUBLIC_URL")]
+    pub public_url: Option<url::Url>,
     /// Time a client has to send each request's head, and to send the next one on a kept-alive connection.
     #[arg(long, global = true, env = "HELIOTROPE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
@@ -357,6 +360,7 @@ impl std::fmt::Debug for Config {
             .field("feed_allow_addresses", &self.feed_allow_addresses)
             .field("feed_plain_http", &self.feed_plain_http)
             .field("db_max_connections", &self.db_max_connections)
+            .field("public_url", &self.public_url)
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
@@ -378,6 +382,7 @@ impl Config {
             },
             planner: self.planner,
             rebalancer: self.rebalancer.clone(),
+            public_url: self.public_url.clone(),
             connections: crate::http::server::ConnectionLimits {
                 header_timeout: self.header_timeout,
                 body_timeout: self.body_timeout,

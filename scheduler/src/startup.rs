@@ -33,6 +33,8 @@ pub struct Services {
     pub rebalancer: RebalancerConfig,
     /// What one client may hold of the API server (see `http::server`).
     pub connections: ConnectionLimits,
+    /// Where browsers reach the API, when a proxy stands in front (`https` makes session cookies `Secure`).
+    pub public_url: Option<url::Url>,
 }
 
 impl Default for Services {
@@ -44,6 +46,7 @@ impl Default for Services {
             planner: PlannerConfig::default(),
             rebalancer: RebalancerConfig::default(),
             connections: ConnectionLimits::default(),
+            public_url: None,
         }
     }
 }
@@ -76,7 +79,8 @@ impl Application {
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;
         let replica = services.rebalancer.replica.clone().unwrap_or_else(|| replica_name(bound));
-        let state = AppState::new(pool, services.planner, &replica, services.rebalancer.enabled);
+        let mut state = AppState::new(pool, services.planner, &replica, services.rebalancer.enabled);
+        state.secure_cookies = services.public_url.as_ref().is_some_and(|url| url.scheme() == "https");
         let clock = Clock::new(services.rebalancer.clock_speed, Utc::now());
         Ok(Application { listener, state, services, clock })
     }

@@ -15,6 +15,7 @@ pub mod migrations;
 pub mod plans;
 pub mod rebalancer;
 pub mod savings;
+pub mod sessions;
 pub mod signals;
 pub mod simulations;
 pub mod sites;

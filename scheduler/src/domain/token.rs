@@ -1,4 +1,4 @@
-//! API token secrets: how they are made and how they are recognised
+//! API token and browser session secrets: how they are made and how they are recognised
 //! without being stored.
 //!
 //! Secrets are 256 random bits, so a single SHA-256 is enough to store
@@ -13,11 +13,21 @@ use sha2::{Digest, Sha256};
 /// Every secret starts with this, so a leaked one is easy to spot in logs and scanners.
 pub const SECRET_PREFIX: &str = "htp_";
 
-/// A fresh secret: the prefix and 32 random bytes, base64url.
+/// A fresh token secret: the prefix and 32 random bytes, base64url.
 pub fn generate_secret() -> String {
+    random_secret(SECRET_PREFIX)
+}
+
+/// A browser session's secret: as random as a token's, and told apart by
+/// its prefix (one is never taken for the other).
+pub fn generate_session_secret() -> String {
+    random_secret("hts_")
+}
+
+fn random_secret(prefix: &str) -> String {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    format!("{SECRET_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
+    format!("{prefix}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Shortest secret an operator may configure (`HELIOTROPE_ADMIN_TOKEN`).

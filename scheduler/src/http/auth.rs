@@ -1,9 +1,9 @@
 //! Bearer-token authentication and role checks.
 //!
-//! Browsers sign in once (`POST /v1/session`) and then present the token
-//! in an HttpOnly, SameSite=Strict cookie instead of a header; their
-//! writes must also carry a CSRF token, so that a page elsewhere cannot
-//! make one on their behalf.
+//! Browsers sign in once with a token (`POST /v1/session`) and then
+//! present a session of their own in an HttpOnly, SameSite=Strict cookie
+//! instead of a header; their writes must also carry a CSRF token, so that
+//! a page elsewhere cannot make one on their behalf.
 //!
 //! Every router is wrapped in [`require`] with the [`Access`] it needs, so
 //! no route can be added without a role check. Verified tokens are cached
@@ -72,26 +72,35 @@ impl Principal {
     }
 }
 
-/// Verified tokens by secret digest.
+/// A cached secret: whether it is a session's (else a token's), and its digest.
+/// The kind is part of the key, so a token's secret is never taken for a session's.
+type CacheKey = (bool, [u8; 32]);
+
+/// Verified tokens and sessions by secret digest.
 #[derive(Default)]
 pub struct TokenCache {
-    entries: Mutex<HashMap<[u8; 32], (Principal, Instant)>>,
+    entries: Mutex<HashMap<CacheKey, (Principal, Instant)>>,
 }
 
 impl TokenCache {
-    fn get(&self, digest: &[u8; 32]) -> Option<Principal> {
+    fn get(&self, key: &CacheKey) -> Option<Principal> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.get(digest).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(p, _)| *p)
+        entries.get(key).filter(|(_, at)| at.elapsed() < CACHE_TTL).map(|(p, _)| *p)
     }
 
-    fn put(&self, digest: [u8; 32], principal: Principal) {
+    fn put(&self, key: CacheKey, principal: Principal) {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         // Only valid tokens get here, so the map stays as small as the token table;
         // still, drop expired entries now and then.
         if entries.len() > 1024 {
             entries.retain(|_, (_, at)| at.elapsed() < CACHE_TTL);
         }
-        entries.insert(digest, (principal, Instant::now()));
+        entries.insert(key, (principal, Instant::now()));
+    }
+
+    /// Forgets a closed session at once.
+    pub fn forget_session(&self, digest: [u8; 32]) {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner()).remove(&(true, digest));
     }
 
     /// Forgets a revoked token at once.
@@ -101,37 +110,56 @@ impl TokenCache {
     }
 }
 
-/// The browser session's cookie: it carries an API token's secret.
+/// The browser session's cookie: it carries a session's secret (see `session`).
 pub const SESSION_COOKIE: &str = "heliotrope_session";
 /// The header a write from a browser session must carry.
 pub const CSRF_HEADER: &str = "x-csrf-token";
 
-/// The secret a request presents: its bearer token, else its session
-/// cookie (`true`: it came from the cookie).
-pub(super) fn presented(headers: &HeaderMap) -> Option<(&str, bool)> {
+/// What a request presents to be let in.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Presented<'a> {
+    /// An API token's secret, in `Authorization: Bearer`.
+    Bearer(&'a str),
+    /// A browser session's secret, in the session cookie.
+    Session(&'a str),
+}
+
+/// The request's bearer token, else its session cookie.
+pub(super) fn presented(headers: &HeaderMap) -> Option<Presented<'_>> {
     let bearer = headers
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|s| (s.trim(), false));
-    let cookie = || {
-        headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name == SESSION_COOKIE).then(|| (value.trim(), true))
-        })
-    };
-    bearer.or_else(cookie).filter(|(s, _)| !s.is_empty() && s.len() <= 256)
+        .map(|s| Presented::Bearer(s.trim()));
+    bearer.or_else(|| session_cookie(headers).map(Presented::Session)).filter(|p| {
+        let (Presented::Bearer(s) | Presented::Session(s)) = p;
+        !s.is_empty() && s.len() <= 256
+    })
 }
 
-/// Who a secret belongs to: from the cache, else the database.
-pub(super) async fn principal(state: &AppState, secret: &str) -> Result<Principal, ApiError> {
+/// The session cookie's value, if the request carries one.
+pub(super) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers.get_all(COOKIE).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(';')).find_map(|pair| {
+        let (name, value) = pair.trim().split_once('=')?;
+        (name == SESSION_COOKIE).then(|| value.trim())
+    })
+}
+
+/// Who a token's or a session's secret acts for: from the cache, else the database.
+pub(super) async fn principal(state: &AppState, presented: Presented<'_>) -> Result<Principal, ApiError> {
+    let (Presented::Bearer(secret) | Presented::Session(secret)) = presented;
     let digest = secret_digest(secret);
-    if let Some(p) = state.tokens.get(&digest) {
+    let key = (matches!(presented, Presented::Session(_)), digest);
+    if let Some(p) = state.tokens.get(&key) {
         return Ok(p);
     }
-    let (token_id, role) = db::tokens::authenticate(&state.pool, &digest).await?.ok_or(ApiError::Unauthorized)?;
+    let found = match presented {
+        Presented::Bearer(_) => db::tokens::authenticate(&state.pool, &digest).await?,
+        Presented::Session(_) => db::sessions::authenticate(&state.pool, &digest).await?,
+    };
+    let (token_id, role) = found.ok_or(ApiError::Unauthorized)?;
     let p = Principal { token_id, role };
-    state.tokens.put(digest, p);
+    state.tokens.put(key, p);
     Ok(p)
 }
 
@@ -148,14 +176,14 @@ pub async fn require(
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let (secret, from_cookie) = presented(request.headers()).ok_or(ApiError::Unauthorized)?;
-    let principal = principal(&state, secret).await?;
+    let presented = presented(request.headers()).ok_or(ApiError::Unauthorized)?;
+    let principal = principal(&state, presented).await?;
     let need = access.needs(request.method());
     if !principal.role.grants(need) {
         return Err(ApiError::Forbidden { have: principal.role.as_str(), need: need.as_str() });
     }
     let read = matches!(*request.method(), Method::GET | Method::HEAD);
-    if from_cookie && !read {
+    if let (Presented::Session(secret), false) = (presented, read) {
         // Compared in constant time: the time taken says nothing of how much of a guess was right.
         let csrf = request.headers().get(CSRF_HEADER).map(|v| v.as_bytes()).unwrap_or_default();
         if !bool::from(subtle::ConstantTimeEq::ct_eq(csrf, csrf_token(secret).as_bytes())) {

@@ -69,6 +69,8 @@ pub struct AppState {
     pub stopping: CancellationToken,
     /// One simulation at a time per replica (another is refused meanwhile).
     pub simulation_slots: Arc<tokio::sync::Semaphore>,
+    /// Browsers reach the API over https (`--public-url https://...`): session cookies are `Secure`.
+    pub secure_cookies: bool,
     /// One pricing of `GET /v1/savings` at a time per replica (others wait for it).
     pub savings_pricing: Arc<tokio::sync::Semaphore>,
 }
@@ -86,6 +88,7 @@ impl AppState {
             rebalances,
             stopping: CancellationToken::new(),
             simulation_slots: Arc::new(tokio::sync::Semaphore::new(1)),
+            secure_cookies: false,
             savings_pricing: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
