@@ -56,6 +56,12 @@ impl TestApp {
         TestApp { addr, pool, client: reqwest::Client::new() }
     }
 
+    /// The same scheduler, asked from the loopback address `ip` (each address has its own failed-auth budget).
+    pub fn from_address(&self, ip: [u8; 4]) -> TestApp {
+        let client = reqwest::Client::builder().local_address(std::net::IpAddr::from(ip)).build().unwrap();
+        TestApp { client, ..self.clone() }
+    }
+
     /// The URL of the database under `pool` (for processes of their own).
     pub fn database_url(&self) -> String {
         let server = std::env::var("DATABASE_URL").expect("DATABASE_URL is set for the tests");

@@ -29,6 +29,8 @@ pub enum ErrorCode {
     ValidationFailed,
     /// 422: no placement satisfies the constraints; the message names the binding one.
     Infeasible,
+    /// 429: too many failed authentications from this address; `Retry-After` says when to try again.
+    TooManyRequests,
     /// 500: a fault on the server side; details are in the server's log only.
     Internal,
     /// 503: a dependency (the database) is unavailable.

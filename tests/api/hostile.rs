@@ -200,3 +200,31 @@ async fn the_api_server_cuts_off_slow_and_idle_clients_and_keeps_answering(pool:
     assert!(healthy_within(to, Duration::from_secs(15)).await, "/healthz did not answer beside 700 idle sockets");
     drop(idle);
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_address_that_keeps_failing_to_authenticate_is_slowed_down(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let unused = app.token(heliotrope_api_spec::Role::Viewer).await;
+    assert_eq!(app.get("/v1/sites").await.status, 200, "the admin's token is verified (and cached)");
+    let from = |ip: [u8; 4]| reqwest::Client::builder().local_address(std::net::IpAddr::from(ip)).build().unwrap();
+    let guesser = from([127, 0, 0, 1]);
+    let guess = |client: &reqwest::Client, secret: String| {
+        client.get(format!("http://{}/v1/sites", app.addr)).bearer_auth(secret).send()
+    };
+    for n in 0..20 {
+        assert_eq!(guess(&guesser, format!("htp_guess-{n}")).await.unwrap().status(), 401);
+    }
+    // The 21st guess is refused before the database is asked, and says when to come back.
+    let refused = guess(&guesser, "htp_guess-20".into()).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers()["retry-after"].to_str().unwrap().parse::<u64>().is_ok_and(|s| (1..=3).contains(&s)));
+    // Signing in counts the same way.
+    let sign_in = guesser.post(format!("http://{}/v1/session", app.addr)).json(&serde_json::json!({"token": "htp_x"}));
+    assert_eq!(sign_in.send().await.unwrap().status(), 429);
+    // A token already verified goes on from the same address (clients behind one proxy); one not
+    // yet verified waits like the guesses; another address is not held back.
+    assert_eq!(guess(&guesser, heliotrope_tests::ADMIN.into()).await.unwrap().status(), 200);
+    assert_eq!(guess(&guesser, unused.clone()).await.unwrap().status(), 429);
+    assert_eq!(guess(&from([127, 0, 0, 2]), "htp_guess-x".into()).await.unwrap().status(), 401);
+    assert_eq!(guess(&from([127, 0, 0, 2]), unused).await.unwrap().status(), 200);
+}

@@ -12,6 +12,7 @@
 //! made on another replica within [`CACHE_TTL`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -69,6 +70,46 @@ impl Principal {
     /// How logs of changes name the caller.
     pub fn actor(&self) -> String {
         format!("token:{}", self.token_id)
+    }
+}
+
+/// Failed authentications per address, as a token bucket: an address may
+/// fail [`FAILURE_BURST`] times at once, then once per [`FAILURE_REFILL`].
+/// While its bucket is empty, a secret not already verified (in the cache)
+/// is refused with 429 before the database is asked, so that guessing
+/// costs the guesser time and the database nothing; clients whose secrets
+/// are good, behind the same proxy, go on.
+#[derive(Default)]
+pub struct FailedAuth {
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+const FAILURE_BURST: f64 = 20.0;
+const FAILURE_REFILL: Duration = Duration::from_secs(3);
+
+impl FailedAuth {
+    /// The failures `ip` has left now (its bucket refilled for the time since).
+    fn left(bucket: (f64, Instant), now: Instant) -> f64 {
+        let (left, at) = bucket;
+        (left + now.duration_since(at).as_secs_f64() / FAILURE_REFILL.as_secs_f64()).min(FAILURE_BURST)
+    }
+
+    /// How long `ip` must wait, if it has no failure left.
+    fn refuses(&self, ip: IpAddr) -> Option<Duration> {
+        let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let left = Self::left(*buckets.get(&ip)?, Instant::now());
+        (left < 1.0).then(|| FAILURE_REFILL.mul_f64(1.0 - left))
+    }
+
+    fn failed(&self, ip: IpAddr) {
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        // Full buckets say nothing: drop them now and then, so the map stays as small as the guessers.
+        if buckets.len() > 10_000 {
+            buckets.retain(|_, bucket| Self::left(*bucket, now) < FAILURE_BURST);
+        }
+        let left = buckets.get(&ip).map_or(FAILURE_BURST, |bucket| Self::left(*bucket, now));
+        buckets.insert(ip, ((left - 1.0).max(0.0), now));
     }
 }
 
@@ -145,19 +186,32 @@ pub(super) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-/// Who a token's or a session's secret acts for: from the cache, else the database.
-pub(super) async fn principal(state: &AppState, presented: Presented<'_>) -> Result<Principal, ApiError> {
+/// Who a token's or a session's secret acts for: from the cache, else the
+/// database, unless the caller's address (`peer`) has failed too often.
+pub(super) async fn principal(
+    state: &AppState,
+    presented: Presented<'_>,
+    peer: Option<IpAddr>,
+) -> Result<Principal, ApiError> {
     let (Presented::Bearer(secret) | Presented::Session(secret)) = presented;
     let digest = secret_digest(secret);
     let key = (matches!(presented, Presented::Session(_)), digest);
     if let Some(p) = state.tokens.get(&key) {
         return Ok(p);
     }
+    if let Some(wait) = peer.and_then(|ip| state.failed_auth.refuses(ip)) {
+        return Err(ApiError::TooManyFailures(wait));
+    }
     let found = match presented {
         Presented::Bearer(_) => db::tokens::authenticate(&state.pool, &digest).await?,
         Presented::Session(_) => db::sessions::authenticate(&state.pool, &digest).await?,
     };
-    let (token_id, role) = found.ok_or(ApiError::Unauthorized)?;
+    let Some((token_id, role)) = found else {
+        if let Some(ip) = peer {
+            state.failed_auth.failed(ip);
+        }
+        return Err(ApiError::Unauthorized);
+    };
     let p = Principal { token_id, role };
     state.tokens.put(key, p);
     Ok(p)
@@ -177,7 +231,7 @@ pub async fn require(
     next: Next,
 ) -> Result<Response, ApiError> {
     let presented = presented(request.headers()).ok_or(ApiError::Unauthorized)?;
-    let principal = principal(&state, presented).await?;
+    let principal = principal(&state, presented, super::server::peer(&request).map(|a| a.ip())).await?;
     let need = access.needs(request.method());
     if !principal.role.grants(need) {
         return Err(ApiError::Forbidden { have: principal.role.as_str(), need: need.as_str() });

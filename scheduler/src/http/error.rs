@@ -44,6 +44,9 @@ pub enum ApiError {
     Infeasible(String),
     #[error("the database is unavailable")]
     Unavailable,
+    /// Too many failed authentications from the caller's address.
+    #[error("too many failed authentications from this address; try again in {} s", .0.as_secs().max(1))]
+    TooManyFailures(std::time::Duration),
     /// The planner's solver gave up (time limit); trying later or with a shorter horizon may help.
     #[error("{0}")]
     Unsolved(String),
@@ -65,6 +68,7 @@ impl ApiError {
             ApiError::Validation(_) => ErrorCode::ValidationFailed,
             ApiError::Infeasible(_) => ErrorCode::Infeasible,
             ApiError::Unavailable | ApiError::Unsolved(_) => ErrorCode::Unavailable,
+            ApiError::TooManyFailures(_) => ErrorCode::TooManyRequests,
             ApiError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -82,6 +86,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::ValidationFailed | ErrorCode::Infeasible => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
@@ -95,6 +100,9 @@ impl IntoResponse for ApiError {
         let code = self.code();
         let body = ErrorBody { error: ErrorDetail { code, message: self.to_string() } };
         let mut response = (status_of(code), Json(body)).into_response();
+        if let ApiError::TooManyFailures(wait) = self {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, wait.as_secs().max(1).into());
+        }
         if code == ErrorCode::Unauthorized {
             response.headers_mut().insert(
                 axum::http::header::WWW_AUTHENTICATE,
@@ -169,6 +177,9 @@ pub enum ErrorResponses {
     /// A field is invalid; the message names it.
     #[response(status = 422)]
     ValidationFailed(#[to_schema] ErrorBody),
+    /// Too many failed authentications from this address (see `Retry-After`).
+    #[response(status = 429)]
+    TooManyRequests(#[to_schema] ErrorBody),
     /// The database is unavailable.
     #[response(status = 503)]
     Unavailable(#[to_schema] ErrorBody),

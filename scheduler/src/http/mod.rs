@@ -43,7 +43,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 
-use self::auth::{Access, TokenCache};
+use self::auth::{Access, FailedAuth, TokenCache};
 use self::cache::ReadCache;
 use self::error::ApiError;
 use self::metrics::Metrics;
@@ -57,6 +57,8 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub struct AppState {
     pub pool: PgPool,
     pub tokens: Arc<TokenCache>,
+    /// Failed authentications per caller address (429 past a budget).
+    pub failed_auth: Arc<FailedAuth>,
     pub metrics: Arc<Metrics>,
     pub read_cache: Arc<ReadCache>,
     pub planner: PlannerConfig,
@@ -80,6 +82,7 @@ impl AppState {
         AppState {
             pool,
             tokens: Arc::default(),
+            failed_auth: Arc::default(),
             metrics: Arc::default(),
             read_cache: Arc::default(),
             planner,

@@ -6,10 +6,13 @@
 //! token but an executor's may sign in; what the session may then do is
 //! its token's role's, as with the header.
 
+use std::net::SocketAddr;
+
+use axum::extract::ConnectInfo;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{extract::State, Json, Router};
+use axum::{extract::State, Extension, Json, Router};
 use heliotrope_api_spec::{Role, Session, SignIn};
 
 use super::auth::{csrf_token, presented, principal, session_cookie, Presented, Principal, SESSION_COOKIE};
@@ -35,6 +38,7 @@ pub fn router() -> Router<AppState> {
     responses((status = 200, body = Session, headers(("Set-Cookie" = String))), ErrorResponses))]
 pub async fn sign_in(
     State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: header::HeaderMap,
     ApiJson(body): ApiJson<SignIn>,
 ) -> Result<Response, ApiError> {
@@ -42,7 +46,8 @@ pub async fn sign_in(
     if secret.is_empty() || secret.len() > 256 {
         return Err(ApiError::Unauthorized);
     }
-    let who = browser(principal(&state, Presented::Bearer(secret)).await?)?;
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
+    let who = browser(principal(&state, Presented::Bearer(secret), peer).await?)?;
     let session = generate_session_secret();
     let lasts = std::time::Duration::from_secs(SESSION_MAX_AGE_S.into());
     db::sessions::open(&state.pool, &secret_digest(&session), who.token_id, lasts).await?;
@@ -61,9 +66,14 @@ fn forwarded_https(headers: &header::HeaderMap) -> bool {
 /// Who this browser (or bearer) is signed in as, and its CSRF token.
 #[utoipa::path(get, path = "/v1/session", tag = "tokens",
     responses((status = 200, body = Session), ErrorResponses))]
-pub async fn get_session(State(state): State<AppState>, headers: header::HeaderMap) -> Result<Json<Session>, ApiError> {
+pub async fn get_session(
+    State(state): State<AppState>,
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    headers: header::HeaderMap,
+) -> Result<Json<Session>, ApiError> {
     let presented = presented(&headers).ok_or(ApiError::Unauthorized)?;
-    let who = browser(principal(&state, presented).await?)?;
+    let peer = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
+    let who = browser(principal(&state, presented, peer).await?)?;
     let (Presented::Bearer(secret) | Presented::Session(secret)) = presented;
     Ok(Json(Session { token_id: who.token_id, role: who.role, csrf_token: csrf_token(secret) }))
 }
