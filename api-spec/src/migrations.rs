@@ -210,9 +210,10 @@ pub struct Assignment {
     pub migration: Migration,
     pub vm: AssignedVm,
     pub role: JobRole,
-    /// For the source: where the destination executor listens.
+    /// The other end's executor: for the source, where the destination listens; for the
+    /// destination, the source's address (its network tunnel takes packets from there only).
     pub peer_address: Option<String>,
-    /// For the source: where the destination executor's network tunnels end, if it said.
+    /// Where the other end's network tunnels end, if it said.
     #[serde(default)]
     pub peer_tunnel_address: Option<String>,
     /// The job's secret, hex: both ends prove it to each other; it never travels between them.

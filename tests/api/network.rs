@@ -201,15 +201,18 @@ impl Topology {
     }
 }
 
-/// The move of the tests' VM from A to B (the migration id names the tunnel).
-fn web_1() -> NetworkMove {
+/// The move of the tests' VM from A to B (the migration id names the tunnel), as
+/// the site with tunnel endpoint `here` sees it (the other end is its peer).
+fn web_1(here: &str) -> NetworkMove {
+    let peer = if here == "10.0.12.1" { "10.0.12.2" } else { "10.0.12.1" };
     NetworkMove {
         migration: 4242,
         vm: "web-1".into(),
         addresses: vec![VM_V4.parse().unwrap(), VM_V6.parse().unwrap()],
         from_site: "a".into(),
         to_site: "b".into(),
-        peer: Some("10.0.12.2".parse().unwrap()),
+        peer: Some(peer.parse().unwrap()),
+        tunnel_key: heliotrope_executor::network::tunnel_key("a job's secret"),
     }
 }
 
@@ -386,7 +389,7 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
 
     let (site_a, site_b) = (t.a.netlink(), t.b.netlink());
     let (at_a, at_b) = (t.a.driver("10.0.12.1"), t.b.driver("10.0.12.2"));
-    let m = web_1();
+    let (m, at_b_sees) = (web_1("10.0.12.1"), web_1("10.0.12.2"));
     let b_file = t.b.file();
     let vport = index(&site_a, "vport").await.expect("the VM's port at site A");
 
@@ -395,7 +398,7 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
     let paused = Instant::now();
     site_a.link().set(LinkUnspec::new_with_index(vport).down().build()).execute().await.expect("pausing");
     let forwarded = timed(at_a.forward_away(&m)).await;
-    let routed = timed(at_b.route_here(&m)).await;
+    let routed = timed(at_b.route_here(&at_b_sees)).await;
     site_a
         .link()
         .set(LinkUnspec::new_with_index(vport).setns_by_fd(std::os::fd::AsRawFd::as_raw_fd(&b_file)).build())
@@ -412,7 +415,7 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
         .execute()
         .await
         .expect("starting the VM at B");
-    let announced = timed(at_b.announce(&m)).await;
+    let announced = timed(at_b.announce(&at_b_sees)).await;
     let cutover = paused.elapsed();
     for (step, timed) in [("forward", &forwarded), ("route", &routed), ("announce", &announced)] {
         if let Err(e) = &timed.outcome {
@@ -435,8 +438,11 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
     let (sent, answered, interruption) = probes.finish();
     let lost = sent - answered;
 
-    // Where the addresses lead now.
-    let tunnel = "hvx4243";
+    // Where the addresses lead now; each end's tunnel names the other as its remote.
+    let tunnel = "hvx4242";
+    let vni = format!("vxlan id {} remote", m.tunnel_key % 0xFF_FFFE + 1);
+    assert!(t.a.ip_output(&format!("-d link show {tunnel}")).contains(&format!("{vni} 10.0.12.2")));
+    assert!(t.b.ip_output(&format!("-d link show {tunnel}")).contains(&format!("{vni} 10.0.12.1")));
     assert!(t.a.ip_output("route show").contains(&format!("{VM_V4} dev {tunnel}")), "A forwards into the tunnel");
     assert!(t.a.ip_output("-6 route show").contains(&format!("{VM_V6} dev {tunnel}")), "the /128 as well");
     assert!(t.b.ip_output("route show").contains(&format!("{VM_V4} dev br-vms")), "B routes to the VM's link");
@@ -451,9 +457,8 @@ async fn a_moved_vm_keeps_its_address_and_its_tcp_connection() {
     assert_eq!(size, 1472);
 
     // The operator's routing converged: both ends let go of the tunnel; B keeps its routes.
-    for site in [&at_a, &at_b] {
-        site.release(&m).await.expect("releasing");
-    }
+    at_a.release(&m).await.expect("releasing");
+    at_b.release(&at_b_sees).await.expect("releasing");
     assert!(index(&site_a, tunnel).await.is_none() && index(&site_b, tunnel).await.is_none(), "the tunnels are gone");
     assert!(!t.a.ip_output("route show").contains(VM_V4), "A's forwarding went with its tunnel");
     assert!(t.b.ip_output("route show").contains(&format!("{VM_V4} dev br-vms")));
@@ -478,7 +483,7 @@ async fn a_move_rolled_back_after_its_cutover_gives_the_addresses_back() {
     let Some(t) = or_skip(topology()) else { return };
     let probes = t.serve_and_probe();
     Topology::answered_again(&probes, 0, 100, "the VM never answered at A").await;
-    let (at_a, m) = (t.a.driver("10.0.12.1"), web_1());
+    let (at_a, m) = (t.a.driver("10.0.12.1"), web_1("10.0.12.1"));
     // A forwards at the cutover, but B never confirms: what A forwards is lost ...
     at_a.forward_away(&m).await.expect("forwarding");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -582,7 +587,11 @@ async fn executors_move_the_network_at_the_cutover_and_release_it_after_the_hold
         [linux("forward_away"), linux("route_here"), linux("announce")],
         "{detail}"
     );
-    let tunnel = format!("hvx{}", id + 1);
+    // B was told where its source is: its end of the tunnel names A as its remote.
+    let route_here =
+        detail["events"].as_array().unwrap().iter().find(|e| e["network"]["step"] == "route_here").unwrap();
+    assert!(route_here["network"]["detail"].as_str().unwrap().contains("old site at 10.0.12.1"), "{route_here}");
+    let tunnel = format!("hvx{id}");
     assert!(t.a.ip_output("route show").contains(&format!("{VM_V4} dev {tunnel}")), "A forwards into the tunnel");
     assert!(t.b.ip_output("-6 route show").contains(&format!("{VM_V6} dev br-vms")), "B routes the /128 to the VM");
 

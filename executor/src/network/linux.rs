@@ -1,10 +1,14 @@
 //! The `linux` network driver: the site's router is the executor's host
 //! (or its network namespace), programmed through netlink.
 //!
-//! Each move gets a VXLAN tunnel of its own (VNI and device name from the
-//! migration id, so both ends agree without talking). The old site routes
-//! the VM's /32 and /128 into its end with a permanent neighbour entry
-//! naming the new end's MAC (both MACs are derived from the VNI), so
+//! Each move gets a VXLAN tunnel of its own: its device is named by the
+//! migration, its VNI and both MACs come from the tunnel key (from the
+//! job's secret), so both ends agree without talking and no one else can
+//! predict them; each end's remote is the other's endpoint. The kernel
+//! takes a VXLAN packet by its VNI from any sender, so only a firewall
+//! that opens UDP 4789 to the peer executors alone keeps strangers out
+//! (README, Security). The old site routes the VM's /32 and /128 into its
+//! end with a permanent neighbour entry naming the new end's MAC, so
 //! nothing has to be resolved across the tunnel. The new site's end only
 //! decapsulates (reverse-path filtering on it is loose: the replies take
 //! the site's own way out, not the tunnel; a strict `all` setting would
@@ -65,18 +69,14 @@ impl Linux {
     }
 
     pub(super) async fn forward_away(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
-        let peer = m.peer.ok_or(NetworkError::NoPeer)?;
-        if let Some(local) = self.options.local.filter(|local| local.is_ipv4() != peer.is_ipv4()) {
-            return Err(NetworkError::Family { local, peer });
-        }
-        let (vni, name) = (vni(m.migration), tunnel_name(m.migration));
-        let tunnel = self.add_tunnel(m.migration, End::Old, Some(peer)).await?;
+        let (vni, name) = (vni(m.tunnel_key), tunnel_name(m.migration));
+        let (tunnel, peer) = self.add_tunnel(m, End::Old).await?;
         for &address in &m.addresses {
             self.route(address, tunnel).await?;
             self.handle
                 .neighbours()
                 .add(tunnel, address)
-                .link_layer_address(&mac(vni, End::New))
+                .link_layer_address(&mac(m.tunnel_key, End::New))
                 .state(NeighbourState::Permanent)
                 .replace()
                 .execute()
@@ -87,12 +87,12 @@ impl Linux {
     }
 
     pub(super) async fn route_here(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
-        let (vni, name) = (vni(m.migration), tunnel_name(m.migration));
-        self.add_tunnel(m.migration, End::New, None).await?;
+        let (vni, name) = (vni(m.tunnel_key), tunnel_name(m.migration));
+        let (_, peer) = self.add_tunnel(m, End::New).await?;
         let link = self.vm_link(m);
         self.route_to_link(&m.addresses, &link).await?;
         Ok(Some(format!(
-            "{} routed to {link}; VXLAN {name} (VNI {vni}) takes what the old site forwards",
+            "{} routed to {link}; VXLAN {name} (VNI {vni}) takes what the old site at {peer} forwards",
             count(&m.addresses)
         )))
     }
@@ -128,23 +128,27 @@ impl Linux {
         }))
     }
 
-    /// Creates this end of `migration`'s tunnel (afresh, if a retry left one); its index.
-    async fn add_tunnel(&self, migration: i64, end: End, remote: Option<IpAddr>) -> Result<u32, NetworkError> {
-        self.remove_tunnel(migration).await?;
-        let (vni, name) = (vni(migration), tunnel_name(migration));
-        let mut link = LinkVxlan::new(&name, vni).port(self.options.vxlan_port).learning(false);
-        link = match remote {
-            Some(IpAddr::V4(remote)) => link.remote(remote),
-            Some(IpAddr::V6(remote)) => link.remote6(remote),
-            None => link,
+    /// Creates this end of `m`'s tunnel, to the other end's endpoint
+    /// (afresh, if a retry left one); its index and that endpoint.
+    async fn add_tunnel(&self, m: &NetworkMove, end: End) -> Result<(u32, IpAddr), NetworkError> {
+        let peer = m.peer.ok_or(NetworkError::NoPeer)?;
+        if let Some(local) = self.options.local.filter(|local| local.is_ipv4() != peer.is_ipv4()) {
+            return Err(NetworkError::Family { local, peer });
+        }
+        self.remove_tunnel(m.migration).await?;
+        let (vni, name) = (vni(m.tunnel_key), tunnel_name(m.migration));
+        let link = LinkVxlan::new(&name, vni).port(self.options.vxlan_port).learning(false);
+        let mut link = match peer {
+            IpAddr::V4(remote) => link.remote(remote),
+            IpAddr::V6(remote) => link.remote6(remote),
         };
-        // Of the remote's family (`forward_away` checked it).
+        // Of the peer's family (checked above).
         link = match self.options.local {
             Some(IpAddr::V4(local)) => link.local(local),
             Some(IpAddr::V6(local)) => link.local6(local),
             None => link,
         };
-        let message = link.address(mac(vni, end).to_vec()).up().build();
+        let message = link.address(mac(m.tunnel_key, end).to_vec()).up().build();
         self.handle.link().add(message).execute().await.map_err(netlink(format!("adding VXLAN {name}")))?;
         let index = self.index(&name).await?;
         if let End::New = end {
@@ -171,7 +175,7 @@ impl Linux {
                 .await
                 .map_err(netlink(format!("loose reverse-path filtering on {name}")))?;
         }
-        Ok(index)
+        Ok((index, peer))
     }
 
     /// Removes `migration`'s tunnel (its routes and neighbour entries go
@@ -231,24 +235,26 @@ impl Linux {
 /// The address of every decapsulating tunnel end (link-local: never routed).
 const DECAP_ADDRESS: Ipv4Addr = Ipv4Addr::new(169, 254, 72, 86);
 
-/// A move's VXLAN network identifier: 1 to 2^24 - 2, from its migration.
-fn vni(migration: i64) -> u32 {
-    (migration.rem_euclid(0xFF_FFFE) + 1) as u32
+/// A move's VXLAN network identifier: 1 to 2^24 - 2, from its tunnel key.
+fn vni(key: u64) -> u32 {
+    // Below 2^24, so it fits.
+    (key % 0xFF_FFFE + 1) as u32
 }
 
-/// A move's tunnel device (at most 11 characters: the kernel allows 15).
+/// A move's tunnel device (at most 13 characters: the kernel allows 15).
 fn tunnel_name(migration: i64) -> String {
-    format!("hvx{}", vni(migration))
+    format!("hvx{}", migration.rem_euclid(10_000_000_000))
 }
 
-/// The MAC of one end of a move's tunnel: locally administered, unicast.
-fn mac(vni: u32, end: End) -> [u8; 6] {
+/// The MAC of one end of a move's tunnel: locally administered, unicast,
+/// the rest from the tunnel key (bytes the VNI does not use).
+fn mac(key: u64, end: End) -> [u8; 6] {
     let first = match end {
         End::Old => 0x02,
         End::New => 0x06,
     };
-    let [_, a, b, c] = vni.to_be_bytes();
-    [first, b'h', b'v', a, b, c]
+    let [.., a, b, c, d, e] = key.to_le_bytes();
+    [first, a, b, c, d, e]
 }
 
 fn count(addresses: &[IpAddr]) -> String {
@@ -272,17 +278,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn both_ends_derive_the_same_tunnel_from_the_migration() {
+    fn both_ends_derive_the_same_tunnel_from_the_key_and_the_migration() {
         assert_eq!(vni(1), 2);
         assert_eq!(vni(0xFF_FFFE), 1);
-        assert!((1..0xFF_FFFF).contains(&vni(i64::MAX)));
-        assert!((1..0xFF_FFFF).contains(&vni(-5)));
-        assert!(tunnel_name(i64::MAX).len() <= 15);
-        assert_ne!(mac(7, End::Old), mac(7, End::New));
+        assert!((1..0xFF_FFFF).contains(&vni(u64::MAX)));
+        assert_eq!(tunnel_name(4242), "hvx4242");
+        assert!(tunnel_name(i64::MAX).len() <= 15 && tunnel_name(-5).len() <= 15);
+        let key = crate::network::tunnel_key("00ff");
+        assert_eq!(key, crate::network::tunnel_key("00ff"), "both ends derive one key from the secret");
+        assert_ne!(key, crate::network::tunnel_key("00fe"));
+        assert_ne!(mac(key, End::Old), mac(key, End::New));
         for end in [End::Old, End::New] {
-            let first = mac(7, end)[0];
+            let first = mac(key, end)[0];
             assert_eq!(first & 0b11, 0b10, "locally administered unicast");
         }
-        assert_eq!(mac(0x0A0B0C, End::New)[3..], [0x0A, 0x0B, 0x0C]);
     }
 }

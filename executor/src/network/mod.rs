@@ -33,8 +33,19 @@ pub struct NetworkMove {
     pub from_site: String,
     pub to_site: String,
     /// The other end's tunnel endpoint: the new site's, for the old site's
-    /// forwarding (the new site needs none to receive).
+    /// forwarding; the old site's, for the new site's end.
     pub peer: Option<IpAddr>,
+    /// Both ends' shared key, from the job's secret: the tunnel's VXLAN id
+    /// and MACs come from it, so that no one without the secret can predict
+    /// them. Never stored or sent on (a held move needs only its migration).
+    #[serde(default, skip_serializing)]
+    pub tunnel_key: u64,
+}
+
+/// The tunnel key of the job whose secret (hex) is `secret`.
+pub fn tunnel_key(secret: &str) -> u64 {
+    let hash = blake3::derive_key("heliotrope 2026-12 vxlan tunnel key", secret.as_bytes());
+    u64::from_le_bytes(hash[..8].try_into().unwrap_or_default())
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,9 +60,9 @@ pub enum NetworkError {
     Socket(#[source] std::io::Error),
     #[error("there is no interface {0} here")]
     NoInterface(String),
-    #[error("forwarding needs the new site's tunnel endpoint, and none is known")]
+    #[error("the tunnel needs the other site's tunnel endpoint, and none is known")]
     NoPeer,
-    #[error("this site's tunnel endpoint {local} and the new site's {peer} are not of one IP family")]
+    #[error("this site's tunnel endpoint {local} and the other site's {peer} are not of one IP family")]
     Family { local: IpAddr, peer: IpAddr },
     #[error("the SDN controller at {url}: {why}")]
     Controller { url: String, why: String },

@@ -120,6 +120,7 @@ mod tests {
             from_site: "A".into(),
             to_site: "B".into(),
             peer: None,
+            tunnel_key: 0,
         };
         let refused = webhook.tell(&change).await.unwrap_err().to_string();
         assert!(refused.contains("403 Forbidden"), "{refused}");

@@ -11,10 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use heliotrope_api_spec::{Assignment, JobRole, NetworkDriver, NetworkReport, NetworkStep};
+use heliotrope_api_spec::{Assignment, NetworkDriver, NetworkReport, NetworkStep};
 use heliotrope_executor::network::linux::{Linux, LinuxOptions};
 use heliotrope_executor::network::webhook::{Webhook, WebhookOptions};
-use heliotrope_executor::network::{timed, Network, NetworkMove, Timed};
+use heliotrope_executor::network::{timed, tunnel_key, Network, NetworkMove, Timed};
 use serde::{Deserialize, Serialize};
 
 use super::{Scheduler, Worker};
@@ -232,14 +232,14 @@ async fn log_step(
 
 impl Worker {
     /// The move migration `a` makes, as this end's network driver needs it:
-    /// the source's tunnel ends where the destination executor said its
-    /// tunnels end, else at its transfer address (resolved, of this end's
-    /// tunnel family if it has one).
+    /// each end's tunnel ends where the other end's executor said its
+    /// tunnels end, else at its address (resolved, of this end's tunnel
+    /// family if it has one); the tunnel's key comes from the job's secret.
     pub(super) async fn network_move(&self, a: &Assignment) -> NetworkMove {
         let said = a.peer_tunnel_address.as_deref().and_then(|text| text.parse::<IpAddr>().ok());
-        let peer = match (a.role, said, a.peer_address.as_deref()) {
-            (JobRole::Source, Some(ip), _) => Some(ip),
-            (JobRole::Source, None, Some(address)) => match tokio::net::lookup_host(address).await {
+        let peer = match (said, a.peer_address.as_deref()) {
+            (Some(ip), _) => Some(ip),
+            (None, Some(address)) => match tokio::net::lookup_host(address).await {
                 Ok(found) => {
                     let mut found = found.map(|s| s.ip());
                     match self.args.network.network_tunnel_local {
@@ -248,7 +248,7 @@ impl Worker {
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(%address, error = %e, "the destination's address does not resolve");
+                    tracing::warn!(%address, error = %e, "the other end's address does not resolve");
                     None
                 }
             },
@@ -266,6 +266,7 @@ impl Worker {
             from_site: a.migration.from.clone(),
             to_site: a.migration.to.clone(),
             peer,
+            tunnel_key: tunnel_key(&a.secret),
         }
     }
 

@@ -386,18 +386,30 @@ pub(super) const ONLINE_WITHIN: &str = "interval '60 seconds'";
 pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Option<Assignment>> {
     let mut tx = pool.begin().await?;
     let site_id = super::executors::owned(&mut *tx, executor_id, token_id).await?;
-    let destination: Option<(i64, Vec<u8>)> = sqlx::query_as(
-        "update migration_job set destination_ready = true \
+    // The destination is told of its source too: its network tunnel takes packets from there only.
+    #[derive(sqlx::FromRow)]
+    struct Taken {
+        job_id: i64,
+        secret: Vec<u8>,
+        source_address: Option<String>,
+        source_tunnel_address: Option<String>,
+    }
+    let destination: Option<Taken> = sqlx::query_as(
+        "update migration_job j set destination_ready = true \
          where job_id = (select job_id from migration_job where destination_executor = $1 and not destination_ready \
                          and state in ('claimed', 'transferring', 'cutover') order by job_id limit 1 for update skip locked) \
-         returning job_id, secret",
+         returning j.job_id, j.secret, \
+           (select e.address from executor e where e.executor_id = j.lease_holder) as source_address, \
+           (select e.tunnel_address from executor e where e.executor_id = j.lease_holder) as source_tunnel_address",
     )
     .bind(executor_id)
     .fetch_optional(&mut *tx)
     .await?;
-    if let Some((id, secret)) = destination {
+    if let Some(taken) = destination {
         tx.commit().await?;
-        return Ok(Some(assignment(pool, id, JobRole::Destination, None, &secret, None).await?));
+        let tunnel_address = taken.source_tunnel_address;
+        let source = taken.source_address.map(|address| Peer { address, tunnel_address });
+        return Ok(Some(assignment(pool, taken.job_id, JobRole::Destination, source, &taken.secret, None).await?));
     }
     let lease_expires = Utc::now() + lease();
     let recovering: Option<(i64, Vec<u8>)> = sqlx::query_as(
@@ -547,7 +559,7 @@ impl VmRow {
     }
 }
 
-/// The destination executor, as its source is told.
+/// The other end's executor, as each end is told.
 struct Peer {
     address: String,
     tunnel_address: Option<String>,
