@@ -124,7 +124,8 @@ pub async fn migrate_vm<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         }
         rounds += 1;
     }
-    vm.pause();
+    // Resumed however this ends but well: an error, or a panic unwinding through here.
+    let pause = vm.paused();
     let paused = Instant::now();
     let last = async {
         memory.offer(guest.clone(), &vm.take_dirty()).await?;
@@ -137,11 +138,9 @@ pub async fn migrate_vm<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
         memory.seal().await
     }
     .await;
-    if let Err(e) = last {
-        // The destination did not take it: the guest runs on here.
-        vm.resume();
-        return Err(e.into());
-    }
+    // The destination did not take it: the guest runs on here.
+    last?;
+    pause.keep();
     Ok(PrecopyReport {
         rounds,
         downtime_s: paused.elapsed().as_secs_f64(),

@@ -270,6 +270,14 @@ impl SimVm {
         self.lock().paused = true;
     }
 
+    /// Pauses the guest until the guard is dropped, whatever ends its
+    /// scope (an error, a panic unwinding through it), unless it is kept
+    /// paused on purpose (`Paused::keep`, once the destination has it).
+    pub fn paused(&self) -> Paused<'_> {
+        self.pause();
+        Paused { vm: Some(self) }
+    }
+
     pub fn resume(&self) {
         self.lock().paused = false;
     }
@@ -364,6 +372,26 @@ impl PageSource for SimVm {
 impl Drop for SimVm {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A paused guest, resumed when this is dropped (see [`SimVm::paused`]).
+pub struct Paused<'a> {
+    vm: Option<&'a SimVm>,
+}
+
+impl Paused<'_> {
+    /// Leaves the guest paused: the destination holds it now.
+    pub fn keep(mut self) {
+        self.vm = None;
+    }
+}
+
+impl Drop for Paused<'_> {
+    fn drop(&mut self) {
+        if let Some(vm) = self.vm {
+            vm.resume();
+        }
     }
 }
 

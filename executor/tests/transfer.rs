@@ -380,6 +380,72 @@ async fn a_vm_that_outruns_its_cap_is_left_running_at_the_source() {
     assert!(dest.kept(7).is_empty(), "the destination keeps nothing");
 }
 
+/// A connection that panics on its first write once `vm` is paused: a bug in the last round.
+struct PanicsWhenPaused {
+    inner: Box<dyn Connection>,
+    vm: Arc<SimVm>,
+}
+
+impl tokio::io::AsyncRead for PanicsWhenPaused {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PanicsWhenPaused {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        assert!(!self.vm.is_paused(), "a bug while the guest is paused");
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_in_the_last_round_leaves_the_guest_running_at_the_source() {
+    let source = tempfile::tempdir().unwrap();
+    let images = vm(source.path(), 4, 0, 11);
+    let workload = Workload { memory_bytes_per_s: 1e6, disk_bytes_per_s: 0.0, seed: 12 };
+    let vm = Arc::new(SimVm::start(images, workload).unwrap());
+    let dest = site(None).await;
+    dest.destination.expect(7, SECRET.to_vec());
+    let streams: Vec<Box<dyn Connection>> = dest
+        .streams(2)
+        .await
+        .into_iter()
+        .map(|inner| Box::new(PanicsWhenPaused { inner, vm: vm.clone() }) as Box<dyn Connection>)
+        .collect();
+    let moving = vm.clone();
+    let migrating = tokio::spawn(async move {
+        let mut memory = Session::open(streams, 7, SECRET, options()).await.unwrap();
+        let precopy = PrecopyOptions { max_downtime_s: 0.3, budget_s: 60.0 };
+        migrate_vm(&mut memory, None, &moving, &precopy).await
+    });
+    let failed = migrating.await.expect_err("the last round panicked");
+    assert!(failed.is_panic());
+    assert!(!vm.is_paused(), "the panic unwound through the pause: the guest runs on");
+}
+
 /// A proxy that cuts its first connection after `cut_after` bytes from the source, and forwards later ones whole.
 async fn flaky_proxy(to: String, cut_after: u64) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
