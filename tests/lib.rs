@@ -50,15 +50,21 @@ pub async fn spawn_on(pool: PgPool, services: Services, listen: SocketAddr) -> T
     TestApp::at(addr, pool)
 }
 
+/// The tests' HTTP client: it lets idle connections go before the server
+/// closes them (at its 10 s header timeout), as the executors do.
+fn client() -> reqwest::ClientBuilder {
+    reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(4))
+}
+
 impl TestApp {
     /// A scheduler already serving at `addr` (a process of its own) over `pool`'s database.
     pub fn at(addr: SocketAddr, pool: PgPool) -> TestApp {
-        TestApp { addr, pool, client: reqwest::Client::new() }
+        TestApp { addr, pool, client: client().build().unwrap() }
     }
 
     /// The same scheduler, asked from the loopback address `ip` (each address has its own failed-auth budget).
     pub fn from_address(&self, ip: [u8; 4]) -> TestApp {
-        let client = reqwest::Client::builder().local_address(std::net::IpAddr::from(ip)).build().unwrap();
+        let client = client().local_address(std::net::IpAddr::from(ip)).build().unwrap();
         TestApp { client, ..self.clone() }
     }
 

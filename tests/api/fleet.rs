@@ -20,7 +20,7 @@ use crate::plans::{big_vm, flat_signals, site_at};
 pub(crate) struct How {
     site: &'static str,
     token: String,
-    port: u16,
+    pub(crate) port: u16,
     mib_per_gib: &'static str,
     /// More flags for `heliotrope-executor run`.
     flags: Vec<String>,

@@ -228,3 +228,97 @@ async fn an_address_that_keeps_failing_to_authenticate_is_slowed_down(pool: PgPo
     assert_eq!(guess(&from([127, 0, 0, 2]), "htp_guess-x".into()).await.unwrap().status(), 401);
     assert_eq!(guess(&from([127, 0, 0, 2]), unused).await.unwrap().status(), 200);
 }
+
+/// The hostile-client check (`scripts/test` runs it as a step of its own; README, Security): a
+/// scheduler and two executors, each a process of its own, while a client holds 2,000 idle sockets
+/// and 100 slow headers on the API and sends oversized frames, before any authentication, to the
+/// destination's transfer port. `/healthz` answers, a real migration completes, and memory stays
+/// within the bounds the README states.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn hostile_client_check(pool: PgPool) {
+    use crate::fleet::{executor, start};
+    use crate::plans::{big_vm, flat_signals, site_at};
+    use heliotrope_tests::{link, with};
+
+    let seeding = spawn_app(pool.clone()).await;
+    let port = free_port();
+    let server =
+        serving(&mut Command::new(workspace_binary("heliotrope")), &seeding, "hostile", port, false).spawn().unwrap();
+    let server_pid = server.id();
+    let mut fleet = Processes(vec![server]);
+    let app = ready_at(port, &pool).await;
+    for (name, price, carbon) in [("A", 300.0, 400.0), ("B", 20.0, 50.0)] {
+        let id = site_at(&app, name, "active").await;
+        flat_signals(&app, id, price, carbon, "EUR").await;
+    }
+    app.create("/v1/links", with(link("A", "B"), "/symmetric", serde_json::json!(true))).await;
+    app.create("/v1/vms", big_vm("web", "A")).await;
+    let data = tempfile::tempdir().unwrap();
+    let (at_a, at_b) = (executor(&app, "A", "0.25").await, executor(&app, "B", "0.25").await);
+    let destination: SocketAddr = ([127, 0, 0, 1], at_b.port).into();
+    fleet.0.push(start(&app, &at_a, data.path()));
+    fleet.0.push(start(&app, &at_b, data.path()));
+    let destination_pid = fleet.0[2].id();
+    let online = |page: &Value| {
+        page["items"].as_array().is_some_and(|e| e.len() == 2 && e.iter().all(|e| e["state"] == "online"))
+    };
+    app.wait_for("both executors online", online, "/v1/executors").await;
+    let before = (rss_kib(server_pid), rss_kib(destination_pid));
+
+    // 2,000 idle sockets on the API.
+    let mut idle = Vec::new();
+    for _ in 0..2000 {
+        idle.push(TcpStream::connect(app.addr).await.unwrap());
+    }
+    // 100 slow headers: a line a second each.
+    let to = app.addr;
+    let slow = tokio::spawn(async move {
+        let mut slow = Vec::new();
+        for _ in 0..100 {
+            let mut tcp = TcpStream::connect(to).await.unwrap();
+            let _ = tcp.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n").await;
+            slow.push(tcp);
+        }
+        for _ in 0..20 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            for tcp in &mut slow {
+                let _ = tcp.write_all(b"X-Slow: 1\r\n").await;
+            }
+        }
+    });
+    // Oversized frames before any proof of a secret: 64 connections from four addresses,
+    // each announcing a 60 MiB hello and sending 1 MiB of it.
+    let mut oversized = Vec::new();
+    for n in 0..64u8 {
+        if let Ok(mut tcp) = connect_from([127, 0, 0, 2 + n % 4], destination).await {
+            let _ = tcp.write_all(&(60u32 << 20).to_be_bytes()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), tcp.write_all(&vec![0u8; 1 << 20])).await;
+            oversized.push(tcp);
+        }
+    }
+    let during = (rss_kib(server_pid), rss_kib(destination_pid));
+
+    // Meanwhile the API answers, and a migration goes all the way.
+    assert!(healthy_within(app.addr, Duration::from_secs(5)).await, "/healthz under attack");
+    let applied = app.post("/v1/plans", serde_json::json!({"dry_run": false})).await;
+    assert_eq!(applied.body["status"], "applied", "{}", applied.body);
+    let done = |page: &Value| page["items"][0]["state"] == "done";
+    app.wait_for("the migration done under attack", done, "/v1/migrations").await;
+    assert!(healthy_within(app.addr, Duration::from_secs(5)).await, "/healthz after the migration");
+    let after = (rss_kib(server_pid), rss_kib(destination_pid));
+    slow.abort();
+    drop((idle, oversized));
+
+    // What the attack cost: memory grown while it was held, before the migration (whose own
+    // buffers the executor may rightly take) began.
+    let grown = |then: u64, now: u64| now.saturating_sub(then) / 1024;
+    let (server_mib, executor_mib) = (grown(before.0, during.0), grown(before.1, during.1));
+    println!(
+        "{}",
+        serde_json::json!({"server_rss_mib_before": before.0 / 1024, "server_grew_mib": server_mib,
+            "server_rss_mib_after_migration": after.0 / 1024, "executor_rss_mib_before": before.1 / 1024,
+            "executor_grew_mib": executor_mib, "executor_rss_mib_after_migration": after.1 / 1024})
+    );
+    assert!(server_mib < 96, "the scheduler grew by {server_mib} MiB");
+    assert!(executor_mib < 32, "the destination executor grew by {executor_mib} MiB");
+}

@@ -94,7 +94,12 @@ struct Scheduler {
 impl Scheduler {
     fn new(base: &str, token: &str) -> anyhow::Result<Scheduler> {
         Ok(Scheduler {
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            // Idle connections are let go before the scheduler closes them (at its header
+            // timeout, 10 s by default), so that a request never races a closing connection.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .pool_idle_timeout(Duration::from_secs(4))
+                .build()?,
             base: base.trim_end_matches('/').to_owned(),
             token: token.to_owned(),
         })
