@@ -178,6 +178,9 @@ pub struct Config {
     /// The URL browsers reach the API at, when a TLS-terminating proxy stands in front (`https://...` makes session cookies Secure).
     #[arg(long, global = true, env = "HELIOTROPE_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
+    /// Failed authentications an address may make at once before it is slowed to one per 3 s (429).
+    #[arg(long, global = true, env = "HELIOTROPE_FAILED_AUTH_BURST", default_value_t = crate::http::auth::FAILURE_BURST)]
+    pub failed_auth_burst: u32,
     /// Time a client has to send each request's head, and to send the next one on a kept-alive connection.
     #[arg(long, global = true, env = "HELIOTROPE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
@@ -361,6 +364,7 @@ impl std::fmt::Debug for Config {
             .field("feed_plain_http", &self.feed_plain_http)
             .field("db_max_connections", &self.db_max_connections)
             .field("public_url", &self.public_url)
+            .field("failed_auth_burst", &self.failed_auth_burst)
             .field("header_timeout", &self.header_timeout)
             .field("body_timeout", &self.body_timeout)
             .field("max_connections", &self.max_connections)
@@ -383,6 +387,7 @@ impl Config {
             planner: self.planner,
             rebalancer: self.rebalancer.clone(),
             public_url: self.public_url.clone(),
+            failed_auth_burst: self.failed_auth_burst,
             connections: crate::http::server::ConnectionLimits {
                 header_timeout: self.header_timeout,
                 body_timeout: self.body_timeout,

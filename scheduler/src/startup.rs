@@ -35,6 +35,8 @@ pub struct Services {
     pub connections: ConnectionLimits,
     /// Where browsers reach the API, when a proxy stands in front (`https` makes session cookies `Secure`).
     pub public_url: Option<url::Url>,
+    /// Failed authentications an address may make at once (see `http::auth::FailedAuth`).
+    pub failed_auth_burst: u32,
 }
 
 impl Default for Services {
@@ -47,6 +49,7 @@ impl Default for Services {
             rebalancer: RebalancerConfig::default(),
             connections: ConnectionLimits::default(),
             public_url: None,
+            failed_auth_burst: crate::http::auth::FAILURE_BURST,
         }
     }
 }
@@ -81,6 +84,7 @@ impl Application {
         let replica = services.rebalancer.replica.clone().unwrap_or_else(|| replica_name(bound));
         let mut state = AppState::new(pool, services.planner, &replica, services.rebalancer.enabled);
         state.secure_cookies = services.public_url.as_ref().is_some_and(|url| url.scheme() == "https");
+        state.failed_auth = std::sync::Arc::new(crate::http::auth::FailedAuth::new(services.failed_auth_burst));
         let clock = Clock::new(services.rebalancer.clock_speed, Utc::now());
         Ok(Application { listener, state, services, clock })
     }

@@ -74,30 +74,41 @@ impl Principal {
 }
 
 /// Failed authentications per address, as a token bucket: an address may
-/// fail [`FAILURE_BURST`] times at once, then once per [`FAILURE_REFILL`].
-/// While its bucket is empty, a secret not already verified (in the cache)
-/// is refused with 429 before the database is asked, so that guessing
-/// costs the guesser time and the database nothing; clients whose secrets
-/// are good, behind the same proxy, go on.
-#[derive(Default)]
+/// fail `burst` times at once (`--failed-auth-burst`, 20 by default), then
+/// once per [`FAILURE_REFILL`]. While its bucket is empty, a secret not
+/// already verified (in the cache) is refused with 429 before the database
+/// is asked, so that guessing costs the guesser time and the database
+/// nothing; clients whose secrets are good, behind the same proxy, go on.
 pub struct FailedAuth {
+    burst: f64,
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
-const FAILURE_BURST: f64 = 20.0;
+/// The default `--failed-auth-burst`.
+pub const FAILURE_BURST: u32 = 20;
 const FAILURE_REFILL: Duration = Duration::from_secs(3);
 
+impl Default for FailedAuth {
+    fn default() -> Self {
+        FailedAuth::new(FAILURE_BURST)
+    }
+}
+
 impl FailedAuth {
-    /// The failures `ip` has left now (its bucket refilled for the time since).
-    fn left(bucket: (f64, Instant), now: Instant) -> f64 {
+    pub fn new(burst: u32) -> FailedAuth {
+        FailedAuth { burst: f64::from(burst.max(1)), buckets: Mutex::default() }
+    }
+
+    /// The failures an address has left now (its bucket refilled for the time since).
+    fn left(&self, bucket: (f64, Instant), now: Instant) -> f64 {
         let (left, at) = bucket;
-        (left + now.duration_since(at).as_secs_f64() / FAILURE_REFILL.as_secs_f64()).min(FAILURE_BURST)
+        (left + now.duration_since(at).as_secs_f64() / FAILURE_REFILL.as_secs_f64()).min(self.burst)
     }
 
     /// How long `ip` must wait, if it has no failure left.
     fn refuses(&self, ip: IpAddr) -> Option<Duration> {
         let buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        let left = Self::left(*buckets.get(&ip)?, Instant::now());
+        let left = self.left(*buckets.get(&ip)?, Instant::now());
         (left < 1.0).then(|| FAILURE_REFILL.mul_f64(1.0 - left))
     }
 
@@ -106,9 +117,9 @@ impl FailedAuth {
         let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
         // Full buckets say nothing: drop them now and then, so the map stays as small as the guessers.
         if buckets.len() > 10_000 {
-            buckets.retain(|_, bucket| Self::left(*bucket, now) < FAILURE_BURST);
+            buckets.retain(|_, bucket| self.left(*bucket, now) < self.burst);
         }
-        let left = buckets.get(&ip).map_or(FAILURE_BURST, |bucket| Self::left(*bucket, now));
+        let left = buckets.get(&ip).map_or(self.burst, |bucket| self.left(*bucket, now));
         buckets.insert(ip, ((left - 1.0).max(0.0), now));
     }
 }
