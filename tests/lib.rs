@@ -176,6 +176,13 @@ pub fn workspace_binary(name: &str) -> std::path::PathBuf {
     bin
 }
 
+/// The states a migration went through, from its detail's log: the entries
+/// that changed its state (a cap set or an admission leaves it where it was).
+pub fn state_changes(detail: &Value) -> Vec<String> {
+    let events = detail["events"].as_array().map(Vec::as_slice).unwrap_or_default();
+    events.iter().filter(|e| e["from"] != e["to"]).filter_map(|e| e["to"].as_str().map(str::to_owned)).collect()
+}
+
 /// Child processes killed when the test ends, however it ends.
 #[derive(Default)]
 pub struct Processes(pub Vec<std::process::Child>);

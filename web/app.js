@@ -497,7 +497,7 @@ function drawGantt() {
   $("gantt").replaceChildren(axis, ...lanes,
     ...(rows.length > 400 ? [el("p", { class: "hint" }, `… and ${rows.length - 400} more`)] : []));
   $("gantt-legend").replaceChildren(
-    ...[["planned", "scheduled (start to predicted end)"], ["done", "done"], ["active", "moving: share of predicted bytes sent"], ["ended", "failed, cancelled or rolled back"]]
+    ...[["planned", "scheduled (start to predicted end)"], ["done", "done"], ["active", "moving: share of predicted bytes sent"], ["ended", "failed, cancelled, rolled back or expired"]]
       .map(([cls, label]) => el("span", {}, el("span", { class: `swatch ${cls}` }), ` ${label}`)), el("span", {}, "times UTC"));
   $("mechanisms").tBodies[0].replaceChildren(el("tr", {}, ...[totals.raw, totals.wire, totals.zero, totals.dedup,
     totals.disk_cache, totals.in_place, totals.compression].map((b) => el("td", { class: "num" }, bytes(b)))));

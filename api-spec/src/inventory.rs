@@ -299,6 +299,11 @@ pub struct Vm {
     /// The standbys in force: where its disk is replicated now, and how fresh each replica is.
     #[serde(default)]
     pub standbys: Vec<Standby>,
+    /// The guest's dirty rate as its executors measured it while migrating it, smoothed,
+    /// Mbit/s; absent until one did. Once known, the planner and the dispatcher use it in
+    /// place of the declared `dirty_rate_mbps`.
+    #[serde(default)]
+    pub measured_dirty_rate_mbps: Option<f64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }

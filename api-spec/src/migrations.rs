@@ -25,6 +25,8 @@ pub enum MigrationState {
     Cancelled,
     RolledBack,
     Recovering,
+    /// Never admitted before its bound (its plan's validity): its room is given back.
+    Expired,
 }
 
 /// One migration of one VM.
@@ -39,8 +41,15 @@ pub struct Migration {
     pub state: MigrationState,
     /// When the plan's schedule starts it; absent if it is not scheduled.
     pub start_at: Option<DateTime<Utc>>,
-    /// Its bandwidth cap when it starts, megabits per second.
+    /// Its bandwidth cap, megabits per second: the schedule's until the
+    /// dispatcher admits it, then the dispatcher's (or an operator's `PATCH`).
     pub cap_mbps: Option<f64>,
+    /// When the dispatcher let it start (it had room on its link and uplinks); absent while it waits.
+    #[serde(default)]
+    pub admitted_at: Option<DateTime<Utc>>,
+    /// Not admitted by then, it ends `expired`; absent: it waits as long as it takes (an evacuation).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
     pub attempts: u32,
     pub predicted_bytes: f64,
     /// Why it failed, was cancelled or rolled back.

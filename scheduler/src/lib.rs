@@ -9,6 +9,7 @@
 //! - [`fleet`]: the fleet at a glance for the dashboard (overview, savings to date).
 //! - [`planning`]: the plans service (inventory and signals in, a stored plan out).
 //! - [`rebalancer`]: the hourly loop one replica at a time runs (plan, maybe apply).
+//! - [`dispatcher`]: which migrations start and at what cap, while they run.
 //! - [`simulation`]: what-if replays of carbon and price traces through the policies, and their reports.
 //! - [`feeds`]: polling the carbon and price providers.
 //! - [`startup`]: building and running the server; [`config`] and [`telemetry`].
@@ -18,6 +19,7 @@ pub mod bench;
 pub mod config;
 pub mod db;
 pub mod demo;
+pub mod dispatcher;
 pub mod domain;
 pub mod feeds;
 pub mod fleet;

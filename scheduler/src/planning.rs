@@ -8,7 +8,7 @@ use chrono::{DateTime, Duration, DurationRound, Utc};
 use heliotrope_api_spec::{
     AppliedPlan, BaselineSchedule, EvacuationReport, EvacuationRequest, Evacuee, Group, Link, PlanCosts, PlanInputs,
     PlanMode, PlanRequest, PlanSchedule, PlannedMove, ScheduleGoal, ScheduledMigration, Signal, SignalCoverage, Site,
-    SolverReport, Vm,
+    SolverReport, Vm, VmSpec,
 };
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -239,7 +239,7 @@ async fn make(
     let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();
     let link_specs: Vec<_> = links.iter().map(|l| l.spec.clone()).collect();
     let vm_specs: Vec<_> =
-        vms.iter().map(|v| (v.spec.clone(), recent.get(&v.id).map_or(0, |&(moves, _)| moves))).collect();
+        vms.iter().map(|v| (planned_spec(v), recent.get(&v.id).map_or(0, |&(moves, _)| moves))).collect();
     let group_specs: Vec<_> = groups.iter().map(|g| g.spec.clone()).collect();
     let inventory = Inventory { sites: &site_specs, links: &link_specs, vms: &vm_specs, groups: &group_specs };
     let settings = settings(config, request.mode, request.carbon_price_per_tonne, currency.clone());
@@ -348,10 +348,34 @@ async fn make(
         AppliedPlan { plan: stored, jobs: 0 }
     } else {
         db::plans::approve(pool, stored.id).await?;
-        let (plan, jobs) = db::plans::apply(pool, stored.id).await?;
+        let (plan, jobs) = apply(pool, config, stored.id).await?;
         AppliedPlan { plan, jobs }
     };
     Ok(Made { applied, input, plan, outcomes: run.outcomes, cannot_converge: run.cannot_converge, ids })
+}
+
+/// A VM's spec as the planner takes it: the dirty rate its executor
+/// measured, once one did, in place of the declared one (convergence and
+/// predicted durations then follow the guest as it is).
+fn planned_spec(vm: &Vm) -> VmSpec {
+    let mut spec = vm.spec.clone();
+    spec.dirty_rate_mbps = vm.measured_dirty_rate_mbps.unwrap_or(spec.dirty_rate_mbps);
+    spec
+}
+
+/// Applies approved plan `id` (see `db::plans::apply`) and dispatches at
+/// once, so that its migrations whose links have room can be claimed now
+/// rather than at the dispatcher's next turn.
+pub async fn apply(
+    pool: &PgPool,
+    config: &PlannerConfig,
+    id: i64,
+) -> Result<(heliotrope_api_spec::Plan, u64), StoreError> {
+    let applied = db::plans::apply(pool, id).await?;
+    if let Err(error) = crate::dispatcher::dispatch(pool, config, Utc::now()).await {
+        tracing::warn!(%error, "dispatching after applying a plan failed; the next turn will");
+    }
+    Ok(applied)
 }
 
 /// The moves scheduled by Heliotrope's policy for `goal`, with the

@@ -148,7 +148,7 @@ impl Rebalancer {
         }
         let applied = async {
             db::plans::approve(&self.pool, id).await?;
-            db::plans::apply(&self.pool, id).await
+            crate::planning::apply(&self.pool, &self.planner, id).await
         };
         match applied.await {
             Ok((_, jobs)) => (Some(id), outcome, format!("{detail}; applied: {jobs} migrations recorded")),

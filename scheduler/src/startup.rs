@@ -112,6 +112,9 @@ impl Application {
         }
         let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
         background.spawn(expire_leases(pool, stop));
+        // Not a service to switch off: without it no migration is admitted.
+        let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
+        background.spawn(crate::dispatcher::run(pool, self.services.planner, stop));
         let (pool, news, stop) = (self.state.pool.clone(), self.state.news.clone(), shutdown.clone());
         background.spawn(async move { watch_migrations(pool, stop, |item| drop(news.send(item))).await });
         if self.services.rebalancer.enabled {

@@ -3,6 +3,7 @@
 //! lease, cutover confirmed by the destination moving the VM, lease expiry
 //! and recovery, cancellation reaching the source, and the refusals.
 
+use chrono::DateTime;
 use heliotrope::db::MIGRATOR;
 use heliotrope_api_spec::Role;
 use reqwest::Method;
@@ -10,7 +11,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::plans::{signals_over, swap_fleet, two_sites};
-use heliotrope_tests::{site, spawn_app, with, Answer, TestApp};
+use heliotrope_tests::{site, spawn_app, state_changes, with, Answer, TestApp};
 
 /// An executor: its token and registered id.
 struct Executor {
@@ -19,8 +20,13 @@ struct Executor {
 }
 
 async fn register(app: &TestApp, site: &str, address: &str) -> Executor {
+    register_taking(app, site, address, 1).await
+}
+
+/// An executor that takes up to `capacity` migrations at once as a source.
+async fn register_taking(app: &TestApp, site: &str, address: &str, capacity: u32) -> Executor {
     let token = app.token(Role::Executor).await;
-    let body = json!({"site": site, "address": address, "driver": "sim", "capacity": 1});
+    let body = json!({"site": site, "address": address, "driver": "sim", "capacity": capacity});
     let registered = app.send(Method::POST, "/v1/executors/register", Some(&token), Some(&body)).await;
     assert_eq!(registered.status, 200, "{}", registered.body);
     assert_eq!((registered.body["state"].as_str(), registered.body["driver"].as_str()), (Some("online"), Some("sim")));
@@ -51,10 +57,6 @@ async fn under_way(app: &TestApp) -> (Executor, Executor, i64) {
 
 async fn vms_at(app: &TestApp, site: &str) -> usize {
     app.get(&format!("/v1/vms?site={site}")).await.body["items"].as_array().unwrap().len()
-}
-
-fn states(detail: &Value) -> Vec<String> {
-    detail["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap().to_owned()).collect()
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -97,15 +99,17 @@ async fn a_migration_runs_through_its_states_and_the_destination_moves_the_vm(po
     let done = cheap.call(&app, id, "complete", json!({"state": "done", "detail": "runs at CHEAP"})).await;
     assert_eq!(done.status, 200, "{}", done.body);
     assert_eq!(done.body["state"], "done");
-    assert_eq!(states(&done.body), ["scheduled", "claimed", "transferring", "cutover", "done"]);
+    assert_eq!(state_changes(&done.body), ["scheduled", "claimed", "transferring", "cutover", "done"]);
+    let events = done.body["events"].as_array().unwrap();
     let actors: Vec<&str> =
-        done.body["events"].as_array().unwrap().iter().map(|e| e["actor"].as_str().unwrap()).collect();
+        events.iter().filter(|e| e["from"] != e["to"]).map(|e| e["actor"].as_str().unwrap()).collect();
     assert_eq!(actors[1], format!("executor:{}", dear.id));
     assert_eq!(actors[4], format!("executor:{}", cheap.id));
+    assert!(events.iter().any(|e| e["actor"] == "dispatcher"), "the admission is logged: {}", done.body);
     assert_eq!(vms_at(&app, "CHEAP").await, 1, "big runs at CHEAP now");
     // Confirming again (after a recovery, say) answers the same, and changes nothing.
     let again = cheap.call(&app, id, "complete", json!({"state": "done"})).await;
-    assert_eq!((again.status.as_u16(), states(&again.body).len()), (200, 5));
+    assert_eq!((again.status.as_u16(), state_changes(&again.body).len()), (200, 5));
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -519,4 +523,122 @@ async fn an_arrival_waits_until_its_destination_has_room(pool: PgPool) {
     let big = dear.claim(&app).await;
     assert_eq!(big.status, 200, "small has left: {}", big.body);
     assert_eq!(big.body["migration"]["vm"], "big");
+}
+
+/// A migration (by its VM) as `GET /v1/migrations` lists it.
+async fn migration_of(app: &TestApp, vm: &str) -> Value {
+    let all = app.get("/v1/migrations").await.body;
+    all["items"].as_array().unwrap().iter().find(|m| m["vm"] == vm).cloned().unwrap()
+}
+
+/// Moves migration `id`, claimed by `source` and `destination`, through to `done`.
+async fn finish(app: &TestApp, source: &Executor, destination: &Executor, id: i64) {
+    for state in ["transferring", "cutover"] {
+        let report = json!({"state": state, "raw_bytes": 0, "wire_bytes": 0});
+        assert_eq!(source.call(app, id, "progress", report).await.status, 200);
+    }
+    assert_eq!(destination.call(app, id, "complete", json!({"state": "done"})).await.status, 200);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_late_evacuee_waits_for_its_link_then_moves_when_it_frees(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let src = app.create("/v1/sites", with(site("SRC"), "/capacity/vcpus", json!(1000))).await["id"].as_i64().unwrap();
+    let a = crate::plans::site_at(&app, "A", "active").await;
+    for id in [src, a] {
+        crate::plans::flat_signals(&app, id, 100.0, 300.0, "EUR").await;
+    }
+    app.create("/v1/links", heliotrope_tests::link("SRC", "A")).await;
+    // 8 GiB each without disk: about 92 s alone on the link's usable 800 Mbit/s.
+    for (name, priority) in [("hi", 90), ("lo", 10)] {
+        let evacuee = with(with(heliotrope_tests::vm(name, "SRC"), "/memory_gib", json!(8.0)), "/disk_gib", json!(0.0));
+        app.create("/v1/vms", with(evacuee, "/priority", json!(priority))).await;
+    }
+    let (from_src, at_a) = (register_taking(&app, "SRC", "src:7070", 2).await, register(&app, "A", "a:7070").await);
+    let report = app.post(&format!("/v1/sites/{src}/evacuate"), json!({"deadline_s": 100})).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    let (hi, lo) = (migration_of(&app, "hi").await, migration_of(&app, "lo").await);
+    assert!(hi["admitted_at"].is_string() && hi["expires_at"].is_null(), "an evacuee waits as long as it takes: {hi}");
+    assert_eq!(lo["state"], "pending", "the schedule could not start it: {lo}");
+
+    // The link is hi's: lo is not handed out, though the executor has room for it.
+    let claimed = from_src.claim(&app).await;
+    assert_eq!(claimed.body["migration"]["vm"], "hi", "{}", claimed.body);
+    assert_eq!(from_src.claim(&app).await.status, 204, "lo waits for the link");
+    at_a.claim(&app).await;
+    let caps: Vec<f64> = sqlx::query_scalar("select cap_mbps from migration_cap").fetch_all(&app.pool).await.unwrap();
+    assert!((caps.iter().sum::<f64>() - 800.0).abs() < 1e-6, "the link's usable 800 Mbit/s, all hi's: {caps:?}");
+    finish(&app, &from_src, &at_a, hi["id"].as_i64().unwrap()).await;
+
+    // hi is done: within a dispatcher's turn lo is admitted, and moves.
+    let path = format!("/v1/migrations/{}", lo["id"]);
+    let admitted = |m: &Value| m["state"] == "scheduled" && m["admitted_at"].is_string();
+    let detail = app.wait_for("lo admitted once the link freed", admitted, &path).await;
+    let said =
+        detail["events"].as_array().unwrap().iter().any(|e| e["detail"].as_str().unwrap().contains("dispatcher"));
+    assert!(said, "{detail}");
+    let claimed = from_src.claim(&app).await;
+    assert_eq!(claimed.body["migration"]["vm"], "lo", "{}", claimed.body);
+    at_a.claim(&app).await;
+    finish(&app, &from_src, &at_a, lo["id"].as_i64().unwrap()).await;
+    assert_eq!(app.get(&path).await.body["state"], "done");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_move_never_admitted_before_its_bound_expires_and_frees_its_vm(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (_, _, id) = under_way(&app).await;
+    let path = format!("/v1/migrations/{id}");
+    let m = app.get(&path).await.body;
+    let at = |field: &str| DateTime::parse_from_rfc3339(m[field].as_str().unwrap()).unwrap();
+    let validity = at("expires_at") - at("created_at") - chrono::Duration::hours(1);
+    assert!(validity.abs() < chrono::Duration::seconds(5), "valid an hour past its (immediate) start: {m}");
+    // As if its link had been busy all that hour.
+    sqlx::query("update migration_job set admitted_at = null, expires_at = now() - interval '1 second'")
+        .execute(&app.pool)
+        .await
+        .unwrap();
+    let expired = |d: &Value| d["state"] == "expired";
+    let detail = app.wait_for("the unadmitted move expired", expired, &path).await;
+    assert!(detail["failure"].as_str().unwrap().contains("validity"), "{detail}");
+    // Its VM is free to plan again.
+    let again = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(again.body["status"], "applied", "{}", again.body);
+    assert_eq!(app.get("/v1/migrations?state=scheduled").await.body["items"][0]["vm"], "big");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn the_measured_dirty_rate_decides_admission_once_a_source_reports_it(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (dear, cheap, id) = under_way(&app).await;
+    // Declared 150 Mbit/s: admitted on the link's usable 800 (it needs 1.5x, 225).
+    sqlx::query("update vm set dirty_rate_mbps = 150 where name = 'big'").execute(&app.pool).await.unwrap();
+    dear.claim(&app).await;
+    cheap.claim(&app).await;
+    // The guest dirties 4x that: 600 Mbit/s.
+    let report = json!({"state": "transferring", "raw_bytes": 0, "wire_bytes": 0, "dirty_bytes_per_s": 75e6});
+    assert_eq!(dear.call(&app, id, "progress", report).await.status, 200);
+    let vms = app.get("/v1/vms?site=DEAR").await.body;
+    let big = vms["items"].as_array().unwrap().iter().find(|v| v["name"] == "big").unwrap().clone();
+    assert_eq!((big["dirty_rate_mbps"].as_f64(), big["measured_dirty_rate_mbps"].as_f64()), (Some(150.0), Some(600.0)));
+
+    // Waiting again (as a retry would), it is admitted by the measured rate: 900 Mbit/s
+    // needed, more than the link has; by the declared one it would have been.
+    let waiting = |job: i64| {
+        sqlx::query(
+            "update migration_job set state = 'scheduled', admitted_at = null, lease_holder = null, \
+             lease_expires = null, destination_executor = null where job_id = $1",
+        )
+        .bind(job)
+    };
+    let admitted = || {
+        sqlx::query_scalar::<_, bool>("select admitted_at is not null from migration_job where job_id = $1").bind(id)
+    };
+    let config = heliotrope::config::PlannerConfig::default();
+    waiting(id).execute(&app.pool).await.unwrap();
+    heliotrope::dispatcher::dispatch(&app.pool, &config, chrono::Utc::now()).await.unwrap();
+    assert!(!admitted().fetch_one(&app.pool).await.unwrap(), "admitted though it cannot converge at 600 Mbit/s");
+    sqlx::query("update vm set measured_dirty_rate_mbps = null").execute(&app.pool).await.unwrap();
+    heliotrope::dispatcher::dispatch(&app.pool, &config, chrono::Utc::now()).await.unwrap();
+    assert!(admitted().fetch_one(&app.pool).await.unwrap(), "by the declared rate it is admitted");
 }

@@ -23,7 +23,7 @@ pub(crate) struct How {
     pub(crate) port: u16,
     mib_per_gib: &'static str,
     /// More flags for `heliotrope-executor run`.
-    flags: Vec<String>,
+    pub(crate) flags: Vec<String>,
 }
 
 pub(crate) async fn executor(app: &TestApp, site: &'static str, mib_per_gib: &'static str) -> How {
@@ -83,8 +83,7 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
     for m in migrations["items"].as_array().unwrap() {
         assert_eq!(m["state"], "done", "{m}");
         let detail = app.get(&format!("/v1/migrations/{}", m["id"])).await.body;
-        let states: Vec<&str> =
-            detail["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
+        let states = heliotrope_tests::state_changes(&detail);
         assert_eq!(states, ["scheduled", "claimed", "transferring", "cutover", "done"], "{detail}");
     }
     let at_c = app.get("/v1/vms?site=C").await.body;
@@ -224,8 +223,11 @@ async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: Pg
     let detail = app.wait_for("the migration ended", ended, &format!("/v1/migrations/{id}")).await;
     assert_eq!(detail["state"], "done", "{detail}");
     assert_eq!(detail["attempts"], 2, "retried once: {detail}");
-    let states: Vec<&str> = detail["events"].as_array().unwrap().iter().map(|e| e["to"].as_str().unwrap()).collect();
-    assert!(states.starts_with(&["scheduled", "claimed", "transferring", "recovering", "scheduled"]), "{states:?}");
+    let states = heliotrope_tests::state_changes(&detail);
+    assert!(
+        states.starts_with(&["scheduled", "claimed", "transferring", "recovering", "scheduled"].map(String::from)),
+        "{states:?}"
+    );
 
     // Exactly once: at C in the inventory and on disk, gone from A.
     assert_eq!(app.get("/v1/vms?site=C").await.body["items"].as_array().map(Vec::len), Some(1));

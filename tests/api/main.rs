@@ -29,3 +29,4 @@ mod sites;
 mod standbys;
 mod tokens;
 mod vms;
+mod wan;

@@ -46,10 +46,12 @@ async fn an_applied_plan_turns_into_scheduled_migrations_with_their_logs(pool: P
     let detail = app.get(&format!("/v1/migrations/{id}")).await;
     assert_eq!(detail.status, 200, "{}", detail.body);
     let events = detail.body["events"].as_array().unwrap();
-    assert_eq!(events.len(), 1);
     assert_eq!(events[0]["from"], Value::Null);
     assert_eq!((events[0]["to"].as_str(), events[0]["actor"].as_str()), (Some("scheduled"), Some("scheduler")));
     assert_eq!(events[0]["detail"], format!("plan {plan} applied"));
+    // Its link had room: the dispatcher admitted it at once, and said so.
+    assert_eq!((events[1]["to"].as_str(), events[1]["actor"].as_str()), (Some("scheduled"), Some("dispatcher")));
+    assert!(detail.body["admitted_at"].is_string(), "{}", detail.body);
 
     for (query, expected) in [
         (format!("plan={plan}"), 1),

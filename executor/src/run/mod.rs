@@ -356,7 +356,7 @@ impl Worker {
         AbortOnDrop(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_secs(5)).await;
-                let report = sim_report(&Progress::default());
+                let report = sim_report(&Progress::default(), 1.0);
                 if let Err(e) = scheduler.post::<_, ProgressAnswer>(&path, Some(&report)).await {
                     tracing::warn!(error = %format!("{e:#}"), "holding the lease failed");
                 }
@@ -436,11 +436,12 @@ impl Worker {
         };
         let (memory_progress, memory_watch) = tokio::sync::watch::channel(Progress::default());
         let (disk_progress, disk_watch) = tokio::sync::watch::channel(Progress::default());
-        let progress_now = || sim_report(&memory_watch.borrow().and(&disk_watch.borrow()));
+        let scale = self.args.sim_mib_per_gib / 1024.0;
+        let progress_now = || sim_report(&memory_watch.borrow().and(&disk_watch.borrow()), scale);
         let options = |progress| Arc::new(SendOptions { level, shapers: shapers.clone(), progress: Some(progress) });
         self.report(
             id,
-            &ProgressReport { state: Some(MigrationState::Transferring), ..sim_report(&Progress::default()) },
+            &ProgressReport { state: Some(MigrationState::Transferring), ..sim_report(&Progress::default(), scale) },
         )
         .await?;
         let mut memory = self.session(a, &options(memory_progress)).await?;
@@ -593,13 +594,16 @@ fn decode_hex(text: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// A sim migration's progress as the scheduler is told it.
-fn sim_report(p: &Progress) -> ProgressReport {
+/// A sim migration's progress as reported. A sim guest is the inventory's VM
+/// scaled down `scale` times (`--sim-mib-per-gib` / 1024), its dirty rate too:
+/// the rate goes back to the inventory's scale, where the scheduler uses it.
+fn sim_report(p: &Progress, scale: f64) -> ProgressReport {
     ProgressReport {
         state: None,
         raw_bytes: p.counters.raw_bytes,
         wire_bytes: p.counters.wire_bytes,
         round: p.round,
-        dirty_bytes_per_s: p.dirty_bytes_per_s,
+        dirty_bytes_per_s: p.dirty_bytes_per_s / scale,
         expected_downtime_s: p.expected_downtime_s,
         eta_s: p.eta_s,
         downtime_s: None,

@@ -19,7 +19,7 @@ use crate::domain::page::{Page, PageRequest};
 use crate::domain::Valid;
 
 /// SQL: a migration not yet ended (see `domain::migration::is_active`).
-pub(crate) const ACTIVE: &str = "state not in ('done', 'failed', 'cancelled', 'rolled_back')";
+pub(crate) const ACTIVE: &str = "state not in ('done', 'failed', 'cancelled', 'rolled_back', 'expired')";
 
 /// Per VM id: migrations created since `since`, and the destination site
 /// id of the one still under way, if any.
@@ -44,6 +44,10 @@ pub struct NewMigration {
     pub predicted_bytes: f64,
     pub start_at: Option<DateTime<Utc>>,
     pub cap_mbps: Option<f64>,
+    /// Not admitted by then, it expires (none: it waits as long as it takes).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Out of a site being evacuated: it goes before other moves.
+    pub evacuation: bool,
 }
 
 /// Records `migrations` for plan `plan_id`, each with its first event; returns how many.
@@ -52,12 +56,15 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, plan_id: i64, migrations
     let bytes: Vec<f64> = migrations.iter().map(|m| m.predicted_bytes).collect();
     let start: Vec<Option<DateTime<Utc>>> = migrations.iter().map(|m| m.start_at).collect();
     let cap: Vec<Option<f64>> = migrations.iter().map(|m| m.cap_mbps).collect();
+    let expires: Vec<Option<DateTime<Utc>>> = migrations.iter().map(|m| m.expires_at).collect();
+    let evacuation: Vec<bool> = migrations.iter().map(|m| m.evacuation).collect();
     let done = sqlx::query(
         "with recorded as ( \
-           insert into migration_job (plan_id, vm_id, from_site_id, to_site_id, predicted_bytes, start_at, cap_mbps, state) \
-           select $1, vm, f, t, b, s, c, case when s is null then 'pending' else 'scheduled' end \
-           from unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::float8[], $6::timestamptz[], $7::float8[]) \
-             as m (vm, f, t, b, s, c) \
+           insert into migration_job (plan_id, vm_id, from_site_id, to_site_id, predicted_bytes, start_at, cap_mbps, \
+                                      expires_at, evacuation, state) \
+           select $1, vm, f, t, b, s, c, e, x, case when s is null then 'pending' else 'scheduled' end \
+           from unnest($2::bigint[], $3::bigint[], $4::bigint[], $5::float8[], $6::timestamptz[], $7::float8[], \
+                       $8::timestamptz[], $9::bool[]) as m (vm, f, t, b, s, c, e, x) \
            on conflict (plan_id, vm_id) do nothing \
            returning job_id, state) \
          insert into migration_event (job_id, actor, to_state, detail) \
@@ -70,6 +77,8 @@ pub async fn record(tx: &mut Transaction<'_, Postgres>, plan_id: i64, migrations
     .bind(&bytes)
     .bind(&start)
     .bind(&cap)
+    .bind(&expires)
+    .bind(&evacuation)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -85,6 +94,8 @@ struct MigrationRow {
     state: String,
     start_at: Option<DateTime<Utc>>,
     cap_mbps: Option<f64>,
+    admitted_at: Option<DateTime<Utc>>,
+    expires_at: Option<DateTime<Utc>>,
     attempts: i32,
     predicted_bytes: f64,
     failure: Option<String>,
@@ -105,6 +116,8 @@ impl TryFrom<MigrationRow> for Migration {
             state: enum_from_text(r.state)?,
             start_at: r.start_at,
             cap_mbps: r.cap_mbps,
+            admitted_at: r.admitted_at,
+            expires_at: r.expires_at,
             attempts: u32::try_from(r.attempts).unwrap_or(0),
             predicted_bytes: r.predicted_bytes,
             failure: r.failure,
@@ -140,7 +153,7 @@ impl TryFrom<EventRow> for MigrationEvent {
 }
 
 const SELECT: &str = "select j.job_id, j.plan_id, v.name as vm, f.name as from_site, t.name as to_site, j.state, \
-    j.start_at, j.cap_mbps, j.attempts, j.predicted_bytes, j.failure, j.created_at, j.updated_at, j.progress \
+    j.start_at, j.cap_mbps, j.admitted_at, j.expires_at, j.attempts, j.predicted_bytes, j.failure, j.created_at, j.updated_at, j.progress \
     from migration_job j join vm v on v.vm_id = j.vm_id \
     join site f on f.site_id = j.from_site_id join site t on t.site_id = j.to_site_id";
 
@@ -213,7 +226,7 @@ async fn lock(tx: &mut Transaction<'_, Postgres>, id: i64) -> Result<(Locked, Mi
 /// Moves a locked migration from `from` to `to` if the state machine
 /// allows it, logging the event; a migration that ends other than done
 /// keeps `detail` as its failure, and an ended one lets go of its lease.
-async fn move_to(
+pub(super) async fn move_to(
     tx: &mut Transaction<'_, Postgres>,
     id: i64,
     from: MigrationState,
@@ -228,7 +241,10 @@ async fn move_to(
             enum_to_text(&to)
         )));
     }
-    let failure = matches!(to, MigrationState::Failed | MigrationState::Cancelled | MigrationState::RolledBack);
+    let failure = matches!(
+        to,
+        MigrationState::Failed | MigrationState::Cancelled | MigrationState::RolledBack | MigrationState::Expired
+    );
     sqlx::query(
         "update migration_job set state = $2, failure = case when $3 then $4 else failure end, \
          lease_expires = case when $5 then null else lease_expires end where job_id = $1",
@@ -244,7 +260,7 @@ async fn move_to(
 }
 
 /// Adds an entry to a migration's log (and so to `GET /v1/events`).
-async fn log(
+pub(super) async fn log(
     tx: &mut Transaction<'_, Postgres>,
     id: i64,
     actor: &str,
@@ -337,11 +353,15 @@ pub async fn set_cap(pool: &PgPool, id: i64, cap_mbps: Option<f64>, actor: &str)
     if !is_active(state) {
         return Err(StoreError::Conflict(format!("migration {id} is {}: it has ended", enum_to_text(&state))));
     }
-    sqlx::query("update migration_job set cap_mbps = $2 where job_id = $1")
+    // The operator's cap is the cap now, and a ceiling the dispatcher keeps to from then on.
+    sqlx::query("update migration_job set cap_limit_mbps = $2, cap_mbps = $2 where job_id = $1")
         .bind(id)
         .bind(cap_mbps)
         .execute(&mut *tx)
         .await?;
+    if let Some(cap) = cap_mbps {
+        super::admission::record_cap(&mut tx, id, cap).await?;
+    }
     let detail = match cap_mbps {
         Some(cap) => format!("cap set to {cap} Mbit/s by {actor}"),
         None => format!("cap lifted by {actor}"),
@@ -378,7 +398,7 @@ pub(super) const ONLINE_WITHIN: &str = "interval '60 seconds'";
 /// migration it is the destination of and has not taken yet; then a
 /// recovering migration from its site, to say where the VM runs (handed
 /// out again only once its lease runs out); else (within its capacity) the
-/// earliest scheduled migration from its site whose start time has come,
+/// earliest scheduled migration from its site the dispatcher admitted,
 /// whose VM's driver it runs, and whose destination site has an online
 /// executor that runs it too.
 /// A source claim is taken under `FOR UPDATE SKIP LOCKED`, so concurrent
@@ -457,10 +477,10 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
         "with {} \
          select j.job_id, j.to_site_id, j.vm_id from migration_job j join vm v on v.vm_id = j.vm_id \
          join room r on r.site_id = j.to_site_id \
-         where j.state = 'scheduled' and j.from_site_id = $1 and j.start_at <= now() \
+         where j.state = 'scheduled' and j.from_site_id = $1 and j.admitted_at is not null \
          and (v.driver = 'sim' or $2 = 'qemu') and {FITS} \
          and exists (select 1 from executor e where e.site_id = j.to_site_id and {online} and {runs}) \
-         order by j.start_at, j.job_id limit 1 for update of j skip locked",
+         order by j.admitted_at, j.job_id limit 1 for update of j skip locked",
         room("select to_site_id from migration_job where state = 'scheduled' and from_site_id = $1")
     ))
     .bind(site_id)
@@ -601,6 +621,9 @@ pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// How much each progress report's dirty rate weighs in a VM's measured one.
+const DIRTY_RATE_WEIGHT: f64 = 0.3;
+
 /// A progress report from the source executor holding the lease: it
 /// extends the lease, may move the migration on (to transferring or
 /// cutover), and answers with the cap to send at and whether to stop.
@@ -628,6 +651,20 @@ pub async fn progress(
     if let Some(to) = report.state.filter(|&to| to != state) {
         move_to(&mut tx, id, state, to, &executor_actor(executor_id), "reported by the source").await?;
         state = to;
+    }
+    if report.dirty_bytes_per_s > 0.0 {
+        // The guest's dirty rate as measured, smoothed (each report weighs 30%): the
+        // dispatcher and the planner use it in place of the declared one.
+        sqlx::query(&format!(
+            "update vm set measured_dirty_rate_mbps = coalesce({keep} * measured_dirty_rate_mbps + {take} * $2, $2) \
+             where vm_id = (select vm_id from migration_job where job_id = $1)",
+            keep = 1.0 - DIRTY_RATE_WEIGHT,
+            take = DIRTY_RATE_WEIGHT,
+        ))
+        .bind(id)
+        .bind(report.dirty_bytes_per_s * 8.0 / 1e6)
+        .execute(&mut *tx)
+        .await?;
     }
     let lease_expires = Utc::now() + lease();
     sqlx::query("update migration_job set progress = $2, lease_expires = $3 where job_id = $1")

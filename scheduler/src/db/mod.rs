@@ -6,6 +6,7 @@
 //! turned into `StoreError`s here so that the HTTP layer never has to know
 //! a Postgres error code.
 
+pub mod admission;
 pub mod changes;
 pub mod executors;
 pub mod feeds;

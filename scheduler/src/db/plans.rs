@@ -213,6 +213,11 @@ pub async fn approve(pool: &PgPool, id: i64) -> Result<Plan> {
     get(pool, id).await
 }
 
+/// How long past its predicted start (or the plan's applying, for one the
+/// schedule could not start) a move stays worth making: the plans that
+/// follow, hourly, see the fleet as it is by then.
+pub const PLAN_VALIDITY: chrono::Duration = chrono::Duration::hours(1);
+
 /// Applies an approved plan: records a migration per move, scheduled to
 /// start when the plan's schedule starts it (from now) at its cap. If the
 /// inventory moved on (a VM gone, elsewhere or already moving, a
@@ -243,22 +248,29 @@ pub async fn apply(pool: &PgPool, id: i64) -> Result<(Plan, u64)> {
     // Per move, in order: the VM's id and site now, whether it has a
     // migration under way, and the destination's id and state; nulls where gone.
     #[allow(clippy::type_complexity)]
-    let rows: Vec<(Option<i64>, Option<i64>, Option<String>, Option<bool>, Option<i64>, Option<String>)> =
-        sqlx::query_as(&format!(
-            "select v.vm_id, v.site_id, s.name, \
+    let rows: Vec<(
+        Option<i64>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+        Option<bool>,
+        Option<i64>,
+        Option<String>,
+    )> = sqlx::query_as(&format!(
+        "select v.vm_id, v.site_id, s.name, s.state, \
              exists (select 1 from migration_job j where j.vm_id = v.vm_id and j.{ACTIVE}), \
              d.site_id, d.state \
              from unnest($1::text[], $2::text[]) with ordinality as m (vm, dest, ord) \
              left join vm v on v.name = m.vm left join site s on s.site_id = v.site_id \
              left join site d on d.name = m.dest order by m.ord"
-        ))
-        .bind(&names)
-        .bind(&destinations)
-        .fetch_all(&mut *tx)
-        .await?;
+    ))
+    .bind(&names)
+    .bind(&destinations)
+    .fetch_all(&mut *tx)
+    .await?;
     let mut jobs = Vec::with_capacity(moves.len());
     let mut stale = None;
-    for (m, (vm_id, from_id, at, moving, to_id, to_state)) in moves.iter().zip(rows) {
+    for (m, (vm_id, from_id, at, at_state, moving, to_id, to_state)) in moves.iter().zip(rows) {
         let why = match (vm_id, from_id, to_id) {
             (None, ..) => Some(format!("VM {} no longer exists", m.vm)),
             (_, _, None) => Some(format!("site {} no longer exists", m.to)),
@@ -271,6 +283,9 @@ pub async fn apply(pool: &PgPool, id: i64) -> Result<(Plan, u64)> {
             }
             (Some(vm_id), Some(from_site_id), Some(to_site_id)) => {
                 let (start_at, cap_mbps) = scheduled.get(m.vm.as_str()).copied().unwrap_or_default();
+                // An evacuee (its site draining) moves however late its turn comes.
+                let evacuee = matches!(at_state.as_deref(), Some("draining" | "down"));
+                let expires_at = (!evacuee).then(|| start_at.unwrap_or(now) + PLAN_VALIDITY);
                 jobs.push(NewMigration {
                     vm_id,
                     from_site_id,
@@ -278,6 +293,8 @@ pub async fn apply(pool: &PgPool, id: i64) -> Result<(Plan, u64)> {
                     predicted_bytes: m.predicted_bytes,
                     start_at,
                     cap_mbps,
+                    expires_at,
+                    evacuation: evacuee,
                 });
                 None
             }

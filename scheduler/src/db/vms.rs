@@ -31,6 +31,7 @@ struct VmRow {
     addresses: Vec<String>,
     standby_sites: Vec<String>,
     standbys: sqlx::types::Json<Vec<Standby>>,
+    measured_dirty_rate_mbps: Option<f64>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
 }
@@ -60,6 +61,7 @@ impl TryFrom<VmRow> for Vm {
                 standby_sites: r.standby_sites,
             },
             standbys: r.standbys.0,
+            measured_dirty_rate_mbps: r.measured_dirty_rate_mbps,
             created_at: r.created_at,
             updated_at: r.updated_at,
         })
@@ -67,6 +69,7 @@ impl TryFrom<VmRow> for Vm {
 }
 
 const SELECT: &str = "select v.vm_id, v.name, v.vcpus, v.memory_gib, v.disk_gib, v.dirty_rate_mbps, \
+    v.measured_dirty_rate_mbps, \
     s.name as site, \
     (select array_agg(x.name order by a.position) from vm_allowed_site a join site x on x.site_id = a.site_id \
      where a.vm_id = v.vm_id) as allowed_sites, \

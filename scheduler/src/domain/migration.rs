@@ -7,7 +7,7 @@ use heliotrope_api_spec::MigrationState::{self, *};
 
 /// Not yet ended: a VM has at most one such migration.
 pub fn is_active(state: MigrationState) -> bool {
-    !matches!(state, Done | Failed | Cancelled | RolledBack)
+    !matches!(state, Done | Failed | Cancelled | RolledBack | Expired)
 }
 
 /// Whether a migration in `from` may go to `to`.
@@ -21,6 +21,8 @@ pub fn can_move(from: MigrationState, to: MigrationState) -> bool {
             | (Cutover, Done)
             // Before cutover the VM still runs at the source: it can stop there.
             | (Pending | Scheduled | Claimed | Transferring, Cancelled)
+            // Never admitted before its bound: its room goes back.
+            | (Pending | Scheduled, Expired)
             | (Claimed | Transferring, Failed)
             // The destination never confirmed: the source resumes the VM (the
             // destination starts it only once `done` is recorded, which this excludes).
@@ -36,8 +38,8 @@ pub fn can_move(from: MigrationState, to: MigrationState) -> bool {
 mod tests {
     use super::*;
 
-    const ALL: [MigrationState; 10] =
-        [Pending, Scheduled, Claimed, Transferring, Cutover, Done, Failed, Cancelled, RolledBack, Recovering];
+    const ALL: [MigrationState; 11] =
+        [Pending, Scheduled, Claimed, Transferring, Cutover, Done, Failed, Cancelled, RolledBack, Recovering, Expired];
 
     #[test]
     fn ended_migrations_stay_ended_and_cutover_cannot_be_cancelled() {

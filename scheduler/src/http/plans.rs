@@ -100,7 +100,7 @@ pub async fn apply_plan(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<AppliedPlan>, ApiError> {
-    let (plan, jobs) = db::plans::apply(&state.pool, id).await?;
+    let (plan, jobs) = planning::apply(&state.pool, &state.planner, id).await?;
     Ok(Json(AppliedPlan { plan, jobs }))
 }
 
