@@ -143,6 +143,8 @@ pub enum BenchCommand {
     Schedule(crate::bench::ScheduleBenchArgs),
     /// Migration claims by concurrent executors against one database, against one executor alone.
     Claims(crate::bench::ClaimsBenchArgs),
+    /// The dispatcher running migrations over six links with real executors, against the schedule's LP bound.
+    Dispatch(crate::bench::DispatchBenchArgs),
 }
 
 /// Settings shared by every command.

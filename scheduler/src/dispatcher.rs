@@ -10,8 +10,8 @@
 //! progress answers). Migrations never admitted by their bound expire.
 //!
 //! Any replica may dispatch: each dispatch is one transaction under an
-//! advisory lock. Every replica dispatches every second, and after a plan
-//! is applied.
+//! advisory lock. Every replica dispatches every second, and at once after
+//! a plan is applied or a migration ends.
 
 use std::time::Duration;
 
@@ -133,6 +133,15 @@ fn model(jobs: &[Job], wire_fraction: f64) -> (Network, Vec<Migration>, Vec<usiz
         limited.push(j);
     }
     (network, migrations, limited)
+}
+
+/// Dispatches at once, after something freed bandwidth or added work (a
+/// migration ended, a plan was applied), rather than at the next turn; a
+/// failure only waits for that turn.
+pub async fn dispatch_now(pool: &PgPool, config: &PlannerConfig) {
+    if let Err(error) = dispatch(pool, config, Utc::now()).await {
+        tracing::warn!(%error, "dispatching failed; the next turn will");
+    }
 }
 
 /// Dispatches every [`EVERY`] until `stop`.

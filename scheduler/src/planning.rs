@@ -372,9 +372,7 @@ pub async fn apply(
     id: i64,
 ) -> Result<(heliotrope_api_spec::Plan, u64), StoreError> {
     let applied = db::plans::apply(pool, id).await?;
-    if let Err(error) = crate::dispatcher::dispatch(pool, config, Utc::now()).await {
-        tracing::warn!(%error, "dispatching after applying a plan failed; the next turn will");
-    }
+    crate::dispatcher::dispatch_now(pool, config).await;
     Ok(applied)
 }
 

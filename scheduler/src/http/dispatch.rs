@@ -151,7 +151,10 @@ pub async fn complete_migration(
     ApiJson(completion): ApiJson<Completion>,
 ) -> Result<Json<MigrationDetail>, ApiError> {
     let completion = parse_completion(completion)?;
-    Ok(Json(db::migrations::complete(&state.pool, id, executor.executor, caller.token_id, &completion).await?))
+    let detail = db::migrations::complete(&state.pool, id, executor.executor, caller.token_id, &completion).await?;
+    // What it held is free: the next migration on its link need not wait for the dispatcher's turn.
+    crate::dispatcher::dispatch_now(&state.pool, &state.planner).await;
+    Ok(Json(detail))
 }
 
 /// Say where a `recovering` migration's VM runs, as an executor at its

@@ -2,6 +2,8 @@
 //! Postgres database, the real HTTP server over loopback TCP), each figure
 //! paired with a baseline run in the same process.
 
+mod dispatch;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -16,6 +18,8 @@ use crate::config::Config;
 use crate::domain::token::{generate_secret, secret_digest};
 use crate::startup::{Application, Services};
 use crate::{db, demo};
+
+pub use dispatch::{dispatch, DispatchBenchArgs};
 
 #[derive(Args, Debug)]
 pub struct ApiBenchArgs {
