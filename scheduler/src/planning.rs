@@ -116,6 +116,8 @@ pub(crate) struct Snapshot {
     pub named: Vec<(i64, i64)>,
     /// Where VMs came from in their moves since `since` (VM id, site id).
     pub origins: Vec<(i64, i64)>,
+    /// The migrations under way, which a new plan's moves share links with.
+    pub under_way: Vec<db::migrations::UnderWay>,
 }
 
 pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Result<Snapshot, PlanningError> {
@@ -136,6 +138,7 @@ pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Res
             Some(since) => db::standbys::origins(&mut *tx, since).await?,
             None => Vec::new(),
         },
+        under_way: db::migrations::under_way(&mut *tx).await?,
     };
     tx.commit().await?;
     Ok(snapshot)
@@ -232,7 +235,7 @@ async fn make(
 ) -> Result<Made, PlanningError> {
     // The slot under way is the first: it is what gets executed.
     let start = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
-    let Snapshot { sites, links, vms, groups, recent, standbys, named, origins } =
+    let Snapshot { sites, links, vms, groups, recent, standbys, named, origins, under_way } =
         snapshot(pool, Some(now - Duration::hours(24))).await?;
 
     let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
@@ -274,10 +277,21 @@ async fn make(
             hold_room(&mut input, vm, to);
         }
     }
+    // What the migrations under way still have to send, on their links.
+    let earlier: Vec<Earlier> = under_way
+        .iter()
+        .filter_map(|u| {
+            let (vm, to) = ids.index(u.vm_id, u.to_site_id)?;
+            // Both as they travel.
+            let left_bytes = (u.predicted_bytes - u.sent_bytes).max(0.0);
+            let cap_bytes_per_s = u.cap_mbps.filter(|_| u.running).map(|mbps| mbps * 1e6 / 8.0);
+            Some(Earlier { vm, to, left_bytes, cap_bytes_per_s })
+        })
+        .collect();
     let solved = tokio::task::spawn_blocking(move || {
         adjust(&mut input);
         planner::plan(&input).map(|plan| {
-            let (schedule, run) = plan_schedule(&input, &plan.moves, goal);
+            let (schedule, run) = plan_schedule(&input, &plan.moves, &earlier, goal);
             (plan, input, schedule, run)
         })
     })
@@ -378,9 +392,14 @@ pub async fn apply(
 
 /// The moves scheduled by Heliotrope's policy for `goal`, with the
 /// baselines run on the same moves beside it; and Heliotrope's run itself.
-fn plan_schedule(input: &PlanInput, moves: &[Move], goal: Goal) -> (PlanSchedule, schedule::Schedule) {
+fn plan_schedule(
+    input: &PlanInput,
+    moves: &[Move],
+    earlier: &[Earlier],
+    goal: Goal,
+) -> (PlanSchedule, schedule::Schedule) {
     let (network, migrations) = schedule::for_moves(input, moves);
-    let ours = simulate(&network, &migrations, Policy::Heliotrope(goal));
+    let ours = with_earlier(&network, &migrations, input, earlier, goal);
     let lower_bound_s = lower_bound(&network, &migrations, 60, ours.makespan_s);
     let baselines = BASELINES
         .into_iter()
@@ -420,6 +439,64 @@ fn plan_schedule(input: &PlanInput, moves: &[Move], goal: Goal) -> (PlanSchedule
         baselines,
     };
     (served, ours)
+}
+
+/// A migration under way when a plan is made: its VM and destination (plan
+/// input indices), what it has left to send (as it travels), and its cap
+/// if it runs now (none: it waits).
+struct Earlier {
+    vm: usize,
+    to: usize,
+    left_bytes: f64,
+    cap_bytes_per_s: Option<f64>,
+}
+
+/// Heliotrope's schedule of `migrations` (a plan's moves) resumed beside the
+/// migrations under way: those running hold their caps until what they
+/// have left is sent, and those waiting come first in their turn, so the
+/// new moves start when their links are free, not at once. The figures
+/// are the new moves' alone.
+fn with_earlier(
+    network: &schedule::Network,
+    migrations: &[schedule::Migration],
+    input: &PlanInput,
+    earlier: &[Earlier],
+    goal: Goal,
+) -> schedule::Schedule {
+    let n = migrations.len();
+    let mut all = migrations.to_vec();
+    let mut now = vec![(schedule::Progress::Waiting, 0.0); n];
+    for e in earlier {
+        let from = input.vms[e.vm].site;
+        let Some(link) = network.links.iter().position(|l| (l.from, l.to) == (from, e.to)) else { continue };
+        all.push(schedule::Migration {
+            name: input.vms[e.vm].name.clone(),
+            link,
+            // What is left, as one stretch with nothing dirtied behind it.
+            memory_bytes: 0.0,
+            dirty_bytes_per_s: 0.0,
+            disk_bytes: e.left_bytes,
+            max_downtime_s: input.vms[e.vm].max_downtime_s,
+            priority: input.vms[e.vm].priority,
+        });
+        now.push(match e.cap_bytes_per_s {
+            Some(cap) => (schedule::Progress::Disk { left: e.left_bytes }, cap),
+            None => (schedule::Progress::Waiting, 0.0),
+        });
+    }
+    let mut ours = schedule::resume(network, &all, Policy::Heliotrope(goal), &now);
+    ours.outcomes.truncate(n);
+    ours.cannot_converge.retain(|&i| i < n);
+    ours.makespan_s = ours.outcomes.iter().filter_map(|o| o.finish_s).fold(0.0, f64::max);
+    let ends: Vec<f64> = ours
+        .outcomes
+        .iter()
+        .enumerate()
+        .filter(|(i, o)| !ours.cannot_converge.contains(i) && o.start_s.is_some())
+        .filter_map(|(_, o)| o.finish_s.or(o.failed_s))
+        .collect();
+    ours.mean_completion_s = if ends.is_empty() { 0.0 } else { ends.iter().sum::<f64>() / ends.len() as f64 };
+    ours
 }
 
 fn costs(b: &Breakdown) -> PlanCosts {

@@ -321,6 +321,24 @@ async fn every_plan_has_a_schedule_with_its_baselines(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
+async fn a_plan_made_while_a_migration_runs_starts_its_moves_when_the_link_frees(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    two_sites(&app).await;
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["status"], "applied", "{}", applied.body);
+    let running = app.get("/v1/migrations").await.body["items"][0].clone();
+    assert!(running["admitted_at"].is_string(), "big runs on the link: {running}");
+    // Another mover at DEAR; the link is big's for its predicted bytes at 800 Mbit/s.
+    app.create("/v1/vms", with(with(vm("m1", "DEAR"), "/vcpus", json!(64)), "/disk_gib", json!(0.0))).await;
+    let plan = app.post("/v1/plans", json!({})).await;
+    assert_eq!(plan.body["moves"].as_array().map(Vec::len), Some(1), "{}", plan.body);
+    let schedule = app.get(&format!("/v1/plans/{}/schedule", plan.body["id"])).await.body;
+    let start = schedule["migrations"][0]["start_s"].as_f64().unwrap();
+    let big_left_s = running["predicted_bytes"].as_f64().unwrap() / 100e6;
+    assert!((start - big_left_s).abs() < 0.01 * big_left_s, "m1 starts once big is through: {start} vs {big_left_s}");
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
 async fn evacuation_reports_who_makes_the_deadline(pool: PgPool) {
     let app = spawn_app(pool).await;
     let big_site = with(site("SRC"), "/capacity/vcpus", json!(1000));

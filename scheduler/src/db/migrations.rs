@@ -34,6 +34,31 @@ pub async fn recent(db: impl PgExecutor<'_>, since: DateTime<Utc>) -> Result<Has
     Ok(rows.into_iter().map(|(vm, count, to)| (vm, (u32::try_from(count).unwrap_or(u32::MAX), to))).collect())
 }
 
+/// A migration under way, as a plan's schedule must count it: its VM,
+/// whether it holds bandwidth now (admitted or past its claim) and at what
+/// cap (Mbit/s), and the bytes it has put on the wire and predicted.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UnderWay {
+    pub vm_id: i64,
+    pub to_site_id: i64,
+    pub running: bool,
+    pub cap_mbps: Option<f64>,
+    pub sent_bytes: f64,
+    pub predicted_bytes: f64,
+}
+
+/// Every migration under way.
+pub async fn under_way(db: impl PgExecutor<'_>) -> Result<Vec<UnderWay>> {
+    Ok(sqlx::query_as(&format!(
+        "select vm_id, to_site_id, \
+                admitted_at is not null or state in ('claimed', 'transferring', 'cutover', 'recovering') as running, \
+                cap_mbps, coalesce((progress->>'wire_bytes')::float8, 0) as sent_bytes, predicted_bytes \
+         from migration_job where {ACTIVE} order by job_id"
+    ))
+    .fetch_all(db)
+    .await?)
+}
+
 /// A move to record: VM, source and destination site ids, predicted
 /// bytes, and when the plan's schedule starts it and at what cap (none:
 /// the schedule could not start it, and it waits `pending`).
