@@ -2,7 +2,11 @@
 //! `crate::dispatcher`): every job running or waiting with what its path
 //! and VM need, the caps and admissions it decides, and expiry. One
 //! dispatch at a time, on any replica: each takes a transaction-level
-//! advisory lock, and the jobs' rows.
+//! advisory lock. It reads the jobs without locking them (a claim, which
+//! skips locked rows, must not miss an admitted job because a dispatch
+//! is reading), and writes only what changed, each write conditional on
+//! the job still being where the dispatch saw it: a job that moved on
+//! meanwhile is seen as it is at the next dispatch.
 
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::MigrationState;
@@ -75,7 +79,7 @@ pub async fn expire(tx: &mut Transaction<'_, Postgres>) -> Result<u64> {
     Ok(due.len() as u64)
 }
 
-/// Every job running or waiting, its row locked.
+/// Every job running or waiting.
 pub async fn jobs(tx: &mut Transaction<'_, Postgres>) -> Result<Vec<Job>> {
     Ok(sqlx::query_as(
         "select j.job_id, j.state, j.admitted_at is not null as admitted, j.cap_mbps, j.cap_limit_mbps, j.from_site_id, j.to_site_id, \
@@ -87,7 +91,7 @@ pub async fn jobs(tx: &mut Transaction<'_, Postgres>) -> Result<Vec<Job>> {
          join site f on f.site_id = j.from_site_id join site t on t.site_id = j.to_site_id \
          left join link l on l.from_site_id = j.from_site_id and l.to_site_id = j.to_site_id \
          where j.state in ('pending', 'scheduled', 'claimed', 'transferring', 'cutover', 'recovering') \
-         order by j.job_id for update of j",
+         order by j.job_id",
     )
     .fetch_all(&mut **tx)
     .await?)
@@ -95,11 +99,17 @@ pub async fn jobs(tx: &mut Transaction<'_, Postgres>) -> Result<Vec<Job>> {
 
 /// Gives running job `id` a new cap, and records it.
 pub async fn set_cap(tx: &mut Transaction<'_, Postgres>, id: i64, cap_mbps: f64) -> Result<()> {
-    sqlx::query("update migration_job set cap_mbps = $2 where job_id = $1")
-        .bind(id)
-        .bind(cap_mbps)
-        .execute(&mut **tx)
-        .await?;
+    let set = sqlx::query(
+        "update migration_job set cap_mbps = $2 where job_id = $1 \
+         and state in ('scheduled', 'claimed', 'transferring', 'cutover', 'recovering')",
+    )
+    .bind(id)
+    .bind(cap_mbps)
+    .execute(&mut **tx)
+    .await?;
+    if set.rows_affected() == 0 {
+        return Ok(());
+    }
     record_cap(tx, id, cap_mbps).await
 }
 
@@ -111,14 +121,18 @@ pub async fn admit(
     cap_mbps: Option<f64>,
     now: DateTime<Utc>,
 ) -> Result<()> {
-    sqlx::query(
-        "update migration_job set admitted_at = $2, start_at = $2, cap_mbps = coalesce($3, cap_mbps) where job_id = $1",
+    let admitted = sqlx::query(
+        "update migration_job set admitted_at = $2, start_at = $2, cap_mbps = coalesce($3, cap_mbps) \
+         where job_id = $1 and admitted_at is null and state in ('pending', 'scheduled')",
     )
     .bind(id)
     .bind(now)
     .bind(cap_mbps)
     .execute(&mut **tx)
     .await?;
+    if admitted.rows_affected() == 0 {
+        return Ok(());
+    }
     let detail = match cap_mbps {
         Some(cap) => format!("admitted by the dispatcher at {cap:.1} Mbit/s: its link has room"),
         None => "admitted by the dispatcher: no link limits it".to_owned(),
