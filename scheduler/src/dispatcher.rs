@@ -16,7 +16,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use heliotrope_api_spec::MigrationState;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +45,7 @@ pub async fn dispatch(pool: &PgPool, config: &PlannerConfig, now: DateTime<Utc>)
     let expired = admission::expire(&mut tx).await?;
     let jobs = admission::jobs(&mut tx).await?;
     let (network, migrations, limited) = model(&jobs, config.wire_fraction);
-    let running: Vec<bool> = limited.iter().map(|&j| is_running(&jobs[j])).collect();
+    let running: Vec<bool> = limited.iter().map(|&j| jobs[j].running).collect();
     let ceiling: Vec<f64> =
         limited.iter().map(|&j| jobs[j].cap_limit_mbps.map_or(f64::INFINITY, |mbps| mbps * 1e6 / 8.0)).collect();
     let decided = schedule::dispatch(&network, &migrations, &running, &ceiling);
@@ -77,18 +76,12 @@ pub async fn dispatch(pool: &PgPool, config: &PlannerConfig, now: DateTime<Utc>)
         }
     }
     // A migration whose link is gone has no path to share: nothing holds it back.
-    for job in jobs.iter().filter(|j| j.link_mbps.is_none() && !is_running(j)) {
+    for job in jobs.iter().filter(|j| j.link_mbps.is_none() && !j.running) {
         admission::admit(&mut tx, job.job_id, job.state.0, None, now).await?;
         done.admitted += 1;
     }
     tx.commit().await?;
     Ok(done)
-}
-
-/// Whether `job` holds bandwidth: admitted, or past its claim.
-fn is_running(job: &Job) -> bool {
-    use MigrationState::*;
-    job.admitted || matches!(job.state.0, Claimed | Transferring | Cutover | Recovering)
 }
 
 /// The jobs that have a link, as the schedule's network and migrations

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::MigrationState;
 use sqlx::{Postgres, Transaction};
 
-use super::migrations::{log, move_to};
+use super::migrations::{log, move_to, HOLDS_BANDWIDTH};
 use super::{enum_from_text, Result};
 
 /// The advisory lock dispatches take (one at a time, fleet-wide).
@@ -24,7 +24,8 @@ pub struct Job {
     pub job_id: i64,
     #[sqlx(try_from = "String")]
     pub state: JobState,
-    pub admitted: bool,
+    /// It holds bandwidth: admitted, or past its claim.
+    pub running: bool,
     pub cap_mbps: Option<f64>,
     /// An operator's ceiling.
     pub cap_limit_mbps: Option<f64>,
@@ -81,8 +82,8 @@ pub async fn expire(tx: &mut Transaction<'_, Postgres>) -> Result<u64> {
 
 /// Every job running or waiting.
 pub async fn jobs(tx: &mut Transaction<'_, Postgres>) -> Result<Vec<Job>> {
-    Ok(sqlx::query_as(
-        "select j.job_id, j.state, j.admitted_at is not null as admitted, j.cap_mbps, j.cap_limit_mbps, j.from_site_id, j.to_site_id, \
+    Ok(sqlx::query_as(&format!(
+        "select j.job_id, j.state, {HOLDS_BANDWIDTH} as running, j.cap_mbps, j.cap_limit_mbps, j.from_site_id, j.to_site_id, \
                 v.memory_gib, v.disk_gib, coalesce(v.measured_dirty_rate_mbps, v.dirty_rate_mbps) as dirty_rate_mbps, \
                 v.max_downtime_ms, v.priority, j.evacuation, \
                 f.uplink_mbps, t.downlink_mbps, l.bandwidth_mbps as link_mbps, \
@@ -91,8 +92,8 @@ pub async fn jobs(tx: &mut Transaction<'_, Postgres>) -> Result<Vec<Job>> {
          join site f on f.site_id = j.from_site_id join site t on t.site_id = j.to_site_id \
          left join link l on l.from_site_id = j.from_site_id and l.to_site_id = j.to_site_id \
          where j.state in ('pending', 'scheduled', 'claimed', 'transferring', 'cutover', 'recovering') \
-         order by j.job_id",
-    )
+         order by j.job_id"
+    ))
     .fetch_all(&mut **tx)
     .await?)
 }

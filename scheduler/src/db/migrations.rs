@@ -47,13 +47,18 @@ pub struct UnderWay {
     pub predicted_bytes: f64,
 }
 
+/// Whether a job holds bandwidth on its link: admitted, or past its claim
+/// (SQL over `migration_job j`).
+pub(super) const HOLDS_BANDWIDTH: &str =
+    "(j.admitted_at is not null or j.state in ('claimed', 'transferring', 'cutover', 'recovering'))";
+
 /// Every migration under way.
 pub async fn under_way(db: impl PgExecutor<'_>) -> Result<Vec<UnderWay>> {
     Ok(sqlx::query_as(&format!(
         "select vm_id, to_site_id, \
-                admitted_at is not null or state in ('claimed', 'transferring', 'cutover', 'recovering') as running, \
+                {HOLDS_BANDWIDTH} as running, \
                 cap_mbps, coalesce((progress->>'wire_bytes')::float8, 0) as sent_bytes, predicted_bytes \
-         from migration_job where {ACTIVE} order by job_id"
+         from migration_job j where {ACTIVE} order by job_id"
     ))
     .fetch_all(db)
     .await?)
