@@ -103,13 +103,13 @@ async fn choose_standbys(
 }
 
 /// The inventory in one consistent read, with (if asked, since when) each
-/// VM's moves and whether one is under way (by VM id).
+/// VM's moves (by VM id) and the migrations under way.
 pub(crate) struct Snapshot {
     pub sites: Vec<Site>,
     pub links: Vec<Link>,
     pub vms: Vec<Vm>,
     pub groups: Vec<Group>,
-    pub recent: HashMap<i64, (u32, Option<i64>)>,
+    pub recent: HashMap<i64, u32>,
     /// Standbys in force, with their replicas' freshness.
     pub standbys: Vec<db::standbys::InForce>,
     /// Operator-named standby sites (VM id, site id).
@@ -241,8 +241,7 @@ async fn make(
     let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
     let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();
     let link_specs: Vec<_> = links.iter().map(|l| l.spec.clone()).collect();
-    let vm_specs: Vec<_> =
-        vms.iter().map(|v| (planned_spec(v), recent.get(&v.id).map_or(0, |&(moves, _)| moves))).collect();
+    let vm_specs: Vec<_> = vms.iter().map(|v| (planned_spec(v), recent.get(&v.id).copied().unwrap_or(0))).collect();
     let group_specs: Vec<_> = groups.iter().map(|g| g.spec.clone()).collect();
     let inventory = Inventory { sites: &site_specs, links: &link_specs, vms: &vm_specs, groups: &group_specs };
     let settings = settings(config, request.mode, request.carbon_price_per_tonne, currency.clone());
@@ -270,14 +269,8 @@ async fn make(
             }
         }
     }
-    // In id order, so that the sums come out the same every time.
-    for v in &vms {
-        let under_way = recent.get(&v.id).and_then(|&(_, to)| to).and_then(|to| ids.index(v.id, to));
-        if let Some((vm, to)) = under_way {
-            hold_room(&mut input, vm, to);
-        }
-    }
-    // What the migrations under way still have to send, on their links.
+    // What the migrations under way still have to send, on their links (read
+    // before their VMs are counted at their destinations).
     let earlier: Vec<Earlier> = under_way
         .iter()
         .filter_map(|u| {
@@ -285,9 +278,12 @@ async fn make(
             // Both as they travel.
             let left_bytes = (u.predicted_bytes - u.sent_bytes).max(0.0);
             let cap_bytes_per_s = u.cap_mbps.filter(|_| u.running).map(|mbps| mbps * 1e6 / 8.0);
-            Some(Earlier { vm, to, left_bytes, cap_bytes_per_s })
+            Some(Earlier { vm, from: input.vms[vm].site, to, left_bytes, cap_bytes_per_s })
         })
         .collect();
+    for e in &earlier {
+        hold_room(&mut input, e.vm, e.to);
+    }
     let solved = tokio::task::spawn_blocking(move || {
         adjust(&mut input);
         planner::plan(&input).map(|plan| {
@@ -446,6 +442,7 @@ fn plan_schedule(
 /// if it runs now (none: it waits).
 struct Earlier {
     vm: usize,
+    from: usize,
     to: usize,
     left_bytes: f64,
     cap_bytes_per_s: Option<f64>,
@@ -467,8 +464,7 @@ fn with_earlier(
     let mut all = migrations.to_vec();
     let mut now = vec![(schedule::Progress::Waiting, 0.0); n];
     for e in earlier {
-        let from = input.vms[e.vm].site;
-        let Some(link) = network.links.iter().position(|l| (l.from, l.to) == (from, e.to)) else { continue };
+        let Some(link) = network.links.iter().position(|l| (l.from, l.to) == (e.from, e.to)) else { continue };
         all.push(schedule::Migration {
             name: input.vms[e.vm].name.clone(),
             link,

@@ -21,17 +21,14 @@ use crate::domain::Valid;
 /// SQL: a migration not yet ended (see `domain::migration::is_active`).
 pub(crate) const ACTIVE: &str = "state not in ('done', 'failed', 'cancelled', 'rolled_back', 'expired')";
 
-/// Per VM id: migrations created since `since`, and the destination site
-/// id of the one still under way, if any.
-pub async fn recent(db: impl PgExecutor<'_>, since: DateTime<Utc>) -> Result<HashMap<i64, (u32, Option<i64>)>> {
-    let rows: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(&format!(
-        "select vm_id, count(*) filter (where created_at >= $1), max(to_site_id) filter (where {ACTIVE}) \
-         from migration_job where created_at >= $1 or {ACTIVE} group by vm_id"
-    ))
-    .bind(since)
-    .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|(vm, count, to)| (vm, (u32::try_from(count).unwrap_or(u32::MAX), to))).collect())
+/// Per VM id: migrations created since `since`.
+pub async fn recent(db: impl PgExecutor<'_>, since: DateTime<Utc>) -> Result<HashMap<i64, u32>> {
+    let rows: Vec<(i64, i64)> =
+        sqlx::query_as("select vm_id, count(*) from migration_job where created_at >= $1 group by vm_id")
+            .bind(since)
+            .fetch_all(db)
+            .await?;
+    Ok(rows.into_iter().map(|(vm, count)| (vm, u32::try_from(count).unwrap_or(u32::MAX))).collect())
 }
 
 /// A migration under way, as a plan's schedule must count it: its VM,

@@ -1173,6 +1173,22 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_vm_on_its_way_counts_at_its_destination() {
+        // One per site: db0 has arrived at B, db1 is on its way from B to C,
+        // and nothing else may move (as when another site is evacuated).
+        let sites = vec![site("A", 50.0, 0.0, 100.0), site("B", 50.0, 0.0, 100.0), site("C", 50.0, 0.0, 100.0)];
+        let links = vec![link(0, 1), link(1, 2), link(2, 0)];
+        let members: Vec<PlanVm> =
+            (0..2).map(|i| PlanVm { group: Some(0), pinned: true, ..vm(&format!("db{i}"), 1) }).collect();
+        let mut i = input(sites, members, links);
+        i.groups = vec![PlanGroup { name: "db".into(), rule: GroupRule::Spread { min_sites: 2, max_per_site: 1 } }];
+        inputs::hold_room(&mut i, 1, 2);
+        let p = plan(&i).unwrap();
+        assert_eq!(p.placement, [1, 2], "the group's rule and C's room hold with db1 counted at C");
+        assert!(p.moves.is_empty());
+    }
+
+    #[test]
     fn greedy_is_never_better_than_the_plan() {
         let sites = vec![site("A", 200.0, 0.0, 1000.0), site("B", 50.0, 0.0, 250.0), site("C", 120.0, 0.0, 1000.0)];
         let vms: Vec<PlanVm> =

@@ -15,7 +15,7 @@
 //! signals, per VM and per second of the hour it ran where it ran: running,
 //! the destination's copy while a migration is under way, and the network
 //! energy of the bytes sent; plus egress and the downtime penalty. While a
-//! VM moves, it is pinned at its source and holds room at its destination.
+//! VM moves, the plans count it pinned at its destination (`hold_room`).
 //! Capacity is checked at every hour's end, in-flight arrivals counted.
 //!
 //! Pure: no IO. The caller brings the fleet (a [`PlanInput`]) and the
@@ -430,7 +430,7 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
 }
 
 /// What `policy` is shown at hour `h`: the fleet as it stands (VMs on the
-/// move pinned at their source, and room held at their destination; the
+/// move counted pinned at their destination; the
 /// moves of the last 24 hours counted) and each site's signals for its
 /// horizon (cut at the traces' end).
 fn policy_input(

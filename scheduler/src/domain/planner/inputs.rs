@@ -144,24 +144,16 @@ pub fn evacuation(input: &mut PlanInput, site: usize, targets: Option<&[usize]>)
     }
 }
 
-/// A VM with a migration under way to site `to`: it stays put until the
-/// migration has ended, and its room at `to` is taken (a plan that filled
-/// it would leave the migration nowhere to land). Its room at the source is
-/// given back: counted at both ends, a swap under way (a plan that moved
-/// VMs out of a site to make room for others) would leave the next plan
-/// no placement at all.
+/// A VM with a migration under way to site `to`: the plan counts it there,
+/// pinned, for everything (its room, its running cost, its group's rules),
+/// as that is where it will be. Counted at its source instead, a swap under
+/// way (a plan that moved VMs out of a site to make room for others) would
+/// leave the next plan no room, and a group between two of its moves (one
+/// member arrived, the one that makes way not yet gone) no placement at all.
 pub fn hold_room(input: &mut PlanInput, vm: usize, to: usize) {
     let v = &mut input.vms[vm];
     v.pinned = true;
-    let (from, vcpus, memory_gib, disk_gib) = (v.site, f64::from(v.shape.vcpus), v.shape.memory_gib, v.disk_gib);
-    for (site, sign) in [(to, -1.0), (from, 1.0)] {
-        let room = &mut input.sites[site].capacity;
-        *room = Resources {
-            vcpus: room.vcpus + sign * vcpus,
-            memory_gib: room.memory_gib + sign * memory_gib,
-            disk_gib: room.disk_gib + sign * disk_gib,
-        };
-    }
+    v.site = to;
 }
 
 /// The inventory, as stored.
