@@ -288,6 +288,27 @@ pub struct SavedBytes {
     pub compression: u64,
 }
 
+impl SavedBytes {
+    /// Every mechanism's bytes together.
+    pub fn total(&self) -> u64 {
+        self.zero + self.dedup + self.disk_cache + self.in_place + self.compression
+    }
+}
+
+impl std::ops::Add for SavedBytes {
+    type Output = SavedBytes;
+
+    fn add(self, other: SavedBytes) -> SavedBytes {
+        SavedBytes {
+            zero: self.zero + other.zero,
+            dedup: self.dedup + other.dedup,
+            disk_cache: self.disk_cache + other.disk_cache,
+            in_place: self.in_place + other.in_place,
+            compression: self.compression + other.compression,
+        }
+    }
+}
+
 /// The scheduler's answer to a progress report.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ProgressAnswer {

@@ -264,8 +264,12 @@ impl Destination {
             Err(e) => return refuse(stream, format!("tunnel end '{end}': {e}")).await,
         };
         write_frame(stream, &Frame::Accepted).await?;
-        if end == crate::tunnel::NBD {
-            return crate::tunnel::nbd::receive_nbd(local, stream, &counters, &self.index).await;
+        match end {
+            crate::tunnel::NBD => return crate::tunnel::nbd::receive_nbd(local, stream, &counters, &self.index).await,
+            crate::tunnel::MULTIFD => {
+                return crate::tunnel::multifd::receive_multifd(local, stream, &counters, &self.index).await
+            }
+            _ => {}
         }
         crate::tunnel::relay(local, stream, None, &counters, false)
             .await

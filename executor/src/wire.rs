@@ -140,6 +140,21 @@ pub enum Frame {
         compressed: bool,
         len: u32,
     },
+    /// In a multifd tunnel (`tunnel::multifd`), source to destination: the
+    /// hashes of the next packet's pages, in order; answered by `Need`.
+    RamOffer {
+        hashes: Vec<Hash>,
+    },
+    /// In a multifd tunnel, source to destination: the packet offered
+    /// longest ago, its header as QEMU wrote it and each page's [`Origin`]
+    /// as `Need` answered; the pages sent follow as `len` bytes (as in
+    /// `NbdWrite`).
+    RamPacket {
+        header: ByteBuf,
+        origins: ByteBuf,
+        compressed: bool,
+        len: u32,
+    },
 }
 
 /// What an image is for at the destination.

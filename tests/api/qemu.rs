@@ -135,9 +135,13 @@ async fn a_qemu_vm_moves_live_through_the_executors_to_the_cheap_site(pool: PgPo
     let downtime = migration["progress"]["downtime_s"].as_f64().expect("the measured downtime");
     assert!(downtime > 0.0 && downtime <= 2.0, "{migration}");
     // The guest rewrites ~99 MiB of its memory: it crossed (again only where dirty pages are sent
-    // again, which a fast convergence may not need); the disk's 12 MiB of patterns compress to little.
-    assert!(migration["progress"]["wire_bytes"].as_u64().unwrap() > 90 << 20, "{migration}");
-    assert!(migration["progress"]["saved_bytes"]["compression"].as_u64().unwrap() > 8 << 20, "{migration}");
+    // again, which a fast convergence may not need), its patterns compressed by the multifd
+    // tunnels as the disk's 12 MiB are by the NBD tunnel.
+    let progress = &migration["progress"];
+    let (raw, wire) = (progress["raw_bytes"].as_u64().unwrap(), progress["wire_bytes"].as_u64().unwrap());
+    assert!(raw > 90 << 20, "{migration}");
+    assert!(wire < raw / 4, "{migration}");
+    assert!(progress["saved_bytes"]["compression"].as_u64().unwrap() > raw / 2, "{migration}");
     assert_eq!(app.get("/v1/vms?site=C").await.body["items"][0]["name"], "web");
     // No standby, no replica: nothing came from one.
     assert_eq!(migration["progress"]["saved_bytes"]["disk_cache"], 0, "{migration}");

@@ -7,3 +7,4 @@ pub mod machine;
 pub mod migrate;
 pub mod pair;
 pub mod qmp;
+pub mod stream;

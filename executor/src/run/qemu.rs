@@ -23,7 +23,7 @@ use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::source::open_tunnel;
 use heliotrope_executor::tls;
 use heliotrope_executor::tunnel::nbd::Held;
-use heliotrope_executor::tunnel::{Forwarder, Peer, TunnelCounters, NBD, PROBE};
+use heliotrope_executor::tunnel::{Forwarder, Peer, TunnelCounters, MIGRATION, MULTIFD, NBD, PROBE};
 
 use super::{decode_hex, Confirmed, Worker};
 
@@ -113,7 +113,7 @@ impl Worker {
         let (nbd_socket, migration_socket) = (dir.join("nbd.sock"), dir.join("migration.sock"));
         let held = Arc::new(self.held_at(&a.migration.vm, &a.migration.to, &spec));
         let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), held)?;
-        let memory = Forwarder::listen(&migration_socket, peer, "migration", shaper.clone(), Arc::default())?;
+        let memory = Forwarder::listen(&migration_socket, peer, MIGRATION, shaper.clone(), Arc::default())?;
         mirror_disks(&machine, &spec.disks, &nbd_socket, None, Duration::from_secs(3600)).await?;
         drop(holding);
 
@@ -221,7 +221,8 @@ impl Worker {
         // Every byte of a qemu migration goes through the tunnels: no image is taken.
         self.destination.expect_images(id as u64, secret, Vec::new());
         self.destination.expect_tunnel(id as u64, NBD, &nbd_socket);
-        self.destination.expect_tunnel(id as u64, "migration", &migration_socket);
+        self.destination.expect_tunnel(id as u64, MIGRATION, &migration_socket);
+        self.destination.expect_tunnel(id as u64, MULTIFD, &migration_socket);
         let received = async {
             incoming_done(&machine, &spec.disks, Duration::from_secs(3600)).await?;
             self.confirm_done(id).await
@@ -267,23 +268,20 @@ impl Worker {
 
 /// `query-migrate` as the scheduler is told it, with what the tunnels
 /// carried: `disks` the mirrors' NBD connections, `memory` the migration
-/// stream's. The disks' raw bytes are what crossed plus what was kept off.
+/// stream's. Raw bytes are what crossed plus what was kept off the wire.
 fn qemu_report(p: &QemuProgress, disks: &TunnelCounters, memory: &TunnelCounters) -> ProgressReport {
     let eta_s = (p.bytes_per_s > 0.0).then(|| p.remaining as f64 / p.bytes_per_s);
-    let saved = disks.saved();
     let disk_wire = disks.up() + disks.down();
-    let disk_raw = disks.up() + saved.zero + saved.disk_cache + saved.compression;
     ProgressReport {
         state: None,
-        raw_bytes: p.transferred + disk_raw,
+        raw_bytes: disks.raw_equivalent() + memory.raw_equivalent(),
         wire_bytes: disk_wire + memory.up() + memory.down(),
         round: u32::try_from(p.dirty_syncs).unwrap_or(u32::MAX),
         dirty_bytes_per_s: p.dirty_bytes_per_s,
         expected_downtime_s: p.expected_downtime_ms.map(|ms| ms as f64 / 1000.0),
         eta_s,
         downtime_s: p.downtime_ms.map(|ms| ms as f64 / 1000.0),
-        // QEMU's memory stream counts no savings; the disks' tunnels do.
-        saved_bytes: Some(saved),
+        saved_bytes: Some(disks.saved() + memory.saved()),
         disk_wire_bytes: Some(disk_wire),
         relayed_raw: disks.raw().or_else(|| memory.raw()),
     }

@@ -12,6 +12,8 @@
 //! `nbd` end instead carries frames that send a disk write's pages only
 //! where the destination lacks them ([`nbd`]).
 
+mod framed;
+pub mod multifd;
 pub mod nbd;
 
 use std::io;
@@ -23,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::qemu::stream::Channel;
 use crate::shaping::Shaper;
 use crate::source::open_tunnel;
 use crate::tls::{self, Tls};
@@ -35,6 +38,13 @@ pub const PROBE: &str = "probe";
 /// The end of a disk mirror's NBD connections (see [`nbd`]).
 pub const NBD: &str = "nbd";
 
+/// The end of QEMU's memory connections: its main channel, relayed raw.
+pub const MIGRATION: &str = "migration";
+
+/// The end of QEMU's multifd memory channels (see [`multifd`]): the same
+/// socket as [`MIGRATION`] at the destination, framed on the way.
+pub const MULTIFD: &str = "multifd";
+
 /// Bytes a job's tunnels carried, each way, and what the NBD tunnels kept off the wire.
 #[derive(Debug, Default)]
 pub struct TunnelCounters {
@@ -44,8 +54,10 @@ pub struct TunnelCounters {
     pub down: AtomicU64,
     /// Write pages that were all zero.
     pub zero: AtomicU64,
-    /// Write pages the destination rebuilt from its replica of the disk.
+    /// Pages the destination rebuilt from its replica of the disk.
     pub disk_cache: AtomicU64,
+    /// Pages the destination rebuilt from images it keeps.
+    pub dedup: AtomicU64,
     /// What compressing the pages sent saved.
     pub compression: AtomicU64,
     /// Referenced pages the destination could not rebuild, sent after all.
@@ -60,9 +72,15 @@ impl TunnelCounters {
         heliotrope_api_spec::SavedBytes {
             zero: self.zero.load(Ordering::Relaxed),
             disk_cache: self.disk_cache.load(Ordering::Relaxed),
+            dedup: self.dedup.load(Ordering::Relaxed),
             compression: self.compression.load(Ordering::Relaxed),
             ..Default::default()
         }
+    }
+
+    /// What would have crossed without the savings: what did, plus what was kept off.
+    pub fn raw_equivalent(&self) -> u64 {
+        self.up() + self.saved().total()
     }
 
     /// Says why a stream was relayed whole (the first reason is kept).
@@ -184,19 +202,44 @@ impl Drop for Forwarder {
 }
 
 async fn forward(
-    local: UnixStream,
+    mut local: UnixStream,
     peer: &Peer,
     end: &str,
     shaper: &Shaper,
     counters: &TunnelCounters,
     held: &nbd::Held,
 ) -> Result<(), TransferError> {
+    // A memory connection says what it is in its first bytes.
+    let mut first = [0u8; 4];
+    let channel = if end == MIGRATION {
+        local.read_exact(&mut first).await.map_err(|e| TransferError::Wire(e.into()))?;
+        Some(crate::qemu::stream::channel(first))
+    } else {
+        None
+    };
+    let end = match channel {
+        Some(Channel::Multifd) => MULTIFD,
+        Some(Channel::Unknown) => {
+            counters.note_raw("a memory connection that is neither QEMU's main channel nor a multifd channel");
+            end
+        }
+        _ => end,
+    };
     let mut remote = tls::connect(&peer.address, peer.tls.as_ref()).await.map_err(|e| TransferError::Wire(e.into()))?;
     open_tunnel(&mut remote, peer.job, &peer.secret, end).await?;
-    if end == NBD {
-        return nbd::send_nbd(local, remote, shaper, counters, held).await;
+    match (end, channel) {
+        (NBD, _) => nbd::send_nbd(local, remote, shaper, counters, held).await,
+        (MULTIFD, _) => multifd::send_multifd(first, local, remote, shaper, counters).await,
+        (_, Some(_)) => {
+            shaper.take(first.len() as u64).await;
+            remote.write_all(&first).await.map_err(|e| TransferError::Wire(e.into()))?;
+            counters.up.fetch_add(first.len() as u64, Ordering::Relaxed);
+            relay(local, remote, Some(shaper), counters, true).await.map_err(|e| TransferError::Wire(e.into()))
+        }
+        (_, None) => {
+            relay(local, remote, Some(shaper), counters, true).await.map_err(|e| TransferError::Wire(e.into()))
+        }
     }
-    relay(local, remote, Some(shaper), counters, true).await.map_err(|e| TransferError::Wire(e.into()))
 }
 
 #[cfg(test)]

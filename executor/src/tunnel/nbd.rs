@@ -17,15 +17,16 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use super::framed::{ends, io_error, relay_piece, send, squeeze, unsqueeze, wire, Writer, HELD_WINDOW, RELAY_PIECE};
 use super::TunnelCounters;
 use crate::content::{hash, zero_page_hash, Hash, PAGE};
 use crate::index::ChunkIndex;
 use crate::nbd::{self, Request};
 use crate::shaping::Shaper;
 use crate::transfer::TransferError;
-use crate::wire::{encode, read_frame_with, read_payload, write_with_payload, ByteBuf, Frame, Origin};
+use crate::wire::{read_frame_with, read_payload, ByteBuf, Frame, Origin};
 
 /// What the destination holds of the disks behind each export, by export
 /// name: the page hashes of the VM's replica there, and where that disk
@@ -37,75 +38,12 @@ pub struct Held {
 
 /// Bytes of write payload sent as references and not yet rebuilt: the
 /// source keeps them to resend, so this bounds its memory.
-const WINDOW: usize = 64 << 20;
+const WINDOW: usize = HELD_WINDOW;
 /// The largest write taken apart; larger ones (QEMU sends at most 32 MiB) are relayed.
 const MAX_WRITE: u64 = 32 << 20;
-/// Relayed bytes go in pieces of at most this.
-const RELAY_PIECE: usize = 256 << 10;
-/// zstd level for the pages sent: the tunnel runs at the migration's pace.
-const LEVEL: i32 = 1;
-
-fn wire(e: impl Into<crate::wire::WireError>) -> TransferError {
-    TransferError::Wire(e.into())
-}
-
-fn io_error(e: std::io::Error) -> TransferError {
-    TransferError::Wire(crate::wire::WireError::Io(e))
-}
-
-type Writer<W> = Arc<tokio::sync::Mutex<W>>;
 
 /// The pages each write sent as references (by their place in it), kept until it is rebuilt.
 type Referenced = HashMap<u64, Vec<(u32, Vec<u8>)>>;
-
-/// Writes a frame and its payload, shaped when `shaper` is given; returns the bytes.
-async fn send<W: AsyncWrite + Unpin>(
-    writer: &Writer<W>,
-    frame: &Frame,
-    payload: &[u8],
-    shaper: Option<&Shaper>,
-) -> Result<u64, TransferError> {
-    let bytes = encode(frame).map_err(wire)?;
-    if let Some(shaper) = shaper {
-        shaper.take((bytes.len() + payload.len()) as u64).await;
-    }
-    let mut w = writer.lock().await;
-    write_with_payload(&mut *w, &bytes, &[payload]).await.map_err(wire)
-}
-
-type Ends<L, R> = (ReadHalf<L>, WriteHalf<L>, ReadHalf<R>, Writer<WriteHalf<R>>);
-
-/// Both connections of a tunnel split: the local one's halves, the
-/// remote's reading half, and its writing half shared by what sends.
-fn ends<L, R>(local: L, remote: R) -> Ends<L, R>
-where
-    L: AsyncRead + AsyncWrite,
-    R: AsyncRead + AsyncWrite,
-{
-    let (local_read, local_write) = tokio::io::split(local);
-    let (remote_read, remote_write) = tokio::io::split(remote);
-    (local_read, local_write, remote_read, Arc::new(tokio::sync::Mutex::new(remote_write)))
-}
-
-/// Compresses `data` when that saves; returns (compressed, bytes to send).
-fn squeeze(data: Vec<u8>) -> (bool, Vec<u8>) {
-    match zstd::bulk::compress(&data, LEVEL) {
-        Ok(small) if small.len() < data.len() => (true, small),
-        _ => (false, data),
-    }
-}
-
-fn unsqueeze(compressed: bool, data: &[u8], expected: usize) -> Result<Vec<u8>, TransferError> {
-    let data = if compressed {
-        zstd::bulk::decompress(data, expected).map_err(|e| TransferError::Protocol(format!("pages: {e}")))?
-    } else {
-        data.to_vec()
-    };
-    if data.len() != expected {
-        return Err(TransferError::Protocol(format!("{} bytes of pages where {expected} were due", data.len())));
-    }
-    Ok(data)
-}
 
 /// How the source's reader of the client's stream goes on.
 enum Phase {
@@ -310,19 +248,6 @@ struct Ctx<'a, W> {
     held: &'a Held,
     pending: &'a Mutex<Referenced>,
     window: &'a tokio::sync::Semaphore,
-}
-
-async fn relay_piece<W: AsyncWrite + Unpin>(
-    writer: &Writer<W>,
-    bytes: &[u8],
-    shaper: &Shaper,
-    counters: &TunnelCounters,
-) -> Result<(), TransferError> {
-    for piece in bytes.chunks(RELAY_PIECE) {
-        let frame = Frame::Relay { len: piece.len() as u32 };
-        counters.up.fetch_add(send(writer, &frame, piece, Some(shaper)).await?, Ordering::Relaxed);
-    }
-    Ok(())
 }
 
 /// Carries one request whose magic was read; `None` if it is not one
