@@ -460,13 +460,14 @@ function drawGantt() {
     node.style.width = `${Math.max(0.3, (100 * (to - from)) / Math.max(1, t1 - t0))}%`;
     return node;
   };
-  const totals = { raw: 0, wire: 0, zero: 0, dedup: 0, disk_cache: 0, in_place: 0, compression: 0 };
+  const mechanisms = ["zero", "dedup", "disk_cache", "returning", "in_place", "compression"];
+  const totals = { raw: 0, wire: 0, ...Object.fromEntries(mechanisms.map((k) => [k, 0])) };
   const lanes = rows.slice(0, 400).map((m) => {
     const [start, end] = span(m);
     const p = m.progress;
     if (p) {
       totals.raw += p.raw_bytes; totals.wire += p.wire_bytes;
-      for (const k of ["zero", "dedup", "disk_cache", "in_place", "compression"]) totals[k] += p.saved_bytes?.[k] || 0;
+      for (const k of mechanisms) totals[k] += p.saved_bytes?.[k] || 0;
     }
     const fraction = m.state === "done" ? 1 : p ? Math.min(1, p.wire_bytes / Math.max(1, m.predicted_bytes)) : 0;
     const kind = m.state === "done" ? "done" : ACTIVE.includes(m.state) ? "active" : "ended";
@@ -499,8 +500,8 @@ function drawGantt() {
   $("gantt-legend").replaceChildren(
     ...[["planned", "scheduled (start to predicted end)"], ["done", "done"], ["active", "moving: share of predicted bytes sent"], ["ended", "failed, cancelled, rolled back or expired"]]
       .map(([cls, label]) => el("span", {}, el("span", { class: `swatch ${cls}` }), ` ${label}`)), el("span", {}, "times UTC"));
-  $("mechanisms").tBodies[0].replaceChildren(el("tr", {}, ...[totals.raw, totals.wire, totals.zero, totals.dedup,
-    totals.disk_cache, totals.in_place, totals.compression].map((b) => el("td", { class: "num" }, bytes(b)))));
+  $("mechanisms").tBodies[0].replaceChildren(el("tr", {}, ...["raw", "wire", ...mechanisms]
+    .map((k) => el("td", { class: "num" }, bytes(totals[k])))));
 }
 
 async function cancelMigration(id) {

@@ -286,12 +286,16 @@ pub struct SavedBytes {
     pub in_place: u64,
     /// What compressing the pages that were sent saved.
     pub compression: u64,
+    /// Memory pages the destination kept when this VM last left it (a VM
+    /// that follows the sun comes back to the same few sites).
+    #[serde(default)]
+    pub returning: u64,
 }
 
 impl SavedBytes {
     /// Every mechanism's bytes together.
     pub fn total(&self) -> u64 {
-        self.zero + self.dedup + self.disk_cache + self.in_place + self.compression
+        self.zero + self.dedup + self.disk_cache + self.in_place + self.compression + self.returning
     }
 }
 
@@ -305,6 +309,7 @@ impl std::ops::Add for SavedBytes {
             disk_cache: self.disk_cache + other.disk_cache,
             in_place: self.in_place + other.in_place,
             compression: self.compression + other.compression,
+            returning: self.returning + other.returning,
         }
     }
 }

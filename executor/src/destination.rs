@@ -21,10 +21,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::content::{hash, hex, image_digest, zero_page_hash, ByHash, Hash, PAGE};
-use crate::index::{ChunkIndex, Holding};
+use crate::index::{page_hashes, ChunkIndex, Holding};
+use crate::ram_image::RamImage;
 use crate::tls::{self, Tls};
 use crate::transfer::{same, TransferError, BATCH, MAX_IMAGE_PAGES, MAX_STREAMS, WINDOW};
-use crate::tunnel::{TunnelCounters, PROBE};
+use crate::tunnel::{TunnelCounters, MIGRATION, MULTIFD, PROBE};
 use crate::wire::{
     nonce, proof, read_frame_with, read_frame_within, read_payload, write_frame, ByteBuf, Frame, ImageKind, Origin,
     WireError, MAX_HANDSHAKE_FRAME, VERSION,
@@ -57,8 +58,9 @@ pub struct Destination {
     tunnels: Mutex<HashMap<(u64, String), TunnelEnd>>,
 }
 
-/// Where a job's tunnel of one end leads here, and what such tunnels carried.
-type TunnelEnd = (PathBuf, Arc<TunnelCounters>);
+/// Where a job's tunnel of one end leads here, what such tunnels carried,
+/// and (memory ends) where the pages that arrive are kept.
+type TunnelEnd = (PathBuf, Arc<TunnelCounters>, Option<Arc<RamImage>>);
 
 /// An image a job may send.
 #[derive(Debug, Clone, PartialEq)]
@@ -170,8 +172,69 @@ impl Destination {
     /// (where the local hypervisor listens); returns what they will carry.
     pub fn expect_tunnel(&self, job: u64, end: &str, path: &Path) -> Arc<TunnelCounters> {
         let counters = Arc::new(TunnelCounters::default());
-        lock(&self.tunnels).insert((job, end.to_owned()), (path.to_owned(), counters.clone()));
+        lock(&self.tunnels).insert((job, end.to_owned()), (path.to_owned(), counters.clone(), None));
         counters
+    }
+
+    /// Lets `job`'s memory tunnels (its main channel and its multifd
+    /// channels) through to QEMU's incoming socket `path`, the pages that
+    /// arrive written to `image`; returns what they will carry.
+    pub fn expect_memory(&self, job: u64, path: &Path, image: Option<Arc<RamImage>>) -> Arc<TunnelCounters> {
+        let counters = Arc::new(TunnelCounters::default());
+        let mut tunnels = lock(&self.tunnels);
+        for end in [MIGRATION, MULTIFD] {
+            tunnels.insert((job, end.to_owned()), (path.to_owned(), counters.clone(), image.clone()));
+        }
+        counters
+    }
+
+    /// Where this site keeps the memory migration `job` of VM `vm` carried.
+    pub fn ram_image_dir(&self, vm: &str, job: u64) -> io::Result<PathBuf> {
+        check_name(vm).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        Ok(self.data_dir.join("memory").join(vm).join(job.to_string()))
+    }
+
+    /// Keeps `image` (its migration is done): its files join the chunk
+    /// index, the VM's earlier images here go, and so does every image
+    /// the index's budget has dropped since. Hashes every page: call it
+    /// off the async runtime.
+    pub fn keep_ram_image(&self, image: &RamImage) -> io::Result<()> {
+        let files = image.files()?;
+        let hashed: Vec<(PathBuf, Vec<Hash>)> =
+            files.into_iter().map(|f| page_hashes(&f).map(|h| (f, h))).collect::<io::Result<_>>()?;
+        let memory = self.data_dir.join("memory");
+        let vm_dir = image.dir().parent().unwrap_or(&memory).to_owned();
+        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        for earlier in subdirectories(&vm_dir)?.into_iter().filter(|d| d != image.dir()) {
+            for file in std::fs::read_dir(&earlier)? {
+                index.forget(&file?.path())?;
+            }
+            std::fs::remove_dir_all(&earlier)?;
+        }
+        for (file, hashes) in hashed {
+            index.add_file(&file, Holding::Image, hashes)?;
+        }
+        for vm in subdirectories(&memory)? {
+            for job in subdirectories(&vm)? {
+                let mut files =
+                    std::fs::read_dir(&job)?.map(|f| f.map(|f| f.path())).collect::<io::Result<Vec<_>>>()?;
+                files.retain(|f| index.hashes_of(f).is_some());
+                if files.is_empty() {
+                    std::fs::remove_dir_all(&job)?;
+                }
+            }
+            if subdirectories(&vm)?.is_empty() {
+                std::fs::remove_dir(&vm)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops `image` (its migration did not move the VM).
+    pub fn drop_ram_image(&self, image: &RamImage) {
+        if let Err(e) = std::fs::remove_dir_all(image.dir()) {
+            tracing::warn!(error = %e, dir = %image.dir().display(), "a memory image was left behind");
+        }
     }
 
     /// Lets no more of `job`'s tunnels through (open ones run on to their end).
@@ -256,7 +319,7 @@ impl Destination {
             }
             return refuse(stream, format!("job {job}'s tunnels are not ready here")).await;
         }
-        let Some((path, counters)) = lock(&self.tunnels).get(&(job, end.to_owned())).cloned() else {
+        let Some((path, counters, image)) = lock(&self.tunnels).get(&(job, end.to_owned())).cloned() else {
             return refuse(stream, format!("no tunnel end '{end}' for job {job} here")).await;
         };
         let local = match tokio::net::UnixStream::connect(&path).await {
@@ -267,7 +330,8 @@ impl Destination {
         match end {
             crate::tunnel::NBD => return crate::tunnel::nbd::receive_nbd(local, stream, &counters, &self.index).await,
             crate::tunnel::MULTIFD => {
-                return crate::tunnel::multifd::receive_multifd(local, stream, &counters, &self.index).await
+                let image = image.as_deref();
+                return crate::tunnel::multifd::receive_multifd(local, stream, &counters, &self.index, image).await;
             }
             _ => {}
         }
@@ -736,5 +800,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<'_, S> {
             }
         });
         Ok(landing.path.clone())
+    }
+}
+
+/// The directories in `dir` (none if it does not exist).
+fn subdirectories(dir: &Path) -> io::Result<Vec<PathBuf>> {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => {
+            let mut dirs = Vec::new();
+            for entry in entries {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    dirs.push(entry.path());
+                }
+            }
+            Ok(dirs)
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
     }
 }

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use crate::content::{hash, pages, ByHash, Hash, ImageFile, PageSource, PAGE};
 
 /// The hash of every page of the file at `path`, read a megabyte at a time.
-fn page_hashes(path: &Path) -> io::Result<Vec<Hash>> {
+pub fn page_hashes(path: &Path) -> io::Result<Vec<Hash>> {
     let image = ImageFile::open(path)?;
     let mut hashes = Vec::with_capacity(image.page_count() as usize);
     let mut buf = vec![0u8; 256 * PAGE];
@@ -117,6 +117,12 @@ impl ChunkIndex {
             Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// The file the index reads the page with hash `h` from, if it holds one.
+    pub fn file_of(&self, h: &Hash) -> Option<&Path> {
+        let &(slot, _) = self.map.get(h)?;
+        self.files[slot].as_ref().map(|held| held.path.as_path())
     }
 
     /// Indexes every page of `path` (hashing it) and remembers it across restarts.

@@ -12,7 +12,9 @@
 //! [`precopy`] (live migration of a running VM in rounds, with
 //! auto-converge and measured downtime), [`replica`] (proactive disk
 //! caching at standby sites), [`network`] (the VM's addresses follow it
-//! to the new site: network continuity after the cutover).
+//! to the new site: network continuity after the cutover), [`qemu`] (the
+//! `qemu` driver, with [`tunnel`] carrying its streams and [`ram_image`]
+//! the memory a site keeps of the VMs that left or arrived).
 
 pub mod content;
 pub mod destination;
@@ -21,6 +23,7 @@ pub mod nbd;
 pub mod network;
 pub mod precopy;
 pub mod qemu;
+pub mod ram_image;
 pub mod replica;
 pub mod shaping;
 pub mod sim;

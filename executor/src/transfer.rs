@@ -48,6 +48,8 @@ pub struct Counters {
     pub cache_pages: u64,
     /// Pages already in place (an earlier connection brought them, or the replica holds them unchanged).
     pub in_place_pages: u64,
+    /// Pages of the memory this VM left the destination with before.
+    pub returning_pages: u64,
     pub sent_pages: u64,
     /// The sent pages' bytes on the wire, after compression.
     pub compressed_bytes: u64,
@@ -62,6 +64,7 @@ impl Counters {
             Origin::Index => &mut self.index_pages,
             Origin::Cache => &mut self.cache_pages,
             Origin::InPlace => &mut self.in_place_pages,
+            Origin::Returning => &mut self.returning_pages,
         };
         *counter += 1;
     }
@@ -74,6 +77,7 @@ impl Counters {
         self.index_pages += other.index_pages;
         self.cache_pages += other.cache_pages;
         self.in_place_pages += other.in_place_pages;
+        self.returning_pages += other.returning_pages;
         self.sent_pages += other.sent_pages;
         self.compressed_bytes += other.compressed_bytes;
     }
@@ -87,6 +91,7 @@ impl Counters {
             disk_cache: bytes(self.cache_pages),
             in_place: bytes(self.in_place_pages),
             compression: bytes(self.sent_pages).saturating_sub(self.compressed_bytes),
+            returning: bytes(self.returning_pages),
         }
     }
 }

@@ -182,11 +182,13 @@ pub enum Origin {
     Cache = 4,
     /// Already in place: an earlier, dropped connection brought it, or the replica holds it unchanged.
     InPlace = 5,
+    /// The memory this VM left the site with before: it is coming back.
+    Returning = 6,
 }
 
 impl Origin {
-    pub const ALL: [Origin; 6] =
-        [Origin::Sent, Origin::Zero, Origin::Repeat, Origin::Index, Origin::Cache, Origin::InPlace];
+    pub const ALL: [Origin; 7] =
+        [Origin::Sent, Origin::Zero, Origin::Repeat, Origin::Index, Origin::Cache, Origin::InPlace, Origin::Returning];
 
     pub fn from_byte(byte: u8) -> Option<Origin> {
         Origin::ALL.get(usize::from(byte)).copied()

@@ -160,7 +160,7 @@ async fn migrate(guest: Guest, way: Way, cap: Option<f64>, args: &QemuBenchArgs)
         let tunnels = pair.tunnels.as_ref().context("tunnels")?;
         nbd_socket = root.path().join("source/nbd-warm.sock");
         let peer = tunnels.peer.clone();
-        warm = Some(Forwarder::listen(&nbd_socket, peer, NBD, tunnels.shaper.clone(), Arc::new(held))?);
+        warm = Some(Forwarder::listen(&nbd_socket, peer, NBD, tunnels.shaper.clone(), Arc::new(held), None)?);
     }
     let options = MigrationOptions {
         cap_bytes_per_s: cap,

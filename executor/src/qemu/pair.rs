@@ -15,7 +15,7 @@ use super::machine::{create_disk, Machine, MachineError};
 use super::migrate::{prepare_incoming, MigrateError};
 use crate::destination::Destination;
 use crate::shaping::Shaper;
-use crate::tunnel::{Forwarder, Peer, NBD};
+use crate::tunnel::{Forwarder, Peer, MIGRATION, NBD};
 
 /// How the source's QEMU reaches the destination's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -108,7 +108,7 @@ impl Pair {
         // Room in its index for a replica of the largest test disk (2 GiB).
         let endpoint = Destination::open(&root.join("destination-executor"), 4 << 30)?;
         endpoint.expect(JOB, secret.to_vec());
-        endpoint.expect_tunnel(JOB, "migration", &dst_migration);
+        endpoint.expect_memory(JOB, &dst_migration, None);
         endpoint.expect_tunnel(JOB, NBD, &dst_nbd);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
@@ -124,9 +124,9 @@ impl Pair {
         let shaper = Arc::new(Shaper::new(cap));
         let (nbd_socket, migration_socket) = (root.join("source/nbd.sock"), root.join("source/migration.sock"));
         // No replica at the destination here: what a write saves is zeros and compression.
-        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), Arc::default())?;
+        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), Arc::default(), None)?;
         let migration =
-            Forwarder::listen(&migration_socket, peer.clone(), "migration", shaper.clone(), Arc::default())?;
+            Forwarder::listen(&migration_socket, peer.clone(), MIGRATION, shaper.clone(), Arc::default(), None)?;
         let tunnels = Tunnels { nbd, migration, shaper, endpoint, peer, accepting };
         Ok(Pair { source, destination, target, nbd_socket, migration_socket, tunnels: Some(tunnels) })
     }

@@ -19,11 +19,12 @@ use heliotrope_executor::qemu::migrate::{
     announce, incoming_done, migrate_out, mirror_disks, prepare_incoming, start, MigrateError, MigrationOptions,
     QemuProgress, Steer,
 };
+use heliotrope_executor::ram_image::RamImage;
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::source::open_tunnel;
 use heliotrope_executor::tls;
 use heliotrope_executor::tunnel::nbd::Held;
-use heliotrope_executor::tunnel::{Forwarder, Peer, TunnelCounters, MIGRATION, MULTIFD, NBD, PROBE};
+use heliotrope_executor::tunnel::{Forwarder, Peer, TunnelCounters, MIGRATION, NBD, PROBE};
 
 use super::{decode_hex, Confirmed, Worker};
 
@@ -70,6 +71,25 @@ impl Worker {
         Held { exports: exports.collect() }
     }
 
+    /// Keeps the memory a migration carried in this site's chunk index, off
+    /// the async runtime (every page is hashed); failing that, drops it.
+    async fn keep_ram_image(&self, image: Arc<RamImage>) {
+        let destination = self.destination.clone();
+        let kept = tokio::task::spawn_blocking(move || {
+            let kept = destination.keep_ram_image(&image);
+            if kept.is_err() {
+                destination.drop_ram_image(&image);
+            }
+            kept
+        })
+        .await;
+        match kept {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "the migration's memory is not kept"),
+            Err(e) => tracing::warn!(error = %e, "keeping the migration's memory stopped"),
+        }
+    }
+
     /// Waits until the destination executor lets this job's tunnels through.
     async fn destination_ready(&self, peer: &Peer) -> anyhow::Result<()> {
         let mut last = String::new();
@@ -112,8 +132,11 @@ impl Worker {
         let dir = self.job_dir(id)?;
         let (nbd_socket, migration_socket) = (dir.join("nbd.sock"), dir.join("migration.sock"));
         let held = Arc::new(self.held_at(&a.migration.vm, &a.migration.to, &spec));
-        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), held)?;
-        let memory = Forwarder::listen(&migration_socket, peer, MIGRATION, shaper.clone(), Arc::default())?;
+        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), held, None)?;
+        // What leaves is kept here: should the VM come back, most of its memory is here already.
+        let image = Arc::new(RamImage::create(&self.destination.ram_image_dir(&a.migration.vm, id as u64)?)?);
+        let memory =
+            Forwarder::listen(&migration_socket, peer, MIGRATION, shaper.clone(), Arc::default(), Some(image.clone()))?;
         mirror_disks(&machine, &spec.disks, &nbd_socket, None, Duration::from_secs(3600)).await?;
         drop(holding);
 
@@ -156,9 +179,14 @@ impl Worker {
         let migrated = match migrated {
             Err(MigrateError::Cancelled) => {
                 tracing::info!("cancelled: the VM runs on here");
+                self.destination.drop_ram_image(&image);
                 return Ok(());
             }
-            other => other?,
+            Err(e) => {
+                self.destination.drop_ram_image(&image);
+                return Err(e.into());
+            }
+            Ok(migrated) => migrated,
         };
         let downtime_s = migrated.progress.downtime_ms.map(|ms| ms as f64 / 1000.0);
         tracing::info!(?downtime_s, elapsed_s = migrated.elapsed.as_secs_f64(), "moved; cutover");
@@ -176,8 +204,11 @@ impl Worker {
                 if let Some(machine) = Arc::into_inner(machine) {
                     machine.quit().await;
                 }
+                drop(memory);
+                self.keep_ram_image(image).await;
             }
             Confirmed::Ended(state) => {
+                self.destination.drop_ram_image(&image);
                 self.stay(&network_move).await;
                 start(&machine).await?;
                 let _ = announce(&machine).await;
@@ -221,8 +252,9 @@ impl Worker {
         // Every byte of a qemu migration goes through the tunnels: no image is taken.
         self.destination.expect_images(id as u64, secret, Vec::new());
         self.destination.expect_tunnel(id as u64, NBD, &nbd_socket);
-        self.destination.expect_tunnel(id as u64, MIGRATION, &migration_socket);
-        self.destination.expect_tunnel(id as u64, MULTIFD, &migration_socket);
+        // What arrives is kept here too: the VMs that run here share pages.
+        let image = Arc::new(RamImage::create(&self.destination.ram_image_dir(&a.migration.vm, id as u64)?)?);
+        self.destination.expect_memory(id as u64, &migration_socket, Some(image.clone()));
         let received = async {
             incoming_done(&machine, &spec.disks, Duration::from_secs(3600)).await?;
             self.confirm_done(id).await
@@ -231,6 +263,7 @@ impl Worker {
             // Never started: the VM runs on at the source; what arrived is dropped.
             machine.quit().await;
             let _ = std::fs::remove_dir_all(&dir);
+            self.destination.drop_ram_image(&image);
             return Err(e);
         }
         let announce = async {
@@ -241,6 +274,7 @@ impl Worker {
         self.arrive(&self.network_move(a).await, starting, announce).await?;
         tracing::info!("the VM runs here now");
         lock(&self.machines).insert(a.migration.vm.clone(), Arc::new(machine));
+        self.keep_ram_image(image).await;
         let _ = std::fs::remove_dir_all(&job);
         Ok(())
     }

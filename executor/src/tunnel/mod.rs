@@ -26,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::qemu::stream::Channel;
+use crate::ram_image::RamImage;
 use crate::shaping::Shaper;
 use crate::source::open_tunnel;
 use crate::tls::{self, Tls};
@@ -58,6 +59,8 @@ pub struct TunnelCounters {
     pub disk_cache: AtomicU64,
     /// Pages the destination rebuilt from images it keeps.
     pub dedup: AtomicU64,
+    /// Memory pages the destination kept when the VM last left it.
+    pub returning: AtomicU64,
     /// What compressing the pages sent saved.
     pub compression: AtomicU64,
     /// Referenced pages the destination could not rebuild, sent after all.
@@ -73,6 +76,7 @@ impl TunnelCounters {
             zero: self.zero.load(Ordering::Relaxed),
             disk_cache: self.disk_cache.load(Ordering::Relaxed),
             dedup: self.dedup.load(Ordering::Relaxed),
+            returning: self.returning.load(Ordering::Relaxed),
             compression: self.compression.load(Ordering::Relaxed),
             ..Default::default()
         }
@@ -168,13 +172,16 @@ pub struct Peer {
 
 impl Forwarder {
     /// Listens at `path` for the hypervisor's connections to `end`; an
-    /// `nbd` end's writes reference what `held` says the destination holds.
+    /// `nbd` end's writes reference what `held` says the destination holds,
+    /// and the pages a `migration` end's multifd channels carry are
+    /// written to `image`.
     pub fn listen(
         path: &Path,
         peer: Peer,
         end: &str,
         shaper: Arc<Shaper>,
         held: Arc<nbd::Held>,
+        image: Option<Arc<RamImage>>,
     ) -> io::Result<Forwarder> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
@@ -182,10 +189,10 @@ impl Forwarder {
         let (end, totals) = (end.to_owned(), counters.clone());
         let accepting = tokio::spawn(async move {
             while let Ok((local, _)) = listener.accept().await {
-                let (peer, end, shaper, totals, held) =
-                    (peer.clone(), end.clone(), shaper.clone(), totals.clone(), held.clone());
+                let (peer, end, shaper, totals, held, image) =
+                    (peer.clone(), end.clone(), shaper.clone(), totals.clone(), held.clone(), image.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = forward(local, &peer, &end, &shaper, &totals, &held).await {
+                    if let Err(e) = forward(local, &peer, &end, &shaper, &totals, &held, image.as_deref()).await {
                         tracing::warn!(job = peer.job, end, error = %e, "a tunnel failed");
                     }
                 });
@@ -208,6 +215,7 @@ async fn forward(
     shaper: &Shaper,
     counters: &TunnelCounters,
     held: &nbd::Held,
+    image: Option<&RamImage>,
 ) -> Result<(), TransferError> {
     // A memory connection says what it is in its first bytes.
     let mut first = [0u8; 4];
@@ -229,7 +237,7 @@ async fn forward(
     open_tunnel(&mut remote, peer.job, &peer.secret, end).await?;
     match (end, channel) {
         (NBD, _) => nbd::send_nbd(local, remote, shaper, counters, held).await,
-        (MULTIFD, _) => multifd::send_multifd(first, local, remote, shaper, counters).await,
+        (MULTIFD, _) => multifd::send_multifd(first, local, remote, shaper, counters, image).await,
         (_, Some(_)) => {
             shaper.take(first.len() as u64).await;
             remote.write_all(&first).await.map_err(|e| TransferError::Wire(e.into()))?;

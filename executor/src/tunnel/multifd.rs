@@ -19,6 +19,7 @@
 //! channel is relayed raw, the counters saying why.
 
 use std::collections::VecDeque;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::RwLock;
 
@@ -28,7 +29,8 @@ use super::framed::{ends, io_error, relay_piece, send, squeeze, unsqueeze, wire,
 use super::TunnelCounters;
 use crate::content::{hash, zero_page_hash, Hash, PAGE};
 use crate::index::{ChunkIndex, Holding};
-use crate::qemu::stream::{self, PacketKind, DEVICE_HEADER_LEN, INIT_LEN, PACKET_START_LEN, RAM_HEADER_LEN};
+use crate::qemu::stream::{self, PacketKind, RamPacket, DEVICE_HEADER_LEN, INIT_LEN, PACKET_START_LEN, RAM_HEADER_LEN};
+use crate::ram_image::RamImage;
 use crate::shaping::Shaper;
 use crate::transfer::TransferError;
 use crate::wire::{read_frame_with, read_payload, ByteBuf, Frame, Origin};
@@ -56,13 +58,15 @@ async fn read_unit<R: AsyncRead + Unpin>(from: &mut R, buf: &mut [u8]) -> Result
 
 /// Source side: carries the multifd channel `local` (whose first four
 /// bytes, `first`, were read to tell what it is) to the destination
-/// executor over `remote` (after `Tunnel { end: "multifd" }`).
+/// executor over `remote` (after `Tunnel { end: "multifd" }`), writing
+/// every page that leaves to `image`.
 pub async fn send_multifd<L, R>(
     first: [u8; 4],
     local: L,
     remote: R,
     shaper: &Shaper,
     counters: &TunnelCounters,
+    image: Option<&RamImage>,
 ) -> Result<(), TransferError>
 where
     L: AsyncRead + AsyncWrite,
@@ -102,13 +106,13 @@ where
             local_read.read_exact(&mut header[PACKET_START_LEN..]).await.map_err(io_error)?;
             let parsed = match kind {
                 PacketKind::Ram => stream::ram_packet(header.as_slice().try_into().unwrap_or(&[0; RAM_HEADER_LEN]))
-                    .map(|p| (p.payload_len, (!p.compressed).then_some(p.pages.len()), p.zero_pages.len())),
+                    .map(|p| (p.payload_len, Some(p))),
                 PacketKind::DeviceState => {
                     stream::device_payload_len(header.as_slice().try_into().unwrap_or(&[0; DEVICE_HEADER_LEN]))
-                        .map(|len| (len, None, 0))
+                        .map(|len| (len, None))
                 }
             };
-            let (payload_len, pages, zero_pages) = match parsed {
+            let (payload_len, packet) = match parsed {
                 Ok(parsed) => parsed,
                 Err(e) => {
                     queue.send(Unit::Raw(header)).await.map_err(|_| closed())?;
@@ -116,14 +120,22 @@ where
                     break;
                 }
             };
-            // QEMU 10.0 finds zero pages itself and sends only their offsets.
-            counters.zero.fetch_add((zero_pages * PAGE) as u64, Ordering::Relaxed);
             let mut payload = vec![0u8; payload_len];
             local_read.read_exact(&mut payload).await.map_err(io_error)?;
-            match pages {
-                Some(n) if n > 0 => {
+            match packet {
+                Some(packet) if !packet.compressed => {
+                    // QEMU 10.0 finds zero pages itself and sends only their offsets.
+                    counters.zero.fetch_add((packet.zero_pages.len() * PAGE) as u64, Ordering::Relaxed);
+                    if let Some(image) = image {
+                        image.write(&packet.block, &packet.pages, &payload);
+                        image.zero(&packet.block, &packet.zero_pages);
+                    }
+                    if packet.pages.is_empty() {
+                        queue.send(Unit::Raw(header)).await.map_err(|_| closed())?;
+                        continue;
+                    }
                     let hashes: Vec<Hash> = payload.chunks_exact(PAGE).map(hash).collect();
-                    window.acquire_many(n as u32).await.map_err(|_| closed())?.forget();
+                    window.acquire_many(hashes.len() as u32).await.map_err(|_| closed())?.forget();
                     let offer = Frame::RamOffer { hashes: hashes.clone() };
                     counters.up.fetch_add(send(&writer, &offer, &[], Some(shaper)).await?, Ordering::Relaxed);
                     queue.send(Unit::Offered { header, pages: payload, hashes }).await.map_err(|_| closed())?;
@@ -170,6 +182,7 @@ where
                             Some(Origin::Zero) => Some(&counters.zero),
                             Some(Origin::Cache) => Some(&counters.disk_cache),
                             Some(Origin::Index) => Some(&counters.dedup),
+                            Some(Origin::Returning) => Some(&counters.returning),
                             _ => {
                                 return Err(TransferError::Protocol(format!("page origin {byte} in a multifd answer")))
                             }
@@ -228,12 +241,15 @@ struct Promise {
 }
 
 /// Destination side: carries the tunnel `remote` to QEMU's incoming
-/// migration socket `local`, rebuilding packets from `index`.
+/// migration socket `local`, rebuilding packets from `index` and writing
+/// every page that arrives to `image`. Pages of the VM's own earlier
+/// images here (its image's siblings) count as it returning.
 pub async fn receive_multifd<L, R>(
     local: L,
     remote: R,
     counters: &TunnelCounters,
     index: &RwLock<ChunkIndex>,
+    image: Option<&RamImage>,
 ) -> Result<(), TransferError>
 where
     L: AsyncRead + AsyncWrite,
@@ -262,7 +278,8 @@ where
                     if hashes.len() > stream::MAX_PAGES || promised_pages + hashes.len() > 2 * HELD_WINDOW / PAGE {
                         return Err(TransferError::Protocol("more offered than a source may hold".into()));
                     }
-                    let promise = answer_offer(hashes, index)?;
+                    let own = image.and_then(|i| i.dir().parent());
+                    let promise = answer_offer(hashes, index, own)?;
                     let origins = ByteBuf::from(promise.origins.iter().map(|&o| o as u8).collect::<Vec<u8>>());
                     counters
                         .down
@@ -275,8 +292,12 @@ where
                         .pop_front()
                         .ok_or_else(|| TransferError::Protocol("a packet that was never offered".into()))?;
                     promised_pages -= promise.hashes.len();
-                    let bytes = rebuild(&header, &origins, compressed, &payload, promise)?;
+                    let (packet, bytes) = rebuild(&header, &origins, compressed, &payload, promise)?;
                     local_write.write_all(&bytes).await.map_err(io_error)?;
+                    if let Some(image) = image {
+                        image.write(&packet.block, &packet.pages, &bytes[RAM_HEADER_LEN..]);
+                        image.zero(&packet.block, &packet.zero_pages);
+                    }
                 }
                 other => return Err(TransferError::Protocol(format!("expected multifd frames, got {other:?}"))),
             }
@@ -302,8 +323,9 @@ where
 }
 
 /// Where each offered page comes from, with the pages the index gives
-/// taken now (checked against their hashes as it reads them).
-fn answer_offer(hashes: Vec<Hash>, index: &RwLock<ChunkIndex>) -> Result<Promise, TransferError> {
+/// taken now (checked against their hashes as it reads them); pages of
+/// files in `own` are the VM's own, kept when it last left.
+fn answer_offer(hashes: Vec<Hash>, index: &RwLock<ChunkIndex>, own: Option<&Path>) -> Result<Promise, TransferError> {
     let index = index.read().unwrap_or_else(|e| e.into_inner());
     let (mut origins, mut held) = (Vec::with_capacity(hashes.len()), Vec::with_capacity(hashes.len()));
     for h in &hashes {
@@ -312,6 +334,11 @@ fn answer_offer(hashes: Vec<Hash>, index: &RwLock<ChunkIndex>) -> Result<Promise
         } else {
             match index.get(h).map_err(io_error)? {
                 Some((page, Holding::Replica)) => (Origin::Cache, Some(page)),
+                Some((page, Holding::Image))
+                    if own.is_some_and(|own| index.file_of(h).is_some_and(|f| f.starts_with(own))) =>
+                {
+                    (Origin::Returning, Some(page))
+                }
                 Some((page, Holding::Image)) => (Origin::Index, Some(page)),
                 None => (Origin::Sent, None),
             }
@@ -330,7 +357,7 @@ fn rebuild(
     compressed: bool,
     data: &[u8],
     promise: Promise,
-) -> Result<Vec<u8>, TransferError> {
+) -> Result<(RamPacket, Vec<u8>), TransferError> {
     let corrupt = |what: &str| TransferError::Protocol(format!("a multifd packet's {what}"));
     let header: &[u8; RAM_HEADER_LEN] = header.try_into().map_err(|_| corrupt("header"))?;
     let packet = stream::ram_packet(header).map_err(|e| TransferError::Protocol(e.to_string()))?;
@@ -360,7 +387,7 @@ fn rebuild(
             (_, None) => return Err(corrupt("promise has no page")),
         }
     }
-    Ok(bytes)
+    Ok((packet, bytes))
 }
 
 #[cfg(test)]
@@ -384,9 +411,9 @@ mod tests {
             let mut first = [0u8; 4];
             let mut local = local;
             local.read_exact(&mut first).await.unwrap();
-            send_multifd(first, local, source_end, &shaper, &up).await
+            send_multifd(first, local, source_end, &shaper, &up, None).await
         };
-        let receiving = receive_multifd(server_end, destination_end, &down, index);
+        let receiving = receive_multifd(server_end, destination_end, &down, index, None);
         let talk = async {
             qemu.write_all(channel).await.unwrap();
             qemu.shutdown().await.unwrap();
