@@ -7,7 +7,8 @@
 //! VM's address to it, before the VM runs there: afterwards the guest
 //! writes on and the disks part), the heartbeat goes on at the
 //! destination, and the disk's bytes on the wire are at most a tenth of
-//! what it holds.
+//! what it holds. When the prices turn it comes back, and the memory A
+//! kept when it left spares most of its RAM the wire.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -59,13 +60,15 @@ async fn comparing_controller(source: PathBuf, destination: PathBuf) -> (String,
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn a_writing_linux_guest_moves_warm_to_its_standby_with_a_tenth_of_its_disk_on_the_wire(pool: PgPool) {
+async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little(pool: PgPool) {
     let Some(guest) = guest_dir() else { return };
     let planner = PlannerConfig { replication_interval_s: 5.0, ..PlannerConfig::default() };
     let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
+    let mut sites = Vec::new();
     for (name, price, carbon) in [("A", 300.0, 400.0), ("C", 20.0, 50.0)] {
         let id = site_at(&app, name, "active").await;
         flat_signals(&app, id, price, carbon, "EUR").await;
+        sites.push(id);
     }
     // A WAN-like link: 1 Gbit/s.
     let link = with(link("A", "C"), "/bandwidth_mbps", json!(1000.0));
@@ -146,4 +149,42 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_with_a_tenth_of_its_dis
     assert!(disk_wire * 10 <= allocated, "disk on the wire {disk_wire} of {allocated} allocated: {migration}");
     assert!(progress["saved_bytes"]["disk_cache"].as_u64().unwrap() > allocated / 2, "{migration}");
     assert!(progress["relayed_raw"].is_null(), "{migration}");
+
+    // A kept the memory that left; the guest runs at C a while, then the prices turn and it
+    // comes back: most of its memory is at A already.
+    let kept = data.path().join("A/index/files.txt");
+    let held = || std::fs::read_to_string(&kept).unwrap_or_default().contains("/memory/linux/");
+    for _ in 0..120 {
+        if held() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(held(), "A keeps the memory that left it");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    flat_signals(&app, sites[0], 20.0, 50.0, "EUR").await;
+    flat_signals(&app, sites[1], 300.0, 400.0, "EUR").await;
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["moves"][0]["to"], "A", "{}", applied.body);
+    let path = format!("/v1/migrations?plan={}", applied.body["id"]);
+    let migrations = app.wait_for("the return ended", ended, &path).await;
+    let migration = &migrations["items"][0];
+    assert_eq!(migration["state"], "done", "{migration}");
+    // The guest wrote on at C while it moved, up to the cutover.
+    let last_at_c = heartbeats(&destination_dir).last().map_or(0, |(n, _)| *n);
+    let progress = &migration["progress"];
+    let ram = 384u64 << 20;
+    let memory_wire = progress["wire_bytes"].as_u64().unwrap() - progress["disk_wire_bytes"].as_u64().unwrap();
+    assert!(memory_wire * 10 <= ram * 3, "memory on the wire {memory_wire} of {ram}: {migration}");
+    let returning = progress["saved_bytes"]["returning"].as_u64().unwrap();
+    assert!(returning * 2 >= ram, "memory that came back from A's image {returning} of {ram}: {migration}");
+    let mut at_a = Vec::new();
+    for _ in 0..120 {
+        at_a = heartbeats(&source_dir).into_iter().filter(|(n, _)| *n > last_at_c).collect();
+        if !at_a.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(at_a.first().is_some_and(|(n, _)| *n <= last_at_c + 3), "heartbeats at A go on from {last_at_c}: {at_a:?}");
 }
