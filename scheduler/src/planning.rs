@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use crate::config::PlannerConfig;
 use crate::db::plans::NewPlan;
 use crate::db::{self, enum_to_text, StoreError};
-use crate::domain::cost::{MigrationPrices, SlotSignal, Weights};
+use crate::domain::cost::{MigrationPrices, SlotSignal, Weights, MEMORY_KEPT_DAYS};
 use crate::domain::planner::inputs::{
     evacuation, hold_room, plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS,
 };
@@ -114,8 +114,9 @@ pub(crate) struct Snapshot {
     pub standbys: Vec<db::standbys::InForce>,
     /// Operator-named standby sites (VM id, site id).
     pub named: Vec<(i64, i64)>,
-    /// Where VMs came from in their moves since `since` (VM id, site id).
-    pub origins: Vec<(i64, i64)>,
+    /// VMs leaving sites in the days a site may keep their memory (since
+    /// [`MEMORY_KEPT_DAYS`] ago, whatever `since` is).
+    pub departures: Vec<db::migrations::Departure>,
     /// The migrations under way, which a new plan's moves share links with.
     pub under_way: Vec<db::migrations::UnderWay>,
 }
@@ -134,8 +135,11 @@ pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Res
         },
         standbys: db::standbys::in_force(&mut *tx).await?,
         named: db::standbys::named(&mut *tx).await?,
-        origins: match since {
-            Some(since) => db::standbys::origins(&mut *tx, since).await?,
+        departures: match since {
+            Some(since) => {
+                let kept = Duration::seconds((MEMORY_KEPT_DAYS * 86_400.0) as i64);
+                db::migrations::departures(&mut *tx, since.min(Utc::now() - kept)).await?
+            }
             None => Vec::new(),
         },
         under_way: db::migrations::under_way(&mut *tx).await?,
@@ -235,8 +239,10 @@ async fn make(
 ) -> Result<Made, PlanningError> {
     // The slot under way is the first: it is what gets executed.
     let start = now.duration_trunc(Duration::hours(1)).unwrap_or(now);
-    let Snapshot { sites, links, vms, groups, recent, standbys, named, origins, under_way } =
-        snapshot(pool, Some(now - Duration::hours(24))).await?;
+    let day_ago = now - Duration::hours(24);
+    let Snapshot { sites, links, vms, groups, recent, standbys, named, departures, under_way } =
+        snapshot(pool, Some(day_ago)).await?;
+    let origins = departures.iter().filter(|d| d.left_at >= day_ago).map(|d| (d.vm_id, d.site_id)).collect();
 
     let (signals, coverage, currency) = horizon_signals(pool, &sites, start, request.horizon_h).await?;
     let site_specs: Vec<_> = sites.iter().map(|s| s.spec.clone()).collect();
@@ -269,6 +275,12 @@ async fn make(
             }
         }
     }
+    // What sites kept of the memory of the VMs that left them.
+    let left = departures.iter().filter_map(|d| {
+        let (vm, site) = ids.index(d.vm_id, d.site_id)?;
+        Some((vm, site, (now - d.left_at).num_milliseconds() as f64 / 1000.0))
+    });
+    planner::inputs::departures(&mut input, left);
     // What the migrations under way still have to send, on their links (read
     // before their VMs are counted at their destinations).
     let earlier: Vec<Earlier> = under_way

@@ -409,3 +409,40 @@ async fn evacuation_reports_who_makes_the_deadline(pool: PgPool) {
     app.post("/v1/sites/999/evacuate", json!({"deadline_s": 60})).await.assert_error(404, "site 999");
     assert_eq!(app.count("plan").await, 2, "the dry run's and the evacuation's");
 }
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_qemu_vm_is_predicted_cheap_to_bring_back_where_its_memory_was_kept(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut ids = Vec::new();
+    for name in ["DEAR", "BACK", "OTHER"] {
+        ids.push(site_at(&app, name, "active").await);
+    }
+    for to in ["BACK", "OTHER"] {
+        app.create("/v1/links", with(link("DEAR", to), "/symmetric", json!(true))).await;
+    }
+    for (id, price) in ids.iter().zip([20.0, 300.0, 300.0]) {
+        flat_signals(&app, *id, price, 50.0, "EUR").await;
+    }
+    // It runs at BACK and moves to DEAR; the move is recorded done as a qemu VM's.
+    app.create("/v1/vms", big_vm("big", "BACK")).await;
+    let applied = app.post("/v1/plans", json!({"dry_run": false})).await;
+    assert_eq!(applied.body["moves"][0]["to"], "DEAR", "{}", applied.body);
+    for statement in [
+        "update migration_job set state = 'done'",
+        "update vm set site_id = (select site_id from site where name = 'DEAR'), driver = 'qemu', \
+         driver_spec = '{\"memory_mib\": 262144}'",
+    ] {
+        sqlx::query(statement).execute(&app.pool).await.unwrap();
+    }
+    // The prices turn: BACK and OTHER are alike, but BACK kept its 256 GiB of memory.
+    for (id, price) in ids.iter().zip([300.0, 20.0, 20.0]) {
+        flat_signals(&app, *id, price, 50.0, "EUR").await;
+    }
+    let plan = app.post("/v1/plans", json!({})).await.body;
+    let back = &plan["moves"][0];
+    assert_eq!(back["to"], "BACK", "{plan}");
+    // Its 40 GiB disk travels whole; of its memory, only what the model says BACK lost.
+    const GIB: f64 = 1024.0 * 1024.0 * 1024.0;
+    let (disk, memory) = (40.0 * GIB, 256.0 * GIB);
+    assert!(back["predicted_bytes"].as_f64().unwrap() < disk + 0.01 * memory, "{back}");
+}

@@ -31,6 +31,25 @@ pub async fn recent(db: impl PgExecutor<'_>, since: DateTime<Utc>) -> Result<Has
     Ok(rows.into_iter().map(|(vm, count)| (vm, u32::try_from(count).unwrap_or(u32::MAX))).collect())
 }
 
+/// A VM leaving a site: a migration of it from there that is done.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct Departure {
+    pub vm_id: i64,
+    pub site_id: i64,
+    pub left_at: DateTime<Utc>,
+}
+
+/// The departures since `since`, a row per move, oldest first.
+pub async fn departures(db: impl PgExecutor<'_>, since: DateTime<Utc>) -> Result<Vec<Departure>> {
+    Ok(sqlx::query_as(
+        "select vm_id, from_site_id as site_id, updated_at as left_at from migration_job \
+         where state = 'done' and updated_at >= $1 order by job_id",
+    )
+    .bind(since)
+    .fetch_all(db)
+    .await?)
+}
+
 /// A migration under way, as a plan's schedule must count it: its VM,
 /// whether it holds bandwidth now (admitted or past its claim) and at what
 /// cap (Mbit/s), and the bytes it has put on the wire and predicted.

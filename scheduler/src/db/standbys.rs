@@ -77,16 +77,6 @@ pub async fn named(db: impl PgExecutor<'_>) -> Result<Vec<(i64, i64)>> {
     Ok(sqlx::query_as("select vm_id, site_id from vm_standby_site order by vm_id, position").fetch_all(db).await?)
 }
 
-/// Where VMs came from in their migrations since `since` (VM id, site id), a pair per move.
-pub async fn origins(db: impl PgExecutor<'_>, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<(i64, i64)>> {
-    Ok(sqlx::query_as(
-        "select vm_id, from_site_id from migration_job where state = 'done' and updated_at >= $1 order by job_id",
-    )
-    .bind(since)
-    .fetch_all(db)
-    .await?)
-}
-
 /// Puts the plans' choice of standbys (VM id, site id; from `domain::standby::choose`, never a client) in force: those it
 /// no longer names go (their replicas are freed at their sites), new ones
 /// come; the operator's stay as they are. So does a standby a migration

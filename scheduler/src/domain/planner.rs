@@ -108,13 +108,32 @@ pub struct PlanVm {
     /// Bytes of its disk that sites already hold (a standby's replica as
     /// fresh as last reported), by site index: a move there sends the rest.
     pub cached: Vec<(usize, f64)>,
+    /// Bytes of its memory that sites kept when it last left them, as
+    /// [`super::cost::memory_kept_share`] predicts them, by site index.
+    pub memory_kept: Vec<(usize, f64)>,
+    /// Whether the sites it leaves keep its memory (its driver's executors do).
+    pub keeps_memory: bool,
 }
 
 impl PlanVm {
     /// Bytes of its disk that `site` holds already.
     pub fn cached_at(&self, site: usize) -> f64 {
-        self.cached.iter().find(|&&(s, _)| s == site).map_or(0.0, |&(_, bytes)| bytes)
+        held_at(&self.cached, site)
     }
+
+    /// Bytes of its memory that `site` kept.
+    pub fn memory_kept_at(&self, site: usize) -> f64 {
+        held_at(&self.memory_kept, site)
+    }
+
+    /// Bytes of memory a move to `site` sends in its first round.
+    pub fn memory_to_send(&self, site: usize) -> f64 {
+        (self.shape.memory_gib * GIB - self.memory_kept_at(site)).max(0.0)
+    }
+}
+
+fn held_at(held: &[(usize, f64)], site: usize) -> f64 {
+    held.iter().find(|&&(s, _)| s == site).map_or(0.0, |&(_, bytes)| bytes)
 }
 
 /// How a group's members must be placed.
@@ -302,7 +321,7 @@ fn classes(input: &PlanInput) -> Vec<Class> {
             continue;
         }
         let key = format!(
-            "{}|{}|{}|{}|{}|{}|{:?}|{}|{:?}",
+            "{}|{}|{}|{}|{}|{}|{:?}|{}|{:?}|{:?}",
             vm.shape.vcpus,
             vm.shape.memory_gib.to_bits(),
             vm.disk_gib.to_bits(),
@@ -311,7 +330,8 @@ fn classes(input: &PlanInput) -> Vec<Class> {
             vm.site,
             vm.allowed,
             !may_move(input, vm),
-            vm.cached
+            vm.cached,
+            vm.memory_kept
         );
         by_key.entry(key).or_default().push(i);
     }
@@ -358,7 +378,7 @@ fn options(input: &PlanInput, vm: &PlanVm) -> Vec<Choice> {
         }
         let migration = MigrationInput {
             memory: PreCopyInput {
-                memory_bytes: vm.shape.memory_gib * GIB,
+                memory_bytes: vm.memory_to_send(link.to),
                 dirty_bytes_per_s: dirty_bucket(vm.dirty_bytes_per_s),
                 bandwidth_bytes_per_s: link.usable_bytes_per_s,
                 max_downtime_s: vm.max_downtime_s,
@@ -1014,6 +1034,8 @@ pub(crate) mod tests {
             moves_today: 0,
             priority: 50,
             cached: Vec::new(),
+            memory_kept: Vec::new(),
+            keeps_memory: false,
         }
     }
 
@@ -1059,6 +1081,20 @@ pub(crate) mod tests {
         assert!((m.estimate.duration_s - GIB / GB_S).abs() < 1e-9);
         assert!(plan.totals.objective < plan.baseline.objective);
         assert!(plan.stats.gap < 1e-6, "{:?}", plan.stats);
+    }
+
+    #[test]
+    fn a_site_that_kept_a_vms_memory_makes_its_return_cheap() {
+        let sites = vec![site("A", 200.0, 0.0, 1000.0), site("B", 50.0, 0.0, 1000.0)];
+        let mut back = vm("v", 0);
+        back.shape.memory_gib = 16.0;
+        let cold = plan(&input(sites.clone(), vec![back.clone()], vec![link(0, 1)])).unwrap();
+        // B kept 12 of its 16 GiB when it left: the first round sends the other 4.
+        inputs::left(&mut back, 1, 12.0 * GIB);
+        let warm = plan(&input(sites, vec![back], vec![link(0, 1)])).unwrap();
+        let (cold, warm) = (&cold.moves[0].estimate, &warm.moves[0].estimate);
+        assert!((cold.wire_bytes - 16.0 * GIB).abs() < 1.0 && (warm.wire_bytes - 4.0 * GIB).abs() < 1.0, "{warm:?}");
+        assert!((warm.duration_s - cold.duration_s / 4.0).abs() < 1e-9);
     }
 
     #[test]
@@ -1356,6 +1392,13 @@ pub(crate) mod tests {
                 } else {
                     Vec::new()
                 },
+                // Some memory kept where a VM was before.
+                memory_kept: if rng.random_bool(0.3) {
+                    vec![(rng.random_range(0..n_sites), rng.random_range(0.0..32.0) * GIB)]
+                } else {
+                    Vec::new()
+                },
+                keeps_memory: true,
             })
             .collect();
         let mut i = input(sites, vms, links);

@@ -726,7 +726,7 @@ pub fn for_moves(input: &PlanInput, moves: &[Move]) -> (Network, Vec<Migration>)
             Some(Migration {
                 name: vm.name.clone(),
                 link: input.links.iter().position(|l| (l.from, l.to) == (m.from, m.to))?,
-                memory_bytes: vm.shape.memory_gib * GIB * wire,
+                memory_bytes: vm.memory_to_send(m.to) * wire,
                 dirty_bytes_per_s: vm.dirty_bytes_per_s * wire,
                 disk_bytes: (vm.disk_gib * GIB - vm.cached_at(m.to)).max(0.0) * wire,
                 max_downtime_s: vm.max_downtime_s,

@@ -286,7 +286,8 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
     let settings = &fleet.settings;
     let (network, _) = schedule::for_moves(fleet, &[]);
     let mut site: Vec<usize> = fleet.vms.iter().map(|v| v.site).collect();
-    let mut moved_at: Vec<Vec<usize>> = vec![Vec::new(); fleet.vms.len()];
+    // Per VM, its moves: the hour each was decided and the site it left.
+    let mut moved_at: Vec<Vec<(usize, usize)>> = vec![Vec::new(); fleet.vms.len()];
     let mut underway: Vec<Underway> = Vec::new();
     let mut totals = Totals::default();
     let mut hours = Vec::with_capacity(scenario.to - scenario.from);
@@ -323,7 +324,7 @@ pub fn run(scenario: &Scenario, policy: Policy, tick: &(dyn Fn() -> bool + Sync)
                     downtime_s: 0.0,
                     held_since: None,
                 });
-                moved_at[m.vm].push(h);
+                moved_at[m.vm].push((h, m.from));
             }
             totals.decide_s += started.elapsed().as_secs_f64();
         }
@@ -439,7 +440,7 @@ fn policy_input(
     h: usize,
     site: &[usize],
     underway: &[Underway],
-    moved_at: &[Vec<usize>],
+    moved_at: &[Vec<(usize, usize)>],
 ) -> Result<PlanInput, ScenarioError> {
     let mut input = scenario.fleet.clone();
     let (horizon, forecast) = match policy {
@@ -457,8 +458,13 @@ fn policy_input(
     }
     for (vm, v) in input.vms.iter_mut().enumerate() {
         v.site = site[vm];
-        v.moves_today = moved_at[vm].iter().filter(|&&at| at + 24 > h).count() as u32;
+        v.moves_today = moved_at[vm].iter().filter(|&&(at, _)| at + 24 > h).count() as u32;
     }
+    let left = moved_at
+        .iter()
+        .enumerate()
+        .flat_map(|(vm, moves)| moves.iter().map(move |&(at, from)| (vm, from, (h - at) as f64 * 3600.0)));
+    planner::inputs::departures(&mut input, left);
     // Room is held for every migration decided, started or not, as the
     // plans service holds it for every migration job not yet ended.
     for u in underway {
@@ -593,6 +599,8 @@ mod tests {
                 moves_today: 0,
                 priority: 50,
                 cached: Vec::new(),
+                memory_kept: Vec::new(),
+                keeps_memory: true,
             })
             .collect();
         let link = |from, to| PlanLink { from, to, usable_bytes_per_s: 1.25e9, egress_per_gb: 0.0, rtt_ms: 20.0 };

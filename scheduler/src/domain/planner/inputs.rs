@@ -6,12 +6,12 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, Utc};
 use heliotrope_api_spec::{
-    Basis, EvacuationRequest, GroupPolicy, GroupSpec, LinkSpec, PlanRequest, PointKind, SignalPoint, SiteSpec,
+    Basis, Driver, EvacuationRequest, GroupPolicy, GroupSpec, LinkSpec, PlanRequest, PointKind, SignalPoint, SiteSpec,
     SiteState, VmSpec,
 };
 
-use super::{Admission, GroupRule, PlanGroup, PlanInput, PlanLink, PlanSite, PlanVm, Resources, Settings};
-use crate::domain::cost::{usable_bytes_per_s, SiteEnergy, SlotSignal, VmShape};
+use super::{Admission, GroupRule, PlanGroup, PlanInput, PlanLink, PlanSite, PlanVm, Resources, Settings, GIB};
+use crate::domain::cost::{memory_kept_share, usable_bytes_per_s, SiteEnergy, SlotSignal, VmShape};
 use crate::domain::inventory::check_range;
 use crate::domain::{Valid, ValidationError};
 
@@ -156,6 +156,28 @@ pub fn hold_room(input: &mut PlanInput, vm: usize, to: usize) {
     v.site = to;
 }
 
+/// Counts what sites kept of the memory of the VMs that left them:
+/// `departures` are (VM index, site index, seconds ago), oldest first, and
+/// a site holds what [`memory_kept_share`] says of the last departure from
+/// it. Only VMs whose executors keep what leaves count.
+pub fn departures(input: &mut PlanInput, departures: impl IntoIterator<Item = (usize, usize, f64)>) {
+    for (vm, site, age_s) in departures {
+        let v = &mut input.vms[vm];
+        if v.keeps_memory {
+            let kept = memory_kept_share(age_s) * v.shape.memory_gib * GIB;
+            left(v, site, kept);
+        }
+    }
+}
+
+/// `vm` left `site`, which kept `bytes` of its memory (what it kept before goes).
+pub fn left(vm: &mut PlanVm, site: usize, bytes: f64) {
+    vm.memory_kept.retain(|&(s, _)| s != site);
+    if bytes > 0.0 {
+        vm.memory_kept.push((site, bytes));
+    }
+}
+
 /// The inventory, as stored.
 pub struct Inventory<'a> {
     pub sites: &'a [SiteSpec],
@@ -237,6 +259,8 @@ pub fn plan_input(inventory: &Inventory, signals: Vec<Vec<SlotSignal>>, settings
                 priority: v.priority,
                 // What standbys hold is the plans service's to add: the inventory does not know it.
                 cached: Vec::new(),
+                memory_kept: Vec::new(),
+                keeps_memory: v.driver == Driver::Qemu,
             })
         })
         .collect();
