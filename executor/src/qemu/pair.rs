@@ -1,6 +1,7 @@
 //! A migration between two QEMUs on one machine, for the benchmark and the
 //! tests: the destination started paused for the incoming migration with an
-//! empty disk, and the sockets the source's QEMU connects to being either
+//! empty disk (the source new, or one that runs already: a guest that
+//! migrated in and now goes back), and the sockets the source's QEMU connects to being either
 //! the destination QEMU's own (`Route::Direct`, QEMU to QEMU) or a source
 //! executor's forwarders, whose tunnels cross loopback TCP to a destination
 //! executor endpoint (`Route::Tunnelled`, as in production).
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use super::machine::{create_disk, Machine, MachineError};
 use super::migrate::{prepare_incoming, MigrateError};
 use crate::destination::Destination;
+use crate::ram_image::RamImage;
 use crate::shaping::Shaper;
 use crate::tunnel::{Forwarder, Peer, MIGRATION, NBD};
 
@@ -35,6 +37,14 @@ pub enum PairError {
     Migrate(#[from] MigrateError),
     #[error("the executor endpoints: {0}")]
     Io(#[from] std::io::Error),
+}
+
+/// Where the executors write the memory that leaves and that arrives, as
+/// the running executors keep it (none: not kept).
+#[derive(Default)]
+pub struct KeptMemory {
+    pub leaving: Option<Arc<RamImage>>,
+    pub arriving: Option<Arc<RamImage>>,
 }
 
 /// The source's tunnels, when the route has them.
@@ -81,7 +91,25 @@ impl Pair {
     /// `root/destination`, ready for the source to mirror and migrate.
     pub async fn start(root: &Path, spec: &QemuSpec, route: Route) -> Result<Pair, PairError> {
         let source = Arc::new(Machine::start(spec, &root.join("source"), false).await?);
-        let there = root.join("destination");
+        // Room in its index for a replica of the largest test disk (2 GiB).
+        let endpoint = Destination::open(&root.join("destination-executor"), 4 << 30)?;
+        Pair::to(source, spec, root, "destination", route, endpoint, KeptMemory::default()).await
+    }
+
+    /// A pair from the running `source` (started from `spec`) to a new
+    /// destination in `root/name` with empty disks; through the executors,
+    /// the destination executor is `endpoint`, and they write the memory
+    /// that leaves and arrives where `kept` says.
+    pub async fn to(
+        source: Arc<Machine>,
+        spec: &QemuSpec,
+        root: &Path,
+        name: &str,
+        route: Route,
+        endpoint: Arc<Destination>,
+        kept: KeptMemory,
+    ) -> Result<Pair, PairError> {
+        let there = root.join(name);
         std::fs::create_dir_all(&there)?;
         let mut target = spec.clone();
         for disk in &mut target.disks {
@@ -89,6 +117,7 @@ impl Pair {
             create_disk(&path, &disk.format, disk.size_bytes).await?;
             disk.path = path.display().to_string();
         }
+        target.qmp_socket = None;
         let destination = Machine::start(&target, &there, true).await?;
         let (dst_migration, dst_nbd) = (there.join("migration.sock"), there.join("nbd.sock"));
         prepare_incoming(&destination, &target.disks, CHANNELS, &dst_migration, &dst_nbd).await?;
@@ -105,10 +134,8 @@ impl Pair {
         // The destination executor takes the job's tunnels to those sockets ...
         const JOB: u64 = 1;
         let secret: Arc<[u8]> = Arc::from(&[7u8; 32][..]);
-        // Room in its index for a replica of the largest test disk (2 GiB).
-        let endpoint = Destination::open(&root.join("destination-executor"), 4 << 30)?;
         endpoint.expect(JOB, secret.to_vec());
-        endpoint.expect_memory(JOB, &dst_migration, None);
+        endpoint.expect_memory(JOB, &dst_migration, kept.arriving);
         endpoint.expect_tunnel(JOB, NBD, &dst_nbd);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
@@ -122,11 +149,19 @@ impl Pair {
         // ... and the source executor forwards QEMU's connections there, shaped to the cap.
         let peer = Peer { address, tls: None, job: JOB, secret };
         let shaper = Arc::new(Shaper::new(cap));
-        let (nbd_socket, migration_socket) = (root.join("source/nbd.sock"), root.join("source/migration.sock"));
+        let here = root.join(format!("{name}-tunnels"));
+        std::fs::create_dir_all(&here)?;
+        let (nbd_socket, migration_socket) = (here.join("nbd.sock"), here.join("migration.sock"));
         // No replica at the destination here: what a write saves is zeros and compression.
         let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), Arc::default(), None)?;
-        let migration =
-            Forwarder::listen(&migration_socket, peer.clone(), MIGRATION, shaper.clone(), Arc::default(), None)?;
+        let migration = Forwarder::listen(
+            &migration_socket,
+            peer.clone(),
+            MIGRATION,
+            shaper.clone(),
+            Arc::default(),
+            kept.leaving,
+        )?;
         let tunnels = Tunnels { nbd, migration, shaper, endpoint, peer, accepting };
         Ok(Pair { source, destination, target, nbd_socket, migration_socket, tunnels: Some(tunnels) })
     }
