@@ -35,7 +35,7 @@ pub struct ReceiveArgs {
     #[arg(long)]
     pub cached: Vec<PathBuf>,
     /// Bound on what the chunk index holds, GiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
     pub index_gib: u64,
     #[command(flatten)]
     pub tls: TlsFiles,

@@ -4,7 +4,7 @@
 //! crosses as a reference and is rebuilt there; the destination's memory,
 //! dumped with `pmemsave`, is then byte for byte the source's.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,18 +15,6 @@ use heliotrope_executor::qemu::migrate::{incoming_done, migrate_out, mirror_disk
 use heliotrope_executor::qemu::pair::{Pair, Route, CHANNELS};
 use serde_json::json;
 
-/// Where `scripts/linux-guest` left the guest, or `None` (a skip, said why).
-fn guest_dir() -> Option<PathBuf> {
-    let dir = guest::linux_dir();
-    if dir.join("stamp").exists() {
-        return Some(dir);
-    }
-    let why = format!("the Linux test guest is not built at {} (scripts/linux-guest builds it)", dir.display());
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipped: {why}");
-    None
-}
-
 /// Guest-physical memory `0..bytes` of `machine`, dumped to `path`.
 async fn pmemsave(machine: &Machine, bytes: u64, path: &Path) -> Vec<u8> {
     let arguments = json!({"val": 0, "size": bytes, "filename": path.display().to_string()});
@@ -36,7 +24,7 @@ async fn pmemsave(machine: &Machine, bytes: u64, path: &Path) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_linux_guest_is_rebuilt_from_references_byte_for_byte() {
-    let Some(guest) = guest_dir() else { return };
+    let Some(guest) = guest::linux_dir_for_test() else { return };
     let root = tempfile::tempdir().unwrap();
     let spec = guest::linux_spec(&guest, &root.path().join("disk0.qcow2")).unwrap();
     let p = Pair::start(root.path(), &spec, Route::Tunnelled { cap: None }).await.unwrap();

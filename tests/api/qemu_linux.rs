@@ -26,18 +26,6 @@ use sqlx::PgPool;
 use crate::plans::{flat_signals, site_at};
 use crate::qemu::{compare_disks, ended, executor_with};
 
-/// Where `scripts/linux-guest` left the guest, or `None` (a skip, said why).
-fn guest_dir() -> Option<PathBuf> {
-    let dir = guest::linux_dir();
-    if dir.join("stamp").exists() {
-        return Some(dir);
-    }
-    let why = format!("the Linux test guest is not built at {} (scripts/linux-guest builds it)", dir.display());
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipped: {why}");
-    None
-}
-
 /// An SDN controller that, told of a move, compares the VM's disks at
 /// both sites before it acknowledges (the VM is paused at the new site
 /// until then); each comparison's outcome is recorded.
@@ -61,7 +49,7 @@ async fn comparing_controller(source: PathBuf, destination: PathBuf) -> (String,
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little(pool: PgPool) {
-    let Some(guest) = guest_dir() else { return };
+    let Some(guest) = guest::linux_dir_for_test() else { return };
     let planner = PlannerConfig { replication_interval_s: 5.0, ..PlannerConfig::default() };
     let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
     let mut sites = Vec::new();

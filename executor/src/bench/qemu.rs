@@ -25,12 +25,12 @@ use heliotrope_executor::qemu::export::{self, layout, Recorded};
 use heliotrope_executor::qemu::guest::{self, boot_image, disk_with_data};
 use heliotrope_executor::qemu::machine::Machine;
 use heliotrope_executor::qemu::migrate::{incoming_done, migrate_out, mirror_disks, start, MigrationOptions, Steer};
-use heliotrope_executor::qemu::pair::{KeptMemory, Pair, Route, CHANNELS};
+use heliotrope_executor::qemu::pair::{MemoryWay, Pair, Route, CHANNELS};
 use heliotrope_executor::ram_image::RamImage;
 use heliotrope_executor::replica::Replicating;
 use heliotrope_executor::source::{SendOptions, Session};
 use heliotrope_executor::tunnel::nbd::Held;
-use heliotrope_executor::tunnel::{Forwarder, NBD};
+use heliotrope_executor::tunnel::{Carrying, Forwarder, NBD};
 use heliotrope_executor::wire::ImageKind;
 use serde_json::json;
 
@@ -87,6 +87,8 @@ struct Run {
     /// What a plain copy would have sent: the memory stream and the disks' raw bytes.
     raw_bytes: u64,
     saved: SavedBytes,
+    /// What the memory tunnels kept off the wire, alone.
+    memory_saved: SavedBytes,
 }
 
 /// The guest's spec, its disk made in `dir`; and when it is up, by its serial log.
@@ -171,7 +173,8 @@ async fn migrate(guest: Guest, way: Way, cap: Option<f64>, args: &QemuBenchArgs)
         let tunnels = pair.tunnels.as_ref().context("tunnels")?;
         let nbd_socket = pair.nbd_socket.with_file_name("nbd-warm.sock");
         let peer = tunnels.peer.clone();
-        warm = Some(Forwarder::listen(&nbd_socket, peer, NBD, tunnels.shaper.clone(), Arc::new(held), None)?);
+        let carrying = Carrying { held: Arc::new(held), ..Carrying::default() };
+        warm = Some(Forwarder::listen(&nbd_socket, peer, NBD, tunnels.shaper.clone(), carrying)?);
     }
     let run = measure(&pair, &spec.disks, warm.as_ref(), cap, args).await?;
     drop(warm);
@@ -213,7 +216,8 @@ async fn measure(
     if let Some(tunnels) = &pair.tunnels {
         let disks = warm.map_or(&tunnels.nbd.counters, |f| &f.counters);
         let memory = &tunnels.migration.counters;
-        run.saved = disks.saved() + memory.saved();
+        run.memory_saved = memory.saved();
+        run.saved = disks.saved() + run.memory_saved;
         run.disk_wire_bytes = disks.up() + disks.down();
         run.memory_wire_bytes = memory.up() + memory.down();
         run.wire_bytes = run.disk_wire_bytes + run.memory_wire_bytes;
@@ -237,7 +241,7 @@ async fn come_back(guest: Guest, cap: Option<f64>, args: &QemuBenchArgs) -> anyh
     let source = Arc::new(Machine::start(&spec, &root.path().join("source"), false).await?);
     up(&root.path().join("source"), guest).await?;
     let route = Route::Tunnelled { cap };
-    let kept = KeptMemory { leaving: Some(leaving.clone()), arriving: None };
+    let kept = MemoryWay { leaving: Some(leaving.clone()), ..MemoryWay::default() };
     let out = Pair::to(source, &spec, root.path(), "away", route, away, kept).await?;
     measure(&out, &spec.disks, None, cap, args).await.context("the way out")?;
     start(&out.destination).await?;
@@ -247,7 +251,7 @@ async fn come_back(guest: Guest, cap: Option<f64>, args: &QemuBenchArgs) -> anyh
         source.quit().await;
     }
     tokio::time::sleep(Duration::from_secs(args.return_after_s)).await;
-    let kept = KeptMemory { leaving: None, arriving: Some(image(&home, 2)?) };
+    let kept = MemoryWay { arriving: Some(image(&home, 2)?), ..MemoryWay::default() };
     let back = Pair::to(Arc::new(destination), &target, root.path(), "back", route, home, kept).await?;
     let run = measure(&back, &target.disks, None, cap, args).await.context("the way back")?;
     let Pair { source, destination, .. } = back;
@@ -282,15 +286,17 @@ impl Medians {
         let seconds = |runs: &[Run]| Medians::of(runs, |r| r.seconds);
         let raw = Medians::of(&self.cold, |r| r.raw_bytes as f64);
         let warm_disk = Medians::of(&self.warm, |r| r.disk_wire_bytes as f64);
-        let saved = |runs: &[Run]| {
+        let by_mechanism = |runs: &[Run], of: fn(&Run) -> SavedBytes| {
             json!({
-                "zero": Medians::of(runs, |r| r.saved.zero as f64),
-                "disk_cache": Medians::of(runs, |r| r.saved.disk_cache as f64),
-                "returning": Medians::of(runs, |r| r.saved.returning as f64),
-                "dedup": Medians::of(runs, |r| r.saved.dedup as f64),
-                "compression": Medians::of(runs, |r| r.saved.compression as f64),
+                "zero": Medians::of(runs, |r| of(r).zero as f64),
+                "disk_cache": Medians::of(runs, |r| of(r).disk_cache as f64),
+                "returning": Medians::of(runs, |r| of(r).returning as f64),
+                "dedup": Medians::of(runs, |r| of(r).dedup as f64),
+                "compression": Medians::of(runs, |r| of(r).compression as f64),
             })
         };
+        let saved = |runs: &[Run]| by_mechanism(runs, |r| r.saved);
+        let memory_saved = |runs: &[Run]| by_mechanism(runs, |r| r.memory_saved);
         let memory_ratio = |runs: &[Run]| Medians::of(runs, |r| r.memory_wire_bytes as f64) / ram as f64;
         let mut line = json!({
             "direct_s": seconds(&self.direct),
@@ -309,6 +315,8 @@ impl Medians {
             "disk_wire_ratio_warm": warm_disk / allocated as f64,
             "savings_cold": saved(&self.cold),
             "savings_warm": saved(&self.warm),
+            "memory_savings_cold": memory_saved(&self.cold),
+            "memory_savings_warm": memory_saved(&self.warm),
             "downtime_direct_ms": Medians::of(&self.direct, |r| r.downtime_ms as f64),
             "downtime_relay_ms": Medians::of(&self.cold, |r| r.downtime_ms as f64),
             "downtime_warm_ms": Medians::of(&self.warm, |r| r.downtime_ms as f64),
@@ -317,6 +325,7 @@ impl Medians {
             line["memory_wire_ratio_return"] = json!(memory_ratio(&self.returned));
             line["return_s"] = json!(seconds(&self.returned));
             line["savings_return"] = saved(&self.returned);
+            line["memory_savings_return"] = memory_saved(&self.returned);
         }
         line
     }

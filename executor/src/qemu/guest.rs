@@ -72,6 +72,20 @@ pub fn linux_dir() -> PathBuf {
     std::env::var_os("HELIOTROPE_GUEST_DIR").map_or_else(|| "/var/tmp/heliotrope-guest".into(), PathBuf::from)
 }
 
+/// Where `scripts/linux-guest` left the Linux test guest, for a test: `None`
+/// (a skip, said why) where it is not built; under CI (`CI` set) a missing
+/// guest fails the test instead.
+pub fn linux_dir_for_test() -> Option<PathBuf> {
+    let dir = linux_dir();
+    if dir.join("stamp").exists() {
+        return Some(dir);
+    }
+    let why = format!("the Linux test guest is not built at {} (scripts/linux-guest builds it)", dir.display());
+    assert!(std::env::var_os("CI").is_none(), "{why}");
+    eprintln!("skipped: {why}");
+    None
+}
+
 /// The Linux test guest (built in `guest` by `scripts/linux-guest`) as a
 /// `qemu` VM: 384 MiB under TCG, its 2 GiB data disk a copy made at `disk`,
 /// warming 10% of its files into the page cache and writing 256 KiB/s.

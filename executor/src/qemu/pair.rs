@@ -17,7 +17,7 @@ use super::migrate::{prepare_incoming, MigrateError};
 use crate::destination::Destination;
 use crate::ram_image::RamImage;
 use crate::shaping::Shaper;
-use crate::tunnel::{Forwarder, Peer, MIGRATION, NBD};
+use crate::tunnel::{Carrying, Forwarder, Peer, MIGRATION, NBD};
 
 /// How the source's QEMU reaches the destination's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -39,12 +39,14 @@ pub enum PairError {
     Io(#[from] std::io::Error),
 }
 
-/// Where the executors write the memory that leaves and that arrives, as
-/// the running executors keep it (none: not kept).
+/// How the pair's executors carry memory: where they write what leaves
+/// and what arrives, as the running executors keep it (none: not kept),
+/// and whether the source relays it as it is (`--memory-relay raw`).
 #[derive(Default)]
-pub struct KeptMemory {
+pub struct MemoryWay {
     pub leaving: Option<Arc<RamImage>>,
     pub arriving: Option<Arc<RamImage>>,
+    pub raw: bool,
 }
 
 /// The source's tunnels, when the route has them.
@@ -93,13 +95,13 @@ impl Pair {
         let source = Arc::new(Machine::start(spec, &root.join("source"), false).await?);
         // Room in its index for a replica of the largest test disk (2 GiB).
         let endpoint = Destination::open(&root.join("destination-executor"), 4 << 30)?;
-        Pair::to(source, spec, root, "destination", route, endpoint, KeptMemory::default()).await
+        Pair::to(source, spec, root, "destination", route, endpoint, MemoryWay::default()).await
     }
 
     /// A pair from the running `source` (started from `spec`) to a new
     /// destination in `root/name` with empty disks; through the executors,
     /// the destination executor is `endpoint`, and they write the memory
-    /// that leaves and arrives where `kept` says.
+    /// as `memory` says.
     pub async fn to(
         source: Arc<Machine>,
         spec: &QemuSpec,
@@ -107,7 +109,7 @@ impl Pair {
         name: &str,
         route: Route,
         endpoint: Arc<Destination>,
-        kept: KeptMemory,
+        memory: MemoryWay,
     ) -> Result<Pair, PairError> {
         let there = root.join(name);
         std::fs::create_dir_all(&there)?;
@@ -135,7 +137,7 @@ impl Pair {
         const JOB: u64 = 1;
         let secret: Arc<[u8]> = Arc::from(&[7u8; 32][..]);
         endpoint.expect(JOB, secret.to_vec());
-        endpoint.expect_memory(JOB, &dst_migration, kept.arriving);
+        endpoint.expect_memory(JOB, &dst_migration, memory.arriving);
         endpoint.expect_tunnel(JOB, NBD, &dst_nbd);
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let address = listener.local_addr()?.to_string();
@@ -153,15 +155,9 @@ impl Pair {
         std::fs::create_dir_all(&here)?;
         let (nbd_socket, migration_socket) = (here.join("nbd.sock"), here.join("migration.sock"));
         // No replica at the destination here: what a write saves is zeros and compression.
-        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), Arc::default(), None)?;
-        let migration = Forwarder::listen(
-            &migration_socket,
-            peer.clone(),
-            MIGRATION,
-            shaper.clone(),
-            Arc::default(),
-            kept.leaving,
-        )?;
+        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), Carrying::default())?;
+        let carrying = Carrying { image: memory.leaving, raw_memory: memory.raw, ..Carrying::default() };
+        let migration = Forwarder::listen(&migration_socket, peer.clone(), MIGRATION, shaper.clone(), carrying)?;
         let tunnels = Tunnels { nbd, migration, shaper, endpoint, peer, accepting };
         Ok(Pair { source, destination, target, nbd_socket, migration_socket, tunnels: Some(tunnels) })
     }

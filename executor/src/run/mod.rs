@@ -51,8 +51,17 @@ pub struct RunArgs {
     /// Where VMs, received images, replicas and the chunk index live.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Bound on what the chunk index holds (replicas, images, the memory
+    /// kept of VMs that left or arrived), GiB; the oldest files go first.
+    #[arg(long, env = "HELIOTROPE_INDEX_GIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
+    pub index_gib: u64,
     #[arg(long, value_enum, default_value = "sim")]
     pub driver: DriverArg,
+    /// How a qemu VM's memory crosses: `pages` (each page by reference
+    /// where the destination holds it, else compressed) or `raw` (QEMU's
+    /// streams as they are: for a QEMU whose stream the executor misreads).
+    #[arg(long, value_enum, default_value = "pages")]
+    pub memory_relay: MemoryRelay,
     /// Address to listen on for transfers (`host:port`; it is what peers are told unless `--advertise`).
     #[arg(long)]
     pub listen: String,
@@ -81,6 +90,12 @@ pub struct RunArgs {
 pub enum DriverArg {
     Sim,
     Qemu,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
+pub enum MemoryRelay {
+    Pages,
+    Raw,
 }
 
 /// The scheduler, as this executor speaks to it.
@@ -177,7 +192,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .await?
         .context("registration answered nothing")?;
     tracing::info!(executor = me.id, site = %me.site, address = %me.address, "registered");
-    let destination = Destination::open(&args.data_dir, 64 << 30)?;
+    let destination = Destination::open(&args.data_dir, args.index_gib << 30)?;
     let worker = Arc::new(Worker {
         scheduler,
         executor: me.id,

@@ -24,9 +24,9 @@ use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::source::open_tunnel;
 use heliotrope_executor::tls;
 use heliotrope_executor::tunnel::nbd::Held;
-use heliotrope_executor::tunnel::{Forwarder, Peer, TunnelCounters, MIGRATION, NBD, PROBE};
+use heliotrope_executor::tunnel::{Carrying, Forwarder, Peer, TunnelCounters, MIGRATION, NBD, PROBE};
 
-use super::{decode_hex, Confirmed, Worker};
+use super::{decode_hex, Confirmed, MemoryRelay, Worker};
 
 /// QEMU VMs an executor runs, by VM name.
 pub(super) type Machines = Mutex<HashMap<String, Arc<Machine>>>;
@@ -132,11 +132,18 @@ impl Worker {
         let dir = self.job_dir(id)?;
         let (nbd_socket, migration_socket) = (dir.join("nbd.sock"), dir.join("migration.sock"));
         let held = Arc::new(self.held_at(&a.migration.vm, &a.migration.to, &spec));
-        let nbd = Forwarder::listen(&nbd_socket, peer.clone(), NBD, shaper.clone(), held, None)?;
+        let nbd = Forwarder::listen(
+            &nbd_socket,
+            peer.clone(),
+            NBD,
+            shaper.clone(),
+            Carrying { held, ..Carrying::default() },
+        )?;
         // What leaves is kept here: should the VM come back, most of its memory is here already.
         let image = Arc::new(RamImage::create(&self.destination.ram_image_dir(&a.migration.vm, id as u64)?)?);
-        let memory =
-            Forwarder::listen(&migration_socket, peer, MIGRATION, shaper.clone(), Arc::default(), Some(image.clone()))?;
+        let raw_memory = self.args.memory_relay == MemoryRelay::Raw;
+        let carrying = Carrying { image: Some(image.clone()), raw_memory, ..Carrying::default() };
+        let memory = Forwarder::listen(&migration_socket, peer, MIGRATION, shaper.clone(), carrying)?;
         mirror_disks(&machine, &spec.disks, &nbd_socket, None, Duration::from_secs(3600)).await?;
         drop(holding);
 

@@ -6,7 +6,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 use super::TunnelCounters;
 use crate::shaping::Shaper;
@@ -72,6 +72,30 @@ pub(super) async fn relay_piece<W: AsyncWrite + Unpin>(
         counters.up.fetch_add(send(writer, &frame, piece, Some(shaper)).await?, Ordering::Relaxed);
     }
     Ok(())
+}
+
+/// Destination side: carries what the local end sends back (the
+/// hypervisor's replies) to the source as relayed bytes, unshaped and
+/// counted as `down`, then shuts the peer's writing half.
+pub(super) async fn relay_back<R, W>(
+    local: &mut R,
+    writer: &Writer<W>,
+    counters: &TunnelCounters,
+) -> Result<(), TransferError>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buffer = vec![0u8; RELAY_PIECE];
+    loop {
+        let n = local.read(&mut buffer).await.map_err(io_error)?;
+        if n == 0 {
+            break;
+        }
+        let sent = send(writer, &Frame::Relay { len: n as u32 }, &buffer[..n], None).await?;
+        counters.down.fetch_add(sent, Ordering::Relaxed);
+    }
+    writer.lock().await.shutdown().await.map_err(io_error)
 }
 
 /// Compresses `data` when that saves; returns (compressed, bytes to send).

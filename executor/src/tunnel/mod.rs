@@ -170,18 +170,25 @@ pub struct Peer {
     pub secret: Arc<[u8]>,
 }
 
+/// What a forwarder's tunnels do beside carrying the bytes.
+#[derive(Clone, Default)]
+pub struct Carrying {
+    /// `nbd` ends: what the destination holds of the disks, referenced by each write.
+    pub held: Arc<nbd::Held>,
+    /// `migration` ends: where the pages the multifd channels carry are kept.
+    pub image: Option<Arc<RamImage>>,
+    /// `migration` ends: every memory connection relayed as it is (`--memory-relay raw`).
+    pub raw_memory: bool,
+}
+
 impl Forwarder {
-    /// Listens at `path` for the hypervisor's connections to `end`; an
-    /// `nbd` end's writes reference what `held` says the destination holds,
-    /// and the pages a `migration` end's multifd channels carry are
-    /// written to `image`.
+    /// Listens at `path` for the hypervisor's connections to `end`, carried as `carrying` says.
     pub fn listen(
         path: &Path,
         peer: Peer,
         end: &str,
         shaper: Arc<Shaper>,
-        held: Arc<nbd::Held>,
-        image: Option<Arc<RamImage>>,
+        carrying: Carrying,
     ) -> io::Result<Forwarder> {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)?;
@@ -189,10 +196,10 @@ impl Forwarder {
         let (end, totals) = (end.to_owned(), counters.clone());
         let accepting = tokio::spawn(async move {
             while let Ok((local, _)) = listener.accept().await {
-                let (peer, end, shaper, totals, held, image) =
-                    (peer.clone(), end.clone(), shaper.clone(), totals.clone(), held.clone(), image.clone());
+                let (peer, end, shaper, totals, carrying) =
+                    (peer.clone(), end.clone(), shaper.clone(), totals.clone(), carrying.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = forward(local, &peer, &end, &shaper, &totals, &held, image.as_deref()).await {
+                    if let Err(e) = forward(local, &peer, &end, &shaper, &totals, &carrying).await {
                         tracing::warn!(job = peer.job, end, error = %e, "a tunnel failed");
                     }
                 });
@@ -214,8 +221,7 @@ async fn forward(
     end: &str,
     shaper: &Shaper,
     counters: &TunnelCounters,
-    held: &nbd::Held,
-    image: Option<&RamImage>,
+    carrying: &Carrying,
 ) -> Result<(), TransferError> {
     // A memory connection says what it is in its first bytes.
     let mut first = [0u8; 4];
@@ -226,6 +232,10 @@ async fn forward(
         None
     };
     let end = match channel {
+        Some(Channel::Multifd) if carrying.raw_memory => {
+            counters.note_raw("memory relayed as it is, as configured (--memory-relay raw)");
+            end
+        }
         Some(Channel::Multifd) => MULTIFD,
         Some(Channel::Unknown) => {
             counters.note_raw("a memory connection that is neither QEMU's main channel nor a multifd channel");
@@ -236,8 +246,8 @@ async fn forward(
     let mut remote = tls::connect(&peer.address, peer.tls.as_ref()).await.map_err(|e| TransferError::Wire(e.into()))?;
     open_tunnel(&mut remote, peer.job, &peer.secret, end).await?;
     match (end, channel) {
-        (NBD, _) => nbd::send_nbd(local, remote, shaper, counters, held).await,
-        (MULTIFD, _) => multifd::send_multifd(first, local, remote, shaper, counters, image).await,
+        (NBD, _) => nbd::send_nbd(local, remote, shaper, counters, &carrying.held).await,
+        (MULTIFD, _) => multifd::send_multifd(first, local, remote, shaper, counters, carrying.image.as_deref()).await,
         (_, Some(_)) => {
             shaper.take(first.len() as u64).await;
             remote.write_all(&first).await.map_err(|e| TransferError::Wire(e.into()))?;

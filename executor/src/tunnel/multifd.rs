@@ -25,7 +25,9 @@ use std::sync::RwLock;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::framed::{ends, io_error, relay_piece, send, squeeze, unsqueeze, wire, HELD_WINDOW, RELAY_PIECE};
+use super::framed::{
+    ends, io_error, relay_back, relay_piece, send, squeeze, unsqueeze, wire, HELD_WINDOW, RELAY_PIECE,
+};
 use super::TunnelCounters;
 use crate::content::{hash, zero_page_hash, Hash, PAGE};
 use crate::index::{ChunkIndex, Holding};
@@ -307,18 +309,7 @@ where
         }
         local_write.shutdown().await.map_err(io_error)
     };
-    let outward = async {
-        let mut buffer = vec![0u8; RELAY_PIECE];
-        loop {
-            let n = local_read.read(&mut buffer).await.map_err(io_error)?;
-            if n == 0 {
-                break;
-            }
-            let sent = send(&writer, &Frame::Relay { len: n as u32 }, &buffer[..n], None).await?;
-            counters.down.fetch_add(sent, Ordering::Relaxed);
-        }
-        writer.lock().await.shutdown().await.map_err(io_error)
-    };
+    let outward = relay_back(&mut local_read, &writer, counters);
     tokio::try_join!(inward, outward).map(|_| ())
 }
 
