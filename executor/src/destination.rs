@@ -58,9 +58,21 @@ pub struct Destination {
     tunnels: Mutex<HashMap<(u64, String), TunnelEnd>>,
 }
 
-/// Where a job's tunnel of one end leads here, what such tunnels carried,
-/// and (memory ends) where the pages that arrive are kept.
-type TunnelEnd = (PathBuf, Arc<TunnelCounters>, Option<Arc<RamImage>>);
+/// Where a job's tunnel of one end leads here and what such tunnels carried.
+#[derive(Clone)]
+struct TunnelEnd {
+    path: PathBuf,
+    counters: Arc<TunnelCounters>,
+    /// Memory ends: where the pages that arrive are kept.
+    image: Option<Arc<RamImage>>,
+    /// Memory ends: whether the job's main channel has reached QEMU. A
+    /// QEMU 7.2 destination takes the first connection as its main channel,
+    /// so multifd channels wait for it (QEMU 10.0 tells them apart itself).
+    main_connected: Option<Arc<tokio::sync::watch::Sender<bool>>>,
+}
+
+/// How long a multifd channel waits for its job's main channel to reach QEMU.
+const MAIN_CHANNEL_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// An image a job may send.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,7 +184,9 @@ impl Destination {
     /// (where the local hypervisor listens); returns what they will carry.
     pub fn expect_tunnel(&self, job: u64, end: &str, path: &Path) -> Arc<TunnelCounters> {
         let counters = Arc::new(TunnelCounters::default());
-        lock(&self.tunnels).insert((job, end.to_owned()), (path.to_owned(), counters.clone(), None));
+        let tunnel_end =
+            TunnelEnd { path: path.to_owned(), counters: counters.clone(), image: None, main_connected: None };
+        lock(&self.tunnels).insert((job, end.to_owned()), tunnel_end);
         counters
     }
 
@@ -181,9 +195,11 @@ impl Destination {
     /// arrive written to `image`; returns what they will carry.
     pub fn expect_memory(&self, job: u64, path: &Path, image: Option<Arc<RamImage>>) -> Arc<TunnelCounters> {
         let counters = Arc::new(TunnelCounters::default());
+        let main_connected = Some(Arc::new(tokio::sync::watch::Sender::new(false)));
+        let tunnel_end = TunnelEnd { path: path.to_owned(), counters: counters.clone(), image, main_connected };
         let mut tunnels = lock(&self.tunnels);
         for end in [MIGRATION, MULTIFD] {
-            tunnels.insert((job, end.to_owned()), (path.to_owned(), counters.clone(), image.clone()));
+            tunnels.insert((job, end.to_owned()), tunnel_end.clone());
         }
         counters
     }
@@ -319,13 +335,24 @@ impl Destination {
             }
             return refuse(stream, format!("job {job}'s tunnels are not ready here")).await;
         }
-        let Some((path, counters, image)) = lock(&self.tunnels).get(&(job, end.to_owned())).cloned() else {
+        let Some(TunnelEnd { path, counters, image, main_connected }) =
+            lock(&self.tunnels).get(&(job, end.to_owned())).cloned()
+        else {
             return refuse(stream, format!("no tunnel end '{end}' for job {job} here")).await;
         };
+        if let (MULTIFD, Some(main)) = (end, &main_connected) {
+            let mut connected = main.subscribe();
+            if tokio::time::timeout(MAIN_CHANNEL_WAIT, connected.wait_for(|c| *c)).await.is_err() {
+                tracing::warn!(job, "a multifd channel reaches QEMU before the main channel did");
+            }
+        }
         let local = match tokio::net::UnixStream::connect(&path).await {
             Ok(local) => local,
             Err(e) => return refuse(stream, format!("tunnel end '{end}': {e}")).await,
         };
+        if let (MIGRATION, Some(main)) = (end, &main_connected) {
+            main.send_replace(true);
+        }
         write_frame(stream, &Frame::Accepted).await?;
         match end {
             crate::tunnel::NBD => return crate::tunnel::nbd::receive_nbd(local, stream, &counters, &self.index).await,

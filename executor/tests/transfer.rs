@@ -14,9 +14,10 @@ use heliotrope_executor::precopy::{migrate_vm, PrecopyError, PrecopyOptions};
 use heliotrope_executor::replica::{keep_synced, Replica, Synced};
 use heliotrope_executor::shaping::{Link, Shaper};
 use heliotrope_executor::sim::{generate, ContentMix, SimImages, SimVm, Workload, BLOCK_PAGES};
-use heliotrope_executor::source::{send, send_resuming, SendOptions, Session};
+use heliotrope_executor::source::{open_tunnel, send, send_resuming, SendOptions, Session};
 use heliotrope_executor::tls::{self, Connection, Tls};
 use heliotrope_executor::transfer::{Counters, Progress, TransferError, MAX_IMAGE_PAGES};
+use heliotrope_executor::tunnel::{MIGRATION, MULTIFD};
 use heliotrope_executor::wire::{
     encode, nonce, proof, read_frame, write_frame, write_with_payload, ByteBuf, Frame, ImageKind, VERSION,
 };
@@ -585,4 +586,44 @@ async fn a_job_sends_only_the_images_it_was_assigned_no_larger_than_its_vm() {
     let refused = dest.outcomes(1).await;
     assert!(matches!(&refused[0], Err(e) if e.to_string().contains("sends no Migration image")), "{refused:?}");
     assert!(dest.kept(9).is_empty() && dest.kept(10).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_multifd_channels_reach_qemu_only_after_its_main_channel() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // QEMU 7.2 takes the first connection to its incoming socket as the main channel.
+    let site = site(None).await;
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("migration.sock");
+    let qemu = tokio::net::UnixListener::bind(&socket).unwrap();
+    let (job, secret) = (5, vec![3u8; 32]);
+    site.destination.expect(job, secret.clone());
+    site.destination.expect_memory(job, &socket, None);
+    let open = |end: &'static str| {
+        let (address, secret) = (site.addr.clone(), secret.clone());
+        tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(&address).await.unwrap();
+            open_tunnel(&mut stream, job, &secret, end).await.unwrap();
+            if end == MULTIFD {
+                // A multifd tunnel carries frames: these bytes pass on as they are.
+                let frame = encode(&Frame::Relay { len: end.len() as u32 }).unwrap();
+                write_with_payload(&mut stream, &frame, &[end.as_bytes()]).await.unwrap();
+            } else {
+                stream.write_all(end.as_bytes()).await.unwrap();
+            }
+            stream
+        })
+    };
+    let multifd = open(MULTIFD);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let main = open(MIGRATION);
+    let mut first = vec![0u8; MIGRATION.len()];
+    let (mut accepted, _) = qemu.accept().await.unwrap();
+    accepted.read_exact(&mut first).await.unwrap();
+    assert_eq!(first, MIGRATION.as_bytes(), "the main channel reached QEMU first");
+    let (mut second, _) = qemu.accept().await.unwrap();
+    let mut then = vec![0u8; MULTIFD.len()];
+    second.read_exact(&mut then).await.unwrap();
+    assert_eq!(then, MULTIFD.as_bytes());
+    drop((main.await.unwrap(), multifd.await.unwrap()));
 }
