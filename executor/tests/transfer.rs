@@ -627,3 +627,28 @@ async fn a_jobs_multifd_channels_reach_qemu_only_after_its_main_channel() {
     assert_eq!(then, MULTIFD.as_bytes());
     drop((main.await.unwrap(), multifd.await.unwrap()));
 }
+
+#[test]
+fn keeping_a_memory_image_leaves_those_still_written_and_drops_what_the_index_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    // Room in the index for one image of a page at a time.
+    let site = Destination::open(dir.path(), PAGE as u64).unwrap();
+    let page = |fill: u8| vec![fill; PAGE];
+    let (first, writing) = (site.new_ram_image("a", 1).unwrap(), site.new_ram_image("b", 2).unwrap());
+    first.write("pc.ram", &[0], &page(1));
+    site.keep_ram_image(&first).unwrap();
+    // Another VM's image, still being written, and the next one of VM a: keeping that one drops
+    // the first (the budget), and leaves the one being written.
+    writing.write("pc.ram", &[0], &page(2));
+    let next = site.new_ram_image("a", 3).unwrap();
+    next.write("pc.ram", &[0], &page(3));
+    site.keep_ram_image(&next).unwrap();
+    assert!(!first.dir().exists(), "VM a's earlier image went");
+    assert!(writing.dir().join("pc.ram.ram").exists(), "an image being written stays");
+    let third = site.new_ram_image("c", 4).unwrap();
+    third.write("pc.ram", &[0], &page(4));
+    site.keep_ram_image(&third).unwrap();
+    assert!(!next.dir().exists(), "an image the budget dropped is deleted");
+    site.drop_ram_image(&writing);
+    assert!(!writing.dir().exists());
+}

@@ -26,7 +26,6 @@ use heliotrope_executor::qemu::guest::{self, boot_image, disk_with_data};
 use heliotrope_executor::qemu::machine::Machine;
 use heliotrope_executor::qemu::migrate::{incoming_done, migrate_out, mirror_disks, start, MigrationOptions, Steer};
 use heliotrope_executor::qemu::pair::{MemoryWay, Pair, Route, CHANNELS};
-use heliotrope_executor::ram_image::RamImage;
 use heliotrope_executor::replica::Replicating;
 use heliotrope_executor::source::{SendOptions, Session};
 use heliotrope_executor::tunnel::nbd::Held;
@@ -234,10 +233,7 @@ async fn come_back(guest: Guest, cap: Option<f64>, args: &QemuBenchArgs) -> anyh
     let spec = guest_in(&root.path().join("guest"), guest)?;
     let home = Destination::open(&root.path().join("home-executor"), 4 << 30)?;
     let away = Destination::open(&root.path().join("away-executor"), 4 << 30)?;
-    let image = |site: &Destination, job| -> anyhow::Result<Arc<RamImage>> {
-        Ok(Arc::new(RamImage::create(&site.ram_image_dir("guest", job)?)?))
-    };
-    let leaving = image(&home, 1)?;
+    let leaving = home.new_ram_image("guest", 1)?;
     let source = Arc::new(Machine::start(&spec, &root.path().join("source"), false).await?);
     up(&root.path().join("source"), guest).await?;
     let route = Route::Tunnelled { cap };
@@ -251,7 +247,7 @@ async fn come_back(guest: Guest, cap: Option<f64>, args: &QemuBenchArgs) -> anyh
         source.quit().await;
     }
     tokio::time::sleep(Duration::from_secs(args.return_after_s)).await;
-    let kept = MemoryWay { arriving: Some(image(&home, 2)?), ..MemoryWay::default() };
+    let kept = MemoryWay { arriving: Some(home.new_ram_image("guest", 2)?), ..MemoryWay::default() };
     let back = Pair::to(Arc::new(destination), &target, root.path(), "back", route, home, kept).await?;
     let run = measure(&back, &target.disks, None, cap, args).await.context("the way back")?;
     let Pair { source, destination, .. } = back;

@@ -71,9 +71,28 @@ impl Worker {
         Held { exports: exports.collect() }
     }
 
+    /// A fresh memory image for migration `id` of `vm`; none (the memory is
+    /// not kept, the migration goes on) if it cannot be made.
+    fn ram_image(&self, vm: &str, id: i64) -> Option<Arc<RamImage>> {
+        match self.destination.new_ram_image(vm, id as u64) {
+            Ok(image) => Some(image),
+            Err(e) => {
+                tracing::warn!(error = %e, "the migration's memory will not be kept");
+                None
+            }
+        }
+    }
+
+    fn drop_ram_image(&self, image: Option<&RamImage>) {
+        if let Some(image) = image {
+            self.destination.drop_ram_image(image);
+        }
+    }
+
     /// Keeps the memory a migration carried in this site's chunk index, off
     /// the async runtime (every page is hashed); failing that, drops it.
-    async fn keep_ram_image(&self, image: Arc<RamImage>) {
+    async fn keep_ram_image(&self, image: Option<Arc<RamImage>>) {
+        let Some(image) = image else { return };
         let destination = self.destination.clone();
         let kept = tokio::task::spawn_blocking(move || {
             let kept = destination.keep_ram_image(&image);
@@ -140,9 +159,9 @@ impl Worker {
             Carrying { held, ..Carrying::default() },
         )?;
         // What leaves is kept here: should the VM come back, most of its memory is here already.
-        let image = Arc::new(RamImage::create(&self.destination.ram_image_dir(&a.migration.vm, id as u64)?)?);
+        let image = self.ram_image(&a.migration.vm, id);
         let raw_memory = self.args.memory_relay == MemoryRelay::Raw;
-        let carrying = Carrying { image: Some(image.clone()), raw_memory, ..Carrying::default() };
+        let carrying = Carrying { image: image.clone(), raw_memory, ..Carrying::default() };
         let memory = Forwarder::listen(&migration_socket, peer, MIGRATION, shaper.clone(), carrying)?;
         mirror_disks(&machine, &spec.disks, &nbd_socket, None, Duration::from_secs(3600)).await?;
         drop(holding);
@@ -186,11 +205,11 @@ impl Worker {
         let migrated = match migrated {
             Err(MigrateError::Cancelled) => {
                 tracing::info!("cancelled: the VM runs on here");
-                self.destination.drop_ram_image(&image);
+                self.drop_ram_image(image.as_deref());
                 return Ok(());
             }
             Err(e) => {
-                self.destination.drop_ram_image(&image);
+                self.drop_ram_image(image.as_deref());
                 return Err(e.into());
             }
             Ok(migrated) => migrated,
@@ -215,7 +234,7 @@ impl Worker {
                 self.keep_ram_image(image).await;
             }
             Confirmed::Ended(state) => {
-                self.destination.drop_ram_image(&image);
+                self.drop_ram_image(image.as_deref());
                 self.stay(&network_move).await;
                 start(&machine).await?;
                 let _ = announce(&machine).await;
@@ -260,8 +279,8 @@ impl Worker {
         self.destination.expect_images(id as u64, secret, Vec::new());
         self.destination.expect_tunnel(id as u64, NBD, &nbd_socket);
         // What arrives is kept here too: the VMs that run here share pages.
-        let image = Arc::new(RamImage::create(&self.destination.ram_image_dir(&a.migration.vm, id as u64)?)?);
-        self.destination.expect_memory(id as u64, &migration_socket, Some(image.clone()));
+        let image = self.ram_image(&a.migration.vm, id);
+        self.destination.expect_memory(id as u64, &migration_socket, image.clone());
         let received = async {
             incoming_done(&machine, &spec.disks, Duration::from_secs(3600)).await?;
             self.confirm_done(id).await
@@ -270,7 +289,7 @@ impl Worker {
             // Never started: the VM runs on at the source; what arrived is dropped.
             machine.quit().await;
             let _ = std::fs::remove_dir_all(&dir);
-            self.destination.drop_ram_image(&image);
+            self.drop_ram_image(image.as_deref());
             return Err(e);
         }
         let announce = async {

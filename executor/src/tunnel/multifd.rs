@@ -79,6 +79,8 @@ where
     // Units are small or hold window permits: the queue's bound is only against raw floods.
     let (queue, mut queued) = tokio::sync::mpsc::channel::<Unit>(64);
     let (answer, mut answers) = tokio::sync::mpsc::unbounded_channel::<ByteBuf>();
+    // Offers sent and not yet answered: an answer beyond them is the peer's error, not memory to keep.
+    let unanswered = std::sync::atomic::AtomicUsize::new(0);
     let closed = || TransferError::Protocol("the tunnel's sender stopped".into());
 
     let reading = async {
@@ -139,6 +141,7 @@ where
                     let hashes: Vec<Hash> = payload.chunks_exact(PAGE).map(hash).collect();
                     window.acquire_many(hashes.len() as u32).await.map_err(|_| closed())?.forget();
                     let offer = Frame::RamOffer { hashes: hashes.clone() };
+                    unanswered.fetch_add(1, Ordering::AcqRel);
                     counters.up.fetch_add(send(&writer, &offer, &[], Some(shaper)).await?, Ordering::Relaxed);
                     queue.send(Unit::Offered { header, pages: payload, hashes }).await.map_err(|_| closed())?;
                 }
@@ -218,6 +221,10 @@ where
             };
             match frame {
                 Frame::Need { origins } => {
+                    let offered = unanswered.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+                    if offered.is_err() || origins.len() > stream::MAX_PAGES {
+                        return Err(TransferError::Protocol("an answer to no offer".into()));
+                    }
                     // The sender outlives every offer it waits on; if it has stopped, so does this.
                     let _ = answer.send(origins);
                 }
@@ -277,11 +284,14 @@ where
             match frame {
                 Frame::Relay { .. } => local_write.write_all(&payload).await.map_err(io_error)?,
                 Frame::RamOffer { hashes } => {
-                    if hashes.len() > stream::MAX_PAGES || promised_pages + hashes.len() > 2 * HELD_WINDOW / PAGE {
+                    if hashes.is_empty() || hashes.len() > stream::MAX_PAGES {
+                        return Err(TransferError::Protocol(format!("an offer of {} pages", hashes.len())));
+                    }
+                    if promised_pages + hashes.len() > 2 * HELD_WINDOW / PAGE {
                         return Err(TransferError::Protocol("more offered than a source may hold".into()));
                     }
                     let own = image.and_then(|i| i.dir().parent());
-                    let promise = answer_offer(hashes, index, own)?;
+                    let promise = answer_offer(hashes, index, own);
                     let origins = ByteBuf::from(promise.origins.iter().map(|&o| o as u8).collect::<Vec<u8>>());
                     counters
                         .down
@@ -316,14 +326,19 @@ where
 /// Where each offered page comes from, with the pages the index gives
 /// taken now (checked against their hashes as it reads them); pages of
 /// files in `own` are the VM's own, kept when it last left.
-fn answer_offer(hashes: Vec<Hash>, index: &RwLock<ChunkIndex>, own: Option<&Path>) -> Result<Promise, TransferError> {
+fn answer_offer(hashes: Vec<Hash>, index: &RwLock<ChunkIndex>, own: Option<&Path>) -> Promise {
     let index = index.read().unwrap_or_else(|e| e.into_inner());
     let (mut origins, mut held) = (Vec::with_capacity(hashes.len()), Vec::with_capacity(hashes.len()));
     for h in &hashes {
         let (origin, page) = if *h == zero_page_hash() {
             (Origin::Zero, None)
         } else {
-            match index.get(h).map_err(io_error)? {
+            // A page the index cannot read (a disk error) is simply sent.
+            let found = index.get(h).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "a held page could not be read");
+                None
+            });
+            match found {
                 Some((page, Holding::Replica)) => (Origin::Cache, Some(page)),
                 Some((page, Holding::Image))
                     if own.is_some_and(|own| index.file_of(h).is_some_and(|f| f.starts_with(own))) =>
@@ -337,7 +352,7 @@ fn answer_offer(hashes: Vec<Hash>, index: &RwLock<ChunkIndex>, own: Option<&Path
         origins.push(origin);
         held.push(page);
     }
-    Ok(Promise { hashes, origins, held })
+    Promise { hashes, origins, held }
 }
 
 /// A packet's bytes as QEMU wrote them: its header, then each page from
