@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use super::TunnelCounters;
 use crate::shaping::Shaper;
 use crate::transfer::TransferError;
-use crate::wire::{encode, write_with_payload, Frame};
+use crate::wire::{encode, read_frame_with, write_with_payload, Frame};
 
 /// Bytes of pages a source holds for its peer's answer (a reference to
 /// rebuild, an offer to answer): this bounds its memory per tunnel.
@@ -58,6 +58,18 @@ where
     let (local_read, local_write) = tokio::io::split(local);
     let (remote_read, remote_write) = tokio::io::split(remote);
     (local_read, local_write, remote_read, Arc::new(tokio::sync::Mutex::new(remote_write)))
+}
+
+/// The peer's next frame; `None` once it has closed its side between frames.
+pub(super) async fn next_frame<R: AsyncRead + Unpin>(
+    remote: &mut R,
+    buffer: &mut Vec<u8>,
+) -> Result<Option<Frame>, TransferError> {
+    match read_frame_with(remote, buffer).await {
+        Ok(frame) => Ok(Some(frame)),
+        Err(crate::wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(wire(e)),
+    }
 }
 
 /// Sends `bytes` to be passed on as they are, shaped and counted as sent.

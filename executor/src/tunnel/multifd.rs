@@ -26,7 +26,7 @@ use std::sync::RwLock;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::framed::{
-    ends, io_error, relay_back, relay_piece, send, squeeze, unsqueeze, wire, HELD_WINDOW, RELAY_PIECE,
+    ends, io_error, next_frame, relay_back, relay_piece, send, squeeze, unsqueeze, wire, HELD_WINDOW, RELAY_PIECE,
 };
 use super::TunnelCounters;
 use crate::content::{hash, zero_page_hash, Hash, PAGE};
@@ -35,7 +35,7 @@ use crate::qemu::stream::{self, PacketKind, RamPacket, DEVICE_HEADER_LEN, INIT_L
 use crate::ram_image::RamImage;
 use crate::shaping::Shaper;
 use crate::transfer::TransferError;
-use crate::wire::{read_frame_with, read_payload, ByteBuf, Frame, Origin};
+use crate::wire::{read_payload, ByteBuf, Frame, Origin};
 
 /// What the source's reader hands its sender, in stream order.
 enum Unit {
@@ -214,11 +214,7 @@ where
         let answer = answer;
         let (mut buffer, mut payload) = (Vec::new(), Vec::new());
         loop {
-            let frame = match read_frame_with(&mut remote_read, &mut buffer).await {
-                Ok(frame) => frame,
-                Err(crate::wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(wire(e)),
-            };
+            let Some(frame) = next_frame(&mut remote_read, &mut buffer).await? else { break };
             match frame {
                 Frame::Need { origins } => {
                     let offered = unanswered.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -270,11 +266,7 @@ where
         let mut promised: VecDeque<Promise> = VecDeque::new();
         let mut promised_pages = 0usize;
         loop {
-            let frame = match read_frame_with(&mut remote_read, &mut buffer).await {
-                Ok(frame) => frame,
-                Err(crate::wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(wire(e)),
-            };
+            let Some(frame) = next_frame(&mut remote_read, &mut buffer).await? else { break };
             let len = match &frame {
                 Frame::Relay { len } | Frame::RamPacket { len, .. } => *len,
                 _ => 0,

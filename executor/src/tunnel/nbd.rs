@@ -20,7 +20,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::framed::{
-    ends, io_error, relay_back, relay_piece, send, squeeze, unsqueeze, wire, Writer, HELD_WINDOW, RELAY_PIECE,
+    ends, io_error, next_frame, relay_back, relay_piece, send, squeeze, unsqueeze, wire, Writer, HELD_WINDOW,
+    RELAY_PIECE,
 };
 use super::TunnelCounters;
 use crate::content::{hash, zero_page_hash, Hash, PAGE};
@@ -28,7 +29,7 @@ use crate::index::ChunkIndex;
 use crate::nbd::{self, Request};
 use crate::shaping::Shaper;
 use crate::transfer::TransferError;
-use crate::wire::{read_frame_with, read_payload, ByteBuf, Frame, Origin};
+use crate::wire::{read_payload, ByteBuf, Frame, Origin};
 
 /// What the destination holds of the disks behind each export, by export
 /// name: the page hashes of the VM's replica there, and where that disk
@@ -194,11 +195,7 @@ where
         let _ended = SetOnDrop(ended_ref);
         let (mut buffer, mut payload) = (Vec::new(), Vec::new());
         loop {
-            let frame = match read_frame_with(&mut remote_read, &mut buffer).await {
-                Ok(frame) => frame,
-                Err(crate::wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(wire(e)),
-            };
+            let Some(frame) = next_frame(&mut remote_read, &mut buffer).await? else { break };
             match frame {
                 Frame::Relay { len } => {
                     read_payload(&mut remote_read, len as usize, &mut payload).await.map_err(wire)?;
@@ -370,11 +367,7 @@ where
                     (frame, data)
                 }
                 None => {
-                    let frame = match read_frame_with(&mut remote_read, &mut buffer).await {
-                        Ok(frame) => frame,
-                        Err(crate::wire::WireError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                        Err(e) => return Err(wire(e)),
-                    };
+                    let Some(frame) = next_frame(&mut remote_read, &mut buffer).await? else { break };
                     let len = match &frame {
                         Frame::Relay { len } | Frame::NbdWrite { len, .. } | Frame::Resend { len, .. } => *len,
                         _ => 0,
