@@ -58,8 +58,6 @@ pub struct MigrationOptions {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct QemuProgress {
     pub status: String,
-    /// Memory bytes sent so far.
-    pub transferred: u64,
     pub remaining: u64,
     pub dirty_bytes_per_s: f64,
     pub expected_downtime_ms: Option<u64>,
@@ -76,7 +74,6 @@ impl QemuProgress {
         let page = ram["page-size"].as_f64().unwrap_or(4096.0);
         QemuProgress {
             status: q["status"].as_str().unwrap_or("none").to_owned(),
-            transferred: ram["transferred"].as_u64().unwrap_or(0),
             remaining: ram["remaining"].as_u64().unwrap_or(0),
             dirty_bytes_per_s: ram["dirty-pages-rate"].as_f64().unwrap_or(0.0) * page,
             expected_downtime_ms: q["expected-downtime"].as_u64(),
