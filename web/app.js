@@ -94,13 +94,13 @@ function fail(error) {
 // ---- session -------------------------------------------------------------
 
 async function start() {
-  try {
-    state.session = await api("GET", "/v1/session");
-  } catch (error) {
-    if (error.status !== 401) return fail(error);
+  // 204 (no body): not signed in.
+  state.session = await api("GET", "/v1/session").catch(fail);
+  if (state.session === null) {
     $("signin").hidden = false;
     return;
   }
+  if (!state.session) return;
   document.body.classList.toggle("viewer", !canWrite());
   // Viewers get no write controls at all (the server refuses their writes too).
   if (!canWrite()) document.querySelectorAll(".write").forEach((node) => node.remove());

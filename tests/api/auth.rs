@@ -18,6 +18,8 @@ use utoipa::OpenApi;
 enum Need {
     Nobody,
     Role(Role),
+    /// As `Role`, except that presenting nothing is an answer too (not signed in), not a 401.
+    Asking(Role),
 }
 
 struct Route {
@@ -106,7 +108,7 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::DELETE, "/v1/tokens/{id}", 999_999, None, admin),
         // The body carries the token that signs in; the header plays no part.
         r(Method::POST, "/v1/session", 0, Some(json!({"token": ADMIN})), Need::Nobody),
-        r(Method::GET, "/v1/session", 0, None, view),
+        r(Method::GET, "/v1/session", 0, None, Need::Asking(Role::Viewer)),
         r(Method::DELETE, "/v1/session", 0, None, Need::Nobody),
         Route { query: "?signal=carbon", ..r(Method::GET, "/v1/sites/{id}/signals", s, None, view) },
         r(Method::POST, "/v1/sites/{id}/signals", s, Some(json!([])), admin),
@@ -234,9 +236,9 @@ async fn route_by_role_matrix(pool: PgPool) {
             let answer = asker.send(route.method.clone(), &path, secret.as_deref(), route.body.as_ref()).await;
             let status = answer.status.as_u16();
             let expected = match (route.need, who) {
-                (Need::Nobody, _) => None,
+                (Need::Nobody, _) | (Need::Asking(_), &"none") => None,
                 (_, &"none") | (_, &"bogus") => Some(401),
-                (Need::Role(need), who) => {
+                (Need::Role(need) | Need::Asking(need), who) => {
                     let role = Role::parse(who).unwrap();
                     if role.grants(need) {
                         None

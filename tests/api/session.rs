@@ -73,6 +73,11 @@ async fn unknown_tokens_and_executors_do_not_sign_in_and_signing_out_clears_the_
     assert_eq!(answer.status(), 403);
     let bogus = "heliotrope_session=htp_nope";
     assert_eq!(with_cookie(&app, reqwest::Method::GET, "/v1/sites", bogus, None).await, 401);
+    // Asking whether a browser is signed in is no error: 204 without a session, and an ended one's cookie cleared.
+    assert_eq!(client.get(app.url("/v1/session")).send().await.unwrap().status(), 204);
+    let ended = client.get(app.url("/v1/session")).header(COOKIE, bogus).send().await.unwrap();
+    assert_eq!(ended.status(), 204);
+    assert!(ended.headers()[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));
     let out = client.delete(app.url("/v1/session")).send().await.unwrap();
     assert_eq!(out.status(), 204);
     assert!(out.headers()[SET_COOKIE].to_str().unwrap().contains("Max-Age=0"));

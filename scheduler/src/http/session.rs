@@ -63,19 +63,32 @@ fn forwarded_https(headers: &header::HeaderMap) -> bool {
     headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
-/// Who this browser (or bearer) is signed in as, and its CSRF token.
+/// Who this browser (or bearer) is signed in as, and its CSRF token. A
+/// browser that is not signed in (no cookie, or one whose session ended)
+/// gets 204 and no body: asking is not an error, and a page asks before
+/// it shows its sign-in form. A bearer token that is not valid is 401.
 #[utoipa::path(get, path = "/v1/session", tag = "tokens",
-    responses((status = 200, body = Session), ErrorResponses))]
+    responses((status = 200, body = Session), (status = 204, description = "Not signed in"), ErrorResponses))]
 pub async fn get_session(
     State(state): State<AppState>,
     peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     headers: header::HeaderMap,
-) -> Result<Json<Session>, ApiError> {
-    let presented = presented(&headers).ok_or(ApiError::Unauthorized)?;
+) -> Result<Response, ApiError> {
+    let Some(presented) = presented(&headers) else { return Ok(StatusCode::NO_CONTENT.into_response()) };
     let peer = peer.map(|Extension(ConnectInfo(peer))| peer.ip());
-    let who = browser(principal(&state, presented, peer).await?)?;
+    let who = match principal(&state, presented, peer).await {
+        Err(ApiError::Unauthorized) if matches!(presented, Presented::Session(_)) => {
+            return Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cleared_cookie())]).into_response())
+        }
+        who => browser(who?)?,
+    };
     let (Presented::Bearer(secret) | Presented::Session(secret)) = presented;
-    Ok(Json(Session { token_id: who.token_id, role: who.role, csrf_token: csrf_token(secret) }))
+    Ok(Json(Session { token_id: who.token_id, role: who.role, csrf_token: csrf_token(secret) }).into_response())
+}
+
+/// A cookie that ends the browser's session cookie.
+fn cleared_cookie() -> String {
+    format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0")
 }
 
 /// Executor tokens are for executors: no browser signs in with one.
@@ -97,6 +110,5 @@ pub async fn sign_out(State(state): State<AppState>, headers: header::HeaderMap)
         db::sessions::close(&state.pool, &digest).await?;
         state.tokens.forget_session(digest);
     }
-    let cookie = format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0");
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cleared_cookie())]).into_response())
 }
