@@ -18,18 +18,19 @@ mkdirSync(artifacts, { recursive: true });
 const browser = await chromium.launch({ executablePath, args: ["--no-sandbox", "--disable-gpu"] });
 test.after(() => browser.close());
 
-/// A fresh browser context signed in with `token`, collecting the page's console errors from then on.
+/// A fresh browser context signed in with `token`, collecting the page's console errors from
+/// its first load on (before sign-in too: asking whether a session exists is no error).
 async function signedIn(token) {
   const context = await browser.newContext({ viewport: { width: 1360, height: 900 } });
   const page = await context.newPage();
+  const errors = [];
+  page.on("console", (message) => { if (message.type() === "error") errors.push(message.text()); });
+  page.on("pageerror", (error) => errors.push(error.message));
   await page.goto(url);
   await page.locator("#signin").waitFor({ state: "visible" });
   await page.fill("#token", token);
   await page.click("#signin-form button[type=submit]");
   await page.locator("#role").waitFor();
-  const errors = [];
-  page.on("console", (message) => { if (message.type() === "error") errors.push(message.text()); });
-  page.on("pageerror", (error) => errors.push(error.message));
   // Load it again as a signed-in planner would open it.
   await page.reload();
   await page.locator("#role").waitFor();
@@ -83,6 +84,8 @@ test("a planner sees the fleet, approves and applies a plan, and watches it move
 
   // Savings per day, and an evacuation predicted before it is confirmed.
   await page.waitForFunction(() => Number(document.getElementById("chart-saved-cost").dataset.points) > 0);
+  assert.match(await page.textContent("#savings-total"),
+    /^To date \(14 days\): -?[\d,.]+ USD and -?[\d,.]+ kg CO2e saved, \d+ migrations.*synthetic/);
   await shot(page, "savings", "#savings");
   // The least loaded site leaves: the others can take its VMs whatever the demo's random draw
   // (the most loaded one, where the plan just moved VMs, may not fit anywhere else).
