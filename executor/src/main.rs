@@ -56,18 +56,27 @@ enum BenchCommand {
     Qemu(bench::QemuBenchArgs),
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+/// How long work still running (a blocking write, say) may hold up the exit once the command is done.
+const EXIT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
-        Command::Run(args) => run::run(*args).await,
-        Command::Receive(args) => by_hand::receive_one(&args).await,
-        Command::Migrate(args) => by_hand::migrate(&args).await,
-        Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,
-        Command::Bench(BenchCommand::Qemu(args)) => bench::qemu(&args).await,
-        Command::Network(NetworkCommand::Release(args)) => run::release_now(&args).await,
-    }
+    let command = Cli::parse().command;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let done = runtime.block_on(async {
+        match command {
+            Command::Run(args) => run::run(*args).await,
+            Command::Receive(args) => by_hand::receive_one(&args).await,
+            Command::Migrate(args) => by_hand::migrate(&args).await,
+            Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,
+            Command::Bench(BenchCommand::Qemu(args)) => bench::qemu(&args).await,
+            Command::Network(NetworkCommand::Release(args)) => run::release_now(&args).await,
+        }
+    });
+    // A stopped executor exits promptly: it does not wait out its blocking work (a supervisor's grace is short).
+    runtime.shutdown_timeout(EXIT_GRACE);
+    done
 }

@@ -113,7 +113,10 @@ pub fn generate(
             page
         })
         .collect();
-    let mut memory = File::create(&images.memory)?;
+    // The memory image appears whole or not at all (written aside, then renamed): a run cut
+    // short leaves no image that looks finished, and the next boot makes them again.
+    let unfinished = dir.join("memory.img.part");
+    let mut memory = File::create(&unfinished)?;
     for first in (0..memory_pages).step_by(256) {
         let n = (memory_pages - first).min(256);
         for page in chunk[..n * PAGE].chunks_exact_mut(PAGE) {
@@ -136,6 +139,7 @@ pub fn generate(
     }
     memory.sync_all()?;
     disk.sync_all()?;
+    std::fs::rename(&unfinished, &images.memory)?;
     Ok(images)
 }
 

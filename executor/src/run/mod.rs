@@ -51,6 +51,10 @@ pub struct RunArgs {
     /// Where VMs, received images, replicas and the chunk index live.
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Stop, as on SIGTERM, when process PID (this one's parent: a supervisor such as
+    /// `heliotrope demo`) ends, however it ends.
+    #[arg(long, value_name = "PID")]
+    pub exit_with_parent: Option<i32>,
     /// Bound on what the chunk index holds (replicas, images, the memory
     /// kept of VMs that left or arrived), GiB; the oldest files go first.
     #[arg(long, env = "HELIOTROPE_INDEX_GIB", default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=1 << 20))]
@@ -167,6 +171,9 @@ struct Worker {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    if let Some(parent) = args.exit_with_parent {
+        exit_with_parent(parent)?;
+    }
     anyhow::ensure!(
         args.qemu_policy_step_s.is_finite() && args.qemu_policy_step_s >= 1.0,
         "--qemu-policy-step-s must be at least 1"
@@ -230,6 +237,17 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
             },
         }
     }
+}
+
+/// Asks the kernel for SIGTERM when the parent ends (it ended already if
+/// this process's parent is no longer `parent`: then stop at once).
+fn exit_with_parent(parent: i32) -> anyhow::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("asking for a parent-death signal")?;
+    anyhow::ensure!(
+        nix::unistd::getppid().as_raw() == parent,
+        "the parent process {parent} has already ended (--exit-with-parent)"
+    );
+    Ok(())
 }
 
 async fn shutdown_signal() {

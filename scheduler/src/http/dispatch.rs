@@ -114,10 +114,14 @@ pub async fn claim(
         if let Some(assignment) = db::migrations::claim(&state.pool, id, caller.token_id).await? {
             return Ok(Json(assignment).into_response());
         }
-        if tokio::time::Instant::now() >= deadline {
+        // A server that is stopping answers at once, so that its shutdown does not wait out the long polls.
+        if tokio::time::Instant::now() >= deadline || state.stopping.is_cancelled() {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            _ = state.stopping.cancelled() => {}
+        }
     }
 }
 
