@@ -41,12 +41,20 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Regions to seed as sites into an empty database (zone ids, comma-separated, or `all` for the 16).
-    #[arg(long, value_delimiter = ',', default_value = "GB,DE-LU,US-CAL-CISO")]
-    pub sites: Vec<String>,
-    /// How many VMs to seed into an empty database (default: 20 per site).
+    /// Regions to seed as sites (zone ids, comma-separated, or `all` for the 16; default GB,DE-LU,US-CAL-CISO).
+    /// A demo that ran before resumes with its sites: naming others is refused unless with --reset.
+    #[arg(long, value_delimiter = ',')]
+    pub sites: Option<Vec<String>>,
+    /// How many VMs to seed when the demo starts afresh (default: 20 per site).
     #[arg(long)]
     pub vms: Option<usize>,
+    /// Start afresh: empty the demo's database and remove its executors' state (VMs, images, tokens).
+    #[arg(long)]
+    pub reset: bool,
+    /// Where the demo keeps its executors' state and its private PostgreSQL cluster
+    /// (default: $XDG_DATA_HOME/heliotrope, or /var/tmp/heliotrope-demo as root).
+    #[arg(long, env = "HELIOTROPE_DEMO_STATE_DIR")]
+    pub state_dir: Option<std::path::PathBuf>,
     /// Always start the private PostgreSQL cluster, even if one answers on localhost:5432.
     #[arg(long)]
     pub private_postgres: bool,

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use crate::config::PlannerConfig;
 use crate::db::savings::KeptDay;
 use crate::db::{self, StoreError};
+use crate::domain::clock::Clock;
 use crate::domain::cost::{SiteEnergy, SlotSignal};
 use crate::domain::savings::{per_day, Relocation, SiteHours, Whereabouts};
 
@@ -67,16 +68,18 @@ pub enum SavingsError {
 
 /// What the migrations that finished in the last `days` UTC days (today
 /// included) saved, per day, against the moved VMs having stayed put.
-/// Finished days are priced once and kept; one pricing runs at a time per
-/// replica (`pricing`), off the async runtime, and those waiting for it
-/// find the days it kept.
+/// Days are those of `clock` (the demo's accelerated one, or real time),
+/// and so are the times migrations finished. Finished days are priced
+/// once and kept; one pricing runs at a time per replica (`pricing`), off
+/// the async runtime, and those waiting for it find the days it kept.
 pub async fn savings(
     pool: &PgPool,
     config: &PlannerConfig,
     pricing: &Semaphore,
     days: u32,
-    now: DateTime<Utc>,
+    clock: &Clock,
 ) -> Result<Savings, SavingsError> {
+    let now = clock.now();
     let today = now.date_naive();
     let first = today - chrono::Days::new(u64::from(days.max(1)) - 1);
     // Acquiring fails only on a closed semaphore, which this one never is.
@@ -143,21 +146,24 @@ async fn price(
         hours.push(SiteHours { energy: SiteEnergy::of(&site.spec), signals });
     }
     let index: HashMap<i64, usize> = sites.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
-    let relocations: Vec<Relocation> = db::migrations::finished_between(pool, from, to)
-        .await?
-        .into_iter()
-        .filter_map(|f| {
-            Some(Relocation {
-                vm: f.vm_id,
-                from: *index.get(&f.from_site_id)?,
-                to: *index.get(&f.to_site_id)?,
-                done_at: f.done_at,
-                wire_bytes: f.wire_bytes,
-                egress_cost_per_gb: f.egress_cost_per_gb,
+    // Migrations record real time: read on the clock, through its runs.
+    let timeline = db::clock::timeline(pool).await?;
+    let relocations: Vec<Relocation> =
+        db::migrations::finished_between(pool, timeline.real_at(from), timeline.real_at(to))
+            .await?
+            .into_iter()
+            .filter_map(|f| {
+                Some(Relocation {
+                    vm: f.vm_id,
+                    from: *index.get(&f.from_site_id)?,
+                    to: *index.get(&f.to_site_id)?,
+                    done_at: timeline.reading_at(f.done_at),
+                    wire_bytes: f.wire_bytes,
+                    egress_cost_per_gb: f.egress_cost_per_gb,
+                })
             })
-        })
-        .collect();
-    let before: HashMap<i64, Whereabouts> = db::migrations::whereabouts_before(pool, from)
+            .collect();
+    let before: HashMap<i64, Whereabouts> = db::migrations::whereabouts_before(pool, timeline.real_at(from))
         .await?
         .into_iter()
         .filter_map(|(vm, origin, at)| Some((vm, Whereabouts { origin: *index.get(&origin)?, at: *index.get(&at)? })))

@@ -88,9 +88,10 @@ const DEMO_DATABASE: &str = "heliotrope_demo";
 async fn run_demo(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
     // Signals are caught from here on, so that Ctrl-C during set-up still stops a private cluster.
     let stop = shutdown_on_signal();
+    let base = demo::state::base_dir(args.state_dir.as_deref())?;
     let mut private = None;
-    let url = match config.database_url() {
-        Some(url) if !args.private_postgres => url,
+    let (url, own_database) = match config.database_url() {
+        Some(url) if !args.private_postgres => (url, false),
         _ => {
             let on_localhost = if !args.private_postgres && localhost_answers() {
                 localhost_demo_database()
@@ -106,18 +107,19 @@ async fn run_demo(config: &Config, args: &DemoArgs) -> anyhow::Result<()> {
                 None
             };
             match on_localhost {
-                Some(url) => url,
+                Some(url) => (url, true),
                 None => {
-                    let pg = private.insert(LocalPostgres::start().context("starting a private PostgreSQL cluster")?);
+                    let pg = LocalPostgres::start(&base).context("starting a private PostgreSQL cluster")?;
+                    let pg = private.insert(pg);
                     let url = pg.url(DEMO_DATABASE);
                     db::create_database_if_missing(&db::with_database(&url, "postgres"), DEMO_DATABASE).await?;
-                    url
+                    (url, true)
                 }
             }
         }
     };
     // `private` (if any) stops its cluster when dropped, however this ends.
-    demo_with_database(config, args, &url, stop).await
+    demo_with_database(config, args, &url, own_database, &base, stop).await
 }
 
 /// The demo database on the server at localhost:5432 (user `postgres`, trust auth).
@@ -133,6 +135,8 @@ async fn demo_with_database(
     config: &Config,
     args: &DemoArgs,
     url: &str,
+    own_database: bool,
+    base: &std::path::Path,
     stop: tokio_util::sync::CancellationToken,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(
@@ -144,21 +148,25 @@ async fn demo_with_database(
         "--sim-mib-per-gib must be above 0 and at most 16"
     );
     let executor_bin = demo::executors::binary(args.executor_bin.as_deref())?;
+    let named = args.sites.as_deref().map(demo::regions_named).transpose()?;
     let pool = connect(config, url).await?;
-    if demo::is_empty(&pool).await? {
-        let regions = demo::regions_named(&args.sites)?;
+    let wanted = demo::state::Wanted { regions: named.as_deref(), reset: args.reset, own_database };
+    let (state, found) = demo::state::open(&pool, base, &wanted).await?;
+    if let demo::state::Found::Empty = found {
+        let regions = match named {
+            Some(regions) => regions,
+            None => demo::regions_named(&demo::DEFAULT_SITES.map(String::from))?,
+        };
         let vms = args.vms.unwrap_or(20 * regions.len());
         tracing::info!(sites = regions.len(), vms, "seeding the demo fleet");
         demo::store_fleet(&pool, demo::inventory::fleet_in(&regions, vms, 2026)).await?;
     }
-    let points = demo::store_synthetic_signals(&pool, chrono::Utc::now(), chrono::Duration::days(7)).await?;
-    tracing::info!(points, "stored synthetic signals (basis and source 'synthetic'): a week back, two days ahead");
     let secret = match admin_secret(config)? {
         Some(secret) => {
             db::tokens::ensure_admin(&pool, Some(secret)).await?;
             secret.to_owned()
         }
-        None => new_token(&pool, "demo-admin", Role::Admin, None).await?,
+        None => state.token(&pool, "admin", Role::Admin, None).await?,
     };
     // The demo rebalances by itself, an hour of its clock every minute (by default), applying every plan that saves.
     let mut services = config.services();
@@ -171,17 +179,21 @@ async fn demo_with_database(
     let app = Application::build(pool.clone(), config.listen, services).await?;
     let addr = app.local_addr();
     let clock = app.clock();
+    // Signals on the demo's clock, which resumes where it stopped: a week back fills the hours it stood still.
+    let points = demo::store_synthetic_signals(&pool, clock.now(), chrono::Duration::days(7)).await?;
+    tracing::info!(points, "stored synthetic signals (basis and source 'synthetic'): a week back, two days ahead");
     let sites = demo::site_names(&pool).await?;
     // One executor token per site: each serves its own site alone.
     let mut tokens = Vec::with_capacity(sites.len());
     for site in &sites {
-        tokens.push(new_token(&pool, &format!("demo-executor-{site}"), Role::Executor, Some(site)).await?);
+        tokens.push(state.token(&pool, &format!("executor-{site}"), Role::Executor, Some(site)).await?);
     }
     let executors = demo::executors::Executors::start(
         &executor_bin,
         &format!("http://{addr}"),
         &sites.iter().cloned().zip(tokens).collect::<Vec<_>>(),
         args.sim_mib_per_gib,
+        &state.executors_dir(),
     )?;
     println!(
         "Heliotrope demo: {} real grid regions as sites ({}), links between them, a seeded fleet of",
@@ -215,16 +227,10 @@ async fn demo_with_database(
     println!("  OpenAPI      api-spec/openapi.json; metrics at http://{addr}/metrics");
     println!("Ctrl-C stops the demo.");
     let replay = tokio::spawn(demo::replay_synthetic_signals(pool, clock, stop.clone()));
+    // The server stops first (its long polls end at once), so that no executor's last words reach it
+    // as a failure; the executors then stop, and a restarted demo recovers what they left under way.
     let served = app.run_until_stopped(stop).await.context("serving");
-    replay.await.context("the signal replay panicked")?;
     drop(executors);
+    replay.await.context("the signal replay panicked")?;
     served
-}
-
-/// Makes a token (an executor's serves `site`) and returns its secret.
-async fn new_token(pool: &sqlx::PgPool, name: &str, role: Role, site: Option<&str>) -> anyhow::Result<String> {
-    let secret = heliotrope::domain::token::generate_secret();
-    let digest = heliotrope::domain::token::secret_digest(&secret);
-    db::tokens::insert(pool, name, role, site, &digest).await?;
-    Ok(secret)
 }

@@ -17,8 +17,9 @@ use tracing::Instrument;
 use crate::config::{PlannerConfig, RebalancerConfig};
 use crate::db;
 use crate::db::rebalancer::Run;
+use crate::domain::clock::Clock;
 use crate::domain::planner::inputs::parse_request;
-use crate::domain::rebalance::{decide, Clock};
+use crate::domain::rebalance::decide;
 
 /// A leader that has not confirmed its lead for this long is shown as not alive.
 pub const LEADER_STALE: Duration = Duration::from_secs(60);

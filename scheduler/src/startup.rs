@@ -12,7 +12,7 @@ use chrono::Utc;
 
 use crate::config::{PlannerConfig, RebalancerConfig};
 use crate::db::changes::{watch_inventory, watch_migrations};
-use crate::domain::rebalance::Clock;
+use crate::domain::clock::Clock;
 use crate::feeds::poller;
 use crate::feeds::reach::FeedReach;
 use crate::http::server::{self, ConnectionLimits};
@@ -85,7 +85,8 @@ impl Application {
         let mut state = AppState::new(pool, services.planner, &replica, services.rebalancer.enabled);
         state.secure_cookies = services.public_url.as_ref().is_some_and(|url| url.scheme() == "https");
         state.failed_auth = std::sync::Arc::new(crate::http::auth::FailedAuth::new(services.failed_auth_burst));
-        let clock = Clock::new(services.rebalancer.clock_speed, Utc::now());
+        let clock = start_clock(&state.pool, services.rebalancer.clock_speed).await?;
+        state.clock = clock;
         Ok(Application { listener, state, services, clock })
     }
 
@@ -112,6 +113,10 @@ impl Application {
         }
         let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
         background.spawn(expire_leases(pool, stop));
+        if self.clock.speed() != 1.0 {
+            let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
+            background.spawn(keep_clock_run(pool, self.clock, stop));
+        }
         // Not a service to switch off: without it no migration is admitted.
         let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
         background.spawn(crate::dispatcher::run(pool, self.services.planner, stop));
@@ -172,6 +177,37 @@ pub fn raise_descriptor_limit() {
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "cannot read the file descriptor limit"),
+    }
+}
+
+/// Real time, or an accelerated clock (the demo's) that resumes where the
+/// last one stopped and whose run is recorded (see `domain::clock`).
+async fn start_clock(pool: &sqlx::PgPool, speed: f64) -> anyhow::Result<Clock> {
+    if speed == 1.0 {
+        return Ok(Clock::new(1.0, Utc::now()));
+    }
+    let now = Utc::now();
+    let clock = crate::db::clock::timeline(pool).await.context("reading the clock's runs")?.resume(speed, now);
+    crate::db::clock::ran(pool, &clock, now).await.context("recording the clock's run")?;
+    tracing::info!(speed, reads = %clock.origin(), "the accelerated clock resumes");
+    Ok(clock)
+}
+
+/// Keeps the accelerated clock's run current (every few seconds, and at
+/// the stop), so that a clock started later resumes where this one stopped.
+async fn keep_clock_run(pool: sqlx::PgPool, clock: Clock, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(2));
+    loop {
+        let stopping = tokio::select! {
+            _ = stop.cancelled() => true,
+            _ = every.tick() => false,
+        };
+        if let Err(e) = crate::db::clock::ran(&pool, &clock, Utc::now()).await {
+            tracing::warn!(error = %e, "cannot record the clock's run");
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

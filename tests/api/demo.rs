@@ -1,6 +1,7 @@
 //! `heliotrope demo` as a newcomer runs it: seeded sites, three executors
 //! as child processes, the rebalancer on an accelerated clock applying
-//! plans, and VMs that really move; SIGTERM stops all of it.
+//! plans, VMs that really move and savings that show; SIGTERM stops all of
+//! it promptly, and a restart resumes it.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -13,18 +14,17 @@ use sqlx::PgPool;
 use crate::crashes::ready_at;
 
 #[sqlx::test(migrator = "MIGRATOR")]
-async fn the_demo_moves_vms_by_itself_and_stops_on_sigterm(pool: PgPool) {
+async fn the_demo_moves_vms_by_itself_and_its_savings_show_on_its_clock(pool: PgPool) {
     let (mut demo, app) = start_demo(&pool, &["--vms", "30", "--hours-per-minute", "30"]).await;
+    let started = clock_reads(&app).await;
 
-    let mut moved = Value::Null;
-    for _ in 0..480 {
-        moved = app.get("/v1/migrations?state=done").await.body;
-        if moved["items"].as_array().is_some_and(|m| !m.is_empty()) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(moved["items"].as_array().is_some_and(|m| !m.is_empty()), "no VM moved: {moved}");
+    let moved = app
+        .wait_for(
+            "a VM moved",
+            |page: &Value| page["items"].as_array().is_some_and(|m| !m.is_empty()),
+            "/v1/migrations?state=done",
+        )
+        .await;
     let executors = app.get("/v1/executors").await.body;
     let online: Vec<&Value> =
         executors["items"].as_array().unwrap().iter().filter(|e| e["state"] == "online").collect();
@@ -37,33 +37,134 @@ async fn the_demo_moves_vms_by_itself_and_stops_on_sigterm(pool: PgPool) {
     let there = app.get(&format!("/v1/vms?site={to}&limit=100")).await.body;
     assert!(there["items"].as_array().unwrap().iter().any(|v| &v["name"] == vm), "{vm} at {to}: {there}");
 
+    // Savings accrue on the demo's clock: 30 of its hours on, moving has saved against staying put,
+    // on what the rebalancer minimises (blend: cost plus emissions at 100 USD a tonne) and in money.
+    while clock_reads(&app).await < started + chrono::Duration::hours(30) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let savings = app.get("/v1/savings").await.body;
+    assert_eq!(savings["synthetic"], true, "{savings}");
+    let (cost, kg) = (savings["total_cost_saved"].as_f64().unwrap(), savings["total_kg_saved"].as_f64().unwrap());
+    assert!(cost > 0.0 && cost + kg * 0.1 > 0.0, "{savings}");
+
     stop_demo(&mut demo);
 }
 
-/// `heliotrope demo ARGS` on a free port over `pool`'s database (admin token
-/// `ADMIN`, feeds not polled), once it answers.
-pub(crate) async fn start_demo(pool: &PgPool, args: &[&str]) -> (Processes, TestApp) {
-    let port = free_port();
-    let url = TestApp::at(([127, 0, 0, 1], port).into(), pool.clone()).database_url();
-    let demo = Command::new(workspace_binary("heliotrope"))
-        .arg("demo")
-        .args(args)
-        .env("HELIOTROPE_DATABASE_URL", url)
-        .env("HELIOTROPE_ADMIN_TOKEN", ADMIN)
-        .env("HELIOTROPE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("HELIOTROPE_POLL_FEEDS", "false")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let demo = Processes(vec![demo]);
-    (demo, ready_at(port, pool).await)
+/// A demo stopped (SIGTERM) or killed (SIGKILL) mid-migration leaves no
+/// executor running, and once started again every migration it left under
+/// way ends `done` or `rolled_back`: its database and its executors' data
+/// live and resume together. Asked for other sites, it refuses, naming `--reset`.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_stopped_demo_leaves_no_executor_and_resumes_its_migrations(pool: PgPool) {
+    let args = ["--vms", "30", "--hours-per-minute", "30"];
+    let (mut demo, app) = start_demo(&pool, &args).await;
+    let active = |m: &&Value| ["claimed", "transferring", "cutover"].contains(&m["state"].as_str().unwrap_or(""));
+    let under_way = app
+        .wait_for(
+            "a migration under way",
+            |page: &Value| page["items"].as_array().unwrap().iter().any(|m| active(&m)),
+            "/v1/migrations?limit=1000",
+        )
+        .await;
+    let left: Vec<i64> =
+        under_way["items"].as_array().unwrap().iter().filter(active).map(|m| m["id"].as_i64().unwrap()).collect();
+
+    let asked = std::time::Instant::now();
+    stop_demo(&mut demo);
+    assert!(asked.elapsed() < Duration::from_secs(5), "stopped in {:?}", asked.elapsed());
+    assert_eq!(executors_of(&demo), 0, "no executor outlives the demo");
+
+    let app = demo.restart(&pool, &args).await;
+    for id in &left {
+        let ended = |m: &Value| {
+            ["done", "failed", "cancelled", "rolled_back", "expired"].contains(&m["state"].as_str().unwrap_or(""))
+        };
+        let detail = app.wait_for("the migration left under way ended", ended, &format!("/v1/migrations/{id}")).await;
+        assert!(["done", "rolled_back"].contains(&detail["state"].as_str().unwrap()), "{detail}");
+    }
+    let failed = app.get("/v1/migrations?state=failed").await.body;
+    assert_eq!(failed["items"], serde_json::json!([]), "{failed}");
+
+    // Killed outright, the demo's executors go with it.
+    demo.process.0[0].kill().unwrap();
+    demo.process.0[0].wait().unwrap();
+    let mut left_running = executors_of(&demo);
+    for _ in 0..50 {
+        if left_running == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        left_running = executors_of(&demo);
+    }
+    assert_eq!(left_running, 0, "no executor outlives a killed demo by 5 s");
+
+    // Other sites than the demo holds: refused, saying how to start afresh.
+    let refused = demo.command(&pool, free_port(), &["--sites", "all"]).stderr(Stdio::piped()).output().unwrap();
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("--reset") && said.contains("3 sites"), "{said}");
+}
+
+/// What the demo read on its clock (the overview's "now").
+async fn clock_reads(app: &TestApp) -> chrono::DateTime<chrono::Utc> {
+    app.get("/v1/overview").await.body["at"].as_str().unwrap().parse().unwrap()
+}
+
+/// Executor processes keeping their data in the demo's state directory.
+fn executors_of(demo: &Demo) -> usize {
+    let needle = demo.state.path().to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| std::fs::read(entry.path().join("cmdline")).ok())
+        .map(|cmdline| String::from_utf8_lossy(&cmdline).into_owned())
+        .filter(|cmdline| cmdline.contains("heliotrope-executor") && cmdline.contains(&needle))
+        .count()
+}
+
+/// A running `heliotrope demo` and the state directory it keeps its executors' data in.
+pub(crate) struct Demo {
+    pub process: Processes,
+    pub state: tempfile::TempDir,
+}
+
+impl Demo {
+    /// `heliotrope demo ARGS` on `port` over `pool`'s database (admin token `ADMIN`, feeds not polled).
+    fn command(&self, pool: &PgPool, port: u16, args: &[&str]) -> Command {
+        let url = TestApp::at(([127, 0, 0, 1], port).into(), pool.clone()).database_url();
+        let mut command = Command::new(workspace_binary("heliotrope"));
+        command
+            .arg("demo")
+            .args(args)
+            .env("HELIOTROPE_DATABASE_URL", url)
+            .env("HELIOTROPE_DEMO_STATE_DIR", self.state.path())
+            .env("HELIOTROPE_ADMIN_TOKEN", ADMIN)
+            .env("HELIOTROPE_LISTEN", format!("127.0.0.1:{port}"))
+            .env("HELIOTROPE_POLL_FEEDS", "false")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+        command
+    }
+
+    /// Starts the demo again (it stopped) with `args`, once it answers.
+    async fn restart(&mut self, pool: &PgPool, args: &[&str]) -> TestApp {
+        let port = free_port();
+        self.process = Processes(vec![self.command(pool, port, args).spawn().unwrap()]);
+        ready_at(port, pool).await
+    }
+}
+
+/// `heliotrope demo ARGS` over `pool`'s database, with a state directory of its own, once it answers.
+pub(crate) async fn start_demo(pool: &PgPool, args: &[&str]) -> (Demo, TestApp) {
+    let mut demo = Demo { process: Processes(Vec::new()), state: tempfile::tempdir().unwrap() };
+    let app = demo.restart(pool, args).await;
+    (demo, app)
 }
 
 /// SIGTERM stops the demo with its executors (a kill would leave them running), cleanly.
-pub(crate) fn stop_demo(demo: &mut Processes) {
-    let pid = nix::unistd::Pid::from_raw(demo.0[0].id() as i32);
+pub(crate) fn stop_demo(demo: &mut Demo) {
+    let pid = nix::unistd::Pid::from_raw(demo.process.0[0].id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let status = demo.0[0].wait().unwrap();
+    let status = demo.process.0[0].wait().unwrap();
     assert!(status.success(), "the demo stops cleanly on SIGTERM: {status}");
 }

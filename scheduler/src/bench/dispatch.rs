@@ -122,7 +122,8 @@ async fn dispatch_on(pool: PgPool, args: &DispatchBenchArgs, bin: std::path::Pat
         tokens.push((site.clone(), secret));
     }
     // Full scale: a sim VM's MiB are the inventory's.
-    let executors = demo::executors::Executors::start(&bin, &scheduler, &tokens, 1024.0)?;
+    let data = tempfile::Builder::new().prefix("heliotrope-bench-dispatch-").tempdir()?;
+    let executors = demo::executors::Executors::start(&bin, &scheduler, &tokens, 1024.0, data.path())?;
     let started = Instant::now();
     let total = args.migrations as i64;
     loop {

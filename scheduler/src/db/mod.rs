@@ -8,6 +8,8 @@
 
 pub mod admission;
 pub mod changes;
+pub mod clock;
+pub mod demo;
 pub mod executors;
 pub mod feeds;
 pub mod groups;
@@ -180,6 +182,21 @@ pub async fn create_database_if_missing(server_url: &str, name: &str) -> std::re
         sqlx::query(&format!("create database \"{}\"", name.replace('"', ""))).execute(&pool).await?;
     }
     pool.close().await;
+    Ok(())
+}
+
+/// Empties every table but the migrations' record, restarting identities:
+/// the schema stays as migrated (`heliotrope demo --reset`).
+pub async fn empty_every_table(pool: &PgPool) -> std::result::Result<(), sqlx::Error> {
+    sqlx::query(
+        "do $$ declare tables text; begin \
+           select string_agg(format('%I', tablename), ', ') into tables from pg_tables \
+             where schemaname = current_schema() and tablename <> '_sqlx_migrations'; \
+           if tables is not null then execute 'truncate table ' || tables || ' restart identity cascade'; end if; \
+         end $$",
+    )
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

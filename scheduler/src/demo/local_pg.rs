@@ -1,7 +1,7 @@
 //! A private, throwaway PostgreSQL cluster for `heliotrope demo` on a
 //! machine with no database configured and none listening on
 //! localhost:5432. It uses the system's PostgreSQL binaries (initdb,
-//! pg_ctl), keeps its data under the user's data directory, listens on a
+//! pg_ctl), keeps its data in the demo's state directory, listens on a
 //! unix socket only, and is stopped when the demo exits.
 //!
 //! PostgreSQL refuses to run as root; when the demo runs as root, the
@@ -50,34 +50,26 @@ fn find_bin_dir() -> anyhow::Result<PathBuf> {
     )
 }
 
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().map(|o| o.stdout.trim_ascii() == b"0").unwrap_or(false)
-}
-
 impl LocalPostgres {
-    /// Initialises the cluster on first use, then starts it.
-    pub fn start() -> anyhow::Result<LocalPostgres> {
+    /// Initialises the cluster under `base` on first use, then starts it.
+    pub fn start(base: &Path) -> anyhow::Result<LocalPostgres> {
         let bin_dir = find_bin_dir()?;
-        let as_postgres_user = is_root();
-        let base = if as_postgres_user {
-            PathBuf::from("/var/tmp/heliotrope-demo")
-        } else {
-            let data_home = std::env::var_os("XDG_DATA_HOME")
-                .map(PathBuf::from)
-                .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-                .context("neither XDG_DATA_HOME nor HOME is set")?;
-            data_home.join("heliotrope")
-        };
+        let as_postgres_user = nix::unistd::Uid::effective().is_root();
         let pg = LocalPostgres {
             bin_dir,
             data_dir: base.join("postgres"),
             socket_dir: base.join("socket"),
             as_postgres_user,
         };
-        std::fs::create_dir_all(&base).with_context(|| format!("creating {}", base.display()))?;
+        std::fs::create_dir_all(base).with_context(|| format!("creating {}", base.display()))?;
         std::fs::create_dir_all(&pg.socket_dir)?;
         if as_postgres_user {
-            pg.run("chown", &["-R", "postgres:postgres", &base.to_string_lossy()], false)?;
+            // The cluster's directories only: the demo's executors' state beside them stays root's.
+            for dir in [&pg.data_dir, &pg.socket_dir] {
+                std::fs::create_dir_all(dir)?;
+                pg.run("chown", &["-R", "postgres:postgres", &dir.to_string_lossy()], false)?;
+            }
+            pg.run("chown", &["postgres:postgres", &base.to_string_lossy()], false)?;
         }
         // A demo that died without stopping its cluster left it running: use it.
         let data = pg.data_dir.to_string_lossy().into_owned();

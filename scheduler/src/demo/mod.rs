@@ -1,9 +1,10 @@
 //! `heliotrope demo`: the whole product on one machine, for a newcomer.
 //!
 //! Finds a database (the configured one, else a server on localhost:5432,
-//! else a private throwaway cluster it starts itself), seeds the demo
-//! fleet when the database is empty, makes an admin token, starts an
-//! executor per site and serves, rebalancing on an accelerated clock.
+//! else a private throwaway cluster it starts itself), matches it with the
+//! demo's state outside it (`state`), seeds the demo fleet when it starts
+//! afresh, starts an executor per site and serves, rebalancing on an
+//! accelerated clock that resumes where it stopped.
 
 pub mod executors;
 pub mod inventory;
@@ -11,14 +12,15 @@ pub mod local_pg;
 pub mod profiles;
 pub mod regions;
 pub mod signals;
+pub mod state;
 
 use anyhow::Context;
 use sqlx::PgPool;
 
 use self::inventory::Fleet;
 use crate::db;
+use crate::domain::clock::Clock;
 use crate::domain::inventory::{parse_group, parse_link, parse_site, parse_vm};
-use crate::domain::rebalance::Clock;
 
 /// Stores a fleet: sites, then links and groups, then VMs (several at a time).
 pub async fn store_fleet(pool: &PgPool, fleet: Fleet) -> anyhow::Result<()> {
@@ -66,7 +68,8 @@ pub async fn store_synthetic_signals(
     let mut stored = 0;
     for site in db::sites::list(pool, page, &Default::default()).await?.items {
         let tz: chrono_tz::Tz = site.spec.timezone.parse().unwrap_or(chrono_tz::UTC);
-        let seed = site.id.unsigned_abs() ^ now.timestamp().unsigned_abs();
+        // One path per site: the actuals stored now agree with those stored an hour ago.
+        let seed = site.id.unsigned_abs();
         let points = signals::synthetic_points(&site.spec.region, tz, now - back, hours, now, seed);
         stored += db::signals::upsert(pool, site.id, "synthetic", &points).await?;
     }
@@ -90,6 +93,9 @@ pub async fn replay_synthetic_signals(pool: PgPool, clock: Clock, stop: tokio_ut
         }
     }
 }
+
+/// The regions a demo seeds when none are named.
+pub const DEFAULT_SITES: [&str; 3] = ["GB", "DE-LU", "US-CAL-CISO"];
 
 /// The regions named (zone ids, or `all`), in the order given.
 pub fn regions_named(names: &[String]) -> anyhow::Result<Vec<regions::Region>> {

@@ -18,12 +18,19 @@ use crate::domain::signals::{check_value, Point, MAX_CARBON_G_PER_KWH, PRICE_RAN
 /// summer 2023 traces show hour-to-hour correlations of 0.9 and more).
 const PERSISTENCE: f64 = 0.93;
 
+/// Hours of fresh noise a deviation is built from (what came before has
+/// faded below 0.02% of it).
+const MEMORY_H: i64 = 120;
+
 /// Hourly synthetic carbon and price points for `zone` (time zone `tz`) for
-/// `hours` hours from `start` (truncated to the hour). Points after `now`
-/// are forecasts issued at `now` truncated to the hour; the others are
-/// actuals. Values are the profile's mean for the local hour and day type
-/// plus persistent noise scaled by its standard deviation, the same for the
-/// same `seed`. Empty for a zone without a profile.
+/// `hours` hours from `start` (truncated to the hour). Points up to `now`
+/// are actuals: the profile's mean for the local hour and day type plus a
+/// persistent deviation scaled by its standard deviation, one path per
+/// `seed` and hour whenever it is asked for, so that stored actuals agree
+/// with the ones stored before. Points after `now` are forecasts issued at
+/// `now` truncated to the hour: what the path is expected to do, its last
+/// known deviation fading, as a forecaster that knows the profile would
+/// say. Empty for a zone without a profile.
 pub fn synthetic_points(
     zone: &str,
     tz: Tz,
@@ -35,18 +42,36 @@ pub fn synthetic_points(
     let Some(profile) = profiles::profile(zone) else {
         return Vec::new();
     };
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut carbon_noise = Ar1::new(&mut rng);
-    let mut price_noise = Ar1::new(&mut rng);
     let start = truncate_to_hour(start);
     let issued_at = truncate_to_hour(now);
+    let hour_of = |t: DateTime<Utc>| t.timestamp().div_euclid(3600);
+    let (first, known) = (hour_of(start), hour_of(issued_at));
+    // Each signal's deviation, hour by hour from far enough back, up to the last hour known.
+    let seeds = [seed, seed.rotate_left(29) ^ 0x5851_F42D_4C95_7F2D];
+    let paths = seeds.map(|seed| {
+        let mut deviation = 0.0;
+        let mut path = Vec::new();
+        for h in first.min(known) - MEMORY_H..=(first + i64::from(hours)).min(known) {
+            deviation = PERSISTENCE * deviation + (1.0 - PERSISTENCE * PERSISTENCE).sqrt() * innovation(seed, h);
+            if h >= first {
+                path.push(deviation);
+            }
+        }
+        (path, deviation)
+    });
     let mut points = Vec::with_capacity(2 * hours as usize);
     for h in 0..hours {
         let ts = start + TimeDelta::hours(h.into());
         let (day_type, hour) = local_slot(ts, tz);
         let forecast = ts > now;
-        let carbon = value(profile, Signal::Carbon, day_type, hour, carbon_noise.next(&mut rng));
-        let price = value(profile, Signal::Price, day_type, hour, price_noise.next(&mut rng));
+        let at = first + i64::from(h);
+        let deviation = |(path, last): &(Vec<f64>, f64)| match path.get(h as usize) {
+            Some(d) if at <= known => *d,
+            // Ahead of what is known: the last known deviation, fading.
+            _ => last * PERSISTENCE.powi((at - known).clamp(0, i64::from(i32::MAX)) as i32),
+        };
+        let carbon = value(profile, Signal::Carbon, day_type, hour, deviation(&paths[0]));
+        let price = value(profile, Signal::Price, day_type, hour, deviation(&paths[1]));
         for (signal, value, currency) in
             [(Signal::Carbon, carbon, None), (Signal::Price, price, Some(profiles::CURRENCY.to_owned()))]
         {
@@ -67,6 +92,11 @@ pub fn synthetic_points(
     points
 }
 
+/// The fresh standard normal noise of hour `h` (since the epoch) on path `seed`.
+fn innovation(seed: u64, h: i64) -> f64 {
+    standard_normal(&mut StdRng::seed_from_u64(seed ^ (h as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+}
+
 fn truncate_to_hour(t: DateTime<Utc>) -> DateTime<Utc> {
     t - TimeDelta::seconds(t.timestamp().rem_euclid(3600)) - TimeDelta::nanoseconds(t.nanosecond().into())
 }
@@ -78,32 +108,15 @@ fn local_slot(ts: DateTime<Utc>, tz: Tz) -> (usize, usize) {
     (usize::from(weekend), local.hour() as usize)
 }
 
-/// The profile's value for the slot, `noise` standard deviations off,
+/// The profile's value for the slot, `deviation` standard deviations off,
 /// within what `check_value` accepts, rounded to 2 decimals like the traces.
-fn value(profile: &Profile, signal: Signal, day_type: usize, hour: usize, noise: f64) -> f64 {
+fn value(profile: &Profile, signal: Signal, day_type: usize, hour: usize, deviation: f64) -> f64 {
     let (mean, sd, (low, high)) = match signal {
         Signal::Carbon => (profile.carbon_mean, profile.carbon_sd, (0.0, MAX_CARBON_G_PER_KWH)),
         Signal::Price => (profile.price_mean, profile.price_sd, PRICE_RANGE),
     };
-    let v = mean[day_type][hour] + sd[day_type][hour] * noise;
+    let v = mean[day_type][hour] + sd[day_type][hour] * deviation;
     ((v * 100.0).round() / 100.0).clamp(low, high)
-}
-
-/// Standard normal AR(1) noise: each step keeps `PERSISTENCE` of the last
-/// and adds fresh noise so that the variance stays 1.
-struct Ar1 {
-    last: f64,
-}
-
-impl Ar1 {
-    fn new(rng: &mut StdRng) -> Self {
-        Ar1 { last: standard_normal(rng) }
-    }
-
-    fn next(&mut self, rng: &mut StdRng) -> f64 {
-        self.last = PERSISTENCE * self.last + (1.0 - PERSISTENCE * PERSISTENCE).sqrt() * standard_normal(rng);
-        self.last
-    }
 }
 
 /// Box-Muller.
@@ -173,6 +186,25 @@ mod tests {
         }
         let first_forecast = points.iter().find(|p| p.forecast).unwrap();
         assert_eq!(first_forecast.ts, at(2025, 3, 4, 7, 0));
+    }
+
+    #[test]
+    fn actuals_agree_whenever_stored_and_forecasts_are_their_expectation() {
+        let profile = profiles::profile("GB").unwrap();
+        let (start, now) = (at(2025, 3, 3, 0, 0), at(2025, 3, 4, 12, 30));
+        let actual =
+            |points: &[Point], ts| points.iter().find(|p| p.ts == ts && p.signal == Signal::Price).unwrap().value;
+        let week = synthetic_points("GB", tz("GB"), start, 7 * 24, at(2025, 3, 10, 0, 0), 3);
+        let then = synthetic_points("GB", tz("GB"), start, 72, now, 3);
+        for h in [0, 5, 30, 36] {
+            let ts = start + TimeDelta::hours(h);
+            assert_eq!(actual(&week, ts), actual(&then, ts), "hour {h}: the same actual, stored a week apart");
+        }
+        // A day ahead, the forecast is the profile's mean (the deviation has faded to a few percent of itself).
+        let ahead = at(2025, 3, 5, 13, 0);
+        let (day_type, hour) = local_slot(ahead, tz("GB"));
+        let expected = profile.price_mean[day_type][hour];
+        assert!((actual(&then, ahead) - expected).abs() <= 0.2 * profile.price_sd[day_type][hour], "{expected}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! turn them into [`Valid`] values, which is the only form the persistence
 //! layer accepts. A value that is not `Valid` has not been checked.
 
+pub mod clock;
 pub mod cost;
 pub mod dispatch;
 pub mod feeds;

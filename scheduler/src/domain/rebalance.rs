@@ -1,48 +1,7 @@
-//! What the hourly rebalancer does with a plan it made, and the clock it
-//! runs on. The loop itself (leader election, timing, storage) lives in
+//! What the hourly rebalancer does with a plan it made. The loop itself (leader election, timing, storage) lives in
 //! `crate::rebalancer`; the rules are here so that they are unit-tested.
 
-use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Plan, RebalanceOutcome};
-
-/// A rebalancer's clock: real time, or (in the demo) time running
-/// `speed` times faster from the moment the process started, so that a
-/// newcomer watches a day of rebalancing in under half an hour.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Clock {
-    speed: f64,
-    /// When the clock started, in real time; simulated time starts there too.
-    origin: DateTime<Utc>,
-}
-
-impl Clock {
-    /// `speed` simulated seconds per real second from `origin` (1: real time).
-    pub fn new(speed: f64, origin: DateTime<Utc>) -> Clock {
-        Clock { speed, origin }
-    }
-
-    pub fn speed(&self) -> f64 {
-        self.speed
-    }
-
-    /// What this clock reads at the real time `real`.
-    pub fn reading_at(&self, real: DateTime<Utc>) -> DateTime<Utc> {
-        if self.speed == 1.0 {
-            return real;
-        }
-        let elapsed_ms = (real - self.origin).num_milliseconds() as f64 * self.speed;
-        self.origin + chrono::Duration::milliseconds(elapsed_ms as i64)
-    }
-
-    pub fn now(&self) -> DateTime<Utc> {
-        self.reading_at(Utc::now())
-    }
-
-    /// How long `simulated` takes in real time.
-    pub fn real(&self, simulated: std::time::Duration) -> std::time::Duration {
-        simulated.div_f64(self.speed)
-    }
-}
 
 /// A plan's net saving: what the placement now would cost over the
 /// horizon minus what the plan costs, migrations and churn charge included.
@@ -75,7 +34,6 @@ pub fn decide(plan: &Plan, auto_apply: bool, min_saving: f64) -> (RebalanceOutco
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chrono::TimeZone;
     use heliotrope_api_spec::{PlanCosts, PlannedMove};
 
     fn costs(objective: f64) -> PlanCosts {
@@ -128,16 +86,5 @@ mod tests {
         assert_eq!(decide(&plan(100.0, 20.0, 3), false, 10.0).0, RebalanceOutcome::Proposed);
         assert_eq!(decide(&plan(100.0, 100.0, 0), true, -1.0).0, RebalanceOutcome::NoMoves);
         assert!(decide(&plan(100.0, 80.0, 3), true, 10.0).1.contains("3 moves, net saving 20.00 EUR"));
-    }
-
-    #[test]
-    fn an_accelerated_clock_runs_speed_times_faster_from_its_origin() {
-        let origin = Utc.with_ymd_and_hms(2026, 12, 1, 0, 0, 0).unwrap();
-        let demo = Clock::new(60.0, origin);
-        assert_eq!(demo.reading_at(origin + chrono::Duration::minutes(2)), origin + chrono::Duration::hours(2));
-        assert_eq!(demo.real(std::time::Duration::from_secs(3600)), std::time::Duration::from_secs(60));
-        let real = Clock::new(1.0, origin);
-        let later = origin + chrono::Duration::seconds(5);
-        assert_eq!(real.reading_at(later), later);
     }
 }

@@ -4,7 +4,6 @@
 
 use axum::routing::get;
 use axum::{extract::State, Json, Router};
-use chrono::Utc;
 use heliotrope_api_spec::{Overview, Savings, SavingsParams};
 
 use super::error::{ApiError, ErrorResponses};
@@ -21,7 +20,7 @@ pub fn router() -> Router<AppState> {
 /// end, its current carbon and price, and whether its feed is stale.
 #[utoipa::path(get, path = "/v1/overview", tag = "fleet", responses((status = 200, body = Overview), ErrorResponses))]
 pub async fn get_overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
-    Ok(Json(fleet::overview(&state.pool, Utc::now()).await?))
+    Ok(Json(fleet::overview(&state.pool, state.clock.now()).await?))
 }
 
 /// What the migrations that finished in the last `days` saved per UTC day,
@@ -34,5 +33,5 @@ pub async fn get_savings(
     ApiQuery(params): ApiQuery<SavingsParams>,
 ) -> Result<Json<Savings>, ApiError> {
     let days = parse_days(params.days)?;
-    Ok(Json(fleet::savings(&state.pool, &state.planner, &state.savings_pricing, days, Utc::now()).await?))
+    Ok(Json(fleet::savings(&state.pool, &state.planner, &state.savings_pricing, days, &state.clock).await?))
 }

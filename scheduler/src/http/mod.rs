@@ -48,6 +48,7 @@ use self::cache::ReadCache;
 use self::error::ApiError;
 use self::metrics::Metrics;
 use crate::config::PlannerConfig;
+use crate::domain::clock::Clock;
 
 /// Largest request body accepted (bulk inventory writes stay well below).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -75,6 +76,8 @@ pub struct AppState {
     pub secure_cookies: bool,
     /// One pricing of `GET /v1/savings` at a time per replica (others wait for it).
     pub savings_pricing: Arc<tokio::sync::Semaphore>,
+    /// What "now" is for plans, signals and savings: real time, or the demo's accelerated clock.
+    pub clock: Clock,
 }
 
 impl AppState {
@@ -93,6 +96,7 @@ impl AppState {
             simulation_slots: Arc::new(tokio::sync::Semaphore::new(1)),
             secure_cookies: false,
             savings_pricing: Arc::new(tokio::sync::Semaphore::new(1)),
+            clock: Clock::new(1.0, chrono::Utc::now()),
         }
     }
 }

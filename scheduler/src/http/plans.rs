@@ -50,7 +50,7 @@ pub async fn create_plan(
     ApiJson(request): ApiJson<PlanRequest>,
 ) -> Result<(StatusCode, Json<Plan>), ApiError> {
     let request = parse_request(request)?;
-    let made = planning::propose(&state.pool, &state.planner, &request, Utc::now()).await?;
+    let made = planning::propose(&state.pool, &state.planner, &request, state.clock.now()).await?;
     Ok((StatusCode::CREATED, Json(made.plan)))
 }
 

@@ -76,7 +76,7 @@ pub async fn get_series(
     ApiPath(id): ApiPath<i64>,
     ApiQuery(params): ApiQuery<SeriesParams>,
 ) -> Result<Json<SignalSeries>, ApiError> {
-    let now = Utc::now();
+    let now = state.clock.now();
     let from = params.from.unwrap_or(now - Duration::hours(24));
     let to = params.to.unwrap_or(now + Duration::hours(48));
     for (field, time) in [("from", from), ("to", to)] {
@@ -99,5 +99,5 @@ pub async fn get_series(
 #[utoipa::path(get, path = "/v1/signals/current", tag = "signals",
     responses((status = 200, body = CurrentSignals), ErrorResponses))]
 pub async fn current_signals(State(state): State<AppState>) -> Result<Json<CurrentSignals>, ApiError> {
-    Ok(Json(CurrentSignals { items: db::signals::current(&state.pool, Utc::now()).await? }))
+    Ok(Json(CurrentSignals { items: db::signals::current(&state.pool, state.clock.now()).await? }))
 }
