@@ -34,6 +34,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Replay hourly carbon and price traces through placement policies and compare them (what-if).
     Simulate(SimulateArgs),
+    /// Stored carbon and price signals: backfill them from the providers' history, or export them.
+    #[command(subcommand)]
+    Signals(SignalsCommand),
     /// Measure performance; the last line of output is one JSON object.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -75,6 +78,52 @@ pub struct DemoArgs {
     pub sim_mib_per_gib: f64,
 }
 
+#[derive(Subcommand)]
+pub enum SignalsCommand {
+    /// Fetch past hourly carbon and price through every enabled feed's provider history
+    /// (paced to its limits; a run over the same range resumes where one stopped).
+    Backfill(BackfillArgs),
+    /// Write stored hourly signals as traces, the format `simulate --traces` reads.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct BackfillArgs {
+    /// Start of the past to fetch (RFC 3339, or a date).
+    #[arg(long)]
+    pub from: String,
+    /// Its end, exclusive (RFC 3339, or a date); at most now.
+    #[arg(long)]
+    pub to: String,
+    /// Only the feeds of this site.
+    #[arg(long)]
+    pub site: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    /// `region,timestamp_utc,carbon_g_per_kwh,price_per_mwh,currency`, one row per site and hour.
+    Csv,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[arg(long, value_enum, default_value = "csv")]
+    pub format: ExportFormat,
+    /// Start (RFC 3339, or a date); default: the first stored point.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End, exclusive (RFC 3339, or a date); default: after the last stored point.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Only this site.
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Where to write (default: standard output).
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+}
+
 #[derive(Args)]
 pub struct PlanArgs {
     /// Approve and apply the plan at once (records its migration jobs).
@@ -91,11 +140,15 @@ pub struct PlanArgs {
     pub carbon_price: f64,
 }
 
-#[derive(Args)]
+#[derive(Args, Clone)]
 pub struct SimulateArgs {
     /// Hourly traces, CSV: region,timestamp_utc,carbon_g_per_kwh,price_per_mwh,currency[,...].
+    #[arg(long, required_unless_present = "database", conflicts_with = "database")]
+    pub traces: Option<std::path::PathBuf>,
+    /// Replay the configured database's stored signals instead (each site a region, named
+    /// after it; what `signals export --format csv` writes), e.g. after `signals backfill`.
     #[arg(long)]
-    pub traces: std::path::PathBuf,
+    pub database: bool,
     /// A fleet spec (JSON, see the README); default: a seeded fleet of 2,000 VMs on the traces' regions.
     #[arg(long)]
     pub fleet: Option<std::path::PathBuf>,

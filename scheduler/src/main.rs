@@ -3,8 +3,12 @@
 
 use anyhow::Context;
 use clap::Parser;
-use heliotrope::config::{BenchCommand, Cli, Command, Config, DemoArgs, PlanArgs};
+use heliotrope::config::{
+    BackfillArgs, BenchCommand, Cli, Command, Config, DemoArgs, ExportArgs, PlanArgs, SignalsCommand, SimulateArgs,
+};
 use heliotrope::demo::local_pg::{localhost_answers, LocalPostgres};
+use heliotrope::simulation::command::parse_time;
+use heliotrope::simulation::stored;
 use heliotrope::startup::{shutdown_on_signal, Application};
 use heliotrope::{bench, db, demo, http, telemetry};
 use heliotrope_api_spec::Role;
@@ -28,7 +32,9 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Plan(args) => plan(&cli.config, &args).await,
-        Command::Simulate(args) => heliotrope::simulation::command::run(&cli.config.planner, &args),
+        Command::Simulate(args) => simulate(&cli.config, &args).await,
+        Command::Signals(SignalsCommand::Backfill(args)) => backfill(&cli.config, &args).await,
+        Command::Signals(SignalsCommand::Export(args)) => export(&cli.config, &args).await,
         Command::Bench(BenchCommand::Api(args)) => bench::api(&cli.config, &args).await,
         Command::Bench(BenchCommand::Ingest(args)) => bench::ingest(&cli.config, &args).await,
         Command::Bench(BenchCommand::Planner(args)) => bench::planner(&args),
@@ -69,6 +75,87 @@ async fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<()> {
     let made = heliotrope::planning::propose(&pool, &config.planner, &request, chrono::Utc::now()).await?;
     print!("{}", heliotrope::planning::table(&made));
     pool.close().await;
+    Ok(())
+}
+
+/// `heliotrope simulate`: over a trace file, or over the database's stored signals.
+async fn simulate(config: &Config, args: &SimulateArgs) -> anyhow::Result<()> {
+    let (traces, named, synthetic) = match &args.traces {
+        Some(path) => {
+            let body = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            (body, path.display().to_string(), false)
+        }
+        None => {
+            let pool = connect(config, &required_url(config)?).await?;
+            let (from, to) = stored::stored_span(&pool).await?.context("the database holds no signals")?;
+            let csv = stored::traces_csv(&pool, from, to, None).await?;
+            let synthetic = stored::any_synthetic(&pool, from, to).await?;
+            pool.close().await;
+            (csv.into_bytes(), "stored in the database".to_owned(), synthetic)
+        }
+    };
+    // The replay is long and CPU-bound: off the async runtime.
+    let (planner, args) = (config.planner, args.clone());
+    tokio::task::spawn_blocking(move || {
+        heliotrope::simulation::command::run(&planner, &args, &traces, &named, synthetic)
+    })
+    .await?
+}
+
+/// `heliotrope signals backfill`: every enabled feed's (or a site's) past, stored.
+async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<()> {
+    let (from, to) = (parse_time(&args.from)?, parse_time(&args.to)?);
+    anyhow::ensure!(from < to, "--to must come after --from");
+    anyhow::ensure!(to <= chrono::Utc::now(), "--to must not lie in the future: a backfill fetches the past");
+    let pool = connect(config, &required_url(config)?).await?;
+    let feeds: Vec<_> = db::feeds::enabled(&pool)
+        .await?
+        .into_iter()
+        .filter(|(feed, _)| args.site.as_ref().is_none_or(|site| &feed.site == site))
+        .collect();
+    anyhow::ensure!(
+        !feeds.is_empty(),
+        "no enabled feed{}: add one with POST /v1/feeds",
+        args.site.as_ref().map(|s| format!(" at site {s}")).unwrap_or_default()
+    );
+    let fetcher = heliotrope::feeds::Fetcher::new(config.services().feed_reach)?;
+    let metrics = http::metrics::Metrics::default();
+    for (feed, site_id) in &feeds {
+        let done = heliotrope::feeds::backfill::backfill(&pool, &fetcher, &metrics, (feed, *site_id), from, to).await?;
+        println!(
+            "feed {} ({} {:?} at {}): {} points stored in {} requests{}",
+            feed.id,
+            feed.area,
+            feed.signal,
+            feed.site,
+            done.points,
+            done.requests,
+            if done.resumed_at > from { format!(", resumed at {}", done.resumed_at) } else { String::new() }
+        );
+    }
+    pool.close().await;
+    Ok(())
+}
+
+/// `heliotrope signals export --format csv`: stored hourly signals as traces.
+async fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<()> {
+    let pool = connect(config, &required_url(config)?).await?;
+    let span = stored::stored_span(&pool).await?;
+    let from = match &args.from {
+        Some(text) => parse_time(text)?,
+        None => span.context("the database holds no signals")?.0,
+    };
+    let to = match &args.to {
+        Some(text) => parse_time(text)?,
+        None => span.context("the database holds no signals")?.1,
+    };
+    anyhow::ensure!(from < to, "--to must come after --from");
+    let csv = stored::traces_csv(&pool, from, to, args.site.as_deref()).await?;
+    pool.close().await;
+    match &args.out {
+        Some(path) => std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?,
+        None => print!("{csv}"),
+    }
     Ok(())
 }
 
@@ -225,6 +312,7 @@ async fn demo_with_database(
     println!("  live news    curl -N -H 'Authorization: Bearer {secret}' http://{addr}/v1/events");
     println!("  signals      curl -H 'Authorization: Bearer {secret}' 'http://{addr}/v1/signals/current'");
     println!("  OpenAPI      api-spec/openapi.json; metrics at http://{addr}/metrics");
+    println!("  database     {}  (what-if on its signals: heliotrope simulate --database)", db::redacted(url));
     println!("Ctrl-C stops the demo.");
     let replay = tokio::spawn(demo::replay_synthetic_signals(pool, clock, stop.clone()));
     // The server stops first (its long polls end at once), so that no executor's last words reach it

@@ -3,6 +3,7 @@
 //! `#[sqlx::test]` makes those databases.
 
 mod auth;
+mod backfill;
 mod crashes;
 mod dashboard;
 mod demo;

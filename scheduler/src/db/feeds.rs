@@ -174,3 +174,39 @@ pub async fn record_failure(pool: &PgPool, id: i64, message: &str) -> Result<()>
         .await?;
     Ok(())
 }
+
+/// How far a backfill of feed `id` over `from..to` got (`from` if it never ran).
+pub async fn backfilled_until(pool: &PgPool, id: i64, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<DateTime<Utc>> {
+    let done: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "select done_until from feed_backfill where feed_id = $1 and range_from = $2 and range_to = $3",
+    )
+    .bind(id)
+    .bind(from)
+    .bind(to)
+    .fetch_optional(pool)
+    .await?;
+    Ok(done.unwrap_or(from))
+}
+
+/// Records that the backfill of feed `id` over `from..to` has stored everything up to `until` (`points` more of them).
+pub async fn record_backfill(
+    pool: &PgPool,
+    id: i64,
+    (from, to): (DateTime<Utc>, DateTime<Utc>),
+    until: DateTime<Utc>,
+    points: u64,
+) -> Result<()> {
+    sqlx::query(
+        "insert into feed_backfill (feed_id, range_from, range_to, done_until, points) values ($1, $2, $3, $4, $5) \
+         on conflict (feed_id, range_from, range_to) do update set done_until = excluded.done_until, \
+           points = feed_backfill.points + excluded.points, updated_at = now()",
+    )
+    .bind(id)
+    .bind(from)
+    .bind(to)
+    .bind(until)
+    .bind(i64::try_from(points).unwrap_or(i64::MAX))
+    .execute(pool)
+    .await?;
+    Ok(())
+}

@@ -208,6 +208,18 @@ pub async fn drop_database(server_url: &str, name: &str) -> std::result::Result<
     Ok(())
 }
 
+/// `url` fit to print: its password, if any, hidden.
+pub fn redacted(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        Ok(_) => url.to_owned(),
+        Err(_) => "(a database URL that does not parse)".to_owned(),
+    }
+}
+
 /// `url` with its database name replaced by `database` (query parameters kept).
 pub fn with_database(url: &str, database: &str) -> String {
     let (base, query) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q)));

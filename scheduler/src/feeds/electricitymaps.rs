@@ -1,14 +1,14 @@
 //! Electricity Maps API v3: `carbon-intensity/history` (the past day's
 //! actuals, hourly), `carbon-intensity/latest` (the newest, which may be
 //! newer than the history), `carbon-intensity/forecast`, and
-//! `price-day-ahead/latest`; header
+//! `price-day-ahead/latest`; for a backfill, the `past-range` of both; header
 //! `auth-token`. Keeps `isEstimated` and `emissionFactorType`.
 
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{Basis, Signal};
 use serde::Deserialize;
 
-use super::{parse_json, send, FeedError};
+use super::{parse_json, send, FeedError, Span};
 use crate::domain::signals::Point;
 
 #[derive(Deserialize)]
@@ -26,6 +26,12 @@ struct CarbonEntry {
 #[derive(Deserialize)]
 struct History {
     history: Vec<CarbonEntry>,
+}
+
+/// A `past-range` reply.
+#[derive(Deserialize)]
+struct Range<T> {
+    data: Vec<T>,
 }
 
 #[derive(Deserialize)]
@@ -85,8 +91,22 @@ pub fn parse_forecast(body: &str) -> Result<Vec<Point>, FeedError> {
     carbon_points(forecast.forecast, Some(forecast.updated_at))
 }
 
+/// Carbon actuals of a `carbon-intensity/past-range` reply.
+pub fn parse_past_carbon(body: &str) -> Result<Vec<Point>, FeedError> {
+    carbon_points(parse_json::<Range<CarbonEntry>>("electricitymaps", body)?.data, None)
+}
+
+/// Prices of a `price-day-ahead/past-range` reply.
+pub fn parse_past_prices(body: &str) -> Result<Vec<Point>, FeedError> {
+    let prices = parse_json::<Range<Price>>("electricitymaps", body)?.data;
+    Ok(prices.into_iter().map(price_point).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+}
+
 pub fn parse_price(body: &str) -> Result<Vec<Point>, FeedError> {
-    let price: Price = parse_json("electricitymaps", body)?;
+    price_point(parse_json("electricitymaps", body)?)
+}
+
+fn price_point(price: Price) -> Result<Vec<Point>, FeedError> {
     let (currency, per) = price.unit.split_once('/').unwrap_or((&price.unit, ""));
     let value = match per.to_ascii_lowercase().as_str() {
         "mwh" => price.value,
@@ -120,6 +140,7 @@ pub async fn fetch(
     token: &str,
     zone: &str,
     signal: Signal,
+    span: Span,
 ) -> Result<Vec<Point>, FeedError> {
     let get = |path: &str| client.get(format!("{base}/v3/{path}")).query(&[("zone", zone)]).header("auth-token", token);
     let refused = |e: FeedError| match e {
@@ -128,6 +149,13 @@ pub async fn fetch(
         }
         e => e,
     };
+    if let Span::Past { from, to } = span {
+        let range = |path: &str| get(path).query(&[("start", from.to_rfc3339()), ("end", to.to_rfc3339())]);
+        return match signal {
+            Signal::Carbon => parse_past_carbon(&send(range("carbon-intensity/past-range")).await.map_err(refused)?),
+            Signal::Price => parse_past_prices(&send(range("price-day-ahead/past-range")).await.map_err(refused)?),
+        };
+    }
     match signal {
         Signal::Carbon => {
             let mut points = parse_history(&send(get("carbon-intensity/history")).await.map_err(refused)?)?;

@@ -16,7 +16,7 @@ use chrono::{DateTime, DurationRound, NaiveDateTime, TimeDelta, Utc};
 use heliotrope_api_spec::{Basis, Signal};
 use roxmltree::Node;
 
-use super::{send, FeedError};
+use super::{send, FeedError, Span};
 use crate::domain::signals::Point;
 
 /// Longest period accepted in one reply (the fetch asks for three days).
@@ -130,13 +130,16 @@ pub async fn fetch(
     base: &str,
     token: &str,
     eic: &str,
-    now: DateTime<Utc>,
+    span: Span,
 ) -> Result<Vec<Point>, FeedError> {
-    let day = now.duration_trunc(TimeDelta::days(1)).unwrap_or(now);
-    let (start, end) = (
-        (day - TimeDelta::days(1)).format("%Y%m%d%H%M").to_string(),
-        (day + TimeDelta::days(2)).format("%Y%m%d%H%M").to_string(),
-    );
+    let (start, end) = match span {
+        Span::Now(now) => {
+            let day = now.duration_trunc(TimeDelta::days(1)).unwrap_or(now);
+            (day - TimeDelta::days(1), day + TimeDelta::days(2))
+        }
+        Span::Past { from, to } => (from, to),
+    };
+    let (start, end) = (start.format("%Y%m%d%H%M").to_string(), end.format("%Y%m%d%H%M").to_string());
     let request = client.get(format!("{base}/api")).query(&[
         ("securityToken", token),
         ("documentType", "A44"),

@@ -9,7 +9,7 @@ use chrono::{DateTime, DurationRound, NaiveDateTime, TimeDelta, Utc};
 use heliotrope_api_spec::{Basis, Signal};
 use serde::Deserialize;
 
-use super::{parse_json, send, FeedError};
+use super::{parse_json, send, FeedError, Span};
 use crate::domain::signals::Point;
 
 #[derive(Deserialize)]
@@ -93,19 +93,19 @@ pub fn parse_regional(body: &str, issued_at: DateTime<Utc>) -> Result<Vec<Point>
     points(slots, issued_at)
 }
 
-pub async fn fetch(
-    client: &reqwest::Client,
-    base: &str,
-    area: &str,
-    now: DateTime<Utc>,
-) -> Result<Vec<Point>, FeedError> {
-    let from = (now - TimeDelta::hours(24)).format("%Y-%m-%dT%H:%MZ");
-    let issued_at = now.duration_trunc(TimeDelta::minutes(30)).unwrap_or(now);
+pub async fn fetch(client: &reqwest::Client, base: &str, area: &str, span: Span) -> Result<Vec<Point>, FeedError> {
+    let at = |t: DateTime<Utc>| t.format("%Y-%m-%dT%H:%MZ").to_string();
+    // A poll asks from a day back to two days ahead; a backfill, its span (of which only national has actuals).
+    let (range, issued_at) = match span {
+        Span::Now(now) => (format!("{}/fw48h", at(now - TimeDelta::hours(24))), now),
+        Span::Past { from, to } => (format!("{}/{}", at(from), at(to)), to),
+    };
+    let issued_at = issued_at.duration_trunc(TimeDelta::minutes(30)).unwrap_or(issued_at);
     if area == "national" {
-        parse_national(&send(client.get(format!("{base}/intensity/{from}/fw48h"))).await?, issued_at)
+        parse_national(&send(client.get(format!("{base}/intensity/{range}"))).await?, issued_at)
     } else {
         parse_regional(
-            &send(client.get(format!("{base}/regional/intensity/{from}/fw48h/regionid/{area}"))).await?,
+            &send(client.get(format!("{base}/regional/intensity/{range}/regionid/{area}"))).await?,
             issued_at,
         )
     }

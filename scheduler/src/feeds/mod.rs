@@ -6,6 +6,7 @@
 //! HTTP. [`poller`] runs the fetches on their intervals, validates what
 //! comes back with the same rules as a push, and stores it.
 
+pub mod backfill;
 pub mod electricitymaps;
 pub mod entsoe;
 pub mod gb;
@@ -81,8 +82,8 @@ impl Fetcher {
         Ok(Fetcher { client, reach, watttime_tokens: Default::default() })
     }
 
-    /// Fetches what `feed` currently offers, as points (not yet validated).
-    pub async fn fetch(&self, feed: &Feed, now: DateTime<Utc>) -> Result<Vec<Point>, FeedError> {
+    /// Fetches what `feed` offers for `span`, as points (not yet validated).
+    pub async fn fetch(&self, feed: &Feed, span: Span) -> Result<Vec<Point>, FeedError> {
         let url = url::Url::parse(&feed.base_url).map_err(|e| FeedError::Refused(format!("base_url: {e}")))?;
         if let Some(refused) = self.reach.refuses(&url) {
             return Err(FeedError::Refused(refused));
@@ -90,14 +91,40 @@ impl Fetcher {
         let base = feed.base_url.trim_end_matches('/');
         match feed.provider {
             Provider::Electricitymaps => {
-                electricitymaps::fetch(&self.client, base, &credential(feed)?, &feed.area, feed.signal).await
+                electricitymaps::fetch(&self.client, base, &credential(feed)?, &feed.area, feed.signal, span).await
             }
             Provider::Watttime => {
-                watttime::fetch(&self.client, &self.watttime_tokens, base, &credential(feed)?, &feed.area, now).await
+                watttime::fetch(&self.client, &self.watttime_tokens, base, &credential(feed)?, &feed.area, span).await
             }
-            Provider::GbCarbonIntensity => gb::fetch(&self.client, base, &feed.area, now).await,
-            Provider::Entsoe => entsoe::fetch(&self.client, base, &credential(feed)?, &feed.area, now).await,
+            Provider::GbCarbonIntensity => gb::fetch(&self.client, base, &feed.area, span).await,
+            Provider::Entsoe => entsoe::fetch(&self.client, base, &credential(feed)?, &feed.area, span).await,
         }
+    }
+}
+
+/// What a fetch asks a provider for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Span {
+    /// What a poll at `now` takes: the recent past, the newest value and the forecast.
+    Now(DateTime<Utc>),
+    /// The actuals from `from` to `to`, through the provider's history
+    /// (at most [`history_window`] at once).
+    Past { from: DateTime<Utc>, to: DateTime<Utc> },
+}
+
+/// The longest span one history request to `provider` may cover, and the
+/// pause between two requests that keeps within its rate limits.
+pub fn history_window(provider: Provider) -> (chrono::TimeDelta, Duration) {
+    let days = chrono::TimeDelta::days;
+    match provider {
+        // past-range serves at most 10 days of hourly values; no published rate, so one request a second.
+        Provider::Electricitymaps => (days(10), Duration::from_secs(1)),
+        // 3,000 requests per 5 minutes; a historical query spans at most 32 days.
+        Provider::Watttime => (days(31), Duration::from_millis(200)),
+        // /intensity/{from}/{to} spans at most 14 days; a public API, asked gently.
+        Provider::GbCarbonIntensity => (days(14), Duration::from_secs(1)),
+        // A44 spans up to a year; 400 requests a minute.
+        Provider::Entsoe => (days(31), Duration::from_millis(200)),
     }
 }
 

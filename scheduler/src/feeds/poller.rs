@@ -20,9 +20,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::reach::FeedReach;
-use super::{FeedError, Fetcher};
+use super::{FeedError, Fetcher, Span};
 use crate::db;
-use crate::domain::signals::{check_point, dedupe};
+use crate::domain::signals::{check_point, dedupe, Point};
 use crate::http::metrics::Metrics;
 
 /// The advisory lock key of the feed poller ("helio-fe").
@@ -53,7 +53,7 @@ pub async fn poll_once(
     now: DateTime<Utc>,
 ) -> Result<PollOutcome, db::StoreError> {
     let source = format!("feed:{}", feed.id);
-    let points = match fetcher.fetch(feed, now).await {
+    let points = match fetcher.fetch(feed, Span::Now(now)).await {
         Ok(points) => dedupe(points),
         Err(error) => {
             if matches!(error, FeedError::Shape(_)) {
@@ -72,23 +72,40 @@ pub async fn poll_once(
             return Ok(outcome);
         }
     };
+    let outcome = check_and_store(pool, metrics, feed, site_id, &points, now).await?;
+    if let PollOutcome::Stored(stored) = outcome {
+        let newest = points.iter().map(|p| p.ts).max();
+        db::feeds::record_success(pool, feed.id, stored, newest).await?;
+    }
+    Ok(outcome)
+}
+
+/// Checks what `feed` brought with the rules a push follows and stores it
+/// (as source `feed:ID`, replacing what the same points said before); a
+/// rule broken stores nothing, and is recorded as the feed's last error.
+pub(super) async fn check_and_store(
+    pool: &PgPool,
+    metrics: &Metrics,
+    feed: &Feed,
+    site_id: i64,
+    points: &[Point],
+    now: DateTime<Utc>,
+) -> Result<PollOutcome, db::StoreError> {
+    let source = format!("feed:{}", feed.id);
     if let Some((reason, message)) = points.iter().find_map(|p| check_point(p, now).err()) {
         metrics.signal_rejected(&source, reason);
         tracing::warn!(feed = feed.id, reason, %message, "feed payload rejected");
         db::feeds::record_failure(pool, feed.id, &format!("payload rejected ({reason}): {message}")).await?;
         return Ok(PollOutcome::Rejected { reason });
     }
-    let stored = match db::signals::upsert(pool, site_id, &source, &points).await {
-        Ok(stored) => stored,
+    match db::signals::upsert(pool, site_id, &source, points).await {
+        Ok(stored) => Ok(PollOutcome::Stored(stored)),
         Err(error) => {
             tracing::error!(feed = feed.id, %error, "storing a feed's points failed");
             db::feeds::record_failure(pool, feed.id, "storing the points failed; see the scheduler's log").await?;
-            return Ok(PollOutcome::Failed { message: error.to_string(), retry_in: None, transient: true });
+            Ok(PollOutcome::Failed { message: error.to_string(), retry_in: None, transient: true })
         }
-    };
-    let newest = points.iter().map(|p| p.ts).max();
-    db::feeds::record_success(pool, feed.id, stored, newest).await?;
-    Ok(PollOutcome::Stored(stored))
+    }
 }
 
 /// When a feed is due next, given how its last poll went.

@@ -13,7 +13,7 @@ use heliotrope_api_spec::{Basis, Signal};
 use reqwest::StatusCode;
 use serde::Deserialize;
 
-use super::{parse_json, send, FeedError};
+use super::{parse_json, send, FeedError, Span};
 use crate::domain::signals::Point;
 
 /// Pounds per kilogram: lbs/MWh / 2.20462 = kg/MWh = g/kWh.
@@ -120,14 +120,17 @@ pub async fn fetch(
     base: &str,
     credential: &str,
     region: &str,
-    now: DateTime<Utc>,
+    span: Span,
 ) -> Result<Vec<Point>, FeedError> {
     let (user, password) = credential
         .split_once(':')
         .ok_or_else(|| FeedError::Credentials("WattTime needs user:password in the credential variable".into()))?;
     let key = (base.to_owned(), user.to_owned());
-    let start = (now - chrono::Duration::hours(24)).to_rfc3339();
-    let end = now.to_rfc3339();
+    let ((start, end), forecasts) = match span {
+        Span::Now(now) => (((now - chrono::Duration::hours(24)), now), true),
+        Span::Past { from, to } => ((from, to), false),
+    };
+    let (start, end) = (start.to_rfc3339(), end.to_rfc3339());
     let historical = [("region", region), ("signal_type", "co2_moer"), ("start", &start), ("end", &end)];
     let forecast = [("region", region), ("signal_type", "co2_moer"), ("horizon_hours", "24")];
     // A cached token may have been revoked early: one fresh login, then give up.
@@ -145,7 +148,9 @@ pub async fn fetch(
         };
         let result = async {
             let mut points = parse_series(&send(get("historical", &historical)).await?, false)?;
-            points.extend(parse_series(&send(get("forecast", &forecast)).await?, true)?);
+            if forecasts {
+                points.extend(parse_series(&send(get("forecast", &forecast)).await?, true)?);
+            }
             Ok(points)
         }
         .await;

@@ -16,11 +16,18 @@ use crate::domain::inventory::check_range;
 use crate::domain::simulation::traces::Traces;
 use crate::domain::simulation::{Policy, Scenario};
 
-pub fn run(planner: &PlannerConfig, args: &SimulateArgs) -> anyhow::Result<()> {
+/// Runs the simulation over `traces` (a trace file's text, from `named`;
+/// `synthetic` when its values were generated, not measured).
+pub fn run(
+    planner: &PlannerConfig,
+    args: &SimulateArgs,
+    traces: &[u8],
+    named: &str,
+    synthetic: bool,
+) -> anyhow::Result<()> {
     let started = Instant::now();
     check_range("--carbon-price", args.carbon_price, 0.0, 100_000.0)?;
-    let body = std::fs::read(&args.traces).with_context(|| format!("reading {}", args.traces.display()))?;
-    let traces = Traces::from_csv(&body).with_context(|| format!("traces {}", args.traces.display()))?;
+    let traces = Traces::from_csv(traces).with_context(|| format!("traces {named}"))?;
     let mut spec = match &args.fleet {
         Some(path) => FleetSpec::from_json(
             &std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -82,7 +89,7 @@ pub fn run(planner: &PlannerConfig, args: &SimulateArgs) -> anyhow::Result<()> {
         carbon_price_per_tonne: args.carbon_price,
         currency: traces.currency.clone(),
         filled_values: traces.filled as u64,
-        synthetic: false,
+        synthetic,
     };
     let report = report(setting, &scenario, &runs, started);
     print!("{}", table(&report));
@@ -119,7 +126,8 @@ fn hour_in(traces: &Traces, text: &str, flag: &str) -> anyhow::Result<usize> {
     })
 }
 
-fn parse_time(text: &str) -> anyhow::Result<DateTime<Utc>> {
+/// An RFC 3339 time, or a date (its midnight, UTC).
+pub fn parse_time(text: &str) -> anyhow::Result<DateTime<Utc>> {
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Ok(t.to_utc());
     }

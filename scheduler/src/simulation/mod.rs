@@ -8,6 +8,7 @@ pub mod command;
 pub mod fleet;
 pub mod plots;
 pub mod service;
+pub mod stored;
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
