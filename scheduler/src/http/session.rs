@@ -67,7 +67,7 @@ fn forwarded_https(headers: &header::HeaderMap) -> bool {
 /// browser that is not signed in (no cookie, or one whose session ended)
 /// gets 204 and no body: asking is not an error, and a page asks before
 /// it shows its sign-in form. A bearer token that is not valid is 401.
-#[utoipa::path(get, path = "/v1/session", tag = "tokens",
+#[utoipa::path(get, path = "/v1/session", tag = "tokens", security((), ("bearer" = [])),
     responses((status = 200, body = Session), (status = 204, description = "Not signed in"), ErrorResponses))]
 pub async fn get_session(
     State(state): State<AppState>,
