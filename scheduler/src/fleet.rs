@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveTime, Utc};
-use heliotrope_api_spec::{DaySavings, Overview, PointKind, Resolution, Savings, Signal, SignalPoint, SiteOverview};
+use heliotrope_api_spec::{DaySavings, Overview, PointKind, Savings, SignalPoint, SiteOverview};
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
 
@@ -15,6 +15,7 @@ use crate::db::{self, StoreError};
 use crate::domain::clock::Clock;
 use crate::domain::cost::{SiteEnergy, SlotSignal};
 use crate::domain::savings::{per_day, Relocation, SiteHours, Whereabouts};
+use crate::domain::signals::hourly_pairs;
 
 /// A site whose newest actual is older than this has a stale feed.
 const STALE_AFTER: Duration = Duration::hours(2);
@@ -130,40 +131,34 @@ async fn price(
     let mut synthetic = HashSet::new();
     let mut hours = Vec::with_capacity(sites.len());
     for site in &sites {
-        let series = |signal| db::signals::series(pool, site.id, signal, from, to, Resolution::Hourly);
-        let (carbon, price) = (series(Signal::Carbon).await?, series(Signal::Price).await?);
+        let (carbon, price) = db::signals::hourly(pool, site.id, from, to).await?;
         synthetic
             .extend(carbon.iter().chain(&price).filter(|p| p.source == "synthetic").map(|p| p.timestamp.date_naive()));
         currency = currency.or_else(|| price.first().map(|p| p.unit.trim_end_matches("/MWh").to_owned()));
-        let carbon: BTreeMap<_, _> = carbon.into_iter().map(|p| (p.timestamp, p.value)).collect();
-        let signals = price
-            .into_iter()
-            .filter_map(|p| {
-                let carbon_g_per_kwh = *carbon.get(&p.timestamp)?;
-                Some((p.timestamp, SlotSignal { price_per_mwh: p.value, carbon_g_per_kwh }))
-            })
+        let signals = hourly_pairs(&carbon, &price)
+            .map(|(c, p)| (p.timestamp, SlotSignal { price_per_mwh: p.value, carbon_g_per_kwh: c.value }))
             .collect();
         hours.push(SiteHours { energy: SiteEnergy::of(&site.spec), signals });
     }
     let index: HashMap<i64, usize> = sites.iter().enumerate().map(|(i, s)| (s.id, i)).collect();
     // Migrations record real time: read on the clock, through its runs.
     let timeline = db::clock::timeline(pool).await?;
-    let relocations: Vec<Relocation> =
-        db::migrations::finished_between(pool, timeline.real_at(from), timeline.real_at(to))
-            .await?
-            .into_iter()
-            .filter_map(|f| {
-                Some(Relocation {
-                    vm: f.vm_id,
-                    from: *index.get(&f.from_site_id)?,
-                    to: *index.get(&f.to_site_id)?,
-                    done_at: timeline.reading_at(f.done_at),
-                    wire_bytes: f.wire_bytes,
-                    egress_cost_per_gb: f.egress_cost_per_gb,
-                })
+    let real_from = timeline.real_at(from);
+    let relocations: Vec<Relocation> = db::migrations::finished_between(pool, real_from, timeline.real_at(to))
+        .await?
+        .into_iter()
+        .filter_map(|f| {
+            Some(Relocation {
+                vm: f.vm_id,
+                from: *index.get(&f.from_site_id)?,
+                to: *index.get(&f.to_site_id)?,
+                done_at: timeline.reading_at(f.done_at),
+                wire_bytes: f.wire_bytes,
+                egress_cost_per_gb: f.egress_cost_per_gb,
             })
-            .collect();
-    let before: HashMap<i64, Whereabouts> = db::migrations::whereabouts_before(pool, timeline.real_at(from))
+        })
+        .collect();
+    let before: HashMap<i64, Whereabouts> = db::migrations::whereabouts_before(pool, real_from)
         .await?
         .into_iter()
         .filter_map(|(vm, origin, at)| Some((vm, Whereabouts { origin: *index.get(&origin)?, at: *index.get(&at)? })))

@@ -87,9 +87,9 @@ async fn simulate(config: &Config, args: &SimulateArgs) -> anyhow::Result<()> {
         }
         None => {
             let pool = connect(config, &required_url(config)?).await?;
-            let (from, to) = stored::stored_span(&pool).await?.context("the database holds no signals")?;
+            let (from, to) = db::signals::stored_span(&pool).await?.context("the database holds no signals")?;
             let csv = stored::traces_csv(&pool, from, to, None).await?;
-            let synthetic = stored::any_synthetic(&pool, from, to).await?;
+            let synthetic = db::signals::any_synthetic(&pool, from, to).await?;
             pool.close().await;
             (csv.into_bytes(), "stored in the database".to_owned(), synthetic)
         }
@@ -140,7 +140,7 @@ async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<()> {
 /// `heliotrope signals export --format csv`: stored hourly signals as traces.
 async fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<()> {
     let pool = connect(config, &required_url(config)?).await?;
-    let span = stored::stored_span(&pool).await?;
+    let span = db::signals::stored_span(&pool).await?;
     let from = match &args.from {
         Some(text) => parse_time(text)?,
         None => span.context("the database holds no signals")?.0,

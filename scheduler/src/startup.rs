@@ -69,8 +69,6 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     services: Services,
-    /// The rebalancer's clock (accelerated in the demo), started at build.
-    clock: Clock,
 }
 
 impl Application {
@@ -85,9 +83,8 @@ impl Application {
         let mut state = AppState::new(pool, services.planner, &replica, services.rebalancer.enabled);
         state.secure_cookies = services.public_url.as_ref().is_some_and(|url| url.scheme() == "https");
         state.failed_auth = std::sync::Arc::new(crate::http::auth::FailedAuth::new(services.failed_auth_burst));
-        let clock = start_clock(&state.pool, services.rebalancer.clock_speed).await?;
-        state.clock = clock;
-        Ok(Application { listener, state, services, clock })
+        state.clock = start_clock(&state.pool, services.rebalancer.clock_speed).await?;
+        Ok(Application { listener, state, services })
     }
 
     /// The address actually bound.
@@ -96,8 +93,9 @@ impl Application {
         self.listener.local_addr().expect("bound listener has an address")
     }
 
+    /// The application's clock (accelerated in the demo), started at build.
     pub fn clock(&self) -> Clock {
-        self.clock
+        self.state.clock
     }
 
     /// Serves until `shutdown` is cancelled, then lets in-flight requests finish.
@@ -113,9 +111,9 @@ impl Application {
         }
         let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
         background.spawn(expire_leases(pool, stop));
-        if self.clock.speed() != 1.0 {
+        if self.state.clock.speed() != 1.0 {
             let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
-            background.spawn(keep_clock_run(pool, self.clock, stop));
+            background.spawn(keep_clock_run(pool, self.state.clock, stop));
         }
         // Not a service to switch off: without it no migration is admitted.
         let (pool, stop) = (self.state.pool.clone(), shutdown.clone());
@@ -127,7 +125,7 @@ impl Application {
                 pool: self.state.pool.clone(),
                 planner: self.services.planner,
                 config: self.services.rebalancer.clone(),
-                clock: self.clock,
+                clock: self.state.clock,
                 replica: self.state.replica.to_string(),
             };
             background.spawn(rebalancer.run(shutdown.clone()));

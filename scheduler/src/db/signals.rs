@@ -173,3 +173,32 @@ pub async fn current(pool: &PgPool, now: DateTime<Utc>) -> Result<Vec<SiteSignal
     }
     Ok(items)
 }
+
+/// A site's hourly carbon and price series (see [`series`]) from `from` to `to`.
+pub async fn hourly(
+    pool: &PgPool,
+    site_id: i64,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<(Vec<SignalPoint>, Vec<SignalPoint>)> {
+    let carbon = series(pool, site_id, Signal::Carbon, from, to, Resolution::Hourly).await?;
+    Ok((carbon, series(pool, site_id, Signal::Price, from, to, Resolution::Hourly).await?))
+}
+
+/// The span of every stored point (to the end of the last one's hour), if any.
+pub async fn stored_span(pool: &PgPool) -> Result<Option<(DateTime<Utc>, DateTime<Utc>)>> {
+    let span: (Option<DateTime<Utc>>, Option<DateTime<Utc>>) =
+        sqlx::query_as("select min(ts), max(ts) + interval '1 hour' from signal_point").fetch_one(pool).await?;
+    Ok(span.0.zip(span.1))
+}
+
+/// Whether any point stored from `from` to `to` is synthetic (the demo's, labelled so).
+pub async fn any_synthetic(pool: &PgPool, from: DateTime<Utc>, to: DateTime<Utc>) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from signal_point where basis = 'synthetic' and ts >= $1 and ts < $2)",
+    )
+    .bind(from)
+    .bind(to)
+    .fetch_one(pool)
+    .await?)
+}

@@ -5,10 +5,10 @@
 //! prices outside any market's range, timestamps too far ahead. A push is
 //! all or nothing, and the error names the first bad row.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Datelike, Duration, DurationRound, TimeDelta, Utc};
-use heliotrope_api_spec::{Basis, IngestParams, Signal, SignalRow};
+use heliotrope_api_spec::{Basis, IngestParams, Signal, SignalPoint, SignalRow};
 
 use super::ValidationError;
 
@@ -136,6 +136,16 @@ pub fn check_point(point: &Point, now: DateTime<Utc>) -> Result<(), (&'static st
 /// differ by less are one instant everywhere.
 pub fn to_micros(ts: DateTime<Utc>) -> DateTime<Utc> {
     ts.duration_trunc(TimeDelta::microseconds(1)).unwrap_or(ts)
+}
+
+/// The hours of a site's hourly `carbon` and `price` series that both
+/// hold, in the price series' order, each with its two points.
+pub fn hourly_pairs<'a>(
+    carbon: &'a [SignalPoint],
+    price: &'a [SignalPoint],
+) -> impl Iterator<Item = (&'a SignalPoint, &'a SignalPoint)> {
+    let carbon: HashMap<DateTime<Utc>, &SignalPoint> = carbon.iter().map(|c| (c.timestamp, c)).collect();
+    price.iter().filter_map(move |p| Some((*carbon.get(&p.timestamp)?, p)))
 }
 
 /// Keeps the last of points that share signal, time and issue time (a

@@ -138,11 +138,6 @@ impl Forecast {
             Forecast::Noisy { .. } | Forecast::Perfect => 0,
         }
     }
-
-    /// Whether the forecast is made from past values alone, as a live system could make it.
-    pub fn sees_only_the_past(self) -> bool {
-        matches!(self, Forecast::Persistence | Forecast::History)
-    }
 }
 const HOUR_S: f64 = 3600.0;
 

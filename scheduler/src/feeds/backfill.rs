@@ -35,7 +35,6 @@ pub enum BackfillError {
 /// What a backfill of one feed did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Backfilled {
-    pub feed: i64,
     /// Points stored by this run.
     pub points: u64,
     /// Requests made.
@@ -56,7 +55,7 @@ pub async fn backfill(
 ) -> Result<Backfilled, BackfillError> {
     let (window, pause) = history_window(feed.provider);
     let resumed_at = db::feeds::backfilled_until(pool, feed.id, from, to).await?;
-    let mut done = Backfilled { feed: feed.id, points: 0, requests: 0, resumed_at };
+    let mut done = Backfilled { points: 0, requests: 0, resumed_at };
     let mut at = resumed_at;
     while at < to {
         let end = (at + window).min(to);

@@ -98,15 +98,14 @@ pub fn parse_past_carbon(body: &str) -> Result<Vec<Point>, FeedError> {
 
 /// Prices of a `price-day-ahead/past-range` reply.
 pub fn parse_past_prices(body: &str) -> Result<Vec<Point>, FeedError> {
-    let prices = parse_json::<Range<Price>>("electricitymaps", body)?.data;
-    Ok(prices.into_iter().map(price_point).collect::<Result<Vec<_>, _>>()?.into_iter().flatten().collect())
+    parse_json::<Range<Price>>("electricitymaps", body)?.data.into_iter().map(price_point).collect()
 }
 
 pub fn parse_price(body: &str) -> Result<Vec<Point>, FeedError> {
-    price_point(parse_json("electricitymaps", body)?)
+    Ok(vec![price_point(parse_json("electricitymaps", body)?)?])
 }
 
-fn price_point(price: Price) -> Result<Vec<Point>, FeedError> {
+fn price_point(price: Price) -> Result<Point, FeedError> {
     let (currency, per) = price.unit.split_once('/').unwrap_or((&price.unit, ""));
     let value = match per.to_ascii_lowercase().as_str() {
         "mwh" => price.value,
@@ -121,7 +120,7 @@ fn price_point(price: Price) -> Result<Vec<Point>, FeedError> {
     if currency.len() != 3 || !currency.bytes().all(|b| b.is_ascii_alphabetic()) {
         return Err(FeedError::Shape(format!("electricitymaps: field 'unit': no currency in '{}'", price.unit)));
     }
-    Ok(vec![Point {
+    Ok(Point {
         signal: Signal::Price,
         ts: price.datetime,
         value,
@@ -131,7 +130,7 @@ fn price_point(price: Price) -> Result<Vec<Point>, FeedError> {
         forecast: false,
         issued_at: None,
         estimated: false,
-    }])
+    })
 }
 
 pub async fn fetch(
