@@ -410,6 +410,12 @@ pub struct Executor {
     /// Its transfer listener's health, as its last heartbeat reported it.
     #[serde(default)]
     pub listener: Option<ListenerHealth>,
+    /// The VMs it said it runs, with its last replication report.
+    #[serde(default)]
+    pub running: Vec<String>,
+    /// Since when it holds its VMs stopped (its site is down, or it lost the scheduler).
+    #[serde(default)]
+    pub fenced_since: Option<DateTime<Utc>>,
 }
 
 /// What an executor says with its heartbeat (`POST /v1/executors/{id}/heartbeat`; the body may be left out).

@@ -13,7 +13,8 @@
 //! [`page`] (cursor pagination), [`signals`] (carbon and price series),
 //! [`plans`] (placement plans and their moves), [`migrations`] (the
 //! jobs applied plans turn into), [`replication`] (keeping VMs' disks
-//! warm at their standby sites), [`simulations`] (what-if replays of
+//! warm at their standby sites), [`recovery`] (restarting a lost site's
+//! VMs at their standbys), [`simulations`] (what-if replays of
 //! past signals).
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod inventory;
 pub mod migrations;
 pub mod page;
 pub mod plans;
+pub mod recovery;
 pub mod replication;
 pub mod signals;
 pub mod simulations;
@@ -34,6 +36,7 @@ pub use inventory::*;
 pub use migrations::*;
 pub use page::*;
 pub use plans::*;
+pub use recovery::*;
 pub use replication::*;
 pub use signals::*;
 pub use simulations::*;

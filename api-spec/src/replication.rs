@@ -22,6 +22,19 @@ pub struct ReplicationReport {
     #[serde(default)]
     #[schema(max_items = 10000)]
     pub replicas: Vec<ReplicaFreshness>,
+    /// The VMs this executor runs now (not paused): where each VM really
+    /// runs, as the executors see it (absent: not said).
+    #[serde(default)]
+    #[schema(max_items = 10000)]
+    pub running: Option<Vec<String>>,
+    /// Whether it holds every VM here stopped because its site is down
+    /// (or it could not reach the scheduler).
+    #[serde(default)]
+    pub fenced: bool,
+    /// What it holds of the VMs it was told to quarantine.
+    #[serde(default)]
+    #[schema(max_items = 10000)]
+    pub quarantine: Vec<crate::QuarantineHolding>,
 }
 
 /// How fresh one replica is, as its source executor knows it.
@@ -51,6 +64,17 @@ pub struct ReplicationPlan {
     pub incoming: Vec<IncomingReplica>,
     /// How often a replica is synced, seconds.
     pub interval_s: f64,
+    /// The site is down: every VM here stays stopped (its VMs may be
+    /// restarting elsewhere).
+    #[serde(default)]
+    pub fence: bool,
+    /// VMs of a lost site to restart here, each from its replica.
+    #[serde(default)]
+    pub restarts: Vec<crate::Restart>,
+    /// VMs of this site restarted elsewhere while it was lost: any copy
+    /// here is set aside and never started.
+    #[serde(default)]
+    pub quarantine: Vec<crate::Quarantine>,
 }
 
 /// One VM's disk to replicate to one standby.

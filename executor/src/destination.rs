@@ -172,6 +172,22 @@ impl Destination {
         }
     }
 
+    /// Takes replica `name` out of this site's keeping to `to` (a VM's disk
+    /// now: a lost site's VM restarts on it); false if there is none.
+    pub fn take_replica(&self, name: &str, to: &Path) -> io::Result<bool> {
+        check_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let path = self.replica_path(name);
+        if !path.exists() {
+            return Ok(false);
+        }
+        self.index.write().unwrap_or_else(|e| e.into_inner()).forget(&path)?;
+        if let Some(dir) = to.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(&path, to)?;
+        Ok(true)
+    }
+
     /// The replicas this site keeps, by name.
     pub fn replicas(&self) -> io::Result<Vec<String>> {
         let mut names = Vec::new();

@@ -89,7 +89,7 @@ pub fn generate(
 ) -> io::Result<SimImages> {
     std::fs::create_dir_all(dir)?;
     let images = SimImages { memory: dir.join("memory.img"), disk: dir.join("disk.img") };
-    let (memory_pages, disk_pages) = (memory_bytes / PAGE, disk_bytes / PAGE);
+    let disk_pages = disk_bytes / PAGE;
     let mut rng = StdRng::seed_from_u64(vm_seed);
     let mut chunk = vec![0u8; 256 * PAGE];
     let mut disk = File::options().read(true).write(true).create(true).truncate(true).open(&images.disk)?;
@@ -105,6 +105,25 @@ pub fn generate(
         }
         disk.write_all(&chunk[..n * PAGE])?;
     }
+    disk.sync_all()?;
+    boot_memory(dir, memory_bytes, mix, base_seed, vm_seed)
+}
+
+/// Writes a memory image into `dir` beside its disk image, as the guest's
+/// memory after it booted from that disk (page-cache pages are blocks of
+/// it): what a VM restarted from a replica of its disk starts with.
+pub fn boot_memory(
+    dir: &Path,
+    memory_bytes: usize,
+    mix: &ContentMix,
+    base_seed: u64,
+    vm_seed: u64,
+) -> io::Result<SimImages> {
+    let images = SimImages { memory: dir.join("memory.img"), disk: dir.join("disk.img") };
+    let disk = File::open(&images.disk)?;
+    let (memory_pages, disk_pages) = (memory_bytes / PAGE, disk.metadata()?.len() as usize / PAGE);
+    let mut rng = StdRng::seed_from_u64(vm_seed.rotate_left(29) ^ 0x6d65_6d6f_7279);
+    let mut chunk = vec![0u8; 256 * PAGE];
     // Pages duplicated within the VM copy one of a few hot pages.
     let hot: Vec<[u8; PAGE]> = (0..64)
         .map(|_| {
@@ -138,9 +157,20 @@ pub fn generate(
         memory.write_all(&chunk[..n * PAGE])?;
     }
     memory.sync_all()?;
-    disk.sync_all()?;
     std::fs::rename(&unfinished, &images.memory)?;
     Ok(images)
+}
+
+/// Every disk block a guest writes starts with this, then the time of the
+/// write (nanoseconds since the Unix epoch, little-endian): so that what a
+/// copy of the disk holds can be dated ([`write_stamp`]).
+pub const WRITE_STAMP: [u8; 8] = *b"HLTPWRIT";
+
+/// When the guest wrote `block` (a disk block as it is now), if it did.
+pub fn write_stamp(block: &[u8]) -> Option<std::time::SystemTime> {
+    let nanos = block.get(8..16)?;
+    (block.get(..8)? == WRITE_STAMP)
+        .then(|| std::time::UNIX_EPOCH + Duration::from_nanos(u64::from_le_bytes(nanos.try_into().unwrap_or_default())))
 }
 
 /// How fast a running guest writes.
@@ -228,6 +258,9 @@ impl SimVm {
                     let block = rng.random_range(0..s.disk_blocks);
                     let mut data = vec![0u8; BLOCK_PAGES as usize * PAGE];
                     rng.fill_bytes(&mut data);
+                    let written = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+                    data[..8].copy_from_slice(&WRITE_STAMP);
+                    data[8..16].copy_from_slice(&(written.unwrap_or_default().as_nanos() as u64).to_le_bytes());
                     // A failed write is a guest's I/O error; the block is not logged as written.
                     if s.disk.write_all_at(&data, block * BLOCK_PAGES * PAGE as u64).is_ok() {
                         s.write_logs.iter_mut().flatten().for_each(|log| log[block as usize] = true);

@@ -152,6 +152,10 @@ async fn route_by_role_matrix(pool: PgPool) {
         r(Method::GET, "/v1/simulations", 0, None, view),
         r(Method::GET, "/v1/simulations/{id}", 999_999, None, view),
         r(Method::GET, "/v1/simulations/{id}/plots/{name}", 999_999, None, view),
+        r(Method::POST, "/v1/sites/{id}/fail", 999_999, Some(json!({"dry_run": true})), plan),
+        r(Method::GET, "/v1/sites/{id}/recovery", 999_999, None, view),
+        r(Method::GET, "/v1/recoveries/{id}", 999_999, None, view),
+        r(Method::POST, "/v1/recoveries/{id}/discard", 999_999, None, plan),
         r(
             Method::POST,
             "/v1/executors/register",
@@ -189,6 +193,10 @@ async fn route_by_role_matrix(pool: PgPool) {
                 Some(json!({"step": "release", "driver": "linux", "duration_ms": 1.0, "ok": true})),
                 exec,
             )
+        },
+        Route {
+            query: "?executor=999999",
+            ..r(Method::POST, "/v1/recoveries/{id}/outcome", 999_999, Some(json!({"state": "running"})), exec)
         },
         r(Method::GET, "/healthz", 0, None, Need::Nobody),
         r(Method::GET, "/readyz", 0, None, Need::Nobody),

@@ -23,6 +23,7 @@ mod qemu;
 mod qemu_linux;
 mod read_cache;
 mod rebalancer;
+mod recovery;
 mod session;
 mod signals;
 mod simulations;

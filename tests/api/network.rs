@@ -207,6 +207,7 @@ fn web_1(here: &str) -> NetworkMove {
     let peer = if here == "10.0.12.1" { "10.0.12.2" } else { "10.0.12.1" };
     NetworkMove {
         migration: 4242,
+        recovery: None,
         vm: "web-1".into(),
         addresses: vec![VM_V4.parse().unwrap(), VM_V6.parse().unwrap()],
         from_site: "a".into(),

@@ -112,6 +112,13 @@ impl Linux {
         Ok(Some(format!("the neighbour entries of {} on {link} flushed", count(&m.addresses))))
     }
 
+    pub(super) async fn take_over(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
+        let link = self.vm_link(m);
+        self.route_to_link(&m.addresses, &link).await?;
+        let announced = self.announce(m).await?.unwrap_or_default();
+        Ok(Some(format!("{} routed to {link} (restarted here; its site was lost); {announced}", count(&m.addresses))))
+    }
+
     pub(super) async fn take_back(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         self.remove_tunnel(m.migration).await?;
         let link = self.vm_link(m);

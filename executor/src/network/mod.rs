@@ -27,7 +27,11 @@ pub mod webhook;
 /// One VM's move, as the network sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkMove {
+    /// The migration (0 for a restart after a site was lost: see `recovery`).
     pub migration: i64,
+    /// The recovery that restarts the VM here after its site was lost.
+    #[serde(default)]
+    pub recovery: Option<i64>,
     pub vm: String,
     pub addresses: Vec<IpAddr>,
     pub from_site: String,
@@ -111,6 +115,17 @@ impl Network {
         match self {
             Network::Linux(linux) => linux.announce(m).await,
             Network::None | Network::Webhook(_) => Ok(None),
+        }
+    }
+
+    /// At the new site of a VM restarted from its replica after its site
+    /// was lost: its addresses lead to it here (nothing comes from the lost
+    /// site, so there is no tunnel), and the network is told.
+    pub async fn take_over(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
+        match self {
+            Network::Linux(linux) => linux.take_over(m).await,
+            Network::Webhook(webhook) => webhook.tell(m).await,
+            Network::None => Ok(None),
         }
     }
 

@@ -27,7 +27,12 @@ pub struct Webhook {
 /// What the controller is told.
 #[derive(Debug, Serialize)]
 pub struct MoveNotice<'a> {
-    pub migration: i64,
+    /// The migration that moves it (absent for a restart after its site was lost).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub migration: Option<i64>,
+    /// The recovery that restarted it at `to` after site `from` was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recovery: Option<i64>,
     pub vm: &'a str,
     pub addresses: &'a [std::net::IpAddr],
     /// The old site's name.
@@ -45,7 +50,8 @@ impl Webhook {
 
     pub(super) async fn tell(&self, m: &NetworkMove) -> Result<Done, NetworkError> {
         let notice = MoveNotice {
-            migration: m.migration,
+            migration: m.recovery.is_none().then_some(m.migration),
+            recovery: m.recovery,
             vm: &m.vm,
             addresses: &m.addresses,
             from: &m.from_site,
@@ -115,6 +121,7 @@ mod tests {
         let webhook = Webhook::new(WebhookOptions { url, token: None, timeout: Duration::from_secs(5) });
         let change = NetworkMove {
             migration: 1,
+            recovery: None,
             vm: "web".into(),
             addresses: vec!["192.0.2.10".parse().unwrap()],
             from_site: "A".into(),

@@ -190,6 +190,16 @@ pub async fn start(machine: &Machine) -> Result<(), MigrateError> {
     Ok(())
 }
 
+/// Pauses a running VM (its site is fenced); whether it was running.
+pub async fn pause(machine: &Machine) -> Result<bool, MigrateError> {
+    let qmp = &machine.qmp;
+    let running = qmp.status().await? == "running";
+    if running {
+        qmp.execute("stop", json!({})).await?;
+    }
+    Ok(running)
+}
+
 /// Has QEMU announce the guest's NICs (RARP from each MAC, 5 rounds over
 /// about a second), so switches and overlays learn where it runs now.
 pub async fn announce(machine: &Machine) -> Result<(), MigrateError> {

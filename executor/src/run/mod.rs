@@ -30,6 +30,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tracing::Instrument;
 
+mod disaster;
 mod listener;
 mod network;
 mod qemu;
@@ -143,6 +144,9 @@ impl Scheduler {
     }
 }
 
+/// How often an executor says it is alive (its lease is `EXECUTOR_LEASE_S`).
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+
 /// How long a source waits after its cutover for the destination to
 /// confirm the VM runs there, before it rolls back and resumes the VM.
 const CONFIRM_WAIT: Duration = Duration::from_secs(120);
@@ -167,6 +171,8 @@ struct Worker {
     machines: qemu::Machines,
     /// How moved VMs' addresses follow them.
     network: heliotrope_executor::network::Network,
+    /// Fencing, restarts of a lost site's VMs, quarantined copies.
+    disaster: disaster::Disaster,
     args: Arc<RunArgs>,
 }
 
@@ -212,10 +218,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         receiving: Mutex::default(),
         machines: Mutex::default(),
         network,
+        disaster: disaster::Disaster::default(),
         args: Arc::new(args),
     });
     worker.resume_holds();
     tokio::spawn(worker.clone().heartbeat());
+    tokio::spawn(worker.clone().watch_scheduler());
     tokio::spawn(worker.clone().replicate());
     tokio::spawn(worker.clone().accept(listener));
     let shutdown = shutdown_signal();
@@ -264,11 +272,13 @@ async fn shutdown_signal() {
 impl Worker {
     async fn heartbeat(self: Arc<Self>) {
         loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
+            tokio::time::sleep(HEARTBEAT_EVERY).await;
             let path = format!("/v1/executors/{}/heartbeat", self.executor);
             let heartbeat = Heartbeat { listener: Some(self.listener.report()) };
-            if let Err(e) = self.scheduler.post::<_, serde_json::Value>(&path, Some(&heartbeat)).await {
-                tracing::warn!(error = %format!("{e:#}"), "heartbeat failed");
+            let sent = std::time::Instant::now();
+            match self.scheduler.post::<_, serde_json::Value>(&path, Some(&heartbeat)).await {
+                Ok(_) => self.disaster.heard(sent),
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "heartbeat failed"),
             }
         }
     }
@@ -328,6 +338,7 @@ impl Worker {
     fn sim_vm(&self, name: &str, spec: &AssignedVm, seed: u64) -> anyhow::Result<Arc<SimVm>> {
         // One boot at a time: a migration's claim and the replication loop may both ask for the same VM.
         let _booting = self.booting.lock().unwrap_or_else(|e| e.into_inner());
+        anyhow::ensure!(!self.disaster.is_fenced(), "this site is fenced: no VM starts or resumes here");
         if let Some(vm) = self.running.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
             return Ok(vm.clone());
         }

@@ -261,6 +261,7 @@ impl Worker {
                 .collect();
         NetworkMove {
             migration: a.migration.id,
+            recovery: None,
             vm: a.migration.vm.clone(),
             addresses,
             from_site: a.migration.from.clone(),

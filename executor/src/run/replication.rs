@@ -123,9 +123,18 @@ impl Worker {
         let path = format!("/v1/executors/{}/replication", self.executor);
         loop {
             self.replication.count_written().await;
-            let report = ReplicationReport { replicas: self.replication.freshness() };
+            let report = ReplicationReport {
+                replicas: self.replication.freshness(),
+                running: Some(self.running_now()),
+                fenced: self.disaster.is_fenced(),
+                quarantine: self.disaster.holdings(),
+            };
+            let sent = std::time::Instant::now();
             match self.scheduler.post::<_, ReplicationPlan>(&path, Some(&report)).await {
-                Ok(Some(plan)) => self.follow(plan).await,
+                Ok(Some(plan)) => {
+                    self.disaster.heard(sent);
+                    self.follow(plan).await
+                }
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "replication plan: asking failed"),
             }
@@ -133,8 +142,19 @@ impl Worker {
         }
     }
 
-    /// Makes what runs here match the plan.
+    /// The VMs that run here now (not paused).
+    fn running_now(&self) -> Vec<String> {
+        let sim =
+            lock(&self.running).iter().filter(|(_, vm)| !vm.is_paused()).map(|(n, _)| n.clone()).collect::<Vec<_>>();
+        let fenced = self.disaster.is_fenced();
+        let qemu = lock(&self.machines).keys().filter(|_| !fenced).cloned().collect::<Vec<_>>();
+        sim.into_iter().chain(qemu).collect()
+    }
+
+    /// Makes what runs here match the plan: lost sites' VMs first (the
+    /// restarts take their replicas before the replicas are tidied).
     async fn follow(self: &Arc<Self>, plan: ReplicationPlan) {
+        self.follow_disaster(plan.fence, &plan.quarantine, &plan.restarts).await;
         self.keep_replicas(&plan);
         let interval = interval_of(plan.interval_s);
         self.replicate_disks(plan.outgoing, interval).await;

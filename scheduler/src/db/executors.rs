@@ -20,6 +20,8 @@ struct ExecutorRow {
     capacity: i32,
     tunnel_address: Option<String>,
     listener: Option<sqlx::types::Json<ListenerHealth>>,
+    running_vms: Vec<String>,
+    fenced_since: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<ExecutorRow> for Executor {
@@ -35,12 +37,14 @@ impl TryFrom<ExecutorRow> for Executor {
             capacity: u32::try_from(r.capacity).unwrap_or(1),
             tunnel_address: r.tunnel_address,
             listener: r.listener.map(|l| l.0),
+            running: r.running_vms,
+            fenced_since: r.fenced_since,
         })
     }
 }
 
 const SELECT: &str = "select e.executor_id, s.name as site, e.address, e.last_heartbeat, e.state, e.driver, \
-    e.capacity, e.tunnel_address, e.listener from executor e join site s on s.site_id = e.site_id";
+    e.capacity, e.tunnel_address, e.listener, e.running_vms, e.fenced_since from executor e join site s on s.site_id = e.site_id";
 
 pub async fn get(pool: &PgPool, id: i64) -> Result<Executor> {
     let sql = format!("{SELECT} where e.executor_id = $1");
@@ -141,6 +145,21 @@ pub async fn owned(db: impl sqlx::PgExecutor<'_>, id: i64, token_id: i64) -> Res
         .fetch_optional(db)
         .await?;
     site.ok_or_else(|| StoreError::NotFound(format!("executor {id} of this token")))
+}
+
+/// Records what an executor said with its replication report: it is
+/// online, runs `running` (if it said), and holds its VMs stopped or not.
+pub(super) async fn heard(pool: &PgPool, id: i64, running: Option<&[String]>, fenced: bool) -> Result<()> {
+    sqlx::query(
+        "update executor set last_heartbeat = now(), state = 'online', running_vms = coalesce($2, running_vms), \
+         fenced_since = case when $3 then coalesce(fenced_since, now()) end where executor_id = $1",
+    )
+    .bind(id)
+    .bind(running)
+    .bind(fenced)
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Records a heartbeat: the executor is online, its listener as it says.

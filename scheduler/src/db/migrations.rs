@@ -585,7 +585,7 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
 /// A CTE `room`: what each site of `sites` (a subquery of site ids) has left
 /// beside the VMs it runs and those arriving (a migration claimed and not
 /// yet ended).
-fn room(sites: &str) -> String {
+pub(super) fn room(sites: &str) -> String {
     format!(
         "room as (select s.site_id, s.capacity_vcpus - coalesce(sum(x.vcpus), 0) as vcpus, \
              s.capacity_memory_gib - coalesce(sum(x.memory_gib), 0) as memory_gib, \

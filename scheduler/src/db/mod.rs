@@ -17,6 +17,7 @@ pub mod links;
 pub mod migrations;
 pub mod plans;
 pub mod rebalancer;
+pub mod recoveries;
 pub mod savings;
 pub mod sessions;
 pub mod signals;

@@ -18,7 +18,7 @@ use crate::domain::Valid;
 
 /// The executor that keeps `site`'s replicas and replicates its VMs of
 /// driver `driver` (SQL over the columns named).
-fn keeper(site: &str, driver: &str) -> String {
+pub(super) fn keeper(site: &str, driver: &str) -> String {
     format!(
         "(select min(k.executor_id) from executor k where k.site_id = {site} and k.state = 'online' \
          and k.last_heartbeat > now() - {ONLINE_WITHIN} and coalesce((k.listener->>'accepting')::boolean, true) \
@@ -134,14 +134,17 @@ struct IncomingRow {
 }
 
 /// The replica of VM `vm_id`'s disk, by file name.
-fn replica_name(vm_id: i64) -> String {
+pub(super) fn replica_name(vm_id: i64) -> String {
     format!("vm-{vm_id}-disk.img")
 }
 
 /// What executor `executor_id` (of this token) replicates and keeps now:
 /// the disks of the VMs it keeps at its site, to their standbys (a
 /// link's replication budget is `link_share` of what the link leaves
-/// usable); the replicas its site keeps for VMs elsewhere.
+/// usable); the replicas its site keeps for VMs elsewhere; the VMs of a
+/// lost site it restarts from those replicas; and, at a site that is down,
+/// to keep every VM stopped (nothing replicates from there), and at a site
+/// that came back, the stale copies of its VMs restarted elsewhere.
 pub async fn plan_for(
     pool: &PgPool,
     executor_id: i64,
@@ -150,6 +153,8 @@ pub async fn plan_for(
     interval_s: f64,
 ) -> Result<ReplicationPlan> {
     let site_id = super::executors::owned(pool, executor_id, token_id).await?;
+    let down: bool =
+        sqlx::query_scalar("select state = 'down' from site where site_id = $1").bind(site_id).fetch_one(pool).await?;
     let outgoing: Vec<OutgoingRow> = sqlx::query_as(&format!(
         "select b.standby_id, v.name as vm, x.name as standby, \
            (select e.address from executor e where e.executor_id = {peer}) as peer_address, \
@@ -157,13 +162,14 @@ pub async fn plan_for(
            l.bandwidth_mbps, l.background_reserve_pct \
          from standby b join vm v on v.vm_id = b.vm_id join site x on x.site_id = b.site_id \
            join link l on l.from_site_id = v.site_id and l.to_site_id = b.site_id \
-         where v.site_id = $1 and b.site_id <> v.site_id and {mine} = $2 \
+         where v.site_id = $1 and b.site_id <> v.site_id and {mine} = $2 and not $3 \
          order by b.standby_id",
         peer = keeper("b.site_id", "v.driver"),
         mine = keeper("v.site_id", "v.driver"),
     ))
     .bind(site_id)
     .bind(executor_id)
+    .bind(down)
     .fetch_all(pool)
     .await?;
     let incoming: Vec<IncomingRow> = sqlx::query_as(&format!(
@@ -206,14 +212,20 @@ pub async fn plan_for(
             })
         })
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;
-    Ok(ReplicationPlan { outgoing, incoming, interval_s })
+    let restarts = super::recoveries::restarts_for(pool, executor_id, site_id).await?;
+    let quarantine = super::recoveries::quarantine_for(pool, site_id).await?;
+    Ok(ReplicationPlan { outgoing, incoming, interval_s, fence: down, restarts, quarantine })
 }
 
-/// Records the freshness executor `executor_id` reports of the replicas
-/// it sends; reports of standbys it does not replicate are ignored, and so
-/// are reports that change nothing (`reported_at` is then the last change).
+/// Records what executor `executor_id` reports: the freshness of the
+/// replicas it sends (reports of standbys it does not replicate are
+/// ignored, and so are reports that change nothing: `reported_at` is then
+/// the last change), the VMs it runs, whether it holds them stopped, and
+/// the stale copies it quarantines. The report is also a heartbeat.
 pub async fn record(pool: &PgPool, executor_id: i64, token_id: i64, report: &Valid<ReplicationReport>) -> Result<()> {
     let site_id = super::executors::owned(pool, executor_id, token_id).await?;
+    super::executors::heard(pool, executor_id, report.running.as_deref(), report.fenced).await?;
+    super::recoveries::record_quarantine(pool, site_id, &report.quarantine).await?;
     let base = REPLICATION_SESSION_BASE;
     let ids: Vec<i64> = report.replicas.iter().map(|r| (r.session - base) as i64).collect();
     let synced_at: Vec<Option<chrono::DateTime<chrono::Utc>>> = report.replicas.iter().map(|r| r.synced_at).collect();

@@ -5,7 +5,7 @@
 use chrono::{DateTime, Duration, Utc};
 use heliotrope_api_spec::{
     Completion, ExecutorRegistration, Heartbeat, MigrationChange, MigrationState, NetworkReport, ProgressReport,
-    ReplicationReport, VmRunsAt, REPLICATION_SESSION_BASE,
+    RecoveryState, ReplicationReport, RestartOutcome, SiteFailure, VmRunsAt, REPLICATION_SESSION_BASE,
 };
 
 use super::inventory::check_name;
@@ -142,7 +142,39 @@ pub fn parse_replication_report(r: ReplicationReport, now: DateTime<Utc>) -> Res
             return Err(ValidationError::new(field("synced_at"), "is in the future"));
         }
     }
+    let running = r.running.as_deref().unwrap_or_default();
+    if running.len() > MAX_REPLICA_REPORTS {
+        return Err(ValidationError::new("running", format!("at most {MAX_REPLICA_REPORTS} entries")));
+    }
+    if let Some(i) = running.iter().position(|name| name.is_empty() || name.len() > 200 || name.contains('\0')) {
+        return Err(ValidationError::new(format!("running[{i}]"), "a VM name: 1 to 200 bytes, no NUL"));
+    }
+    if r.quarantine.len() > MAX_REPLICA_REPORTS {
+        return Err(ValidationError::new("quarantine", format!("at most {MAX_REPLICA_REPORTS} entries")));
+    }
+    if let Some(i) = r.quarantine.iter().position(|h| h.recovery < 1) {
+        return Err(ValidationError::new(format!("quarantine[{i}].recovery"), "a recovery's id"));
+    }
     Ok(Valid(r))
+}
+
+/// A restart's outcome: it runs, or failed; the detail is short text.
+pub fn parse_restart_outcome(o: RestartOutcome) -> Result<Valid<RestartOutcome>> {
+    if !matches!(o.state, RecoveryState::Running | RecoveryState::Failed) {
+        return Err(ValidationError::new("state", "a restart ends running or failed"));
+    }
+    if o.detail.len() > 4000 || o.detail.contains('\0') {
+        return Err(ValidationError::new("detail", "at most 4000 bytes, no NUL"));
+    }
+    Ok(Valid(o))
+}
+
+/// An operator's word that a site is lost: its reason is short text.
+pub fn parse_site_failure(f: SiteFailure) -> Result<Valid<SiteFailure>> {
+    if f.reason.len() > 1000 || f.reason.contains('\0') {
+        return Err(ValidationError::new("reason", "at most 1000 bytes, no NUL"));
+    }
+    Ok(Valid(f))
 }
 
 /// What a recovering migration becomes: done if the VM runs at the

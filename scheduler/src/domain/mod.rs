@@ -14,6 +14,7 @@ pub mod migration;
 pub mod page;
 pub mod planner;
 pub mod rebalance;
+pub mod recovery;
 pub mod savings;
 pub mod schedule;
 pub mod signals;

@@ -11,7 +11,8 @@ use axum::routing::post;
 use axum::{extract::State, Extension, Json, Router};
 use heliotrope_api_spec::{
     Assignment, ClaimParams, Completion, Executor, ExecutorParam, ExecutorRegistration, Heartbeat, MigrationDetail,
-    NetworkReport, ProgressAnswer, ProgressReport, RecoveryReport, ReplicationPlan, ReplicationReport,
+    NetworkReport, ProgressAnswer, ProgressReport, RecoveryReport, ReplicationPlan, ReplicationReport, RestartOutcome,
+    VmRecovery,
 };
 
 use super::auth::Principal;
@@ -21,7 +22,7 @@ use super::AppState;
 use crate::db;
 use crate::domain::dispatch::{
     parse_completion, parse_heartbeat, parse_network_report, parse_progress, parse_registration,
-    parse_replication_report, MAX_CLAIM_WAIT_S,
+    parse_replication_report, parse_restart_outcome, MAX_CLAIM_WAIT_S,
 };
 use crate::domain::ValidationError;
 
@@ -35,12 +36,32 @@ pub fn router() -> Router<AppState> {
         .route("/v1/migrations/{id}/recover", post(recover_migration))
         .route("/v1/migrations/{id}/network", post(report_network))
         .route("/v1/executors/{id}/replication", post(replication))
+        .route("/v1/recoveries/{id}/outcome", post(restart_outcome))
 }
 
-/// Report the freshness of the replicas this executor sends, and hear what
-/// it replicates and keeps now: the disks of the VMs it keeps at its site,
-/// to their standby sites; the replicas its site keeps for VMs elsewhere
-/// (any other replica there may be dropped).
+/// Say how a restart of a lost site's VM went, as the standby's executor
+/// it was handed to: `running` (from its replica) or `failed`.
+#[utoipa::path(post, path = "/v1/recoveries/{id}/outcome", tag = "dispatch", params(("id" = i64, Path), ExecutorParam),
+    request_body = RestartOutcome, responses((status = 200, body = VmRecovery), ErrorResponses))]
+pub async fn restart_outcome(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
+    ApiPath(id): ApiPath<i64>,
+    ApiQuery(executor): ApiQuery<ExecutorParam>,
+    ApiJson(outcome): ApiJson<RestartOutcome>,
+) -> Result<Json<VmRecovery>, ApiError> {
+    let outcome = parse_restart_outcome(outcome)?;
+    Ok(Json(db::recoveries::record_outcome(&state.pool, id, executor.executor, caller.token_id, &outcome).await?))
+}
+
+/// Report the freshness of the replicas this executor sends (and the VMs
+/// it runs, whether it holds them stopped, the stale copies it
+/// quarantines), and hear what it replicates and keeps now: the disks of
+/// the VMs it keeps at its site, to their standby sites; the replicas its
+/// site keeps for VMs elsewhere (any other replica there may be dropped);
+/// the lost site's VMs it restarts from them; whether its own site is
+/// down (every VM stays stopped), and which of its VMs were restarted
+/// elsewhere (their copies here never run again). Also a heartbeat.
 #[utoipa::path(post, path = "/v1/executors/{id}/replication", tag = "dispatch", params(("id" = i64, Path)),
     request_body = ReplicationReport, responses((status = 200, body = ReplicationPlan), ErrorResponses))]
 pub async fn replication(

@@ -23,6 +23,7 @@ pub mod ops;
 pub mod params;
 pub mod plans;
 pub mod rebalancer;
+pub mod recoveries;
 pub mod server;
 pub mod session;
 pub mod signals;
@@ -126,6 +127,7 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded(rebalancer::router(), Access::PLANS))
         .merge(guarded(fleet::router(), Access::PLANS))
         .merge(guarded(simulations::router(), Access::PLANS))
+        .merge(guarded(recoveries::router(), Access::PLANS))
         .merge(guarded(dispatch::router(), Access::EXECUTOR))
         .merge(session::router())
         .merge(ops::router())

@@ -6,8 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    dispatch, events, executors, feeds, fleet, groups, links, migrations, ops, plans, rebalancer, session, signals,
-    simulations, sites, tokens, vms,
+    dispatch, events, executors, feeds, fleet, groups, links, migrations, ops, plans, rebalancer, recoveries, session,
+    signals, simulations, sites, tokens, vms,
 };
 
 #[derive(OpenApi)]
@@ -33,6 +33,8 @@ use super::{
         simulations::get_plot,
         dispatch::register_executor, dispatch::heartbeat, dispatch::claim, dispatch::report_progress,
         dispatch::complete_migration, dispatch::recover_migration, dispatch::report_network, dispatch::replication,
+        dispatch::restart_outcome,
+        recoveries::fail_site, recoveries::site_recovery, recoveries::get_recovery, recoveries::discard_copy,
         fleet::get_overview, fleet::get_savings,
         ops::healthz, ops::readyz, ops::metrics,
     ),
@@ -55,7 +57,7 @@ impl Modify for BearerAuth {
 }
 
 /// Request bodies whose unknown fields the server refuses (see `extract::ApiJson`).
-const CLOSED_SCHEMAS: [&str; 20] = [
+const CLOSED_SCHEMAS: [&str; 23] = [
     "SiteSpec",
     "Capacity",
     "PowerModel",
@@ -76,6 +78,9 @@ const CLOSED_SCHEMAS: [&str; 20] = [
     "MigrationChange",
     "SimulationRequest",
     "SignIn",
+    "SiteFailure",
+    "RestartOutcome",
+    "QuarantineHolding",
 ];
 
 /// The document as committed: pretty JSON with a trailing newline.

@@ -2,13 +2,16 @@
 
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::{extract::State, Json, Router};
-use heliotrope_api_spec::{PageParams, Site, SiteFilter, SitePage, SiteSpec};
+use axum::{extract::State, Extension, Json, Router};
+use chrono::Utc;
+use heliotrope_api_spec::{PageParams, Site, SiteFailure, SiteFilter, SitePage, SiteSpec, SiteState};
 
+use super::auth::Principal;
 use super::error::{ApiError, ErrorResponses};
 use super::extract::{ApiJson, ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
+use crate::domain::dispatch::parse_site_failure;
 use crate::domain::inventory::check_filter_names;
 use crate::domain::inventory::parse_site;
 use crate::domain::page::PageRequest;
@@ -50,15 +53,25 @@ pub async fn get_site(State(state): State<AppState>, ApiPath(id): ApiPath<i64>) 
     Ok(Json(db::sites::get(&state.pool, id).await?))
 }
 
-/// Replace a site.
+/// Replace a site. Setting its state to `down` fails it, as `POST
+/// /v1/sites/{id}/fail` does: its VMs restart at their standbys.
 #[utoipa::path(put, path = "/v1/sites/{id}", tag = "sites", params(("id" = i64, Path)), request_body = SiteSpec,
     responses((status = 200, body = Site), ErrorResponses))]
 pub async fn replace_site(
     State(state): State<AppState>,
+    Extension(caller): Extension<Principal>,
     ApiPath(id): ApiPath<i64>,
     ApiJson(spec): ApiJson<SiteSpec>,
 ) -> Result<Json<Site>, ApiError> {
-    Ok(Json(db::sites::update(&state.pool, id, &parse_site(spec)?).await?))
+    let spec = parse_site(spec)?;
+    let before = db::sites::get(&state.pool, id).await?;
+    let site = db::sites::update(&state.pool, id, &spec).await?;
+    if site.spec.state == SiteState::Down && before.spec.state != SiteState::Down {
+        let failure = parse_site_failure(SiteFailure { dry_run: false, reason: "its state was set to down".into() })?;
+        db::recoveries::fail_site(&state.pool, id, &failure, &caller.actor(), Utc::now()).await?;
+        return Ok(Json(db::sites::get(&state.pool, id).await?));
+    }
+    Ok(Json(site))
 }
 
 /// Delete a site and its links; refused (409) while VMs or executors use it.

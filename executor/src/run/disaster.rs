@@ -1,0 +1,260 @@
+//! Disaster recovery as the site worker does it.
+//!
+//! - Fencing: while its site is down, or once it has not reached the
+//!   scheduler for `EXECUTOR_LEASE_S - EXECUTOR_FENCE_MARGIN_S` seconds,
+//!   the executor holds every VM here paused and starts none, so that the
+//!   scheduler may restart them elsewhere once its lease has run out. It
+//!   lets them run again only when the scheduler says its site is up, and
+//!   never those restarted elsewhere meanwhile.
+//! - Restarts: at a standby, a lost site's VM boots on its replica (the
+//!   replica becomes its disk; its memory is that of a fresh boot, as
+//!   after a power cut), its addresses are taken over here, and the
+//!   scheduler hears it runs.
+//! - Quarantine: back at a site that was lost, the copies of VMs restarted
+//!   elsewhere are stopped and set aside (`quarantine/<vm>-<recovery>`),
+//!   never started, until an operator discards them.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use heliotrope_api_spec::{
+    Driver, Quarantine, QuarantineHolding, RecoveryState, Restart, RestartOutcome, VmRecovery, EXECUTOR_FENCE_MARGIN_S,
+    EXECUTOR_LEASE_S,
+};
+use heliotrope_executor::network::{timed, NetworkMove};
+use heliotrope_executor::precopy::{DISK_IMAGE, MEMORY_IMAGE};
+use heliotrope_executor::qemu::migrate;
+use heliotrope_executor::sim::{boot_memory, ContentMix};
+
+use super::Worker;
+
+/// How long after its last word reached the scheduler (counted from when
+/// it was sent) an executor holds its VMs paused on its own.
+const SELF_FENCE_AFTER: Duration = Duration::from_secs(EXECUTOR_LEASE_S - EXECUTOR_FENCE_MARGIN_S);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) struct Disaster {
+    /// Why every VM here is held paused (none: they run).
+    fenced: Mutex<Option<String>>,
+    /// The VMs the fence paused (others were paused for their own reasons).
+    paused: Mutex<HashSet<String>>,
+    /// When the last request the scheduler answered was sent.
+    last_heard: Mutex<Instant>,
+    /// Restarts this executor made and the scheduler heard of.
+    reported: Mutex<HashSet<i64>>,
+    /// What it holds of the copies it was told to quarantine, for its next report.
+    holdings: Mutex<Vec<QuarantineHolding>>,
+}
+
+impl Default for Disaster {
+    fn default() -> Self {
+        Disaster {
+            fenced: Mutex::default(),
+            paused: Mutex::default(),
+            last_heard: Mutex::new(Instant::now()),
+            reported: Mutex::default(),
+            holdings: Mutex::default(),
+        }
+    }
+}
+
+impl Disaster {
+    pub(super) fn is_fenced(&self) -> bool {
+        lock(&self.fenced).is_some()
+    }
+
+    /// The scheduler answered a request sent at `sent`.
+    pub(super) fn heard(&self, sent: Instant) {
+        let mut last = lock(&self.last_heard);
+        *last = (*last).max(sent);
+    }
+
+    pub(super) fn holdings(&self) -> Vec<QuarantineHolding> {
+        lock(&self.holdings).clone()
+    }
+}
+
+impl Worker {
+    /// Holds every VM here paused once the scheduler has been out of reach for too long.
+    pub(super) async fn watch_scheduler(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let silent = lock(&self.disaster.last_heard).elapsed();
+            if silent > SELF_FENCE_AFTER {
+                self.fence(&format!("no answer from the scheduler for {} s", silent.as_secs())).await;
+            }
+        }
+    }
+
+    /// Pauses every VM here that runs, and starts none until [`Worker::unfence`].
+    async fn fence(&self, why: &str) {
+        let newly = {
+            let mut fenced = lock(&self.disaster.fenced);
+            let newly = fenced.is_none();
+            if newly {
+                *fenced = Some(why.to_owned());
+            }
+            newly
+        };
+        for (name, vm) in lock(&self.running).iter() {
+            if !vm.is_paused() {
+                vm.pause();
+                lock(&self.disaster.paused).insert(name.clone());
+            }
+        }
+        let machines: Vec<_> = lock(&self.machines).iter().map(|(n, m)| (n.clone(), m.clone())).collect();
+        for (name, machine) in machines {
+            match migrate::pause(&machine).await {
+                Ok(true) => {
+                    lock(&self.disaster.paused).insert(name);
+                }
+                Ok(false) => {}
+                Err(e) => tracing::error!(vm = %name, error = %e, "fencing: pausing a qemu VM failed"),
+            }
+        }
+        if newly {
+            tracing::warn!(why, "fenced: every VM here stays paused");
+        }
+    }
+
+    /// Lets the VMs the fence paused run again (the scheduler says the site is up).
+    async fn unfence(&self) {
+        let Some(why) = lock(&self.disaster.fenced).take() else { return };
+        let paused: Vec<String> = lock(&self.disaster.paused).drain().collect();
+        for name in paused {
+            if let Some(vm) = lock(&self.running).get(&name) {
+                vm.resume();
+            }
+            let machine = lock(&self.machines).get(&name).cloned();
+            if let Some(machine) = machine {
+                if let Err(e) = migrate::start(&machine).await {
+                    tracing::error!(vm = %name, error = %e, "resuming a qemu VM after the fence failed");
+                }
+            }
+        }
+        tracing::info!(was = %why, "the fence is lifted: the VMs here run again");
+    }
+
+    /// Follows what the scheduler says of lost sites: the copies here to
+    /// quarantine first, then the fence, then the restarts to make here.
+    pub(super) async fn follow_disaster(
+        self: &Arc<Self>,
+        fence: bool,
+        quarantine: &[Quarantine],
+        restarts: &[Restart],
+    ) {
+        let holdings = self.quarantine(quarantine).await;
+        *lock(&self.disaster.holdings) = holdings;
+        if fence {
+            self.fence("the scheduler says this site is down").await;
+        } else {
+            self.unfence().await;
+        }
+        for r in restarts {
+            if lock(&self.disaster.reported).contains(&r.recovery) {
+                continue;
+            }
+            let span = tracing::info_span!("restart", recovery = r.recovery, vm = %r.vm, from = %r.from);
+            let _entered = span.enter();
+            let outcome = match self.restart(r).await {
+                Ok(detail) => RestartOutcome { state: RecoveryState::Running, detail },
+                Err(e) => RestartOutcome { state: RecoveryState::Failed, detail: format!("{e:#}") },
+            };
+            let path = format!("/v1/recoveries/{}/outcome?executor={}", r.recovery, self.executor);
+            match self.scheduler.post::<_, VmRecovery>(&path, Some(&outcome)).await {
+                Ok(_) => {
+                    tracing::info!(state = ?outcome.state, detail = %outcome.detail, "restart of a lost site's VM");
+                    lock(&self.disaster.reported).insert(r.recovery);
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "reporting a restart failed; it is told again"),
+            }
+        }
+    }
+
+    /// Restarts a lost site's VM here from its replica; what the network did.
+    async fn restart(self: &Arc<Self>, r: &Restart) -> anyhow::Result<String> {
+        let dir = self.vm_dir(&r.vm);
+        let disk = dir.join(DISK_IMAGE);
+        // After a crash mid-way the replica may be the VM's disk already.
+        if !disk.exists() && !self.destination.take_replica(&r.replica, &disk)? {
+            anyhow::bail!("this site holds no replica {} of it", r.replica);
+        }
+        if r.vm_spec.driver != Driver::Sim {
+            anyhow::bail!("a qemu VM is not restarted from its replica by this executor yet");
+        }
+        let seed = r.recovery as u64;
+        if !dir.join(MEMORY_IMAGE).exists() {
+            let bytes = self.sim_bytes(r.vm_spec.memory_gib) as usize;
+            tokio::task::block_in_place(|| boot_memory(&dir, bytes, &ContentMix::default(), 1, seed))
+                .context("booting its memory")?;
+        }
+        let addresses = r.vm_spec.addresses.iter().filter_map(|a| a.parse().ok()).collect();
+        let taken = NetworkMove {
+            migration: 0,
+            recovery: Some(r.recovery),
+            vm: r.vm.clone(),
+            addresses,
+            from_site: r.from.clone(),
+            to_site: self.args.site.clone(),
+            peer: None,
+            tunnel_key: 0,
+        };
+        let network = timed(self.network.take_over(&taken)).await;
+        let network = match network.outcome {
+            Ok(Some(did)) => format!("network ({:?}): {did}", self.network.driver()),
+            Ok(None) => format!("network ({:?}): nothing to do", self.network.driver()),
+            Err(e) => format!("network ({:?}) failed: {e}", self.network.driver()),
+        };
+        self.sim_vm(&r.vm, &r.vm_spec, seed)?;
+        let point = r.recovery_point.map_or_else(|| "unknown".to_owned(), |at| at.to_rfc3339());
+        Ok(format!("restarted from its replica (recovery point {point}); {network}"))
+    }
+
+    fn quarantine_dir(&self, q: &Quarantine) -> PathBuf {
+        self.args.data_dir.join("quarantine").join(format!("{}-{}", q.vm, q.recovery))
+    }
+
+    /// Stops and sets aside the copies of VMs restarted elsewhere (deletes
+    /// those an operator discarded); what each leaves here.
+    async fn quarantine(&self, orders: &[Quarantine]) -> Vec<QuarantineHolding> {
+        let mut holdings = Vec::with_capacity(orders.len());
+        for q in orders {
+            let aside = self.quarantine_dir(q);
+            if let Err(e) = self.set_aside(q, &aside).await {
+                tracing::error!(vm = %q.vm, error = %format!("{e:#}"), "quarantining a stale copy failed");
+            }
+            if q.discard && aside.exists() {
+                match std::fs::remove_dir_all(&aside) {
+                    Ok(()) => tracing::info!(vm = %q.vm, recovery = q.recovery, "stale copy discarded"),
+                    Err(e) => tracing::error!(vm = %q.vm, error = %e, "discarding a stale copy failed"),
+                }
+            }
+            holdings.push(QuarantineHolding { recovery: q.recovery, held: aside.exists() });
+        }
+        holdings
+    }
+
+    async fn set_aside(&self, q: &Quarantine, aside: &std::path::Path) -> anyhow::Result<()> {
+        lock(&self.disaster.paused).remove(&q.vm);
+        self.replication.stop(&q.vm).await;
+        // Dropped, a sim guest stops writing; its files stay.
+        drop(lock(&self.running).remove(&q.vm));
+        let machine = lock(&self.machines).remove(&q.vm);
+        if let Some(machine) = machine.and_then(Arc::into_inner) {
+            machine.quit().await;
+        }
+        let dir = self.vm_dir(&q.vm);
+        if dir.exists() {
+            std::fs::create_dir_all(aside.parent().context("a quarantine directory")?)?;
+            std::fs::rename(&dir, aside).with_context(|| format!("moving {} aside", dir.display()))?;
+            tracing::warn!(vm = %q.vm, to = %aside.display(), "restarted elsewhere while this site was lost: its copy here is quarantined");
+        }
+        Ok(())
+    }
+}

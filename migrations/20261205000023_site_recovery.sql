@@ -1,0 +1,40 @@
+-- Disaster recovery: a site marked down has each of its VMs restarted at
+-- its freshest standby from its replica, once; what cannot be is listed lost.
+
+-- When the site was last marked down: its executors' fencing is judged against it.
+alter table site
+    add column down_at timestamptz,
+    add column down_reason text not null default '';
+
+-- What each executor says with its replication report: the VMs it runs,
+-- and since when it holds its VMs stopped (fenced).
+alter table executor
+    add column running_vms text[] not null default '{}',
+    add column fenced_since timestamptz;
+
+create table recovery (
+    recovery_id    bigint generated always as identity primary key,
+    vm_id          bigint not null references vm on delete cascade,
+    from_site_id   bigint not null references site on delete cascade,
+    -- The standby it restarts at; none when lost.
+    to_site_id     bigint references site on delete cascade,
+    state          text not null check (state in ('waiting', 'starting', 'running', 'failed', 'lost')),
+    detail         text not null default '',
+    -- The site's down_at: one failure's recoveries share it.
+    failed_at      timestamptz not null,
+    -- The replica's last sync (it holds every write before) and what was written since, as last reported.
+    recovery_point timestamptz,
+    lost_bytes     bigint check (lost_bytes >= 0),
+    priority       smallint not null,
+    executor_id    bigint references executor on delete set null,
+    started_at     timestamptz,
+    running_at     timestamptz,
+    quarantine     text not null default 'pending'
+        check (quarantine in ('pending', 'held', 'none', 'discarding', 'discarded')),
+    check ((state = 'lost') = (to_site_id is null))
+);
+-- A VM is restarted once per failure, and by one recovery at a time.
+create unique index recovery_once_per_failure on recovery (vm_id, failed_at);
+create unique index recovery_one_under_way on recovery (vm_id) where state in ('waiting', 'starting');
+create index recovery_from_site on recovery (from_site_id, failed_at);
+create index recovery_to_site on recovery (to_site_id) where state in ('waiting', 'starting');

@@ -1,0 +1,208 @@
+//! Disaster recovery with real executor processes (sim driver): a site's
+//! executor is killed with its VMs, the site is failed, and every VM runs
+//! again at its standby, once, from the replica the executors kept (no
+//! test code touches a replica), holding every write made before its
+//! recovery point. The lost site's executor, back, starts none of them:
+//! it quarantines their stale copies until an operator discards them.
+
+use std::collections::HashMap;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use heliotrope::config::PlannerConfig;
+use heliotrope::db::MIGRATOR;
+use heliotrope::startup::Services;
+use heliotrope_executor::content::PAGE;
+use heliotrope_executor::sim::{write_stamp, BLOCK_PAGES};
+use heliotrope_tests::{link, spawn_with, vm, with, Processes, TestApp};
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::fleet::{executor, start};
+use crate::plans::site_at;
+
+/// A scheduler whose executors sync replicas every second.
+async fn app(pool: PgPool) -> TestApp {
+    let planner = PlannerConfig { replication_interval_s: 1.0, ..PlannerConfig::default() };
+    spawn_with(pool, Services { planner, ..Services::driven() }).await
+}
+
+/// Sites A, B and C, A linked both ways to the others, and `n` VMs at A,
+/// each with one standby (B for even ones, C for odd) and an address.
+async fn fleet(app: &TestApp, n: usize) -> (i64, Vec<(i64, String, &'static str)>) {
+    let a = site_at(app, "A", "active").await;
+    for name in ["B", "C"] {
+        site_at(app, name, "active").await;
+        app.create("/v1/links", with(link("A", name), "/symmetric", json!(true))).await;
+    }
+    let mut vms = Vec::new();
+    for k in 0..n {
+        let (name, standby) = (format!("v{k}"), if k % 2 == 0 { "B" } else { "C" });
+        let spec = with(vm(&name, "A"), "/standby_sites", json!([standby]));
+        let spec = with(spec, "/addresses", json!([format!("10.7.0.{}", k + 10)]));
+        let spec = with(spec, "/priority", json!(10 + k));
+        vms.push((app.create("/v1/vms", spec).await["id"].as_i64().unwrap(), name, standby));
+    }
+    (a, vms)
+}
+
+/// The one executor of `site`, as the API shows it.
+async fn executor_at(app: &TestApp, site: &str) -> Value {
+    app.get(&format!("/v1/executors?site={site}")).await.body["items"][0].clone()
+}
+
+fn names(list: &Value) -> Vec<String> {
+    let mut names: Vec<String> =
+        list.as_array().into_iter().flatten().filter_map(|n| n.as_str().map(str::to_owned)).collect();
+    names.sort();
+    names
+}
+
+/// Every block of `lost` (the disk the lost site was left with) that was
+/// last written before `point`, or never, is in `recovered` as it is in
+/// `lost`, unless the recovered VM wrote it again since it restarted at
+/// `restarted`: the replica held every write made before its recovery point.
+fn holds_every_write_before(lost: &Path, recovered: &Path, point: SystemTime, restarted: SystemTime) {
+    let block = BLOCK_PAGES as usize * PAGE;
+    let (lost, recovered) = (std::fs::File::open(lost).unwrap(), std::fs::File::open(recovered).unwrap());
+    let size = lost.metadata().unwrap().len() as usize;
+    assert_eq!(recovered.metadata().unwrap().len() as usize, size);
+    let (mut was, mut is) = (vec![0u8; block], vec![0u8; block]);
+    let mut checked = 0;
+    for at in (0..size).step_by(block) {
+        lost.read_exact_at(&mut was, at as u64).unwrap();
+        recovered.read_exact_at(&mut is, at as u64).unwrap();
+        let before_point = write_stamp(&was).is_none_or(|t| t + Duration::from_millis(1) < point);
+        let written_since_restart = write_stamp(&is).is_some_and(|t| t >= restarted);
+        if before_point && !written_since_restart {
+            assert!(was == is, "block at {at}: a write from before the recovery point is missing");
+            checked += 1;
+        }
+    }
+    assert!(checked > 0);
+}
+
+fn time(v: &Value) -> SystemTime {
+    let at: chrono::DateTime<chrono::Utc> = serde_json::from_value(v.clone()).unwrap();
+    at.into()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_lost_sites_vms_run_at_their_standbys_once_and_its_executor_back_starts_none(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let (a, vms) = fleet(&app, 10).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut executors = Processes::default();
+    let mut how = HashMap::new();
+    for site in ["A", "B", "C"] {
+        let h = executor(&app, site, "0.25").await;
+        executors.0.push(start(&app, &h, data.path()));
+        how.insert(site, h);
+    }
+    // The executors replicate by themselves; A's runs all ten.
+    let synced = |page: &Value| {
+        page["items"]
+            .as_array()
+            .is_some_and(|vms| vms.len() == 10 && vms.iter().all(|v| v["standbys"][0]["synced_at"].is_string()))
+    };
+    app.wait_for("every replica synced", synced, "/v1/vms?site=A").await;
+    let all: Vec<String> = {
+        let mut all: Vec<String> = vms.iter().map(|(_, n, _)| n.clone()).collect();
+        all.sort();
+        all
+    };
+    let runs_all = |page: &Value| names(&page["items"][0]["running"]) == all;
+    app.wait_for("A's executor runs the ten", runs_all, "/v1/executors?site=A").await;
+
+    // The site is lost with its executor.
+    executors.0[0].kill().unwrap();
+    executors.0[0].wait().unwrap();
+    let failed_at = Instant::now();
+    let failed = app.post(&format!("/v1/sites/{a}/fail"), json!({"reason": "earthquake"})).await;
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    let report = &failed.body;
+    assert_eq!(report["site"], "A");
+    assert_eq!(report["reason"], "earthquake");
+    assert_eq!(report["vms"].as_array().unwrap().len(), 10, "{report}");
+    // Highest priority first, each to its standby from a replica of known freshness.
+    assert_eq!(report["vms"][0]["vm"], "v9", "{report}");
+    for v in report["vms"].as_array().unwrap() {
+        assert!(["waiting", "starting", "running"].contains(&v["state"].as_str().unwrap()), "{v}");
+        let standby = vms.iter().find(|(_, n, _)| v["vm"] == *n.as_str()).unwrap().2;
+        assert_eq!(v["to"], standby, "{v}");
+        assert!(v["recovery_point"].is_string() && v["rpo_s"].as_f64().unwrap() >= 0.0, "{v}");
+        assert!(v["lost_bytes"].is_u64(), "{v}");
+    }
+    assert_eq!(app.get(&format!("/v1/sites/{a}")).await.body["state"], "down");
+    // Failing it again changes nothing: the same recoveries.
+    let again = app.post(&format!("/v1/sites/{a}/fail"), json!({})).await;
+    assert_eq!(again.body["failed_at"], report["failed_at"]);
+    assert_eq!(app.count("recovery").await, 10);
+
+    let running = |r: &Value| r["vms"].as_array().is_some_and(|v| v.iter().all(|v| v["state"] == "running"));
+    let recovered = app.wait_for("all ten run at their standbys", running, &format!("/v1/sites/{a}/recovery")).await;
+    assert!(failed_at.elapsed() < Duration::from_secs(60), "{:?}", failed_at.elapsed());
+    // Exactly once: each VM's record is at its standby, and runs there and nowhere else.
+    let (mut at_b, mut at_c) = (Vec::new(), Vec::new());
+    for (id, name, standby) in &vms {
+        assert_eq!(app.get(&format!("/v1/vms/{id}")).await.body["site"], *standby);
+        if *standby == "B" {
+            at_b.push(name.clone())
+        } else {
+            at_c.push(name.clone())
+        }
+    }
+    at_b.sort();
+    at_c.sort();
+    for (site, expected) in [("B", &at_b), ("C", &at_c)] {
+        let runs = |page: &Value| names(&page["items"][0]["running"]) == *expected;
+        app.wait_for("the standby reports what it restarted", runs, &format!("/v1/executors?site={site}")).await;
+    }
+    // Each from its replica, holding every write made before its recovery point.
+    for v in recovered["vms"].as_array().unwrap() {
+        let name = v["vm"].as_str().unwrap();
+        let site = v["to"].as_str().unwrap();
+        assert!(v["detail"].as_str().unwrap().contains("restarted from its replica"), "{v}");
+        holds_every_write_before(
+            &data.path().join(format!("A/vms/{name}/disk.img")),
+            &data.path().join(format!("{site}/vms/{name}/disk.img")),
+            time(&v["recovery_point"]),
+            time(&v["started_at"]),
+        );
+    }
+
+    // A's executor comes back while A is down: it holds every copy aside, stopped.
+    executors.0[0] = start(&app, &how["A"], data.path());
+    let held = |r: &Value| r["vms"].as_array().is_some_and(|v| v.iter().all(|v| v["quarantine"] == "held"));
+    app.wait_for("the stale copies are quarantined", held, &format!("/v1/sites/{a}/recovery")).await;
+    let back = executor_at(&app, "A").await;
+    assert!(back["fenced_since"].is_string(), "{back}");
+    assert_eq!(names(&back["running"]), Vec::<String>::new(), "{back}");
+    for (_, name, _) in &vms {
+        assert!(!data.path().join(format!("A/vms/{name}")).exists());
+    }
+    // A is up again: its executor lifts its fence and still starts none of them.
+    let site = app.get(&format!("/v1/sites/{a}")).await.body;
+    let spec = json!({
+        "name": "A", "region": site["region"], "latitude": site["latitude"], "longitude": site["longitude"],
+        "timezone": site["timezone"], "capacity": site["capacity"], "pue": site["pue"],
+        "power_model": site["power_model"], "state": "active"
+    });
+    assert_eq!(app.put(&format!("/v1/sites/{a}"), spec).await.status, 200);
+    let unfenced = |page: &Value| page["items"][0]["fenced_since"].is_null();
+    let back = app.wait_for("A's fence lifted", unfenced, "/v1/executors?site=A").await;
+    assert_eq!(names(&back["items"][0]["running"]), Vec::<String>::new(), "{back}");
+    for (site, expected) in [("B", &at_b), ("C", &at_c)] {
+        assert_eq!(names(&executor_at(&app, site).await["running"]), *expected);
+    }
+    // An operator discards one copy: it goes.
+    let first = &recovered["vms"][0];
+    let discarded = app.post(&format!("/v1/recoveries/{}/discard", first["id"]), json!({})).await;
+    assert_eq!(discarded.status, 200, "{}", discarded.body);
+    let gone = |r: &Value| r["quarantine"] == "discarded";
+    app.wait_for("the copy discarded", gone, &format!("/v1/recoveries/{}", first["id"])).await;
+    let aside = data.path().join(format!("A/quarantine/{}-{}", first["vm"].as_str().unwrap(), first["id"]));
+    assert!(!aside.exists());
+    drop(executors);
+}
