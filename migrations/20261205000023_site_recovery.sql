@@ -38,3 +38,7 @@ create unique index recovery_once_per_failure on recovery (vm_id, failed_at);
 create unique index recovery_one_under_way on recovery (vm_id) where state in ('waiting', 'starting');
 create index recovery_from_site on recovery (from_site_id, failed_at);
 create index recovery_to_site on recovery (to_site_id) where state in ('waiting', 'starting');
+
+-- An evacuation's order for a final sync of the replica (when it was
+-- ordered): its executor syncs at once if the last sync began before.
+alter table standby add column final_sync_after timestamptz;

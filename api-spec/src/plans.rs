@@ -302,8 +302,13 @@ pub struct Evacuee {
     pub to: Option<String>,
     /// Seconds from now at which its migration is predicted to finish.
     pub predicted_finish_s: Option<f64>,
-    /// Why it is late or stays.
+    /// Why it is late or stays, or gets a final sync.
     pub why: Option<String>,
+    /// For a VM whose replica gets a final sync: when that sync is predicted
+    /// to begin (the replica will hold every write made before it). For a
+    /// VM that stays: its replica's last sync, if it has one.
+    #[serde(default)]
+    pub recovery_point: Option<DateTime<Utc>>,
 }
 
 /// What an evacuation will achieve.
@@ -319,4 +324,10 @@ pub struct EvacuationReport {
     pub late: Vec<Evacuee>,
     /// Staying: pinned, or no room on any site it may go to.
     pub staying: Vec<Evacuee>,
+    /// Not out live in time, so its replica at `to` gets a final sync
+    /// (finished by `predicted_finish_s`, within the deadline, sharing the
+    /// link with the live moves, highest priority first) instead of a live
+    /// move: if the site is then lost, it restarts there from that sync.
+    #[serde(default)]
+    pub synced: Vec<Evacuee>,
 }

@@ -96,6 +96,11 @@ pub struct OutgoingReplica {
     pub link_usable_mbps: f64,
     /// What replication may use of it when migrations leave it, megabits per second.
     pub replication_mbps: f64,
+    /// An evacuation ordered a final sync at this time: if the last sync
+    /// began before it, sync at once, with at least `replication_mbps` of
+    /// the link even while migrations take the rest.
+    #[serde(default)]
+    pub final_sync_after: Option<DateTime<Utc>>,
 }
 
 /// A replica this site keeps, and the session that may write it.

@@ -96,6 +96,8 @@ pub struct Replicating {
     written: Written,
     /// The page hashes the standby holds as of the last sync.
     held: Arc<Mutex<Option<Arc<Vec<Hash>>>>>,
+    /// Wakes the loop for a sync out of turn.
+    now: Arc<tokio::sync::Notify>,
 }
 
 /// What is known of the disk's writes since the last sync began.
@@ -143,6 +145,11 @@ impl Replicating {
     /// The page hashes the standby holds, as of the last completed sync.
     pub fn held(&self) -> Option<Arc<Vec<Hash>>> {
         self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Syncs at once (after the sync under way, if any), not at the next interval.
+    pub fn sync_now(&self) {
+        self.now.notify_one();
     }
 
     /// Stops syncing and waits until the sync under way (if any) is gone.
@@ -206,6 +213,8 @@ where
     let (synced, watch) = tokio::sync::watch::channel(Synced::default());
     let held = Arc::new(Mutex::new(None));
     let task_held = held.clone();
+    let now = Arc::new(tokio::sync::Notify::new());
+    let woken = now.clone();
     let task = tokio::spawn(async move {
         loop {
             let Some(current) = replica.take() else { return };
@@ -233,8 +242,11 @@ where
                     replica = Some(current);
                 }
             }
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = tokio::time::sleep(interval) => {}
+                _ = woken.notified() => {}
+            }
         }
     });
-    Replicating { task, synced: watch, written, held }
+    Replicating { task, synced: watch, written, held, now }
 }

@@ -87,6 +87,9 @@ pub struct Link {
     replication: Arc<Shaper>,
     /// Caps of the migrations under way.
     migrations: Mutex<Vec<(u64, f64)>>,
+    /// A final sync is pending (a site being evacuated): replication keeps
+    /// its budget even while migrations take the rest.
+    final_sync: std::sync::atomic::AtomicBool,
 }
 
 /// A migration's share of a link, held while it runs.
@@ -106,6 +109,7 @@ impl Link {
             total: Arc::new(Shaper::new(Some(usable))),
             replication: Arc::new(Shaper::new(Some(replication_budget.min(usable)))),
             migrations: Mutex::new(Vec::new()),
+            final_sync: std::sync::atomic::AtomicBool::new(false),
         });
         link.rebalance();
         link
@@ -128,7 +132,22 @@ impl Link {
 
     fn rebalance(&self) {
         let taken: f64 = self.migrations.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|&(_, cap)| cap).sum();
-        self.replication.set_rate(Some((self.usable - taken).clamp(0.0, self.replication_budget)));
+        let left = self.usable - taken;
+        let rate = if self.final_sync.load(std::sync::atomic::Ordering::Relaxed) {
+            // Shared with the migrations through the link's own bucket.
+            left.max(self.replication_budget).min(self.usable)
+        } else {
+            left.clamp(0.0, self.replication_budget)
+        };
+        self.replication.set_rate(Some(rate));
+    }
+
+    /// Whether a final sync is pending on the link: replication then takes
+    /// at least its budget (and what migrations leave), beside them.
+    pub fn set_final_sync(&self, pending: bool) {
+        if self.final_sync.swap(pending, std::sync::atomic::Ordering::Relaxed) != pending {
+            self.rebalance();
+        }
     }
 
     /// What migrations and replication together may send, bytes/s.

@@ -6,9 +6,8 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Duration, DurationRound, Utc};
 use heliotrope_api_spec::{
-    AppliedPlan, BaselineSchedule, EvacuationReport, EvacuationRequest, Evacuee, Group, Link, PlanCosts, PlanInputs,
-    PlanMode, PlanRequest, PlanSchedule, PlannedMove, ScheduleGoal, ScheduledMigration, Signal, SignalCoverage, Site,
-    SolverReport, Vm, VmSpec,
+    AppliedPlan, BaselineSchedule, Group, Link, PlanCosts, PlanInputs, PlanMode, PlanRequest, PlanSchedule,
+    PlannedMove, ScheduleGoal, ScheduledMigration, Signal, SignalCoverage, Site, SolverReport, Vm, VmSpec,
 };
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
@@ -17,9 +16,7 @@ use crate::config::PlannerConfig;
 use crate::db::plans::NewPlan;
 use crate::db::{self, enum_to_text, StoreError};
 use crate::domain::cost::{MigrationPrices, SlotSignal, Weights, MEMORY_KEPT_DAYS};
-use crate::domain::planner::inputs::{
-    evacuation, hold_room, plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS,
-};
+use crate::domain::planner::inputs::{hold_room, plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS};
 use crate::domain::planner::{self, Breakdown, Move, PlanError, PlanInput, Settings};
 use crate::domain::schedule::{self, lower_bound, simulate, Goal, Policy, BASELINES};
 use crate::domain::standby;
@@ -174,13 +171,13 @@ pub fn settings(config: &PlannerConfig, mode: PlanMode, carbon_price_per_tonne: 
 }
 
 /// A plan as stored, with what it was made from and its schedule's outcomes.
-struct Made {
-    applied: AppliedPlan,
-    input: PlanInput,
-    plan: planner::Plan,
+pub(crate) struct Made {
+    pub(crate) applied: AppliedPlan,
+    pub(crate) input: PlanInput,
+    pub(crate) plan: planner::Plan,
     /// Per move, in order: what the schedule predicts.
-    outcomes: Vec<schedule::Outcome>,
-    cannot_converge: Vec<usize>,
+    pub(crate) outcomes: Vec<schedule::Outcome>,
+    pub(crate) cannot_converge: Vec<usize>,
     ids: Ids,
 }
 
@@ -229,7 +226,7 @@ impl Ids {
 }
 
 /// Plans, schedules for `goal` and stores; `adjust` changes the input first (an evacuation's rules).
-async fn make(
+pub(crate) async fn make(
     pool: &PgPool,
     config: &PlannerConfig,
     request: &Valid<PlanRequest>,
@@ -679,104 +676,4 @@ pub fn table(made: &AppliedPlan) -> String {
         let _ = writeln!(out, "signals filled from the same hour on an earlier day: {}", persisted.join(", "));
     }
     out
-}
-
-/// Evacuates site `site_id`: marks it draining, plans destinations for its
-/// VMs (the rest of the fleet stays put), schedules the moves for the most
-/// priority-weighted VMs out before the deadline, stores and applies the
-/// plan, and says which VMs make it, which are late and which stay, and why.
-/// A dry run only predicts: the site stays open and the plan is proposed.
-pub async fn evacuate(
-    pool: &PgPool,
-    config: &PlannerConfig,
-    site_id: i64,
-    request: &Valid<EvacuationRequest>,
-    now: DateTime<Utc>,
-) -> Result<EvacuationReport, PlanningError> {
-    let site = db::sites::get(pool, site_id).await?;
-    let all_sites = db::sites::all(pool).await?;
-    let index = |name: &str| all_sites.iter().position(|s| s.spec.name == name);
-    let targets = match &request.target_sites {
-        None => None,
-        Some(names) => Some(
-            names
-                .iter()
-                .enumerate()
-                .map(|(i, name)| match index(name) {
-                    Some(t) if name != &site.spec.name => Ok(t),
-                    Some(_) => Err(PlanningError::Inputs(format!("target_sites[{i}]: the site being evacuated"))),
-                    None => Err(PlanningError::Inputs(format!("target_sites[{i}]: no site named '{name}'"))),
-                })
-                .collect::<Result<Vec<usize>, _>>()?,
-        ),
-    };
-    // A preview leaves the site open; the plan it stores is only proposed.
-    if !request.dry_run {
-        db::sites::drain(pool, site_id).await?;
-    }
-    let deadline_s = request.deadline_s;
-    let plan_request =
-        crate::domain::planner::inputs::parse_request(PlanRequest { dry_run: request.dry_run, ..Default::default() })
-            .map_err(|e| PlanningError::Inputs(e.to_string()))?;
-    let name = site.spec.name.clone();
-    let made = make(pool, config, &plan_request, now, Goal::Deadline { deadline_s }, move |input| {
-        // Sites are read in id order both times; the name finds it even if one was added since.
-        if let Some(at) = input.sites.iter().position(|s| s.name == name) {
-            let targets: Option<Vec<usize>> = targets.map(|t| {
-                t.iter().filter_map(|&i| input.sites.iter().position(|s| s.name == all_sites[i].spec.name)).collect()
-            });
-            evacuation(input, at, targets.as_deref());
-        }
-    })
-    .await?;
-    let Made { applied, input, plan, outcomes, cannot_converge, .. } = made;
-    let at = input.sites.iter().position(|s| s.name == site.spec.name);
-    let mut report = EvacuationReport {
-        site: site.spec.name.clone(),
-        deadline_s,
-        plan_id: applied.plan.id,
-        out_in_time: Vec::new(),
-        late: Vec::new(),
-        staying: Vec::new(),
-    };
-    for (k, (m, o)) in plan.moves.iter().zip(&outcomes).enumerate() {
-        let evacuee = |why: Option<String>| Evacuee {
-            vm: input.vms[m.vm].name.clone(),
-            to: Some(input.sites[m.to].name.clone()),
-            predicted_finish_s: o.finish_s,
-            why,
-        };
-        match o.finish_s {
-            Some(finish) if finish <= deadline_s => report.out_in_time.push(evacuee(None)),
-            _ if cannot_converge.contains(&k) => report.late.push(evacuee(Some(
-                "cannot converge on its link: its dirty rate needs more than the link can give".into(),
-            ))),
-            _ => report.late.push(evacuee(Some(
-                "the deadline is too short: the links are busy with higher-priority VMs until then".into(),
-            ))),
-        }
-    }
-    report
-        .out_in_time
-        .sort_by(|a, b| a.predicted_finish_s.unwrap_or(0.0).total_cmp(&b.predicted_finish_s.unwrap_or(0.0)));
-    for (v, vm) in input.vms.iter().enumerate() {
-        if Some(vm.site) != at || plan.placement[v] != vm.site {
-            continue;
-        }
-        let why = if vm.pinned {
-            "pinned (or a migration of it is under way)".to_owned()
-        } else {
-            "no room: no open site it may go to has the capacity or link bytes left, or its migration cannot converge there"
-                .to_owned()
-        };
-        report.staying.push(Evacuee { vm: vm.name.clone(), to: None, predicted_finish_s: None, why: Some(why) });
-    }
-    tracing::info!(
-        site = %report.site,
-        out = report.out_in_time.len(),
-        late = report.late.len(),
-        staying = report.staying.len(),
-        "evacuation planned"
-    );
-    Ok(report)
 }

@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 
 use crate::fleet::{executor, start};
-use crate::plans::site_at;
+use crate::plans::{flat_signals, site_at};
 
 /// A scheduler whose executors sync replicas every second.
 async fn app(pool: PgPool) -> TestApp {
@@ -204,5 +204,102 @@ async fn a_lost_sites_vms_run_at_their_standbys_once_and_its_executor_back_start
     app.wait_for("the copy discarded", gone, &format!("/v1/recoveries/{}", first["id"])).await;
     let aside = data.path().join(format!("A/quarantine/{}-{}", first["vm"].as_str().unwrap(), first["id"]));
     assert!(!aside.exists());
+    drop(executors);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn an_evacuation_too_short_to_move_all_live_syncs_the_rest_and_they_recover_from_that_sync(pool: PgPool) {
+    // Replicas sync every 10 minutes: after the first, only a final sync freshens one.
+    let planner = PlannerConfig { replication_interval_s: 600.0, ..PlannerConfig::default() };
+    let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
+    let a = site_at(&app, "A", "active").await;
+    let b = site_at(&app, "B", "active").await;
+    for id in [a, b] {
+        flat_signals(&app, id, 100.0, 300.0, "EUR").await;
+    }
+    app.create("/v1/links", with(link("A", "B"), "/symmetric", json!(true))).await;
+    // 1.5 GiB crosses the 800 Mbit/s link in about 16 s; 44 GiB in minutes.
+    let quick = with(with(vm("quick", "A"), "/memory_gib", json!(0.5)), "/disk_gib", json!(1.0));
+    app.create("/v1/vms", with(quick, "/priority", json!(90))).await;
+    let mut synced_names = Vec::new();
+    for k in 0..4 {
+        let name = format!("s{k}");
+        let spec = with(with(vm(&name, "A"), "/standby_sites", json!(["B"])), "/priority", json!(10 + k));
+        app.create("/v1/vms", spec).await;
+        synced_names.push(name);
+    }
+    app.create("/v1/vms", with(vm("pinned", "A"), "/pinned", json!(true))).await;
+    let data = tempfile::tempdir().unwrap();
+    let mut executors = Processes::default();
+    for site in ["A", "B"] {
+        executors.0.push(start(&app, &executor(&app, site, "0.25").await, data.path()));
+    }
+    let synced = |page: &Value| {
+        let vms = page["items"].as_array().unwrap();
+        vms.iter().filter(|v| v["standbys"][0]["synced_at"].is_string()).count() == 4
+    };
+    app.wait_for("the first syncs", synced, "/v1/vms?site=A").await;
+    // The guests write on after their first sync.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let ordered_at = SystemTime::now();
+    let report = app.post(&format!("/v1/sites/{a}/evacuate"), json!({"deadline_s": 30})).await;
+    assert_eq!(report.status, 200, "{}", report.body);
+    let r = &report.body;
+    let listed = |list: &str| -> Vec<String> {
+        let mut names: Vec<String> =
+            r[list].as_array().unwrap().iter().map(|e| e["vm"].as_str().unwrap().to_owned()).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(listed("out_in_time"), ["quick"], "{r}");
+    assert_eq!(listed("synced"), synced_names, "{r}");
+    assert_eq!(listed("late"), Vec::<String>::new(), "{r}");
+    assert_eq!(listed("staying"), ["pinned"], "{r}");
+    for e in r["synced"].as_array().unwrap() {
+        assert_eq!(e["to"], "B");
+        assert!(e["predicted_finish_s"].as_f64().unwrap() <= 30.0, "{e}");
+        assert!(time(&e["recovery_point"]) >= ordered_at, "{e}");
+    }
+    // The synced VMs' live moves, which would not have made it, are not run.
+    let migrations = app.get("/v1/migrations").await.body;
+    for m in migrations["items"].as_array().unwrap() {
+        let expected = if m["vm"] == "quick" { m["state"].as_str().unwrap() } else { "cancelled" };
+        assert_eq!(m["state"], expected, "{m}");
+    }
+    // Each final sync begins after the order and ends within the deadline.
+    let fresh = |page: &Value| {
+        let vms = page["items"].as_array().unwrap();
+        let fresh = vms.iter().filter(|v| v["standbys"][0]["synced_at"].is_string());
+        fresh.filter(|v| time(&v["standbys"][0]["synced_at"]) >= ordered_at).count() == 4
+    };
+    app.wait_for("the final syncs", fresh, "/v1/vms?site=A").await;
+    assert!(ordered_at.elapsed().unwrap() < Duration::from_secs(30));
+    let done =
+        |page: &Value| page["items"].as_array().unwrap().iter().any(|m| m["vm"] == "quick" && m["state"] == "done");
+    app.wait_for("the live move", done, "/v1/migrations").await;
+
+    // The site is lost: the synced VMs restart at B from their final syncs; the pinned one is lost.
+    executors.0[0].kill().unwrap();
+    executors.0[0].wait().unwrap();
+    let failed = app.post(&format!("/v1/sites/{a}/fail"), json!({})).await;
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    let lost: Vec<&Value> = failed.body["vms"].as_array().unwrap().iter().filter(|v| v["state"] == "lost").collect();
+    assert_eq!(lost.len(), 1, "{}", failed.body);
+    assert_eq!(lost[0]["vm"], "pinned");
+    assert!(lost[0]["detail"].as_str().unwrap().starts_with("no replica"), "{}", lost[0]);
+    let running = |r: &Value| r["vms"].as_array().unwrap().iter().filter(|v| v["state"] == "running").count() == 4;
+    let recovered = app.wait_for("the synced VMs run at B", running, &format!("/v1/sites/{a}/recovery")).await;
+    for v in recovered["vms"].as_array().unwrap().iter().filter(|v| v["state"] == "running") {
+        let point = time(&v["recovery_point"]);
+        assert!(point >= ordered_at && point <= ordered_at + Duration::from_secs(30), "{v}");
+        let name = v["vm"].as_str().unwrap();
+        holds_every_write_before(
+            &data.path().join(format!("A/vms/{name}/disk.img")),
+            &data.path().join(format!("B/vms/{name}/disk.img")),
+            point,
+            time(&v["started_at"]),
+        );
+    }
     drop(executors);
 }

@@ -50,6 +50,8 @@ struct Outgoing {
     vm: String,
     standby: String,
     replicating: Replicating,
+    /// The last final sync asked of it (an evacuation's order time).
+    final_sync: Option<chrono::DateTime<chrono::Utc>>,
     /// A `qemu` VM's recorded writes, and their bytes as last counted.
     recorded: Option<(Arc<tokio::sync::Mutex<Recorded>>, Arc<AtomicU64>)>,
 }
@@ -82,6 +84,29 @@ impl Replication {
         };
         for out in stopping {
             out.replicating.stop().await;
+        }
+    }
+
+    /// Syncs at once each replica an evacuation ordered a final sync of,
+    /// once per order, unless its last sync began after the order; while
+    /// any is pending on a link, replication there keeps its budget.
+    fn final_syncs(&self, listed: &HashMap<u64, OutgoingReplica>) {
+        let mut pending: HashSet<String> = HashSet::new();
+        for (session, out) in lock(&self.outgoing).iter_mut() {
+            let Some(after) = listed.get(session).and_then(|r| r.final_sync_after) else { continue };
+            let began = out.replicating.freshness().synced.at.map(chrono::DateTime::<chrono::Utc>::from);
+            if began.is_some_and(|began| began >= after) {
+                continue;
+            }
+            pending.insert(out.standby.clone());
+            if out.final_sync != Some(after) {
+                tracing::info!(vm = %out.vm, standby = %out.standby, "final sync ordered: syncing now");
+                out.replicating.sync_now();
+                out.final_sync = Some(after);
+            }
+        }
+        for (site, link) in lock(&self.links).iter() {
+            link.set_final_sync(pending.contains(site));
         }
     }
 
@@ -157,7 +182,9 @@ impl Worker {
         self.follow_disaster(plan.fence, &plan.quarantine, &plan.restarts).await;
         self.keep_replicas(&plan);
         let interval = interval_of(plan.interval_s);
-        self.replicate_disks(plan.outgoing, interval).await;
+        if !plan.fence {
+            self.replicate_disks(plan.outgoing, interval).await;
+        }
     }
 
     /// Takes the sessions of the replicas kept here, and frees the others.
@@ -208,7 +235,11 @@ impl Worker {
             let mut outgoing = lock(&self.replication.outgoing);
             // A VM that left (or whose standby went) is no longer replicated from here.
             outgoing.retain(|session, out| listed.contains_key(session) && running.contains(&out.vm));
-            listed.into_values().filter(|r| !outgoing.contains_key(&r.session) && r.peer_address.is_some()).collect()
+            listed
+                .values()
+                .filter(|r| !outgoing.contains_key(&r.session) && r.peer_address.is_some())
+                .cloned()
+                .collect()
         };
         for r in starting {
             match self.start_replica(&r, interval).await {
@@ -219,6 +250,7 @@ impl Worker {
                 Err(e) => tracing::warn!(vm = %r.vm, standby = %r.standby, error = %format!("{e:#}"), "replication"),
             }
         }
+        self.replication.final_syncs(&listed);
     }
 
     async fn start_replica(self: &Arc<Self>, r: &OutgoingReplica, interval: Duration) -> anyhow::Result<Outgoing> {
@@ -257,6 +289,6 @@ impl Worker {
                 (replicating, Some((recorded, written)))
             }
         };
-        Ok(Outgoing { vm: r.vm.clone(), standby: r.standby.clone(), replicating, recorded })
+        Ok(Outgoing { vm: r.vm.clone(), standby: r.standby.clone(), replicating, final_sync: None, recorded })
     }
 }

@@ -20,7 +20,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 use super::migrations::{move_to, room, VmRow};
 use super::standbys::{keeper, replica_name};
 use super::{enum_from_text, enum_to_text, Result, StoreError};
-use crate::domain::recovery::{self, Heard, Placement, Replica, Room, Stranded};
+use crate::domain::recovery::{self, Heard, Placement, Replica, Room, Stranded, SyncCandidate};
 use crate::domain::Valid;
 use heliotrope_api_spec::MigrationState;
 
@@ -528,4 +528,104 @@ pub async fn discard(pool: &PgPool, id: i64) -> Result<VmRecovery> {
         )));
     }
     Ok(recovery)
+}
+
+/// A final sync an evacuation may order: the freshest synced replica of a
+/// VM at an open site, and what it needs.
+pub struct FinalSync {
+    pub vm_id: i64,
+    pub standby_id: i64,
+    pub standby: String,
+    pub synced_at: DateTime<Utc>,
+    pub candidate: SyncCandidate,
+}
+
+#[derive(sqlx::FromRow)]
+struct FinalSyncRow {
+    vm_id: i64,
+    name: String,
+    priority: i16,
+    standby_id: i64,
+    site_id: i64,
+    standby: String,
+    synced_at: DateTime<Utc>,
+    written_bytes: i64,
+    bandwidth_mbps: f64,
+    background_reserve_pct: f64,
+}
+
+/// For each VM of site `site_id` named in `vms`, its freshest synced
+/// replica at an active site: replication is sure of `link_share` of what
+/// the link leaves usable.
+pub async fn final_sync_candidates(
+    pool: &PgPool,
+    site_id: i64,
+    vms: &[String],
+    link_share: f64,
+) -> Result<Vec<FinalSync>> {
+    let rows: Vec<FinalSyncRow> = sqlx::query_as(
+        "select distinct on (v.vm_id) v.vm_id, v.name, v.priority, b.standby_id, b.site_id, x.name as standby, \
+           b.synced_at, b.written_bytes, l.bandwidth_mbps, l.background_reserve_pct \
+         from standby b join vm v on v.vm_id = b.vm_id join site x on x.site_id = b.site_id \
+           join link l on l.from_site_id = v.site_id and l.to_site_id = b.site_id \
+         where v.site_id = $1 and v.name = any($2) and x.state = 'active' and b.synced_at is not null \
+         order by v.vm_id, b.synced_at desc",
+    )
+    .bind(site_id)
+    .bind(vms)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            let usable = r.bandwidth_mbps * (1.0 - r.background_reserve_pct / 100.0) * 1e6 / 8.0;
+            FinalSync {
+                vm_id: r.vm_id,
+                standby_id: r.standby_id,
+                standby: r.standby,
+                synced_at: r.synced_at,
+                candidate: SyncCandidate {
+                    name: r.name,
+                    priority: u8::try_from(r.priority).unwrap_or(0),
+                    site_id: r.site_id,
+                    bytes_per_s: usable * link_share,
+                    written_bytes: u64::try_from(r.written_bytes).unwrap_or(0),
+                },
+            }
+        })
+        .collect())
+}
+
+/// Orders the final syncs of `syncs` (as of `after`) and cancels the live
+/// moves plan `plan_id` recorded for their VMs, which would not have
+/// finished in time: their links are left to the moves that will.
+pub async fn order_final_syncs(
+    pool: &PgPool,
+    plan_id: i64,
+    syncs: &[&FinalSync],
+    after: DateTime<Utc>,
+    actor: &str,
+) -> Result<()> {
+    let standbys: Vec<i64> = syncs.iter().map(|s| s.standby_id).collect();
+    let vms: Vec<i64> = syncs.iter().map(|s| s.vm_id).collect();
+    let mut tx = pool.begin().await?;
+    sqlx::query("update standby set final_sync_after = $2 where standby_id = any($1)")
+        .bind(&standbys)
+        .bind(after)
+        .execute(&mut *tx)
+        .await?;
+    let jobs: Vec<(i64, String)> = sqlx::query_as(
+        "select job_id, state from migration_job where plan_id = $1 and vm_id = any($2) \
+         and state in ('pending', 'scheduled', 'claimed', 'transferring') order by job_id for update",
+    )
+    .bind(plan_id)
+    .bind(&vms)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, state) in jobs {
+        let detail = "its live migration would not finish before the deadline: its replica gets a final sync instead";
+        move_to(&mut tx, id, enum_from_text(state)?, MigrationState::Cancelled, actor, detail).await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

@@ -121,6 +121,7 @@ struct OutgoingRow {
     spec: super::migrations::VmRow,
     bandwidth_mbps: f64,
     background_reserve_pct: f64,
+    final_sync_after: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -159,7 +160,7 @@ pub async fn plan_for(
         "select b.standby_id, v.name as vm, x.name as standby, \
            (select e.address from executor e where e.executor_id = {peer}) as peer_address, \
            b.secret, v.vm_id, v.memory_gib, v.disk_gib, v.dirty_rate_mbps, v.max_downtime_ms, v.driver, v.driver_spec, \
-           l.bandwidth_mbps, l.background_reserve_pct \
+           l.bandwidth_mbps, l.background_reserve_pct, b.final_sync_after \
          from standby b join vm v on v.vm_id = b.vm_id join site x on x.site_id = b.site_id \
            join link l on l.from_site_id = v.site_id and l.to_site_id = b.site_id \
          where v.site_id = $1 and b.site_id <> v.site_id and {mine} = $2 and not $3 \
@@ -196,6 +197,7 @@ pub async fn plan_for(
                 secret: hex(&r.secret),
                 link_usable_mbps: usable_mbps,
                 replication_mbps: usable_mbps * link_share,
+                final_sync_after: r.final_sync_after,
             })
         })
         .collect::<std::result::Result<Vec<_>, sqlx::Error>>()?;

@@ -127,6 +127,46 @@ pub fn fenced_by(down_at: DateTime<Utc>, executors: &[Heard]) -> Option<DateTime
         .max()
 }
 
+/// A VM of a site being evacuated that cannot leave live before the
+/// deadline, with its freshest replica at an open site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncCandidate {
+    pub name: String,
+    pub priority: u8,
+    /// The standby site (final syncs to one site share its link).
+    pub site_id: i64,
+    /// What replication is sure of on that link beside the live moves, bytes/s.
+    pub bytes_per_s: f64,
+    /// Written since the replica's last sync: what a final sync sends.
+    pub written_bytes: u64,
+}
+
+/// Which candidates get a final sync, and when each is predicted to end
+/// (seconds from now): on each link, highest priority first, one after
+/// another from `start_s` (when the executors hear of it) at the link's
+/// sure rate, as long as it ends by `deadline_s`; one that would not is
+/// left out and the next tried. Whatever order the syncs then run in,
+/// sharing the link, the last of them ends by the same time.
+pub fn final_syncs(candidates: &[SyncCandidate], deadline_s: f64, start_s: f64) -> Vec<Option<f64>> {
+    let mut order: Vec<usize> = (0..candidates.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&candidates[a], &candidates[b]);
+        b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name))
+    });
+    let mut busy_until: HashMap<i64, f64> = HashMap::new();
+    let mut ends = vec![None; candidates.len()];
+    for k in order {
+        let c = &candidates[k];
+        let from = *busy_until.get(&c.site_id).unwrap_or(&start_s);
+        let end = from + c.written_bytes as f64 / c.bytes_per_s.max(1.0);
+        if end <= deadline_s {
+            busy_until.insert(c.site_id, end);
+            ends[k] = Some(end);
+        }
+    }
+    ends
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,6 +210,20 @@ mod tests {
         assert_eq!(placed[1], Placement::Lost { why: "no room at the sites holding its replicas (s2)".into() });
         let placed = place(&stranded[..1], &mut HashMap::new(), |id| format!("s{id}"));
         assert_eq!(placed[0], Placement::Lost { why: "its replicas are at sites that are not open (s2)".into() });
+    }
+
+    #[test]
+    fn final_syncs_go_by_priority_on_each_link_within_the_deadline() {
+        let sync = |name: &str, priority, site_id, mb: u64| SyncCandidate {
+            name: name.into(),
+            priority,
+            site_id,
+            bytes_per_s: 1e6,
+            written_bytes: mb * 1_000_000,
+        };
+        let candidates = [sync("low", 1, 2, 4), sync("high", 9, 2, 4), sync("big", 5, 2, 100), sync("other", 1, 3, 8)];
+        let ends = final_syncs(&candidates, 10.0, 1.0);
+        assert_eq!(ends, vec![Some(9.0), Some(5.0), None, Some(9.0)]);
     }
 
     #[test]

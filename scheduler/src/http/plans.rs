@@ -119,5 +119,5 @@ pub async fn evacuate_site(
     ApiJson(request): ApiJson<EvacuationRequest>,
 ) -> Result<Json<EvacuationReport>, ApiError> {
     let request = parse_evacuation(request)?;
-    Ok(Json(planning::evacuate(&state.pool, &state.planner, id, &request, Utc::now()).await?))
+    Ok(Json(crate::evacuation::evacuate(&state.pool, &state.planner, id, &request, Utc::now()).await?))
 }
