@@ -206,6 +206,8 @@ pub enum BenchCommand {
     Claims(crate::bench::ClaimsBenchArgs),
     /// The dispatcher running migrations over six links with real executors, against the schedule's LP bound.
     Dispatch(crate::bench::DispatchBenchArgs),
+    /// A site lost with its executor: its VMs restarted at their standbys from their replicas (RTO, RPO, doubles).
+    Recovery(crate::bench::RecoveryBenchArgs),
 }
 
 /// Settings shared by every command.

@@ -41,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Bench(BenchCommand::Schedule(args)) => bench::schedule(&args),
         Command::Bench(BenchCommand::Claims(args)) => bench::claims(&cli.config, &args).await,
         Command::Bench(BenchCommand::Dispatch(args)) => bench::dispatch(&cli.config, &args).await,
+        Command::Bench(BenchCommand::Recovery(args)) => bench::recovery(&cli.config, &args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 //! paired with a baseline run in the same process.
 
 mod dispatch;
+mod recovery;
 
 use std::time::{Duration, Instant};
 
@@ -20,6 +21,7 @@ use crate::startup::{Application, Services};
 use crate::{db, demo};
 
 pub use dispatch::{dispatch, DispatchBenchArgs};
+pub use recovery::{recovery, RecoveryBenchArgs};
 
 #[derive(Args, Debug)]
 pub struct ApiBenchArgs {

@@ -75,6 +75,15 @@ impl Executors {
         Ok(executors)
     }
 
+    /// Kills them all at once, as a lost site loses them (SIGKILL: nothing is tidied).
+    pub fn kill(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.children.clear();
+    }
+
     pub fn len(&self) -> usize {
         self.children.len()
     }
