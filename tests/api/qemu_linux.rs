@@ -176,3 +176,73 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little
     }
     assert!(at_a.first().is_some_and(|(n, _)| *n <= last_at_c + 3), "heartbeats at A go on from {last_at_c}: {at_a:?}");
 }
+
+/// A site lost with the writing Linux guest on it: the running executors
+/// kept its disk replicated at its standby; its executor and its QEMU die
+/// at once and the site is failed. QEMU boots at the standby on a disk
+/// made from the replica, crash-consistent: the guest mounts its ext4
+/// filesystem (replaying its journal, as after a power cut) and writes on.
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_lost_sites_linux_guest_boots_at_its_standby_from_its_replica(pool: PgPool) {
+    let Some(guest) = guest::linux_dir_for_test() else { return };
+    let planner = PlannerConfig { replication_interval_s: 5.0, ..PlannerConfig::default() };
+    let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
+    let a = site_at(&app, "A", "active").await;
+    site_at(&app, "B", "active").await;
+    let link = with(link("A", "B"), "/bandwidth_mbps", json!(1000.0));
+    app.create("/v1/links", with(link, "/symmetric", json!(true))).await;
+
+    let data = tempfile::tempdir().unwrap();
+    let (source_dir, restarted_dir) = (data.path().join("A/vms/linux"), data.path().join("B/vms/linux"));
+    std::fs::create_dir_all(&source_dir).unwrap();
+    let spec = guest::linux_spec(&guest, &source_dir.join("disk0.qcow2")).unwrap();
+    let mut source = command(&spec, &source_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
+    let _guests = KillUnder(data.path().to_owned());
+    for _ in 0..240 {
+        if heartbeats(&source_dir).len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(heartbeats(&source_dir).len() >= 3, "the guest came up and writes");
+    let vm = json!({"name": "linux", "site": "A", "vcpus": 2, "memory_gib": 0.375, "disk_gib": 2.0,
+        "dirty_rate_mbps": 2.0, "max_downtime_ms": 5000, "driver": "qemu", "driver_spec": spec,
+        "standby_sites": ["B"], "addresses": ["10.200.0.30"]});
+    let id = app.create("/v1/vms", vm).await["id"].as_i64().unwrap();
+    let mut executors = Processes(vec![
+        executor_with(&app, "A", data.path(), &[]).await,
+        executor_with(&app, "B", data.path(), &[]).await,
+    ]);
+    let path = format!("/v1/vms/{id}");
+    let synced = |vm: &Value| vm["standbys"][0]["synced_at"].as_str().map(str::to_owned);
+    let first = synced(&app.wait_for("the first sync", |vm| synced(vm).is_some(), &path).await);
+    let later = |vm: &Value| synced(vm).is_some_and(|at| Some(at) != first);
+    app.wait_for("a later sync", later, &path).await;
+
+    // The site is lost: its executor and the guest's QEMU die at once, mid-write.
+    executors.0[0].kill().unwrap();
+    executors.0[0].wait().unwrap();
+    source.kill().await.unwrap();
+    let failed = app.post(&format!("/v1/sites/{a}/fail"), json!({"reason": "power cut"})).await;
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    assert_eq!(failed.body["vms"][0]["to"], "B", "{}", failed.body);
+    let running = |r: &Value| r["vms"][0]["state"] == "running";
+    let recovered = app.wait_for("it runs at B", running, &format!("/v1/sites/{a}/recovery")).await;
+    assert!(recovered["vms"][0]["detail"].as_str().unwrap().contains("QEMU booted"), "{recovered}");
+    assert_eq!(app.get(&path).await.body["site"], "B");
+
+    // The guest boots on the replica's disk: it mounts its filesystem and writes on.
+    let mut at_b = Vec::new();
+    for _ in 0..360 {
+        at_b = heartbeats(&restarted_dir);
+        if at_b.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let serial = std::fs::read_to_string(restarted_dir.join("serial.log")).unwrap_or_default();
+    assert!(at_b.len() >= 3, "the guest runs at B: {serial}");
+    assert!(serial.contains("ready") && !serial.contains("FAILED"), "{serial}");
+    let runs = |page: &Value| page["items"][0]["running"] == json!(["linux"]);
+    app.wait_for("B's executor says it runs it", runs, "/v1/executors?site=B").await;
+}

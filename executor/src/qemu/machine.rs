@@ -135,6 +135,34 @@ pub fn command(spec: &QemuSpec, dir: &Path, incoming: bool) -> Result<tokio::pro
     Ok(command)
 }
 
+/// Makes disk `to` (of `format`) from the `size` bytes at `offset` in the
+/// raw file `replica` (one disk of a replica that holds a VM's disks back
+/// to back), written aside and renamed: a disk appears whole or not at all.
+pub async fn disk_from_replica(
+    replica: &Path,
+    offset: u64,
+    size: u64,
+    format: &str,
+    to: &Path,
+) -> Result<(), MachineError> {
+    let source = serde_json::json!({
+        "driver": "raw", "offset": offset, "size": size,
+        "file": {"driver": "file", "filename": replica.display().to_string()},
+    });
+    let part = to.with_extension("part");
+    let output = tokio::process::Command::new("qemu-img")
+        .args(["convert", "-q", "-O", format])
+        .arg(format!("json:{source}"))
+        .arg(&part)
+        .output()
+        .await
+        .map_err(|e| MachineError::Image(e.to_string()))?;
+    if !output.status.success() {
+        return Err(MachineError::Image(String::from_utf8_lossy(&output.stderr).into_owned()));
+    }
+    std::fs::rename(&part, to).map_err(|e| MachineError::Image(e.to_string()))
+}
+
 /// Makes an empty disk of `size_bytes` at `path` (the destination's target).
 pub async fn create_disk(path: &Path, format: &str, size_bytes: u64) -> Result<(), MachineError> {
     let output = tokio::process::Command::new("qemu-img")

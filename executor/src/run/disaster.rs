@@ -6,10 +6,11 @@
 //!   scheduler may restart them elsewhere once its lease has run out. It
 //!   lets them run again only when the scheduler says its site is up, and
 //!   never those restarted elsewhere meanwhile.
-//! - Restarts: at a standby, a lost site's VM boots on its replica (the
-//!   replica becomes its disk; its memory is that of a fresh boot, as
-//!   after a power cut), its addresses are taken over here, and the
-//!   scheduler hears it runs.
+//! - Restarts: at a standby, a lost site's VM boots on its replica, as
+//!   after a power cut: a `sim` VM's replica becomes its disk and its
+//!   memory is that of a fresh boot; a `qemu` VM's disks are made from
+//!   its replica and QEMU boots on them. Its addresses are taken over
+//!   here, and the scheduler hears it runs.
 //! - Quarantine: back at a site that was lost, the copies of VMs restarted
 //!   elsewhere are stopped and set aside (`quarantine/<vm>-<recovery>`),
 //!   never started, until an operator discards them.
@@ -21,15 +22,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use heliotrope_api_spec::{
-    Driver, Quarantine, QuarantineHolding, RecoveryState, Restart, RestartOutcome, VmRecovery, EXECUTOR_FENCE_MARGIN_S,
-    EXECUTOR_LEASE_S,
+    Driver, QemuSpec, Quarantine, QuarantineHolding, RecoveryState, Restart, RestartOutcome, VmRecovery,
+    EXECUTOR_FENCE_MARGIN_S, EXECUTOR_LEASE_S,
 };
+use heliotrope_executor::content::PAGE;
 use heliotrope_executor::network::{timed, NetworkMove};
 use heliotrope_executor::precopy::{DISK_IMAGE, MEMORY_IMAGE};
+use heliotrope_executor::qemu::export::layout;
+use heliotrope_executor::qemu::machine::{disk_from_replica, Machine};
 use heliotrope_executor::qemu::migrate;
 use heliotrope_executor::sim::{boot_memory, ContentMix};
 
-use super::Worker;
+use super::{DriverArg, Worker};
 
 /// How long after its last word reached the scheduler (counted from when
 /// it was sent) an executor holds its VMs paused on its own.
@@ -177,23 +181,8 @@ impl Worker {
         }
     }
 
-    /// Restarts a lost site's VM here from its replica; what the network did.
+    /// Restarts a lost site's VM here from its replica; what it did.
     async fn restart(self: &Arc<Self>, r: &Restart) -> anyhow::Result<String> {
-        let dir = self.vm_dir(&r.vm);
-        let disk = dir.join(DISK_IMAGE);
-        // After a crash mid-way the replica may be the VM's disk already.
-        if !disk.exists() && !self.destination.take_replica(&r.replica, &disk)? {
-            anyhow::bail!("this site holds no replica {} of it", r.replica);
-        }
-        if r.vm_spec.driver != Driver::Sim {
-            anyhow::bail!("a qemu VM is not restarted from its replica by this executor yet");
-        }
-        let seed = r.recovery as u64;
-        if !dir.join(MEMORY_IMAGE).exists() {
-            let bytes = self.sim_bytes(r.vm_spec.memory_gib) as usize;
-            tokio::task::block_in_place(|| boot_memory(&dir, bytes, &ContentMix::default(), 1, seed))
-                .context("booting its memory")?;
-        }
         let addresses = r.vm_spec.addresses.iter().filter_map(|a| a.parse().ok()).collect();
         let taken = NetworkMove {
             migration: 0,
@@ -205,15 +194,64 @@ impl Worker {
             peer: None,
             tunnel_key: 0,
         };
-        let network = timed(self.network.take_over(&taken)).await;
-        let network = match network.outcome {
+        let booted = match r.vm_spec.driver {
+            Driver::Sim => self.restart_sim(r).await?,
+            Driver::Qemu => self.restart_qemu(r).await?,
+        };
+        let network = match timed(self.network.take_over(&taken)).await.outcome {
             Ok(Some(did)) => format!("network ({:?}): {did}", self.network.driver()),
             Ok(None) => format!("network ({:?}): nothing to do", self.network.driver()),
             Err(e) => format!("network ({:?}) failed: {e}", self.network.driver()),
         };
-        self.sim_vm(&r.vm, &r.vm_spec, seed)?;
         let point = r.recovery_point.map_or_else(|| "unknown".to_owned(), |at| at.to_rfc3339());
-        Ok(format!("restarted from its replica (recovery point {point}); {network}"))
+        Ok(format!("restarted from its replica (recovery point {point}): {booted}; {network}"))
+    }
+
+    /// A sim VM boots on its replica, with the memory of a fresh boot.
+    async fn restart_sim(self: &Arc<Self>, r: &Restart) -> anyhow::Result<String> {
+        let dir = self.vm_dir(&r.vm);
+        let disk = dir.join(DISK_IMAGE);
+        // After a crash mid-way the replica may be the VM's disk already.
+        if !disk.exists() && !self.destination.take_replica(&r.replica, &disk)? {
+            anyhow::bail!("this site holds no replica {} of it", r.replica);
+        }
+        let seed = r.recovery as u64;
+        if !dir.join(MEMORY_IMAGE).exists() {
+            let bytes = self.sim_bytes(r.vm_spec.memory_gib) as usize;
+            tokio::task::block_in_place(|| boot_memory(&dir, bytes, &ContentMix::default(), 1, seed))
+                .context("booting its memory")?;
+        }
+        self.sim_vm(&r.vm, &r.vm_spec, seed)?;
+        Ok("a sim guest booted on it".to_owned())
+    }
+
+    /// A qemu VM's disks are made from its replica (which holds them back
+    /// to back, as the guest saw them), and QEMU boots on them.
+    async fn restart_qemu(self: &Arc<Self>, r: &Restart) -> anyhow::Result<String> {
+        anyhow::ensure!(self.args.driver == DriverArg::Qemu, "this executor runs sim VMs only (--driver sim)");
+        if lock(&self.machines).contains_key(&r.vm) {
+            return Ok("QEMU runs it already".to_owned());
+        }
+        let mut spec: QemuSpec = serde_json::from_value(r.vm_spec.driver_spec.clone()).context("its driver_spec")?;
+        let dir = self.vm_dir(&r.vm);
+        let replica = dir.join("replica.raw");
+        let disks: Vec<PathBuf> = spec.disks.iter().map(|d| dir.join(format!("{}.{}", d.node, d.format))).collect();
+        let made = disks.iter().all(|d| d.exists());
+        if !made && !replica.exists() && !self.destination.take_replica(&r.replica, &replica)? {
+            anyhow::bail!("this site holds no replica {} of it", r.replica);
+        }
+        let (first, _) = layout(&spec.disks);
+        for ((disk, path), first) in spec.disks.iter_mut().zip(&disks).zip(first) {
+            if !path.exists() {
+                disk_from_replica(&replica, first * PAGE as u64, disk.size_bytes, &disk.format, path).await?;
+            }
+            disk.path = path.display().to_string();
+        }
+        let _ = std::fs::remove_file(&replica);
+        spec.qmp_socket = None;
+        let machine = Machine::start(&spec, &dir, false).await?;
+        lock(&self.machines).insert(r.vm.clone(), Arc::new(machine));
+        Ok(format!("QEMU booted on its {} disk(s) made from it", spec.disks.len()))
     }
 
     fn quarantine_dir(&self, q: &Quarantine) -> PathBuf {
