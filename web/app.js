@@ -276,7 +276,7 @@ function svgSwatch(colour) {
 // ---- signals -------------------------------------------------------------
 
 function fillSiteSelects() {
-  for (const select of [$("signal-site"), $("evacuate-site")].filter(Boolean)) {
+  for (const select of [$("signal-site"), $("evacuate-site"), $("fail-site")].filter(Boolean)) {
     const names = state.overview.sites.map((s) => s.name);
     if ([...select.options].map((o) => o.value).join() === names.join()) continue;
     const chosen = select.value;
@@ -571,6 +571,12 @@ async function drawSavings() {
 
 // ---- evacuation ----------------------------------------------------------
 
+/// A list of VMs under a summary line, or nothing when there are none.
+const vmList = (title, items, line) => items.length ? el("details", {}, el("summary", {}, `${title}: ${items.length}`),
+  el("ul", {}, items.slice(0, 200).map((e) => el("li", {}, line(e))))) : "";
+
+const point = (e) => e.recovery_point ? `, recovery point ${time(e.recovery_point)}` : "";
+
 async function evacuate(dryRun) {
   const site = state.overview.sites.find((s) => s.name === $("evacuate-site").value);
   const minutes = Number($("evacuate-deadline").value);
@@ -578,22 +584,61 @@ async function evacuate(dryRun) {
   notice("");
   try {
     const report = await api("POST", `/v1/sites/${site.id}/evacuate`, { deadline_s: minutes * 60, dry_run: dryRun });
-    const list = (title, items) => items.length ? el("details", {}, el("summary", {}, `${title}: ${items.length}`),
-      el("ul", {}, items.slice(0, 200).map((e) => el("li", {}, `${e.vm}${e.to ? ` → ${e.to}` : ""}` +
-        `${e.predicted_finish_s ? ` in ${seconds(e.predicted_finish_s)}` : ""}${e.why ? ` (${e.why})` : ""}`)))) : "";
+    const line = (e) => `${e.vm}${e.to ? ` → ${e.to}` : ""}` +
+      `${e.predicted_finish_s ? ` in ${seconds(e.predicted_finish_s)}` : ""}${point(e)}${e.why ? ` (${e.why})` : ""}`;
+    const synced = report.synced || [];
     $("evacuate-report").replaceChildren(
       el("p", { id: "evacuate-outcome" }, `${dryRun ? "Predicted" : "Evacuating"} ${report.site} within ${minutes} min: `,
-        `${report.out_in_time.length} out in time, ${report.late.length} late, ${report.staying.length} staying (plan ${report.plan_id}).`),
-      list("out in time", report.out_in_time), list("late", report.late), list("staying", report.staying));
+        `${report.out_in_time.length} live, ${synced.length} synced a last time, ${report.late.length} late, ` +
+        `${report.staying.length} staying (plan ${report.plan_id}).`),
+      vmList("live, out in time", report.out_in_time, line), vmList("synced: their replicas get a final sync", synced, line),
+      vmList("late", report.late, line), vmList("staying", report.staying, line));
     $("evacuate-confirm").disabled = !dryRun;
     if (!dryRun) await refresh();
   } catch (error) { fail(error); }
+}
+
+/// What became of a lost site's VMs (or would, for a prediction).
+function showRecovery(report, dryRun) {
+  const ended = (v) => v.state === "lost" || v.state === "failed";
+  const recovered = report.vms.filter((v) => !ended(v)), lost = report.vms.filter(ended);
+  const line = (v) => `${v.vm} → ${v.to ?? "nowhere"}: ${v.state}${point(v)}` +
+    `${v.rpo_s !== null && v.rpo_s !== undefined ? ` (${seconds(v.rpo_s)} before the failure)` : ""}` +
+    `${v.lost_bytes ? `, ${bytes(v.lost_bytes)} written since` : ""}${v.detail ? ` (${v.detail})` : ""}`;
+  const running = recovered.filter((v) => v.state === "running").length;
+  $("recovery-report").replaceChildren(
+    el("p", { id: "recovery-outcome" }, report.failed_at === null ? `${report.site} has not failed.` :
+      `${dryRun ? "Predicted for" : "Recovery of"} ${report.site}: ${recovered.length} recovered at their standbys` +
+      `${dryRun ? "" : ` (${running} running)`}, ${lost.length} lost` +
+      `${report.fenced_by ? `; restarts wait until ${time(report.fenced_by)}, when its executors' lease ends` : ""}.`),
+    vmList("recovered", recovered, line), vmList("lost", lost, line));
+}
+
+async function failSite(dryRun) {
+  const site = state.overview.sites.find((s) => s.name === $("fail-site").value);
+  if (!site) return;
+  notice("");
+  try {
+    const reason = dryRun ? "" : "declared lost from the dashboard";
+    showRecovery(await api("POST", `/v1/sites/${site.id}/fail`, { dry_run: dryRun, reason }), dryRun);
+    $("fail-confirm").disabled = !dryRun;
+    if (!dryRun) await refresh();
+  } catch (error) { fail(error); }
+}
+
+/// A site chosen in the lost-site form: if it is down, what became of its VMs.
+async function drawRecovery() {
+  const site = state.overview.sites.find((s) => s.name === $("fail-site").value);
+  $("fail-confirm").disabled = true;
+  $("recovery-report").replaceChildren();
+  if (site) showRecovery(await api("GET", `/v1/sites/${site.id}/recovery`), false);
 }
 
 // ---- wiring --------------------------------------------------------------
 
 function wireActions() {
   $("signal-site").addEventListener("change", () => drawSignals().catch(fail));
+  $("fail-site").addEventListener("change", () => drawRecovery().catch(fail));
   if (!canWrite()) return;
   $("plan-form").addEventListener("submit", (event) => { event.preventDefault(); planAction("make"); });
   $("plan-approve").addEventListener("click", () => planAction("approve"));
@@ -601,6 +646,8 @@ function wireActions() {
   $("evacuate-form").addEventListener("submit", (event) => { event.preventDefault(); evacuate(true); });
   $("evacuate-confirm").addEventListener("click", () => evacuate(false));
   $("evacuate-site").addEventListener("change", () => { $("evacuate-confirm").disabled = true; });
+  $("fail-form").addEventListener("submit", (event) => { event.preventDefault(); failSite(true); });
+  $("fail-confirm").addEventListener("click", () => failSite(false));
 }
 
 window.addEventListener("DOMContentLoaded", () => start().catch(fail));

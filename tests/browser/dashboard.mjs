@@ -104,6 +104,19 @@ test("a planner sees the fleet, approves and applies a plan, and watches it move
   await page.waitForFunction(() => document.getElementById("evacuate-outcome")?.textContent.startsWith("Evacuating"), null, { timeout: 60_000 });
   const site = await (await context.request.get(`${url}/v1/sites/${leaving.id}`)).json();
   assert.equal(site.state, "draining", "confirming drains the site");
+  // The same site then lost: its recovery predicted, then declared; its VMs restart at their standbys or are lost.
+  await page.selectOption("#fail-site", leaving.name);
+  await page.click("#fail-form button[type=submit]");
+  await page.waitForFunction(() => document.getElementById("recovery-outcome")?.textContent.startsWith("Predicted")
+    || document.getElementById("notice").textContent, null, { timeout: 60_000 });
+  assert.equal(await page.textContent("#notice"), "", "no error shown");
+  assert.match(await page.textContent("#recovery-outcome"), /^Predicted for .*: \d+ recovered at their standbys, \d+ lost/);
+  await page.click("#fail-confirm");
+  await page.waitForFunction(() => document.getElementById("recovery-outcome")?.textContent.startsWith("Recovery of"),
+    null, { timeout: 60_000 });
+  await shot(page, "recovery", "#evacuate");
+  const lost = await (await context.request.get(`${url}/v1/sites/${leaving.id}`)).json();
+  assert.equal(lost.state, "down", "declaring it lost marks it down");
 
   await shot(page, "dashboard");
   assert.deepEqual(errors, [], "no console errors");
@@ -114,7 +127,7 @@ test("a viewer sees everything but no write button, and a forged write is refuse
   const { context, page, errors } = await signedIn(process.env.VIEWER_TOKEN);
   assert.equal(await page.textContent("#role"), "viewer");
   await page.waitForFunction(() => Number(document.getElementById("chart-carbon").dataset.points) > 0);
-  for (const selector of ["#plan-make", "#plan-approve", "#plan-apply", "#evacuate-form", "button.cancel"]) {
+  for (const selector of ["#plan-make", "#plan-approve", "#plan-apply", "#evacuate-form", "#fail-form", "button.cancel"]) {
     assert.equal(await page.locator(selector).count(), 0, `${selector} is not on a viewer's page`);
   }
   const visible = await page.locator("main button:visible").count();
