@@ -11,8 +11,8 @@ use axum::routing::post;
 use axum::{extract::State, Extension, Json, Router};
 use heliotrope_api_spec::{
     Assignment, ClaimParams, Completion, Executor, ExecutorParam, ExecutorRegistration, Heartbeat, MigrationDetail,
-    NetworkReport, ProgressAnswer, ProgressReport, RecoveryReport, ReplicationPlan, ReplicationReport, RestartOutcome,
-    VmRecovery,
+    MigrationState, NetworkReport, ProgressAnswer, ProgressReport, RecoveryReport, ReplicationPlan, ReplicationReport,
+    RestartOutcome, VmRecovery,
 };
 
 use super::auth::Principal;
@@ -165,7 +165,8 @@ pub async fn report_progress(
 
 /// End a migration: `done` from its destination executor once the VM runs
 /// there after cutover (the VM's site changes in the same transaction), or
-/// `failed` from its source executor before cutover (the VM runs on at the source).
+/// `failed` from its source executor before cutover (the VM runs on at the
+/// source; refused with 503 by a server that is shutting down).
 #[utoipa::path(post, path = "/v1/migrations/{id}/complete", tag = "dispatch", params(("id" = i64, Path), ExecutorParam),
     request_body = Completion, responses((status = 200, body = MigrationDetail), ErrorResponses))]
 pub async fn complete_migration(
@@ -176,6 +177,12 @@ pub async fn complete_migration(
     ApiJson(completion): ApiJson<Completion>,
 ) -> Result<Json<MigrationDetail>, ApiError> {
     let completion = parse_completion(completion)?;
+    // A server shutting down may have dropped the source's last progress reports, which is
+    // why it failed: its word waits for a server that stays, and the lease and recovery, which
+    // ask the source where the VM runs, settle the migration meanwhile.
+    if completion.state == MigrationState::Failed && state.stopping.is_cancelled() {
+        return Err(ApiError::Unavailable);
+    }
     let detail = db::migrations::complete(&state.pool, id, executor.executor, caller.token_id, &completion).await?;
     // What it held is free: the next migration on its link need not wait for the dispatcher's turn.
     crate::dispatcher::dispatch_now(&state.pool, &state.planner).await;
