@@ -42,3 +42,7 @@ create index recovery_to_site on recovery (to_site_id) where state in ('waiting'
 -- An evacuation's order for a final sync of the replica (when it was
 -- ordered): its executor syncs at once if the last sync began before.
 alter table standby add column final_sync_after timestamptz;
+
+-- A protected VM's standbys keep room for it (plans leave it free), so
+-- that it can always restart there.
+alter table vm add column protected boolean not null default false;

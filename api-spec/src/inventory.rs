@@ -246,6 +246,12 @@ pub struct VmSpec {
     /// A pinned VM never moves.
     #[serde(default)]
     pub pinned: bool,
+    /// Its standbys keep room for it: plans leave that room free, and
+    /// standbys are chosen for it only where there is room, so that it can
+    /// restart there if its site is lost; recovery places it before the
+    /// VMs that are not protected.
+    #[serde(default)]
+    pub protected: bool,
     /// Name of the VM group the VM belongs to.
     #[serde(default)]
     #[schema(min_length = 1, max_length = 64)]

@@ -87,7 +87,7 @@ async fn choose_standbys(
         // A returning VM goes back where it came from: its recent origins are favoured beside the plan's moves.
         let favoured: Vec<(usize, usize)> =
             plan.moves.iter().map(|m| (m.vm, m.to)).chain(ids.indices(&ids.origins)).collect();
-        standby::choose(&input, &operator, &favoured, budgets)
+        standby::choose(&input, &operator, &favoured, &ids.protected, budgets)
             .into_iter()
             .filter(|c| c.chosen == standby::Chosen::Plans)
             .map(|c| (ids.vms[c.vm], ids.sites[c.site]))
@@ -192,6 +192,8 @@ struct Ids {
     /// Operator-named standbys and recent origins (VM id, site id).
     named: Vec<(i64, i64)>,
     origins: Vec<(i64, i64)>,
+    /// Whether each VM of the input is protected (its standbys keep room for it).
+    protected: Vec<bool>,
 }
 
 impl Ids {
@@ -204,6 +206,12 @@ impl Ids {
         for (&id, &i) in &vm_index {
             vm_ids[i] = id;
         }
+        let mut protected = vec![false; input.vms.len()];
+        for v in vms {
+            if let Some(&i) = vm_index.get(&v.id) {
+                protected[i] = v.spec.protected;
+            }
+        }
         Ids {
             sites: sites.iter().map(|s| s.id).collect(),
             vms: vm_ids,
@@ -211,6 +219,7 @@ impl Ids {
             vm_index,
             named,
             origins,
+            protected,
         }
     }
 
@@ -272,6 +281,10 @@ pub(crate) async fn make(
             }
         }
     }
+    // The room protected VMs' standbys keep for them is not the plans' to fill.
+    let held: Vec<(usize, usize)> =
+        standbys.iter().filter_map(|b| ids.index(b.vm_id, b.site_id)).filter(|&(vm, _)| ids.protected[vm]).collect();
+    standby::hold_room(&mut input, &held);
     // What sites kept of the memory of the VMs that left them.
     let left = departures.iter().filter_map(|d| {
         let (vm, site) = ids.index(d.vm_id, d.site_id)?;

@@ -146,6 +146,7 @@ struct StrandedRow {
     vm_id: i64,
     name: String,
     priority: i16,
+    protected: bool,
     vcpus: i32,
     memory_gib: f64,
     disk_gib: f64,
@@ -171,7 +172,7 @@ pub async fn fail_site(
         return for_site(pool, site_id).await;
     }
     let stranded: Vec<StrandedRow> = sqlx::query_as(
-        "select v.vm_id, v.name, v.priority, v.vcpus, v.memory_gib, v.disk_gib from vm v where v.site_id = $1 \
+        "select v.vm_id, v.name, v.priority, v.protected, v.vcpus, v.memory_gib, v.disk_gib from vm v where v.site_id = $1 \
          and not exists (select 1 from migration_job j where j.vm_id = v.vm_id and j.state = 'cutover') \
          order by v.vm_id",
     )
@@ -201,6 +202,22 @@ pub async fn fail_site(
     .await?;
     let mut rooms: HashMap<i64, Room> =
         open.into_iter().map(|(id, vcpus, memory_gib, disk_gib)| (id, Room { vcpus, memory_gib, disk_gib })).collect();
+    // The room other sites' protected VMs' standbys keep for them is theirs.
+    let held: Vec<(i64, f64, f64, f64)> = sqlx::query_as(
+        "select b.site_id, sum(v.vcpus)::float8, sum(v.memory_gib), sum(v.disk_gib) from standby b \
+         join vm v on v.vm_id = b.vm_id where v.protected and v.site_id <> $1 and b.site_id <> v.site_id \
+         group by b.site_id",
+    )
+    .bind(site_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (id, vcpus, memory_gib, disk_gib) in held {
+        if let Some(room) = rooms.get_mut(&id) {
+            room.vcpus -= vcpus;
+            room.memory_gib -= memory_gib;
+            room.disk_gib -= disk_gib;
+        }
+    }
     let names: HashMap<i64, String> = sqlx::query_as::<_, (i64, String)>("select site_id, name from site")
         .fetch_all(&mut *tx)
         .await?
@@ -211,6 +228,7 @@ pub async fn fail_site(
         .map(|v| Stranded {
             name: v.name.clone(),
             priority: u8::try_from(v.priority).unwrap_or(0),
+            protected: v.protected,
             vcpus: f64::from(v.vcpus),
             memory_gib: v.memory_gib,
             disk_gib: v.disk_gib,

@@ -23,6 +23,7 @@ struct VmRow {
     allowed_sites: Option<Vec<String>>,
     allowed_regions: Option<Vec<String>>,
     pinned: bool,
+    protected: bool,
     group_name: Option<String>,
     priority: i16,
     max_downtime_ms: i32,
@@ -52,6 +53,7 @@ impl TryFrom<VmRow> for Vm {
                 allowed_sites: r.allowed_sites,
                 allowed_regions: r.allowed_regions,
                 pinned: r.pinned,
+                protected: r.protected,
                 group: r.group_name,
                 priority: r.priority.try_into().map_err(decode)?,
                 max_downtime_ms: r.max_downtime_ms.try_into().map_err(decode)?,
@@ -73,7 +75,7 @@ const SELECT: &str = "select v.vm_id, v.name, v.vcpus, v.memory_gib, v.disk_gib,
     s.name as site, \
     (select array_agg(x.name order by a.position) from vm_allowed_site a join site x on x.site_id = a.site_id \
      where a.vm_id = v.vm_id) as allowed_sites, \
-    v.allowed_regions, v.pinned, g.name as group_name, v.priority, v.max_downtime_ms, v.driver, v.driver_spec, \
+    v.allowed_regions, v.pinned, v.protected, g.name as group_name, v.priority, v.max_downtime_ms, v.driver, v.driver_spec, \
     array(select d.address from vm_address d where d.vm_id = v.vm_id order by d.position) as addresses, \
     array(select x.name from vm_standby_site b join site x on x.site_id = b.site_id where b.vm_id = v.vm_id \
           order by b.position) as standby_sites, \
@@ -152,8 +154,8 @@ pub async fn insert(pool: &PgPool, spec: &Valid<VmSpec>) -> Result<Vm> {
     let refs = resolve(&mut tx, spec).await?;
     let insert = sqlx::query_scalar(
         "insert into vm (name, vcpus, memory_gib, disk_gib, dirty_rate_mbps, site_id, allowed_regions, pinned, \
-         group_id, priority, max_downtime_ms, driver, driver_spec) \
-         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) returning vm_id",
+         group_id, priority, max_downtime_ms, driver, driver_spec, protected) \
+         values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) returning vm_id",
     );
     let vm_id: i64 =
         bind_columns(insert, spec, &refs).fetch_one(&mut *tx).await.map_err(|e| on_constraint(e, name_taken(spec)))?;
@@ -166,7 +168,7 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<VmSpec>) -> Result<Vm> 
     let update = sqlx::query_scalar(
         "update vm set name = $1, vcpus = $2, memory_gib = $3, disk_gib = $4, dirty_rate_mbps = $5, site_id = $6, \
          allowed_regions = $7, pinned = $8, group_id = $9, priority = $10, max_downtime_ms = $11, driver = $12, \
-         driver_spec = $13 where vm_id = $14 returning vm_id",
+         driver_spec = $13, protected = $14 where vm_id = $15 returning vm_id",
     );
     let updated: Option<i64> = bind_columns(update, spec, &refs)
         .bind(id)
@@ -179,7 +181,7 @@ pub async fn update(pool: &PgPool, id: i64, spec: &Valid<VmSpec>) -> Result<Vm> 
 
 type ScalarQuery<'q> = sqlx::query::QueryScalar<'q, Postgres, i64, sqlx::postgres::PgArguments>;
 
-/// Binds the VM's columns as $1 to $13, in table order.
+/// Binds the VM's columns as $1 to $14.
 fn bind_columns<'q>(query: ScalarQuery<'q>, spec: &'q VmSpec, refs: &Refs) -> ScalarQuery<'q> {
     // Validation caps vcpus at 1024 and max_downtime_ms at an hour, well inside i32.
     query
@@ -196,6 +198,7 @@ fn bind_columns<'q>(query: ScalarQuery<'q>, spec: &'q VmSpec, refs: &Refs) -> Sc
         .bind(spec.max_downtime_ms as i32)
         .bind(enum_to_text(&spec.driver))
         .bind(&spec.driver_spec)
+        .bind(spec.protected)
 }
 
 /// A VM's ordered lists of sites.

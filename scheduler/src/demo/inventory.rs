@@ -190,6 +190,7 @@ pub fn fleet_of(regions: &[Region], vm_count: usize, mix: &Mix, seed: u64) -> Fl
                 allowed_sites: None,
                 allowed_regions,
                 pinned,
+                protected: false,
                 group,
                 priority: rng.random_range(0..=100),
                 max_downtime_ms: mix.max_downtime_ms[rng.random_range(0..mix.max_downtime_ms.len())],

@@ -17,6 +17,8 @@ use heliotrope_api_spec::EXECUTOR_LEASE_S;
 pub struct Stranded {
     pub name: String,
     pub priority: u8,
+    /// Its standbys keep room for it: it is placed before the VMs that are not.
+    pub protected: bool,
     pub vcpus: f64,
     pub memory_gib: f64,
     pub disk_gib: f64,
@@ -60,7 +62,8 @@ pub enum Placement {
     Lost { why: String },
 }
 
-/// Places every stranded VM, highest priority first (then by name): at
+/// Places every stranded VM, protected ones first, then highest priority
+/// first (then by name): at
 /// the freshest of its replicas that sits at an open site (a key of
 /// `room`) with room for it, which it then takes. One placement per VM,
 /// in `stranded`'s order. `site_name` names sites in the reasons.
@@ -72,7 +75,7 @@ pub fn place(
     let mut order: Vec<usize> = (0..stranded.len()).collect();
     order.sort_by(|&a, &b| {
         let (a, b) = (&stranded[a], &stranded[b]);
-        b.priority.cmp(&a.priority).then_with(|| a.name.cmp(&b.name))
+        b.protected.cmp(&a.protected).then(b.priority.cmp(&a.priority)).then_with(|| a.name.cmp(&b.name))
     });
     let mut placed = vec![None; stranded.len()];
     for k in order {
@@ -176,7 +179,15 @@ mod tests {
     }
 
     fn vm(name: &str, priority: u8, replicas: Vec<Replica>) -> Stranded {
-        Stranded { name: name.into(), priority, vcpus: 2.0, memory_gib: 4.0, disk_gib: 10.0, replicas }
+        Stranded {
+            name: name.into(),
+            priority,
+            protected: false,
+            vcpus: 2.0,
+            memory_gib: 4.0,
+            disk_gib: 10.0,
+            replicas,
+        }
     }
 
     fn replica(site_id: i64, synced: Option<i64>) -> Replica {
@@ -208,6 +219,10 @@ mod tests {
         let placed = place(&stranded, &mut room, |id| format!("s{id}"));
         assert!(matches!(placed[0], Placement::Restart { site_id: 2, .. }));
         assert_eq!(placed[1], Placement::Lost { why: "no room at the sites holding its replicas (s2)".into() });
+        // A protected VM goes before a higher priority that is not.
+        let protected = vec![stranded[0].clone(), Stranded { protected: true, ..stranded[1].clone() }];
+        let placed = place(&protected, &mut HashMap::from([(2, ROOM_FOR_ONE)]), |id| format!("s{id}"));
+        assert!(matches!(placed[0], Placement::Lost { .. }) && matches!(placed[1], Placement::Restart { .. }));
         let placed = place(&stranded[..1], &mut HashMap::new(), |id| format!("s{id}"));
         assert_eq!(placed[0], Placement::Lost { why: "its replicas are at sites that are not open (s2)".into() });
     }

@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 
-use super::planner::{horizon_weighted, PlanInput, PlanVm, GIB};
+use super::planner::{amounts, demand, horizon_weighted, PlanInput, PlanVm, Resources, GIB};
 
 /// Who made a site a standby.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,18 +42,52 @@ pub struct Choice {
 /// A link's standbys must be able to sync in full within a day at its replication budget.
 pub const FULL_SYNC_S: f64 = 86_400.0;
 
+/// What each site has free beside the VMs that run there, by site index.
+fn free_room(input: &PlanInput) -> Vec<[f64; 3]> {
+    let mut free: Vec<[f64; 3]> = input.sites.iter().map(|s| amounts(&s.capacity)).collect();
+    for vm in &input.vms {
+        for (left, need) in free[vm.site].iter_mut().zip(demand(vm)) {
+            *left -= need;
+        }
+    }
+    free
+}
+
+/// Takes the room that protected VMs' standbys keep for them (`held`:
+/// (VM, site) pairs) out of those sites' capacity, as far as it is free:
+/// the plans leave it for the VMs to restart in if their sites are lost.
+pub fn hold_room(input: &mut PlanInput, held: &[(usize, usize)]) {
+    let mut free = free_room(input);
+    for &(vm, site) in held.iter().filter(|&&(vm, site)| input.vms[vm].site != site) {
+        let need = demand(&input.vms[vm]);
+        let capacity = &mut input.sites[site].capacity;
+        let mut left = amounts(capacity);
+        for k in 0..3 {
+            let taken = need[k].min(free[site][k].max(0.0));
+            free[site][k] -= taken;
+            left[k] -= taken;
+        }
+        *capacity = Resources { vcpus: left[0], memory_gib: left[1], disk_gib: left[2] };
+    }
+}
+
 /// Chooses every VM's standbys. `operator` are the sites each VM's spec
 /// names (by VM index); `favoured` the (VM, site) destinations of recent
 /// and current plans, a pair once per plan that moved it there. Beside
 /// those, a VM's candidates are the sites that would run it cheaper than
 /// its own over the input's horizon (where the planner would move it if a
-/// move paid), best first. Pinned VMs get only the operator's standbys.
+/// move paid), best first. Pinned VMs get only the operator's standbys;
+/// `protected` VMs (by index) only standbys with room free for them
+/// (beside what runs there and the room held for other protected VMs).
 pub fn choose(
     input: &PlanInput,
     operator: &[Vec<usize>],
     favoured: &[(usize, usize)],
+    protected: &[bool],
     budgets: Budgets,
 ) -> Vec<Choice> {
+    let mut free = free_room(input);
+    let is_protected = |vm: usize| protected.get(vm).copied().unwrap_or(false);
     let mut site_room: Vec<f64> = input.sites.iter().map(|s| s.capacity.disk_gib * GIB * budgets.site_share).collect();
     let mut link_room: Vec<f64> =
         input.links.iter().map(|l| l.usable_bytes_per_s * budgets.link_share * budgets.full_sync_s).collect();
@@ -69,6 +103,11 @@ pub fn choose(
         for &site in sites.iter().filter(|&&s| s != input.vms[vm].site) {
             // Named by the operator: kept whatever the budgets say, and counted against them.
             site_room[site] -= disk;
+            if is_protected(vm) {
+                for (left, need) in free[site].iter_mut().zip(demand(&input.vms[vm])) {
+                    *left -= need;
+                }
+            }
             if let Some(&link) = link_of.get(&(input.vms[vm].site, site)) {
                 link_room[link] -= disk;
             }
@@ -96,6 +135,15 @@ pub fn choose(
         let disk = input.vms[vm].disk_gib * GIB;
         if per_vm[vm] >= budgets.per_vm || site_room[site] < disk || link_room[link] < disk {
             continue;
+        }
+        if is_protected(vm) {
+            let need = demand(&input.vms[vm]);
+            if free[site].iter().zip(need).any(|(left, need)| *left < need - 1e-9) {
+                continue;
+            }
+            for (left, need) in free[site].iter_mut().zip(need) {
+                *left -= need;
+            }
         }
         site_room[site] -= disk;
         link_room[link] -= disk;
@@ -135,7 +183,7 @@ mod tests {
         // Site 1 is cheaper than site 0.
         let mut input = two_sites();
         input.vms = vec![vm("a", 0), vm("b", 1), PlanVm { pinned: true, ..vm("c", 0) }];
-        let chosen = choose(&input, &[vec![], vec![0], vec![]], &[], BUDGETS);
+        let chosen = choose(&input, &[vec![], vec![0], vec![]], &[], &[], BUDGETS);
         assert_eq!(
             chosen,
             [
@@ -152,11 +200,29 @@ mod tests {
         // Room for one disk at site 1; the plans favour b.
         input.sites[1].capacity.disk_gib = 150.0;
         input.vms = vec![vm("a", 0), vm("b", 0)];
-        let chosen = choose(&input, &[vec![], vec![]], &[(1, 1)], BUDGETS);
+        let chosen = choose(&input, &[vec![], vec![]], &[(1, 1)], &[], BUDGETS);
         assert_eq!(chosen, [Choice { vm: 1, site: 1, chosen: Chosen::Plans }]);
         // The link's budget: a full sync of one 100 GiB disk takes longer than allowed.
         let slow = Budgets { full_sync_s: 1.0, ..BUDGETS };
-        assert_eq!(choose(&input, &[vec![], vec![]], &[(1, 1)], slow), []);
+        assert_eq!(choose(&input, &[vec![], vec![]], &[(1, 1)], &[], slow), []);
+    }
+
+    #[test]
+    fn protected_vms_get_standbys_only_where_their_room_is_free_and_plans_leave_it() {
+        let mut input = two_sites();
+        input.vms = vec![vm("a", 0), vm("b", 0), vm("c", 1)];
+        let vcpus = f64::from(input.vms[0].shape.vcpus);
+        // Site 1 runs c and has room for one more VM.
+        input.sites[1].capacity.vcpus = 2.0 * vcpus;
+        let favoured = [(0, 1), (1, 1)];
+        let budgets = Budgets { per_vm: 1, ..BUDGETS };
+        let chosen = choose(&input, &[vec![], vec![], vec![]], &favoured, &[true, true, false], budgets);
+        assert_eq!(chosen, [Choice { vm: 0, site: 1, chosen: Chosen::Plans }], "room for one protected VM");
+        let unprotected = choose(&input, &[vec![], vec![], vec![]], &favoured, &[], budgets);
+        assert_eq!(unprotected.len(), 2, "room is no object for the others");
+        // The room a's standby keeps is no longer the plans' to fill; only what is free is held.
+        hold_room(&mut input, &[(0, 1), (1, 1)]);
+        assert_eq!(input.sites[1].capacity.vcpus, vcpus);
     }
 
     #[test]
