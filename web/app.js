@@ -157,6 +157,7 @@ async function refresh() {
   state.flows = await activeFlows();
   drawSites();
   fillSiteSelects();
+  drawSilent();
   drawFeedHealth();
   drawPlan();
   drawGantt();
@@ -626,7 +627,14 @@ async function failSite(dryRun) {
   } catch (error) { fail(error); }
 }
 
-/// A site chosen in the lost-site form: if it is down, what became of its VMs.
+/// Sites whose executors have all gone silent: they may be lost, which an operator confirms.
+function drawSilent() {
+  const silent = state.overview.sites.filter((s) => s.silent_since);
+  $("silent-sites").replaceChildren(...silent.map((s) => el("p", { class: "silent" },
+    `${s.name} is silent: its executors were last heard at ${time(s.silent_since)}. If it is lost, declare it below.`)));
+}
+
+/// A site chosen in the lost-site form: if it failed, what became of its VMs.
 async function drawRecovery() {
   const site = state.overview.sites.find((s) => s.name === $("fail-site").value);
   $("fail-confirm").disabled = true;

@@ -30,6 +30,12 @@ pub struct SiteOverview {
     /// Whether its signals have no actual value from the last 2 hours (a
     /// stale or failing feed): plans then run on forecasts or persistence.
     pub stale: bool,
+    /// When its executors were last heard, if they have all been silent for
+    /// longer than the scheduler's `--site-silent-after-s` and the site is
+    /// not down: it may be lost (an operator confirms with `POST
+    /// /v1/sites/{id}/fail`).
+    #[serde(default)]
+    pub silent_since: Option<DateTime<Utc>>,
 }
 
 /// Answer to `GET /v1/overview`.

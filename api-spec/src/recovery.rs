@@ -102,7 +102,9 @@ pub struct VmRecovery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SiteRecovery {
     pub site: String,
-    /// When it was marked down (absent: it never failed).
+    /// When it was last marked down (absent: it never failed). A site that
+    /// is back still shows its last failure: its stale copies wait for an
+    /// operator's word.
     pub failed_at: Option<DateTime<Utc>>,
     pub reason: String,
     pub dry_run: bool,

@@ -376,6 +376,10 @@ pub struct PlannerConfig {
     /// How often each replica is synced, seconds.
     #[arg(long, global = true, env = "HELIOTROPE_REPLICATION_INTERVAL_S", default_value_t = 60.0)]
     pub replication_interval_s: f64,
+    /// A site whose executors have all been silent this long is shown as silent (it may be
+    /// lost: an operator confirms with `POST /v1/sites/{id}/fail`), seconds.
+    #[arg(long, global = true, env = "HELIOTROPE_SITE_SILENT_AFTER_S", default_value_t = 60.0)]
+    pub site_silent_after_s: f64,
 }
 
 impl PlannerConfig {
@@ -393,6 +397,9 @@ impl PlannerConfig {
         }
         if self.standbys_per_vm > 8 {
             return Err("--standbys-per-vm must be at most 8".into());
+        }
+        if !(self.site_silent_after_s.is_finite() && (1.0..=86_400.0).contains(&self.site_silent_after_s)) {
+            return Err("--site-silent-after-s must be 1 to 86400".into());
         }
         Ok(())
     }
@@ -412,6 +419,7 @@ impl Default for PlannerConfig {
             replica_budget_share: 0.2,
             replication_share: 0.1,
             replication_interval_s: 60.0,
+            site_silent_after_s: 60.0,
         }
     }
 }

@@ -24,10 +24,19 @@ pub(crate) struct How {
     mib_per_gib: &'static str,
     /// More flags for `heliotrope-executor run`.
     pub(crate) flags: Vec<String>,
+    /// Where it reaches the scheduler, if not at the test's own address (a proxy).
+    pub(crate) scheduler: Option<String>,
 }
 
 pub(crate) async fn executor(app: &TestApp, site: &'static str, mib_per_gib: &'static str) -> How {
-    How { site, token: app.token(Role::Executor).await, port: free_port(), mib_per_gib, flags: Vec::new() }
+    How {
+        site,
+        token: app.token(Role::Executor).await,
+        port: free_port(),
+        mib_per_gib,
+        flags: Vec::new(),
+        scheduler: None,
+    }
 }
 
 pub(crate) fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
@@ -36,7 +45,7 @@ pub(crate) fn start(app: &TestApp, how: &How, data: &std::path::Path) -> Child {
         .args(["--sim-mib-per-gib", how.mib_per_gib, "--streams", "2", "--data-dir"])
         .arg(data.join(how.site))
         .args(&how.flags)
-        .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
+        .env("HELIOTROPE_SCHEDULER", how.scheduler.clone().unwrap_or_else(|| format!("http://{}", app.addr)))
         .env("HELIOTROPE_TOKEN", &how.token)
         .env("RUST_LOG", std::env::var("EXECUTOR_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())

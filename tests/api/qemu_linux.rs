@@ -10,13 +10,14 @@
 //! what it holds. When the prices turn it comes back, and the memory A
 //! kept when it left spares most of its RAM the wire.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use heliotrope::config::PlannerConfig;
 use heliotrope::db::MIGRATOR;
 use heliotrope::startup::Services;
+use heliotrope_api_spec::QemuSpec;
 use heliotrope_executor::qemu::guest::{self, heartbeats};
 use heliotrope_executor::qemu::machine::command;
 use heliotrope_tests::{link, spawn_with, with, KillUnder, Processes};
@@ -47,6 +48,30 @@ async fn comparing_controller(source: PathBuf, destination: PathBuf) -> (String,
     (url, compared)
 }
 
+/// The guest's heartbeats in `dir` numbered above `after`, once there are
+/// `n` of them, or what there is after `seconds`.
+async fn heartbeats_after(dir: &Path, after: u64, n: usize, seconds: u32) -> Vec<(u64, String)> {
+    let mut seen = Vec::new();
+    for _ in 0..seconds * 2 {
+        seen = heartbeats(dir).into_iter().filter(|(k, _)| *k > after).collect();
+        if seen.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    seen
+}
+
+/// The Linux guest run in `dir` as an operator runs it (its data disk a
+/// copy there), once it writes: its spec and its QEMU.
+async fn start_guest(guest: &Path, dir: &Path) -> (QemuSpec, tokio::process::Child) {
+    std::fs::create_dir_all(dir).unwrap();
+    let spec = guest::linux_spec(guest, &dir.join("disk0.qcow2")).unwrap();
+    let qemu = command(&spec, dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
+    assert!(heartbeats_after(dir, 0, 3, 120).await.len() >= 3, "the guest came up and writes");
+    (spec, qemu)
+}
+
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little(pool: PgPool) {
     let Some(guest) = guest::linux_dir_for_test() else { return };
@@ -64,17 +89,8 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little
 
     let data = tempfile::tempdir().unwrap();
     let (source_dir, destination_dir) = (data.path().join("A/vms/linux"), data.path().join("C/vms/linux"));
-    std::fs::create_dir_all(&source_dir).unwrap();
-    let spec = guest::linux_spec(&guest, &source_dir.join("disk0.qcow2")).unwrap();
-    let _source = command(&spec, &source_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
     let _guests = KillUnder(data.path().to_owned());
-    for _ in 0..240 {
-        if heartbeats(&source_dir).len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(heartbeats(&source_dir).len() >= 3, "the guest came up and writes");
+    let (spec, _source) = start_guest(&guest, &source_dir).await;
     let allocated = guest::allocated_bytes(&source_dir.join("disk0.qcow2")).unwrap();
 
     // 64 vCPUs in the inventory (what it would cost to run: worth a move), 384 MiB as QEMU runs it.
@@ -114,14 +130,7 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little
     }
     assert_eq!(compared.lock().unwrap().as_slice(), &[Ok(())], "the disks at the cutover");
     // It runs on at C: its heartbeats (one a second) go on there.
-    let mut at_destination = Vec::new();
-    for _ in 0..120 {
-        at_destination = heartbeats(&destination_dir);
-        if at_destination.len() >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let at_destination = heartbeats_after(&destination_dir, 0, 2, 60).await;
     assert!(at_destination.len() >= 2, "the guest runs on at C: {at_destination:?}");
     let at_source = heartbeats(&source_dir);
     let last = at_source.last().map_or(0, |(n, _)| *n);
@@ -166,14 +175,7 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little
     assert!(memory_wire * 10 <= ram * 3, "memory on the wire {memory_wire} of {ram}: {migration}");
     let returning = progress["saved_bytes"]["returning"].as_u64().unwrap();
     assert!(returning * 2 >= ram, "memory that came back from A's image {returning} of {ram}: {migration}");
-    let mut at_a = Vec::new();
-    for _ in 0..120 {
-        at_a = heartbeats(&source_dir).into_iter().filter(|(n, _)| *n > last_at_c).collect();
-        if !at_a.is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let at_a = heartbeats_after(&source_dir, last_at_c, 1, 60).await;
     assert!(at_a.first().is_some_and(|(n, _)| *n <= last_at_c + 3), "heartbeats at A go on from {last_at_c}: {at_a:?}");
 }
 
@@ -194,17 +196,8 @@ async fn a_lost_sites_linux_guest_boots_at_its_standby_from_its_replica(pool: Pg
 
     let data = tempfile::tempdir().unwrap();
     let (source_dir, restarted_dir) = (data.path().join("A/vms/linux"), data.path().join("B/vms/linux"));
-    std::fs::create_dir_all(&source_dir).unwrap();
-    let spec = guest::linux_spec(&guest, &source_dir.join("disk0.qcow2")).unwrap();
-    let mut source = command(&spec, &source_dir, false).unwrap().kill_on_drop(true).spawn().unwrap();
     let _guests = KillUnder(data.path().to_owned());
-    for _ in 0..240 {
-        if heartbeats(&source_dir).len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    assert!(heartbeats(&source_dir).len() >= 3, "the guest came up and writes");
+    let (spec, mut source) = start_guest(&guest, &source_dir).await;
     let vm = json!({"name": "linux", "site": "A", "vcpus": 2, "memory_gib": 0.375, "disk_gib": 2.0,
         "dirty_rate_mbps": 2.0, "max_downtime_ms": 5000, "driver": "qemu", "driver_spec": spec,
         "standby_sites": ["B"], "addresses": ["10.200.0.30"]});
@@ -232,14 +225,7 @@ async fn a_lost_sites_linux_guest_boots_at_its_standby_from_its_replica(pool: Pg
     assert_eq!(app.get(&path).await.body["site"], "B");
 
     // The guest boots on the replica's disk: it mounts its filesystem and writes on.
-    let mut at_b = Vec::new();
-    for _ in 0..360 {
-        at_b = heartbeats(&restarted_dir);
-        if at_b.len() >= 3 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let at_b = heartbeats_after(&restarted_dir, 0, 3, 180).await;
     let serial = std::fs::read_to_string(restarted_dir.join("serial.log")).unwrap_or_default();
     assert!(at_b.len() >= 3, "the guest runs at B: {serial}");
     assert!(serial.contains("ready") && !serial.contains("FAILED"), "{serial}");

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use heliotrope::config::PlannerConfig;
@@ -28,8 +30,11 @@ async fn app(pool: PgPool) -> TestApp {
     spawn_with(pool, Services { planner, ..Services::driven() }).await
 }
 
-/// Sites A, B and C, A linked both ways to the others, and `n` VMs at A,
-/// each with one standby (B for even ones, C for odd) and an address.
+/// Sites A, B and C, A linked both ways to the others, and `n` busy VMs
+/// at A, each with one standby (B for even ones, C for odd) and an
+/// address. Their executors run them at `SCALE` MiB per GiB.
+const SCALE: &str = "4";
+
 async fn fleet(app: &TestApp, n: usize) -> (i64, Vec<(i64, String, &'static str)>) {
     let a = site_at(app, "A", "active").await;
     for name in ["B", "C"] {
@@ -39,7 +44,9 @@ async fn fleet(app: &TestApp, n: usize) -> (i64, Vec<(i64, String, &'static str)
     let mut vms = Vec::new();
     for k in 0..n {
         let (name, standby) = (format!("v{k}"), if k % 2 == 0 { "B" } else { "C" });
-        let spec = with(vm(&name, "A"), "/standby_sites", json!([standby]));
+        // 4 MiB of memory and an 8 MiB disk as sim VMs (4 MiB per GiB), the disk written at about 100 KB/s.
+        let busy = with(with(vm(&name, "A"), "/memory_gib", json!(1.0)), "/disk_gib", json!(2.0));
+        let spec = with(with(busy, "/dirty_rate_mbps", json!(4000.0)), "/standby_sites", json!([standby]));
         let spec = with(spec, "/addresses", json!([format!("10.7.0.{}", k + 10)]));
         let spec = with(spec, "/priority", json!(10 + k));
         vms.push((app.create("/v1/vms", spec).await["id"].as_i64().unwrap(), name, standby));
@@ -69,10 +76,11 @@ fn holds_every_write_before(lost: &Path, recovered: &Path, point: SystemTime, re
     let size = lost.metadata().unwrap().len() as usize;
     assert_eq!(recovered.metadata().unwrap().len() as usize, size);
     let (mut was, mut is) = (vec![0u8; block], vec![0u8; block]);
-    let mut checked = 0;
+    let (mut checked, mut written) = (0, 0);
     for at in (0..size).step_by(block) {
         lost.read_exact_at(&mut was, at as u64).unwrap();
         recovered.read_exact_at(&mut is, at as u64).unwrap();
+        written += usize::from(write_stamp(&was).is_some_and(|t| t + Duration::from_millis(1) < point));
         let before_point = write_stamp(&was).is_none_or(|t| t + Duration::from_millis(1) < point);
         let written_since_restart = write_stamp(&is).is_some_and(|t| t >= restarted);
         if before_point && !written_since_restart {
@@ -81,6 +89,7 @@ fn holds_every_write_before(lost: &Path, recovered: &Path, point: SystemTime, re
         }
     }
     assert!(checked > 0);
+    assert!(written > 0, "the guest wrote nothing before its recovery point: nothing was checked");
 }
 
 fn time(v: &Value) -> SystemTime {
@@ -96,7 +105,7 @@ async fn a_lost_sites_vms_run_at_their_standbys_once_and_its_executor_back_start
     let mut executors = Processes::default();
     let mut how = HashMap::new();
     for site in ["A", "B", "C"] {
-        let h = executor(&app, site, "0.25").await;
+        let h = executor(&app, site, SCALE).await;
         executors.0.push(start(&app, &h, data.path()));
         how.insert(site, h);
     }
@@ -224,7 +233,9 @@ async fn an_evacuation_too_short_to_move_all_live_syncs_the_rest_and_they_recove
     let mut synced_names = Vec::new();
     for k in 0..4 {
         let name = format!("s{k}");
-        let spec = with(with(vm(&name, "A"), "/standby_sites", json!(["B"])), "/priority", json!(10 + k));
+        // Busy guests: their disks are written at about 12 KB/s as sim VMs.
+        let busy = with(vm(&name, "A"), "/dirty_rate_mbps", json!(8000.0));
+        let spec = with(with(busy, "/standby_sites", json!(["B"])), "/priority", json!(10 + k));
         app.create("/v1/vms", spec).await;
         synced_names.push(name);
     }
@@ -240,7 +251,7 @@ async fn an_evacuation_too_short_to_move_all_live_syncs_the_rest_and_they_recove
     };
     app.wait_for("the first syncs", synced, "/v1/vms?site=A").await;
     // The guests write on after their first sync.
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
 
     let ordered_at = SystemTime::now();
     let report = app.post(&format!("/v1/sites/{a}/evacuate"), json!({"deadline_s": 30})).await;
@@ -302,4 +313,122 @@ async fn an_evacuation_too_short_to_move_all_live_syncs_the_rest_and_they_recove
         );
     }
     drop(executors);
+}
+
+/// A TCP proxy to the scheduler that can cut every connection and refuse
+/// new ones (a site cut off by a partition), and heal.
+struct Partition {
+    url: String,
+    cut: Arc<AtomicBool>,
+    open: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl Partition {
+    async fn to(app: &TestApp) -> Partition {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (cut, open) = (Arc::new(AtomicBool::new(false)), Arc::new(Mutex::new(Vec::new())));
+        let (target, accepting, tasks) = (app.addr, cut.clone(), open.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if accepting.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let task = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Partition { url, cut, open }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        self.open.lock().unwrap().drain(..).for_each(|task| task.abort());
+    }
+
+    fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+/// The latest write stamped in the disk image at `path`.
+fn last_write(path: &Path) -> Option<SystemTime> {
+    let disk = std::fs::read(path).unwrap();
+    disk.chunks(BLOCK_PAGES as usize * PAGE).filter_map(write_stamp).max()
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_partitioned_site_stops_its_vms_before_they_restart_elsewhere_and_never_resumes_them(pool: PgPool) {
+    let app = app(pool.clone()).await;
+    let (a, vms) = fleet(&app, 4).await;
+    let data = tempfile::tempdir().unwrap();
+    let partition = Partition::to(&app).await;
+    let mut at_a = executor(&app, "A", SCALE).await;
+    at_a.scheduler = Some(partition.url.clone());
+    let mut executors = Processes::default();
+    executors.0.push(start(&app, &at_a, data.path()));
+    for site in ["B", "C"] {
+        executors.0.push(start(&app, &executor(&app, site, SCALE).await, data.path()));
+    }
+    let synced = |page: &Value| {
+        page["items"].as_array().is_some_and(|vms| vms.iter().all(|v| v["standbys"][0]["synced_at"].is_string()))
+    };
+    app.wait_for("every replica synced", synced, "/v1/vms?site=A").await;
+    let runs_all = |page: &Value| names(&page["items"][0]["running"]).len() == 4;
+    app.wait_for("A's executor runs the four", runs_all, "/v1/executors?site=A").await;
+
+    // A is cut off with its VMs running; the operator declares it lost at once.
+    partition.cut();
+    let failed = app.post(&format!("/v1/sites/{a}/fail"), json!({"reason": "partitioned"})).await;
+    assert_eq!(failed.status, 200, "{}", failed.body);
+    assert!(failed.body["fenced_by"].is_string(), "restarts wait for A's lease: {}", failed.body);
+    let running = |r: &Value| r["vms"].as_array().is_some_and(|v| v.iter().all(|v| v["state"] == "running"));
+    let recovered = app.wait_for("all four run at their standbys", running, &format!("/v1/sites/{a}/recovery")).await;
+    // A's executor paused its guests before any was handed to a standby: no two ever wrote at once.
+    for v in recovered["vms"].as_array().unwrap() {
+        let last = last_write(&data.path().join(format!("A/vms/{}/disk.img", v["vm"].as_str().unwrap())));
+        assert!(last.is_some_and(|last| last < time(&v["started_at"])), "{v}: A wrote on at {last:?}");
+    }
+
+    // The partition heals: A's executor hears its site is down and its VMs restarted elsewhere.
+    partition.heal();
+    let held = |r: &Value| r["vms"].as_array().is_some_and(|v| v.iter().all(|v| v["quarantine"] == "held"));
+    app.wait_for("A quarantines its copies", held, &format!("/v1/sites/{a}/recovery")).await;
+    let back = executor_at(&app, "A").await;
+    assert_eq!(names(&back["running"]), Vec::<String>::new(), "{back}");
+    for v in recovered["vms"].as_array().unwrap() {
+        let aside = data.path().join(format!("A/quarantine/{}-{}/disk.img", v["vm"].as_str().unwrap(), v["id"]));
+        assert!(last_write(&aside).is_some_and(|last| last < time(&v["started_at"])), "{v}: never resumed");
+    }
+    assert_eq!(vms.len(), 4);
+    drop(executors);
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_site_whose_executors_fall_silent_is_shown_silent_until_it_is_failed(pool: PgPool) {
+    let planner = PlannerConfig { site_silent_after_s: 1.0, ..PlannerConfig::default() };
+    let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
+    let a = site_at(&app, "A", "active").await;
+    site_at(&app, "B", "active").await;
+    let token = app.token(heliotrope_api_spec::Role::Executor).await;
+    let body = json!({"site": "A", "address": "127.0.0.1:7071", "driver": "sim", "capacity": 1});
+    let registered = app.send(reqwest::Method::POST, "/v1/executors/register", Some(&token), Some(&body)).await;
+    assert_eq!(registered.status, 200, "{}", registered.body);
+    let silent = |name: &str, overview: &Value| {
+        overview["sites"].as_array().unwrap().iter().find(|s| s["name"] == name).unwrap()["silent_since"].clone()
+    };
+    let now = app.get("/v1/overview").await.body;
+    assert!(silent("A", &now).is_null() && silent("B", &now).is_null(), "{now}");
+    // Not heard for longer than a second: A may be lost. B has no executor: nothing to tell.
+    let quiet = |overview: &Value| silent("A", overview).is_string();
+    let overview = app.wait_for("A shown silent", quiet, "/v1/overview").await;
+    assert_eq!(silent("A", &overview), registered.body["last_heartbeat"], "{overview}");
+    assert!(silent("B", &overview).is_null());
+    // The operator confirms: A is down, no longer merely silent.
+    assert_eq!(app.post(&format!("/v1/sites/{a}/fail"), json!({})).await.status, 200);
+    assert!(silent("A", &app.get("/v1/overview").await.body).is_null());
 }

@@ -2,10 +2,12 @@
 //!
 //! - Fencing: while its site is down, or once it has not reached the
 //!   scheduler for `EXECUTOR_LEASE_S - EXECUTOR_FENCE_MARGIN_S` seconds,
-//!   the executor holds every VM here paused and starts none, so that the
-//!   scheduler may restart them elsewhere once its lease has run out. It
-//!   lets them run again only when the scheduler says its site is up, and
-//!   never those restarted elsewhere meanwhile.
+//!   the executor holds paused every VM here that could be restarted
+//!   elsewhere (its replica has completed a sync: the others have no other
+//!   copy and run on), and starts none, so that the scheduler may restart
+//!   them elsewhere once its lease has run out. It lets them run again
+//!   only when the scheduler says its site is up, and never those
+//!   restarted elsewhere meanwhile.
 //! - Restarts: at a standby, a lost site's VM boots on its replica, as
 //!   after a power cut: a `sim` VM's replica becomes its disk and its
 //!   memory is that of a fresh boot; a `qemu` VM's disks are made from
@@ -79,6 +81,11 @@ impl Disaster {
         *last = (*last).max(sent);
     }
 
+    /// Whether the fence paused VM `vm`.
+    pub(super) fn paused(&self, vm: &str) -> bool {
+        lock(&self.paused).contains(vm)
+    }
+
     pub(super) fn holdings(&self) -> Vec<QuarantineHolding> {
         lock(&self.holdings).clone()
     }
@@ -96,8 +103,10 @@ impl Worker {
         }
     }
 
-    /// Pauses every VM here that runs, and starts none until [`Worker::unfence`].
+    /// Pauses every VM here that runs and could be restarted elsewhere, and
+    /// starts none until [`Worker::unfence`].
     async fn fence(&self, why: &str) {
+        let recoverable = self.replication.recoverable();
         let newly = {
             let mut fenced = lock(&self.disaster.fenced);
             let newly = fenced.is_none();
@@ -106,13 +115,17 @@ impl Worker {
             }
             newly
         };
-        for (name, vm) in lock(&self.running).iter() {
+        for (name, vm) in lock(&self.running).iter().filter(|(name, _)| recoverable.contains(*name)) {
             if !vm.is_paused() {
                 vm.pause();
                 lock(&self.disaster.paused).insert(name.clone());
             }
         }
-        let machines: Vec<_> = lock(&self.machines).iter().map(|(n, m)| (n.clone(), m.clone())).collect();
+        let machines: Vec<_> = lock(&self.machines)
+            .iter()
+            .filter(|(name, _)| recoverable.contains(*name))
+            .map(|(n, m)| (n.clone(), m.clone()))
+            .collect();
         for (name, machine) in machines {
             match migrate::pause(&machine).await {
                 Ok(true) => {
@@ -123,7 +136,7 @@ impl Worker {
             }
         }
         if newly {
-            tracing::warn!(why, "fenced: every VM here stays paused");
+            tracing::warn!(why, "fenced: the VMs here that could restart elsewhere stay paused");
         }
     }
 

@@ -70,6 +70,16 @@ impl Replication {
         Some(link.start_migration(cap.unwrap_or(usable).min(usable)))
     }
 
+    /// The VMs replicated from here whose replica has completed a sync:
+    /// those the scheduler may restart elsewhere if this site is lost.
+    pub(super) fn recoverable(&self) -> HashSet<String> {
+        lock(&self.outgoing)
+            .values()
+            .filter(|o| o.replicating.freshness().synced.at.is_some())
+            .map(|o| o.vm.clone())
+            .collect()
+    }
+
     /// The page hashes VM `vm`'s replica at `site` holds, as of its last sync.
     pub(super) fn held(&self, vm: &str, site: &str) -> Option<Arc<Vec<Hash>>> {
         lock(&self.outgoing).values().find(|o| o.vm == vm && o.standby == site).and_then(|o| o.replicating.held())
@@ -171,8 +181,7 @@ impl Worker {
     fn running_now(&self) -> Vec<String> {
         let sim =
             lock(&self.running).iter().filter(|(_, vm)| !vm.is_paused()).map(|(n, _)| n.clone()).collect::<Vec<_>>();
-        let fenced = self.disaster.is_fenced();
-        let qemu = lock(&self.machines).keys().filter(|_| !fenced).cloned().collect::<Vec<_>>();
+        let qemu = lock(&self.machines).keys().filter(|n| !self.disaster.paused(n)).cloned().collect::<Vec<_>>();
         sim.into_iter().chain(qemu).collect()
     }
 

@@ -147,6 +147,16 @@ pub async fn owned(db: impl sqlx::PgExecutor<'_>, id: i64, token_id: i64) -> Res
     site.ok_or_else(|| StoreError::NotFound(format!("executor {id} of this token")))
 }
 
+/// When each site's executors were last heard from, by site id (sites with an executor that was).
+pub async fn last_heard_by_site(pool: &PgPool) -> Result<std::collections::HashMap<i64, DateTime<Utc>>> {
+    let rows: Vec<(i64, DateTime<Utc>)> = sqlx::query_as(
+        "select site_id, max(last_heartbeat) from executor where last_heartbeat is not null group by site_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().collect())
+}
+
 /// Records what an executor said with its replication report: it is
 /// online, runs `running` (if it said), and holds its VMs stopped or not.
 pub(super) async fn heard(pool: &PgPool, id: i64, running: Option<&[String]>, fenced: bool) -> Result<()> {

@@ -109,10 +109,11 @@ async fn heard(db: impl sqlx::PgExecutor<'_>, site_id: i64) -> Result<Vec<Heard>
     Ok(rows.into_iter().map(|r| Heard { last: r.last_heartbeat, fenced_since: r.fenced_since }).collect())
 }
 
-/// Site `site_id`'s last failure and what became of each of its VMs.
+/// Site `site_id`'s last failure and what became of each of its VMs (also
+/// once it is back: the copies it holds wait for an operator's word).
 pub async fn for_site(pool: &PgPool, site_id: i64) -> Result<SiteRecovery> {
     let site = site(pool, site_id, false).await?;
-    let Some(down_at) = site.down_at.filter(|_| site.state == "down") else {
+    let Some(down_at) = site.down_at else {
         return Ok(SiteRecovery {
             site: site.name,
             failed_at: None,
@@ -130,7 +131,10 @@ pub async fn for_site(pool: &PgPool, site_id: i64) -> Result<SiteRecovery> {
     .fetch_all(pool)
     .await?;
     let vms = rows.into_iter().map(VmRecovery::try_from).collect::<std::result::Result<_, _>>()?;
-    let fenced_by = recovery::fenced_by(down_at, &heard(pool, site_id).await?).filter(|&at| at > Utc::now());
+    let fenced_by = match site.state.as_str() {
+        "down" => recovery::fenced_by(down_at, &heard(pool, site_id).await?).filter(|&at| at > Utc::now()),
+        _ => None,
+    };
     Ok(SiteRecovery {
         site: site.name,
         failed_at: Some(down_at),

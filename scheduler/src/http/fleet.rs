@@ -20,7 +20,8 @@ pub fn router() -> Router<AppState> {
 /// end, its current carbon and price, and whether its feed is stale.
 #[utoipa::path(get, path = "/v1/overview", tag = "fleet", responses((status = 200, body = Overview), ErrorResponses))]
 pub async fn get_overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
-    Ok(Json(fleet::overview(&state.pool, state.clock.now()).await?))
+    let silent_after = chrono::Duration::milliseconds((state.planner.site_silent_after_s * 1000.0) as i64);
+    Ok(Json(fleet::overview(&state.pool, state.clock.now(), silent_after).await?))
 }
 
 /// What the migrations that finished in the last `days` saved per UTC day,
