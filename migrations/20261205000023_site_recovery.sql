@@ -46,3 +46,28 @@ alter table standby add column final_sync_after timestamptz;
 -- A protected VM's standbys keep room for it (plans leave it free), so
 -- that it can always restart there.
 alter table vm add column protected boolean not null default false;
+
+-- A lost site's VM, handed to its standby (its record moved there) and
+-- then running or failed: `recovered` news for the event stream, naming
+-- the recovery point and the data known lost. Payloads stay well under
+-- NOTIFY's 8000 bytes.
+create function notify_recovered() returns trigger as $$
+begin
+    perform pg_notify('heliotrope_events', json_build_object(
+        'kind', 'recovered',
+        'recovery', new.recovery_id,
+        'vm', (select name from vm where vm_id = new.vm_id),
+        'from', (select name from site where site_id = new.from_site_id),
+        'to', (select name from site where site_id = new.to_site_id),
+        'state', new.state,
+        'at', now(),
+        'recovery_point', new.recovery_point,
+        'lost_bytes', new.lost_bytes,
+        'detail', left(new.detail, 1000))::text);
+    return null;
+end;
+$$ language plpgsql;
+
+create trigger recovery_notify after update of state on recovery
+    for each row when (old.state is distinct from new.state and new.state in ('starting', 'running', 'failed'))
+    execute function notify_recovered();

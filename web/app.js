@@ -541,6 +541,12 @@ function follow() {
     const news = JSON.parse(e.data);
     update(news.migration, { state: news.state, progress: news.report });
   });
+  // A lost site's VM moved to its standby, or runs there: the recovery shown (and the map) follow.
+  events.addEventListener("recovered", (e) => {
+    const news = JSON.parse(e.data);
+    if (!redraw) redraw = setTimeout(() => { redraw = null; refresh().catch(fail); }, 500);
+    if ($("fail-site").value === news.from) drawRecovery().catch(fail);
+  });
 }
 
 // ---- savings -------------------------------------------------------------

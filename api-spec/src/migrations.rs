@@ -372,21 +372,23 @@ pub struct ExecutorParam {
 }
 
 /// What `GET /v1/events` streams (server-sent events; the SSE `event`
-/// field is `kind`): a migration's change of state, or its source's
-/// latest progress report.
+/// field is `kind`): a migration's change of state, its source's latest
+/// progress report, or a lost site's VM recovered at a standby.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MigrationNews {
     State(StateChange),
     Progress(ProgressNews),
+    Recovered(RecoveredNews),
 }
 
 impl MigrationNews {
-    /// The migration it is about.
-    pub fn migration(&self) -> i64 {
+    /// The migration it is about (none for a recovery).
+    pub fn migration(&self) -> Option<i64> {
         match self {
-            MigrationNews::State(change) => change.migration,
-            MigrationNews::Progress(news) => news.migration,
+            MigrationNews::State(change) => Some(change.migration),
+            MigrationNews::Progress(news) => Some(news.migration),
+            MigrationNews::Recovered(_) => None,
         }
     }
 
@@ -395,8 +397,26 @@ impl MigrationNews {
         match self {
             MigrationNews::State(_) => "state",
             MigrationNews::Progress(_) => "progress",
+            MigrationNews::Recovered(_) => "recovered",
         }
     }
+}
+
+/// A lost site's VM handed to its standby's executor (`starting`: its
+/// record is at the standby now), then running there or failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecoveredNews {
+    pub recovery: i64,
+    pub vm: String,
+    pub from: String,
+    pub to: Option<String>,
+    pub state: crate::RecoveryState,
+    pub at: DateTime<Utc>,
+    /// The replica's last sync: it holds every write made before.
+    pub recovery_point: Option<DateTime<Utc>>,
+    /// Bytes written since, as last reported.
+    pub lost_bytes: Option<u64>,
+    pub detail: String,
 }
 
 /// A migration moved from one state to another, or logged something while

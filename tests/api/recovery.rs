@@ -125,6 +125,7 @@ async fn a_lost_sites_vms_run_at_their_standbys_once_and_its_executor_back_start
     app.wait_for("A's executor runs the ten", runs_all, "/v1/executors?site=A").await;
 
     // The site is lost with its executor.
+    let mut news = app.events("/v1/events").await;
     executors.0[0].kill().unwrap();
     executors.0[0].wait().unwrap();
     let failed_at = Instant::now();
@@ -168,6 +169,18 @@ async fn a_lost_sites_vms_run_at_their_standbys_once_and_its_executor_back_start
         let runs = |page: &Value| names(&page["items"][0]["running"]) == *expected;
         app.wait_for("the standby reports what it restarted", runs, &format!("/v1/executors?site={site}")).await;
     }
+    // The event stream told each VM's move to its standby, then that it runs there.
+    let mut told: HashMap<String, Vec<String>> = HashMap::new();
+    while told.values().filter(|states| states.ends_with(&["running".to_owned()])).count() < 10 {
+        let (kind, event) = news.next().await;
+        if kind == "recovered" {
+            assert!(event["recovery_point"].is_string() && event["lost_bytes"].is_u64(), "{event}");
+            told.entry(event["vm"].as_str().unwrap().to_owned())
+                .or_default()
+                .push(event["state"].as_str().unwrap().into());
+        }
+    }
+    assert!(told.values().all(|states| states == &["starting", "running"]), "{told:?}");
     // Each from its replica, holding every write made before its recovery point.
     for v in recovered["vms"].as_array().unwrap() {
         let name = v["vm"].as_str().unwrap();

@@ -31,7 +31,10 @@ pub fn router() -> Router<AppState> {
 /// Stream migration news (server-sent events, never ending): `state`
 /// events with each entry of a migration's log (a change of state, a cap
 /// change, a network step with its report), `progress` events with each
-/// progress report from its source, and `lagged` (`{"missed": n}`) when
+/// progress report from its source, `recovered` events as a lost site's VM
+/// is handed to its standby (its record moves there), then runs there or
+/// fails, with its recovery point and the data known lost (not sent when
+/// `migration` filters the stream), and `lagged` (`{"missed": n}`) when
 /// this client fell too far behind. A comment line every 15 s keeps the
 /// connection open.
 #[utoipa::path(get, path = "/v1/events", tag = "migrations", params(NewsFilter),
@@ -52,7 +55,7 @@ pub async fn stream_events(
     let news = BroadcastStream::new(state.news.subscribe())
         .filter(move |item| {
             let wanted = match (item, filter.migration) {
-                (Ok(news), Some(id)) => news.migration() == id,
+                (Ok(news), Some(id)) => news.migration() == Some(id),
                 _ => true,
             };
             std::future::ready(wanted)
