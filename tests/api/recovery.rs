@@ -92,6 +92,23 @@ fn holds_every_write_before(lost: &Path, recovered: &Path, point: SystemTime, re
     assert!(written > 0, "the guest wrote nothing before its recovery point: nothing was checked");
 }
 
+/// An SDN controller that acknowledges every move it is told, and keeps what it was told.
+async fn sdn_controller() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let told: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let keep = told.clone();
+    let router = axum::Router::new().route(
+        "/moves",
+        axum::routing::post(move |axum::Json(notice): axum::Json<Value>| async move {
+            keep.lock().unwrap().push(notice);
+            axum::http::StatusCode::NO_CONTENT
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/moves", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, told)
+}
+
 fn time(v: &Value) -> SystemTime {
     let at: chrono::DateTime<chrono::Utc> = serde_json::from_value(v.clone()).unwrap();
     at.into()
@@ -103,9 +120,11 @@ async fn a_lost_sites_vms_run_at_their_standbys_once_and_its_executor_back_start
     let (a, vms) = fleet(&app, 10).await;
     let data = tempfile::tempdir().unwrap();
     let mut executors = Processes::default();
+    let (controller, notices) = sdn_controller().await;
     let mut how = HashMap::new();
     for site in ["A", "B", "C"] {
-        let h = executor(&app, site, SCALE).await;
+        let mut h = executor(&app, site, SCALE).await;
+        h.flags = ["--network", "webhook", "--network-webhook", &controller].map(String::from).to_vec();
         executors.0.push(start(&app, &h, data.path()));
         how.insert(site, h);
     }
@@ -181,6 +200,21 @@ async fn a_lost_sites_vms_run_at_their_standbys_once_and_its_executor_back_start
         }
     }
     assert!(told.values().all(|states| states == &["starting", "running"]), "{told:?}");
+    // Each VM's address was taken over at its standby: the SDN controller was told.
+    let notices = notices.lock().unwrap().clone();
+    assert_eq!(notices.len(), 10, "{notices:?}");
+    for (id, name, standby) in &vms {
+        let notice = notices.iter().find(|n| n["vm"] == *name.as_str()).unwrap();
+        let recovery = recovered["vms"].as_array().unwrap().iter().find(|v| v["vm"] == *name.as_str()).unwrap();
+        assert_eq!(
+            (&notice["from"], &notice["to"], &notice["recovery"]),
+            (&json!("A"), &json!(standby), &recovery["id"])
+        );
+        let address = app.get(&format!("/v1/vms/{id}")).await.body["addresses"].clone();
+        assert_eq!(notice["addresses"], address, "{notice}");
+        assert!(notice.get("migration").is_none(), "{notice}");
+        assert!(recovery["detail"].as_str().unwrap().contains("the SDN controller acknowledged"), "{recovery}");
+    }
     // Each from its replica, holding every write made before its recovery point.
     for v in recovered["vms"].as_array().unwrap() {
         let name = v["vm"].as_str().unwrap();
