@@ -52,8 +52,9 @@ pub struct RunArgs {
     /// Where VMs, received images, replicas and the chunk index live.
     #[arg(long)]
     pub data_dir: PathBuf,
-    /// Stop, as on SIGTERM, when process PID (this one's parent: a supervisor such as
-    /// `heliotrope demo`) ends, however it ends.
+    /// Exit at once (the kernel kills it) when process PID (this one's parent: a supervisor
+    /// such as `heliotrope demo`) ends, however it ends; its work is crash-safe, and a
+    /// supervisor that stops normally sends SIGTERM first.
     #[arg(long, value_name = "PID")]
     pub exit_with_parent: Option<i32>,
     /// Bound on what the chunk index holds (replicas, images, the memory
@@ -247,10 +248,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
 }
 
-/// Asks the kernel for SIGTERM when the parent ends (it ended already if
+/// Asks the kernel to kill this process when the parent ends (it ended already if
 /// this process's parent is no longer `parent`: then stop at once).
 fn exit_with_parent(parent: i32) -> anyhow::Result<()> {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).context("asking for a parent-death signal")?;
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).context("asking for a parent-death signal")?;
     anyhow::ensure!(
         nix::unistd::getppid().as_raw() == parent,
         "the parent process {parent} has already ended (--exit-with-parent)"
@@ -336,6 +337,12 @@ impl Worker {
     /// The running sim VM `name`, booted from its images here, or made
     /// from `spec`'s sizes (content and guest seeded by `seed`) if it has none.
     fn sim_vm(&self, name: &str, spec: &AssignedVm, seed: u64) -> anyhow::Result<Arc<SimVm>> {
+        // Off the runtime's workers, waiting included: were every worker to wait here for another
+        // boot, nothing would drive the runtime's timers, sockets and signals (SIGTERM) meanwhile.
+        tokio::task::block_in_place(|| self.boot_sim_vm(name, spec, seed))
+    }
+
+    fn boot_sim_vm(&self, name: &str, spec: &AssignedVm, seed: u64) -> anyhow::Result<Arc<SimVm>> {
         // One boot at a time: a migration's claim and the replication loop may both ask for the same VM.
         let _booting = self.booting.lock().unwrap_or_else(|e| e.into_inner());
         anyhow::ensure!(!self.disaster.is_fenced(), "this site is fenced: no VM starts or resumes here");
@@ -347,11 +354,8 @@ impl Worker {
         let images = if dir.join(MEMORY_IMAGE).exists() {
             SimImages { memory: dir.join(MEMORY_IMAGE), disk: dir.join(DISK_IMAGE) }
         } else {
-            // Writing the images takes a while: the runtime's other work (the lease) goes on meanwhile.
-            tokio::task::block_in_place(|| {
-                let (memory, disk) = (self.sim_bytes(spec.memory_gib), self.sim_bytes(spec.disk_gib));
-                generate(&dir, memory as usize, disk as usize, &ContentMix::default(), 1, seed)
-            })?
+            let (memory, disk) = (self.sim_bytes(spec.memory_gib), self.sim_bytes(spec.disk_gib));
+            generate(&dir, memory as usize, disk as usize, &ContentMix::default(), 1, seed)?
         };
         let dirty = spec.dirty_rate_mbps * 1e6 / 8.0 * scale / 1024.0;
         let workload = Workload { memory_bytes_per_s: dirty, disk_bytes_per_s: dirty / 20.0, seed };

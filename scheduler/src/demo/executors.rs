@@ -4,8 +4,8 @@
 //!
 //! Their data lives in the demo's state (`demo::state`), so that a
 //! restarted demo finds its VMs and recovers the migrations it left under
-//! way. They die with the demo, however it ends: stopped by it, or sent
-//! SIGTERM by the kernel when it dies (`--exit-with-parent`, a
+//! way. They die with the demo, however it ends: stopped by it (SIGTERM),
+//! or killed by the kernel when it dies (`--exit-with-parent`, a
 //! parent-death signal).
 
 use std::path::{Path, PathBuf};
