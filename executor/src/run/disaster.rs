@@ -28,22 +28,18 @@ use heliotrope_api_spec::{
     EXECUTOR_FENCE_MARGIN_S, EXECUTOR_LEASE_S,
 };
 use heliotrope_executor::content::PAGE;
-use heliotrope_executor::network::{timed, NetworkMove};
+use heliotrope_executor::network::NetworkMove;
 use heliotrope_executor::precopy::{DISK_IMAGE, MEMORY_IMAGE};
 use heliotrope_executor::qemu::export::layout;
 use heliotrope_executor::qemu::machine::{disk_from_replica, Machine};
 use heliotrope_executor::qemu::migrate;
 use heliotrope_executor::sim::{boot_memory, ContentMix};
 
-use super::{DriverArg, Worker};
+use super::{lock, DriverArg, Worker};
 
 /// How long after its last word reached the scheduler (counted from when
 /// it was sent) an executor holds its VMs paused on its own.
 const SELF_FENCE_AFTER: Duration = Duration::from_secs(EXECUTOR_LEASE_S - EXECUTOR_FENCE_MARGIN_S);
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 pub(super) struct Disaster {
     /// Why every VM here is held paused (none: they run).
@@ -211,7 +207,7 @@ impl Worker {
             Driver::Sim => self.restart_sim(r).await?,
             Driver::Qemu => self.restart_qemu(r).await?,
         };
-        let network = match timed(self.network.take_over(&taken)).await.outcome {
+        let network = match self.network.take_over(&taken).await {
             Ok(Some(did)) => format!("network ({:?}): {did}", self.network.driver()),
             Ok(None) => format!("network ({:?}): nothing to do", self.network.driver()),
             Err(e) => format!("network ({:?}) failed: {e}", self.network.driver()),

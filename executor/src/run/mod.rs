@@ -661,6 +661,11 @@ fn sim_report(p: &Progress, scale: f64) -> ProgressReport {
     }
 }
 
+/// A mutex's guard, whether or not a panicking holder poisoned it (the data stays usable).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// A task that stops when this is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 

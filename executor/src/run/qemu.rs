@@ -26,7 +26,7 @@ use heliotrope_executor::tls;
 use heliotrope_executor::tunnel::nbd::Held;
 use heliotrope_executor::tunnel::{Carrying, Forwarder, Peer, TunnelCounters, MIGRATION, NBD, PROBE};
 
-use super::{decode_hex, Confirmed, MemoryRelay, Worker};
+use super::{decode_hex, lock, Confirmed, MemoryRelay, Worker};
 
 /// QEMU VMs an executor runs, by VM name.
 pub(super) type Machines = Mutex<HashMap<String, Arc<Machine>>>;
@@ -36,10 +36,6 @@ const MULTIFD_CHANNELS: u8 = 2;
 
 fn spec_of(a: &Assignment) -> anyhow::Result<QemuSpec> {
     serde_json::from_value(a.vm.driver_spec.clone()).context("the VM's driver_spec is not a qemu spec")
-}
-
-fn lock(machines: &Machines) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Machine>>> {
-    machines.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Worker {

@@ -28,7 +28,7 @@ use heliotrope_executor::source::{SendOptions, Session};
 use heliotrope_executor::tls;
 use heliotrope_executor::wire::ImageKind;
 
-use super::{decode_hex, Worker};
+use super::{decode_hex, lock, Worker};
 
 /// How often the executor reports and hears its replication plan.
 const PLAN_EVERY: Duration = Duration::from_secs(5);
@@ -54,10 +54,6 @@ struct Outgoing {
     final_sync: Option<chrono::DateTime<chrono::Utc>>,
     /// A `qemu` VM's recorded writes, and their bytes as last counted.
     recorded: Option<(Arc<tokio::sync::Mutex<Recorded>>, Arc<AtomicU64>)>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Replication {

@@ -242,9 +242,8 @@ pub async fn fail_site(
     let placed = recovery::place(&input, &mut rooms, |id| names.get(&id).cloned().unwrap_or_default());
     if failure.dry_run {
         tx.rollback().await?;
-        let vms =
-            stranded.iter().zip(&placed).map(|(v, p)| predicted(v, p, &site.name, &names, now)).collect::<Vec<_>>();
-        let mut vms = vms;
+        let mut vms: Vec<VmRecovery> =
+            stranded.iter().zip(&placed).map(|(v, p)| predicted(v, p, &site.name, &names, now)).collect();
         vms.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| a.vm.cmp(&b.vm)));
         return Ok(SiteRecovery {
             site: site.name,
@@ -361,6 +360,7 @@ struct RestartRow {
     vm: String,
     from_site: String,
     recovery_point: Option<DateTime<Utc>>,
+    addresses: Vec<String>,
     #[sqlx(flatten)]
     spec: VmRow,
 }
@@ -428,6 +428,7 @@ pub(super) async fn restarts_for(pool: &PgPool, executor_id: i64, site_id: i64) 
     }
     let rows: Vec<RestartRow> = sqlx::query_as(
         "select r.recovery_id, r.vm_id, v.name as vm, f.name as from_site, r.recovery_point, \
+           array(select a.address from vm_address a where a.vm_id = v.vm_id order by a.position) as addresses, \
            v.memory_gib, v.disk_gib, v.dirty_rate_mbps, v.max_downtime_ms, v.driver, v.driver_spec \
          from recovery r join vm v on v.vm_id = r.vm_id join site f on f.site_id = r.from_site_id \
          where r.state = 'starting' and r.executor_id = $1 order by r.priority desc, r.recovery_id",
@@ -435,23 +436,19 @@ pub(super) async fn restarts_for(pool: &PgPool, executor_id: i64, site_id: i64) 
     .bind(executor_id)
     .fetch_all(pool)
     .await?;
-    let mut restarts = Vec::with_capacity(rows.len());
-    for r in rows {
-        let addresses: Vec<String> =
-            sqlx::query_scalar("select address from vm_address where vm_id = $1 order by position")
-                .bind(r.vm_id)
-                .fetch_all(pool)
-                .await?;
-        restarts.push(Restart {
-            recovery: r.recovery_id,
-            vm: r.vm,
-            vm_spec: r.spec.assigned(addresses)?,
-            from: r.from_site,
-            replica: replica_name(r.vm_id),
-            recovery_point: r.recovery_point,
-        });
-    }
-    Ok(restarts)
+    rows.into_iter()
+        .map(|r| {
+            Ok(Restart {
+                recovery: r.recovery_id,
+                vm: r.vm,
+                vm_spec: r.spec.assigned(r.addresses)?,
+                from: r.from_site,
+                replica: replica_name(r.vm_id),
+                recovery_point: r.recovery_point,
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(Into::into)
 }
 
 /// Records how executor `executor_id` (of this token) says restart `id`
