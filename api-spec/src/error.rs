@@ -21,6 +21,10 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 409: a unique name is taken, or the resource is still in use.
     Conflict,
+    /// 409: a migration's destination confirmed it `done` before it reached
+    /// `cutover` (its source has not reported its cutover yet, or the
+    /// migration is recovering or ended otherwise); the message says its state.
+    NotInCutover,
     /// 413: the body is larger than the server accepts.
     PayloadTooLarge,
     /// 415: the body is not `application/json`.

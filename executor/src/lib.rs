@@ -14,8 +14,10 @@
 //! caching at standby sites), [`network`] (the VM's addresses follow it
 //! to the new site: network continuity after the cutover), [`qemu`] (the
 //! `qemu` driver, with [`tunnel`] carrying its streams and [`ram_image`]
-//! the memory a site keeps of the VMs that left or arrived).
+//! the memory a site keeps of the VMs that left or arrived), and
+//! [`client`] (the scheduler's dispatch API, typed, as executors speak to it).
 
+pub mod client;
 pub mod content;
 pub mod destination;
 pub mod index;
@@ -32,3 +34,11 @@ pub mod tls;
 pub mod transfer;
 pub mod tunnel;
 pub mod wire;
+
+use std::sync::{Mutex, MutexGuard};
+
+/// A mutex's guard, whether or not a panicking holder poisoned it (the
+/// data stays usable): the one way the executor takes its locks.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use crate::content::PAGE;
+use crate::lock;
 
 /// The pages one migration of a VM carried, being written.
 #[derive(Debug)]
@@ -58,7 +59,7 @@ impl RamImage {
     }
 
     fn block(&self, block: &str) -> io::Result<Arc<File>> {
-        let mut blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut blocks = lock(&self.blocks);
         if let Some(file) = blocks.get(block) {
             return Ok(file.clone());
         }
@@ -99,7 +100,7 @@ impl RamImage {
 
     /// Runs `write` unless one failed before; a failure is kept for [`RamImage::files`].
     fn keep_going(&self, write: impl FnOnce() -> io::Result<()>) {
-        let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+        let mut failed = lock(&self.failed);
         if failed.is_none() {
             if let Err(e) = write() {
                 tracing::warn!(error = %e, dir = %self.dir.display(), "a memory image stops being written");
@@ -110,10 +111,10 @@ impl RamImage {
 
     /// The files written, one per block; the first write's error if one failed.
     pub fn files(&self) -> io::Result<Vec<PathBuf>> {
-        if let Some(e) = &*self.failed.lock().unwrap_or_else(|e| e.into_inner()) {
+        if let Some(e) = &*lock(&self.failed) {
             return Err(io::Error::new(e.kind(), e.to_string()));
         }
-        let blocks = self.blocks.lock().unwrap_or_else(|e| e.into_inner());
+        let blocks = lock(&self.blocks);
         let mut files: Vec<PathBuf> = blocks.keys().map(|b| self.dir.join(file_name(b))).collect();
         files.sort();
         Ok(files)

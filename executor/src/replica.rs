@@ -19,6 +19,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::content::{zero_page_hash, Hash, ImageFile, PageSource, PAGE};
+use crate::lock;
 use crate::sim::{SimVm, WriteLog};
 use crate::source::Session;
 use crate::transfer::TransferError;
@@ -144,7 +145,7 @@ impl Replicating {
 
     /// The page hashes the standby holds, as of the last completed sync.
     pub fn held(&self) -> Option<Arc<Vec<Hash>>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.held).clone()
     }
 
     /// Syncs at once (after the sync under way, if any), not at the next interval.
@@ -226,12 +227,12 @@ where
                     match outcome {
                         Ok(bytes) => {
                             let hashes = done.hashes().map(|h| Arc::new(h.to_vec()));
-                            *task_held.lock().unwrap_or_else(|e| e.into_inner()) = hashes;
+                            *lock(&task_held) = hashes;
                             synced.send_modify(|s| *s = Synced { count: s.count + 1, at: Some(began), bytes });
                         }
                         // The replica forgot its last sync: the next one offers every page.
                         Err(e) => {
-                            *task_held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                            *lock(&task_held) = None;
                             tracing::warn!(replica = %name, error = %e, "a replica sync failed");
                         }
                     }

@@ -9,6 +9,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::lock;
+
 /// A token bucket; `None` for a rate means unshaped.
 pub struct Shaper {
     bucket: Mutex<Bucket>,
@@ -31,13 +33,13 @@ impl Shaper {
 
     /// Changes the rate from now on.
     pub fn set_rate(&self, bytes_per_s: Option<f64>) {
-        let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+        let mut b = lock(&self.bucket);
         b.refill();
         b.rate = bytes_per_s;
     }
 
     pub fn rate(&self) -> Option<f64> {
-        self.bucket.lock().unwrap_or_else(|e| e.into_inner()).rate
+        lock(&self.bucket).rate
     }
 
     /// Takes `bytes`, waiting as long as the rate asks (while it is zero,
@@ -48,7 +50,7 @@ impl Shaper {
         let mut owed = Some(bytes);
         loop {
             let wait = {
-                let mut b = self.bucket.lock().unwrap_or_else(|e| e.into_inner());
+                let mut b = lock(&self.bucket);
                 b.refill();
                 match b.rate {
                     None => return,
@@ -122,7 +124,7 @@ impl Link {
 
     /// Starts a migration at `cap` bytes/s: replication yields to it at once.
     pub fn start_migration(self: &Arc<Self>, cap: f64) -> MigrationSlot {
-        let mut migrations = self.migrations.lock().unwrap_or_else(|e| e.into_inner());
+        let mut migrations = lock(&self.migrations);
         let id = migrations.iter().map(|&(id, _)| id + 1).max().unwrap_or(0);
         migrations.push((id, cap));
         drop(migrations);
@@ -131,7 +133,7 @@ impl Link {
     }
 
     fn rebalance(&self) {
-        let taken: f64 = self.migrations.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|&(_, cap)| cap).sum();
+        let taken: f64 = lock(&self.migrations).iter().map(|&(_, cap)| cap).sum();
         let left = self.usable - taken;
         let rate = if self.final_sync.load(std::sync::atomic::Ordering::Relaxed) {
             // Shared with the migrations through the link's own bucket.
@@ -171,7 +173,7 @@ impl MigrationSlot {
     pub fn set_cap(&self, cap: f64) {
         let cap = cap.min(self.link.usable);
         self.cap.set_rate(Some(cap));
-        let mut migrations = self.link.migrations.lock().unwrap_or_else(|e| e.into_inner());
+        let mut migrations = lock(&self.link.migrations);
         if let Some(entry) = migrations.iter_mut().find(|(id, _)| *id == self.id) {
             entry.1 = cap;
         }
@@ -182,7 +184,7 @@ impl MigrationSlot {
 
 impl Drop for MigrationSlot {
     fn drop(&mut self) {
-        self.link.migrations.lock().unwrap_or_else(|e| e.into_inner()).retain(|&(id, _)| id != self.id);
+        lock(&self.link.migrations).retain(|&(id, _)| id != self.id);
         self.link.rebalance();
     }
 }

@@ -36,6 +36,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 
 use crate::content::{PageSource, PAGE};
+use crate::lock;
 
 /// How the driver names itself wherever a VM is shown: the bytes are real, the guest is not.
 pub const DRIVER: &str = "sim";
@@ -233,7 +234,7 @@ impl SimVm {
             loop {
                 tokio::time::sleep(TICK).await;
                 let now = Instant::now();
-                let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let mut s = lock(&shared);
                 let elapsed = now.duration_since(last).as_secs_f64();
                 last = now;
                 if s.paused {
@@ -272,7 +273,7 @@ impl SimVm {
     }
 
     fn lock(&self) -> MutexGuard<'_, GuestState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// Memory pages written since the last take; the log starts afresh.
@@ -359,7 +360,7 @@ pub struct WriteLog {
 
 impl WriteLog {
     fn with<T>(&self, f: impl FnOnce(&mut Vec<bool>) -> T) -> T {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut s = lock(&self.state);
         f(s.write_logs[self.id].as_mut().expect("an open log"))
     }
 
@@ -385,7 +386,7 @@ impl WriteLog {
 
 impl Drop for WriteLog {
     fn drop(&mut self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).write_logs[self.id] = None;
+        lock(&self.state).write_logs[self.id] = None;
     }
 }
 

@@ -17,6 +17,7 @@ use heliotrope_api_spec::SavedBytes;
 use serde::Serialize;
 
 use crate::content::PAGE;
+use crate::lock;
 use crate::wire::{Origin, WireError};
 
 /// Pages offered per batch.
@@ -152,7 +153,7 @@ impl Tally {
 
     /// Applies `change` and reports the result.
     pub(crate) fn update(&self, change: impl FnOnce(&mut Progress)) {
-        let mut p = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut p = lock(&self.state);
         change(&mut p);
         p.elapsed_s = self.started.elapsed().as_secs_f64();
         p.saved = p.counters.savings();
@@ -168,7 +169,7 @@ impl Tally {
     }
 
     pub(crate) fn progress(&self) -> Progress {
-        *self.state.lock().unwrap_or_else(|e| e.into_inner())
+        *lock(&self.state)
     }
 }
 

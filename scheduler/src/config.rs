@@ -1,213 +1,20 @@
-//! Configuration: one struct, from command-line flags and environment
-//! variables (flags win). Secrets are never printed: the admin token's
-//! value is hidden from `--help` and from `Debug`.
+//! Configuration: one struct, [`Config`], from command-line flags and
+//! environment variables (flags win), shared by every subcommand; the
+//! subcommands themselves are `cli`'s. Secrets are never printed: the admin
+//! token's value is hidden from `--help` and from `Debug`.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, ValueEnum};
 
-#[derive(Parser)]
-#[command(
-    name = "heliotrope",
-    version,
-    about = "Moves VMs between datacenters to follow cheap, low-carbon electricity"
-)]
-pub struct Cli {
-    #[command(flatten)]
-    pub config: Config,
-    #[command(subcommand)]
-    pub command: Command,
-}
+/// Failed authentications an address may make at once before it is slowed (`--failed-auth-burst`).
+pub const FAILED_AUTH_BURST: u32 = 20;
 
-#[derive(Subcommand)]
-pub enum Command {
-    /// Serve the API (applies pending migrations first).
-    Serve,
-    /// Apply pending database migrations and exit.
-    Migrate,
-    /// Run the whole loop on this machine with a seeded demo fleet.
-    Demo(DemoArgs),
-    /// Print the OpenAPI document.
-    Openapi,
-    /// Plan from the current inventory and signals, store the plan and print it as a table.
-    Plan(PlanArgs),
-    /// Replay hourly carbon and price traces through placement policies and compare them (what-if).
-    Simulate(SimulateArgs),
-    /// Stored carbon and price signals: backfill them from the providers' history, or export them.
-    #[command(subcommand)]
-    Signals(SignalsCommand),
-    /// Measure performance; the last line of output is one JSON object.
-    #[command(subcommand)]
-    Bench(BenchCommand),
-}
-
-#[derive(Args)]
-pub struct DemoArgs {
-    /// Regions to seed as sites (zone ids, comma-separated, or `all` for the 16; default GB,DE-LU,US-CAL-CISO).
-    /// A demo that ran before resumes with its sites: naming others is refused unless with --reset.
-    #[arg(long, value_delimiter = ',')]
-    pub sites: Option<Vec<String>>,
-    /// How many VMs to seed when the demo starts afresh (default: 20 per site).
-    #[arg(long)]
-    pub vms: Option<usize>,
-    /// Start afresh: empty the demo's database and remove its executors' state (VMs, images, tokens).
-    #[arg(long)]
-    pub reset: bool,
-    /// Where the demo keeps its executors' state and its private PostgreSQL cluster
-    /// (default: $XDG_DATA_HOME/heliotrope, or /var/tmp/heliotrope-demo as root).
-    #[arg(long, env = "HELIOTROPE_DEMO_STATE_DIR")]
-    pub state_dir: Option<std::path::PathBuf>,
-    /// Always start the private PostgreSQL cluster, even if one answers on localhost:5432.
-    #[arg(long)]
-    pub private_postgres: bool,
-    /// Simulated hours per real minute on the rebalancer's clock (it plans every simulated hour).
-    #[arg(long, default_value_t = 1.0)]
-    pub hours_per_minute: f64,
-    /// The demo's churn charge: least net saving a move must bring (the demo's VMs save cents a day).
-    #[arg(long, default_value_t = 0.01)]
-    pub min_net_saving: f64,
-    /// Leave rebalancing to the planners: no hourly plans, plans are made and applied by hand (the dashboard's Plan view).
-    #[arg(long)]
-    pub no_rebalance: bool,
-    /// The executor binary (default: `heliotrope-executor` beside this one).
-    #[arg(long)]
-    pub executor_bin: Option<std::path::PathBuf>,
-    /// Sim VMs' MiB of memory and disk per GiB the inventory says (real bytes move between the executors).
-    #[arg(long, default_value_t = 0.25)]
-    pub sim_mib_per_gib: f64,
-}
-
-#[derive(Subcommand)]
-pub enum SignalsCommand {
-    /// Fetch past hourly carbon and price through every enabled feed's provider history
-    /// (paced to its limits; a run over the same range resumes where one stopped).
-    Backfill(BackfillArgs),
-    /// Write stored hourly signals as traces, the format `simulate --traces` reads.
-    Export(ExportArgs),
-}
-
-#[derive(Args)]
-pub struct BackfillArgs {
-    /// Start of the past to fetch (RFC 3339, or a date).
-    #[arg(long)]
-    pub from: String,
-    /// Its end, exclusive (RFC 3339, or a date); at most now.
-    #[arg(long)]
-    pub to: String,
-    /// Only the feeds of this site.
-    #[arg(long)]
-    pub site: Option<String>,
-}
-
-#[derive(Clone, Copy, ValueEnum)]
-pub enum ExportFormat {
-    /// `region,timestamp_utc,carbon_g_per_kwh,price_per_mwh,currency`, one row per site and hour.
-    Csv,
-}
-
-#[derive(Args)]
-pub struct ExportArgs {
-    #[arg(long, value_enum, default_value = "csv")]
-    pub format: ExportFormat,
-    /// Start (RFC 3339, or a date); default: the first stored point.
-    #[arg(long)]
-    pub from: Option<String>,
-    /// End, exclusive (RFC 3339, or a date); default: after the last stored point.
-    #[arg(long)]
-    pub to: Option<String>,
-    /// Only this site.
-    #[arg(long)]
-    pub site: Option<String>,
-    /// Where to write (default: standard output).
-    #[arg(long)]
-    pub out: Option<std::path::PathBuf>,
-}
-
-#[derive(Args)]
-pub struct PlanArgs {
-    /// Approve and apply the plan at once (records its migration jobs).
-    #[arg(long)]
-    pub apply: bool,
-    /// Hourly slots to plan over.
-    #[arg(long, default_value_t = 24)]
-    pub horizon: u32,
-    /// What to minimise: cost, carbon or blend.
-    #[arg(long, default_value = "blend", value_parser = parse_mode)]
-    pub mode: heliotrope_api_spec::PlanMode,
-    /// Price of a tonne of CO2eq, in the price currency.
-    #[arg(long, default_value_t = 100.0)]
-    pub carbon_price: f64,
-}
-
-#[derive(Args, Clone)]
-pub struct SimulateArgs {
-    /// Hourly traces, CSV: region,timestamp_utc,carbon_g_per_kwh,price_per_mwh,currency[,...].
-    #[arg(long, required_unless_present = "database", conflicts_with = "database")]
-    pub traces: Option<std::path::PathBuf>,
-    /// Replay the configured database's stored signals instead (each site a region, named
-    /// after it; what `signals export --format csv` writes), e.g. after `signals backfill`.
-    #[arg(long)]
-    pub database: bool,
-    /// A fleet spec (JSON, see the README); default: a seeded fleet of 2,000 VMs on the traces' regions.
-    #[arg(long)]
-    pub fleet: Option<std::path::PathBuf>,
-    /// The regions' coordinates and time zones (CSV like shared/data/regions.csv); default: the built-in table.
-    #[arg(long)]
-    pub regions: Option<std::path::PathBuf>,
-    /// static, greedy, planner, oracle or all (comma-separated); static and oracle always run, the oracle share needs them.
-    #[arg(long, value_delimiter = ',', default_value = "all")]
-    pub policy: Vec<crate::simulation::command::PolicyChoice>,
-    /// First hour simulated (RFC 3339, or a date); default: a day into the traces (the persistence forecast's history).
-    #[arg(long)]
-    pub from: Option<String>,
-    /// End of the window, exclusive (RFC 3339, or a date); default: the traces' end.
-    #[arg(long)]
-    pub to: Option<String>,
-    /// What the policies are shown of the hours ahead: persistence, noisy:SIGMA or perfect (the oracle always sees the actual future).
-    #[arg(long, default_value = "persistence")]
-    pub forecast: crate::domain::simulation::Forecast,
-    /// The planner's horizon, hours (default: the oracle's, so that the two differ only in what they see).
-    #[arg(long, default_value_t = crate::domain::simulation::ORACLE_HORIZON_H as u32)]
-    pub horizon: u32,
-    /// What to minimise: cost, carbon or blend.
-    #[arg(long, default_value = "blend", value_parser = parse_mode)]
-    pub mode: heliotrope_api_spec::PlanMode,
-    /// Price of a tonne of CO2eq, in the price currency.
-    #[arg(long, default_value_t = 100.0)]
-    pub carbon_price: f64,
-    /// Seeds the noisy forecast.
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    /// VMs in the fleet (overrides the fleet spec's count).
-    #[arg(long)]
-    pub vms: Option<usize>,
-    /// Where the report (report.json) and the plots (SVG) go.
-    #[arg(long, default_value = "simulation")]
-    pub out: std::path::PathBuf,
-}
-
-fn parse_mode(text: &str) -> Result<heliotrope_api_spec::PlanMode, String> {
+/// Reads a plan mode flag (`cost`, `carbon` or `blend`).
+pub fn parse_mode(text: &str) -> Result<heliotrope_api_spec::PlanMode, String> {
     serde_json::from_value(serde_json::Value::String(text.to_owned()))
         .map_err(|_| format!("'{text}' is not a mode: cost, carbon or blend"))
-}
-
-#[derive(Subcommand)]
-pub enum BenchCommand {
-    /// Throughput and latency of GET /v1/vms against a fleet of VMs.
-    Api(crate::bench::ApiBenchArgs),
-    /// Push-ingest throughput of signal points (8 weeks x 16 sites by default).
-    Ingest(crate::bench::IngestBenchArgs),
-    /// Placement planning on a seeded instance, against a greedy baseline.
-    Planner(crate::bench::PlannerBenchArgs),
-    /// Migration scheduling on seeded scenarios, against all-at-once, one-at-a-time and 2-per-link.
-    Schedule(crate::bench::ScheduleBenchArgs),
-    /// Migration claims by concurrent executors against one database, against one executor alone.
-    Claims(crate::bench::ClaimsBenchArgs),
-    /// The dispatcher running migrations over six links with real executors, against the schedule's LP bound.
-    Dispatch(crate::bench::DispatchBenchArgs),
-    /// A site lost with its executor: its VMs restarted at their standbys from their replicas (RTO, RPO, doubles).
-    Recovery(crate::bench::RecoveryBenchArgs),
 }
 
 /// Settings shared by every command.
@@ -244,7 +51,7 @@ pub struct Config {
     #[arg(long, global = true, env = "HELIOTROPE_PUBLIC_URL")]
     pub public_url: Option<url::Url>,
     /// Failed authentications an address may make at once before it is slowed to one per 3 s (429).
-    #[arg(long, global = true, env = "HELIOTROPE_FAILED_AUTH_BURST", default_value_t = crate::http::auth::FAILURE_BURST)]
+    #[arg(long, global = true, env = "HELIOTROPE_FAILED_AUTH_BURST", default_value_t = FAILED_AUTH_BURST)]
     pub failed_auth_burst: u32,
     /// Time a client has to send each request's head, and to send the next one on a kept-alive connection.
     #[arg(long, global = true, env = "HELIOTROPE_HEADER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
@@ -448,27 +255,6 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// The background services these settings ask for.
-    pub fn services(&self) -> crate::startup::Services {
-        crate::startup::Services {
-            read_cache: self.read_cache,
-            poll_feeds: self.poll_feeds,
-            feed_reach: crate::feeds::reach::FeedReach {
-                allowed: self.feed_allow_addresses.clone(),
-                plain_http: self.feed_plain_http,
-            },
-            planner: self.planner,
-            rebalancer: self.rebalancer.clone(),
-            public_url: self.public_url.clone(),
-            failed_auth_burst: self.failed_auth_burst,
-            connections: crate::http::server::ConnectionLimits {
-                header_timeout: self.header_timeout,
-                body_timeout: self.body_timeout,
-                max_connections: self.max_connections,
-            },
-        }
-    }
-
     /// The database URL from `--database-url`, `HELIOTROPE_DATABASE_URL` or `DATABASE_URL`.
     pub fn database_url(&self) -> Option<String> {
         self.database_url.clone().or_else(|| std::env::var("DATABASE_URL").ok()).filter(|u| !u.is_empty())

@@ -2,21 +2,24 @@
 //! they arrive) signals, plans, migration schedules and dispatch, behind a
 //! REST API.
 //!
-//! Layout:
-//! - [`domain`]: the rules, free of HTTP and SQL (validation, pagination, tokens).
+//! Layout, from the bottom of the module graph up (each module imports
+//! only those above it in this list; `tests/api/tidy.rs` checks that the
+//! graph has no cycle):
+//! - [`domain`]: the rules, free of HTTP and SQL (validation, planner, schedule, cost model).
+//! - [`synthetic`]: made-up regions, fleets and signals (demo, benchmarks, what-if default).
+//! - [`config`]: the settings every subcommand shares; [`metrics`]: the Prometheus registry.
 //! - [`db`]: all SQL, one module per aggregate, and the embedded migrations.
-//! - [`http`]: axum routes, authentication, metrics, the error mapping, OpenAPI.
-//! - [`fleet`]: the fleet at a glance for the dashboard (overview, savings to date).
-//! - [`planning`]: the plans service (inventory and signals in, a stored plan out);
-//!   [`evacuation`]: a site's VMs out live before a deadline, or their replicas synced a last time.
-//! - [`rebalancer`]: the hourly loop one replica at a time runs (plan, maybe apply).
-//! - [`dispatcher`]: which migrations start and at what cap, while they run.
-//! - [`simulation`]: what-if replays of carbon and price traces through the policies, and their reports.
-//! - [`feeds`]: polling the carbon and price providers.
-//! - [`startup`]: building and running the server; [`config`] and [`telemetry`].
-//! - [`demo`]: the one-command demo (fleet, private Postgres); [`bench`]: benchmarks.
+//! - The services: [`planning`] (a stored plan from inventory and signals),
+//!   [`evacuation`] (a site's VMs out before a deadline), [`dispatcher`]
+//!   (which migrations start, at what cap), [`rebalancer`] (the hourly
+//!   loop), [`overview`] (the fleet at a glance, savings to date),
+//!   [`simulation`] (what-if replays), [`feeds`] (the providers' polling).
+//! - [`http`]: axum routes, authentication, the error mapping, OpenAPI.
+//! - [`startup`]: building and running the server; [`telemetry`]: logging.
+//! - [`demo`]: the one-command demo; [`bench`]: benchmarks; [`cli`]: the command line.
 
 pub mod bench;
+pub mod cli;
 pub mod config;
 pub mod db;
 pub mod demo;
@@ -24,10 +27,12 @@ pub mod dispatcher;
 pub mod domain;
 pub mod evacuation;
 pub mod feeds;
-pub mod fleet;
 pub mod http;
+pub mod metrics;
+pub mod overview;
 pub mod planning;
 pub mod rebalancer;
 pub mod simulation;
 pub mod startup;
+pub mod synthetic;
 pub mod telemetry;

@@ -18,7 +18,7 @@ use crate::db::{self, enum_to_text, StoreError};
 use crate::domain::cost::{MigrationPrices, SlotSignal, Weights, MEMORY_KEPT_DAYS};
 use crate::domain::planner::inputs::{hold_room, plan_input, slot_values, Coverage, Inventory, PERSISTENCE_DAYS};
 use crate::domain::planner::{self, Breakdown, Move, PlanError, PlanInput, Settings};
-use crate::domain::schedule::{self, lower_bound, simulate, Goal, Policy, BASELINES};
+use crate::domain::schedule::{self, lower_bound, predict, Goal, Pacing, BASELINES};
 use crate::domain::standby;
 use crate::domain::Valid;
 
@@ -113,21 +113,20 @@ pub(crate) struct Snapshot {
     pub named: Vec<(i64, i64)>,
     /// VMs leaving sites in the days a site may keep their memory (since
     /// [`MEMORY_KEPT_DAYS`] ago, whatever `since` is).
-    pub departures: Vec<db::migrations::Departure>,
+    pub departures: Vec<db::migration_jobs::Departure>,
     /// The migrations under way, which a new plan's moves share links with.
-    pub under_way: Vec<db::migrations::UnderWay>,
+    pub under_way: Vec<db::migration_jobs::UnderWay>,
 }
 
 pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Result<Snapshot, PlanningError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    let mut tx = db::begin_snapshot(pool).await?;
     let snapshot = Snapshot {
         sites: db::sites::all(&mut *tx).await?,
         links: db::links::all(&mut *tx).await?,
         vms: db::vms::all(&mut *tx).await?,
         groups: db::groups::all(&mut *tx).await?,
         recent: match since {
-            Some(since) => db::migrations::recent(&mut *tx, since).await?,
+            Some(since) => db::migration_jobs::recent(&mut *tx, since).await?,
             None => HashMap::new(),
         },
         standbys: db::standbys::in_force(&mut *tx).await?,
@@ -135,11 +134,11 @@ pub(crate) async fn snapshot(pool: &PgPool, since: Option<DateTime<Utc>>) -> Res
         departures: match since {
             Some(since) => {
                 let kept = Duration::seconds((MEMORY_KEPT_DAYS * 86_400.0) as i64);
-                db::migrations::departures(&mut *tx, since.min(Utc::now() - kept)).await?
+                db::migration_jobs::departures(&mut *tx, since.min(Utc::now() - kept)).await?
             }
             None => Vec::new(),
         },
-        under_way: db::migrations::under_way(&mut *tx).await?,
+        under_way: db::migration_jobs::under_way(&mut *tx).await?,
     };
     tx.commit().await?;
     Ok(snapshot)
@@ -421,8 +420,8 @@ fn plan_schedule(
     let lower_bound_s = lower_bound(&network, &migrations, 60, ours.makespan_s);
     let baselines = BASELINES
         .into_iter()
-        .map(|(name, policy)| {
-            let run = simulate(&network, &migrations, policy);
+        .map(|(name, pacing)| {
+            let run = predict(&network, &migrations, pacing);
             BaselineSchedule {
                 policy: name.to_owned(),
                 makespan_s: run.makespan_s,
@@ -502,7 +501,7 @@ fn with_earlier(
             None => (schedule::Progress::Waiting, 0.0),
         });
     }
-    let mut ours = schedule::resume(network, &all, Policy::Heliotrope(goal), &now);
+    let mut ours = schedule::resume(network, &all, Pacing::Heliotrope(goal), &now);
     ours.outcomes.truncate(n);
     ours.cannot_converge.retain(|&i| i < n);
     ours.makespan_s = ours.outcomes.iter().filter_map(|o| o.finish_s).fold(0.0, f64::max);

@@ -1,8 +1,6 @@
 //! The hourly rebalancer: a background loop in every `heliotrope serve`
-//! replica, of which exactly one leads at a time. The leader holds a
-//! Postgres advisory lock on a connection of its own; when its process
-//! dies the connection ends, Postgres releases the lock, and the next
-//! replica to try takes it over, carrying on the timetable from the shared
+//! replica, of which exactly one leads at a time (`db::leader`); when the
+//! leader's process dies, the next replica to try takes over, carrying on the timetable from the shared
 //! row (`db::rebalancer`). Each run makes a plan through the same path as
 //! `POST /v1/plans` and applies it if `domain::rebalance::decide` says so.
 
@@ -10,13 +8,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{PlanRequest, RebalanceOutcome};
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::config::{PlannerConfig, RebalancerConfig};
 use crate::db;
-use crate::db::rebalancer::Run;
+use crate::db::leader::{self, Duty, Lead};
+use crate::db::rebalancer::{Rebalanced, RebalancerSettings};
 use crate::domain::clock::Clock;
 use crate::domain::planner::inputs::parse_request;
 use crate::domain::rebalance::decide;
@@ -37,10 +36,10 @@ impl Rebalancer {
     /// Tries to lead every `leader_check`, and leads while it can, until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         loop {
-            match db::rebalancer::try_lead(&self.pool).await {
-                Ok(Some(lock)) => {
+            match leader::take(&self.pool, Duty::Rebalancing).await {
+                Ok(Some(lead)) => {
                     let span = tracing::info_span!("rebalancer", replica = %self.replica);
-                    self.lead(lock, &stop).instrument(span).await;
+                    self.lead_while_held(lead, &stop).instrument(span).await;
                 }
                 Ok(None) => {}
                 Err(error) => tracing::warn!(%error, "cannot try for the rebalancer's lead"),
@@ -52,8 +51,8 @@ impl Rebalancer {
         }
     }
 
-    fn settings(&self) -> db::rebalancer::Settings {
-        db::rebalancer::Settings {
+    fn settings(&self) -> RebalancerSettings {
+        RebalancerSettings {
             interval_s: self.config.rebalance_interval.as_secs_f64(),
             auto_apply: self.config.auto_apply,
             auto_apply_min_saving: self.config.auto_apply_min_saving,
@@ -67,9 +66,9 @@ impl Rebalancer {
             .unwrap_or(chrono::Duration::hours(1))
     }
 
-    /// Runs the loop while `lock` holds; returns when it does not or on `stop`.
-    async fn lead(&self, mut lock: PgConnection, stop: &CancellationToken) {
-        let last = match db::rebalancer::lead(&self.pool, &self.replica, self.settings()).await {
+    /// Runs the loop while `lead` holds; returns when it does not or on `stop`.
+    async fn lead_while_held(&self, mut lead: Lead, stop: &CancellationToken) {
+        let last = match db::rebalancer::record_leader(&self.pool, &self.replica, self.settings()).await {
             Ok(last) => last,
             Err(error) => {
                 tracing::warn!(%error, "cannot record the lead; letting it go");
@@ -80,7 +79,7 @@ impl Rebalancer {
         // A new leader keeps the old one's timetable: the next run is an interval after the last.
         let mut next = last.map_or_else(Utc::now, |at| at + self.period());
         loop {
-            if !db::rebalancer::still_holds(&mut lock).await {
+            if !lead.still_held().await {
                 tracing::warn!("lost the rebalancer's lock");
                 return;
             }
@@ -110,20 +109,20 @@ impl Rebalancer {
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-        if let Err(error) = db::rebalancer::step_down(lock).await {
+        if let Err(error) = lead.release().await {
             tracing::warn!(%error, "cannot release the rebalancer's lock; it goes with the connection");
         }
     }
 
     /// Plans from now (on the rebalancer's clock) and applies the plan if it saves enough.
-    async fn rebalance_once(&self) -> Run {
+    async fn rebalance_once(&self) -> Rebalanced {
         let clock = self.clock.now();
         let (plan, outcome, detail) = self.plan_and_decide(clock).await;
         match outcome {
             RebalanceOutcome::Failed => tracing::warn!(plan, %detail, "rebalancing failed"),
             _ => tracing::info!(plan, outcome = ?outcome, %detail, "rebalanced"),
         }
-        Run { clock, plan, outcome, detail }
+        Rebalanced { clock, plan, outcome, detail }
     }
 
     async fn plan_and_decide(&self, clock: DateTime<Utc>) -> (Option<i64>, RebalanceOutcome, String) {

@@ -1,5 +1,7 @@
-//! Building and running the scheduler's server: bind (port 0 picks a free
-//! port, which tests use), serve, and stop gracefully when told.
+//! Building and running the scheduler's server: the services the
+//! configuration asks for, the database connected and migrated, bind (port
+//! 0 picks a free port, which tests use), serve, and stop gracefully when
+//! told.
 
 use std::net::SocketAddr;
 
@@ -10,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use chrono::Utc;
 
-use crate::config::{PlannerConfig, RebalancerConfig};
+use crate::config::{Config, PlannerConfig, RebalancerConfig};
 use crate::db::changes::{watch_inventory, watch_migrations};
 use crate::domain::clock::Clock;
 use crate::feeds::poller;
@@ -49,12 +51,30 @@ impl Default for Services {
             rebalancer: RebalancerConfig::default(),
             connections: ConnectionLimits::default(),
             public_url: None,
-            failed_auth_burst: crate::http::auth::FAILURE_BURST,
+            failed_auth_burst: crate::config::FAILED_AUTH_BURST,
         }
     }
 }
 
 impl Services {
+    /// The background services `config` asks for.
+    pub fn configured(config: &Config) -> Services {
+        Services {
+            read_cache: config.read_cache,
+            poll_feeds: config.poll_feeds,
+            feed_reach: FeedReach { allowed: config.feed_allow_addresses.clone(), plain_http: config.feed_plain_http },
+            planner: config.planner,
+            rebalancer: config.rebalancer.clone(),
+            public_url: config.public_url.clone(),
+            failed_auth_burst: config.failed_auth_burst,
+            connections: ConnectionLimits {
+                header_timeout: config.header_timeout,
+                body_timeout: config.body_timeout,
+                max_connections: config.max_connections,
+            },
+        }
+    }
+
     /// For tests and benchmarks, which poll feeds and rebalance themselves
     /// when they mean to: neither runs on a timer.
     pub fn driven() -> Services {
@@ -62,6 +82,38 @@ impl Services {
         services.rebalancer.enabled = false;
         services
     }
+}
+
+/// The configured database URL, or why there is none.
+pub fn database_url(config: &Config) -> anyhow::Result<String> {
+    config.database_url().context("no database configured: set HELIOTROPE_DATABASE_URL (or DATABASE_URL)")
+}
+
+/// Connects to `url` and applies pending migrations.
+pub async fn connect(config: &Config, url: &str) -> anyhow::Result<PgPool> {
+    let pool = crate::db::connect(url, config.db_max_connections).await.context("connecting to the database")?;
+    crate::db::migrate(&pool).await.context("applying migrations")?;
+    Ok(pool)
+}
+
+/// The configured admin secret, checked.
+pub fn admin_secret(config: &Config) -> anyhow::Result<Option<&str>> {
+    let secret = config.admin_token.as_deref();
+    secret.map(crate::domain::token::check_configured_secret).transpose()?;
+    Ok(secret)
+}
+
+/// `heliotrope serve`: the configured database migrated, an admin token
+/// made if there is none, and the API with its services until SIGTERM.
+pub async fn serve(config: &Config) -> anyhow::Result<()> {
+    let configured = admin_secret(config)?;
+    let pool = connect(config, &database_url(config)?).await?;
+    if let Some(secret) = crate::db::tokens::ensure_admin(&pool, configured).await? {
+        eprintln!("No admin token existed; made one. It is shown this once:\n\n    {secret}\n");
+    }
+    let app = Application::build(pool, config.listen, Services::configured(config)).await?;
+    tracing::info!(addr = %app.local_addr(), "serving");
+    app.run_until_stopped(shutdown_on_signal()).await.context("serving")
 }
 
 /// A bound, ready-to-run server.
@@ -186,7 +238,7 @@ async fn start_clock(pool: &sqlx::PgPool, speed: f64) -> anyhow::Result<Clock> {
     }
     let now = Utc::now();
     let clock = crate::db::clock::timeline(pool).await.context("reading the clock's runs")?.resume(speed, now);
-    crate::db::clock::ran(pool, &clock, now).await.context("recording the clock's run")?;
+    crate::db::clock::record_span(pool, &clock, now).await.context("recording the clock's run")?;
     tracing::info!(speed, reads = %clock.origin(), "the accelerated clock resumes");
     Ok(clock)
 }
@@ -200,7 +252,7 @@ async fn keep_clock_run(pool: sqlx::PgPool, clock: Clock, stop: CancellationToke
             _ = stop.cancelled() => true,
             _ = every.tick() => false,
         };
-        if let Err(e) = crate::db::clock::ran(&pool, &clock, Utc::now()).await {
+        if let Err(e) = crate::db::clock::record_span(&pool, &clock, Utc::now()).await {
             tracing::warn!(error = %e, "cannot record the clock's run");
         }
         if stopping {
@@ -217,7 +269,7 @@ async fn expire_leases(pool: sqlx::PgPool, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = every.tick() => {
-                match crate::db::migrations::expire_leases(&pool).await {
+                match crate::db::dispatch::expire_leases(&pool).await {
                     Ok(0) => {}
                     Ok(n) => tracing::warn!(migrations = n, "leases ran out: recovering"),
                     Err(e) => tracing::error!(error = %e, "sweeping expired leases failed"),

@@ -24,6 +24,7 @@ use heliotrope_api_spec::QemuDisk;
 use super::machine::Machine;
 use super::migrate::MigrateError;
 use crate::content::{PageSource, PAGE};
+use crate::lock;
 use crate::nbd::{self, Client, NbdError};
 use crate::replica::{keep_synced_by, Replica, Replicating, Written};
 use crate::source::Session;
@@ -235,7 +236,7 @@ impl PageSource for ExportedDisks {
             // The last page of a disk whose size is not whole pages reads short; the rest stays zero.
             let readable = (disk.size.saturating_sub(offset) as usize).min(now.len());
             if readable > 0 {
-                let mut client = disk.client.lock().unwrap_or_else(|e| e.into_inner());
+                let mut client = lock(&disk.client);
                 client.read(offset, &mut now[..readable]).map_err(std::io::Error::other)?;
             }
             page += (take / PAGE) as u64;

@@ -17,6 +17,8 @@ use tokio::net::unix::OwnedWriteHalf;
 use tokio::net::UnixStream;
 use tokio::sync::{oneshot, Notify};
 
+use crate::lock;
+
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
     #[error("QMP socket: {0}")]
@@ -181,10 +183,6 @@ impl Qmp {
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 async fn read_replies(mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>, shared: Arc<Shared>) {

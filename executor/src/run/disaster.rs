@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use heliotrope_api_spec::{
-    Driver, QemuSpec, Quarantine, QuarantineHolding, RecoveryState, Restart, RestartOutcome, VmRecovery,
-    EXECUTOR_FENCE_MARGIN_S, EXECUTOR_LEASE_S,
+    Driver, QemuSpec, Quarantine, QuarantineHolding, RecoveryState, Restart, RestartOutcome, EXECUTOR_FENCE_MARGIN_S,
+    EXECUTOR_LEASE_S,
 };
 use heliotrope_executor::content::PAGE;
 use heliotrope_executor::network::NetworkMove;
@@ -179,8 +179,7 @@ impl Worker {
                 Ok(detail) => RestartOutcome { state: RecoveryState::Running, detail },
                 Err(e) => RestartOutcome { state: RecoveryState::Failed, detail: format!("{e:#}") },
             };
-            let path = format!("/v1/recoveries/{}/outcome?executor={}", r.recovery, self.executor);
-            match self.scheduler.post::<_, VmRecovery>(&path, Some(&outcome)).await {
+            match self.scheduler.restart_outcome(r.recovery, self.executor, &outcome).await {
                 Ok(_) => {
                     tracing::info!(state = ?outcome.state, detail = %outcome.detail, "restart of a lost site's VM");
                     lock(&self.disaster.reported).insert(r.recovery);

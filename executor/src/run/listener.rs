@@ -15,7 +15,7 @@ use std::time::Duration;
 use heliotrope_api_spec::ListenerHealth;
 use tokio::net::TcpListener;
 
-use super::Worker;
+use super::{lock, Worker};
 
 /// Connections open at once, from everyone.
 const MAX_OPEN: u32 = 512;
@@ -42,13 +42,13 @@ impl Health {
             accept_errors: self.accept_errors.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
             open: self.open.load(Ordering::Relaxed),
-            last_error: self.last_error.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            last_error: lock(&self.last_error).clone(),
         }
     }
 
     /// A place for a connection from `peer`, if the caps leave one.
     fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Admitted> {
-        let mut per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_peer = lock(&self.per_peer);
         let from_peer = per_peer.entry(peer).or_default();
         if *from_peer >= MAX_PER_PEER || self.open.load(Ordering::Relaxed) >= MAX_OPEN {
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -68,7 +68,7 @@ struct Admitted {
 
 impl Drop for Admitted {
     fn drop(&mut self) {
-        let mut per_peer = self.health.per_peer.lock().unwrap_or_else(|e| e.into_inner());
+        let mut per_peer = lock(&self.health.per_peer);
         if let Some(n) = per_peer.get_mut(&self.peer) {
             *n -= 1;
             if *n == 0 {
@@ -100,7 +100,7 @@ impl Worker {
                     health.failing.store(true, Ordering::Relaxed);
                     health.accept_errors.fetch_add(1, Ordering::Relaxed);
                     let text: String = e.to_string().chars().take(200).collect();
-                    *health.last_error.lock().unwrap_or_else(|e| e.into_inner()) = Some(text);
+                    *lock(&health.last_error) = Some(text);
                     let exhausted =
                         matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM));
                     tracing::warn!(error = %e, "accepting a transfer connection failed; trying again");

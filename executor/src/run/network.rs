@@ -12,12 +12,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use heliotrope_api_spec::{Assignment, NetworkDriver, NetworkReport, NetworkStep};
+use heliotrope_executor::client::Scheduler;
 use heliotrope_executor::network::linux::{Linux, LinuxOptions};
 use heliotrope_executor::network::webhook::{Webhook, WebhookOptions};
 use heliotrope_executor::network::{timed, tunnel_key, Network, NetworkMove, Timed};
 use serde::{Deserialize, Serialize};
 
-use super::{Scheduler, Worker};
+use super::Worker;
 
 /// How this executor moves a VM's network.
 #[derive(clap::Args, Debug, Clone)]
@@ -224,8 +225,7 @@ async fn log_step(
         ok,
         detail: truncate(detail, 1000),
     };
-    let path = format!("/v1/migrations/{id}/network?executor={executor}");
-    if let Err(e) = scheduler.post::<_, serde_json::Value>(&path, Some(&report)).await {
+    if let Err(e) = scheduler.log_network(id, executor, &report).await {
         tracing::warn!(error = %format!("{e:#}"), "logging a network step failed");
     }
 }

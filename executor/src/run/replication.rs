@@ -151,7 +151,6 @@ fn interval_of(seconds: f64) -> Duration {
 
 impl Worker {
     pub(super) async fn replicate(self: Arc<Self>) {
-        let path = format!("/v1/executors/{}/replication", self.executor);
         loop {
             self.replication.count_written().await;
             let report = ReplicationReport {
@@ -161,12 +160,11 @@ impl Worker {
                 quarantine: self.disaster.holdings(),
             };
             let sent = std::time::Instant::now();
-            match self.scheduler.post::<_, ReplicationPlan>(&path, Some(&report)).await {
-                Ok(Some(plan)) => {
+            match self.scheduler.replication(self.executor, &report).await {
+                Ok(plan) => {
                     self.disaster.heard(sent);
                     self.follow(plan).await
                 }
-                Ok(None) => {}
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "replication plan: asking failed"),
             }
             tokio::time::sleep(PLAN_EVERY).await;

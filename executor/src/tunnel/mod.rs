@@ -25,6 +25,7 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
+use crate::lock;
 use crate::qemu::stream::Channel;
 use crate::ram_image::RamImage;
 use crate::shaping::Shaper;
@@ -90,11 +91,11 @@ impl TunnelCounters {
     /// Says why a stream was relayed whole (the first reason is kept).
     pub fn note_raw(&self, why: &str) {
         tracing::warn!(why, "a tunnel relays raw bytes");
-        self.raw.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| why.to_owned());
+        lock(&self.raw).get_or_insert_with(|| why.to_owned());
     }
 
     pub fn raw(&self) -> Option<String> {
-        self.raw.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.raw).clone()
     }
 
     pub fn up(&self) -> u64 {

@@ -26,6 +26,7 @@ use super::framed::{
 use super::TunnelCounters;
 use crate::content::{hash, zero_page_hash, Hash, PAGE};
 use crate::index::ChunkIndex;
+use crate::lock;
 use crate::nbd::{self, Request};
 use crate::shaping::Shaper;
 use crate::transfer::TransferError;
@@ -173,7 +174,7 @@ where
         }
         // The destination may still ask for pages of the last writes: the stream ends once
         // every write is rebuilt (or the destination is gone).
-        while !inward_ended.load(Ordering::Acquire) && !pending.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        while !inward_ended.load(Ordering::Acquire) && !lock(&pending).is_empty() {
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
         writer.lock().await.shutdown().await.map_err(io_error)
@@ -203,11 +204,11 @@ where
                     counters.down.fetch_add(u64::from(len) + 4, Ordering::Relaxed);
                 }
                 Frame::Rebuilt { seq } => {
-                    let kept = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&seq);
+                    let kept = lock(pending).remove(&seq);
                     window.add_permits(kept.map_or(0, |k| k.len()));
                 }
                 Frame::Missing { seq, pages } => {
-                    let kept = pending.lock().unwrap_or_else(|e| e.into_inner()).get(&seq).cloned().unwrap_or_default();
+                    let kept = lock(pending).get(&seq).cloned().unwrap_or_default();
                     let mut data = Vec::with_capacity(pages.len() * PAGE);
                     for page in &pages {
                         let found = kept.iter().find(|(i, _)| i == page);
@@ -311,7 +312,7 @@ where
     let permits = (kept.len() as u32).min((WINDOW / PAGE) as u32);
     if permits > 0 {
         ctx.window.acquire_many(permits).await.map_err(|_| TransferError::Protocol("window closed".into()))?.forget();
-        ctx.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(seq, kept);
+        lock(ctx.pending).insert(seq, kept);
     }
     let raw = sent.len();
     let (compressed, sent) = squeeze(sent);

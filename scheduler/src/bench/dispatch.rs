@@ -24,10 +24,10 @@ use tokio_util::sync::CancellationToken;
 use super::with_scratch_database;
 use crate::config::Config;
 use crate::domain::cost::usable_bytes_per_s;
-use crate::domain::schedule::{self, Goal, Link, Migration, Network, Policy};
+use crate::domain::schedule::{self, Goal, Link, Migration, Network, Pacing};
 use crate::domain::token::{generate_secret, secret_digest};
 use crate::startup::{Application, Services};
-use crate::{db, demo};
+use crate::{db, demo, synthetic};
 
 #[derive(Args, Debug)]
 pub struct DispatchBenchArgs {
@@ -57,7 +57,7 @@ pub async fn dispatch(config: &Config, args: &DispatchBenchArgs) -> anyhow::Resu
 
 async fn dispatch_on(pool: PgPool, args: &DispatchBenchArgs, bin: std::path::PathBuf) -> anyhow::Result<()> {
     // Five of the demo's sites, with room for everything: three sources, two destinations.
-    demo::store_fleet(&pool, demo::inventory::fleet(0, 42)).await?;
+    demo::store_fleet(&pool, synthetic::inventory::fleet(0, 42)).await?;
     let sites: Vec<(i64, String)> =
         sqlx::query_as("select site_id, name from site order by site_id limit 5").fetch_all(&pool).await?;
     anyhow::ensure!(sites.len() == 5, "the demo fleet has fewer than 5 sites");
@@ -127,10 +127,12 @@ async fn dispatch_on(pool: PgPool, args: &DispatchBenchArgs, bin: std::path::Pat
     let started = Instant::now();
     let total = args.migrations as i64;
     loop {
-        let ended: i64 =
-            sqlx::query_scalar(&format!("select count(*) from migration_job where not ({})", db::migrations::ACTIVE))
-                .fetch_one(&pool)
-                .await?;
+        let ended: i64 = sqlx::query_scalar(&format!(
+            "select count(*) from migration_job where not ({})",
+            db::migration_jobs::ACTIVE
+        ))
+        .fetch_one(&pool)
+        .await?;
         if ended == total {
             break;
         }
@@ -189,7 +191,7 @@ async fn dispatch_on(pool: PgPool, args: &DispatchBenchArgs, bin: std::path::Pat
         })
         .collect();
     let predicted =
-        schedule::simulate(&network, &migrations, Policy::Heliotrope(Goal::Deadline { deadline_s: f64::INFINITY }));
+        schedule::predict(&network, &migrations, Pacing::Heliotrope(Goal::Deadline { deadline_s: f64::INFINITY }));
     let lower_bound_s = schedule::lower_bound(&network, &migrations, 60, predicted.makespan_s);
 
     // Every recorded cap, replayed per link: the most a link's holders ever summed to, over its usable bandwidth.

@@ -25,7 +25,7 @@ use crate::config::{Config, PlannerConfig};
 use crate::demo::executors::Executors;
 use crate::domain::token::{generate_secret, secret_digest};
 use crate::startup::{Application, Services};
-use crate::{db, demo};
+use crate::{db, demo, synthetic};
 
 #[derive(Args, Debug)]
 pub struct RecoveryBenchArgs {
@@ -79,7 +79,7 @@ async fn count(pool: &PgPool, sql: &str) -> anyhow::Result<i64> {
 }
 
 async fn recovery_on(pool: PgPool, args: &RecoveryBenchArgs, bin: std::path::PathBuf) -> anyhow::Result<()> {
-    demo::store_fleet(&pool, demo::inventory::fleet(0, 42)).await?;
+    demo::store_fleet(&pool, synthetic::inventory::fleet(0, 42)).await?;
     let sites: Vec<(i64, String)> = sqlx::query_as("select site_id, name from site order by site_id limit $1")
         .bind(1 + args.standby_sites as i64)
         .fetch_all(&pool)

@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use heliotrope_api_spec::MigrationState;
 use sqlx::{Postgres, Transaction};
 
-use super::migrations::{log, move_to, HOLDS_BANDWIDTH};
+use super::migration_jobs::{log, move_to, HOLDS_BANDWIDTH};
 use super::{enum_from_text, Result};
 
 /// The advisory lock dispatches take (one at a time, fleet-wide).

@@ -40,7 +40,7 @@ pub async fn watch_inventory(pool: PgPool, stop: CancellationToken, on_change: i
 }
 
 /// The channel migration news goes out on: changes of state from the
-/// `migration_event` trigger, progress from `db::migrations::progress`.
+/// `migration_event` trigger, progress from `db::dispatch::progress`.
 pub const NEWS_CHANNEL: &str = "heliotrope_events";
 
 /// Passes every migration's news, from whichever replica it came, to

@@ -9,6 +9,9 @@ use super::{enum_from_text, enum_to_text, on_constraint, site_id_by_name, ListQu
 use crate::domain::page::{Page, PageRequest};
 use crate::domain::Valid;
 
+/// An executor that has not heartbeat for this long is not handed work.
+pub(super) const ONLINE_WITHIN: &str = "interval '60 seconds'";
+
 #[derive(sqlx::FromRow)]
 struct ExecutorRow {
     executor_id: i64,

@@ -10,11 +10,13 @@ pub mod admission;
 pub mod changes;
 pub mod clock;
 pub mod demo;
+pub mod dispatch;
 pub mod executors;
 pub mod feeds;
 pub mod groups;
+pub mod leader;
 pub mod links;
-pub mod migrations;
+pub mod migration_jobs;
 pub mod plans;
 pub mod rebalancer;
 pub mod recoveries;
@@ -38,6 +40,20 @@ use crate::domain::page::PageRequest;
 /// The schema, embedded in the binary and applied at start-up (and by `heliotrope migrate`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
+/// A read-only transaction that sees one consistent state of the database
+/// throughout (repeatable read), for reads that must agree with each other.
+pub async fn begin_snapshot(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only").execute(&mut *tx).await?;
+    Ok(tx)
+}
+
+/// Whether the database answers a trivial query.
+pub async fn ping(pool: &PgPool) -> Result<()> {
+    sqlx::query("select 1").execute(pool).await?;
+    Ok(())
+}
+
 /// Why a store operation did not happen.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +62,9 @@ pub enum StoreError {
     /// A unique name is taken, or a row is still referenced.
     #[error("{0}")]
     Conflict(String),
+    /// A migration's destination confirmed it before its cutover.
+    #[error("{0}")]
+    NotInCutover(String),
     /// The caller's token may not act on this (an executor token for another site).
     #[error("{0}")]
     NotYours(String),

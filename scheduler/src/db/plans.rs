@@ -10,7 +10,7 @@ use heliotrope_api_spec::{
 use sqlx::types::Json;
 use sqlx::{PgExecutor, PgPool};
 
-use super::migrations::{self, NewMigration, ACTIVE};
+use super::migration_jobs::{self, NewMigration, ACTIVE};
 use super::{enum_from_text, enum_to_text, ListQuery, Result, StoreError};
 use crate::domain::page::{Page, PageRequest};
 
@@ -311,7 +311,7 @@ pub async fn apply(pool: &PgPool, id: i64) -> Result<(Plan, u64)> {
         tx.commit().await?;
         return Err(StoreError::Conflict(format!("plan {id} failed: {failure}")));
     }
-    let recorded = migrations::record(&mut tx, id, &jobs).await?;
+    let recorded = migration_jobs::record(&mut tx, id, &jobs).await?;
     set_status(&mut tx, id, PlanStatus::Applied, None).await?;
     tx.commit().await?;
     Ok((get(pool, id).await?, recorded))

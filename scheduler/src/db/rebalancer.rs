@@ -1,50 +1,16 @@
 //! The rebalancer's shared row: who leads, with what settings, and what
-//! its runs did. Leading itself is a Postgres advisory lock held on a
-//! connection of its own ([`try_lead`]); the row only tells the others.
+//! its runs did. Leading itself is `db::leader`'s advisory lock; the row
+//! only tells the others.
 
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{RebalanceOutcome, RebalancerStatus};
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 
 use super::{enum_from_text, enum_to_text, Result};
 
-/// The advisory lock whose holder runs the rebalancer ("heliotrope rebalancer" as bytes).
-const LEADER_LOCK: i64 = 0x6865_6c69_6f72_6562;
-
-/// The connection holding the rebalancer's lock, if this call got it.
-/// Postgres releases the lock when the connection ends, however the
-/// process holding it ends.
-pub async fn try_lead(pool: &PgPool) -> Result<Option<PgConnection>> {
-    let mut conn = PgConnection::connect_with(&pool.connect_options()).await?;
-    let got: bool =
-        sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut conn).await?;
-    if got {
-        Ok(Some(conn))
-    } else {
-        conn.close().await?;
-        Ok(None)
-    }
-}
-
-/// Whether the lock's connection still answers and holds the lock (taking
-/// a session lock again only counts it up, which the unlock counts down).
-pub async fn still_holds(lock: &mut PgConnection) -> bool {
-    let held =
-        sqlx::query_scalar::<_, bool>("select pg_try_advisory_lock($1)").bind(LEADER_LOCK).fetch_one(&mut *lock).await;
-    matches!(held, Ok(true))
-        && sqlx::query("select pg_advisory_unlock($1)").bind(LEADER_LOCK).execute(lock).await.is_ok()
-}
-
-/// Lets the lock go before the connection closes (a graceful stop).
-pub async fn step_down(mut lock: PgConnection) -> Result<()> {
-    sqlx::query("select pg_advisory_unlock($1)").bind(LEADER_LOCK).execute(&mut lock).await?;
-    lock.close().await?;
-    Ok(())
-}
-
 /// The leader's settings, as the others show them.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Settings {
+pub struct RebalancerSettings {
     pub interval_s: f64,
     pub auto_apply: bool,
     pub auto_apply_min_saving: f64,
@@ -52,7 +18,11 @@ pub struct Settings {
 }
 
 /// Records `replica` as the leader (it holds the lock) and returns when the rebalancer last ran.
-pub async fn lead(pool: &PgPool, replica: &str, settings: Settings) -> Result<Option<DateTime<Utc>>> {
+pub async fn record_leader(
+    pool: &PgPool,
+    replica: &str,
+    settings: RebalancerSettings,
+) -> Result<Option<DateTime<Utc>>> {
     Ok(sqlx::query_scalar(
         "insert into rebalancer (leader, leader_since, leader_seen_at, interval_s, auto_apply, \
              auto_apply_min_saving, clock_speed) values ($1, now(), now(), $2, $3, $4, $5) \
@@ -82,7 +52,7 @@ pub async fn seen(pool: &PgPool, replica: &str, next_run_at: DateTime<Utc>) -> R
 
 /// What one run did.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Run {
+pub struct Rebalanced {
     /// What the rebalancer's clock read when it planned.
     pub clock: DateTime<Utc>,
     pub plan: Option<i64>,
@@ -91,7 +61,7 @@ pub struct Run {
 }
 
 /// Records a run by `replica` and when the next is due.
-pub async fn ran(pool: &PgPool, replica: &str, run: &Run, next_run_at: DateTime<Utc>) -> Result<()> {
+pub async fn ran(pool: &PgPool, replica: &str, run: &Rebalanced, next_run_at: DateTime<Utc>) -> Result<()> {
     sqlx::query(
         "update rebalancer set last_run_at = now(), last_run_clock = $2, last_plan_id = $3, last_outcome = $4, \
              last_detail = $5, next_run_at = $6, leader_seen_at = now() where leader = $1",

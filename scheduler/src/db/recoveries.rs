@@ -17,7 +17,8 @@ use heliotrope_api_spec::{
 };
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::migrations::{move_to, room, VmRow};
+use super::dispatch::{room, VmRow};
+use super::migration_jobs::move_to;
 use super::standbys::{keeper, replica_name};
 use super::{enum_from_text, enum_to_text, Result, StoreError};
 use crate::domain::recovery::{self, Heard, Placement, Replica, Room, Stranded, SyncCandidate};

@@ -12,7 +12,8 @@ use heliotrope_api_spec::{
 };
 use sqlx::{PgExecutor, PgPool, Postgres, Transaction};
 
-use super::migrations::{hex, ONLINE_WITHIN};
+use super::dispatch::hex;
+use super::executors::ONLINE_WITHIN;
 use super::Result;
 use crate::domain::Valid;
 
@@ -118,7 +119,7 @@ struct OutgoingRow {
     secret: Vec<u8>,
     vm_id: i64,
     #[sqlx(flatten)]
-    spec: super::migrations::VmRow,
+    spec: super::dispatch::VmRow,
     bandwidth_mbps: f64,
     background_reserve_pct: f64,
     final_sync_after: Option<chrono::DateTime<chrono::Utc>>,

@@ -13,9 +13,9 @@ use anyhow::{bail, Context};
 use heliotrope_api_spec::Role;
 use sqlx::PgPool;
 
-use super::regions::Region;
 use crate::db;
 use crate::domain::token::{generate_secret, secret_digest};
+use crate::synthetic::regions::Region;
 
 /// Where the demo keeps what it keeps: `explicit`, else the user's data
 /// directory (`$XDG_DATA_HOME/heliotrope`); as root, /var/tmp/heliotrope-demo

@@ -4,7 +4,7 @@
 //!
 //! An accelerated clock that stops (the demo is stopped) and starts
 //! again resumes where it stopped, so its history is a [`Timeline`] of
-//! runs, kept in the database (`db::clock`). Times the system records in
+//! spans it ran, kept in the database (`db::clock`). Times the system records in
 //! real time, such as when a migration finished, are read on the clock
 //! through it.
 
@@ -67,51 +67,51 @@ impl Clock {
     }
 }
 
-/// One run of an accelerated clock, from its real origin until `until` (real time).
+/// One span an accelerated clock ran, from its real origin until `until` (real time).
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Run {
+pub struct Span {
     pub clock: Clock,
     pub until: DateTime<Utc>,
 }
 
-/// The runs of the accelerated clock so far, in order. Before the first
-/// run the clock is real time; between runs it stands where the earlier
+/// The spans the accelerated clock ran so far, in order. Before the first
+/// span the clock is real time; between spans it stands where the earlier
 /// one stopped; after the last it goes on as the last.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Timeline {
-    runs: Vec<Run>,
+    spans: Vec<Span>,
 }
 
 impl Timeline {
-    /// `runs` in any order.
-    pub fn new(mut runs: Vec<Run>) -> Timeline {
-        runs.sort_by_key(|r| r.clock.real_origin);
-        Timeline { runs }
+    /// `spans` in any order.
+    pub fn new(mut spans: Vec<Span>) -> Timeline {
+        spans.sort_by_key(|r| r.clock.real_origin);
+        Timeline { spans }
     }
 
-    /// A clock of `speed` starting at `real_now`: where the last run stopped, or at `real_now` if none ran.
+    /// A clock of `speed` starting at `real_now`: where the last span stopped, or at `real_now` if none ran.
     pub fn resume(&self, speed: f64, real_now: DateTime<Utc>) -> Clock {
-        let origin = self.runs.last().map_or(real_now, |last| last.clock.reading_at(last.until.min(real_now)));
+        let origin = self.spans.last().map_or(real_now, |last| last.clock.reading_at(last.until.min(real_now)));
         Clock::resumed(speed, real_now, origin)
     }
 
     /// What the clock read at the real time `real`.
     pub fn reading_at(&self, real: DateTime<Utc>) -> DateTime<Utc> {
-        let Some(at) = self.runs.iter().rposition(|r| r.clock.real_origin <= real) else { return real };
-        let run = &self.runs[at];
-        let last = at + 1 == self.runs.len();
-        run.clock.reading_at(if last { real } else { real.min(run.until) })
+        let Some(at) = self.spans.iter().rposition(|r| r.clock.real_origin <= real) else { return real };
+        let span = &self.spans[at];
+        let last = at + 1 == self.spans.len();
+        span.clock.reading_at(if last { real } else { real.min(span.until) })
     }
 
     /// The first real time at which the clock read `reading` (between
-    /// runs, when the next began).
+    /// spans, when the next began).
     pub fn real_at(&self, reading: DateTime<Utc>) -> DateTime<Utc> {
-        for (i, run) in self.runs.iter().enumerate() {
-            if reading < run.clock.origin {
-                return if i == 0 { reading } else { run.clock.real_origin };
+        for (i, span) in self.spans.iter().enumerate() {
+            if reading < span.clock.origin {
+                return if i == 0 { reading } else { span.clock.real_origin };
             }
-            if i + 1 == self.runs.len() || reading <= run.clock.reading_at(run.until) {
-                return run.clock.real_at(reading);
+            if i + 1 == self.spans.len() || reading <= span.clock.reading_at(span.until) {
+                return span.clock.real_at(reading);
             }
         }
         reading
@@ -136,18 +136,18 @@ mod tests {
     }
 
     #[test]
-    fn a_stopped_clock_resumes_where_it_stopped_and_reads_its_past_through_its_runs() {
+    fn a_stopped_clock_resumes_where_it_stopped_and_reads_its_past_through_its_spans() {
         // Ran 10 real minutes at 60x (10 hours), stopped for an hour, resumed.
-        let first = Run { clock: Clock::new(60.0, t(0)), until: t(10) };
+        let first = Span { clock: Clock::new(60.0, t(0)), until: t(10) };
         let timeline = Timeline::new(vec![first]);
         let second = timeline.resume(60.0, t(70));
         assert_eq!(second.reading_at(t(70)), t(600), "resumes at the stop's reading");
-        let timeline = Timeline::new(vec![Run { clock: second, until: t(80) }, first]);
-        assert_eq!(timeline.reading_at(t(-5)), t(-5), "before any run: real time");
+        let timeline = Timeline::new(vec![Span { clock: second, until: t(80) }, first]);
+        assert_eq!(timeline.reading_at(t(-5)), t(-5), "before any span: real time");
         assert_eq!(timeline.reading_at(t(5)), t(300));
         assert_eq!(timeline.reading_at(t(40)), t(600), "stopped: it stands");
         assert_eq!(timeline.reading_at(t(75)), t(900));
-        assert_eq!(timeline.reading_at(t(90)), t(1800), "the last run goes on");
+        assert_eq!(timeline.reading_at(t(90)), t(1800), "the last span goes on");
         for real in [t(-5), t(5), t(75), t(90)] {
             assert_eq!(timeline.real_at(timeline.reading_at(real)), real);
         }

@@ -105,6 +105,31 @@ pub fn check_value(signal: Signal, value: f64) -> Result<(), (&'static str, Stri
     }
 }
 
+/// Longest span one series query may ask for.
+pub const MAX_SERIES_SPAN: Duration = Duration::days(366);
+
+/// The window a series query reads: `from` and `to` as asked, by default a
+/// day back and two days ahead of `now`; refused if it is empty, reaches
+/// too far or spans more than [`MAX_SERIES_SPAN`].
+pub fn series_window(
+    from: Option<DateTime<Utc>>,
+    to: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), ValidationError> {
+    let from = from.unwrap_or(now - Duration::hours(24));
+    let to = to.unwrap_or(now + Duration::hours(48));
+    for (field, time) in [("from", from), ("to", to)] {
+        check_time(time, now + MAX_SERIES_SPAN).map_err(|(_, message)| ValidationError::new(field, message))?;
+    }
+    if to <= from {
+        return Err(ValidationError::new("to", "must be after from"));
+    }
+    if to - from > MAX_SERIES_SPAN {
+        return Err(ValidationError::new("to", "a query spans at most 366 days"));
+    }
+    Ok((from, to))
+}
+
 /// Checks a timestamp against `now` (and against what Postgres can hold).
 pub fn check_time(ts: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), (&'static str, String)> {
     if !(1970..=9999).contains(&ts.year()) {
@@ -439,6 +464,16 @@ mod tests {
 
     fn now() -> DateTime<Utc> {
         "2026-11-26T12:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn a_series_window_defaults_around_now_and_refuses_empty_or_overlong_spans() {
+        let (from, to) = series_window(None, None, now()).unwrap();
+        assert_eq!((from, to), (now() - Duration::hours(24), now() + Duration::hours(48)));
+        let refused = series_window(Some(now()), Some(now()), now()).unwrap_err();
+        assert!(refused.to_string().contains("must be after from"), "{refused}");
+        let year_and_more = series_window(Some(now() - Duration::days(367)), Some(now()), now()).unwrap_err();
+        assert!(year_and_more.to_string().contains("366 days"), "{year_and_more}");
     }
 
     fn csv(body: &str) -> Result<CsvPush, Rejection> {

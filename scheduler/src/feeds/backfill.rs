@@ -15,7 +15,7 @@ use super::poller::{check_and_store, PollOutcome};
 use super::{history_window, FeedError, Fetcher, Span};
 use crate::db;
 use crate::domain::signals::dedupe;
-use crate::http::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// How many times a window is asked for again after a 429 or a transient fault.
 const RETRIES: u32 = 5;

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::Feed;
 use rand::Rng;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -22,11 +22,10 @@ use tokio_util::sync::CancellationToken;
 use super::reach::FeedReach;
 use super::{FeedError, Fetcher, Span};
 use crate::db;
+use crate::db::leader::{self, Duty, Lead};
 use crate::domain::signals::{check_point, dedupe, Point};
-use crate::http::metrics::Metrics;
+use crate::metrics::Metrics;
 
-/// The advisory lock key of the feed poller ("helio-fe").
-const POLLER_LOCK: i64 = 0x6865_6c69_6f2d_6665;
 /// How often the poller looks for due feeds and for feeds added or changed.
 const TICK: Duration = Duration::from_secs(5);
 /// First back-off after a transient failure.
@@ -130,10 +129,10 @@ pub async fn run(pool: PgPool, metrics: Arc<Metrics>, reach: FeedReach, stop: Ca
         }
     };
     while !stop.is_cancelled() {
-        match lead(&pool).await {
-            Ok(Some(mut lock)) => {
+        match leader::take(&pool, Duty::FeedPolling).await {
+            Ok(Some(mut lead)) => {
                 tracing::info!("polling feeds");
-                poll_while_leading(&pool, &mut lock, &fetcher, &metrics, &stop).await;
+                poll_while_leading(&pool, &mut lead, &fetcher, &metrics, &stop).await;
                 if !stop.is_cancelled() {
                     tracing::warn!("stopped polling feeds; will try to lead again");
                 }
@@ -148,14 +147,6 @@ pub async fn run(pool: PgPool, metrics: Arc<Metrics>, reach: FeedReach, stop: Ca
     }
 }
 
-/// A connection holding the poller lock, if no other replica holds it.
-async fn lead(pool: &PgPool) -> Result<Option<PgConnection>, sqlx::Error> {
-    let mut connection = PgConnection::connect_with(&pool.connect_options()).await?;
-    let held: bool =
-        sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(POLLER_LOCK).fetch_one(&mut connection).await?;
-    Ok(held.then_some(connection))
-}
-
 struct Schedule {
     due: Instant,
     failures: u32,
@@ -165,7 +156,7 @@ struct Schedule {
 /// (Postgres then frees the lock, and another replica may take over).
 async fn poll_while_leading(
     pool: &PgPool,
-    lock: &mut PgConnection,
+    lead: &mut Lead,
     fetcher: &Arc<Fetcher>,
     metrics: &Arc<Metrics>,
     stop: &CancellationToken,
@@ -192,8 +183,8 @@ async fn poll_while_leading(
                 entry.due = Instant::now() + next_delay(&outcome, interval, entry.failures.saturating_sub(1));
             }
             _ = ticker.tick() => {
-                if let Err(error) = sqlx::query("select 1").execute(&mut *lock).await {
-                    tracing::warn!(%error, "lost the feed poller lock");
+                if !lead.still_held().await {
+                    tracing::warn!("lost the feed poller lock");
                     polls.shutdown().await;
                     return;
                 }

@@ -84,13 +84,11 @@ pub struct FailedAuth {
     buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
 }
 
-/// The default `--failed-auth-burst`.
-pub const FAILURE_BURST: u32 = 20;
 const FAILURE_REFILL: Duration = Duration::from_secs(3);
 
 impl Default for FailedAuth {
     fn default() -> Self {
-        FailedAuth::new(FAILURE_BURST)
+        FailedAuth::new(crate::config::FAILED_AUTH_BURST)
     }
 }
 

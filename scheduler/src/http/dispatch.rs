@@ -130,9 +130,9 @@ pub async fn claim(
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(u64::from(wait_s));
     // Once per claim, not per poll: the server's own sweep runs every few seconds too.
-    db::migrations::expire_leases(&state.pool).await?;
+    db::dispatch::expire_leases(&state.pool).await?;
     loop {
-        if let Some(assignment) = db::migrations::claim(&state.pool, id, caller.token_id).await? {
+        if let Some(assignment) = db::dispatch::claim(&state.pool, id, caller.token_id).await? {
             return Ok(Json(assignment).into_response());
         }
         // A server that is stopping answers at once, so that its shutdown does not wait out the long polls.
@@ -160,7 +160,7 @@ pub async fn report_progress(
     ApiJson(report): ApiJson<ProgressReport>,
 ) -> Result<Json<ProgressAnswer>, ApiError> {
     let report = parse_progress(report)?;
-    Ok(Json(db::migrations::progress(&state.pool, id, executor.executor, caller.token_id, &report).await?))
+    Ok(Json(db::dispatch::progress(&state.pool, id, executor.executor, caller.token_id, &report).await?))
 }
 
 /// End a migration: `done` from its destination executor once the VM runs
@@ -183,7 +183,7 @@ pub async fn complete_migration(
     if completion.state == MigrationState::Failed && state.stopping.is_cancelled() {
         return Err(ApiError::Unavailable);
     }
-    let detail = db::migrations::complete(&state.pool, id, executor.executor, caller.token_id, &completion).await?;
+    let detail = db::dispatch::complete(&state.pool, id, executor.executor, caller.token_id, &completion).await?;
     // What it held is free: the next migration on its link need not wait for the dispatcher's turn.
     crate::dispatcher::dispatch_now(&state.pool, &state.planner).await;
     Ok(Json(detail))
@@ -201,7 +201,7 @@ pub async fn recover_migration(
     ApiQuery(executor): ApiQuery<ExecutorParam>,
     ApiJson(report): ApiJson<RecoveryReport>,
 ) -> Result<Json<MigrationDetail>, ApiError> {
-    Ok(Json(db::migrations::recover(&state.pool, id, executor.executor, caller.token_id, report.runs_at).await?))
+    Ok(Json(db::dispatch::recover(&state.pool, id, executor.executor, caller.token_id, report.runs_at).await?))
 }
 
 /// Log a network step after the cutover (forwarding away, routing here,
@@ -217,7 +217,7 @@ pub async fn report_network(
     ApiJson(report): ApiJson<NetworkReport>,
 ) -> Result<Json<MigrationDetail>, ApiError> {
     let report = parse_network_report(report)?;
-    let logged = db::migrations::record_network(&state.pool, id, executor.executor, caller.token_id, &report).await?;
+    let logged = db::dispatch::record_network(&state.pool, id, executor.executor, caller.token_id, &report).await?;
     state.metrics.network_step(&report);
     Ok(Json(logged))
 }

@@ -34,6 +34,8 @@ pub enum ApiError {
     MethodNotAllowed(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotInCutover(String),
     #[error("the request body is larger than the server accepts")]
     PayloadTooLarge,
     #[error("the request body must be JSON (Content-Type: application/json)")]
@@ -63,6 +65,7 @@ impl ApiError {
             ApiError::NotFound(_) => ErrorCode::NotFound,
             ApiError::MethodNotAllowed(_) => ErrorCode::MethodNotAllowed,
             ApiError::Conflict(_) => ErrorCode::Conflict,
+            ApiError::NotInCutover(_) => ErrorCode::NotInCutover,
             ApiError::PayloadTooLarge => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::Validation(_) => ErrorCode::ValidationFailed,
@@ -82,7 +85,7 @@ pub fn status_of(code: ErrorCode) -> StatusCode {
         ErrorCode::Forbidden => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-        ErrorCode::Conflict => StatusCode::CONFLICT,
+        ErrorCode::Conflict | ErrorCode::NotInCutover => StatusCode::CONFLICT,
         ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
         ErrorCode::ValidationFailed | ErrorCode::Infeasible => StatusCode::UNPROCESSABLE_ENTITY,
@@ -119,11 +122,11 @@ impl From<ValidationError> for ApiError {
     }
 }
 
-impl From<crate::fleet::SavingsError> for ApiError {
-    fn from(e: crate::fleet::SavingsError) -> Self {
+impl From<crate::overview::SavingsError> for ApiError {
+    fn from(e: crate::overview::SavingsError) -> Self {
         match e {
-            crate::fleet::SavingsError::Store(e) => e.into(),
-            e @ crate::fleet::SavingsError::Pricing(_) => ApiError::Internal(e.into()),
+            crate::overview::SavingsError::Store(e) => e.into(),
+            e @ crate::overview::SavingsError::Pricing(_) => ApiError::Internal(e.into()),
         }
     }
 }
@@ -133,6 +136,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::NotFound(what) => ApiError::NotFound(format!("{what} not found")),
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::NotInCutover(message) => ApiError::NotInCutover(message),
             StoreError::NotYours(message) => ApiError::NotYours(message),
             e @ StoreError::UnknownReference { .. } => ApiError::Validation(e.to_string()),
             StoreError::Database(e) => ApiError::from(e),

@@ -32,7 +32,7 @@ pub async fn list_migrations(
     ApiQuery(filter): ApiQuery<MigrationFilter>,
 ) -> Result<Json<MigrationPage>, ApiError> {
     check_filter_names(&[("site", filter.site.as_deref()), ("vm", filter.vm.as_deref())])?;
-    let page = db::migrations::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
+    let page = db::migration_jobs::list(&state.pool, PageRequest::parse(&page)?, &filter).await?;
     Ok(Json(MigrationPage { items: page.items, next_cursor: page.next_cursor }))
 }
 
@@ -43,7 +43,7 @@ pub async fn get_migration(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<i64>,
 ) -> Result<Json<MigrationDetail>, ApiError> {
-    Ok(Json(db::migrations::get(&state.pool, id).await?))
+    Ok(Json(db::migration_jobs::get(&state.pool, id).await?))
 }
 
 /// Cancel a migration before its cutover: the VM keeps running at the
@@ -57,7 +57,7 @@ pub async fn cancel_migration(
 ) -> Result<Json<MigrationDetail>, ApiError> {
     let actor = caller.actor();
     let detail = format!("cancelled by {actor}");
-    Ok(Json(db::migrations::transition(&state.pool, id, MigrationState::Cancelled, &actor, &detail).await?))
+    Ok(Json(db::migration_jobs::transition(&state.pool, id, MigrationState::Cancelled, &actor, &detail).await?))
 }
 
 /// Change a migration's bandwidth cap while it has not ended (`null`
@@ -71,5 +71,5 @@ pub async fn change_migration(
     ApiJson(change): ApiJson<MigrationChange>,
 ) -> Result<Json<MigrationDetail>, ApiError> {
     let change = parse_change(change)?;
-    Ok(Json(db::migrations::set_cap(&state.pool, id, change.cap_mbps, &caller.actor()).await?))
+    Ok(Json(db::migration_jobs::set_cap(&state.pool, id, change.cap_mbps, &caller.actor()).await?))
 }

@@ -13,13 +13,12 @@ pub mod events;
 pub mod executors;
 pub mod extract;
 pub mod feeds;
-pub mod fleet;
 pub mod groups;
 pub mod links;
-pub mod metrics;
 pub mod migrations;
 pub mod openapi;
 pub mod ops;
+pub mod overview;
 pub mod params;
 pub mod plans;
 pub mod rebalancer;
@@ -47,9 +46,9 @@ use tower_http::trace::TraceLayer;
 use self::auth::{Access, FailedAuth, TokenCache};
 use self::cache::ReadCache;
 use self::error::ApiError;
-use self::metrics::Metrics;
 use crate::config::PlannerConfig;
 use crate::domain::clock::Clock;
+use crate::metrics::Metrics;
 
 /// Largest request body accepted (bulk inventory writes stay well below).
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -125,7 +124,7 @@ pub fn app(state: AppState) -> Router {
         .merge(guarded(migrations::router(), Access::PLANS))
         .merge(guarded(events::router(), Access::PLANS))
         .merge(guarded(rebalancer::router(), Access::PLANS))
-        .merge(guarded(fleet::router(), Access::PLANS))
+        .merge(guarded(overview::router(), Access::PLANS))
         .merge(guarded(simulations::router(), Access::PLANS))
         .merge(guarded(recoveries::router(), Access::PLANS))
         .merge(guarded(dispatch::router(), Access::EXECUTOR))
@@ -138,13 +137,28 @@ pub fn app(state: AppState) -> Router {
         .layer(map_response(json_method_not_allowed))
         .layer(axum::middleware::from_fn(no_store))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .layer(from_fn_with_state(state.clone(), track))
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let route = request.extensions().get::<MatchedPath>().map(MatchedPath::as_str);
             tracing::info_span!("request", method = %request.method(), route, path = %request.uri().path(),
                 token_id = tracing::field::Empty)
         }))
         .with_state(state)
+}
+
+/// Times every request and counts it under its route and status.
+async fn track(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().to_string();
+    let route =
+        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let response = next.run(request).await;
+    state.metrics.request_answered(method, route, response.status().as_u16(), started.elapsed());
+    response
 }
 
 /// API answers (tokens' secrets among them) are for their caller alone:

@@ -6,8 +6,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use super::{
-    dispatch, events, executors, feeds, fleet, groups, links, migrations, ops, plans, rebalancer, recoveries, session,
-    signals, simulations, sites, tokens, vms,
+    dispatch, events, executors, feeds, groups, links, migrations, ops, overview, plans, rebalancer, recoveries,
+    session, signals, simulations, sites, tokens, vms,
 };
 
 #[derive(OpenApi)]
@@ -35,7 +35,7 @@ use super::{
         dispatch::complete_migration, dispatch::recover_migration, dispatch::report_network, dispatch::replication,
         dispatch::restart_outcome,
         recoveries::fail_site, recoveries::site_recovery, recoveries::get_recovery, recoveries::discard_copy,
-        fleet::get_overview, fleet::get_savings,
+        overview::get_overview, overview::get_savings,
         ops::healthz, ops::readyz, ops::metrics,
     ),
     components(schemas(heliotrope_api_spec::GroupPolicyKind)),

@@ -36,7 +36,7 @@ pub async fn healthz() -> Json<Health> {
 #[utoipa::path(get, path = "/readyz", tag = "operations", security(()),
     responses((status = 200, body = Health), (status = 503, body = heliotrope_api_spec::ErrorBody)))]
 pub async fn readyz(State(state): State<AppState>) -> Result<Json<Health>, ApiError> {
-    let ping = sqlx::query("select 1").execute(&state.pool);
+    let ping = crate::db::ping(&state.pool);
     match tokio::time::timeout(Duration::from_secs(1), ping).await {
         Ok(Ok(_)) => Ok(Json(Health { status: "ready" })),
         _ => Err(ApiError::Unavailable),

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
-use super::metrics::Metrics;
+use crate::metrics::Metrics;
 
 /// Bounds on what one client may hold of the server.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -4,20 +4,18 @@
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use chrono::{Duration, Utc};
+use chrono::Utc;
 use heliotrope_api_spec::{CurrentSignals, IngestParams, IngestReport, SeriesParams, SignalRow, SignalSeries};
 
 use super::error::{ApiError, ErrorResponses};
 use super::extract::{is_json, media_type, parse_json, read_body, ApiPath, ApiQuery};
 use super::AppState;
 use crate::db;
-use crate::domain::signals::{points_from_csv, points_from_rows, IngestOptions, Rejection};
+use crate::domain::signals::{points_from_csv, points_from_rows, series_window, IngestOptions, Rejection};
 use crate::domain::ValidationError;
 
 /// Largest push accepted: 8 weeks of hourly rows for 16 regions (the real trace files) fit many times over.
 pub const MAX_PUSH_BYTES: usize = 64 * 1024 * 1024;
-/// Longest span one query may ask for.
-pub const MAX_SPAN: Duration = Duration::days(366);
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -76,19 +74,7 @@ pub async fn get_series(
     ApiPath(id): ApiPath<i64>,
     ApiQuery(params): ApiQuery<SeriesParams>,
 ) -> Result<Json<SignalSeries>, ApiError> {
-    let now = state.clock.now();
-    let from = params.from.unwrap_or(now - Duration::hours(24));
-    let to = params.to.unwrap_or(now + Duration::hours(48));
-    for (field, time) in [("from", from), ("to", to)] {
-        crate::domain::signals::check_time(time, now + MAX_SPAN)
-            .map_err(|(_, message)| ValidationError::new(field, message))?;
-    }
-    if to <= from {
-        return Err(ValidationError::new("to", "must be after from").into());
-    }
-    if to - from > MAX_SPAN {
-        return Err(ValidationError::new("to", "a query spans at most 366 days").into());
-    }
+    let (from, to) = series_window(params.from, params.to, state.clock.now())?;
     let resolution = params.resolution.unwrap_or_default();
     let (site, _) = db::signals::site_region(&state.pool, id).await?;
     let points = db::signals::series(&state.pool, id, params.signal, from, to, resolution).await?;

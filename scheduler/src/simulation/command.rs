@@ -11,10 +11,57 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use super::fleet::{plan_fleet, regions_from_csv, FleetSpec};
 use super::{plots, policies_with_references, replay, report, table, Provenance};
-use crate::config::{PlannerConfig, SimulateArgs};
+use crate::config::PlannerConfig;
 use crate::domain::inventory::check_range;
 use crate::domain::simulation::traces::Traces;
 use crate::domain::simulation::{Policy, Scenario};
+
+#[derive(clap::Args, Clone)]
+pub struct SimulateArgs {
+    /// Hourly traces, CSV: region,timestamp_utc,carbon_g_per_kwh,price_per_mwh,currency[,...].
+    #[arg(long, required_unless_present = "database", conflicts_with = "database")]
+    pub traces: Option<std::path::PathBuf>,
+    /// Replay the configured database's stored signals instead (each site a region, named
+    /// after it; what `signals export --format csv` writes), e.g. after `signals backfill`.
+    #[arg(long)]
+    pub database: bool,
+    /// A fleet spec (JSON, see the README); default: a seeded fleet of 2,000 VMs on the traces' regions.
+    #[arg(long)]
+    pub fleet: Option<std::path::PathBuf>,
+    /// The regions' coordinates and time zones (CSV like shared/data/regions.csv); default: the built-in table.
+    #[arg(long)]
+    pub regions: Option<std::path::PathBuf>,
+    /// static, greedy, planner, oracle or all (comma-separated); static and oracle always run, the oracle share needs them.
+    #[arg(long, value_delimiter = ',', default_value = "all")]
+    pub policy: Vec<PolicyChoice>,
+    /// First hour simulated (RFC 3339, or a date); default: a day into the traces (the persistence forecast's history).
+    #[arg(long)]
+    pub from: Option<String>,
+    /// End of the window, exclusive (RFC 3339, or a date); default: the traces' end.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// What the policies are shown of the hours ahead: persistence, noisy:SIGMA or perfect (the oracle always sees the actual future).
+    #[arg(long, default_value = "persistence")]
+    pub forecast: crate::domain::simulation::Forecast,
+    /// The planner's horizon, hours (default: the oracle's, so that the two differ only in what they see).
+    #[arg(long, default_value_t = crate::domain::simulation::ORACLE_HORIZON_H as u32)]
+    pub horizon: u32,
+    /// What to minimise: cost, carbon or blend.
+    #[arg(long, default_value = "blend", value_parser = crate::config::parse_mode)]
+    pub mode: heliotrope_api_spec::PlanMode,
+    /// Price of a tonne of CO2eq, in the price currency.
+    #[arg(long, default_value_t = 100.0)]
+    pub carbon_price: f64,
+    /// Seeds the noisy forecast.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// VMs in the fleet (overrides the fleet spec's count).
+    #[arg(long)]
+    pub vms: Option<usize>,
+    /// Where the report (report.json) and the plots (SVG) go.
+    #[arg(long, default_value = "simulation")]
+    pub out: std::path::PathBuf,
+}
 
 /// Runs the simulation over `traces` (a trace file's text, from `named`;
 /// `synthetic` when its values were generated, not measured).

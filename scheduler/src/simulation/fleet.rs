@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use heliotrope_api_spec::{Capacity, LinkSpec, PowerModel};
 use serde::Deserialize;
 
-use crate::demo::inventory::{fleet_of, Fleet, Mix};
-use crate::demo::regions::{Region, REGIONS};
 use crate::domain::inventory::{check_range, parse_group, parse_link, parse_site, parse_vm};
 use crate::domain::planner::inputs::{plan_input, Inventory};
 use crate::domain::planner::{PlanInput, Settings};
+use crate::synthetic::inventory::{fleet_of, Fleet, Mix};
+use crate::synthetic::regions::{Region, REGIONS};
 
 /// What a fleet spec file holds; every field may be left out.
 #[derive(Debug, Clone, Deserialize)]

@@ -17,7 +17,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{PlanMode, PolicyTotals, SimulationReport, SimulationSeries};
 
-use crate::domain::simulation::{oracle_share, run, Policy, Run, Scenario, ScenarioError};
+use crate::domain::simulation::{oracle_share, Policy, Replay, Scenario, ScenarioError};
 
 /// The policies to run: those asked for, and always static and the
 /// oracle, which the oracle share is measured between.
@@ -34,10 +34,13 @@ pub fn replay(
     scenario: &Scenario,
     policies: &[Policy],
     tick: &(dyn Fn() -> bool + Sync),
-) -> Result<Vec<Run>, ScenarioError> {
+) -> Result<Vec<Replay>, ScenarioError> {
     scenario.check()?;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = policies.iter().map(|&p| scope.spawn(move || run(scenario, p, tick))).collect();
+        let handles: Vec<_> = policies
+            .iter()
+            .map(|&p| scope.spawn(move || crate::domain::simulation::replay(scenario, p, tick)))
+            .collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(ScenarioError("a policy's run panicked".into()))))
@@ -60,7 +63,7 @@ pub struct Provenance {
 }
 
 /// The report of `runs` (which hold static and the oracle).
-pub fn report(setting: Provenance, scenario: &Scenario, runs: &[Run], started: Instant) -> SimulationReport {
+pub fn report(setting: Provenance, scenario: &Scenario, runs: &[Replay], started: Instant) -> SimulationReport {
     let find = |p: Policy| runs.iter().find(|r| r.policy == p).map(|r| r.totals);
     let (fixed, oracle) = (find(Policy::Static), find(Policy::Oracle));
     let mut policies = BTreeMap::new();

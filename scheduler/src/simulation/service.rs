@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use chrono::{Duration, DurationRound, Utc};
-use heliotrope_api_spec::Simulation;
+use heliotrope_api_spec::{Simulation, SimulationRequest};
 use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -20,7 +20,8 @@ use super::{policies_with_references, replay, report, Provenance};
 use crate::config::PlannerConfig;
 use crate::db;
 use crate::domain::planner::inputs::{plan_input, Inventory};
-use crate::domain::simulation::{CheckedRequest, Scenario, ORACLE_HORIZON_H};
+use crate::domain::simulation::{Scenario, ORACLE_HORIZON_H};
+use crate::domain::Valid;
 use crate::planning::{horizon_signals, settings, snapshot, PlanningError};
 
 /// How often a running simulation writes its progress.
@@ -39,13 +40,14 @@ pub struct Runner {
 
 /// Checks that the inventory and stored signals cover the request,
 /// records the simulation and starts it in the background.
-pub async fn start(runner: &Runner, asked: CheckedRequest) -> Result<Simulation, PlanningError> {
+pub async fn start(runner: &Runner, asked: Valid<SimulationRequest>) -> Result<Simulation, PlanningError> {
     // Taken now and held to the end, so that a refused request leaves nothing behind.
     let slot = runner.slots.clone().try_acquire_owned().map_err(|_| {
         PlanningError::Busy("a simulation is running on this server; start another when it has finished".into())
     })?;
-    let request = &*asked.request;
-    let history = asked.forecast.history_h();
+    let request = &*asked;
+    let forecast = asked.forecast();
+    let history = forecast.history_h();
     let hours = (request.to - request.from).num_hours() as usize;
     let inventory = snapshot(&runner.pool, None).await?;
     if inventory.vms.is_empty() {
@@ -54,7 +56,7 @@ pub async fn start(runner: &Runner, asked: CheckedRequest) -> Result<Simulation,
     // Signals after the window, where there are some, are the horizon of its last hours.
     let this_hour = Utc::now().duration_trunc(Duration::hours(1)).unwrap_or(request.to);
     let ahead = ((this_hour - request.to).num_hours().max(0) as usize)
-        .min(asked.request.horizon_h.max(ORACLE_HORIZON_H as u32) as usize);
+        .min(request.horizon_h.max(ORACLE_HORIZON_H as u32) as usize);
     let first = request.from - Duration::hours(history as i64);
     let (actuals, coverage, currency) =
         horizon_signals(&runner.pool, &inventory.sites, first, (history + hours + ahead) as u32).await?;
@@ -73,7 +75,7 @@ pub async fn start(runner: &Runner, asked: CheckedRequest) -> Result<Simulation,
         from: history,
         to: history + hours,
         horizon_h: request.horizon_h as usize,
-        forecast: asked.forecast,
+        forecast,
         seed: request.seed,
     };
     scenario.check().map_err(|e| PlanningError::Inputs(e.to_string()))?;
@@ -81,7 +83,7 @@ pub async fn start(runner: &Runner, asked: CheckedRequest) -> Result<Simulation,
         from: request.from,
         to: request.to,
         sites: sites.iter().map(|s| s.name.clone()).collect(),
-        forecast: asked.forecast.to_string(),
+        forecast: forecast.to_string(),
         horizon_h: request.horizon_h,
         mode: request.mode,
         carbon_price_per_tonne: request.carbon_price_per_tonne,
@@ -89,8 +91,8 @@ pub async fn start(runner: &Runner, asked: CheckedRequest) -> Result<Simulation,
         filled_values: coverage.iter().map(|c| u64::from(c.persistence)).sum(),
         synthetic: coverage.iter().any(|c| c.synthetic),
     };
-    let simulation = db::simulations::insert(&runner.pool, &asked.request).await?;
-    let policies = policies_with_references(&asked.policies);
+    let simulation = db::simulations::insert(&runner.pool, &asked).await?;
+    let policies = policies_with_references(&asked.policies());
     tokio::spawn(run(runner.clone(), slot, simulation.id, scenario, setting, policies));
     Ok(simulation)
 }

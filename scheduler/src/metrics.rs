@@ -1,14 +1,11 @@
-//! Request metrics in the Prometheus text format: counts and latencies by
-//! method, route (the matched pattern, never the raw path, so that ids do
-//! not explode the label set) and status; and what operators alert on
-//! beside them (read cache, refused signals, executors' network steps,
-//! API connections open and refused).
+//! The scheduler's metrics in the Prometheus text format: request counts
+//! and latencies by method, route (the matched pattern, never the raw path,
+//! so that ids do not explode the label set) and status; and what operators
+//! alert on beside them (read cache, refused signals, executors' network
+//! steps, API connections open and refused). Outside `http` because the
+//! background services (the feed poller, backfills) count into it too;
+//! `http::track` is the middleware that feeds the request figures.
 
-use std::time::Instant;
-
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
 use heliotrope_api_spec::NetworkReport;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -17,7 +14,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
-use super::AppState;
 use crate::db::enum_to_text;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -126,6 +122,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// A request answered: `route` is the matched pattern.
+    pub fn request_answered(&self, method: String, route: String, status: u16, took: std::time::Duration) {
+        let labels = RequestLabels { method, route, status };
+        self.requests.get_or_create(&labels).inc();
+        self.latency.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
     pub fn read_cache_lookup(&self, hit: bool) {
         self.read_cache.get_or_create(&CacheLabels { result: if hit { "hit" } else { "miss" } }).inc();
     }
@@ -171,17 +174,4 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
-}
-
-/// Middleware: times every request and counts it under its route and status.
-pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().to_string();
-    let route =
-        request.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let response = next.run(request).await;
-    let labels = RequestLabels { method, route, status: response.status().as_u16() };
-    state.metrics.requests.get_or_create(&labels).inc();
-    state.metrics.latency.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
-    response
 }

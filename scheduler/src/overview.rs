@@ -27,7 +27,7 @@ pub async fn overview(pool: &PgPool, now: DateTime<Utc>, silent_after: Duration)
     let heard = db::executors::last_heard_by_site(pool).await?;
     let silent_before = Utc::now() - silent_after;
     let load = db::vms::load_by_site(pool).await?;
-    let moving = db::migrations::active_by_site(pool).await?;
+    let moving = db::migration_jobs::active_by_site(pool).await?;
     let mut current: HashMap<String, _> =
         db::signals::current(pool, now).await?.into_iter().map(|s| (s.site.clone(), s)).collect();
     let sites = sites
@@ -150,7 +150,7 @@ async fn price(
     // Migrations record real time: read on the clock, through its runs.
     let timeline = db::clock::timeline(pool).await?;
     let real_from = timeline.real_at(from);
-    let relocations: Vec<Relocation> = db::migrations::finished_between(pool, real_from, timeline.real_at(to))
+    let relocations: Vec<Relocation> = db::migration_jobs::finished_between(pool, real_from, timeline.real_at(to))
         .await?
         .into_iter()
         .filter_map(|f| {
@@ -164,7 +164,7 @@ async fn price(
             })
         })
         .collect();
-    let before: HashMap<i64, Whereabouts> = db::migrations::whereabouts_before(pool, real_from)
+    let before: HashMap<i64, Whereabouts> = db::migration_jobs::whereabouts_before(pool, real_from)
         .await?
         .into_iter()
         .filter_map(|(vm, origin, at)| Some((vm, Whereabouts { origin: *index.get(&origin)?, at: *index.get(&at)? })))

@@ -10,7 +10,7 @@ use super::error::{ApiError, ErrorResponses};
 use super::extract::ApiQuery;
 use super::AppState;
 use crate::domain::savings::parse_days;
-use crate::fleet;
+use crate::overview;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/overview", get(get_overview)).route("/v1/savings", get(get_savings))
@@ -21,7 +21,7 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/v1/overview", tag = "fleet", responses((status = 200, body = Overview), ErrorResponses))]
 pub async fn get_overview(State(state): State<AppState>) -> Result<Json<Overview>, ApiError> {
     let silent_after = chrono::Duration::milliseconds((state.planner.site_silent_after_s * 1000.0) as i64);
-    Ok(Json(fleet::overview(&state.pool, state.clock.now(), silent_after).await?))
+    Ok(Json(overview::overview(&state.pool, state.clock.now(), silent_after).await?))
 }
 
 /// What the migrations that finished in the last `days` saved per UTC day,
@@ -34,5 +34,5 @@ pub async fn get_savings(
     ApiQuery(params): ApiQuery<SavingsParams>,
 ) -> Result<Json<Savings>, ApiError> {
     let days = parse_days(params.days)?;
-    Ok(Json(fleet::savings(&state.pool, &state.planner, &state.savings_pricing, days, &state.clock).await?))
+    Ok(Json(overview::savings(&state.pool, &state.planner, &state.savings_pricing, days, &state.clock).await?))
 }

@@ -1,0 +1,480 @@
+//! A migration's source side, for both drivers: the source holds the
+//! migration's lease (a progress report every second, whose answer may
+//! change the cap or cancel), migrates the VM live, reports its cutover,
+//! then waits for the destination to confirm; if it never does, the source
+//! rolls the migration back and the VM runs on here. A failure before the
+//! cutover is reported as such. After a crash, the source's executor says
+//! where a recovering migration's VM runs, by the cutover marker it left.
+//!
+//! A `sim` VM's memory and disk cross as two sessions of the transfer
+//! stack (`heliotrope_executor::precopy`). A `qemu` VM's QEMU is adopted
+//! (or the one started when the VM migrated in is used); its NBD and
+//! memory connections are forwarded through tunnels to the destination
+//! executor, and the migration is driven (`heliotrope_executor::qemu::migrate`)
+//! under the job's cap, `query-migrate` reported as progress.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use heliotrope_api_spec::{
+    Assignment, Completion, Driver, MigrationState, ProgressAnswer, ProgressReport, QemuSpec, RecoveryReport, VmRunsAt,
+};
+use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, MEMORY_IMAGE};
+use heliotrope_executor::qemu::export::layout;
+use heliotrope_executor::qemu::migrate::{
+    announce, migrate_out, mirror_disks, start, MigrateError, MigrationOptions, QemuProgress, Steer,
+};
+use heliotrope_executor::shaping::Shaper;
+use heliotrope_executor::source::{open_tunnel, SendOptions, Session};
+use heliotrope_executor::tls::{self, Connection};
+use heliotrope_executor::transfer::{choose_level, Progress, TransferError};
+use heliotrope_executor::tunnel::nbd::Held;
+use heliotrope_executor::tunnel::{Carrying, Forwarder, Peer, TunnelCounters, MIGRATION, NBD, PROBE};
+
+use super::qemu::{spec_of, MULTIFD_CHANNELS};
+use super::{decode_hex, lock, MemoryRelay, Worker};
+
+/// How long a source waits after its cutover for the destination to
+/// confirm the VM runs there, before it rolls back and resumes the VM.
+const CONFIRM_WAIT: Duration = Duration::from_secs(120);
+
+impl Worker {
+    /// Reports migration `id`'s progress, which keeps its lease; the answer may change the cap or cancel.
+    async fn report(&self, id: i64, report: &ProgressReport) -> anyhow::Result<ProgressAnswer> {
+        Ok(self.scheduler.report_progress(id, self.executor, report).await?)
+    }
+
+    /// Keeps migration `id`'s lease with a report every 5 s until dropped,
+    /// while the source prepares (it reports progress itself from then on).
+    fn hold_lease(&self, id: i64) -> AbortOnDrop {
+        let (scheduler, executor) = (self.scheduler.clone(), self.executor);
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                let report = sim_report(&Progress::default(), 1.0);
+                if let Err(e) = scheduler.report_progress(id, executor, &report).await {
+                    tracing::warn!(error = %format!("{e:#}"), "holding the lease failed");
+                }
+            }
+        }))
+    }
+
+    /// After the cutover: reports until the destination has confirmed (the
+    /// scheduler records `done`). If it never does within `CONFIRM_WAIT`,
+    /// rolls the migration back: the scheduler records it, after which it
+    /// refuses the destination's confirmation, so only one copy ever runs.
+    async fn await_confirmation(&self, id: i64, progress: impl Fn() -> ProgressReport) -> anyhow::Result<Confirmed> {
+        let confirm_by = tokio::time::Instant::now() + CONFIRM_WAIT;
+        loop {
+            let answer = self.report(id, &progress()).await?;
+            match answer.state {
+                MigrationState::Done => return Ok(Confirmed::Done),
+                other if answer.cancelled => return Ok(Confirmed::Ended(other)),
+                _ if tokio::time::Instant::now() >= confirm_by => {
+                    let back = Completion {
+                        state: MigrationState::RolledBack,
+                        detail: format!("the destination did not confirm within {} s", CONFIRM_WAIT.as_secs()),
+                    };
+                    // Refused if the confirmation came in meanwhile: the next report says done.
+                    if self.scheduler.complete(id, self.executor, &back).await.is_ok() {
+                        tracing::warn!("{}; the VM runs on here", back.detail);
+                        return Ok(Confirmed::Ended(MigrationState::RolledBack));
+                    }
+                }
+                _ => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    }
+
+    /// Reports that migration `a` failed here with `e` (before its
+    /// cutover): the VM runs on here, and so do its addresses.
+    pub(super) async fn report_failure(&self, a: &Assignment, e: &anyhow::Error) {
+        let failed = Completion { state: MigrationState::Failed, detail: format!("{e:#}") };
+        match self.scheduler.complete(a.migration.id, self.executor, &failed).await {
+            Ok(_) => self.stay(&self.network_move(a).await).await,
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "reporting the failure failed"),
+        }
+    }
+
+    /// The first MiB of a VM's memory here, to measure compression on.
+    fn sample(&self, vm: &str) -> anyhow::Result<Vec<u8>> {
+        use std::io::Read;
+        let mut sample = Vec::with_capacity(1 << 20);
+        std::fs::File::open(self.vm_dir(vm).join(MEMORY_IMAGE))?.take(1 << 20).read_to_end(&mut sample)?;
+        Ok(sample)
+    }
+
+    /// Where the source remembers, across a crash, that it reported migration `id`'s cutover.
+    fn cutover_marker(&self, id: i64) -> PathBuf {
+        self.args.data_dir.join(format!("cutover-{id}"))
+    }
+
+    /// The source's side: migrate the VM live, reporting progress; let go of it once the destination confirms.
+    pub(super) async fn send(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        // Making a sim VM's images may take a while on a busy machine: the lease must not run out meanwhile.
+        let holding = self.hold_lease(id);
+        let vm = self.vm(a)?;
+        // Resolved now: the cutover is no time for a name lookup.
+        let network_move = self.network_move(a).await;
+        drop(holding);
+        let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
+        // Compression as strong as keeps ahead of the cap, measured on this VM's memory.
+        let level = choose_level(&self.sample(&a.migration.vm)?, cap);
+        let shaper = Arc::new(Shaper::new(cap));
+        // Where this executor replicates to the same site, the migration takes its share of the link
+        // and replication yields to it.
+        let slot = self.replication.migration_slot(&a.migration.to, cap);
+        let shapers = match &slot {
+            Some(slot) => slot.shapers(),
+            None => vec![shaper.clone()],
+        };
+        let set_cap = |cap: Option<f64>| match &slot {
+            Some(slot) => slot.set_cap(cap.unwrap_or(f64::INFINITY)),
+            None => shaper.set_rate(cap),
+        };
+        let (memory_progress, memory_watch) = tokio::sync::watch::channel(Progress::default());
+        let (disk_progress, disk_watch) = tokio::sync::watch::channel(Progress::default());
+        let scale = self.args.sim_mib_per_gib / 1024.0;
+        let progress_now = || sim_report(&memory_watch.borrow().and(&disk_watch.borrow()), scale);
+        let options = |progress| Arc::new(SendOptions { level, shapers: shapers.clone(), progress: Some(progress) });
+        self.report(
+            id,
+            &ProgressReport { state: Some(MigrationState::Transferring), ..sim_report(&Progress::default(), scale) },
+        )
+        .await?;
+        let mut memory = self.session(a, &options(memory_progress)).await?;
+        let mut disk = self.session(a, &options(disk_progress)).await?;
+        let precopy = PrecopyOptions { max_downtime_s: f64::from(a.vm.max_downtime_ms) / 1000.0, budget_s: 600.0 };
+        let moved = {
+            let migrating = migrate_vm(&mut memory, Some(&mut disk), &vm, &precopy);
+            tokio::pin!(migrating);
+            // Progress every second; an answer may change the cap or say stop.
+            loop {
+                tokio::select! {
+                    moved = &mut migrating => break moved,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let answer = self.report(id, &progress_now()).await?;
+                        if answer.cancelled {
+                            vm.resume();
+                            tracing::info!("cancelled: the VM runs on here");
+                            return Ok(());
+                        }
+                        set_cap(answer.cap_mbps.map(|mbps| mbps * 1e6 / 8.0));
+                    }
+                }
+            }
+        };
+        let report = moved?;
+        tracing::info!(downtime_ms = report.downtime_s * 1000.0, rounds = report.rounds, "moved; cutover");
+        // Remembered across a crash: from here on the destination holds the VM.
+        let marker = self.cutover_marker(id);
+        std::fs::write(&marker, b"")?;
+        let at_cutover = ProgressReport {
+            state: Some(MigrationState::Cutover),
+            downtime_s: Some(report.downtime_s),
+            ..progress_now()
+        };
+        self.report(id, &at_cutover).await?;
+        self.leave(&network_move).await;
+        if let Confirmed::Ended(state) = self.await_confirmation(id, progress_now).await? {
+            self.stay(&network_move).await;
+            vm.resume();
+            std::fs::remove_file(&marker)?;
+            if state == MigrationState::RolledBack {
+                return Ok(());
+            }
+            anyhow::bail!("the migration ended as {state:?} after cutover");
+        }
+        drop(vm);
+        let vm = lock(&self.running).remove(&a.migration.vm);
+        if let Some(vm) = vm.and_then(Arc::into_inner) {
+            vm.destroy()?;
+        }
+        std::fs::remove_file(&marker)?;
+        Ok(())
+    }
+
+    /// A session of the transfer stack to migration `a`'s destination,
+    /// once the destination expects the job.
+    async fn session(
+        &self,
+        a: &Assignment,
+        options: &Arc<SendOptions>,
+    ) -> anyhow::Result<Session<Box<dyn Connection>>> {
+        let peer = a.peer_address.as_deref().context("a source assignment names its peer")?;
+        let secret = decode_hex(&a.secret)?;
+        // The destination learns the job's secret when it claims its side: until then it refuses.
+        let mut last = None;
+        for _ in 0..60 {
+            let mut streams = Vec::new();
+            for _ in 0..self.args.streams {
+                streams.push(
+                    tls::connect(peer, self.tls.as_ref()).await.with_context(|| format!("connecting to {peer}"))?,
+                );
+            }
+            match Session::open(streams, a.migration.id as u64, &secret, options.clone()).await {
+                Ok(session) => return Ok(session),
+                Err(TransferError::NotExpected) => {
+                    last = Some(TransferError::NotExpected.to_string());
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        anyhow::bail!("the destination never took job {}: {}", a.migration.id, last.unwrap_or_default())
+    }
+
+    /// Waits until the destination executor lets this job's tunnels through.
+    async fn destination_ready(&self, peer: &Peer) -> anyhow::Result<()> {
+        let mut last = String::new();
+        for _ in 0..120 {
+            let mut probe = tls::connect(&peer.address, peer.tls.as_ref()).await?;
+            match open_tunnel(&mut probe, peer.job, &peer.secret, PROBE).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        anyhow::bail!("the destination never readied job {}: {last}", peer.job)
+    }
+
+    /// The source's side of a qemu migration.
+    pub(super) async fn send_qemu(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let spec = spec_of(a)?;
+        let holding = self.hold_lease(id);
+        let machine = self.machine(&a.migration.vm, &spec).await?;
+        // Resolved now: the cutover is no time for a name lookup.
+        let network_move = self.network_move(a).await;
+        let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
+        let shaper = Arc::new(Shaper::new(cap));
+        let peer = Peer {
+            address: a.peer_address.clone().context("a source assignment names its peer")?,
+            tls: self.tls.clone(),
+            job: id as u64,
+            secret: decode_hex(&a.secret)?.into(),
+        };
+        self.report(
+            id,
+            &ProgressReport {
+                state: Some(MigrationState::Transferring),
+                ..qemu_report(&Default::default(), &Default::default(), &Default::default())
+            },
+        )
+        .await?;
+        self.destination_ready(&peer).await?;
+        let dir = self.job_dir(id)?;
+        let (nbd_socket, migration_socket) = (dir.join("nbd.sock"), dir.join("migration.sock"));
+        let held = Arc::new(self.held_at(&a.migration.vm, &a.migration.to, &spec));
+        let nbd = Forwarder::listen(
+            &nbd_socket,
+            peer.clone(),
+            NBD,
+            shaper.clone(),
+            Carrying { held, ..Carrying::default() },
+        )?;
+        // What leaves is kept here: should the VM come back, most of its memory is here already.
+        let image = self.ram_image(&a.migration.vm, id);
+        let raw_memory = self.args.memory_relay == MemoryRelay::Raw;
+        let carrying = Carrying { image: image.clone(), raw_memory, ..Carrying::default() };
+        let memory = Forwarder::listen(&migration_socket, peer, MIGRATION, shaper.clone(), carrying)?;
+        mirror_disks(&machine, &spec.disks, &nbd_socket, None, Duration::from_secs(3600)).await?;
+        drop(holding);
+
+        // QEMU is polled every 250 ms; the scheduler hears every second, in a task of its own.
+        let (progress_tx, progress_rx) = tokio::sync::watch::channel(QemuProgress::default());
+        let steer = Arc::new(Mutex::new(Steer { cap_bytes_per_s: cap, stop: false }));
+        let reporting = {
+            let steer = steer.clone();
+            let (mut progress_rx, tunnels) = (progress_rx.clone(), (nbd.counters.clone(), memory.counters.clone()));
+            async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let report = qemu_report(&progress_rx.borrow_and_update(), &tunnels.0, &tunnels.1);
+                    match self.report(id, &report).await {
+                        Ok(answer) => {
+                            let mut steer = lock(&steer);
+                            steer.cap_bytes_per_s = answer.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
+                            steer.stop = answer.cancelled;
+                            shaper.set_rate(steer.cap_bytes_per_s);
+                        }
+                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "a progress report failed"),
+                    }
+                }
+            }
+        };
+        let options = MigrationOptions {
+            cap_bytes_per_s: cap,
+            max_downtime_ms: u64::from(a.vm.max_downtime_ms),
+            step: Duration::from_secs_f64(self.args.qemu_policy_step_s),
+            multifd_channels: MULTIFD_CHANNELS,
+        };
+        let migrating = migrate_out(&machine, &spec.disks, options, &migration_socket, |p| {
+            progress_tx.send_replace(p.clone());
+            *lock(&steer)
+        });
+        let migrated = tokio::select! {
+            migrated = migrating => migrated,
+            () = reporting => unreachable!("reporting never ends"),
+        };
+        let migrated = match migrated {
+            Err(MigrateError::Cancelled) => {
+                tracing::info!("cancelled: the VM runs on here");
+                self.drop_ram_image(image.as_deref());
+                return Ok(());
+            }
+            Err(e) => {
+                self.drop_ram_image(image.as_deref());
+                return Err(e.into());
+            }
+            Ok(migrated) => migrated,
+        };
+        let downtime_s = migrated.progress.downtime_ms.map(|ms| ms as f64 / 1000.0);
+        tracing::info!(?downtime_s, elapsed_s = migrated.elapsed.as_secs_f64(), "moved; cutover");
+        let marker = self.cutover_marker(id);
+        std::fs::write(&marker, b"")?;
+        let final_progress = migrated.progress.clone();
+        let progress_now = || qemu_report(&final_progress, &nbd.counters, &memory.counters);
+        self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
+        self.leave(&network_move).await;
+        match self.await_confirmation(id, progress_now).await? {
+            Confirmed::Done => {
+                // Its replication holds the machine: it stops first, so that QEMU can be told to quit.
+                self.replication.stop(&a.migration.vm).await;
+                lock(&self.machines).remove(&a.migration.vm);
+                if let Some(machine) = Arc::into_inner(machine) {
+                    machine.quit().await;
+                }
+                drop(memory);
+                self.keep_ram_image(image).await;
+            }
+            Confirmed::Ended(state) => {
+                self.drop_ram_image(image.as_deref());
+                self.stay(&network_move).await;
+                start(&machine).await?;
+                let _ = announce(&machine).await;
+                tracing::info!(?state, "the migration did not end in a cutover: the VM runs on here");
+            }
+        }
+        std::fs::remove_file(&marker)?;
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// What VM `vm`'s replica at `site` holds of each of its disks (nothing
+    /// where it has none, or none synced yet).
+    fn held_at(&self, vm: &str, site: &str, spec: &QemuSpec) -> Held {
+        let Some(hashes) = self.replication.held(vm, site) else { return Held::default() };
+        let (first, _) = layout(&spec.disks);
+        let exports = spec.disks.iter().zip(first).map(|(d, first)| (d.node.clone(), (first, hashes.clone())));
+        Held { exports: exports.collect() }
+    }
+
+    /// After a crash here, say where a recovering migration's VM runs: at
+    /// the destination if this executor had reported its cutover (it holds
+    /// the sealed images and the VM paused here was let go), else here.
+    pub(super) async fn recover(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let marker = self.cutover_marker(id);
+        let runs_at = if marker.exists() { VmRunsAt::Destination } else { VmRunsAt::Source };
+        let detail = self.scheduler.recover(id, self.executor, &RecoveryReport { runs_at }).await?;
+        tracing::info!(?runs_at, state = ?detail.migration.state, "recovered");
+        if runs_at == VmRunsAt::Source {
+            self.stay(&self.network_move(a).await).await;
+        }
+        match (runs_at, a.vm.driver) {
+            (VmRunsAt::Destination, Driver::Sim) => {
+                let _ = std::fs::remove_dir_all(self.vm_dir(&a.migration.vm));
+            }
+            (VmRunsAt::Destination, Driver::Qemu) => self.let_go_qemu(a).await,
+            (VmRunsAt::Source, Driver::Sim) => {
+                self.vm(a)?;
+            }
+            (VmRunsAt::Source, Driver::Qemu) => self.resume_qemu(a).await?,
+        }
+        if marker.exists() {
+            std::fs::remove_file(&marker)?;
+        }
+        Ok(())
+    }
+
+    /// After a crash: the VM runs at the destination, so the paused QEMU here goes.
+    async fn let_go_qemu(&self, a: &Assignment) {
+        if let Ok(spec) = spec_of(a) {
+            if let Ok(machine) = self.machine(&a.migration.vm, &spec).await {
+                lock(&self.machines).remove(&a.migration.vm);
+                if let Some(machine) = Arc::into_inner(machine) {
+                    machine.quit().await;
+                }
+            }
+        }
+    }
+
+    /// After a crash: the VM runs here; it resumes if the migration left it paused.
+    async fn resume_qemu(&self, a: &Assignment) -> anyhow::Result<()> {
+        let machine = self.machine(&a.migration.vm, &spec_of(a)?).await?;
+        start(&machine).await?;
+        let _ = announce(&machine).await;
+        Ok(())
+    }
+}
+
+/// A sim migration's progress as the scheduler is told it. A sim guest is the inventory's VM
+/// scaled down `scale` times (`--sim-mib-per-gib` / 1024), its dirty rate too:
+/// the rate goes back to the inventory's scale, where the scheduler uses it.
+fn sim_report(p: &Progress, scale: f64) -> ProgressReport {
+    ProgressReport {
+        state: None,
+        raw_bytes: p.counters.raw_bytes,
+        wire_bytes: p.counters.wire_bytes,
+        round: p.round,
+        dirty_bytes_per_s: p.dirty_bytes_per_s / scale,
+        expected_downtime_s: p.expected_downtime_s,
+        eta_s: p.eta_s,
+        downtime_s: None,
+        saved_bytes: Some(p.counters.savings()),
+        disk_wire_bytes: None,
+        relayed_raw: None,
+    }
+}
+
+/// `query-migrate` as the scheduler is told it, with what the tunnels
+/// carried: `disks` the mirrors' NBD connections, `memory` the migration
+/// stream's. Raw bytes are what crossed plus what was kept off the wire.
+fn qemu_report(p: &QemuProgress, disks: &TunnelCounters, memory: &TunnelCounters) -> ProgressReport {
+    let eta_s = (p.bytes_per_s > 0.0).then(|| p.remaining as f64 / p.bytes_per_s);
+    let disk_wire = disks.up() + disks.down();
+    ProgressReport {
+        state: None,
+        raw_bytes: disks.raw_equivalent() + memory.raw_equivalent(),
+        wire_bytes: disk_wire + memory.up() + memory.down(),
+        round: u32::try_from(p.dirty_syncs).unwrap_or(u32::MAX),
+        dirty_bytes_per_s: p.dirty_bytes_per_s,
+        expected_downtime_s: p.expected_downtime_ms.map(|ms| ms as f64 / 1000.0),
+        eta_s,
+        downtime_s: p.downtime_ms.map(|ms| ms as f64 / 1000.0),
+        saved_bytes: Some(disks.saved() + memory.saved()),
+        disk_wire_bytes: Some(disk_wire),
+        relayed_raw: disks.raw().or_else(|| memory.raw()),
+    }
+}
+
+/// A task that stops when this is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// How a migration ended after its cutover, as the source hears it.
+enum Confirmed {
+    /// The destination confirmed: the VM runs there.
+    Done,
+    /// It ended otherwise (rolled back, ...): the VM must run on here.
+    Ended(MigrationState),
+}
