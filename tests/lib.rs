@@ -3,6 +3,7 @@
 //! `#[sqlx::test]`), driven through real HTTP.
 
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use heliotrope::db;
 use heliotrope::domain::token::{generate_secret, secret_digest};
@@ -50,10 +51,55 @@ pub async fn spawn_on(pool: PgPool, services: Services, listen: SocketAddr) -> T
     TestApp::at(addr, pool)
 }
 
+/// Asks `ask` every `every` until `done` holds for its answer, for at most
+/// `within`: `Ok` with that answer, or `Err` with the last one once `within`
+/// has passed. The one poll loop of these tests: every wait is made of it.
+pub async fn wait_until<T>(
+    within: Duration,
+    every: Duration,
+    mut ask: impl AsyncFnMut() -> T,
+    mut done: impl FnMut(&T) -> bool,
+) -> Result<T, T> {
+    let started = Instant::now();
+    loop {
+        let answer = ask().await;
+        if done(&answer) {
+            return Ok(answer);
+        }
+        if started.elapsed() >= within {
+            return Err(answer);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Whether the tests run under CI (`CI` set, as CI services set it; the
+/// executor's tests read it the same way).
+pub fn under_ci() -> bool {
+    std::env::var_os("CI").is_some()
+}
+
+/// What a test needs of the machine it runs on (a data file, network
+/// namespaces, a built guest): `Some` when `found` has it. When it does
+/// not, the test fails under CI, saying why (there a skipped test would
+/// pass quietly); elsewhere it prints why it skips and gets `None`, and
+/// returns.
+#[track_caller]
+pub fn prerequisite<T, E: std::fmt::Display>(what: &str, found: Result<T, E>) -> Option<T> {
+    match found {
+        Ok(found) => Some(found),
+        Err(why) if under_ci() => panic!("{what}: {why} (under CI no test skips)"),
+        Err(why) => {
+            eprintln!("skipped: {what}: {why}");
+            None
+        }
+    }
+}
+
 /// The tests' HTTP client: it lets idle connections go before the server
 /// closes them (at its 10 s header timeout), as the executors do.
 fn client() -> reqwest::ClientBuilder {
-    reqwest::Client::builder().pool_idle_timeout(std::time::Duration::from_secs(4))
+    reqwest::Client::builder().pool_idle_timeout(Duration::from_secs(4))
 }
 
 impl TestApp {
@@ -76,15 +122,10 @@ impl TestApp {
 
     /// `GET {path}` as the admin every 250 ms until `done` holds for its body
     /// (at most 2 minutes: then it panics, saying `what` never happened).
-    pub async fn wait_for(&self, what: &str, mut done: impl FnMut(&Value) -> bool, path: &str) -> Value {
-        for _ in 0..480 {
-            let answer = self.get(path).await.body;
-            if done(&answer) {
-                return answer;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        }
-        panic!("{what}: never; last {}", self.get(path).await.body);
+    pub async fn wait_for(&self, what: &str, done: impl FnMut(&Value) -> bool, path: &str) -> Value {
+        let asked = async || self.get(path).await.body;
+        let waited = wait_until(Duration::from_secs(120), Duration::from_millis(250), asked, done).await;
+        waited.unwrap_or_else(|last| panic!("{what}: never; last {last}"))
     }
 
     /// Whether it answers `/readyz` with 200 (false while it does not listen yet).
@@ -132,7 +173,7 @@ impl Events {
                 }
                 continue;
             }
-            let chunk = tokio::time::timeout(std::time::Duration::from_secs(20), self.response.chunk())
+            let chunk = tokio::time::timeout(Duration::from_secs(20), self.response.chunk())
                 .await
                 .expect("an event within 20 s")
                 .expect("the stream")
@@ -141,11 +182,8 @@ impl Events {
         }
     }
 
-    /// The next event whose data is not `passed_over`. News reaches a
-    /// stream some time after its commit, so news from just before the
-    /// stream was opened may still arrive on it.
     /// Whether the server ends the stream within `within` (news meanwhile is passed over).
-    pub async fn ends_within(&mut self, within: std::time::Duration) -> bool {
+    pub async fn ends_within(&mut self, within: Duration) -> bool {
         tokio::time::timeout(within, async {
             loop {
                 match self.response.chunk().await {
@@ -158,6 +196,9 @@ impl Events {
         .is_ok()
     }
 
+    /// The next event whose data is not `passed_over`. News reaches a
+    /// stream some time after its commit, so news from just before the
+    /// stream was opened may still arrive on it.
     pub async fn next_past(&mut self, passed_over: impl Fn(&Value) -> bool) -> (String, Value) {
         loop {
             let event = self.next().await;

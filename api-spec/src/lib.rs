@@ -9,7 +9,7 @@
 //! `openapi.json`; a test fails when that file is stale.
 //!
 //! Layout: [`inventory`] (sites, links, VMs, groups, executors),
-//! [`auth`] (roles and tokens), [`fleet`] (the dashboard's overview and savings), [`error`] (the one error shape), and
+//! [`auth`] (roles and tokens), [`overview`] (the dashboard's overview and savings), [`error`] (the one error shape), and
 //! [`page`] (cursor pagination), [`signals`] (carbon and price series),
 //! [`plans`] (placement plans and their moves), [`migrations`] (the
 //! jobs applied plans turn into), [`replication`] (keeping VMs' disks
@@ -19,9 +19,9 @@
 
 pub mod auth;
 pub mod error;
-pub mod fleet;
 pub mod inventory;
 pub mod migrations;
+pub mod overview;
 pub mod page;
 pub mod plans;
 pub mod recovery;
@@ -31,9 +31,9 @@ pub mod simulations;
 
 pub use auth::*;
 pub use error::*;
-pub use fleet::*;
 pub use inventory::*;
 pub use migrations::*;
+pub use overview::*;
 pub use page::*;
 pub use plans::*;
 pub use recovery::*;

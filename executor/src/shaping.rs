@@ -6,6 +6,7 @@
 //! the migrations' caps leave, at most its budget, and nothing while they
 //! take the whole link.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ use crate::lock;
 /// A token bucket; `None` for a rate means unshaped.
 pub struct Shaper {
     bucket: Mutex<Bucket>,
+    /// How often a sender found the rate zero and waited (see [`Shaper::times_held`]).
+    held: AtomicU64,
 }
 
 struct Bucket {
@@ -28,7 +31,10 @@ const BURST_S: f64 = 0.05;
 
 impl Shaper {
     pub fn new(bytes_per_s: Option<f64>) -> Shaper {
-        Shaper { bucket: Mutex::new(Bucket { rate: bytes_per_s, tokens: 0.0, last: Instant::now() }) }
+        Shaper {
+            bucket: Mutex::new(Bucket { rate: bytes_per_s, tokens: 0.0, last: Instant::now() }),
+            held: AtomicU64::new(0),
+        }
     }
 
     /// Changes the rate from now on.
@@ -40,6 +46,13 @@ impl Shaper {
 
     pub fn rate(&self) -> Option<f64> {
         lock(&self.bucket).rate
+    }
+
+    /// How many times a sender has looked and found the rate zero: it grows
+    /// every [`PAUSED_POLL`] while one is held, so that a held sender can be
+    /// told from one that is not sending at all.
+    pub fn times_held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
     }
 
     /// Takes `bytes`, waiting as long as the rate asks (while it is zero,
@@ -54,7 +67,10 @@ impl Shaper {
                 b.refill();
                 match b.rate {
                     None => return,
-                    Some(rate) if rate.is_nan() || rate < MIN_RATE => PAUSED_POLL,
+                    Some(rate) if rate.is_nan() || rate < MIN_RATE => {
+                        self.held.fetch_add(1, Ordering::Relaxed);
+                        PAUSED_POLL
+                    }
                     Some(rate) => {
                         if let Some(bytes) = owed.take() {
                             b.tokens -= bytes as f64;

@@ -198,6 +198,18 @@ async fn synced_at_least(synced: &mut tokio::sync::watch::Receiver<Synced>, n: u
     assert!(reached, "{} syncs, not {n}", synced.borrow().count);
 }
 
+/// Waits until a sender has been held at rate zero `n` times by `shaper`; returns how many times.
+async fn held_at_least(shaper: &Shaper, n: u64) -> u64 {
+    let waited = tokio::time::timeout(Duration::from_secs(30), async {
+        while shaper.times_held() < n {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "held {} times, not {n}", shaper.times_held());
+    shaper.times_held()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_vm_is_replicated_in_the_background_and_yields_to_migrations() {
     let source = tempfile::tempdir().unwrap();
@@ -218,11 +230,14 @@ async fn a_running_vm_is_replicated_in_the_background_and_yields_to_migrations()
     let mut replicating = keep_synced(&vm, "vm-51-disk.img", open, Duration::from_millis(100)).unwrap();
     synced_at_least(&mut replicating.synced, 3).await;
 
-    // A migration takes the whole link: replication waits for it.
+    // A migration takes the whole link: replication waits for it. Once a
+    // sync is held at rate zero, none gets through while it looks again and
+    // again (every 20 ms: 25 looks is half a second).
     let migration = link.start_migration(50e6);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let replication = &link.replication_shapers()[0];
+    let held_since = held_at_least(replication, 1).await;
     let before = replicating.synced.borrow().count;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    held_at_least(replication, held_since + 25).await;
     assert_eq!(replicating.synced.borrow().count, before, "no sync gets through while migrations take the link");
     drop(migration);
     synced_at_least(&mut replicating.synced, before + 2).await;

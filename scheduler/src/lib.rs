@@ -7,8 +7,9 @@
 //! graph has no cycle):
 //! - [`domain`]: the rules, free of HTTP and SQL (validation, planner, schedule, cost model).
 //! - [`synthetic`]: made-up regions, fleets and signals (demo, benchmarks, what-if default).
-//! - [`config`]: the settings every subcommand shares; [`metrics`]: the Prometheus registry.
+//! - [`config`]: the settings every subcommand shares.
 //! - [`db`]: all SQL, one module per aggregate, and the embedded migrations.
+//! - [`metrics`]: the Prometheus registry the server and the services count into.
 //! - The services: [`planning`] (a stored plan from inventory and signals),
 //!   [`evacuation`] (a site's VMs out before a deadline), [`dispatcher`]
 //!   (which migrations start, at what cap), [`rebalancer`] (the hourly

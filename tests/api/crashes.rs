@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
-use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, Processes, TestApp, ADMIN};
+use heliotrope_tests::{free_port, link, spawn_app, wait_until, with, workspace_binary, Processes, TestApp, ADMIN};
 use serde_json::json;
 use sqlx::PgPool;
 
@@ -41,13 +41,10 @@ pub(crate) fn serving<'c>(
 /// A scheduler process's API, once it answers.
 pub(crate) async fn ready_at(port: u16, pool: &PgPool) -> TestApp {
     let app = TestApp::at(([127, 0, 0, 1], port).into(), pool.clone());
-    for _ in 0..200 {
-        if app.ready().await {
-            return app;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the scheduler on port {port} never became ready");
+    let ready =
+        wait_until(Duration::from_secs(20), Duration::from_millis(100), async || app.ready().await, |&r| r).await;
+    assert!(ready.is_ok(), "the scheduler on port {port} never became ready");
+    app
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -78,20 +75,12 @@ async fn a_scheduler_killed_mid_apply_loses_and_doubles_nothing(pool: PgPool) {
         let app = app.clone();
         async move { app.send(reqwest::Method::POST, &format!("/v1/plans/{id}/apply"), Some(ADMIN), None).await }
     });
-    let mut waiting = false;
-    for _ in 0..200 {
-        waiting = sqlx::query_scalar(
-            "select exists (select 1 from pg_locks where not granted and relation = 'migration_job'::regclass)",
-        )
-        .fetch_one(&pool)
-        .await
-        .unwrap();
-        if waiting {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(waiting, "the apply reached the migrations table");
+    let waiting = async || {
+        let waits = "select exists (select 1 from pg_locks where not granted and relation = 'migration_job'::regclass)";
+        sqlx::query_scalar::<_, bool>(waits).fetch_one(&pool).await.unwrap()
+    };
+    let waited = wait_until(Duration::from_secs(5), Duration::from_millis(25), waiting, |&w| w).await;
+    assert!(waited.is_ok(), "the apply reached the migrations table");
     // ... and kill -9 the scheduler there.
     scheduler.0[0].kill().unwrap();
     scheduler.0[0].wait().unwrap();

@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
-use heliotrope_tests::{free_port, workspace_binary, Processes, TestApp, ADMIN};
+use heliotrope_tests::{free_port, wait_until, workspace_binary, Processes, TestApp, ADMIN};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -39,9 +39,11 @@ async fn the_demo_moves_vms_by_itself_and_its_savings_show_on_its_clock(pool: Pg
 
     // Savings accrue on the demo's clock: 30 of its hours on, moving has saved against staying put,
     // on what the rebalancer minimises (blend: cost plus emissions at 100 USD a tonne) and in money.
-    while clock_reads(&app).await < started + chrono::Duration::hours(30) {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    // (It takes a minute at 1,800 times; the bound is where nextest would end the test anyway.)
+    let on = started + chrono::Duration::hours(30);
+    let reads = async || clock_reads(&app).await;
+    let reached = wait_until(Duration::from_secs(300), Duration::from_millis(500), reads, |&at| at >= on).await;
+    assert!(reached.is_ok(), "the demo's clock never read {on}: {reached:?}");
     let savings = app.get("/v1/savings").await.body;
     assert_eq!(savings["synthetic"], true, "{savings}");
     let (cost, kg) = (savings["total_cost_saved"].as_f64().unwrap(), savings["total_kg_saved"].as_f64().unwrap());
@@ -88,14 +90,9 @@ async fn a_stopped_demo_leaves_no_executor_and_resumes_its_migrations(pool: PgPo
     // Killed outright, the demo's executors go with it.
     demo.process.0[0].kill().unwrap();
     demo.process.0[0].wait().unwrap();
-    let mut left_running = executors_of(&demo);
-    for _ in 0..50 {
-        if left_running == 0 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        left_running = executors_of(&demo);
-    }
+    let left = async || executors_of(&demo);
+    let (Ok(left_running) | Err(left_running)) =
+        wait_until(Duration::from_secs(5), Duration::from_millis(100), left, |&n| n == 0).await;
     assert_eq!(left_running, 0, "no executor outlives a killed demo by 5 s");
 
     // Other sites than the demo holds: refused, saying how to start afresh.

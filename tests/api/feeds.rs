@@ -1,12 +1,14 @@
 //! `/v1/feeds` and the provider adapters, polled once at a time against
 //! local stand-ins that serve each provider's documented format and quirks.
 
+use std::time::Duration;
+
 use heliotrope::db::MIGRATOR;
 use heliotrope::feeds::poller::{next_delay, poll_once, PollOutcome};
 use heliotrope::feeds::reach::FeedReach;
 use heliotrope::feeds::Fetcher;
-use heliotrope::http::metrics::Metrics;
-use heliotrope_tests::{site, spawn_app, FakeProvider, TestApp};
+use heliotrope::metrics::Metrics;
+use heliotrope_tests::{site, spawn_app, wait_until, FakeProvider, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -254,8 +256,8 @@ async fn rate_limits_are_honoured(pool: PgPool) {
     let id = feed(&app, em_feed(&base, "HELIOTROPE_FEED_EM_KEY3")).await;
     let outcome = poll(&app, &fetcher(), &Metrics::default(), id).await;
     let PollOutcome::Failed { retry_in, transient, .. } = &outcome else { panic!("{outcome:?}") };
-    assert_eq!((*retry_in, *transient), (Some(std::time::Duration::from_secs(120)), true));
-    assert_eq!(next_delay(&outcome, std::time::Duration::from_secs(300), 0), std::time::Duration::from_secs(120));
+    assert_eq!((*retry_in, *transient), (Some(Duration::from_secs(120)), true));
+    assert_eq!(next_delay(&outcome, Duration::from_secs(300), 0), Duration::from_secs(120));
     let health = app.get(&format!("/v1/feeds/{id}")).await.body["health"].clone();
     assert!(health["last_error"].as_str().unwrap().contains("429"), "{health}");
 }
@@ -442,20 +444,14 @@ async fn the_poller_polls_due_feeds_until_stopped(pool: PgPool) {
     ));
     // The first poll comes within a tick (5 s) plus up to 3 s of spreading.
     let started = std::time::Instant::now();
-    let health = loop {
-        let health = app.get(&format!("/v1/feeds/{id}")).await.body["health"].clone();
-        if health["points_ingested"] == 1 || started.elapsed() > std::time::Duration::from_secs(30) {
-            break health;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let ask = async || app.get(&format!("/v1/feeds/{id}")).await.body["health"].clone();
+    let ingested = |health: &Value| health["points_ingested"] == 1;
+    let (Ok(health) | Err(health)) =
+        wait_until(Duration::from_secs(30), Duration::from_millis(200), ask, ingested).await;
     assert_eq!(health["points_ingested"], 1, "{health} after {:?}; requests: {:?}", started.elapsed(), gb.requests());
     assert!(health["last_success_at"].is_string());
     stop.cancel();
-    tokio::time::timeout(std::time::Duration::from_secs(10), poller)
-        .await
-        .expect("the poller stops when told")
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), poller).await.expect("the poller stops when told").unwrap();
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

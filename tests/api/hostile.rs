@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use heliotrope::db::MIGRATOR;
 use heliotrope_api_spec::Role;
 use heliotrope_executor::wire::{nonce, read_frame, write_frame, Frame, VERSION};
-use heliotrope_tests::{free_port, spawn_app, workspace_binary, Processes};
+use heliotrope_tests::{free_port, spawn_app, wait_until, workspace_binary, Processes};
 
 use crate::crashes::{ready_at, serving};
 use serde_json::Value;
@@ -72,15 +72,8 @@ async fn the_transfer_listener_outlives_running_out_of_descriptors(pool: PgPool)
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(idle);
     // Once they are gone the executor takes connections again (it used to stop accepting for good).
-    let mut answered = false;
-    for _ in 0..20 {
-        if answers(to).await {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(answered, "the listener died");
+    let answered = wait_until(Duration::from_secs(5), Duration::from_millis(250), async || answers(to).await, |&a| a);
+    assert!(answered.await.is_ok(), "the listener died");
     // Its heartbeat told the scheduler what happened.
     let told = |page: &Value| {
         let listener = &page["items"][0]["listener"];
@@ -136,14 +129,8 @@ fn rss_kib(pid: u32) -> u64 {
 /// Whether `GET /healthz` at `to` answers 200 within `within` (asking every 200 ms).
 async fn healthy_within(to: SocketAddr, within: Duration) -> bool {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
-    let started = Instant::now();
-    while started.elapsed() < within {
-        if client.get(format!("http://{to}/healthz")).send().await.is_ok_and(|r| r.status() == 200) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    false
+    let healthy = async || client.get(format!("http://{to}/healthz")).send().await.is_ok_and(|r| r.status() == 200);
+    wait_until(within, Duration::from_millis(200), healthy, |&h| h).await.is_ok()
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -166,12 +153,13 @@ async fn the_api_server_cuts_off_slow_and_idle_clients_and_keeps_answering(pool:
     let mut slow = TcpStream::connect(to).await.unwrap();
     slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: a\r\n").await.unwrap();
     let started = Instant::now();
-    let mut cut = false;
-    while !cut && started.elapsed() < Duration::from_secs(10) {
-        cut = slow.write_all(b"X-Slow: 1\r\n").await.is_err()
-            || tokio::time::timeout(Duration::from_millis(300), slow.read(&mut [0; 256])).await.is_ok();
-    }
-    assert!(cut, "a slow header was still open after 10 s");
+    // A line every 300 ms at most (the read waits that long for an answer).
+    let cut = async || {
+        slow.write_all(b"X-Slow: 1\r\n").await.is_err()
+            || tokio::time::timeout(Duration::from_millis(300), slow.read(&mut [0; 256])).await.is_ok()
+    };
+    let cut = wait_until(Duration::from_secs(10), Duration::ZERO, cut, |&cut| cut).await;
+    assert!(cut.is_ok(), "a slow header was still open after 10 s");
     assert!(started.elapsed() >= Duration::from_millis(1500), "cut off before its time");
 
     // 200 clients each 200 KiB into a header that never ends: each is refused once the head outgrows its buffer.
@@ -236,8 +224,8 @@ async fn an_address_that_keeps_failing_to_authenticate_is_slowed_down(pool: PgPo
 /// within the bounds the README states.
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn hostile_client_check(pool: PgPool) {
-    use crate::fleet::{executor, start};
     use crate::plans::{big_vm, flat_signals, site_at};
+    use crate::whole_loop::{executor, start};
     use heliotrope_tests::{link, with};
 
     let seeding = spawn_app(pool.clone()).await;

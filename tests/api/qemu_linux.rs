@@ -20,7 +20,7 @@ use heliotrope::startup::Services;
 use heliotrope_api_spec::QemuSpec;
 use heliotrope_executor::qemu::guest::{self, heartbeats};
 use heliotrope_executor::qemu::machine::command;
-use heliotrope_tests::{link, spawn_with, with, KillUnder, Processes};
+use heliotrope_tests::{link, prerequisite, spawn_with, wait_until, with, KillUnder, Processes};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -48,17 +48,20 @@ async fn comparing_controller(source: PathBuf, destination: PathBuf) -> (String,
     (url, compared)
 }
 
+/// Where `scripts/linux-guest` left the Linux test guest, or `None` (a
+/// skip, said why; under CI a failure) where it is not built.
+fn linux_guest() -> Option<PathBuf> {
+    let dir = guest::linux_dir();
+    let built = if dir.join("stamp").exists() { Ok(dir) } else { Err(format!("not built at {}", dir.display())) };
+    prerequisite("the Linux test guest (scripts/linux-guest builds it)", built)
+}
+
 /// The guest's heartbeats in `dir` numbered above `after`, once there are
 /// `n` of them, or what there is after `seconds`.
 async fn heartbeats_after(dir: &Path, after: u64, n: usize, seconds: u32) -> Vec<(u64, String)> {
-    let mut seen = Vec::new();
-    for _ in 0..seconds * 2 {
-        seen = heartbeats(dir).into_iter().filter(|(k, _)| *k > after).collect();
-        if seen.len() >= n {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let above = async || heartbeats(dir).into_iter().filter(|(k, _)| *k > after).collect::<Vec<_>>();
+    let within = Duration::from_secs(seconds.into());
+    let (Ok(seen) | Err(seen)) = wait_until(within, Duration::from_millis(500), above, |seen| seen.len() >= n).await;
     seen
 }
 
@@ -74,7 +77,7 @@ async fn start_guest(guest: &Path, dir: &Path) -> (QemuSpec, tokio::process::Chi
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little(pool: PgPool) {
-    let Some(guest) = guest::linux_dir_for_test() else { return };
+    let Some(guest) = linux_guest() else { return };
     let planner = PlannerConfig { replication_interval_s: 5.0, ..PlannerConfig::default() };
     let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
     let mut sites = Vec::new();
@@ -122,12 +125,8 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little
 
     // Identical at the cutover (the new site routes the VM's address before it runs the VM, which
     // is after the scheduler records it done); running on at C.
-    for _ in 0..240 {
-        if !compared.lock().unwrap().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let done = async || !compared.lock().unwrap().is_empty();
+    let _ = wait_until(Duration::from_secs(120), Duration::from_millis(500), done, |&done| done).await;
     assert_eq!(compared.lock().unwrap().as_slice(), &[Ok(())], "the disks at the cutover");
     // It runs on at C: its heartbeats (one a second) go on there.
     let at_destination = heartbeats_after(&destination_dir, 0, 2, 60).await;
@@ -151,12 +150,7 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little
     // comes back: most of its memory is at A already.
     let kept = data.path().join("A/index/files.txt");
     let held = || std::fs::read_to_string(&kept).unwrap_or_default().contains("/memory/linux/");
-    for _ in 0..120 {
-        if held() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    let _ = wait_until(Duration::from_secs(60), Duration::from_millis(500), async || held(), |&held| held).await;
     assert!(held(), "A keeps the memory that left it");
     tokio::time::sleep(Duration::from_secs(10)).await;
     flat_signals(&app, sites[0], 20.0, 50.0, "EUR").await;
@@ -186,7 +180,7 @@ async fn a_writing_linux_guest_moves_warm_to_its_standby_and_back_sending_little
 /// filesystem (replaying its journal, as after a power cut) and writes on.
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_lost_sites_linux_guest_boots_at_its_standby_from_its_replica(pool: PgPool) {
-    let Some(guest) = guest::linux_dir_for_test() else { return };
+    let Some(guest) = linux_guest() else { return };
     let planner = PlannerConfig { replication_interval_s: 5.0, ..PlannerConfig::default() };
     let app = spawn_with(pool, Services { planner, ..Services::driven() }).await;
     let a = site_at(&app, "A", "active").await;

@@ -1,25 +1,20 @@
 //! The read cache never serves what has changed: not after a write through
 //! the same replica, another replica, or plain SQL; and never past the role check.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
-use heliotrope_tests::{site, spawn_replica, vm, Answer, TestApp};
+use heliotrope_tests::{site, spawn_replica, vm, wait_until, Answer, TestApp};
 use reqwest::Method;
 use serde_json::json;
 use sqlx::PgPool;
 
 /// Asks `path` until `done` holds, for at most 10 s (notifications are
-/// asynchronous; this bounds how late one may be).
+/// asynchronous; this bounds how late one may be); the last answer either way.
 async fn eventually(app: &TestApp, path: &str, done: impl Fn(&Answer) -> bool) -> Answer {
-    let started = Instant::now();
-    loop {
-        let answer = app.get(path).await;
-        if done(&answer) || started.elapsed() > Duration::from_secs(10) {
-            return answer;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (Ok(answer) | Err(answer)) =
+        wait_until(Duration::from_secs(10), Duration::from_millis(20), async || app.get(path).await, done).await;
+    answer
 }
 
 fn names(answer: &Answer) -> Vec<&str> {
@@ -28,16 +23,13 @@ fn names(answer: &Answer) -> Vec<&str> {
 
 /// Waits until `app` answers from its cache (its change listener is up).
 async fn until_cached(app: &TestApp, path: &str) {
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_secs(10) {
+    let hit = async || {
         app.get(path).await;
         let metrics = reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap();
-        if metrics.contains(r#"heliotrope_read_cache_lookups_total{result="hit"}"#) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("{path} was never answered from the cache");
+        metrics.contains(r#"heliotrope_read_cache_lookups_total{result="hit"}"#)
+    };
+    let waited = wait_until(Duration::from_secs(10), Duration::from_millis(20), hit, |&hit| hit).await;
+    assert!(waited.is_ok(), "{path} was never answered from the cache");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

@@ -3,11 +3,12 @@
 //! exactly one runs it; when that one is killed, another takes over and
 //! keeps its timetable.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
 use heliotrope::startup::Services;
-use heliotrope_tests::{free_port, spawn_with, Processes, TestApp};
+use heliotrope_tests::{free_port, spawn_with, wait_until, Processes, TestApp};
 use serde_json::Value;
 use sqlx::PgPool;
 
@@ -25,14 +26,7 @@ fn rebalancing(auto_apply: bool, min_saving: f64) -> Services {
 }
 
 async fn after_first_run(app: &TestApp) -> Value {
-    for _ in 0..240 {
-        let status = app.get("/v1/rebalancer").await.body;
-        if !status["last_run_at"].is_null() {
-            return status;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    panic!("the rebalancer never ran: {}", app.get("/v1/rebalancer").await.body);
+    app.wait_for("the rebalancer ran", |status| !status["last_run_at"].is_null(), "/v1/rebalancer").await
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
@@ -90,9 +84,15 @@ async fn two_replicas_run_one_rebalancer_and_the_survivor_takes_over(pool: PgPoo
     let first = after_first_run(&apps[0]).await;
     let leader = first["leader"].as_str().unwrap().to_owned();
     let survivor = if leader == "r0" { 1 } else { 0 };
-    // Both answer the same, and over a few of their checks only one holds the lock and one plan was made.
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let seen = apps[survivor].get("/v1/rebalancer").await.body;
+    // Both answer the same, and over ten more of the leader's checks (at each, a second run would
+    // have begun were one due; the other replica tries for the lock as often) only one holds the
+    // lock and one plan was made. Each check shows as a new `leader_seen_at`.
+    let mut checks = HashSet::from([first["leader_seen_at"].to_string()]);
+    let ten_more = |status: &Value| {
+        checks.insert(status["leader_seen_at"].to_string());
+        checks.len() > 10
+    };
+    let seen = apps[survivor].wait_for("ten more checks by the leader", ten_more, "/v1/rebalancer").await;
     assert_eq!(seen["leader"], leader.as_str(), "{seen}");
     assert_eq!(seen["replica"], format!("r{survivor}"));
     assert_eq!(seen["last_run_at"], first["last_run_at"], "ran once: {seen}");
@@ -103,14 +103,9 @@ async fn two_replicas_run_one_rebalancer_and_the_survivor_takes_over(pool: PgPoo
     let index = 1 - survivor;
     replicas.0[index].kill().unwrap();
     replicas.0[index].wait().unwrap();
-    let mut taken = Value::Null;
-    for _ in 0..100 {
-        taken = apps[survivor].get("/v1/rebalancer").await.body;
-        if taken["leader"] == format!("r{survivor}") {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let status = async || apps[survivor].get("/v1/rebalancer").await.body;
+    let led = |taken: &Value| taken["leader"] == format!("r{survivor}");
+    let (Ok(taken) | Err(taken)) = wait_until(Duration::from_secs(10), Duration::from_millis(100), status, led).await;
     assert_eq!(taken["leader"], format!("r{survivor}"), "{taken}");
     assert_eq!(taken["leader_alive"], true);
     // It keeps the timetable: no second run until an interval after the first.

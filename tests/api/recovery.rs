@@ -21,8 +21,8 @@ use heliotrope_tests::{link, spawn_with, vm, with, Processes, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::fleet::{executor, start};
 use crate::plans::{flat_signals, site_at};
+use crate::whole_loop::{executor, start};
 
 /// A scheduler whose executors sync replicas every second.
 async fn app(pool: PgPool) -> TestApp {

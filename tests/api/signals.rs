@@ -2,7 +2,7 @@
 //! best-known series on the hour grid, and the current value per site.
 
 use heliotrope::db::MIGRATOR;
-use heliotrope_tests::{site, spawn_app, with, TestApp};
+use heliotrope_tests::{prerequisite, site, spawn_app, with, TestApp};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -221,8 +221,7 @@ async fn current_signals_for_every_site(pool: PgPool) {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_real_trace_round_trips(pool: PgPool) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/data/carbon_price_2023-06-05_2023-07-30.csv");
-    let Ok(trace) = std::fs::read_to_string(path) else {
-        eprintln!("skipped: {path} is absent");
+    let Some(trace) = prerequisite(&format!("the real traces at {path}"), std::fs::read_to_string(path)) else {
         return;
     };
     let app = spawn_app(pool).await;

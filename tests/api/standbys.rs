@@ -4,15 +4,17 @@
 //! only what was written since the last sync, and what the replica holds
 //! wrongly (a torn block); without a replica the whole disk crosses.
 
+use std::time::Duration;
+
 use heliotrope::config::PlannerConfig;
 use heliotrope::db::MIGRATOR;
 use heliotrope::startup::Services;
-use heliotrope_tests::{link, spawn_with, with, Processes, TestApp};
+use heliotrope_tests::{link, spawn_with, wait_until, with, Processes, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::fleet::{executor, start};
 use crate::plans::{big_vm, flat_signals, site_at};
+use crate::whole_loop::{executor, start};
 
 /// A scheduler whose executors sync replicas every second.
 async fn app(pool: PgPool) -> TestApp {
@@ -93,13 +95,9 @@ async fn a_running_vm_is_replicated_to_its_standby_and_moves_there_sending_littl
     // Its disk arrived whole and checked (the image's digest equals the source's): the torn
     // block was sent again rather than taken from the replica.
     let at = data.path().join("CHEAP/vms/web/disk.img");
-    // The destination moves the sealed image in place once it hears `done`.
-    for _ in 0..100 {
-        if at.exists() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    // The destination moves the sealed image in place once it hears `done` (reading it fails if never).
+    let every = Duration::from_millis(100);
+    let _ = wait_until(Duration::from_secs(10), every, async || at.exists(), |&moved| moved).await;
     let arrived = std::fs::read(&at).unwrap();
     assert_eq!(arrived.len(), 100 << 20);
     assert_ne!(&arrived[1 << 20..(1 << 20) + garbage.len()], &garbage[..], "the torn block came from the replica");

@@ -12,8 +12,8 @@ use heliotrope_tests::{link, site, spawn_app, with, Processes, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::fleet::{executor, start};
 use crate::plans::{big_vm, flat_signals};
+use crate::whole_loop::{executor, start};
 
 /// The link's usable bandwidth: 200 Mbit/s less its 20% reserve. A migration needs 75
 /// (1.5 x its 50 Mbit/s dirty rate), and the first admitted takes all there is.

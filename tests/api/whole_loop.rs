@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use heliotrope::db::MIGRATOR;
 use heliotrope_api_spec::Role;
-use heliotrope_tests::{free_port, link, spawn_app, with, workspace_binary, Processes, TestApp};
+use heliotrope_tests::{free_port, link, spawn_app, wait_until, with, workspace_binary, Processes, TestApp};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
@@ -104,12 +104,8 @@ async fn three_executors_move_the_vms_to_the_cheap_site(pool: PgPool) {
             data.path().join(format!("C/vms/{vm}/memory.img")),
             data.path().join(format!("{from}/vms/{vm}/memory.img")),
         );
-        for _ in 0..40 {
-            if arrived.exists() && !left.exists() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+        let moved = async || arrived.exists() && !left.exists();
+        let _ = wait_until(Duration::from_secs(10), Duration::from_millis(250), moved, |&moved| moved).await;
         assert!(arrived.exists(), "{vm} at C");
         assert!(!left.exists(), "{vm} gone from {from}");
     }
@@ -242,12 +238,8 @@ async fn a_source_killed_mid_transfer_is_recovered_and_the_vm_runs_once(pool: Pg
     assert_eq!(app.get("/v1/vms?site=C").await.body["items"].as_array().map(Vec::len), Some(1));
     assert!(data.path().join("C/vms/web/memory.img").exists());
     let left = data.path().join("A/vms/web/memory.img");
-    for _ in 0..40 {
-        if !left.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let _ =
+        wait_until(Duration::from_secs(10), Duration::from_millis(250), async || !left.exists(), |&gone| gone).await;
     assert!(!left.exists(), "web gone from A");
 }
 
