@@ -92,14 +92,12 @@ impl Scheduler {
         self.answered(format!("/v1/migrations/{id}/progress?executor={executor}"), Some(report)).await
     }
 
-    /// Ends migration `id` as `executor` says.
-    pub async fn complete(
-        &self,
-        id: i64,
-        executor: i64,
-        completion: &Completion,
-    ) -> Result<MigrationDetail, ClientError> {
-        self.answered(format!("/v1/migrations/{id}/complete?executor={executor}"), Some(completion)).await
+    /// Ends migration `id` as `executor` says. The answer (the migration's
+    /// detail) is not read: once the scheduler said yes, the end is recorded,
+    /// and an answer this executor cannot read must not make it act otherwise.
+    pub async fn complete(&self, id: i64, executor: i64, completion: &Completion) -> Result<(), ClientError> {
+        let path = format!("/v1/migrations/{id}/complete?executor={executor}");
+        self.post::<_, serde::de::IgnoredAny>(path, Some(completion)).await.map(drop)
     }
 
     /// Says where recovering migration `id`'s VM runs, as `executor` at its source site.
@@ -112,14 +110,10 @@ impl Scheduler {
         self.answered(format!("/v1/migrations/{id}/recover?executor={executor}"), Some(report)).await
     }
 
-    /// Logs a network step in migration `id`'s events, as `executor`.
-    pub async fn log_network(
-        &self,
-        id: i64,
-        executor: i64,
-        report: &NetworkReport,
-    ) -> Result<MigrationDetail, ClientError> {
-        self.answered(format!("/v1/migrations/{id}/network?executor={executor}"), Some(report)).await
+    /// Logs a network step in migration `id`'s events, as `executor` (the answer is not read).
+    pub async fn log_network(&self, id: i64, executor: i64, report: &NetworkReport) -> Result<(), ClientError> {
+        let path = format!("/v1/migrations/{id}/network?executor={executor}");
+        self.post::<_, serde::de::IgnoredAny>(path, Some(report)).await.map(drop)
     }
 
     /// Reports the replicas `executor` sends (and what it runs, fences,
@@ -180,6 +174,7 @@ impl Scheduler {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use heliotrope_api_spec::VmRunsAt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// A scheduler that answers one request with `status` and `body`, at the URL returned.
@@ -250,7 +245,7 @@ mod tests {
         let scheduler = Scheduler::new(&answering("204 No Content", "").await, "token").unwrap();
         assert!(scheduler.claim(3, 10).await.unwrap().is_none());
         let scheduler = Scheduler::new(&answering("204 No Content", "").await, "token").unwrap();
-        let answer = scheduler.complete(7, 1, &done()).await;
+        let answer = scheduler.recover(7, 1, &RecoveryReport { runs_at: VmRunsAt::Source }).await;
         assert!(matches!(answer, Err(ClientError::NoAnswer { .. })), "{answer:?}");
     }
 

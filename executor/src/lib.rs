@@ -35,10 +35,20 @@ pub mod transfer;
 pub mod tunnel;
 pub mod wire;
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// A mutex's guard, whether or not a panicking holder poisoned it (the
 /// data stays usable): the one way the executor takes its locks.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A read lock's guard, poisoned or not (as [`lock`]).
+pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A write lock's guard, poisoned or not (as [`lock`]).
+pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
 }

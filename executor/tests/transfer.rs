@@ -232,12 +232,12 @@ async fn a_running_vm_is_replicated_in_the_background_and_yields_to_migrations()
 
     // A migration takes the whole link: replication waits for it. Once a
     // sync is held at rate zero, none gets through while it looks again and
-    // again (every 20 ms: 25 looks is half a second).
+    // again (each held stream every 20 ms: 100 looks take a second or more).
     let migration = link.start_migration(50e6);
     let replication = &link.replication_shapers()[0];
     let held_since = held_at_least(replication, 1).await;
     let before = replicating.synced.borrow().count;
-    held_at_least(replication, held_since + 25).await;
+    held_at_least(replication, held_since + 100).await;
     assert_eq!(replicating.synced.borrow().count, before, "no sync gets through while migrations take the link");
     drop(migration);
     synced_at_least(&mut replicating.synced, before + 2).await;

@@ -1,9 +1,11 @@
-//! The command line: `heliotrope`'s subcommands and their flags, beside the
-//! settings every subcommand shares (`config`), and the subcommands that
-//! are only glue between those flags and a service (`plan`, `signals
-//! backfill` and `export`, `simulate`'s input). `serve` is `startup`'s,
-//! `demo` is `demo::run`, the benchmarks are `bench`'s. The top of the
-//! module graph: nothing imports it but `main.rs`.
+//! The command line: `heliotrope`'s subcommands, over the settings every
+//! subcommand shares (`config`), and the subcommands that are only glue
+//! between their flags and a service (`migrate`, `plan`, `signals backfill`
+//! and `export`, `simulate`'s input). A subcommand owned by a module keeps
+//! its flags there: `serve` is `startup::serve`, `demo` is `demo::run`
+//! (`DemoArgs`), the replay is `simulation::command` (`SimulateArgs`), the
+//! benchmarks are `bench`'s. The top of the module graph: nothing imports
+//! it but `main.rs`.
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -12,7 +14,7 @@ use crate::config::Config;
 use crate::db;
 use crate::simulation::command::{parse_time, SimulateArgs};
 use crate::simulation::stored;
-use crate::startup::{connect, database_url, Services};
+use crate::startup::{connect, required_database_url, Services};
 
 #[derive(Parser)]
 #[command(
@@ -131,7 +133,7 @@ pub enum BenchCommand {
 
 /// `heliotrope migrate`: pending migrations applied.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let pool = connect(config, &database_url(config)?).await?;
+    let pool = connect(config, &required_database_url(config)?).await?;
     tracing::info!("migrations applied");
     pool.close().await;
     Ok(())
@@ -146,7 +148,7 @@ pub async fn plan(config: &Config, args: &PlanArgs) -> anyhow::Result<()> {
         dry_run: !args.apply,
         schedule_goal: Default::default(),
     })?;
-    let pool = connect(config, &database_url(config)?).await?;
+    let pool = connect(config, &required_database_url(config)?).await?;
     let made = crate::planning::propose(&pool, &config.planner, &request, chrono::Utc::now()).await?;
     print!("{}", crate::planning::table(&made));
     pool.close().await;
@@ -161,7 +163,7 @@ pub async fn simulate(config: &Config, args: &SimulateArgs) -> anyhow::Result<()
             (body, path.display().to_string(), false)
         }
         None => {
-            let pool = connect(config, &database_url(config)?).await?;
+            let pool = connect(config, &required_database_url(config)?).await?;
             let (from, to) = db::signals::stored_span(&pool).await?.context("the database holds no signals")?;
             let csv = stored::traces_csv(&pool, from, to, None).await?;
             let synthetic = db::signals::any_synthetic(&pool, from, to).await?;
@@ -180,7 +182,7 @@ pub async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<()
     let (from, to) = (parse_time(&args.from)?, parse_time(&args.to)?);
     anyhow::ensure!(from < to, "--to must come after --from");
     anyhow::ensure!(to <= chrono::Utc::now(), "--to must not lie in the future: a backfill fetches the past");
-    let pool = connect(config, &database_url(config)?).await?;
+    let pool = connect(config, &required_database_url(config)?).await?;
     let feeds: Vec<_> = db::feeds::enabled(&pool)
         .await?
         .into_iter()
@@ -212,7 +214,7 @@ pub async fn backfill(config: &Config, args: &BackfillArgs) -> anyhow::Result<()
 
 /// `heliotrope signals export --format csv`: stored hourly signals as traces.
 pub async fn export(config: &Config, args: &ExportArgs) -> anyhow::Result<()> {
-    let pool = connect(config, &database_url(config)?).await?;
+    let pool = connect(config, &required_database_url(config)?).await?;
     let span = db::signals::stored_span(&pool).await?;
     let from = match &args.from {
         Some(text) => parse_time(text)?,

@@ -10,11 +10,11 @@
 //! - [`config`]: the settings every subcommand shares.
 //! - [`db`]: all SQL, one module per aggregate, and the embedded migrations.
 //! - [`metrics`]: the Prometheus registry the server and the services count into.
-//! - The services: [`planning`] (a stored plan from inventory and signals),
-//!   [`evacuation`] (a site's VMs out before a deadline), [`dispatcher`]
-//!   (which migrations start, at what cap), [`rebalancer`] (the hourly
-//!   loop), [`overview`] (the fleet at a glance, savings to date),
-//!   [`simulation`] (what-if replays), [`feeds`] (the providers' polling).
+//! - The services: [`dispatcher`] (which migrations start, at what cap),
+//!   [`planning`] (a stored plan from inventory and signals),
+//!   [`evacuation`] (a site's VMs out before a deadline), [`rebalancer`]
+//!   (the hourly loop), [`overview`] (the fleet at a glance, savings to
+//!   date), [`simulation`] (what-if replays), [`feeds`] (the providers' polling).
 //! - [`http`]: axum routes, authentication, the error mapping, OpenAPI.
 //! - [`startup`]: building and running the server; [`telemetry`]: logging.
 //! - [`demo`]: the one-command demo; [`bench`]: benchmarks; [`cli`]: the command line.

@@ -85,7 +85,7 @@ impl Services {
 }
 
 /// The configured database URL, or why there is none.
-pub fn database_url(config: &Config) -> anyhow::Result<String> {
+pub fn required_database_url(config: &Config) -> anyhow::Result<String> {
     config.database_url().context("no database configured: set HELIOTROPE_DATABASE_URL (or DATABASE_URL)")
 }
 
@@ -107,7 +107,7 @@ pub fn admin_secret(config: &Config) -> anyhow::Result<Option<&str>> {
 /// made if there is none, and the API with its services until SIGTERM.
 pub async fn serve(config: &Config) -> anyhow::Result<()> {
     let configured = admin_secret(config)?;
-    let pool = connect(config, &database_url(config)?).await?;
+    let pool = connect(config, &required_database_url(config)?).await?;
     if let Some(secret) = crate::db::tokens::ensure_admin(&pool, configured).await? {
         eprintln!("No admin token existed; made one. It is shown this once:\n\n    {secret}\n");
     }

@@ -42,7 +42,7 @@ async fn the_demo_moves_vms_by_itself_and_its_savings_show_on_its_clock(pool: Pg
     // (It takes a minute at 1,800 times; the bound is where nextest would end the test anyway.)
     let on = started + chrono::Duration::hours(30);
     let reads = async || clock_reads(&app).await;
-    let reached = wait_until(Duration::from_secs(300), Duration::from_millis(500), reads, |&at| at >= on).await;
+    let reached = wait_until(Duration::from_secs(240), Duration::from_millis(500), reads, |&at| at >= on).await;
     assert!(reached.is_ok(), "the demo's clock never read {on}: {reached:?}");
     let savings = app.get("/v1/savings").await.body;
     assert_eq!(savings["synthetic"], true, "{savings}");

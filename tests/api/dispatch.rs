@@ -89,7 +89,9 @@ async fn a_migration_runs_through_its_states_and_the_destination_moves_the_vm(po
     );
     assert!(answer.body["cap_mbps"].as_f64().unwrap() > 0.0);
     cheap.call(&app, id, "progress", report).await.assert_error(409, "not held by executor");
-    cheap.call(&app, id, "complete", json!({"state": "done"})).await.assert_error(409, "only after cutover");
+    let early = cheap.call(&app, id, "complete", json!({"state": "done"})).await;
+    early.assert_error(409, "only after cutover");
+    assert_eq!(early.body["error"]["code"], "not_in_cutover", "the executor retries by this code");
     let cutover =
         dear.call(&app, id, "progress", json!({"state": "cutover", "raw_bytes": 2000, "wire_bytes": 150})).await;
     assert_eq!(cutover.body["state"], "cutover", "{}", cutover.body);
@@ -306,7 +308,9 @@ async fn a_restarted_destination_takes_its_side_again_and_an_unconfirmed_cutover
     cheap.call(&app, id, "complete", json!({"state": "rolled_back"})).await.assert_error(409, "not held by executor");
     let back = dear.call(&app, id, "complete", json!({"state": "rolled_back", "detail": "no confirmation"})).await;
     assert_eq!(back.body["state"], "rolled_back", "{}", back.body);
-    cheap.call(&app, id, "complete", json!({"state": "done"})).await.assert_error(409, "only after cutover");
+    let early = cheap.call(&app, id, "complete", json!({"state": "done"})).await;
+    early.assert_error(409, "only after cutover");
+    assert_eq!(early.body["error"]["code"], "not_in_cutover", "the executor retries by this code");
     assert_eq!((vms_at(&app, "DEAR").await, vms_at(&app, "CHEAP").await), (2, 0), "big stays at DEAR");
     dear.call(&app, id, "complete", json!({"state": "paused"})).await.assert_error(422, "state");
 }

@@ -51,9 +51,7 @@ async fn comparing_controller(source: PathBuf, destination: PathBuf) -> (String,
 /// Where `scripts/linux-guest` left the Linux test guest, or `None` (a
 /// skip, said why; under CI a failure) where it is not built.
 fn linux_guest() -> Option<PathBuf> {
-    let dir = guest::linux_dir();
-    let built = if dir.join("stamp").exists() { Ok(dir) } else { Err(format!("not built at {}", dir.display())) };
-    prerequisite("the Linux test guest (scripts/linux-guest builds it)", built)
+    prerequisite("the Linux test guest", guest::built_linux_dir())
 }
 
 /// The guest's heartbeats in `dir` numbered above `after`, once there are

@@ -64,9 +64,12 @@ async fn a_plan_below_the_minimum_saving_waits_for_a_planner(pool: PgPool) {
     assert_eq!(app.count("migration_job").await, 0);
 }
 
+/// Sessions holding the rebalancer's advisory lock (key "helioreb": its two
+/// 32-bit halves as `classid` and `objid`), not the dispatcher's short ones.
 async fn leader_locks(pool: &PgPool) -> i64 {
     sqlx::query_scalar(
         "select count(*) from pg_locks where locktype = 'advisory' and granted \
+         and classid = x'68656c69'::int::oid and objid = x'6f726562'::int::oid and objsubid = 1 \
          and database = (select oid from pg_database where datname = current_database())",
     )
     .fetch_one(pool)

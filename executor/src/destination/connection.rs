@@ -126,7 +126,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
                     pages.resize(hashes.len() * PAGE, 0);
                     let mut unchanged = Vec::with_capacity(hashes.len());
                     let (origins, copies) = {
-                        let index = self.destination.index.read().unwrap_or_else(|e| e.into_inner());
+                        let index = crate::read(&self.destination.index);
                         let mut origins = Vec::with_capacity(hashes.len());
                         let mut copies = Vec::new();
                         for (i, (&n, h)) in numbers.iter().zip(&hashes).enumerate() {
@@ -319,7 +319,7 @@ impl<'a, S: AsyncRead + AsyncWrite + Unpin> Connection<'a, S> {
         };
         let (index, path) = (self.destination.index.clone(), landing.path.clone());
         tokio::task::spawn_blocking(move || {
-            let indexed = index.write().unwrap_or_else(|e| e.into_inner()).add_file(&path, holding, on_disk);
+            let indexed = crate::write(&index).add_file(&path, holding, on_disk);
             drop(indexing);
             indexed
         })

@@ -90,7 +90,7 @@ impl Destination {
             }
             ImageKind::Replica => {
                 let path = self.replica_path(name);
-                let known = self.index.read().unwrap_or_else(|e| e.into_inner()).hashes_of(&path).map(<[Hash]>::to_vec);
+                let known = crate::read(&self.index).hashes_of(&path).map(<[Hash]>::to_vec);
                 match known {
                     // The replica as last synced: updated in place, written pages only.
                     Some(on_disk) if on_disk.len() as u64 == pages => {
@@ -116,11 +116,7 @@ impl Destination {
             }
             ImageKind::Replica => {
                 let on_disk = lock(&landing.state).on_disk.clone();
-                self.index.write().unwrap_or_else(|e| e.into_inner()).add_file(
-                    &landing.path,
-                    Holding::Replica,
-                    on_disk,
-                )?;
+                crate::write(&self.index).add_file(&landing.path, Holding::Replica, on_disk)?;
             }
         }
         Ok(())

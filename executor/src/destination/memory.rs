@@ -45,7 +45,7 @@ impl Destination {
         let vm_dir = image.dir().parent().unwrap_or(&memory).to_owned();
         let mut live = lock(&self.live_images);
         live.remove(image.dir());
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = crate::write(&self.index);
         for earlier in subdirectories(&vm_dir)?.into_iter().filter(|d| d != image.dir() && !live.contains(d)) {
             for file in std::fs::read_dir(&earlier)? {
                 index.forget(&file?.path())?;
@@ -65,7 +65,7 @@ impl Destination {
     pub fn drop_ram_image(&self, image: &RamImage) {
         let mut live = lock(&self.live_images);
         live.remove(image.dir());
-        let mut index = self.index.write().unwrap_or_else(|e| e.into_inner());
+        let mut index = crate::write(&self.index);
         for file in image.files().unwrap_or_default() {
             let _ = index.forget(&file);
         }

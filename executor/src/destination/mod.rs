@@ -129,7 +129,7 @@ impl Destination {
     pub fn drop_replica(&self, name: &str) -> io::Result<()> {
         check_name(name).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let path = self.replica_path(name);
-        self.index.write().unwrap_or_else(|e| e.into_inner()).forget(&path)?;
+        crate::write(&self.index).forget(&path)?;
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
@@ -144,7 +144,7 @@ impl Destination {
         if !path.exists() {
             return Ok(false);
         }
-        self.index.write().unwrap_or_else(|e| e.into_inner()).forget(&path)?;
+        crate::write(&self.index).forget(&path)?;
         if let Some(dir) = to.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -165,7 +165,7 @@ impl Destination {
 
     /// Indexes a file this site holds (a replica placed by hand, an image it hosts).
     pub fn hold(&self, path: &Path, holding: Holding) -> io::Result<()> {
-        self.index.write().unwrap_or_else(|e| e.into_inner()).register_file(path, holding)
+        crate::write(&self.index).register_file(path, holding)
     }
 
     /// Where image `name` of `job` is kept once sealed.

@@ -76,14 +76,24 @@ pub fn linux_dir() -> PathBuf {
 /// (a skip, said why) where it is not built; under CI (`CI` set) a missing
 /// guest fails the test instead.
 pub fn linux_dir_for_test() -> Option<PathBuf> {
+    match built_linux_dir() {
+        Ok(dir) => Some(dir),
+        Err(why) => {
+            assert!(std::env::var_os("CI").is_none(), "{why}");
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// [`linux_dir`] if `scripts/linux-guest` has built the guest there, else why not.
+pub fn built_linux_dir() -> Result<PathBuf, String> {
     let dir = linux_dir();
     if dir.join("stamp").exists() {
-        return Some(dir);
+        Ok(dir)
+    } else {
+        Err(format!("the Linux test guest is not built at {} (scripts/linux-guest builds it)", dir.display()))
     }
-    let why = format!("the Linux test guest is not built at {} (scripts/linux-guest builds it)", dir.display());
-    assert!(std::env::var_os("CI").is_none(), "{why}");
-    eprintln!("skipped: {why}");
-    None
 }
 
 /// The Linux test guest (built in `guest` by `scripts/linux-guest`) as a

@@ -319,7 +319,7 @@ where
 /// taken now (checked against their hashes as it reads them); pages of
 /// files in `own` are the VM's own, kept when it last left.
 fn answer_offer(hashes: Vec<Hash>, index: &RwLock<ChunkIndex>, own: Option<&Path>) -> Promise {
-    let index = index.read().unwrap_or_else(|e| e.into_inner());
+    let index = crate::read(index);
     let (mut origins, mut held) = (Vec::with_capacity(hashes.len()), Vec::with_capacity(hashes.len()));
     for h in &hashes {
         let (origin, page) = if *h == zero_page_hash() {

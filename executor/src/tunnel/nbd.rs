@@ -453,7 +453,7 @@ fn rebuild(
     bytes.resize(header.len() + pages * PAGE, 0);
     let mut sent_pages = sent.chunks_exact(PAGE);
     let mut missing = Vec::new();
-    let index = index.read().unwrap_or_else(|e| e.into_inner());
+    let index = crate::read(index);
     for (i, (origin, h)) in origins.iter().zip(&hashes).enumerate() {
         let at = header.len() + i * PAGE;
         match origin {

@@ -49,14 +49,25 @@ pub async fn take(pool: &PgPool, duty: Duty) -> Result<Option<Lead>> {
 impl Lead {
     /// Whether the lock's connection still answers and holds the lock (taking
     /// a session lock again only counts it up, which the unlock counts down).
+    /// Why not, if the connection failed, is logged.
     pub async fn still_held(&mut self) -> bool {
+        match self.try_still_held().await {
+            Ok(held) => held,
+            Err(error) => {
+                tracing::warn!(duty = ?self.duty, %error, "the lead's connection failed");
+                false
+            }
+        }
+    }
+
+    async fn try_still_held(&mut self) -> Result<bool> {
         let key = self.duty.key();
-        let held = sqlx::query_scalar::<_, bool>("select pg_try_advisory_lock($1)")
-            .bind(key)
-            .fetch_one(&mut self.connection)
-            .await;
-        matches!(held, Ok(true))
-            && sqlx::query("select pg_advisory_unlock($1)").bind(key).execute(&mut self.connection).await.is_ok()
+        let held: bool =
+            sqlx::query_scalar("select pg_try_advisory_lock($1)").bind(key).fetch_one(&mut self.connection).await?;
+        if held {
+            sqlx::query("select pg_advisory_unlock($1)").bind(key).execute(&mut self.connection).await?;
+        }
+        Ok(held)
     }
 
     /// Lets the lead go before the connection closes (a graceful stop).

@@ -1,11 +1,11 @@
 //! Polls every enabled feed on its interval (with jitter), validates what
 //! comes back with the rules a push follows, and stores it.
 //!
-//! One replica polls at a time: the poller holds a Postgres advisory lock
-//! on a connection of its own, and the others wait for it. A feed's failure
-//! never touches another feed or the data already stored: a 429 waits for
-//! its `Retry-After`, a transient fault backs off exponentially (capped at
-//! the feed's interval), anything else waits for the next interval.
+//! One replica polls at a time: the one that leads the duty (`db::leader`);
+//! the others wait for it. A feed's failure never touches another feed or
+//! the data already stored: a 429 waits for its `Retry-After`, a transient
+//! fault backs off exponentially (capped at the feed's interval), anything
+//! else waits for the next interval.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -133,7 +133,11 @@ pub async fn run(pool: PgPool, metrics: Arc<Metrics>, reach: FeedReach, stop: Ca
             Ok(Some(mut lead)) => {
                 tracing::info!("polling feeds");
                 poll_while_leading(&pool, &mut lead, &fetcher, &metrics, &stop).await;
-                if !stop.is_cancelled() {
+                if stop.is_cancelled() {
+                    if let Err(error) = lead.release().await {
+                        tracing::warn!(%error, "cannot release the feed poller lock; it goes with the connection");
+                    }
+                } else {
                     tracing::warn!("stopped polling feeds; will try to lead again");
                 }
             }

@@ -10,7 +10,7 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::fleet::{plan_fleet, regions_from_csv, FleetSpec};
-use super::{plots, policies_with_references, replay, report, table, Provenance};
+use super::{plots, policies_with_references, replay_side_by_side, report, table, Provenance};
 use crate::config::PlannerConfig;
 use crate::domain::inventory::check_range;
 use crate::domain::simulation::traces::Traces;
@@ -121,7 +121,7 @@ pub fn run(
         ProgressStyle::with_template("{bar:40} {pos}/{len} policy-hours, {elapsed} elapsed, {eta} left")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let runs = replay(&scenario, &policies, &|| {
+    let runs = replay_side_by_side(&scenario, &policies, &|| {
         bar.inc(1);
         true
     })?;

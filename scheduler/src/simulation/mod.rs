@@ -17,7 +17,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use heliotrope_api_spec::{PlanMode, PolicyTotals, SimulationReport, SimulationSeries};
 
-use crate::domain::simulation::{oracle_share, Policy, Replay, Scenario, ScenarioError};
+use crate::domain::simulation::{oracle_share, replay, Policy, Replay, Scenario, ScenarioError};
 
 /// The policies to run: those asked for, and always static and the
 /// oracle, which the oracle share is measured between.
@@ -30,17 +30,14 @@ pub fn policies_with_references(asked: &[Policy]) -> Vec<Policy> {
 
 /// Runs each policy on a thread of its own; `tick` is called after every
 /// simulated hour of any of them and stops them all when it says `false`.
-pub fn replay(
+pub fn replay_side_by_side(
     scenario: &Scenario,
     policies: &[Policy],
     tick: &(dyn Fn() -> bool + Sync),
 ) -> Result<Vec<Replay>, ScenarioError> {
     scenario.check()?;
     std::thread::scope(|scope| {
-        let handles: Vec<_> = policies
-            .iter()
-            .map(|&p| scope.spawn(move || crate::domain::simulation::replay(scenario, p, tick)))
-            .collect();
+        let handles: Vec<_> = policies.iter().map(|&p| scope.spawn(move || replay(scenario, p, tick))).collect();
         handles
             .into_iter()
             .map(|h| h.join().unwrap_or_else(|_| Err(ScenarioError("a policy's run panicked".into()))))

@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use super::{policies_with_references, replay, report, Provenance};
+use super::{policies_with_references, replay_side_by_side, report, Provenance};
 use crate::config::PlannerConfig;
 use crate::db;
 use crate::domain::planner::inputs::{plan_input, Inventory};
@@ -112,7 +112,7 @@ async fn run(
         let started = Instant::now();
         let (done, stopping) = (hours.clone(), runner.stopping.clone());
         let mut running = tokio::task::spawn_blocking(move || {
-            let runs = replay(&scenario, &policies, &|| {
+            let runs = replay_side_by_side(&scenario, &policies, &|| {
                 done.fetch_add(1, Ordering::Relaxed);
                 !stopping.is_cancelled()
             });
