@@ -43,6 +43,17 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Runs `work`, which may block (a disk read, a QEMU's NBD export that
+/// answers slowly or not until its timeout), without stalling the async
+/// runtime: on a multi-thread runtime (the executor's) its worker hands its
+/// other tasks on first. Elsewhere (a single-thread test) it simply runs.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|runtime| runtime.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
 /// A read lock's guard, poisoned or not (as [`lock`]).
 pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())

@@ -300,7 +300,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lane<S> {
                 let mut i = 0;
                 for (first, len) in runs(&numbers) {
                     let len = len as usize;
-                    source.read_pages(first, &mut pages[i * PAGE..(i + len) * PAGE])?;
+                    // A qemu VM's pages come from its NBD export, which may be slow to answer.
+                    let into = &mut pages[i * PAGE..(i + len) * PAGE];
+                    crate::blocking(|| source.read_pages(first, into))?;
                     i += len;
                 }
                 let hashes: Vec<Hash> = pages.chunks_exact(PAGE).map(hash).collect();

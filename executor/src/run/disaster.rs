@@ -226,7 +226,7 @@ impl Worker {
         let seed = r.recovery as u64;
         if !dir.join(MEMORY_IMAGE).exists() {
             let bytes = self.sim_bytes(r.vm_spec.memory_gib) as usize;
-            tokio::task::block_in_place(|| boot_memory(&dir, bytes, &ContentMix::default(), 1, seed))
+            heliotrope_executor::blocking(|| boot_memory(&dir, bytes, &ContentMix::default(), 1, seed))
                 .context("booting its memory")?;
         }
         self.sim_vm(&r.vm, &r.vm_spec, seed)?;

@@ -32,7 +32,7 @@ impl Worker {
     pub(super) fn sim_vm(&self, name: &str, spec: &AssignedVm, seed: u64) -> anyhow::Result<Arc<SimVm>> {
         // Off the runtime's workers, waiting included: were every worker to wait here for another
         // boot, nothing would drive the runtime's timers, sockets and signals (SIGTERM) meanwhile.
-        tokio::task::block_in_place(|| self.boot_sim_vm(name, spec, seed))
+        heliotrope_executor::blocking(|| self.boot_sim_vm(name, spec, seed))
     }
 
     fn boot_sim_vm(&self, name: &str, spec: &AssignedVm, seed: u64) -> anyhow::Result<Arc<SimVm>> {
