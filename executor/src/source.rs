@@ -297,14 +297,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Lane<S> {
                 let numbers = batches[next].to_vec();
                 let mut pages = spare.pop().unwrap_or_default();
                 pages.resize(numbers.len() * PAGE, 0);
-                let mut i = 0;
-                for (first, len) in runs(&numbers) {
-                    let len = len as usize;
-                    // A qemu VM's pages come from its NBD export, which may be slow to answer.
-                    let into = &mut pages[i * PAGE..(i + len) * PAGE];
-                    crate::blocking(|| source.read_pages(first, into))?;
-                    i += len;
-                }
+                // Once per batch: a qemu VM's pages come from its NBD export, which may be slow to answer.
+                crate::blocking(|| -> std::io::Result<()> {
+                    let mut i = 0;
+                    for (first, len) in runs(&numbers) {
+                        let len = len as usize;
+                        source.read_pages(first, &mut pages[i * PAGE..(i + len) * PAGE])?;
+                        i += len;
+                    }
+                    Ok(())
+                })?;
                 let hashes: Vec<Hash> = pages.chunks_exact(PAGE).map(hash).collect();
                 let frame = Frame::Offer { runs: runs(&numbers), hashes: hashes.clone() };
                 counters.wire_bytes += write_frame(&mut self.stream, &frame).await?;

@@ -34,8 +34,7 @@ where
     let database = format!("heliotrope_bench_{}", std::process::id());
     db::create_database_if_missing(&server, &database).await.context("creating the benchmark database")?;
     let outcome = async {
-        let pool = db::connect(&db::with_database(&server, &database), config.db_max_connections).await?;
-        db::migrate(&pool).await?;
+        let pool = crate::startup::connect(config, &db::with_database(&server, &database)).await?;
         bench(pool).await
     }
     .await;
