@@ -23,7 +23,8 @@ pub enum ErrorCode {
     Conflict,
     /// 409: a migration's destination confirmed it `done` before it reached
     /// `cutover` (its source has not reported its cutover yet, or the
-    /// migration is recovering or ended otherwise); the message says its state.
+    /// migration is recovering): ask again. One that ended otherwise is
+    /// refused with `conflict`; the message says its state.
     NotInCutover,
     /// 413: the body is larger than the server accepts.
     PayloadTooLarge,

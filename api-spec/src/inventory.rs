@@ -142,6 +142,8 @@ pub enum Driver {
     Sim,
     /// A real QEMU driven over QMP.
     Qemu,
+    /// A domain run by libvirt, driven through libvirt's API.
+    Libvirt,
 }
 
 /// A `qemu` VM's `driver_spec`: what QEMU it is, so that the destination
@@ -202,6 +204,54 @@ pub struct QemuDisk {
     /// Its virtual size, for the empty target disk at the destination.
     #[schema(minimum = 1)]
     pub size_bytes: u64,
+}
+
+/// A `libvirt` VM's `driver_spec`: the domain libvirt runs it as, and
+/// its disks, which the destination executor creates empty at the same
+/// paths for libvirt to copy into (libvirt's storage copy needs them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtSpec {
+    /// The domain's name at its site's libvirt; it keeps it at the destination.
+    #[schema(min_length = 1, max_length = 64)]
+    pub domain: String,
+    /// How its disks move: `all` copies each whole (`VIR_MIGRATE_NON_SHARED_DISK`);
+    /// `incremental` copies only each disk's top image, its backing image
+    /// being at every site already (`VIR_MIGRATE_NON_SHARED_INC`).
+    #[serde(default)]
+    pub copy_storage: CopyStorage,
+    /// The disks that move with the domain (its other disks are on storage every site shares).
+    #[serde(default)]
+    #[schema(max_items = 16)]
+    pub disks: Vec<LibvirtDisk>,
+}
+
+/// How a `libvirt` VM's disks move (see [`LibvirtSpec::copy_storage`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum CopyStorage {
+    #[default]
+    All,
+    Incremental,
+}
+
+/// One disk of a `libvirt` VM, as its domain's XML has it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LibvirtDisk {
+    /// Its target device (`vda`).
+    pub target: String,
+    /// Its file: the same path at every site.
+    pub path: String,
+    /// `qcow2` (the default) or `raw`.
+    #[serde(default = "default_format")]
+    pub format: String,
+    /// Its virtual size, for the empty disk at the destination.
+    #[schema(minimum = 1)]
+    pub size_bytes: u64,
+    /// Its backing image (a qcow2 overlay's), at the same path at every site.
+    #[serde(default)]
+    pub backing: Option<String>,
 }
 
 fn default_machine() -> String {

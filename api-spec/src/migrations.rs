@@ -209,7 +209,7 @@ pub struct AssignedVm {
     #[serde(default)]
     pub addresses: Vec<String>,
     pub driver: crate::Driver,
-    /// The VM's `driver_spec` (for `qemu`, a [`crate::QemuSpec`]).
+    /// The VM's `driver_spec` (for `qemu`, a [`crate::QemuSpec`]; for `libvirt`, a [`crate::LibvirtSpec`]).
     pub driver_spec: serde_json::Value,
 }
 

@@ -14,13 +14,15 @@
 //! caching at standby sites), [`network`] (the VM's addresses follow it
 //! to the new site: network continuity after the cutover), [`qemu`] (the
 //! `qemu` driver, with [`tunnel`] carrying its streams and [`ram_image`]
-//! the memory a site keeps of the VMs that left or arrived), and
-//! [`client`] (the scheduler's dispatch API, typed, as executors speak to it).
+//! the memory a site keeps of the VMs that left or arrived), [`libvirt`]
+//! (the `libvirt` driver: libvirt's domains, their streams through the
+//! same tunnels), and [`client`] (the scheduler's dispatch API, typed, as executors speak to it).
 
 pub mod client;
 pub mod content;
 pub mod destination;
 pub mod index;
+pub mod libvirt;
 pub mod nbd;
 pub mod network;
 pub mod precopy;

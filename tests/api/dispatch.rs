@@ -308,25 +308,39 @@ async fn a_restarted_destination_takes_its_side_again_and_an_unconfirmed_cutover
     cheap.call(&app, id, "complete", json!({"state": "rolled_back"})).await.assert_error(409, "not held by executor");
     let back = dear.call(&app, id, "complete", json!({"state": "rolled_back", "detail": "no confirmation"})).await;
     assert_eq!(back.body["state"], "rolled_back", "{}", back.body);
-    let early = cheap.call(&app, id, "complete", json!({"state": "done"})).await;
-    early.assert_error(409, "only after cutover");
-    assert_eq!(early.body["error"]["code"], "not_in_cutover", "the executor retries by this code");
+    let late = cheap.call(&app, id, "complete", json!({"state": "done"})).await;
+    late.assert_error(409, "ended rolled_back");
+    assert_eq!(late.body["error"]["code"], "conflict", "the executor drops what it received by this code");
     assert_eq!((vms_at(&app, "DEAR").await, vms_at(&app, "CHEAP").await), (2, 0), "big stays at DEAR");
     dear.call(&app, id, "complete", json!({"state": "paused"})).await.assert_error(422, "state");
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_qemu_vm_goes_only_to_executors_that_run_qemu(pool: PgPool) {
+    goes_only_to_executors_that_run(pool, "qemu", json!({"memory_mib": 262144}), "libvirt").await;
+}
+
+#[sqlx::test(migrator = "MIGRATOR")]
+async fn a_libvirt_vm_goes_only_to_executors_that_run_libvirt(pool: PgPool) {
+    goes_only_to_executors_that_run(pool, "libvirt", json!({"domain": "big"}), "qemu").await;
+}
+
+/// VM `big`, made a `driver` VM with `spec` while its migration waits, is
+/// taken by neither a sim executor nor one of driver `other`, only by an
+/// executor of `driver` once its destination has one too.
+async fn goes_only_to_executors_that_run(pool: PgPool, driver: &str, spec: Value, other: &str) {
     let app = spawn_app(pool).await;
     let (dear, _cheap, id) = under_way(&app).await;
-    sqlx::query("update vm set driver = 'qemu', driver_spec = '{\"memory_mib\": 262144}' where name = 'big'")
+    sqlx::query("update vm set driver = $1, driver_spec = $2 where name = 'big'")
+        .bind(driver)
+        .bind(&spec)
         .execute(&app.pool)
         .await
         .unwrap();
     let refused = dear.claim(&app).await;
-    assert_eq!(refused.status, 204, "a sim executor does not take a qemu VM: {}", refused.body);
-    let qemu = |site: &str, address: &str| {
-        let body = json!({"site": site, "address": address, "driver": "qemu", "capacity": 1});
+    assert_eq!(refused.status, 204, "a sim executor does not take a {driver} VM: {}", refused.body);
+    let executor = |site: &str, address: &str, driver: &str| {
+        let body = json!({"site": site, "address": address, "driver": driver, "capacity": 1});
         let app = &app;
         async move {
             let token = app.token(Role::Executor).await;
@@ -334,16 +348,19 @@ async fn a_qemu_vm_goes_only_to_executors_that_run_qemu(pool: PgPool) {
             Executor { id: registered.body["id"].as_i64().unwrap(), token }
         }
     };
-    let dear_qemu = qemu("DEAR", "dear-qemu:7070").await;
-    assert_eq!(dear_qemu.claim(&app).await.status, 204, "no executor at CHEAP runs qemu yet");
-    qemu("CHEAP", "cheap-qemu:7070").await;
-    let claimed = dear_qemu.claim(&app).await;
+    let dear_other = executor("DEAR", "dear-other:7070", other).await;
+    executor("CHEAP", "cheap-other:7070", other).await;
+    assert_eq!(dear_other.claim(&app).await.status, 204, "a {other} executor does not take a {driver} VM");
+    let dear_runs = executor("DEAR", "dear-runs:7070", driver).await;
+    assert_eq!(dear_runs.claim(&app).await.status, 204, "no executor at CHEAP runs {driver} yet");
+    executor("CHEAP", "cheap-runs:7070", driver).await;
+    let claimed = dear_runs.claim(&app).await;
     assert_eq!(
         (claimed.body["migration"]["id"].as_i64(), claimed.body["vm"]["driver"].as_str()),
-        (Some(id), Some("qemu"))
+        (Some(id), Some(driver))
     );
-    assert_eq!(claimed.body["peer_address"], "cheap-qemu:7070", "the destination runs qemu too");
-    assert_eq!(claimed.body["vm"]["driver_spec"]["memory_mib"], 262144);
+    assert_eq!(claimed.body["peer_address"], "cheap-runs:7070", "the destination runs {driver} too");
+    assert_eq!(claimed.body["vm"]["driver_spec"], spec);
 }
 
 #[sqlx::test(migrator = "MIGRATOR")]

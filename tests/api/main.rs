@@ -12,6 +12,7 @@ mod executors;
 mod feeds;
 mod groups;
 mod hostile;
+mod libvirt;
 mod links;
 mod migrations;
 mod network;

@@ -28,15 +28,31 @@ async fn executor(app: &TestApp, site: &str, data: &Path) -> std::process::Child
 
 /// A qemu executor for `site` with its data under `data`, run with `flags` besides.
 pub(crate) async fn executor_with(app: &TestApp, site: &str, data: &Path, flags: &[&str]) -> std::process::Child {
+    let command = Command::new(workspace_binary("heliotrope-executor"));
+    executor_as(command, app, site, data, &[&["--driver", "qemu"], flags].concat()).await
+}
+
+/// `command` (`heliotrope-executor`, perhaps wrapped) run as an executor
+/// for `site` with its data under `data`, with `flags` besides (logging
+/// warnings, or `EXECUTOR_LOG`, unless the command sets `RUST_LOG`).
+pub(crate) async fn executor_as(
+    mut command: Command,
+    app: &TestApp,
+    site: &str,
+    data: &Path,
+    flags: &[&str],
+) -> std::process::Child {
     let token = app.token(Role::Executor).await;
-    Command::new(workspace_binary("heliotrope-executor"))
-        .args(["run", "--driver", "qemu", "--site", site, "--listen", &format!("127.0.0.1:{}", free_port())])
+    if command.get_envs().all(|(name, _)| name != "RUST_LOG") {
+        command.env("RUST_LOG", std::env::var("EXECUTOR_LOG").unwrap_or_else(|_| "warn".into()));
+    }
+    command
+        .args(["run", "--site", site, "--listen", &format!("127.0.0.1:{}", free_port())])
         .args(flags)
         .arg("--data-dir")
         .arg(data.join(site))
         .env("HELIOTROPE_SCHEDULER", format!("http://{}", app.addr))
         .env("HELIOTROPE_TOKEN", token)
-        .env("RUST_LOG", std::env::var("EXECUTOR_LOG").unwrap_or_else(|_| "warn".into()))
         .spawn()
         .unwrap()
 }

@@ -30,7 +30,10 @@ use crate::qemu::{compare_disks, ended, executor_with};
 /// An SDN controller that, told of a move, compares the VM's disks at
 /// both sites before it acknowledges (the VM is paused at the new site
 /// until then); each comparison's outcome is recorded.
-async fn comparing_controller(source: PathBuf, destination: PathBuf) -> (String, Arc<Mutex<Vec<Result<(), String>>>>) {
+pub(crate) async fn comparing_controller(
+    source: PathBuf,
+    destination: PathBuf,
+) -> (String, Arc<Mutex<Vec<Result<(), String>>>>) {
     let compared: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
     let record = compared.clone();
     let router = axum::Router::new().route(
@@ -50,13 +53,13 @@ async fn comparing_controller(source: PathBuf, destination: PathBuf) -> (String,
 
 /// Where `scripts/linux-guest` left the Linux test guest, or `None` (a
 /// skip, said why; under CI a failure) where it is not built.
-fn linux_guest() -> Option<PathBuf> {
+pub(crate) fn linux_guest() -> Option<PathBuf> {
     prerequisite("the Linux test guest", guest::built_linux_dir())
 }
 
 /// The guest's heartbeats in `dir` numbered above `after`, once there are
 /// `n` of them, or what there is after `seconds`.
-async fn heartbeats_after(dir: &Path, after: u64, n: usize, seconds: u32) -> Vec<(u64, String)> {
+pub(crate) async fn heartbeats_after(dir: &Path, after: u64, n: usize, seconds: u32) -> Vec<(u64, String)> {
     let above = async || heartbeats(dir).into_iter().filter(|(k, _)| *k > after).collect::<Vec<_>>();
     let within = Duration::from_secs(seconds.into());
     let (Ok(seen) | Err(seen)) = wait_until(within, Duration::from_millis(500), above, |seen| seen.len() >= n).await;

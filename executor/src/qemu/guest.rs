@@ -107,7 +107,13 @@ pub fn linux_spec(guest: &Path, disk: &Path) -> io::Result<QemuSpec> {
         ));
     }
     std::fs::copy(guest.join("data.qcow2"), disk)?;
-    Ok(QemuSpec {
+    Ok(linux_machine(guest, disk))
+}
+
+/// The Linux test guest's machine with its data disk at `disk`, made by the
+/// caller (a copy of `guest/data.qcow2`, or an overlay over it).
+pub fn linux_machine(guest: &Path, disk: &Path) -> QemuSpec {
+    QemuSpec {
         machine: "q35".into(),
         accel: "tcg".into(),
         memory_mib: 384,
@@ -124,7 +130,7 @@ pub fn linux_spec(guest: &Path, disk: &Path) -> io::Result<QemuSpec> {
             append: "console=ttyS0 quiet panic=-1 heliotrope.cache_pct=10 heliotrope.write_kib_s=256".into(),
         }),
         qmp_socket: None,
-    })
+    }
 }
 
 /// The heartbeats the Linux test guest printed to the serial log in `dir`: (n, checksum).

@@ -163,15 +163,41 @@ pub async fn disk_from_replica(
     std::fs::rename(&part, to).map_err(|e| MachineError::Image(e.to_string()))
 }
 
-/// Makes an empty disk of `size_bytes` at `path` (the destination's target).
-pub async fn create_disk(path: &Path, format: &str, size_bytes: u64) -> Result<(), MachineError> {
+/// The format `qemu-img info` finds an image in (a base image every site
+/// holds, which no guest writes to).
+async fn backing_format(path: &Path) -> Result<String, MachineError> {
     let output = tokio::process::Command::new("qemu-img")
-        .args(["create", "-q", "-f", format])
+        .args(["info", "-U", "--output=json"])
         .arg(path)
-        .arg(size_bytes.to_string())
         .output()
         .await
         .map_err(|e| MachineError::Image(e.to_string()))?;
+    if !output.status.success() {
+        return Err(MachineError::Image(String::from_utf8_lossy(&output.stderr).into_owned()));
+    }
+    let info: serde_json::Value =
+        serde_json::from_slice(&output.stdout).map_err(|e| MachineError::Image(e.to_string()))?;
+    info["format"]
+        .as_str()
+        .map(str::to_owned)
+        .ok_or_else(|| MachineError::Image(format!("{}: no format", path.display())))
+}
+
+/// Makes an empty disk of `size_bytes` at `path` (the destination's
+/// target), over `backing` if given.
+pub async fn create_disk(
+    path: &Path,
+    format: &str,
+    size_bytes: u64,
+    backing: Option<&Path>,
+) -> Result<(), MachineError> {
+    let mut command = tokio::process::Command::new("qemu-img");
+    command.args(["create", "-q", "-f", format]);
+    if let Some(backing) = backing {
+        command.arg("-b").arg(backing).args(["-F", &backing_format(backing).await?]);
+    }
+    let output =
+        command.arg(path).arg(size_bytes.to_string()).output().await.map_err(|e| MachineError::Image(e.to_string()))?;
     if !output.status.success() {
         return Err(MachineError::Image(String::from_utf8_lossy(&output.stderr).into_owned()));
     }

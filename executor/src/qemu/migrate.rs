@@ -318,6 +318,17 @@ async fn wait_until_not_active(qmp: &Qmp) {
     }
 }
 
+/// The policy's steps of the downtime limit, ms: 300 (or the maximum, if
+/// lower), doubling up to the maximum. Each step gets the policy's step
+/// time to converge.
+pub fn downtime_steps(max_downtime_ms: u64) -> Vec<u64> {
+    let mut limits = vec![max_downtime_ms.clamp(1, 300)];
+    while let Some(&last) = limits.last().filter(|&&last| last < max_downtime_ms) {
+        limits.push((last * 2).min(max_downtime_ms));
+    }
+    limits
+}
+
 /// One migration of the memory; `NotConverged` once the downtime steps ran out.
 async fn attempt(
     qmp: &Qmp,
@@ -328,12 +339,7 @@ async fn attempt(
     steer: &mut impl FnMut(&QemuProgress) -> Steer,
 ) -> Result<(QemuProgress, u64), MigrateError> {
     let multifd = set_capabilities(qmp, options.multifd_channels > 1, true, auto_converge).await?;
-    // Steps of the downtime limit: 300 ms (or the maximum, if lower), doubling up to the maximum.
-    let mut limits = vec![options.max_downtime_ms.min(300)];
-    while *limits.last().unwrap_or(&0) < options.max_downtime_ms {
-        let next = (limits.last().unwrap_or(&300) * 2).min(options.max_downtime_ms);
-        limits.push(next);
-    }
+    let limits = downtime_steps(options.max_downtime_ms);
     let mut step = 0;
     let bandwidth = |cap: Option<f64>| cap.map_or(u64::from(u32::MAX), |c| c.max(1.0) as u64);
     let mut cap = options.cap_bytes_per_s;
@@ -382,5 +388,17 @@ async fn attempt(
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::downtime_steps;
+
+    #[test]
+    fn the_downtime_limit_doubles_from_300_ms_up_to_the_maximum() {
+        assert_eq!(downtime_steps(2000), [300, 600, 1200, 2000]);
+        assert_eq!(downtime_steps(300), [300]);
+        assert_eq!(downtime_steps(100), [100]);
     }
 }

@@ -116,7 +116,7 @@ impl Pair {
         let mut target = spec.clone();
         for disk in &mut target.disks {
             let path = there.join(format!("{}.{}", disk.node, disk.format));
-            create_disk(&path, &disk.format, disk.size_bytes).await?;
+            create_disk(&path, &disk.format, disk.size_bytes, None).await?;
             disk.path = path.display().to_string();
         }
         target.qmp_socket = None;

@@ -205,6 +205,8 @@ impl Worker {
         let booted = match r.vm_spec.driver {
             Driver::Sim => self.restart_sim(r).await?,
             Driver::Qemu => self.restart_qemu(r).await?,
+            // Without replicas (the scheduler keeps none), nothing to restart from.
+            Driver::Libvirt => anyhow::bail!("libvirt VMs have no replicas to restart from"),
         };
         let network = match self.network.take_over(&taken).await {
             Ok(Some(did)) => format!("network ({:?}): {did}", self.network.driver()),

@@ -9,8 +9,8 @@
 //! This file holds the worker and its life (registration, heartbeats,
 //! claims, each claim handed to its role); each concern of the work has a
 //! file of its own: [`source`] (a migration's source side, and a source's
-//! recovery after a crash), [`receive`] (its destination side), [`sim`]
-//! and [`qemu`] (the VMs of each driver that run here), [`network`] (the
+//! recovery after a crash), [`receive`] (its destination side), [`sim`],
+//! [`qemu`] and [`libvirt`] (what each driver's two ends share), [`network`] (the
 //! VM's addresses at a cutover), [`replication`] (standby replicas),
 //! [`disaster`] (fencing, restarts of a lost site's VMs, quarantine) and
 //! [`listener`] (the transfer listener).
@@ -30,6 +30,7 @@ use tokio::net::TcpListener;
 use tracing::Instrument;
 
 mod disaster;
+mod libvirt;
 mod listener;
 mod network;
 mod qemu;
@@ -65,6 +66,14 @@ pub struct RunArgs {
     pub index_gib: u64,
     #[arg(long, value_enum, default_value = "sim")]
     pub driver: DriverArg,
+    /// This host's libvirt (`--driver libvirt`): its system daemon, at another socket with `?socket=PATH`.
+    #[arg(long, env = "HELIOTROPE_LIBVIRT_URI", default_value = "qemu:///system")]
+    pub libvirt_uri: String,
+    /// Where libvirt migrations' sockets live (`--driver libvirt`): the same path at every
+    /// site, where libvirt's QEMU may make sockets (the source's QEMU dials the path the
+    /// destination's QEMU listens at, each on its own host).
+    #[arg(long, env = "HELIOTROPE_LIBVIRT_SOCKET_DIR", default_value = "/var/lib/libvirt/heliotrope")]
+    pub libvirt_socket_dir: PathBuf,
     /// How a qemu VM's memory crosses: `pages` (each page by reference
     /// where the destination holds it, else compressed) or `raw` (QEMU's
     /// streams as they are: for a QEMU whose stream the executor misreads).
@@ -98,6 +107,7 @@ pub struct RunArgs {
 pub enum DriverArg {
     Sim,
     Qemu,
+    Libvirt,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq)]
@@ -142,6 +152,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         args.qemu_policy_step_s.is_finite() && args.qemu_policy_step_s >= 1.0,
         "--qemu-policy-step-s must be at least 1"
     );
+    if args.driver == DriverArg::Libvirt {
+        heliotrope_executor::libvirt::daemon_socket(&args.libvirt_uri)?;
+        let version = heliotrope_executor::libvirt::version(&args.libvirt_uri)
+            .await
+            .with_context(|| format!("reaching libvirt at {}", args.libvirt_uri))?;
+        tracing::info!(uri = %args.libvirt_uri, version, "libvirt answers");
+    }
     let tls = Tls::from_files(&args.tls)?;
     let network = args.network.open()?;
     let listener = TcpListener::bind(&args.listen).await.with_context(|| format!("binding {}", args.listen))?;
@@ -150,6 +167,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let driver = match args.driver {
         DriverArg::Sim => Driver::Sim,
         DriverArg::Qemu => Driver::Qemu,
+        DriverArg::Libvirt => Driver::Libvirt,
     };
     let registration = ExecutorRegistration {
         site: args.site.clone(),
@@ -243,14 +261,22 @@ impl Worker {
 
     async fn handle_in_span(self: &Arc<Self>, a: Assignment) {
         let role = a.role;
+        let runs_here = match a.vm.driver {
+            Driver::Sim => true,
+            Driver::Qemu => self.args.driver == DriverArg::Qemu,
+            Driver::Libvirt => self.args.driver == DriverArg::Libvirt,
+        };
         let outcome = match (role, a.vm.driver) {
-            (_, Driver::Qemu) if self.args.driver != DriverArg::Qemu => {
-                Err(anyhow::anyhow!("this executor runs sim VMs only (--driver sim), and this VM is a qemu one"))
-            }
+            (_, driver) if !runs_here => Err(anyhow::anyhow!(
+                "this executor runs {:?} VMs and sim ones (--driver), and this VM is a {driver:?} one",
+                self.args.driver
+            )),
             (JobRole::Source, Driver::Sim) => self.send(&a).await,
             (JobRole::Destination, Driver::Sim) => self.receive(&a).await,
             (JobRole::Source, Driver::Qemu) => self.send_qemu(&a).await,
             (JobRole::Destination, Driver::Qemu) => self.receive_qemu(&a).await,
+            (JobRole::Source, Driver::Libvirt) => self.send_libvirt(&a).await,
+            (JobRole::Destination, Driver::Libvirt) => self.receive_libvirt(&a).await,
             (JobRole::Recover, _) => self.recover(&a).await,
         };
         if let Err(e) = outcome {

@@ -8,7 +8,10 @@
 //! A `sim` VM's images arrive through the transfer listener and are
 //! sealed; a `qemu` VM's QEMU starts paused for the incoming migration
 //! with empty disks in the VM's directory, exported to the source's
-//! mirrors through the job's tunnels, and runs once `done` is recorded.
+//! mirrors through the job's tunnels, and runs once `done` is recorded. A
+//! `libvirt` domain's disks are made empty at their paths, libvirt brings
+//! the domain paused through the same tunnels, and it runs once `done` is
+//! recorded.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -18,12 +21,14 @@ use heliotrope_api_spec::{Assignment, Completion, ErrorCode, MigrationState};
 use heliotrope_executor::client::ClientError;
 use heliotrope_executor::content::PAGE;
 use heliotrope_executor::destination::Allowed;
+use heliotrope_executor::libvirt::{self, DomainState};
 use heliotrope_executor::precopy::{DISK_IMAGE, MEMORY_IMAGE};
 use heliotrope_executor::qemu::machine::{create_disk, Machine};
 use heliotrope_executor::qemu::migrate::{announce, incoming_done, prepare_incoming, start};
-use heliotrope_executor::tunnel::NBD;
+use heliotrope_executor::tunnel::{LIBVIRT, NBD};
 use heliotrope_executor::wire::ImageKind;
 
+use super::libvirt::spec_of as libvirt_spec_of;
 use super::qemu::{spec_of, MULTIFD_CHANNELS};
 use super::{decode_hex, lock, Worker};
 
@@ -88,7 +93,7 @@ impl Worker {
         std::fs::create_dir_all(&dir)?;
         for disk in &mut spec.disks {
             let path = dir.join(format!("{}.{}", disk.node, disk.format));
-            create_disk(&path, &disk.format, disk.size_bytes).await?;
+            create_disk(&path, &disk.format, disk.size_bytes, None).await?;
             disk.path = path.display().to_string();
         }
         spec.qmp_socket = None;
@@ -124,6 +129,72 @@ impl Worker {
         lock(&self.machines).insert(a.migration.vm.clone(), Arc::new(machine));
         self.keep_ram_image(image).await;
         let _ = std::fs::remove_dir_all(&job);
+        Ok(())
+    }
+
+    /// The destination's side of a libvirt migration: the domain's disks
+    /// made empty at their paths, the job's tunnels let through to the
+    /// sockets libvirt's QEMU will listen at and to this site's libvirt
+    /// daemon; the domain arrives paused and runs once `done` is recorded.
+    pub(super) async fn receive_libvirt(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let Some(receiving) = self.start_receiving(id) else { return Ok(()) };
+        let outcome = self.receive_libvirt_once(a).await;
+        drop(receiving);
+        self.destination.forget_tunnels(id as u64);
+        outcome
+    }
+
+    async fn receive_libvirt_once(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let spec = libvirt_spec_of(a)?;
+        let uri = &self.args.libvirt_uri;
+        let mut made = Vec::new();
+        let mut image = None;
+        let sockets = match libvirt::state(uri, &spec.domain).await? {
+            // It arrived before this executor restarted: it waits for `done`.
+            Some((DomainState::Paused, true)) => None,
+            Some((state, _)) => anyhow::bail!("domain '{}' is defined here already ({state:?})", spec.domain),
+            None => {
+                for disk in &spec.disks {
+                    let path = std::path::Path::new(&disk.path);
+                    if let Some(parent) = path.parent() {
+                        std::fs::create_dir_all(parent)?;
+                    }
+                    // Made anew: a copy left from an earlier stay here would show through the copy.
+                    let backing = disk.backing.as_deref().map(std::path::Path::new);
+                    create_disk(path, &disk.format, disk.size_bytes, backing).await?;
+                    made.push(path.to_owned());
+                }
+                let sockets = self.libvirt_job(id)?;
+                // Every byte goes through the tunnels: no image is taken.
+                self.destination.expect_images(id as u64, decode_hex(&a.secret)?, Vec::new());
+                self.destination.expect_tunnel(id as u64, NBD, &sockets.disks);
+                self.destination.expect_tunnel(id as u64, LIBVIRT, &libvirt::daemon_socket(uri)?);
+                // What arrives is kept here too: the VMs that run here share pages.
+                image = self.ram_image(&a.migration.vm, id);
+                self.destination.expect_memory(id as u64, &sockets.memory, image.clone());
+                Some(sockets)
+            }
+        };
+        if let Err(e) = self.confirm_done(id).await {
+            // Never started: libvirt ended the incoming domain at the source's failure; what was made for it goes.
+            for path in &made {
+                let _ = std::fs::remove_file(path);
+            }
+            if let Some(sockets) = &sockets {
+                let _ = std::fs::remove_dir_all(&sockets.dir);
+            }
+            self.drop_ram_image(image.as_deref());
+            return Err(e);
+        }
+        let starting = async { Ok(libvirt::resume(uri, &spec.domain).await?) };
+        self.arrive(&self.network_move(a).await, starting, async { Ok(None) }).await?;
+        tracing::info!(domain = %spec.domain, "the domain runs here now");
+        self.keep_ram_image(image).await;
+        if let Some(sockets) = &sockets {
+            let _ = std::fs::remove_dir_all(&sockets.dir);
+        }
         Ok(())
     }
 

@@ -203,7 +203,7 @@ impl Worker {
                 Ok(secret) => {
                     let bytes = match r.driver {
                         Driver::Sim => self.sim_bytes(r.disk_gib),
-                        Driver::Qemu => (r.disk_gib * (1u64 << 30) as f64).ceil() as u64,
+                        Driver::Qemu | Driver::Libvirt => (r.disk_gib * (1u64 << 30) as f64).ceil() as u64,
                     };
                     let replica = Allowed {
                         name: r.replica.clone(),
@@ -291,6 +291,8 @@ impl Worker {
                 let replicating = export::keep_synced(recorded.clone(), &r.replica, open, interval, written.clone());
                 (replicating, Some((recorded, written)))
             }
+            // The scheduler names no keeper for them (their QMP is libvirt's).
+            Driver::Libvirt => anyhow::bail!("libvirt VMs are not replicated"),
         };
         Ok(Outgoing { vm: r.vm.clone(), standby: r.standby.clone(), replicating, final_sync: None, recorded })
     }

@@ -11,7 +11,10 @@
 //! (or the one started when the VM migrated in is used); its NBD and
 //! memory connections are forwarded through tunnels to the destination
 //! executor, and the migration is driven (`heliotrope_executor::qemu::migrate`)
-//! under the job's cap, `query-migrate` reported as progress.
+//! under the job's cap, `query-migrate` reported as progress. A `libvirt`
+//! domain is migrated by libvirt (`heliotrope_executor::libvirt`) with the
+//! same tunnels, plus one for libvirt's control connection; libvirt's job
+//! statistics are reported as progress.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -21,6 +24,7 @@ use anyhow::Context;
 use heliotrope_api_spec::{
     Assignment, Completion, Driver, MigrationState, ProgressAnswer, ProgressReport, QemuSpec, RecoveryReport, VmRunsAt,
 };
+use heliotrope_executor::libvirt::{self, DomainState, Outgoing};
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, MEMORY_IMAGE};
 use heliotrope_executor::qemu::export::layout;
 use heliotrope_executor::qemu::migrate::{
@@ -31,8 +35,9 @@ use heliotrope_executor::source::{open_tunnel, SendOptions, Session};
 use heliotrope_executor::tls::{self, Connection};
 use heliotrope_executor::transfer::{choose_level, Progress, TransferError};
 use heliotrope_executor::tunnel::nbd::Held;
-use heliotrope_executor::tunnel::{Carrying, Forwarder, Peer, TunnelCounters, MIGRATION, NBD, PROBE};
+use heliotrope_executor::tunnel::{Carrying, Forwarder, Peer, TunnelCounters, LIBVIRT, MIGRATION, NBD, PROBE};
 
+use super::libvirt::{spec_of as libvirt_spec_of, JobSockets};
 use super::qemu::{spec_of, MULTIFD_CHANNELS};
 use super::{decode_hex, lock, MemoryRelay, Worker};
 
@@ -63,15 +68,30 @@ impl Worker {
 
     /// After the cutover: reports until the destination has confirmed (the
     /// scheduler records `done`). If it never does within `CONFIRM_WAIT`,
-    /// rolls the migration back: the scheduler records it, after which it
-    /// refuses the destination's confirmation, so only one copy ever runs.
-    async fn await_confirmation(&self, id: i64, progress: impl Fn() -> ProgressReport) -> anyhow::Result<Confirmed> {
+    /// rolls the migration back where the source still holds the VM
+    /// (`Holds::Paused`): the scheduler records it, after which it refuses
+    /// the destination's confirmation, so only one copy ever runs. Where it
+    /// does not (`Holds::Nothing`), it waits on for the destination.
+    async fn await_confirmation(
+        &self,
+        id: i64,
+        holds: Holds,
+        progress: impl Fn() -> ProgressReport,
+    ) -> anyhow::Result<Confirmed> {
         let confirm_by = tokio::time::Instant::now() + CONFIRM_WAIT;
+        let mut warned = false;
         loop {
             let answer = self.report(id, &progress()).await?;
             match answer.state {
                 MigrationState::Done => return Ok(Confirmed::Done),
                 other if answer.cancelled => return Ok(Confirmed::Ended(other)),
+                _ if tokio::time::Instant::now() >= confirm_by && holds == Holds::Nothing => {
+                    if !warned {
+                        tracing::warn!("the destination has not confirmed; the VM waits there, paused");
+                        warned = true;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 _ if tokio::time::Instant::now() >= confirm_by => {
                     let back = Completion {
                         state: MigrationState::RolledBack,
@@ -179,7 +199,7 @@ impl Worker {
         };
         self.report(id, &at_cutover).await?;
         self.leave(&network_move).await;
-        if let Confirmed::Ended(state) = self.await_confirmation(id, progress_now).await? {
+        if let Confirmed::Ended(state) = self.await_confirmation(id, Holds::Paused, progress_now).await? {
             self.stay(&network_move).await;
             vm.resume();
             std::fs::remove_file(&marker)?;
@@ -227,6 +247,26 @@ impl Worker {
         anyhow::bail!("the destination never took job {}: {}", a.migration.id, last.unwrap_or_default())
     }
 
+    /// Where migration `a`'s tunnels go: the destination executor, with the job's secret.
+    pub(super) fn peer(&self, a: &Assignment) -> anyhow::Result<Peer> {
+        Ok(Peer {
+            address: a.peer_address.clone().context("a source assignment names its peer")?,
+            tls: self.tls.clone(),
+            job: a.migration.id as u64,
+            secret: decode_hex(&a.secret)?.into(),
+        })
+    }
+
+    /// How a live migration of a real guest (`qemu` or `libvirt`) may go under cap `cap` (bytes/s).
+    pub(super) fn migration_options(&self, a: &Assignment, cap: Option<f64>) -> MigrationOptions {
+        MigrationOptions {
+            cap_bytes_per_s: cap,
+            max_downtime_ms: u64::from(a.vm.max_downtime_ms),
+            step: Duration::from_secs_f64(self.args.qemu_policy_step_s),
+            multifd_channels: MULTIFD_CHANNELS,
+        }
+    }
+
     /// Waits until the destination executor lets this job's tunnels through.
     async fn destination_ready(&self, peer: &Peer) -> anyhow::Result<()> {
         let mut last = String::new();
@@ -251,12 +291,7 @@ impl Worker {
         let network_move = self.network_move(a).await;
         let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
         let shaper = Arc::new(Shaper::new(cap));
-        let peer = Peer {
-            address: a.peer_address.clone().context("a source assignment names its peer")?,
-            tls: self.tls.clone(),
-            job: id as u64,
-            secret: decode_hex(&a.secret)?.into(),
-        };
+        let peer = self.peer(a)?;
         self.report(
             id,
             &ProgressReport {
@@ -284,41 +319,12 @@ impl Worker {
         mirror_disks(&machine, &spec.disks, &nbd_socket, None, Duration::from_secs(3600)).await?;
         drop(holding);
 
-        // QEMU is polled every 250 ms; the scheduler hears every second, in a task of its own.
-        let (progress_tx, progress_rx) = tokio::sync::watch::channel(QemuProgress::default());
-        let steer = Arc::new(Mutex::new(Steer { cap_bytes_per_s: cap, stop: false }));
-        let reporting = {
-            let steer = steer.clone();
-            let (mut progress_rx, tunnels) = (progress_rx.clone(), (nbd.counters.clone(), memory.counters.clone()));
-            async move {
-                loop {
-                    tokio::time::sleep(Duration::from_secs(1)).await;
-                    let report = qemu_report(&progress_rx.borrow_and_update(), &tunnels.0, &tunnels.1);
-                    match self.report(id, &report).await {
-                        Ok(answer) => {
-                            let mut steer = lock(&steer);
-                            steer.cap_bytes_per_s = answer.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
-                            steer.stop = answer.cancelled;
-                            shaper.set_rate(steer.cap_bytes_per_s);
-                        }
-                        Err(e) => tracing::warn!(error = %format!("{e:#}"), "a progress report failed"),
-                    }
-                }
-            }
-        };
-        let options = MigrationOptions {
-            cap_bytes_per_s: cap,
-            max_downtime_ms: u64::from(a.vm.max_downtime_ms),
-            step: Duration::from_secs_f64(self.args.qemu_policy_step_s),
-            multifd_channels: MULTIFD_CHANNELS,
-        };
-        let migrating = migrate_out(&machine, &spec.disks, options, &migration_socket, |p| {
-            progress_tx.send_replace(p.clone());
-            *lock(&steer)
-        });
+        let steering = Steering::new(cap);
+        let options = self.migration_options(a, cap);
+        let migrating = migrate_out(&machine, &spec.disks, options, &migration_socket, |p| steering.steer(p));
         let migrated = tokio::select! {
             migrated = migrating => migrated,
-            () = reporting => unreachable!("reporting never ends"),
+            () = steering.report(self, id, &shaper, &nbd, &memory) => unreachable!("reporting never ends"),
         };
         let migrated = match migrated {
             Err(MigrateError::Cancelled) => {
@@ -340,7 +346,7 @@ impl Worker {
         let progress_now = || qemu_report(&final_progress, &nbd.counters, &memory.counters);
         self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
         self.leave(&network_move).await;
-        match self.await_confirmation(id, progress_now).await? {
+        match self.await_confirmation(id, Holds::Paused, progress_now).await? {
             Confirmed::Done => {
                 // Its replication holds the machine: it stops first, so that QEMU can be told to quit.
                 self.replication.stop(&a.migration.vm).await;
@@ -361,6 +367,113 @@ impl Worker {
         }
         std::fs::remove_file(&marker)?;
         let _ = std::fs::remove_dir_all(&dir);
+        Ok(())
+    }
+
+    /// The source's side of a libvirt migration: libvirt migrates the
+    /// domain (`virDomainMigrate3`), every stream through this job's
+    /// tunnels; the domain waits paused at the destination for `done`.
+    pub(super) async fn send_libvirt(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
+        let id = a.migration.id;
+        let spec = libvirt_spec_of(a)?;
+        let uri = &self.args.libvirt_uri;
+        let holding = self.hold_lease(id);
+        // Checked before anything moves: the domain runs here, and its disks are the spec's.
+        match libvirt::state(uri, &spec.domain).await? {
+            Some((DomainState::Running, _)) => {}
+            Some((state, _)) => anyhow::bail!("domain '{}' is {state:?} here, not running", spec.domain),
+            None => anyhow::bail!("no domain '{}' at this site's libvirt", spec.domain),
+        }
+        let targets: Vec<String> = spec.disks.iter().map(|d| d.target.clone()).collect();
+        let sizes = libvirt::disk_sizes(uri, &spec.domain, targets.clone()).await?;
+        for (disk, size) in spec.disks.iter().zip(sizes) {
+            anyhow::ensure!(
+                size == disk.size_bytes,
+                "disk {} of '{}' is {size} bytes, its driver_spec says {}",
+                disk.target,
+                spec.domain,
+                disk.size_bytes
+            );
+        }
+        // Resolved now: the cutover is no time for a name lookup.
+        let network_move = self.network_move(a).await;
+        let cap = a.migration.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
+        let shaper = Arc::new(Shaper::new(cap));
+        let peer = self.peer(a)?;
+        let transferring = qemu_report(&Default::default(), &Default::default(), &Default::default());
+        self.report(id, &ProgressReport { state: Some(MigrationState::Transferring), ..transferring }).await?;
+        self.destination_ready(&peer).await?;
+        let sockets = self.libvirt_job(id)?;
+        let nbd = Forwarder::listen(&sockets.disks, peer.clone(), NBD, shaper.clone(), Carrying::default())?;
+        // What leaves is kept here: should the VM come back, most of its memory is here already.
+        let image = self.ram_image(&a.migration.vm, id);
+        let raw_memory = self.args.memory_relay == MemoryRelay::Raw;
+        let carrying = Carrying { image: image.clone(), raw_memory, ..Carrying::default() };
+        let memory = Forwarder::listen(&sockets.memory, peer.clone(), MIGRATION, shaper.clone(), carrying)?;
+        // libvirt's own calls are not the guest's bytes: not shaped.
+        let unshaped = Arc::new(Shaper::new(None));
+        let control = Forwarder::listen(&sockets.control, peer, LIBVIRT, unshaped, Carrying::default())?;
+        drop(holding);
+
+        let out = Outgoing {
+            source_uri: uri.clone(),
+            destination_uri: libvirt::through(&sockets.control),
+            domain: spec.domain.clone(),
+            disks: targets,
+            copy_storage: spec.copy_storage,
+            memory_uri: JobSockets::uri(&sockets.memory),
+            disks_uri: JobSockets::uri(&sockets.disks),
+        };
+        let steering = Steering::new(cap);
+        let migrating = libvirt::migrate_out(&out, self.migration_options(a, cap), |p| steering.steer(p));
+        let moved = tokio::select! {
+            moved = migrating => moved,
+            () = steering.report(self, id, &shaper, &nbd, &memory) => unreachable!("reporting never ends"),
+        };
+        let moved = match moved {
+            Err(MigrateError::Cancelled) => {
+                tracing::info!("cancelled: the domain runs on here");
+                self.drop_ram_image(image.as_deref());
+                return Ok(());
+            }
+            Err(e) => {
+                self.drop_ram_image(image.as_deref());
+                return Err(e.into());
+            }
+            Ok(moved) => moved,
+        };
+        let migrated = &moved.migrated;
+        let downtime_s = migrated.progress.downtime_ms.map(|ms| ms as f64 / 1000.0);
+        // Every byte libvirt moved crossed the tunnels (as it is, or kept off the wire by them).
+        tracing::info!(
+            ?downtime_s,
+            elapsed_s = migrated.elapsed.as_secs_f64(),
+            libvirt_memory_bytes = moved.memory_bytes,
+            libvirt_disk_bytes = moved.disk_bytes,
+            tunnel_memory_bytes = memory.counters.raw_equivalent(),
+            tunnel_disk_bytes = nbd.counters.raw_equivalent(),
+            tunnel_control_bytes = control.counters.up() + control.counters.down(),
+            "moved; libvirt's switchover"
+        );
+        let marker = self.cutover_marker(id);
+        std::fs::write(&marker, b"")?;
+        let final_progress = migrated.progress.clone();
+        let progress_now = || qemu_report(&final_progress, &nbd.counters, &memory.counters);
+        self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
+        self.leave(&network_move).await;
+        // libvirt ended the domain here at its switchover: there is nothing to roll back to.
+        match self.await_confirmation(id, Holds::Nothing, progress_now).await? {
+            Confirmed::Done => {
+                drop(memory);
+                self.keep_ram_image(image).await;
+            }
+            Confirmed::Ended(state) => {
+                self.drop_ram_image(image.as_deref());
+                tracing::error!(?state, domain = %spec.domain, "the migration ended after libvirt's switchover: the domain waits paused at the destination");
+            }
+        }
+        std::fs::remove_file(&marker)?;
+        let _ = std::fs::remove_dir_all(&sockets.dir);
         Ok(())
     }
 
@@ -390,10 +503,16 @@ impl Worker {
                 let _ = std::fs::remove_dir_all(self.vm_dir(&a.migration.vm));
             }
             (VmRunsAt::Destination, Driver::Qemu) => self.let_go_qemu(a).await,
+            // libvirt ended the domain here at its switchover.
+            (VmRunsAt::Destination, Driver::Libvirt) => {}
             (VmRunsAt::Source, Driver::Sim) => {
                 self.vm(a)?;
             }
             (VmRunsAt::Source, Driver::Qemu) => self.resume_qemu(a).await?,
+            // libvirt aborts a migration whose client went away: the domain runs here, or waits paused.
+            (VmRunsAt::Source, Driver::Libvirt) => {
+                libvirt::resume(&self.args.libvirt_uri, &libvirt_spec_of(a)?.domain).await?
+            }
         }
         if marker.exists() {
             std::fs::remove_file(&marker)?;
@@ -462,6 +581,56 @@ fn qemu_report(p: &QemuProgress, disks: &TunnelCounters, memory: &TunnelCounters
     }
 }
 
+/// A real guest's migration steered by the scheduler: the hypervisor is
+/// polled every 250 ms ([`Steering::steer`]), the scheduler hears every
+/// second ([`Steering::report`]), and its answers set the cap and say stop.
+pub(super) struct Steering {
+    progress: tokio::sync::watch::Sender<QemuProgress>,
+    steer: Mutex<Steer>,
+}
+
+impl Steering {
+    pub(super) fn new(cap: Option<f64>) -> Steering {
+        Steering {
+            progress: tokio::sync::watch::Sender::new(QemuProgress::default()),
+            steer: Mutex::new(Steer { cap_bytes_per_s: cap, stop: false }),
+        }
+    }
+
+    /// Takes a poll's progress; answers the cap and whether to stop.
+    pub(super) fn steer(&self, progress: &QemuProgress) -> Steer {
+        self.progress.send_replace(progress.clone());
+        *lock(&self.steer)
+    }
+
+    /// Reports migration `id`'s progress every second, with what the
+    /// `disks` and `memory` tunnels carried, and takes the answers (the
+    /// cap goes to `shaper` too). Never ends.
+    pub(super) async fn report(
+        &self,
+        worker: &Worker,
+        id: i64,
+        shaper: &Shaper,
+        disks: &Forwarder,
+        memory: &Forwarder,
+    ) {
+        let mut progress = self.progress.subscribe();
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let report = qemu_report(&progress.borrow_and_update(), &disks.counters, &memory.counters);
+            match worker.report(id, &report).await {
+                Ok(answer) => {
+                    let mut steer = lock(&self.steer);
+                    steer.cap_bytes_per_s = answer.cap_mbps.map(|mbps| mbps * 1e6 / 8.0);
+                    steer.stop = answer.cancelled;
+                    shaper.set_rate(steer.cap_bytes_per_s);
+                }
+                Err(e) => tracing::warn!(error = %format!("{e:#}"), "a progress report failed"),
+            }
+        }
+    }
+}
+
 /// A task that stops when this is dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -469,6 +638,15 @@ impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// What a source holds of its VM after the cutover, until the destination confirms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    /// The VM, paused: it can run on here.
+    Paused,
+    /// Nothing: the hypervisor ended it here at its own switchover (libvirt).
+    Nothing,
 }
 
 /// How a migration ended after its cutover, as the source hears it.

@@ -43,6 +43,10 @@ pub const NBD: &str = "nbd";
 /// The end of QEMU's memory connections: its main channel, relayed raw.
 pub const MIGRATION: &str = "migration";
 
+/// The end of libvirt's control connection to the destination's daemon
+/// (the `libvirt` driver): relayed as it is to that daemon's socket.
+pub const LIBVIRT: &str = "libvirt";
+
 /// The end of QEMU's multifd memory channels (see [`multifd`]): the same
 /// socket as [`MIGRATION`] at the destination, framed on the way.
 pub const MULTIFD: &str = "multifd";

@@ -101,16 +101,17 @@ pub async fn claim(pool: &PgPool, executor_id: i64, token_id: i64) -> Result<Opt
         "e.state = 'online' and e.last_heartbeat > now() - {ONLINE_WITHIN} \
          and coalesce((e.listener->>'accepting')::boolean, true)"
     );
-    let runs = "(v.driver = 'sim' or e.driver = 'qemu')";
+    let runs = super::executors::runs("v.driver", "e.driver");
     let found: Option<(i64, i64, i64)> = sqlx::query_as(&format!(
         "with {} \
          select j.job_id, j.to_site_id, j.vm_id from migration_job j join vm v on v.vm_id = j.vm_id \
          join room r on r.site_id = j.to_site_id \
          where j.state = 'scheduled' and j.from_site_id = $1 and j.admitted_at is not null \
-         and (v.driver = 'sim' or $2 = 'qemu') and {FITS} \
+         and {runs_here} and {FITS} \
          and exists (select 1 from executor e where e.site_id = j.to_site_id and {online} and {runs}) \
          order by j.admitted_at, j.job_id limit 1 for update of j skip locked",
-        room("select to_site_id from migration_job where state = 'scheduled' and from_site_id = $1")
+        room("select to_site_id from migration_job where state = 'scheduled' and from_site_id = $1"),
+        runs_here = super::executors::runs("v.driver", "$2"),
     ))
     .bind(site_id)
     .bind(&driver)
@@ -338,6 +339,19 @@ pub async fn complete(
             if state == MigrationState::Done {
                 tx.commit().await?;
                 return get(pool, id).await;
+            }
+            // Ended otherwise: the VM stays at the source, and the destination drops what it received.
+            if matches!(
+                state,
+                MigrationState::Failed
+                    | MigrationState::Cancelled
+                    | MigrationState::RolledBack
+                    | MigrationState::Expired
+            ) {
+                return Err(StoreError::Conflict(format!(
+                    "migration {id} ended {}: the VM stays at the source",
+                    enum_to_text(&state)
+                )));
             }
             if state != MigrationState::Cutover {
                 return Err(StoreError::NotInCutover(format!(

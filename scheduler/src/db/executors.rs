@@ -12,6 +12,12 @@ use crate::domain::Valid;
 /// An executor that has not heartbeat for this long is not handed work.
 pub(super) const ONLINE_WITHIN: &str = "interval '60 seconds'";
 
+/// Whether an executor of driver `executor` (SQL) runs VMs of driver `vm`
+/// (SQL): its own, and `sim` VMs, which every executor runs.
+pub(super) fn runs(vm: &str, executor: &str) -> String {
+    format!("({vm} = 'sim' or {vm} = {executor})")
+}
+
 #[derive(sqlx::FromRow)]
 struct ExecutorRow {
     executor_id: i64,

@@ -18,12 +18,15 @@ use super::Result;
 use crate::domain::Valid;
 
 /// The executor that keeps `site`'s replicas and replicates its VMs of
-/// driver `driver` (SQL over the columns named).
+/// driver `driver` (SQL over the columns named). No executor keeps
+/// replicas of `libvirt` VMs yet: replication reads a disk over the VM's
+/// QMP, which libvirt keeps to itself.
 pub(super) fn keeper(site: &str, driver: &str) -> String {
     format!(
         "(select min(k.executor_id) from executor k where k.site_id = {site} and k.state = 'online' \
          and k.last_heartbeat > now() - {ONLINE_WITHIN} and coalesce((k.listener->>'accepting')::boolean, true) \
-         and ({driver} = 'sim' or k.driver = 'qemu'))"
+         and {runs} and {driver} <> 'libvirt')",
+        runs = super::executors::runs(driver, "k.driver"),
     )
 }
 

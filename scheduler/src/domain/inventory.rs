@@ -4,7 +4,9 @@
 //! the persistence layer.
 
 use chrono_tz::Tz;
-use heliotrope_api_spec::{Driver, GroupPolicy, GroupSpec, LinkSpec, NewToken, QemuSpec, Role, SiteSpec, VmSpec};
+use heliotrope_api_spec::{
+    Driver, GroupPolicy, GroupSpec, LibvirtSpec, LinkSpec, NewToken, QemuSpec, Role, SiteSpec, VmSpec,
+};
 
 use super::{Valid, ValidationError};
 
@@ -162,10 +164,64 @@ pub fn parse_vm(mut spec: VmSpec) -> Result<Valid<VmSpec>> {
         return Err(ValidationError::new("driver_spec", "must be a JSON object"));
     }
     check_storable_json("driver_spec", &spec.driver_spec)?;
-    if spec.driver == Driver::Qemu {
-        check_qemu_spec(&spec.driver_spec, spec.memory_gib)?;
+    match spec.driver {
+        Driver::Qemu => check_qemu_spec(&spec.driver_spec, spec.memory_gib)?,
+        Driver::Libvirt => check_libvirt_spec(&spec.driver_spec)?,
+        Driver::Sim => {}
     }
     Ok(Valid(spec))
+}
+
+/// A name a hypervisor takes as it is: 1-64 of `A-Za-z0-9-_.`.
+fn word(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// A file path a hypervisor's options take as it is: absolute, without
+/// the commas QEMU's options split on.
+fn path(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 4096 && s.starts_with('/') && !s.contains(',') && !s.contains('\0')
+}
+
+/// A `libvirt` VM's `driver_spec` must be a [`LibvirtSpec`]: a domain
+/// name and disks the destination executor can create (distinct targets
+/// and paths, a backing image only under a qcow2 overlay).
+fn check_libvirt_spec(value: &serde_json::Value) -> Result<()> {
+    let spec: LibvirtSpec = serde_json::from_value(value.clone())
+        .map_err(|e| ValidationError::new("driver_spec", format!("not a libvirt spec: {e}")))?;
+    if !word(&spec.domain) {
+        return Err(ValidationError::new("driver_spec.domain", "1-64 letters, digits, '-', '_', '.'"));
+    }
+    if spec.disks.len() > 16 {
+        return Err(ValidationError::new("driver_spec.disks", "at most 16"));
+    }
+    for (i, disk) in spec.disks.iter().enumerate() {
+        let field = |name: &str| format!("driver_spec.disks[{i}].{name}");
+        if !word(&disk.target) {
+            return Err(ValidationError::new(field("target"), "a target device, like vda"));
+        }
+        if !path(&disk.path) {
+            return Err(ValidationError::new(field("path"), "an absolute path without commas"));
+        }
+        if !["qcow2", "raw"].contains(&disk.format.as_str()) {
+            return Err(ValidationError::new(field("format"), "qcow2 or raw"));
+        }
+        check_range(&field("size_bytes"), disk.size_bytes as f64, 1.0, 2f64.powi(50))?;
+        match &disk.backing {
+            Some(backing) if !path(backing) => {
+                return Err(ValidationError::new(field("backing"), "an absolute path without commas"));
+            }
+            Some(_) if disk.format != "qcow2" => {
+                return Err(ValidationError::new(field("backing"), "only a qcow2 disk has a backing image"));
+            }
+            _ => {}
+        }
+        let earlier = &spec.disks[..i];
+        if earlier.iter().any(|d| d.target == disk.target || d.path == disk.path) {
+            return Err(ValidationError::new(field("target"), "each disk has its own target and path"));
+        }
+    }
+    Ok(())
 }
 
 /// The most standby sites an operator may name for one VM.
@@ -204,9 +260,6 @@ fn parse_addresses(addresses: &[String]) -> Result<Vec<String>> {
 fn check_qemu_spec(value: &serde_json::Value, memory_gib: f64) -> Result<()> {
     let spec: QemuSpec = serde_json::from_value(value.clone())
         .map_err(|e| ValidationError::new("driver_spec", format!("not a qemu spec: {e}")))?;
-    let word =
-        |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
-    let path = |s: &str| !s.is_empty() && s.starts_with('/') && !s.contains(',') && !s.contains('\0');
     if !word(&spec.machine) {
         return Err(ValidationError::new("driver_spec.machine", "a QEMU machine type, like q35"));
     }
@@ -391,6 +444,37 @@ mod tests {
         assert_eq!(field_of(parse_vm(VmSpec { driver_spec: huge, ..vm() })), "driver_spec");
         let fine = serde_json::json!({"size_bytes": 268435456u64, "ratio": -0.5});
         assert!(parse_vm(VmSpec { driver_spec: fine, ..vm() }).is_ok());
+    }
+
+    #[test]
+    fn a_libvirt_spec_names_a_domain_and_disks_the_destination_can_make() {
+        let libvirt = |spec: serde_json::Value| parse_vm(VmSpec { driver: Driver::Libvirt, driver_spec: spec, ..vm() });
+        let disk = serde_json::json!({"target": "vda", "path": "/var/lib/libvirt/images/web.qcow2",
+            "size_bytes": 1u64 << 30, "backing": "/srv/base.qcow2"});
+        let ok = libvirt(serde_json::json!({"domain": "web-1", "copy_storage": "incremental", "disks": [disk]}));
+        assert!(ok.is_ok(), "{ok:?}");
+        assert_eq!(field_of(libvirt(serde_json::json!({"disks": []}))), "driver_spec");
+        assert_eq!(field_of(libvirt(serde_json::json!({"domain": "a b"}))), "driver_spec.domain");
+        assert_eq!(field_of(libvirt(serde_json::json!({"domain": "w", "copy_storage": "some"}))), "driver_spec");
+        let with = |field: &str, value: serde_json::Value| {
+            let mut disk = disk.clone();
+            disk[field] = value;
+            libvirt(serde_json::json!({"domain": "w", "disks": [disk]}))
+        };
+        assert_eq!(field_of(with("path", "images/web.qcow2".into())), "driver_spec.disks[0].path");
+        assert_eq!(field_of(with("path", "/a,b".into())), "driver_spec.disks[0].path");
+        assert_eq!(field_of(with("target", "".into())), "driver_spec.disks[0].target");
+        assert_eq!(field_of(with("format", "vmdk".into())), "driver_spec.disks[0].format");
+        assert_eq!(field_of(with("size_bytes", 0.into())), "driver_spec.disks[0].size_bytes");
+        assert_eq!(field_of(with("backing", "base.qcow2".into())), "driver_spec.disks[0].backing");
+        let mut raw = disk.clone();
+        raw["format"] = "raw".into();
+        assert_eq!(
+            field_of(libvirt(serde_json::json!({"domain": "w", "disks": [raw]}))),
+            "driver_spec.disks[0].backing"
+        );
+        let twice = libvirt(serde_json::json!({"domain": "w", "disks": [disk, disk]}));
+        assert_eq!(field_of(twice), "driver_spec.disks[1].target");
     }
 
     #[test]

@@ -260,7 +260,7 @@ pub fn plan_input(inventory: &Inventory, signals: Vec<Vec<SlotSignal>>, settings
                 // What standbys hold is the plans service's to add: the inventory does not know it.
                 cached: Vec::new(),
                 memory_kept: Vec::new(),
-                keeps_memory: v.driver == Driver::Qemu,
+                keeps_memory: matches!(v.driver, Driver::Qemu | Driver::Libvirt),
             })
         })
         .collect();
