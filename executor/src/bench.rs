@@ -8,8 +8,10 @@
 //! while its guest writes, with its downtime. The last line is one JSON
 //! object.
 
+mod libvirt;
 mod qemu;
 
+pub use libvirt::{libvirt, LibvirtBenchArgs};
 pub use qemu::{qemu, QemuBenchArgs};
 
 use std::os::unix::fs::FileExt;
@@ -58,6 +60,13 @@ pub struct TransferBenchArgs {
 }
 
 const SECRET: &[u8] = b"bench-secret";
+
+/// The median of runs' figures (the upper one of an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
 
 /// A destination executor in a directory of its own, serving every connection it is offered.
 struct Site {

@@ -54,6 +54,8 @@ enum BenchCommand {
     Transfer(bench::TransferBenchArgs),
     /// A busy QEMU guest and its disk migrated live QEMU to QEMU and through the executors, same cap.
     Qemu(bench::QemuBenchArgs),
+    /// A libvirt domain migrated live libvirt to libvirt directly and through the executors, same cap.
+    Libvirt(bench::LibvirtBenchArgs),
 }
 
 /// How long work still running (a blocking write, say) may hold up the exit once the command is done.
@@ -75,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             Command::Migrate(args) => by_hand::migrate(&args).await,
             Command::Bench(BenchCommand::Transfer(args)) => bench::transfer(&args).await,
             Command::Bench(BenchCommand::Qemu(args)) => bench::qemu(&args).await,
+            Command::Bench(BenchCommand::Libvirt(args)) => bench::libvirt(&args).await,
             Command::Network(NetworkCommand::Release(args)) => run::release_now(&args).await,
         }
     });

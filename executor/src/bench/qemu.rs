@@ -33,6 +33,8 @@ use heliotrope_executor::tunnel::{Carrying, Forwarder, NBD};
 use heliotrope_executor::wire::ImageKind;
 use serde_json::json;
 
+use super::median;
+
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq)]
 pub enum Guest {
     /// The boot-sector guest (fast; no Linux needed).
@@ -256,12 +258,6 @@ async fn come_back(guest: Guest, cap: Option<f64>, args: &QemuBenchArgs) -> anyh
     }
     destination.quit().await;
     Ok(run)
-}
-
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
 }
 
 /// The medians of one cap's runs, by way.

@@ -256,7 +256,8 @@ async fn attempt(
     let migrating = tokio::task::spawn_blocking(move || {
         let dconn = connect(&destination)?;
         let moved = migrating_dom.migrate3(&dconn, parameters, flags)?;
-        moved.get_job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED)
+        // It moved: statistics the destination cannot give change nothing about that.
+        Ok::<_, virt::error::Error>(moved.get_job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok())
     });
     tokio::pin!(migrating);
     let mut step = 0;
@@ -269,10 +270,7 @@ async fn attempt(
             ended = &mut migrating => {
                 let completed = ended.map_err(|e| MigrateError::Failed(e.to_string()))?
                     .map_err(|e| MigrateError::Failed(e.message().to_owned()))?;
-                last.status = "completed".into();
-                last.downtime_ms = completed.downtime;
-                last.remaining = 0;
-                return Ok((last, limits[step], Completed { memory_bytes: completed.mem_processed.unwrap_or(0), disk_bytes }));
+                return Ok(finished(last, limits[step], completed.as_ref(), disk_bytes));
             }
             () = tokio::time::sleep(POLL) => {}
         }
@@ -319,13 +317,24 @@ async fn attempt(
         .map_err(|e| MigrateError::Failed(format!("aborting the migration: {e}")))?;
     match migrating.await {
         // It finished before the abort took: the domain is at the destination.
-        Ok(Ok(completed)) => {
-            last.status = "completed".into();
-            last.downtime_ms = completed.downtime;
-            Ok((last, limits[step], Completed { memory_bytes: completed.mem_processed.unwrap_or(0), disk_bytes }))
-        }
+        Ok(Ok(completed)) => Ok(finished(last, limits[step], completed.as_ref(), disk_bytes)),
         _ => Err(stopped),
     }
+}
+
+/// A finished migration's last progress and what it moved, from the
+/// destination's statistics of it (`completed`, if it gave them).
+fn finished(
+    mut last: QemuProgress,
+    limit: u64,
+    completed: Option<&JobStats>,
+    disk_bytes: u64,
+) -> (QemuProgress, u64, Completed) {
+    last.status = "completed".into();
+    last.remaining = 0;
+    last.downtime_ms = completed.and_then(|c| c.downtime);
+    let memory_bytes = completed.and_then(|c| c.mem_processed).unwrap_or(0);
+    (last, limit, Completed { memory_bytes, disk_bytes })
 }
 
 /// Aborts `dom`'s job (`virDomainAbortJob`, which the `virt` bindings do not wrap).

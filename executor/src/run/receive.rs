@@ -78,10 +78,20 @@ impl Worker {
     /// The destination's side: QEMU paused for the incoming migration, its
     /// disks exported to the source's mirrors; run once `done` is recorded.
     pub(super) async fn receive_qemu(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
-        let id = a.migration.id;
-        let Some(receiving) = self.start_receiving(id) else { return Ok(()) };
-        let outcome = self.receive_qemu_once(a).await;
-        drop(receiving);
+        self.through_tunnels(a.migration.id, self.receive_qemu_once(a)).await
+    }
+
+    /// Does `receiving` (the destination's side of migration `id`, whose
+    /// bytes all come through its tunnels) unless this executor receives
+    /// it already; its tunnels are let through no more once it ends.
+    async fn through_tunnels(
+        &self,
+        id: i64,
+        receiving: impl std::future::Future<Output = anyhow::Result<()>>,
+    ) -> anyhow::Result<()> {
+        let Some(mark) = self.start_receiving(id) else { return Ok(()) };
+        let outcome = receiving.await;
+        drop(mark);
         self.destination.forget_tunnels(id as u64);
         outcome
     }
@@ -137,12 +147,7 @@ impl Worker {
     /// sockets libvirt's QEMU will listen at and to this site's libvirt
     /// daemon; the domain arrives paused and runs once `done` is recorded.
     pub(super) async fn receive_libvirt(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
-        let id = a.migration.id;
-        let Some(receiving) = self.start_receiving(id) else { return Ok(()) };
-        let outcome = self.receive_libvirt_once(a).await;
-        drop(receiving);
-        self.destination.forget_tunnels(id as u64);
-        outcome
+        self.through_tunnels(a.migration.id, self.receive_libvirt_once(a)).await
     }
 
     async fn receive_libvirt_once(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {

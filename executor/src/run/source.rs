@@ -25,11 +25,13 @@ use heliotrope_api_spec::{
     Assignment, Completion, Driver, MigrationState, ProgressAnswer, ProgressReport, QemuSpec, RecoveryReport, VmRunsAt,
 };
 use heliotrope_executor::libvirt::{self, DomainState, Outgoing};
+use heliotrope_executor::network::NetworkMove;
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, MEMORY_IMAGE};
 use heliotrope_executor::qemu::export::layout;
 use heliotrope_executor::qemu::migrate::{
-    announce, migrate_out, mirror_disks, start, MigrateError, MigrationOptions, QemuProgress, Steer,
+    announce, migrate_out, mirror_disks, start, MigrateError, Migrated, MigrationOptions, QemuProgress, Steer,
 };
+use heliotrope_executor::ram_image::RamImage;
 use heliotrope_executor::shaping::Shaper;
 use heliotrope_executor::source::{open_tunnel, SendOptions, Session};
 use heliotrope_executor::tls::{self, Connection};
@@ -267,6 +269,55 @@ impl Worker {
         }
     }
 
+    /// After a real guest's migration `id` moved it: remembers the cutover
+    /// across a crash (its marker, which the caller removes at the end),
+    /// reports it with what the `disks` and `memory` tunnels carried, lets
+    /// the VM's addresses go and waits for the destination's confirmation.
+    async fn cut_over(
+        self: &Arc<Self>,
+        id: i64,
+        migrated: &Migrated,
+        (disks, memory): (&Forwarder, &Forwarder),
+        network_move: &NetworkMove,
+        holds: Holds,
+    ) -> anyhow::Result<Confirmed> {
+        std::fs::write(self.cutover_marker(id), b"")?;
+        let downtime_s = migrated.progress.downtime_ms.map(|ms| ms as f64 / 1000.0);
+        let progress_now = || qemu_report(&migrated.progress, &disks.counters, &memory.counters);
+        self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
+        self.leave(network_move).await;
+        self.await_confirmation(id, holds, progress_now).await
+    }
+
+    /// Runs migration `id`'s `migrating` (a real guest's, steered by
+    /// `steering`) while reporting its progress with what the tunnels
+    /// carried; `None` if it was cancelled (the VM runs on here). Unless it
+    /// moved, the memory `image` it carried is dropped.
+    async fn steered<T>(
+        &self,
+        id: i64,
+        steering: &Steering,
+        (shaper, disks, memory): (&Shaper, &Forwarder, &Forwarder),
+        image: Option<&RamImage>,
+        migrating: impl std::future::Future<Output = Result<T, MigrateError>>,
+    ) -> anyhow::Result<Option<T>> {
+        let migrated = tokio::select! {
+            migrated = migrating => migrated,
+            () = steering.report(self, id, shaper, disks, memory) => unreachable!("reporting never ends"),
+        };
+        if migrated.is_err() {
+            self.drop_ram_image(image);
+        }
+        match migrated {
+            Ok(migrated) => Ok(Some(migrated)),
+            Err(MigrateError::Cancelled) => {
+                tracing::info!("cancelled: the VM runs on here");
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Waits until the destination executor lets this job's tunnels through.
     async fn destination_ready(&self, peer: &Peer) -> anyhow::Result<()> {
         let mut last = String::new();
@@ -322,31 +373,12 @@ impl Worker {
         let steering = Steering::new(cap);
         let options = self.migration_options(a, cap);
         let migrating = migrate_out(&machine, &spec.disks, options, &migration_socket, |p| steering.steer(p));
-        let migrated = tokio::select! {
-            migrated = migrating => migrated,
-            () = steering.report(self, id, &shaper, &nbd, &memory) => unreachable!("reporting never ends"),
+        let tunnels = (&*shaper, &nbd, &memory);
+        let Some(migrated) = self.steered(id, &steering, tunnels, image.as_deref(), migrating).await? else {
+            return Ok(());
         };
-        let migrated = match migrated {
-            Err(MigrateError::Cancelled) => {
-                tracing::info!("cancelled: the VM runs on here");
-                self.drop_ram_image(image.as_deref());
-                return Ok(());
-            }
-            Err(e) => {
-                self.drop_ram_image(image.as_deref());
-                return Err(e.into());
-            }
-            Ok(migrated) => migrated,
-        };
-        let downtime_s = migrated.progress.downtime_ms.map(|ms| ms as f64 / 1000.0);
-        tracing::info!(?downtime_s, elapsed_s = migrated.elapsed.as_secs_f64(), "moved; cutover");
-        let marker = self.cutover_marker(id);
-        std::fs::write(&marker, b"")?;
-        let final_progress = migrated.progress.clone();
-        let progress_now = || qemu_report(&final_progress, &nbd.counters, &memory.counters);
-        self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
-        self.leave(&network_move).await;
-        match self.await_confirmation(id, Holds::Paused, progress_now).await? {
+        tracing::info!(downtime_ms = ?migrated.progress.downtime_ms, elapsed_s = migrated.elapsed.as_secs_f64(), "moved; cutover");
+        match self.cut_over(id, &migrated, (&nbd, &memory), &network_move, Holds::Paused).await? {
             Confirmed::Done => {
                 // Its replication holds the machine: it stops first, so that QEMU can be told to quit.
                 self.replication.stop(&a.migration.vm).await;
@@ -365,7 +397,7 @@ impl Worker {
                 tracing::info!(?state, "the migration did not end in a cutover: the VM runs on here");
             }
         }
-        std::fs::remove_file(&marker)?;
+        std::fs::remove_file(self.cutover_marker(id))?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(())
     }
@@ -426,27 +458,14 @@ impl Worker {
         };
         let steering = Steering::new(cap);
         let migrating = libvirt::migrate_out(&out, self.migration_options(a, cap), |p| steering.steer(p));
-        let moved = tokio::select! {
-            moved = migrating => moved,
-            () = steering.report(self, id, &shaper, &nbd, &memory) => unreachable!("reporting never ends"),
-        };
-        let moved = match moved {
-            Err(MigrateError::Cancelled) => {
-                tracing::info!("cancelled: the domain runs on here");
-                self.drop_ram_image(image.as_deref());
-                return Ok(());
-            }
-            Err(e) => {
-                self.drop_ram_image(image.as_deref());
-                return Err(e.into());
-            }
-            Ok(moved) => moved,
+        let tunnels = (&*shaper, &nbd, &memory);
+        let Some(moved) = self.steered(id, &steering, tunnels, image.as_deref(), migrating).await? else {
+            return Ok(());
         };
         let migrated = &moved.migrated;
-        let downtime_s = migrated.progress.downtime_ms.map(|ms| ms as f64 / 1000.0);
         // Every byte libvirt moved crossed the tunnels (as it is, or kept off the wire by them).
         tracing::info!(
-            ?downtime_s,
+            downtime_ms = ?migrated.progress.downtime_ms,
             elapsed_s = migrated.elapsed.as_secs_f64(),
             libvirt_memory_bytes = moved.memory_bytes,
             libvirt_disk_bytes = moved.disk_bytes,
@@ -455,14 +474,8 @@ impl Worker {
             tunnel_control_bytes = control.counters.up() + control.counters.down(),
             "moved; libvirt's switchover"
         );
-        let marker = self.cutover_marker(id);
-        std::fs::write(&marker, b"")?;
-        let final_progress = migrated.progress.clone();
-        let progress_now = || qemu_report(&final_progress, &nbd.counters, &memory.counters);
-        self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
-        self.leave(&network_move).await;
         // libvirt ended the domain here at its switchover: there is nothing to roll back to.
-        match self.await_confirmation(id, Holds::Nothing, progress_now).await? {
+        match self.cut_over(id, migrated, (&nbd, &memory), &network_move, Holds::Nothing).await? {
             Confirmed::Done => {
                 drop(memory);
                 self.keep_ram_image(image).await;
@@ -472,7 +485,7 @@ impl Worker {
                 tracing::error!(?state, domain = %spec.domain, "the migration ended after libvirt's switchover: the domain waits paused at the destination");
             }
         }
-        std::fs::remove_file(&marker)?;
+        std::fs::remove_file(self.cutover_marker(id))?;
         let _ = std::fs::remove_dir_all(&sockets.dir);
         Ok(())
     }
