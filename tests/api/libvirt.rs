@@ -36,16 +36,19 @@ const DOMAIN: &str = "linux";
 /// telling an SDN controller of the VM's moves, which compares the disks
 /// at both sites when it is told (at a cutover, the domain is paused at
 /// the new site until then).
+///
+/// Dropped in this order (bindings of it in the reverse: locals drop last
+/// first): the executors, then the daemons and their domains, then the
+/// directory their trees are in (the pair is found by its pid files there).
 struct Fleet {
+    _executors: Processes,
+    pair: Pair,
     app: TestApp,
-    data: tempfile::TempDir,
     /// A's and C's view of the domain's directory, from here.
     source_dir: PathBuf,
     destination_dir: PathBuf,
     compared: Arc<Mutex<Vec<Result<(), String>>>>,
-    _executors: Processes,
-    /// Dropped after the executors: the daemons and their domains.
-    pair: Pair,
+    data: tempfile::TempDir,
 }
 
 async fn fleet(pool: PgPool, link_mbps: f64, max_downtime_ms: u32, flags: &[&str]) -> Option<Fleet> {
@@ -124,7 +127,7 @@ fn logged(log: &str, said: &str, name: &str) -> u64 {
 #[sqlx::test(migrator = "MIGRATOR")]
 async fn a_libvirt_domain_moves_live_with_every_byte_through_the_executors(pool: PgPool) {
     // 1 Gbit/s, 5 s of downtime allowed: the writing guest converges.
-    let Some(Fleet { app, data, source_dir, destination_dir, compared, pair, _executors }) =
+    let Some(Fleet { data, compared, destination_dir, source_dir, app, pair, _executors }) =
         fleet(pool, 1000.0, 5000, &[]).await
     else {
         return;
@@ -170,7 +173,7 @@ async fn a_libvirt_domain_moves_live_with_every_byte_through_the_executors(pool:
 async fn a_libvirt_migration_that_cannot_converge_ends_by_the_policy_with_the_domain_at_the_source(pool: PgPool) {
     // 100 Mbit/s: the 384 MiB of memory take 30 s a pass, and the policy gives each of its steps
     // (300 ms of downtime allowed: one) 2 s: it cannot converge.
-    let Some(Fleet { app, data, source_dir, destination_dir, pair, _executors, .. }) =
+    let Some(Fleet { data, destination_dir, source_dir, app, pair, _executors, .. }) =
         fleet(pool, 100.0, 300, &["--qemu-policy-step-s", "2"]).await
     else {
         return;

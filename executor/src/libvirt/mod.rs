@@ -178,6 +178,9 @@ struct Completed {
 
 const POLL: Duration = Duration::from_millis(250);
 
+/// How long the disks' copy may take before memory moves (as the qemu driver's mirrors).
+const DISKS_WITHIN: Duration = Duration::from_secs(3600);
+
 /// Migrates `out` live under `options` and the policy; `steer` sees every
 /// poll's progress and answers the cap and whether to stop. On success the
 /// domain is defined and paused at the destination only; on any failure it
@@ -257,11 +260,12 @@ async fn attempt(
         let dconn = connect(&destination)?;
         let moved = migrating_dom.migrate3(&dconn, parameters, flags)?;
         // It moved: statistics the destination cannot give change nothing about that.
-        Ok::<_, virt::error::Error>(moved.get_job_stats(sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok())
+        Ok::<_, virt::error::Error>(job_stats(&moved, sys::VIR_DOMAIN_JOB_STATS_COMPLETED).ok())
     });
     tokio::pin!(migrating);
     let mut step = 0;
-    let mut step_started = Instant::now();
+    let started = Instant::now();
+    let mut step_started = started;
     let mut last = QemuProgress::default();
     // What the disks' copy has processed (the destination's statistics count memory only).
     let mut disk_bytes = 0;
@@ -276,11 +280,14 @@ async fn attempt(
         }
         let polled = dom.clone();
         // The job may not have started yet, or have just ended: a failed poll is not the migration's failure.
-        let Ok(stats) = call(move || polled.get_job_stats(0)).await else { continue };
+        let Ok(stats) = call(move || job_stats(&polled, 0)).await else { continue };
         last = progress(&stats);
         disk_bytes = disk_bytes.max(stats.disk_processed.unwrap_or(0));
         // libvirt copies the disks before it sends memory: the policy's steps count from the memory's start.
         if stats.mem_processed.unwrap_or(0) == 0 {
+            if started.elapsed() >= DISKS_WITHIN {
+                break MigrateError::Failed(format!("the disks did not catch up within {} s", DISKS_WITHIN.as_secs()));
+            }
             step_started = Instant::now();
         }
         let wanted = steer(&last);
@@ -298,7 +305,9 @@ async fn attempt(
                 step += 1;
                 tracing::info!(downtime_limit_ms = limits[step], "not converging: a longer downtime allowed");
                 let (setting, limit) = (dom.clone(), limits[step]);
-                call(move || setting.migrate_set_max_downtime(limit, 0)).await?;
+                if let Err(e) = call(move || setting.migrate_set_max_downtime(limit, 0)).await {
+                    break MigrateError::Failed(format!("raising the downtime limit: {e}"));
+                }
                 step_started = Instant::now();
             } else {
                 break MigrateError::NotConverged(format!(
@@ -310,11 +319,12 @@ async fn attempt(
             }
         }
     };
-    // Abort: libvirt ends the job at both ends and the domain runs on at the source.
+    // Abort: libvirt ends the job at both ends and the domain runs on at the source. Whatever
+    // the abort says (it finds no job once the migration has ended), how `migrate3` ended decides.
     let aborting = dom.clone();
-    call(move || abort_job(&aborting))
-        .await
-        .map_err(|e| MigrateError::Failed(format!("aborting the migration: {e}")))?;
+    if let Err(e) = call(move || abort_job(&aborting)).await {
+        tracing::warn!(error = %e, "aborting the migration");
+    }
     match migrating.await {
         // It finished before the abort took: the domain is at the destination.
         Ok(Ok(completed)) => Ok(finished(last, limits[step], completed.as_ref(), disk_bytes)),
@@ -347,6 +357,32 @@ fn abort_job(dom: &Domain) -> Result<(), virt::error::Error> {
         return Err(virt::error::Error::last_error());
     }
     Ok(())
+}
+
+/// `dom`'s job statistics (`virDomainGetJobStats`). The bindings' own
+/// `get_job_stats` builds a `Vec` from the null pointer libvirt returns
+/// when it has no statistics (no job, or one just ended): undefined
+/// behaviour, an abort in a debug build.
+#[allow(unsafe_code)]
+fn job_stats(dom: &Domain, flags: u32) -> Result<JobStats, virt::error::Error> {
+    let (mut kind, mut params, mut count): (libc::c_int, sys::virTypedParameterPtr, libc::c_int) =
+        (0, std::ptr::null_mut(), 0);
+    // SAFETY: `dom` holds a reference on the domain for the call; the out
+    // pointers are to live locals, which libvirt fills.
+    let got = unsafe { sys::virDomainGetJobStats(dom.as_ptr(), &mut kind, &mut params, &mut count, flags) };
+    if got < 0 {
+        return Err(virt::error::Error::last_error());
+    }
+    let Ok(len) = usize::try_from(count) else { return Ok(JobStats::from((kind, Vec::new()))) };
+    if params.is_null() || len == 0 {
+        return Ok(JobStats::from((kind, Vec::new())));
+    }
+    // SAFETY: libvirt returned `len` initialised parameters at `params`;
+    // they are copied (strings too, by the conversion) before libvirt frees them.
+    let stats = JobStats::from((kind, unsafe { std::slice::from_raw_parts(params, len) }.to_vec()));
+    // SAFETY: `params` and `count` are what libvirt returned, freed once.
+    unsafe { sys::virTypedParamsFree(params, count) };
+    Ok(stats)
 }
 
 /// libvirt's job statistics in the fields the executor reports.

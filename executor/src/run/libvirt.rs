@@ -15,7 +15,8 @@ pub(super) fn spec_of(a: &Assignment) -> anyhow::Result<LibvirtSpec> {
     serde_json::from_value(a.vm.driver_spec.clone()).context("the VM's driver_spec is not a libvirt spec")
 }
 
-/// The sockets of a libvirt migration, in its job's directory.
+/// The sockets of a libvirt migration, in its job's directory (removed
+/// with it when this is dropped).
 pub(super) struct JobSockets {
     pub dir: PathBuf,
     /// QEMU's memory streams (the destination's QEMU listens here).
@@ -24,6 +25,12 @@ pub(super) struct JobSockets {
     pub disks: PathBuf,
     /// The source's way to the destination's libvirt daemon.
     pub control: PathBuf,
+}
+
+impl Drop for JobSockets {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 impl JobSockets {

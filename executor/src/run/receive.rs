@@ -168,7 +168,10 @@ impl Worker {
                     }
                     // Made anew: a copy left from an earlier stay here would show through the copy.
                     let backing = disk.backing.as_deref().map(std::path::Path::new);
-                    create_disk(path, &disk.format, disk.size_bytes, backing).await?;
+                    if let Err(e) = create_disk(path, &disk.format, disk.size_bytes, backing).await {
+                        made.iter().for_each(|p| drop(std::fs::remove_file(p)));
+                        return Err(e.into());
+                    }
                     made.push(path.to_owned());
                 }
                 let sockets = self.libvirt_job(id)?;
@@ -183,12 +186,14 @@ impl Worker {
             }
         };
         if let Err(e) = self.confirm_done(id).await {
-            // Never started: libvirt ended the incoming domain at the source's failure; what was made for it goes.
+            // Not to run here. libvirt ended the incoming domain at the source's failure, and what was
+            // made for it goes; but a domain that arrived all the same is never dropped with its disks.
+            if let Ok(Some(_)) = libvirt::state(uri, &spec.domain).await {
+                tracing::error!(domain = %spec.domain, "the migration ended otherwise, yet the domain is here, paused: it is kept for an operator");
+                return Err(e);
+            }
             for path in &made {
                 let _ = std::fs::remove_file(path);
-            }
-            if let Some(sockets) = &sockets {
-                let _ = std::fs::remove_dir_all(&sockets.dir);
             }
             self.drop_ram_image(image.as_deref());
             return Err(e);
@@ -197,9 +202,7 @@ impl Worker {
         self.arrive(&self.network_move(a).await, starting, async { Ok(None) }).await?;
         tracing::info!(domain = %spec.domain, "the domain runs here now");
         self.keep_ram_image(image).await;
-        if let Some(sockets) = &sockets {
-            let _ = std::fs::remove_dir_all(&sockets.dir);
-        }
+        drop(sockets);
         Ok(())
     }
 
@@ -209,16 +212,17 @@ impl Worker {
         let done = Completion { state: MigrationState::Done, detail: format!("runs at executor {}", self.executor) };
         let deadline = tokio::time::Instant::now() + Duration::from_secs(3600);
         loop {
-            match self.scheduler.complete(id, self.executor, &done).await {
+            let again = match self.scheduler.complete(id, self.executor, &done).await {
                 Ok(_) => return Ok(()),
                 // The source has not reported its cutover yet (or is being recovered, or retries).
-                Err(ClientError::Refused { code: Some(ErrorCode::NotInCutover), .. })
-                    if tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(250)).await;
-                }
+                Err(ClientError::Refused { code: Some(ErrorCode::NotInCutover), .. }) => Duration::from_millis(250),
+                // The scheduler out of reach, or failing: its answer is still to come.
+                Err(ClientError::Transport { .. }) => Duration::from_secs(1),
+                Err(ClientError::Refused { status, .. }) if status.is_server_error() => Duration::from_secs(1),
                 Err(e) => return Err(anyhow::Error::from(e).context("the VM stays at the source")),
-            }
+            };
+            anyhow::ensure!(tokio::time::Instant::now() < deadline, "the scheduler never recorded the migration done");
+            tokio::time::sleep(again).await;
         }
     }
 

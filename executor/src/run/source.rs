@@ -24,6 +24,7 @@ use anyhow::Context;
 use heliotrope_api_spec::{
     Assignment, Completion, Driver, MigrationState, ProgressAnswer, ProgressReport, QemuSpec, RecoveryReport, VmRunsAt,
 };
+use heliotrope_executor::client::ClientError;
 use heliotrope_executor::libvirt::{self, DomainState, Outgoing};
 use heliotrope_executor::network::NetworkMove;
 use heliotrope_executor::precopy::{migrate_vm, PrecopyOptions, MEMORY_IMAGE};
@@ -284,7 +285,18 @@ impl Worker {
         std::fs::write(self.cutover_marker(id), b"")?;
         let downtime_s = migrated.progress.downtime_ms.map(|ms| ms as f64 / 1000.0);
         let progress_now = || qemu_report(&migrated.progress, &disks.counters, &memory.counters);
-        self.report(id, &ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() }).await?;
+        let cutover = ProgressReport { state: Some(MigrationState::Cutover), downtime_s, ..progress_now() };
+        // Once it moved, a report that does not cross must not end it as failed: asked again while
+        // the lease lasts (after that, a recovery reads the marker).
+        let mut tries = 0;
+        while let Err(e) = self.report(id, &cutover).await {
+            let unreached = matches!(e.downcast_ref::<ClientError>(), Some(ClientError::Transport { .. }));
+            if !unreached || tries >= 30 {
+                return Err(e);
+            }
+            tries += 1;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
         self.leave(network_move).await;
         self.await_confirmation(id, holds, progress_now).await
     }
@@ -486,7 +498,6 @@ impl Worker {
             }
         }
         std::fs::remove_file(self.cutover_marker(id))?;
-        let _ = std::fs::remove_dir_all(&sockets.dir);
         Ok(())
     }
 
@@ -505,7 +516,14 @@ impl Worker {
     pub(super) async fn recover(self: &Arc<Self>, a: &Assignment) -> anyhow::Result<()> {
         let id = a.migration.id;
         let marker = self.cutover_marker(id);
-        let runs_at = if marker.exists() { VmRunsAt::Destination } else { VmRunsAt::Source };
+        // libvirt undefines the domain here at its switchover, perhaps before this executor wrote its marker.
+        let left = match a.vm.driver {
+            Driver::Libvirt => {
+                matches!(libvirt::state(&self.args.libvirt_uri, &libvirt_spec_of(a)?.domain).await, Ok(None))
+            }
+            Driver::Sim | Driver::Qemu => false,
+        };
+        let runs_at = if marker.exists() || left { VmRunsAt::Destination } else { VmRunsAt::Source };
         let detail = self.scheduler.recover(id, self.executor, &RecoveryReport { runs_at }).await?;
         tracing::info!(?runs_at, state = ?detail.migration.state, "recovered");
         if runs_at == VmRunsAt::Source {

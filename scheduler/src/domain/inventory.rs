@@ -5,7 +5,7 @@
 
 use chrono_tz::Tz;
 use heliotrope_api_spec::{
-    Driver, GroupPolicy, GroupSpec, LibvirtSpec, LinkSpec, NewToken, QemuSpec, Role, SiteSpec, VmSpec,
+    CopyStorage, Driver, GroupPolicy, GroupSpec, LibvirtSpec, LinkSpec, NewToken, QemuSpec, Role, SiteSpec, VmSpec,
 };
 
 use super::{Valid, ValidationError};
@@ -178,9 +178,13 @@ fn word(s: &str) -> bool {
 }
 
 /// A file path a hypervisor's options take as it is: absolute, without
-/// the commas QEMU's options split on.
+/// the commas QEMU's options split on, and without `.` or `..` steps.
 fn path(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 4096 && s.starts_with('/') && !s.contains(',') && !s.contains('\0')
+    s.len() <= 4096
+        && s.starts_with('/')
+        && !s.contains(',')
+        && !s.contains('\0')
+        && s.split('/').skip(1).all(|step| !step.is_empty() && step != "." && step != "..")
 }
 
 /// A `libvirt` VM's `driver_spec` must be a [`LibvirtSpec`]: a domain
@@ -208,6 +212,12 @@ fn check_libvirt_spec(value: &serde_json::Value) -> Result<()> {
         }
         check_range(&field("size_bytes"), disk.size_bytes as f64, 1.0, 2f64.powi(50))?;
         match &disk.backing {
+            None if spec.copy_storage == CopyStorage::Incremental => {
+                return Err(ValidationError::new(
+                    field("backing"),
+                    "copy_storage incremental copies a disk over its backing image: name it",
+                ));
+            }
             Some(backing) if !path(backing) => {
                 return Err(ValidationError::new(field("backing"), "an absolute path without commas"));
             }
@@ -467,6 +477,12 @@ mod tests {
         assert_eq!(field_of(with("format", "vmdk".into())), "driver_spec.disks[0].format");
         assert_eq!(field_of(with("size_bytes", 0.into())), "driver_spec.disks[0].size_bytes");
         assert_eq!(field_of(with("backing", "base.qcow2".into())), "driver_spec.disks[0].backing");
+        assert_eq!(field_of(with("path", "/var/lib/../../etc/shadow".into())), "driver_spec.disks[0].path");
+        assert_eq!(field_of(with("path", "/var//x".into())), "driver_spec.disks[0].path");
+        let mut plain = disk.clone();
+        plain.as_object_mut().unwrap().remove("backing");
+        let incremental = libvirt(serde_json::json!({"domain": "w", "copy_storage": "incremental", "disks": [plain]}));
+        assert_eq!(field_of(incremental), "driver_spec.disks[0].backing");
         let mut raw = disk.clone();
         raw["format"] = "raw".into();
         assert_eq!(
