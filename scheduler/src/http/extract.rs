@@ -49,7 +49,7 @@ where
             return Err(ApiError::UnsupportedMediaType);
         }
         let bytes = read_body(req, state).await?;
-        parse_json(&bytes).map(ApiJson)
+        parse_object(&bytes).map(ApiJson)
     }
 }
 
@@ -68,7 +68,7 @@ where
         let bytes = read_body(req, state).await?;
         match (bytes.is_empty(), json) {
             (true, _) => Ok(ApiJsonOrEmpty(T::default())),
-            (false, true) => parse_json(&bytes).map(ApiJsonOrEmpty),
+            (false, true) => parse_object(&bytes).map(ApiJsonOrEmpty),
             (false, false) => Err(ApiError::UnsupportedMediaType),
         }
     }
@@ -94,6 +94,15 @@ pub async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes,
             ApiError::BadRequest(r.body_text())
         }
     })
+}
+
+/// [`parse_json`] for a request body, which is a JSON object (serde would
+/// also read a struct from an array of its fields, `[]` as all defaults).
+fn parse_object<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    match bytes.iter().find(|b| !b.is_ascii_whitespace()) {
+        Some(b'{') | None => parse_json(bytes),
+        Some(_) => Err(ApiError::Validation("the body must be a JSON object".into())),
+    }
 }
 
 /// Parses a JSON document into `T`, refusing unknown fields.
@@ -122,6 +131,13 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 mod tests {
     use super::*;
     use heliotrope_api_spec::VmSpec;
+
+    #[test]
+    fn a_request_body_is_an_object_not_an_array_of_its_fields() {
+        let refused = parse_object::<heliotrope_api_spec::SiteFailure>(b" []").unwrap_err();
+        assert!(matches!(refused, ApiError::Validation(_)), "{refused:?}");
+        assert!(parse_object::<heliotrope_api_spec::SiteFailure>(b"{}").is_ok());
+    }
 
     fn message(e: ApiError) -> (String, String) {
         let kind = match &e {
